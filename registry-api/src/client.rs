@@ -1,0 +1,248 @@
+//! A typed client for the HTTP API, used by the agent, the gateways, the tests
+//! and the benchmarks.
+
+use crate::types::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Options shared by reads (Consul's `QueryOptions`).
+#[derive(Clone, Debug, Default)]
+pub struct QueryOptions {
+    /// Ask another datacenter (`?dc=`).
+    pub dc: Option<String>,
+    /// `?stale`: any server answers from its own state.
+    pub stale: bool,
+    /// `?consistent`: the leader confirms with a quorum first.
+    pub consistent: bool,
+    /// Blocking query: return once the result's index exceeds this.
+    pub index: Option<u64>,
+    /// Blocking query: the longest to wait.
+    pub wait: Option<Duration>,
+    /// `?tag=` filters (all must match).
+    pub tags: Vec<String>,
+    /// `?passing`: only instances whose checks all pass.
+    pub passing: bool,
+}
+
+impl QueryOptions {
+    fn query(&self) -> Vec<(String, String)> {
+        let mut q = Vec::new();
+        if let Some(dc) = &self.dc {
+            q.push(("dc".into(), dc.clone()));
+        }
+        if self.stale {
+            q.push(("stale".into(), String::new()));
+        }
+        if self.consistent {
+            q.push(("consistent".into(), String::new()));
+        }
+        if let Some(i) = self.index {
+            q.push(("index".into(), i.to_string()));
+        }
+        if let Some(w) = self.wait {
+            q.push(("wait".into(), format!("{}ms", w.as_millis())));
+        }
+        for t in &self.tags {
+            q.push(("tag".into(), t.clone()));
+        }
+        if self.passing {
+            q.push(("passing".into(), String::new()));
+        }
+        q
+    }
+}
+
+/// What the `X-Consul-*` headers of a read said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryMeta {
+    /// `X-Consul-Index`.
+    pub index: u64,
+    /// `X-Consul-KnownLeader`.
+    pub known_leader: bool,
+    /// `X-Consul-LastContact`, in milliseconds.
+    pub last_contact_ms: u64,
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status; `body` is its plain-text reason.
+    #[error("{status}: {body}")]
+    Status {
+        /// HTTP status code.
+        status: u16,
+        /// Reply body.
+        body: String,
+    },
+    /// The request did not get an answer.
+    #[error("transport: {0}")]
+    Transport(#[from] reqwest::Error),
+}
+
+impl ClientError {
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            ClientError::Transport(_) => None,
+        }
+    }
+}
+
+/// A client bound to one base URL (`http://127.0.0.1:8500`).
+#[derive(Clone, Debug)]
+pub struct RegistryClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl RegistryClient {
+    /// A client for `base` (scheme, host and port, no trailing slash needed).
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Self::with_http(base, http)
+    }
+
+    /// A client sharing an existing connection pool.
+    pub fn with_http(base: impl Into<String>, http: reqwest::Client) -> Self {
+        let mut base = base.into();
+        while base.ends_with('/') {
+            base.pop();
+        }
+        Self { base, http }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(ClientError::Status { status, body })
+    }
+
+    /// GET `path` with `opts`, decoding the JSON reply and the `X-Consul-*` headers.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        opts: &QueryOptions,
+    ) -> Result<(T, QueryMeta), ClientError> {
+        let mut req = self.http.get(self.url(path)).query(&opts.query());
+        if let Some(w) = opts.wait {
+            // A blocking query may take up to wait + wait/16 of jitter.
+            req = req.timeout(w + w / 16 + Duration::from_secs(5));
+        }
+        let resp = Self::check(req.send().await?).await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let meta = QueryMeta {
+            index: header("X-Consul-Index")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            known_leader: header("X-Consul-KnownLeader").as_deref() == Some("true"),
+            last_contact_ms: header("X-Consul-LastContact")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        };
+        let body = resp.json::<T>().await?;
+        Ok((body, meta))
+    }
+
+    /// PUT `body` as JSON to `path`, decoding the JSON reply.
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .http
+            .put(self.url(path))
+            .query(query)
+            .json(body)
+            .send()
+            .await?;
+        Ok(Self::check(resp).await?.json::<T>().await?)
+    }
+
+    /// `PUT /v1/catalog/register`.
+    pub async fn catalog_register(
+        &self,
+        req: &RegisterRequest,
+        dc: Option<&str>,
+    ) -> Result<bool, ClientError> {
+        let q: Vec<(&str, &str)> = dc.map(|d| vec![("dc", d)]).unwrap_or_default();
+        self.put("/v1/catalog/register", &q, req).await
+    }
+
+    /// `PUT /v1/catalog/deregister`.
+    pub async fn catalog_deregister(
+        &self,
+        req: &DeregisterRequest,
+        dc: Option<&str>,
+    ) -> Result<bool, ClientError> {
+        let q: Vec<(&str, &str)> = dc.map(|d| vec![("dc", d)]).unwrap_or_default();
+        self.put("/v1/catalog/deregister", &q, req).await
+    }
+
+    /// `GET /v1/catalog/service/:name`.
+    pub async fn catalog_service(
+        &self,
+        name: &str,
+        opts: &QueryOptions,
+    ) -> Result<(Vec<CatalogService>, QueryMeta), ClientError> {
+        self.get(&format!("/v1/catalog/service/{name}"), opts).await
+    }
+
+    /// `GET /v1/catalog/nodes`.
+    pub async fn catalog_nodes(
+        &self,
+        opts: &QueryOptions,
+    ) -> Result<(Vec<Node>, QueryMeta), ClientError> {
+        self.get("/v1/catalog/nodes", opts).await
+    }
+
+    /// `GET /v1/health/service/:name`.
+    pub async fn health_service(
+        &self,
+        name: &str,
+        opts: &QueryOptions,
+    ) -> Result<(Vec<ServiceEntry>, QueryMeta), ClientError> {
+        self.get(&format!("/v1/health/service/{name}"), opts).await
+    }
+
+    /// `GET /v1/status/leader`: the leader's RPC address, `""` when there is none.
+    pub async fn status_leader(&self) -> Result<String, ClientError> {
+        Ok(self.get("/v1/status/leader", &QueryOptions::default()).await?.0)
+    }
+
+    /// `GET /v1/status/peers`.
+    pub async fn status_peers(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self.get("/v1/status/peers", &QueryOptions::default()).await?.0)
+    }
+
+    /// `GET /v1/operator/raft/configuration`.
+    pub async fn raft_configuration(&self) -> Result<RaftConfiguration, ClientError> {
+        Ok(self
+            .get("/v1/operator/raft/configuration", &QueryOptions::default())
+            .await?
+            .0)
+    }
+}

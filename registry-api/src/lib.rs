@@ -1,0 +1,15 @@
+//! Wire types, error type and typed client shared by every registry process.
+//!
+//! The JSON shapes are Consul's v1 HTTP API field for field
+//! (<https://developer.hashicorp.com/consul/api-docs>), so that existing Consul
+//! tooling can talk to us unchanged.
+
+pub mod client;
+pub mod decode;
+pub mod duration;
+pub mod error;
+pub mod types;
+
+pub use client::{QueryMeta, QueryOptions, RegistryClient};
+pub use error::Error;
+pub use types::*;
