@@ -1,0 +1,1312 @@
+//! The catalog state machine: nodes, service instances and health checks, with
+//! Consul's write rules (<https://developer.hashicorp.com/consul/api-docs/catalog>)
+//! and Consul's blocking-query indexes.
+//!
+//! Pure and deterministic: `apply` takes a committed command and its Raft index
+//! and returns the rows to persist; it never reads a clock, draws a random
+//! number or does I/O, so every replica that applies the same log holds the
+//! same catalog.
+
+use registry_api::{
+    AgentService, CatalogNode, CatalogService, DeregisterRequest, HealthCheck, Node,
+    NodeServiceList, RegisterRequest, ServiceEntry, CRITICAL, PASSING, WARNING,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Longest node name, service id or check id accepted, in bytes (they are key parts).
+const MAX_ID_LEN: usize = 512;
+/// Index name of the nodes table.
+const NODES: &str = "nodes";
+/// Index name of the services table.
+const SERVICES: &str = "services";
+/// Index name of the checks table.
+const CHECKS: &str = "checks";
+/// Prefix of a per-service-name index name; no table name starts with it.
+const SERVICE_INDEX_PREFIX: &str = "service/";
+
+/// A replicated write. Serialized with serde_json inside Raft log entries; must
+/// stay backward compatible (new variants only).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "Op")]
+// Unboxed on purpose: callers build `Command::Register(req)` directly, and a
+// command lives only as long as one proposal, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Command {
+    /// Upsert a node and optionally a service instance and checks.
+    Register(RegisterRequest),
+    /// Remove a node, a service instance or a check.
+    Deregister(DeregisterRequest),
+}
+
+/// One row write produced by apply, persisted by the storage layer in the same
+/// atomic batch as the applied index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowChange {
+    /// Row key (see [`CatalogState::rows`] for the layout).
+    pub key: Vec<u8>,
+    /// New value; `None` deletes the row.
+    pub value: Option<Vec<u8>>,
+}
+
+/// `(node, id)`: the key of a service instance or a check, unique per node.
+type NodeKey = (String, String);
+
+/// The whole catalog of one datacenter, as replicated by Raft.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogState {
+    /// Datacenter stamped on nodes registered without one.
+    datacenter: String,
+    /// Nodes by name.
+    nodes: BTreeMap<String, Node>,
+    /// Service instances by (node, service id); this order is the reply order.
+    services: BTreeMap<NodeKey, AgentService>,
+    /// Checks by (node, check id).
+    checks: BTreeMap<NodeKey, HealthCheck>,
+    /// Instances by service name. Derived, not persisted: it spares per-service
+    /// reads a scan over every instance of every service.
+    by_name: BTreeMap<String, BTreeSet<NodeKey>>,
+    /// Blocking-query indexes by name: the three tables, and `service/<name>`
+    /// per service name. A service's entry outlives its last instance, so a
+    /// watcher of a deleted service sees the removal.
+    indexes: BTreeMap<String, u64>,
+}
+
+impl CatalogState {
+    /// An empty catalog for `datacenter`.
+    pub fn new(datacenter: &str) -> Self {
+        CatalogState {
+            datacenter: datacenter.to_string(),
+            nodes: BTreeMap::new(),
+            services: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            by_name: BTreeMap::new(),
+            indexes: BTreeMap::new(),
+        }
+    }
+
+    /// The datacenter this catalog belongs to.
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    /// Check and normalize a register request BEFORE it is proposed; Err(text)
+    /// becomes a 400 with that text.
+    ///
+    /// `apply` runs it again, so these rules are part of the replicated
+    /// semantics: changing them needs a new `Command` variant, or replicas
+    /// replaying old entries with different code would disagree.
+    pub fn validate_register(req: &mut RegisterRequest) -> Result<(), String> {
+        if req.node.is_empty() {
+            return Err("Must provide node".to_string());
+        }
+        check_key_part("Node name", &req.node)?;
+        if req.address.is_empty() && !req.skip_node_update {
+            return Err("Must provide address if SkipNodeUpdate is not set".to_string());
+        }
+        if let Some(svc) = req.service.as_mut() {
+            if svc.service.is_empty() {
+                return Err("Must provide service name".to_string());
+            }
+            if svc.id.is_empty() {
+                svc.id = svc.service.clone();
+            }
+            check_key_part("Service name", &svc.service)?;
+            check_key_part("Service ID", &svc.id)?;
+        }
+        if let Some(check) = req.check.take() {
+            req.checks.insert(0, check);
+        }
+        for check in &mut req.checks {
+            if check.node.is_empty() {
+                check.node = req.node.clone();
+            } else if check.node != req.node {
+                let (c, n) = (&check.node, &req.node);
+                return Err(format!("Check node {c:?} does not match node {n:?}"));
+            }
+            if check.check_id.is_empty() {
+                if check.name.is_empty() {
+                    return Err("Must provide check ID or name".to_string());
+                }
+                check.check_id = check.name.clone();
+            }
+            check_key_part("Check ID", &check.check_id)?;
+            if check.status.is_empty() {
+                check.status = CRITICAL.to_string();
+            } else if ![PASSING, WARNING, CRITICAL].contains(&check.status.as_str()) {
+                return Err(format!("Invalid check status: {:?}", check.status));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check a deregister request before it is proposed (and again in `apply`).
+    pub fn validate_deregister(req: &DeregisterRequest) -> Result<(), String> {
+        if req.node.is_empty() {
+            return Err("Must provide node".to_string());
+        }
+        if !req.service_id.is_empty() && !req.check_id.is_empty() {
+            return Err("Cannot specify both ServiceID and CheckID".to_string());
+        }
+        Ok(())
+    }
+
+    /// Apply one committed command at Raft `index`. Deterministic (no clock, no
+    /// randomness, no I/O). Returns the command's result (Err = rejected: the
+    /// state is unchanged and the change list empty, never half-applied) and the
+    /// rows to persist. A write that changes nothing produces no rows and bumps
+    /// no index, so anti-entropy re-registrations do not wake blocking queries.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> (Result<(), String>, Vec<RowChange>) {
+        let planned = match cmd {
+            Command::Register(req) => self.plan_register(index, req),
+            Command::Deregister(req) => self.plan_deregister(index, req),
+        };
+        // Everything fallible (checks, encoding) happens before `commit`.
+        match planned.and_then(Pending::encode) {
+            Ok((pending, rows)) => {
+                self.commit(pending);
+                (Ok(()), rows)
+            }
+            Err(e) => (Err(e), Vec::new()),
+        }
+    }
+
+    /// Full image for a Raft snapshot, in key order, in the same format as
+    /// [`RowChange`]: `n/<node>` → Node, `s/<node>\0<service id>` → AgentService,
+    /// `c/<node>\0<check id>` → HealthCheck (JSON), `i/<index name>` → decimal.
+    pub fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let nodes = self.nodes.iter().map(|(n, v)| (node_key(n), to_json(v)));
+        let services = self
+            .services
+            .iter()
+            .map(|((n, id), v)| (pair_key(b"s/", n, id), to_json(v)));
+        let checks = self
+            .checks
+            .iter()
+            .map(|((n, id), v)| (pair_key(b"c/", n, id), to_json(v)));
+        let indexes = self
+            .indexes
+            .iter()
+            .map(|(n, i)| (index_key(n), Ok(i.to_string().into_bytes())));
+        // Encoding these types cannot fail (strings, numbers, string-keyed maps);
+        // were it to, `apply` would have rejected the write holding the value.
+        let mut rows: Vec<_> = nodes
+            .chain(services)
+            .chain(checks)
+            .chain(indexes)
+            .filter_map(|(k, v)| Some((k, v.ok()?)))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Rebuild from rows (restart from RocksDB, or installing a snapshot). Err on
+    /// a row it cannot decode, or on a service or check without its node (or
+    /// service): such an image would answer reads inconsistently.
+    pub fn from_rows<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(
+        datacenter: &str,
+        rows: I,
+    ) -> Result<Self, String> {
+        let mut state = CatalogState::new(datacenter);
+        for (key, value) in rows {
+            state.load_row(&key, &value)?;
+        }
+        for (node, id) in state.services.keys() {
+            if !state.nodes.contains_key(node) {
+                return Err(format!("service {id:?} on unknown node {node:?}"));
+            }
+        }
+        for ((node, id), check) in &state.checks {
+            let owner = (node.clone(), check.service_id.clone());
+            if !state.nodes.contains_key(node)
+                || (!check.service_id.is_empty() && !state.services.contains_key(&owner))
+            {
+                return Err(format!("check {id:?} on node {node:?} has no owner"));
+            }
+        }
+        for (key, svc) in &state.services {
+            let keys = state.by_name.entry(svc.service.clone()).or_default();
+            keys.insert(key.clone());
+        }
+        Ok(state)
+    }
+
+    /// All nodes by name; index of the nodes table.
+    pub fn nodes(&self) -> (Vec<Node>, u64) {
+        let nodes = self.nodes.values().map(|n| self.with_dc(n)).collect();
+        (nodes, self.index_of(NODES).max(1))
+    }
+
+    /// Service name → sorted, deduplicated union of its instances' tags; index
+    /// of the services table.
+    pub fn services(&self) -> (BTreeMap<String, Vec<String>>, u64) {
+        let services = self.by_name.iter().map(|(name, keys)| {
+            let tags: BTreeSet<&String> = keys
+                .iter()
+                .filter_map(|k| self.services.get(k))
+                .flat_map(|s| &s.tags)
+                .collect();
+            (name.clone(), tags.into_iter().cloned().collect())
+        });
+        (services.collect(), self.index_of(SERVICES).max(1))
+    }
+
+    /// Instances of `name` carrying every tag in `tags`, flattened with their
+    /// node, ordered by (node, service id); per-service index.
+    pub fn service_nodes(&self, name: &str, tags: &[String]) -> (Vec<CatalogService>, u64) {
+        let list = self
+            .instances(name, tags)
+            .map(|(node, svc)| CatalogService {
+                id: node.id.clone(),
+                node: node.node.clone(),
+                address: node.address.clone(),
+                datacenter: self.with_dc(node).datacenter,
+                tagged_addresses: node.tagged_addresses.clone(),
+                node_meta: node.meta.clone(),
+                service_id: svc.id.clone(),
+                service_name: svc.service.clone(),
+                service_tags: svc.tags.clone(),
+                service_address: svc.address.clone(),
+                service_meta: svc.meta.clone(),
+                service_port: svc.port,
+                service_enable_tag_override: svc.enable_tag_override,
+                create_index: svc.create_index,
+                modify_index: svc.modify_index,
+            });
+        (list.collect(), self.service_index(name))
+    }
+
+    /// A node and its instances by id; index max(nodes, services).
+    pub fn node_services(&self, node: &str) -> (Option<CatalogNode>, u64) {
+        let (found, index) = self.node_service_list(node);
+        let found = found.map(|list| CatalogNode {
+            node: list.node,
+            services: list
+                .services
+                .into_iter()
+                .map(|s| (s.id.clone(), s))
+                .collect(),
+        });
+        (found, index)
+    }
+
+    /// A node and its instances ordered by id; index max(nodes, services).
+    pub fn node_service_list(&self, node: &str) -> (Option<NodeServiceList>, u64) {
+        let found = self.nodes.get(node).map(|n| NodeServiceList {
+            node: self.with_dc(n),
+            services: node_range(&self.services, node)
+                .map(|(_, s)| s.clone())
+                .collect(),
+        });
+        (
+            found,
+            self.index_of(NODES).max(self.index_of(SERVICES)).max(1),
+        )
+    }
+
+    /// Instances of `name` with `tags`, each with its node and the checks that
+    /// decide its health (the node's own, and the instance's). With `passing`,
+    /// only instances whose checks all pass (as Consul's `?passing`, warning
+    /// fails). Per-service index.
+    pub fn health_service(
+        &self,
+        name: &str,
+        tags: &[String],
+        passing: bool,
+    ) -> (Vec<ServiceEntry>, u64) {
+        let list = self
+            .instances(name, tags)
+            .map(|(node, svc)| ServiceEntry {
+                node: self.with_dc(node),
+                service: svc.clone(),
+                checks: node_range(&self.checks, &node.node)
+                    .map(|(_, c)| c)
+                    .filter(|c| c.service_id.is_empty() || c.service_id == svc.id)
+                    .cloned()
+                    .collect(),
+            })
+            .filter(|e| !passing || e.checks.iter().all(|c| c.status == PASSING));
+        (list.collect(), self.service_index(name))
+    }
+
+    /// Checks of every instance of service `name`; per-service index.
+    pub fn service_checks(&self, name: &str) -> (Vec<HealthCheck>, u64) {
+        let checks = self.instances(name, &[]).flat_map(|(node, svc)| {
+            node_range(&self.checks, &node.node)
+                .map(|(_, c)| c.clone())
+                .filter(move |c| c.service_id == svc.id)
+        });
+        (checks.collect(), self.service_index(name))
+    }
+
+    /// Every check on `node`, node-level and service; index of the checks table.
+    pub fn node_checks(&self, node: &str) -> (Vec<HealthCheck>, u64) {
+        let checks = node_range(&self.checks, node).map(|(_, c)| c.clone());
+        (checks.collect(), self.index_of(CHECKS).max(1))
+    }
+
+    /// Checks in `state` (`any`, `passing`, `warning` or `critical`); index of
+    /// the checks table.
+    pub fn checks_in_state(&self, state: &str) -> Result<(Vec<HealthCheck>, u64), String> {
+        if !["any", PASSING, WARNING, CRITICAL].contains(&state) {
+            return Err("Bad check state".to_string());
+        }
+        let checks = self
+            .checks
+            .values()
+            .filter(|c| state == "any" || c.status == state);
+        Ok((checks.cloned().collect(), self.index_of(CHECKS).max(1)))
+    }
+
+    /// The highest index of any change so far (0 when empty).
+    pub fn last_index(&self) -> u64 {
+        self.indexes.values().copied().max().unwrap_or(0)
+    }
+
+    /// Index `name`, 0 if never bumped.
+    fn index_of(&self, name: &str) -> u64 {
+        self.indexes.get(name).copied().unwrap_or(0)
+    }
+
+    /// Index of service `name`; a name never seen falls back to the services
+    /// table, as Consul's `maxIndexForService` does.
+    fn service_index(&self, name: &str) -> u64 {
+        let own = self.indexes.get(&format!("{SERVICE_INDEX_PREFIX}{name}"));
+        own.copied().unwrap_or(self.index_of(SERVICES)).max(1)
+    }
+
+    /// Instances of `name` having all `tags`, with their nodes, in (node, id) order.
+    fn instances<'a>(
+        &'a self,
+        name: &str,
+        tags: &'a [String],
+    ) -> impl Iterator<Item = (&'a Node, &'a AgentService)> + 'a {
+        let keys = self.by_name.get(name).into_iter().flatten();
+        keys.filter_map(|key| Some((self.nodes.get(&key.0)?, self.services.get(key)?)))
+            .filter(move |(_, svc)| tags.iter().all(|t| has_tag(svc, t)))
+    }
+
+    /// A copy of `node` with the datacenter filled in: replies always carry it.
+    fn with_dc(&self, node: &Node) -> Node {
+        let mut node = node.clone();
+        if node.datacenter.is_empty() {
+            node.datacenter = self.datacenter.clone();
+        }
+        node
+    }
+
+    /// Decode one persisted row into the state.
+    fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let bad = |why: &str| format!("bad catalog row {:?}: {why}", String::from_utf8_lossy(key));
+        let key = std::str::from_utf8(key).map_err(|_| bad("key is not UTF-8"))?;
+        let pair = |rest| split_pair(rest).ok_or_else(|| bad("no separator"));
+        if let Some(name) = key.strip_prefix("n/") {
+            let node: Node = from_json(value).map_err(|e| bad(&e))?;
+            if node.node != name {
+                return Err(bad("node name differs from key"));
+            }
+            self.nodes.insert(node.node.clone(), node);
+        } else if let Some(rest) = key.strip_prefix("s/") {
+            let (node, id) = pair(rest)?;
+            let svc: AgentService = from_json(value).map_err(|e| bad(&e))?;
+            if svc.id != id {
+                return Err(bad("service ID differs from key"));
+            }
+            self.services
+                .insert((node.to_string(), svc.id.clone()), svc);
+        } else if let Some(rest) = key.strip_prefix("c/") {
+            let (node, id) = pair(rest)?;
+            let check: HealthCheck = from_json(value).map_err(|e| bad(&e))?;
+            if check.node != node || check.check_id != id {
+                return Err(bad("check differs from key"));
+            }
+            self.checks
+                .insert((node.to_string(), id.to_string()), check);
+        } else if let Some(name) = key.strip_prefix("i/") {
+            if ![NODES, SERVICES, CHECKS].contains(&name) && !name.starts_with(SERVICE_INDEX_PREFIX)
+            {
+                return Err(bad("unknown index"));
+            }
+            let index = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            let index = index.ok_or_else(|| bad("index is not a number"))?;
+            self.indexes.insert(name.to_string(), index);
+        } else {
+            return Err(bad("unknown key prefix"));
+        }
+        Ok(())
+    }
+
+    /// Every precondition of a register, then its writes, without mutating.
+    fn plan_register(&self, index: u64, req: &RegisterRequest) -> Result<Pending, String> {
+        let mut req = req.clone();
+        Self::validate_register(&mut req)?;
+        let svc_id = req.service.as_ref().map(|s| s.id.as_str());
+        for check in &req.checks {
+            let sid = &check.service_id;
+            if !sid.is_empty()
+                && svc_id != Some(sid.as_str())
+                && !self.services.contains_key(&(req.node.clone(), sid.clone()))
+            {
+                return Err("Missing service registration".to_string());
+            }
+        }
+        let mut txn = Txn::new(self, index);
+        // Consul's ChangesNode: SkipNodeUpdate leaves an existing node alone,
+        // but a missing node is still created (its services need it).
+        if !(req.skip_node_update && self.nodes.contains_key(&req.node)) {
+            let datacenter = match req.datacenter.as_str() {
+                "" => self.datacenter.clone(),
+                dc => dc.to_string(),
+            };
+            txn.put_node(Node {
+                id: req.id,
+                node: req.node.clone(),
+                address: req.address,
+                datacenter,
+                tagged_addresses: req.tagged_addresses,
+                meta: req.node_meta,
+                create_index: 0,
+                modify_index: 0,
+            });
+        }
+        if let Some(svc) = req.service {
+            txn.put_service(&req.node, svc);
+        }
+        for check in req.checks {
+            txn.put_check(check);
+        }
+        Ok(txn.pending)
+    }
+
+    /// A deregister's writes; a missing target plans nothing (a no-op, as in Consul).
+    fn plan_deregister(&self, index: u64, req: &DeregisterRequest) -> Result<Pending, String> {
+        Self::validate_deregister(req)?;
+        let mut txn = Txn::new(self, index);
+        if !req.service_id.is_empty() {
+            txn.delete_service(&req.node, &req.service_id);
+        } else if !req.check_id.is_empty() {
+            txn.delete_check(&req.node, &req.check_id);
+        } else {
+            txn.delete_node(&req.node);
+        }
+        Ok(txn.pending)
+    }
+
+    /// Install planned writes and bump the indexes they touched. Cannot fail.
+    fn commit(&mut self, pending: Pending) {
+        for (name, node) in pending.nodes {
+            match node {
+                Some(node) => self.nodes.insert(name, node),
+                None => self.nodes.remove(&name),
+            };
+        }
+        for (key, svc) in pending.services {
+            if let Some(old) = self.services.remove(&key) {
+                let keys = self.by_name.get_mut(&old.service);
+                if keys.map(|keys| keys.remove(&key) && keys.is_empty()) == Some(true) {
+                    self.by_name.remove(&old.service);
+                }
+            }
+            if let Some(svc) = svc {
+                self.by_name
+                    .entry(svc.service.clone())
+                    .or_default()
+                    .insert(key.clone());
+                self.services.insert(key, svc);
+            }
+        }
+        for (key, check) in pending.checks {
+            match check {
+                Some(check) => self.checks.insert(key, check),
+                None => self.checks.remove(&key),
+            };
+        }
+        for name in pending.bumped {
+            self.indexes.insert(name, pending.index);
+        }
+    }
+}
+
+/// Writes planned for one command, detached from the state so they can be
+/// encoded and then committed.
+struct Pending {
+    /// Raft index the writes happen at.
+    index: u64,
+    /// Node upserts (`Some`) and deletions (`None`).
+    nodes: BTreeMap<String, Option<Node>>,
+    /// Instance upserts and deletions.
+    services: BTreeMap<NodeKey, Option<AgentService>>,
+    /// Check upserts and deletions.
+    checks: BTreeMap<NodeKey, Option<HealthCheck>>,
+    /// Names of the indexes that move to `index`.
+    bumped: BTreeSet<String>,
+}
+
+impl Pending {
+    /// The rows for these writes, one per key.
+    fn encode(self) -> Result<(Pending, Vec<RowChange>), String> {
+        let mut rows = Vec::new();
+        put_rows(&mut rows, &self.nodes, |n| node_key(n))?;
+        put_rows(&mut rows, &self.services, |(n, id)| pair_key(b"s/", n, id))?;
+        put_rows(&mut rows, &self.checks, |(n, id)| pair_key(b"c/", n, id))?;
+        for name in &self.bumped {
+            let value = Some(self.index.to_string().into_bytes());
+            rows.push(RowChange {
+                key: index_key(name),
+                value,
+            });
+        }
+        Ok((self, rows))
+    }
+}
+
+/// Plans writes on top of an unchanged state. Reads see the planned writes
+/// first, so later steps of a command see earlier ones.
+struct Txn<'a> {
+    /// The state before the command.
+    base: &'a CatalogState,
+    /// The writes so far.
+    pending: Pending,
+}
+
+impl<'a> Txn<'a> {
+    /// An empty transaction at `index`.
+    fn new(base: &'a CatalogState, index: u64) -> Self {
+        let (nodes, services, checks) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let bumped = BTreeSet::new();
+        let pending = Pending {
+            index,
+            nodes,
+            services,
+            checks,
+            bumped,
+        };
+        Txn { base, pending }
+    }
+
+    /// Current node `name`.
+    fn node(&self, name: &str) -> Option<&Node> {
+        current(&self.pending.nodes, &self.base.nodes, &name.to_string())
+    }
+
+    /// Current instance `id` on `node`.
+    fn service(&self, node: &str, id: &str) -> Option<&AgentService> {
+        let key = (node.to_string(), id.to_string());
+        current(&self.pending.services, &self.base.services, &key)
+    }
+
+    /// Current check `id` on `node`.
+    fn check(&self, node: &str, id: &str) -> Option<&HealthCheck> {
+        let key = (node.to_string(), id.to_string());
+        current(&self.pending.checks, &self.base.checks, &key)
+    }
+
+    /// Current instances on `node`.
+    fn services_on(&self, node: &str) -> Vec<AgentService> {
+        current_on(&self.pending.services, &self.base.services, node)
+    }
+
+    /// Current checks on `node`.
+    fn checks_on(&self, node: &str) -> Vec<HealthCheck> {
+        current_on(&self.pending.checks, &self.base.checks, node)
+    }
+
+    /// Move the index of service `name` and of `table`.
+    fn bump(&mut self, table: &str, service: Option<&str>) {
+        self.pending.bumped.insert(table.to_string());
+        if let Some(name) = service {
+            self.pending
+                .bumped
+                .insert(format!("{SERVICE_INDEX_PREFIX}{name}"));
+        }
+    }
+
+    /// Move the indexes of every service on `node`: their health and their
+    /// flattened node fields depend on the node and its node-level checks.
+    fn bump_node_services(&mut self, table: &str, node: &str) {
+        self.bump(table, None);
+        for svc in self.services_on(node) {
+            self.bump(table, Some(&svc.service));
+        }
+    }
+
+    /// Move the indexes of the services whose health `check` decides.
+    fn bump_check(&mut self, check: &HealthCheck) {
+        match check.service_id.as_str() {
+            "" => self.bump_node_services(CHECKS, &check.node),
+            _ => self.bump(CHECKS, Some(&check.service_name)),
+        }
+    }
+
+    /// Upsert a node; no write when only the indexes would differ.
+    fn put_node(&mut self, mut node: Node) {
+        let old = self.node(&node.node).cloned();
+        if stamp(&mut node, old.as_ref(), self.pending.index) {
+            self.bump_node_services(NODES, &node.node);
+            self.pending.nodes.insert(node.node.clone(), Some(node));
+        }
+    }
+
+    /// Upsert an instance, then refresh its checks' copy of its name and tags.
+    fn put_service(&mut self, node: &str, mut svc: AgentService) {
+        let old = self.service(node, &svc.id).cloned();
+        if !stamp(&mut svc, old.as_ref(), self.pending.index) {
+            return;
+        }
+        if let Some(old) = old {
+            self.bump(SERVICES, Some(&old.service));
+        }
+        self.bump(SERVICES, Some(&svc.service));
+        let key = (node.to_string(), svc.id.clone());
+        self.pending.services.insert(key, Some(svc.clone()));
+        for check in self.checks_on(node) {
+            if check.service_id == svc.id {
+                self.put_check(check);
+            }
+        }
+    }
+
+    /// Upsert a check, filling in its service's name and tags.
+    fn put_check(&mut self, mut check: HealthCheck) {
+        let owner = match check.service_id.as_str() {
+            "" => None,
+            sid => self.service(&check.node, sid),
+        };
+        check.service_name = owner.map(|s| s.service.clone()).unwrap_or_default();
+        check.service_tags = owner.map(|s| s.tags.clone()).unwrap_or_default();
+        let old = self.check(&check.node, &check.check_id).cloned();
+        if !stamp(&mut check, old.as_ref(), self.pending.index) {
+            return;
+        }
+        if let Some(old) = old {
+            // The check may have moved to another service or to node level.
+            self.bump_check(&old);
+        }
+        self.bump_check(&check);
+        let key = (check.node.clone(), check.check_id.clone());
+        self.pending.checks.insert(key, Some(check));
+    }
+
+    /// Remove a check if present.
+    fn delete_check(&mut self, node: &str, id: &str) {
+        if let Some(old) = self.check(node, id).cloned() {
+            self.bump_check(&old);
+            self.pending
+                .checks
+                .insert((node.to_string(), id.to_string()), None);
+        }
+    }
+
+    /// Remove an instance and its checks if present.
+    fn delete_service(&mut self, node: &str, id: &str) {
+        let Some(old) = self.service(node, id).cloned() else {
+            return;
+        };
+        for check in self.checks_on(node) {
+            if check.service_id == id {
+                self.delete_check(node, &check.check_id);
+            }
+        }
+        self.bump(SERVICES, Some(&old.service));
+        self.pending
+            .services
+            .insert((node.to_string(), id.to_string()), None);
+    }
+
+    /// Remove a node with all its instances and checks if present.
+    fn delete_node(&mut self, node: &str) {
+        if self.node(node).is_none() {
+            return;
+        }
+        for check in self.checks_on(node) {
+            self.delete_check(node, &check.check_id);
+        }
+        for svc in self.services_on(node) {
+            self.delete_service(node, &svc.id);
+        }
+        self.bump(NODES, None);
+        self.pending.nodes.insert(node.to_string(), None);
+    }
+}
+
+/// The value at `key`: the planned write if any, else the committed one.
+fn current<'a, K: Ord, V>(
+    planned: &'a BTreeMap<K, Option<V>>,
+    base: &'a BTreeMap<K, V>,
+    key: &K,
+) -> Option<&'a V> {
+    planned
+        .get(key)
+        .map_or_else(|| base.get(key), Option::as_ref)
+}
+
+/// Current values on `node`, planned writes included, in id order.
+fn current_on<V: Clone>(
+    planned: &BTreeMap<NodeKey, Option<V>>,
+    base: &BTreeMap<NodeKey, V>,
+    node: &str,
+) -> Vec<V> {
+    let mut on: BTreeMap<&NodeKey, Option<&V>> =
+        node_range(base, node).map(|(k, v)| (k, Some(v))).collect();
+    on.extend(node_range(planned, node).map(|(k, v)| (k, v.as_ref())));
+    on.into_values().flatten().cloned().collect()
+}
+
+/// Values carrying Consul's CreateIndex/ModifyIndex pair.
+trait Indexed: Clone + PartialEq {
+    /// The (create, modify) index fields.
+    fn indexes(&mut self) -> (&mut u64, &mut u64);
+}
+
+/// Implements [`Indexed`] for types with `create_index` and `modify_index` fields.
+macro_rules! indexed {
+    ($($t:ty),*) => {$(
+        impl Indexed for $t {
+            fn indexes(&mut self) -> (&mut u64, &mut u64) {
+                (&mut self.create_index, &mut self.modify_index)
+            }
+        }
+    )*};
+}
+indexed!(Node, AgentService, HealthCheck);
+
+/// Set `new`'s indexes for a write at `index` over `old`. Returns false when
+/// `new` equals `old` apart from the indexes: then nothing is written.
+fn stamp<T: Indexed>(new: &mut T, old: Option<&T>, index: u64) -> bool {
+    let Some(old) = old else {
+        *new.indexes().0 = index;
+        *new.indexes().1 = index;
+        return true;
+    };
+    let mut old = old.clone();
+    let (create, modify) = old.indexes();
+    (*new.indexes().0, *new.indexes().1) = (*create, *modify);
+    if *new == old {
+        return false;
+    }
+    *new.indexes().1 = index;
+    true
+}
+
+/// Reject key parts that would make keys ambiguous (NUL separates them) or huge.
+fn check_key_part(what: &str, value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err(format!("{what} {value:?} contains an invalid character"));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(format!("{what} is longer than {MAX_ID_LEN} bytes"));
+    }
+    Ok(())
+}
+
+/// Entries of a (node, id)-keyed map belonging to `node`.
+fn node_range<'a, V>(
+    map: &'a BTreeMap<NodeKey, V>,
+    node: &'a str,
+) -> impl Iterator<Item = (&'a NodeKey, &'a V)> + 'a {
+    let from = (node.to_string(), String::new());
+    map.range(from..).take_while(move |((n, _), _)| n == node)
+}
+
+/// Tag match, case-insensitive like Consul's `serviceTagFilter`.
+fn has_tag(svc: &AgentService, tag: &str) -> bool {
+    let tag = tag.to_lowercase();
+    svc.tags.iter().any(|t| t.to_lowercase() == tag)
+}
+
+/// Append one row per planned write.
+fn put_rows<K, V: Serialize>(
+    rows: &mut Vec<RowChange>,
+    writes: &BTreeMap<K, Option<V>>,
+    key: impl Fn(&K) -> Vec<u8>,
+) -> Result<(), String> {
+    for (k, v) in writes {
+        let value = v.as_ref().map(to_json).transpose();
+        let value = value.map_err(|e| format!("cannot encode catalog row: {e}"))?;
+        rows.push(RowChange { key: key(k), value });
+    }
+    Ok(())
+}
+
+/// JSON row value.
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(value)
+}
+
+/// Decode a JSON row value.
+fn from_json<T: DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(value).map_err(|e| e.to_string())
+}
+
+/// Split `<node>\0<id>`.
+fn split_pair(rest: &str) -> Option<(&str, &str)> {
+    rest.split_once('\0')
+}
+
+/// Key of node `name`.
+fn node_key(name: &str) -> Vec<u8> {
+    [b"n/", name.as_bytes()].concat()
+}
+
+/// Key of an instance (`s/`) or check (`c/`) `id` on `node`.
+fn pair_key(prefix: &[u8], node: &str, id: &str) -> Vec<u8> {
+    [prefix, node.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+/// Key of index `name`.
+fn index_key(name: &str) -> Vec<u8> {
+    [b"i/", name.as_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A register of `node` with an address; add to it with [`Build`].
+    fn req(node: &str) -> RegisterRequest {
+        let address = format!("10.0.0.{}", node.len());
+        let node = node.to_string();
+        RegisterRequest {
+            node,
+            address,
+            ..Default::default()
+        }
+    }
+
+    /// Short builders, so each test reads as a list of commands.
+    trait Build {
+        fn svc(self, name: &str, id: &str, tags: &[&str]) -> Self;
+        /// A check; `sid` empty means node-level.
+        fn chk(self, id: &str, sid: &str, status: &str) -> Self;
+        fn skip(self) -> Self;
+    }
+
+    impl Build for RegisterRequest {
+        fn svc(mut self, name: &str, id: &str, tags: &[&str]) -> Self {
+            let (service, id, tags) = (name.into(), id.into(), strings(tags));
+            let svc = AgentService {
+                service,
+                id,
+                tags,
+                port: 8080,
+                ..Default::default()
+            };
+            self.service = Some(svc);
+            self
+        }
+        fn chk(mut self, id: &str, sid: &str, status: &str) -> Self {
+            let (check_id, service_id) = (id.into(), sid.into());
+            let status = status.into();
+            let c = HealthCheck {
+                check_id,
+                service_id,
+                status,
+                ..Default::default()
+            };
+            self.checks.push(c);
+            self
+        }
+        fn skip(mut self) -> Self {
+            self.skip_node_update = true;
+            self
+        }
+    }
+
+    /// Validate then apply, as the server does; the command must succeed.
+    fn reg(s: &mut CatalogState, index: u64, mut r: RegisterRequest) -> Vec<RowChange> {
+        CatalogState::validate_register(&mut r).unwrap();
+        let (result, rows) = s.apply(index, &Command::Register(r));
+        result.unwrap();
+        rows
+    }
+
+    fn dereq(node: &str, sid: &str, cid: &str) -> DeregisterRequest {
+        let (node, service_id, check_id) = (node.into(), sid.into(), cid.into());
+        DeregisterRequest {
+            node,
+            service_id,
+            check_id,
+            ..Default::default()
+        }
+    }
+
+    fn dereg(s: &mut CatalogState, index: u64, r: DeregisterRequest) -> Vec<RowChange> {
+        let (result, rows) = s.apply(index, &Command::Deregister(r));
+        result.unwrap();
+        rows
+    }
+
+    fn index(s: &CatalogState, service: &str) -> u64 {
+        s.service_nodes(service, &[]).1
+    }
+
+    /// n1: web1 (tags v1, primary) with a passing check, node check serfHealth passing.
+    /// n2: web2 (tag v2) with a passing check; db with a warning check.
+    fn sample() -> CatalogState {
+        let mut s = CatalogState::new("dc1");
+        let n1 = req("n1").svc("web", "web1", &["v1", "primary"]);
+        let n1 = n1.chk("serfHealth", "", PASSING);
+        reg(&mut s, 1, n1.chk("web1-alive", "web1", PASSING));
+        let web2 = req("n2").svc("web", "web2", &["v2"]);
+        reg(&mut s, 2, web2.chk("web2-alive", "web2", PASSING));
+        let db = req("n2").svc("db", "db", &[]);
+        reg(&mut s, 3, db.chk("db-alive", "db", WARNING));
+        s
+    }
+
+    #[test]
+    fn register_normalizes_and_reads_back() {
+        let mut s = CatalogState::new("dc1");
+        let mut r = req("n1").svc("web", "", &["b", "a"]);
+        r = r.chk("mem", "", PASSING);
+        let (name, service_id) = ("alive".into(), "web".into());
+        r.check = Some(HealthCheck {
+            name,
+            service_id,
+            ..Default::default()
+        });
+        assert!(!reg(&mut s, 7, r).is_empty());
+        let n = &s.nodes().0[0];
+        assert_eq!(n.datacenter, "dc1");
+        assert_eq!((n.create_index, n.modify_index), (7, 7));
+        assert_eq!(s.services().0["web"], strings(&["a", "b"]));
+        let list = s.node_service_list("n1").0.unwrap().services;
+        assert_eq!(list[0].id, "web");
+        assert_eq!(list[0].tags, strings(&["b", "a"]), "order kept");
+        let by_id = s.node_services("n1").0.unwrap().services;
+        assert!(by_id.contains_key("web"));
+        assert!(s.node_services("nope").0.is_none());
+        let checks = s.node_checks("n1").0;
+        let ids: Vec<&str> = checks.iter().map(|c| c.check_id.as_str()).collect();
+        assert_eq!(ids, ["alive", "mem"]);
+        let alive = &checks[0];
+        assert_eq!(
+            (alive.status.as_str(), alive.node.as_str()),
+            (CRITICAL, "n1")
+        );
+        assert_eq!(alive.service_name, "web");
+        assert_eq!(alive.service_tags, strings(&["b", "a"]));
+        assert!(checks[1].service_name.is_empty() && checks[1].service_tags.is_empty());
+        assert_eq!(s.service_checks("web").0.len(), 1);
+        assert_eq!(s.last_index(), 7);
+    }
+
+    #[test]
+    fn validate_rejects_bad_requests() {
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let mut other_node = req("n").chk("c", "", PASSING);
+        other_node.checks[0].node = "m".into();
+        let mut no_address = req("n");
+        no_address.address.clear();
+        let cases = [
+            (req(""), "Must provide node"),
+            (
+                no_address.clone(),
+                "Must provide address if SkipNodeUpdate is not set",
+            ),
+            (req("n").svc("", "id", &[]), "Must provide service name"),
+            (
+                req("n").chk("", "", PASSING),
+                "Must provide check ID or name",
+            ),
+            (
+                req("n").chk("c", "", "sick"),
+                "Invalid check status: \"sick\"",
+            ),
+            (other_node, "Check node \"m\" does not match node \"n\""),
+            (
+                req("a\0b"),
+                "Node name \"a\\0b\" contains an invalid character",
+            ),
+            (
+                req("n").svc("web", &long, &[]),
+                "Service ID is longer than 512 bytes",
+            ),
+        ];
+        for (mut r, want) in cases {
+            assert_eq!(
+                CatalogState::validate_register(&mut r),
+                Err(want.to_string())
+            );
+        }
+        assert_eq!(
+            CatalogState::validate_register(&mut no_address.skip()),
+            Ok(())
+        );
+
+        let both = dereq("n", "s", "c");
+        let want = Err("Cannot specify both ServiceID and CheckID".to_string());
+        assert_eq!(CatalogState::validate_deregister(&both), want);
+        let want = Err("Must provide node".to_string());
+        assert_eq!(CatalogState::validate_deregister(&dereq("", "", "")), want);
+        // apply validates again, so an unvalidated command cannot slip through.
+        let mut s = sample();
+        let before = s.clone();
+        let (result, rows) = s.apply(9, &Command::Deregister(both));
+        assert!(result.is_err() && rows.is_empty());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn identical_reregister_changes_nothing() {
+        let mut s = sample();
+        let before = s.clone();
+        let mut r = req("n1").svc("web", "web1", &["v1", "primary"]);
+        r = r.chk("serfHealth", "", PASSING);
+        r = r.chk("web1-alive", "web1", PASSING);
+        // The datacenter spelled out normalizes to the same node.
+        r.datacenter = "dc1".into();
+        assert!(reg(&mut s, 6, r).is_empty());
+        assert_eq!(s, before);
+        assert_eq!((s.last_index(), index(&s, "web")), (3, 2));
+        assert_eq!((s.nodes().1, s.node_checks("n1").1), (2, 3));
+    }
+
+    #[test]
+    fn service_change_bumps_only_its_own_index() {
+        let mut s = sample();
+        assert_eq!((index(&s, "web"), index(&s, "db")), (2, 3));
+        reg(&mut s, 10, req("n2").svc("db", "db", &["new"]));
+        assert_eq!(index(&s, "db"), 10);
+        assert_eq!(index(&s, "web"), 2, "web is on n2 too, but did not change");
+        assert_eq!((s.services().1, s.nodes().1), (10, 2));
+        let db = &s.service_nodes("db", &[]).0[0];
+        assert_eq!((db.create_index, db.modify_index), (3, 10));
+        // The db check's copy of the tags follows, which bumps the checks table.
+        let (checks, idx) = s.service_checks("db");
+        assert_eq!(checks[0].service_tags, strings(&["new"]));
+        assert_eq!((checks[0].modify_index, idx), (10, 10));
+        assert_eq!(s.node_checks("n2").1, 10);
+    }
+
+    #[test]
+    fn node_level_changes_bump_services_on_that_node() {
+        let mut s = sample();
+        reg(&mut s, 20, req("n1").skip().chk("serfHealth", "", ""));
+        let (_, web) = s.health_service("web", &[], false);
+        assert_eq!(web, 20, "web1 depends on n1's node checks");
+        assert_eq!(s.service_checks("db").1, 3, "db is not on n1");
+        assert_eq!(s.checks_in_state("any").unwrap().1, 20);
+        assert_eq!(s.nodes().1, 2);
+        // A node field change bumps the services on it (they embed node fields).
+        let mut r = req("n2");
+        r.address = "192.168.1.2".into();
+        reg(&mut s, 21, r);
+        assert_eq!(
+            (index(&s, "db"), index(&s, "web"), s.nodes().1),
+            (21, 21, 21)
+        );
+        let db = &s.service_nodes("db", &[]).0[0];
+        assert_eq!((db.address.as_str(), db.modify_index), ("192.168.1.2", 3));
+        assert_eq!(s.nodes().0[1].create_index, 2);
+    }
+
+    #[test]
+    fn rejected_register_changes_nothing() {
+        let mut s = sample();
+        let before = (s.clone(), s.rows());
+        // Would create node n9 and a service, then fails on the orphan check.
+        let mut r = req("n9")
+            .svc("api", "api", &[])
+            .chk("x", "missing", PASSING);
+        CatalogState::validate_register(&mut r).unwrap();
+        let (result, rows) = s.apply(30, &Command::Register(r));
+        assert_eq!(result, Err("Missing service registration".to_string()));
+        assert!(rows.is_empty());
+        assert_eq!((s.clone(), s.rows()), before);
+        assert!(s.node_services("n9").0.is_none());
+        // A check may reference a service registered earlier on the same node.
+        reg(&mut s, 31, req("n2").chk("db-2", "db", PASSING));
+        assert_eq!(s.service_checks("db").0.len(), 2);
+    }
+
+    #[test]
+    fn deregister_each_shape() {
+        let mut s = sample();
+        dereg(&mut s, 40, dereq("n2", "db", ""));
+        assert!(!s.services().0.contains_key("db"));
+        assert!(s.service_checks("db").0.is_empty());
+        assert_eq!(s.node_checks("n2").0.len(), 1);
+        assert_eq!(index(&s, "db"), 40, "a deleted service keeps its index");
+        assert_eq!(index(&s, "web"), 2);
+        dereg(&mut s, 41, dereq("n1", "", "serfHealth"));
+        assert_eq!((s.node_checks("n1").0.len(), index(&s, "web")), (1, 41));
+        dereg(&mut s, 42, dereq("n2", "", ""));
+        assert_eq!(s.nodes().0.len(), 1);
+        assert_eq!(s.service_nodes("web", &[]).0.len(), 1);
+        assert!(s.node_checks("n2").0.is_empty());
+        assert_eq!(
+            (s.nodes().1, s.services().1, s.node_checks("n1").1),
+            (42, 42, 42)
+        );
+        // Missing targets: Ok, nothing written, nothing bumped.
+        let before = s.clone();
+        assert!(dereg(&mut s, 43, dereq("n2", "", "")).is_empty());
+        assert!(dereg(&mut s, 44, dereq("n1", "nope", "")).is_empty());
+        assert!(dereg(&mut s, 45, dereq("n1", "", "nope")).is_empty());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn passing_filter_counts_node_level_checks() {
+        let mut s = sample();
+        let all = s.health_service("web", &[], true).0;
+        assert_eq!((all.len(), all[0].checks.len()), (2, 2));
+        assert_eq!(all[0].node.datacenter, "dc1");
+        let db = s.health_service("db", &[], true).0;
+        assert!(db.is_empty(), "warning is not passing");
+        assert_eq!(s.health_service("db", &[], false).0.len(), 1);
+        reg(&mut s, 50, req("n1").skip().chk("serfHealth", "", CRITICAL));
+        let passing = s.health_service("web", &[], true).0;
+        assert_eq!(passing.len(), 1);
+        assert_eq!(passing[0].service.id, "web2");
+        assert_eq!(s.health_service("web", &[], false).0.len(), 2);
+    }
+
+    #[test]
+    fn tag_filter_requires_every_tag() {
+        let s = sample();
+        let ids = |tags: &[&str]| -> Vec<String> {
+            let list = s.service_nodes("web", &strings(tags)).0;
+            list.into_iter().map(|c| c.service_id).collect()
+        };
+        assert_eq!(ids(&[]), strings(&["web1", "web2"]));
+        assert_eq!(ids(&["v1"]), strings(&["web1"]));
+        assert_eq!(ids(&["PRIMARY", "v1"]), strings(&["web1"]), "as Consul");
+        assert!(ids(&["v1", "v2"]).is_empty());
+        let v2 = s.health_service("web", &strings(&["v2"]), false).0;
+        assert_eq!(v2[0].service.id, "web2");
+        let flat = &s.service_nodes("web", &strings(&["v1"])).0[0];
+        assert_eq!(
+            (flat.node.as_str(), flat.datacenter.as_str()),
+            ("n1", "dc1")
+        );
+        assert_eq!(flat.service_port, 8080);
+    }
+
+    #[test]
+    fn checks_in_state_filters_by_status() {
+        let s = sample();
+        let ids = |state: &str| -> Vec<String> {
+            let checks = s.checks_in_state(state).unwrap().0;
+            checks.into_iter().map(|c| c.check_id).collect()
+        };
+        assert_eq!(ids("any").len(), 4);
+        assert_eq!(ids(WARNING), strings(&["db-alive"]));
+        let passing = strings(&["serfHealth", "web1-alive", "web2-alive"]);
+        assert_eq!(ids(PASSING), passing);
+        assert!(ids(CRITICAL).is_empty());
+        let bad = s.checks_in_state("bogus");
+        assert_eq!(bad, Err("Bad check state".to_string()));
+    }
+
+    #[test]
+    fn rows_round_trip_and_match_the_row_changes() {
+        let mut s = sample();
+        let mut stored: BTreeMap<Vec<u8>, Vec<u8>> = s.rows().into_iter().collect();
+        let mut store = |rows: Vec<RowChange>| {
+            for row in rows {
+                match row.value {
+                    Some(v) => stored.insert(row.key, v),
+                    None => stored.remove(&row.key),
+                };
+            }
+        };
+        store(reg(&mut s, 4, req("n1").svc("web", "web1", &["v3"])));
+        store(dereg(&mut s, 5, dereq("n2", "", "")));
+        let api = req("n3").svc("api", "api", &[]);
+        store(reg(&mut s, 6, api.chk("a", "api", PASSING)));
+        let image: Vec<_> = stored.into_iter().collect();
+        assert_eq!(image, s.rows(), "RowChanges rebuild the image");
+        let back = CatalogState::from_rows("dc1", s.rows()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!((index(&back, "db"), back.last_index()), (5, 6));
+        let web = back.health_service("web", &[], true);
+        assert_eq!(web, s.health_service("web", &[], true));
+        assert_eq!(back.services(), s.services());
+    }
+
+    #[test]
+    fn from_rows_rejects_undecodable_rows() {
+        let good = sample().rows();
+        let bad: [(&[u8], &[u8]); 7] = [
+            (b"x/n1", b"{}"),
+            (b"n/n1", b"not json"),
+            (b"n/n1", br#"{"Node":"other"}"#),
+            (b"i/nodes", b"twelve"),
+            (b"i/whatever", b"1"),
+            (b"s/n1", b"{}"),
+            (b"s/ghost\0web", br#"{"ID":"web","Service":"web"}"#),
+        ];
+        for (key, value) in bad {
+            let mut rows = good.clone();
+            rows.push((key.to_vec(), value.to_vec()));
+            let loaded = CatalogState::from_rows("dc1", rows);
+            assert!(loaded.is_err(), "accepted {key:?}");
+        }
+        assert!(CatalogState::from_rows("dc1", good).is_ok());
+    }
+
+    #[test]
+    fn replicas_fed_the_same_log_agree() {
+        let log = [
+            Command::Register(req("b").svc("web", "w", &["x"]).chk("c1", "w", "")),
+            Command::Register(req("a").svc("web", "w", &["y"])),
+            Command::Deregister(dereq("b", "", "c1")),
+            Command::Register(req("a").svc("api", "w", &["z"])),
+            Command::Register(req("a").chk("c2", "w", PASSING)),
+        ];
+        let mut replicas = [CatalogState::new("dc1"), CatalogState::new("dc1")];
+        for replica in &mut replicas {
+            for (i, cmd) in log.iter().enumerate() {
+                // Through JSON, as the Raft log stores it.
+                let json = serde_json::to_vec(cmd).unwrap();
+                let cmd: Command = serde_json::from_slice(&json).unwrap();
+                assert_eq!(replica.apply(i as u64 + 1, &cmd).0, Ok(()));
+            }
+        }
+        assert_eq!(replicas[0].rows(), replicas[1].rows());
+        // Instance "w" on node a was renamed web -> api at 4: web lost an
+        // instance, so its index moved too; the later check names the new service.
+        let r = &replicas[0];
+        assert_eq!((index(r, "web"), index(r, "api")), (4, 5));
+        assert_eq!(r.service_checks("api").0[0].service_name, "api");
+        assert_eq!(r.service_nodes("web", &[]).0.len(), 1);
+    }
+
+    #[test]
+    fn command_json_is_tagged_by_op() {
+        let cmd = Command::Deregister(dereq("n", "", ""));
+        let json = serde_json::to_value(&cmd).unwrap();
+        assert_eq!(json["Op"], "Deregister");
+        assert_eq!(json["Node"], "n");
+        assert_eq!(serde_json::from_value::<Command>(json).unwrap(), cmd);
+    }
+
+    #[test]
+    fn skip_node_update_keeps_an_existing_node() {
+        let mut s = sample();
+        let mut r = req("n1").skip();
+        r.address = "1.1.1.1".into();
+        assert!(reg(&mut s, 60, r).is_empty());
+        assert_eq!(s.nodes().0[0].address, "10.0.0.2");
+        // A node that does not exist yet is still created, as in Consul.
+        let mut r = req("n7").skip();
+        r.address.clear();
+        reg(&mut s, 61, r);
+        assert_eq!(s.nodes().0.len(), 3);
+    }
+
+    #[test]
+    fn indexes_are_never_zero_and_fall_back_to_the_services_table() {
+        let empty = CatalogState::new("dc1");
+        assert_eq!((index(&empty, "x"), empty.nodes().1), (1, 1));
+        assert_eq!(empty.last_index(), 0);
+        let never = sample().health_service("never", &[], false);
+        assert_eq!(never, (Vec::new(), 3));
+    }
+}
