@@ -1,0 +1,105 @@
+//! Messages between servers on the RPC port (`--rpc-addr`, 8300).
+//!
+//! Everything is a one-way message: Raft traffic, and the small handshake that
+//! forms the cluster (`Hello`) and adds servers to it (`Join`). Replies, where
+//! there are any, are messages the other way. This keeps the transport a plain
+//! "deliver these bytes to that address" that can be faulted in tests.
+
+use raft::eraftpb::Message;
+use serde::{Deserialize, Serialize};
+
+/// What a server says about itself to the servers it knows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Raft id (random, chosen on first start, persisted; never reused).
+    pub id: u64,
+    /// Node name (`--node`).
+    pub node: String,
+    /// Advertised RPC address (`--advertise`), where Raft messages reach it.
+    pub rpc_addr: String,
+    /// HTTP address, for humans and `operator` replies.
+    pub http_addr: String,
+    /// Datacenter, so that servers of different DCs never form one cluster.
+    pub datacenter: String,
+}
+
+/// Cluster-formation handshake.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender.
+    pub from: PeerInfo,
+    /// Whether the sender already belongs to a formed cluster (has a Raft configuration).
+    pub in_cluster: bool,
+    /// The sender's current view of the leader (Raft id, 0 if none).
+    pub leader: u64,
+    /// Whether this is an answer to a Hello (answers are not answered).
+    pub reply: bool,
+}
+
+/// One message between servers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RpcMessage {
+    /// A Raft message, delivered to the Raft node.
+    Raft(Message),
+    /// Handshake (see [`Hello`]).
+    Hello(Hello),
+    /// A server that has no cluster asks to be added as a learner.
+    Join(PeerInfo),
+}
+
+const TAG_RAFT: u8 = 1;
+const TAG_HELLO: u8 = 2;
+const TAG_JOIN: u8 = 3;
+
+/// Encodes a message: one tag byte, then protobuf (Raft) or JSON (handshake).
+pub fn encode(msg: &RpcMessage) -> Vec<u8> {
+    let (tag, body) = match msg {
+        RpcMessage::Raft(m) => (
+            TAG_RAFT,
+            protobuf::Message::write_to_bytes(m).unwrap_or_default(),
+        ),
+        RpcMessage::Hello(h) => (TAG_HELLO, serde_json::to_vec(h).unwrap_or_default()),
+        RpcMessage::Join(p) => (TAG_JOIN, serde_json::to_vec(p).unwrap_or_default()),
+    };
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(tag);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes what [`encode`] produced. Bad bytes from the network are an error, not a panic.
+pub fn decode(bytes: &[u8]) -> Result<RpcMessage, String> {
+    let (tag, body) = bytes.split_first().ok_or("empty RPC frame")?;
+    match *tag {
+        TAG_RAFT => {
+            let mut m = Message::default();
+            protobuf::Message::merge_from_bytes(&mut m, body).map_err(|e| e.to_string())?;
+            Ok(RpcMessage::Raft(m))
+        }
+        TAG_HELLO => serde_json::from_slice(body)
+            .map(RpcMessage::Hello)
+            .map_err(|e| e.to_string()),
+        TAG_JOIN => serde_json::from_slice(body)
+            .map(RpcMessage::Join)
+            .map_err(|e| e.to_string()),
+        t => Err(format!("unknown RPC message tag {t}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let mut m = Message::default();
+        m.set_to(2);
+        m.set_from(1);
+        m.set_term(7);
+        let msg = RpcMessage::Raft(m);
+        assert_eq!(decode(&encode(&msg)).unwrap(), msg);
+        assert!(decode(&[]).is_err());
+        assert!(decode(&[9, 1, 2]).is_err());
+        assert!(decode(&[TAG_HELLO, b'{']).is_err());
+    }
+}
