@@ -1,0 +1,795 @@
+//! RocksDB storage of one server: the Raft log, the Raft metadata and the
+//! applied catalog, in one database with a column family for each.
+//!
+//! - `logs`:  Raft entries, key = index as 8 big-endian bytes (so they sort).
+//! - `meta`:  hard state, conf state, applied index, the (index, term) of the
+//!   last compaction/snapshot, this server's Raft id and the peer address book.
+//! - `store`: the catalog rows produced by [`crate::catalog::CatalogState::apply`].
+//!
+//! Applying entries writes their rows and the new applied index in the same
+//! [`WriteBatch`] as the entries and hard state of that Ready, so a crash never
+//! leaves rows without their index (or the reverse). The Raft thread writes one
+//! batch per Ready with one fsync, which is what batches many proposals into one
+//! disk sync.
+
+use crate::rpc::PeerInfo;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+const CF_LOGS: &str = "logs";
+const CF_META: &str = "meta";
+const CF_STORE: &str = "store";
+
+const K_HARD_STATE: &[u8] = b"hard_state";
+const K_CONF_STATE: &[u8] = b"conf_state";
+const K_APPLIED: &[u8] = b"applied";
+const K_SNAP_INDEX: &[u8] = b"snapshot_index";
+const K_SNAP_TERM: &[u8] = b"snapshot_term";
+const K_NODE_ID: &[u8] = b"node_id";
+const K_PEERS: &[u8] = b"peers";
+
+/// A storage failure. Any of these means the node cannot go on safely.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFailure {
+    /// RocksDB refused an operation.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// Stored bytes did not decode.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+}
+
+fn corrupt(what: &'static str, detail: impl ToString) -> StorageFailure {
+    StorageFailure::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+/// The small, hot part of the state, mirrored in memory so that Raft's
+/// `term`/`first_index`/`last_index` calls do not read the disk.
+#[derive(Clone, Debug, Default)]
+struct Mirror {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction or a snapshot.
+    snapshot_index: u64,
+    snapshot_term: u64,
+    /// Last index in the log (== snapshot_index when the log is empty).
+    last_index: u64,
+    /// Term of the entry at `last_index`.
+    last_term: u64,
+}
+
+/// What was found on disk at start-up.
+pub struct Recovered {
+    /// This server's Raft id (created on first start).
+    pub node_id: u64,
+    /// The applied index of the stored catalog.
+    pub applied: u64,
+    /// The stored catalog rows.
+    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Known servers by Raft id.
+    pub peers: BTreeMap<u64, PeerInfo>,
+}
+
+/// Shared handle to the server's RocksDB; cheap to clone. It implements
+/// [`raft::Storage`] for the Raft node; all writes come from the Raft thread.
+#[derive(Clone)]
+pub struct RaftStore {
+    db: Arc<DB>,
+    mirror: Arc<RwLock<Mirror>>,
+    /// Provides the state-machine image for [`raft::Storage::snapshot`]; set by
+    /// the Raft node, which owns the catalog.
+    snapshot_source: Arc<RwLock<Option<SnapshotSource>>>,
+}
+
+/// Builds snapshot data of the applied state: returns (applied index, data).
+pub type SnapshotSource = Arc<dyn Fn() -> (u64, Vec<u8>) + Send + Sync>;
+
+fn u64_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64, StorageFailure> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| corrupt(what, "not 8 bytes"))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+impl RaftStore {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<(Self, Recovered), StorageFailure> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Small tables; the defaults of a whole memtable per CF waste memory here.
+        opts.set_write_buffer_size(16 << 20);
+        opts.set_max_background_jobs(2);
+        let cfs = [CF_LOGS, CF_META, CF_STORE]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let store = RaftStore {
+            db: Arc::new(db),
+            mirror: Arc::new(RwLock::new(Mirror::default())),
+            snapshot_source: Arc::new(RwLock::new(None)),
+        };
+        let recovered = store.load()?;
+        Ok((store, recovered))
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // The three families are created by `open`; their absence is a bug.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} missing"))
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageFailure> {
+        Ok(self.db.get_cf(self.cf(CF_META), key)?)
+    }
+
+    fn load(&self) -> Result<Recovered, StorageFailure> {
+        let mut m = Mirror::default();
+        if let Some(b) = self.get_meta(K_HARD_STATE)? {
+            m.hard_state = HardState::parse_from_bytes(&b).map_err(|e| corrupt("hard state", e))?;
+        }
+        if let Some(b) = self.get_meta(K_CONF_STATE)? {
+            m.conf_state = ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?;
+        }
+        if let Some(b) = self.get_meta(K_SNAP_INDEX)? {
+            m.snapshot_index = read_u64(&b, "snapshot index")?;
+        }
+        if let Some(b) = self.get_meta(K_SNAP_TERM)? {
+            m.snapshot_term = read_u64(&b, "snapshot term")?;
+        }
+        m.last_index = m.snapshot_index;
+        m.last_term = m.snapshot_term;
+        let mut it = self.db.iterator_cf(self.cf(CF_LOGS), IteratorMode::End);
+        if let Some(item) = it.next() {
+            let (k, v) = item?;
+            let e = Entry::parse_from_bytes(&v).map_err(|e| corrupt("log entry", e))?;
+            m.last_index = read_u64(&k, "log key")?;
+            m.last_term = e.term;
+        }
+        drop(it);
+
+        let node_id = match self.get_meta(K_NODE_ID)? {
+            Some(b) => read_u64(&b, "node id")?,
+            None => {
+                // Raft ids must never be reused, so a fresh random one per data dir.
+                let id = loop {
+                    let id: u64 = rand::random::<u64>() >> 1;
+                    if id != 0 {
+                        break id;
+                    }
+                };
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db
+                    .put_cf_opt(self.cf(CF_META), K_NODE_ID, u64_key(id), &wo)?;
+                id
+            }
+        };
+        let applied = match self.get_meta(K_APPLIED)? {
+            Some(b) => read_u64(&b, "applied index")?,
+            None => 0,
+        };
+        let peers = match self.get_meta(K_PEERS)? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("peers", e))?,
+            None => BTreeMap::new(),
+        };
+        let mut rows = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_STORE), IteratorMode::Start) {
+            let (k, v) = item?;
+            rows.push((k.to_vec(), v.to_vec()));
+        }
+        *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = m;
+        Ok(Recovered {
+            node_id,
+            applied,
+            rows,
+            peers,
+        })
+    }
+
+    /// Sets the function that images the state machine for snapshots.
+    pub fn set_snapshot_source(&self, source: SnapshotSource) {
+        *self
+            .snapshot_source
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    fn mirror(&self) -> Mirror {
+        self.mirror
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The stored conf state.
+    pub fn conf_state(&self) -> ConfState {
+        self.mirror().conf_state
+    }
+
+    /// The stored hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.mirror().hard_state
+    }
+
+    /// Whether this server belongs to a formed cluster.
+    pub fn initialized(&self) -> bool {
+        let cs = self.mirror().conf_state;
+        !cs.voters.is_empty() || !cs.learners.is_empty()
+    }
+
+    /// Index of the last compaction or installed snapshot.
+    pub fn snapshot_index(&self) -> u64 {
+        self.mirror().snapshot_index
+    }
+
+    /// Number of entries in the log.
+    pub fn log_len(&self) -> u64 {
+        let m = self.mirror();
+        m.last_index - m.snapshot_index
+    }
+
+    /// Starts a batch of writes that [`RaftStore::commit`] makes durable at once.
+    pub fn batch(&self) -> StoreBatch {
+        StoreBatch {
+            batch: WriteBatch::default(),
+            mirror: self.mirror(),
+            dirty: false,
+        }
+    }
+
+    /// Writes the batch (fsync when `sync`) and then publishes its in-memory effects.
+    pub fn commit(&self, b: StoreBatch, sync: bool) -> Result<(), StorageFailure> {
+        if !b.dirty {
+            return Ok(());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(b.batch, &wo)?;
+        *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = b.mirror;
+        Ok(())
+    }
+
+    /// Adds `entries` to the batch, first removing any conflicting suffix
+    /// (Raft may overwrite an uncommitted tail after a leader change).
+    pub fn append(&self, b: &mut StoreBatch, entries: &[Entry]) -> Result<(), StorageFailure> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let m = &mut b.mirror;
+        if first.index <= m.snapshot_index {
+            return Err(corrupt(
+                "append",
+                format!(
+                    "entries from {} overwrite the compacted log (compacted to {})",
+                    first.index, m.snapshot_index
+                ),
+            ));
+        }
+        if first.index > m.last_index + 1 {
+            return Err(corrupt(
+                "append",
+                format!(
+                    "gap: last index {}, appending {}",
+                    m.last_index, first.index
+                ),
+            ));
+        }
+        let logs = self.cf(CF_LOGS);
+        if first.index <= m.last_index {
+            b.batch
+                .delete_range_cf(logs, u64_key(first.index), u64_key(m.last_index + 1));
+        }
+        for e in entries {
+            let bytes = e.write_to_bytes().map_err(|e| corrupt("entry encode", e))?;
+            b.batch.put_cf(logs, u64_key(e.index), bytes);
+        }
+        m.last_index = last.index;
+        m.last_term = last.term;
+        b.dirty = true;
+        Ok(())
+    }
+
+    /// Records a new hard state.
+    pub fn set_hard_state(&self, b: &mut StoreBatch, hs: &HardState) {
+        let bytes = hs.write_to_bytes().unwrap_or_default();
+        b.batch.put_cf(self.cf(CF_META), K_HARD_STATE, bytes);
+        b.mirror.hard_state = hs.clone();
+        b.dirty = true;
+    }
+
+    /// Records a new commit index in the hard state.
+    pub fn set_commit(&self, b: &mut StoreBatch, commit: u64) {
+        let mut hs = b.mirror.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(b, &hs);
+    }
+
+    /// Records a new conf state (after a conf change or at bootstrap).
+    pub fn set_conf_state(&self, b: &mut StoreBatch, cs: &ConfState) {
+        let bytes = cs.write_to_bytes().unwrap_or_default();
+        b.batch.put_cf(self.cf(CF_META), K_CONF_STATE, bytes);
+        b.mirror.conf_state = cs.clone();
+        b.dirty = true;
+    }
+
+    /// Records applied rows and the new applied index together.
+    pub fn apply_rows(
+        &self,
+        b: &mut StoreBatch,
+        applied: u64,
+        rows: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) {
+        let store = self.cf(CF_STORE);
+        for (k, v) in rows {
+            match v {
+                Some(v) => b.batch.put_cf(store, k, v),
+                None => b.batch.delete_cf(store, k),
+            }
+        }
+        b.batch
+            .put_cf(self.cf(CF_META), K_APPLIED, u64_key(applied));
+        b.dirty = true;
+    }
+
+    /// Records the peer address book.
+    pub fn set_peers(&self, b: &mut StoreBatch, peers: &BTreeMap<u64, PeerInfo>) {
+        let bytes = serde_json::to_vec(peers).unwrap_or_default();
+        b.batch.put_cf(self.cf(CF_META), K_PEERS, bytes);
+        b.dirty = true;
+    }
+
+    /// Replaces everything with a snapshot received from the leader: the log is
+    /// emptied, the catalog rows replaced, and the snapshot's (index, term) and
+    /// conf state recorded so that `term(first_index - 1)` still answers.
+    pub fn install_snapshot(
+        &self,
+        b: &mut StoreBatch,
+        snap: &Snapshot,
+        rows: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StorageFailure> {
+        let meta = snap.get_metadata();
+        let m = &mut b.mirror;
+        if meta.index < m.snapshot_index {
+            return Err(corrupt(
+                "snapshot",
+                format!("out of date: {} < {}", meta.index, m.snapshot_index),
+            ));
+        }
+        let logs = self.cf(CF_LOGS);
+        b.batch.delete_range_cf(logs, u64_key(0), u64_key(u64::MAX));
+        let store = self.cf(CF_STORE);
+        b.batch.delete_range_cf(store, &[][..], &[0xffu8; 16][..]);
+        for (k, v) in rows {
+            b.batch.put_cf(store, k, v);
+        }
+        let meta_cf = self.cf(CF_META);
+        b.batch.put_cf(meta_cf, K_APPLIED, u64_key(meta.index));
+        b.batch.put_cf(meta_cf, K_SNAP_INDEX, u64_key(meta.index));
+        b.batch.put_cf(meta_cf, K_SNAP_TERM, u64_key(meta.term));
+        m.snapshot_index = meta.index;
+        m.snapshot_term = meta.term;
+        m.last_index = meta.index;
+        m.last_term = meta.term;
+        let mut hs = m.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        b.batch.put_cf(
+            meta_cf,
+            K_HARD_STATE,
+            hs.write_to_bytes().unwrap_or_default(),
+        );
+        m.hard_state = hs;
+        let cs = meta.get_conf_state().clone();
+        b.batch.put_cf(
+            meta_cf,
+            K_CONF_STATE,
+            cs.write_to_bytes().unwrap_or_default(),
+        );
+        m.conf_state = cs;
+        b.dirty = true;
+        Ok(())
+    }
+
+    /// Forms a new cluster: records `cs` as the configuration of an initial
+    /// snapshot at index 1, term 1. Every bootstrapping server writes the same,
+    /// and a server that joins later (with an empty log) is behind that
+    /// snapshot, so the leader sends it one, which is how it learns the
+    /// configuration (TiKV bootstraps regions the same way).
+    pub fn bootstrap(&self, b: &mut StoreBatch, cs: &ConfState) {
+        let meta_cf = self.cf(CF_META);
+        b.batch.put_cf(meta_cf, K_SNAP_INDEX, u64_key(1));
+        b.batch.put_cf(meta_cf, K_SNAP_TERM, u64_key(1));
+        b.batch.put_cf(meta_cf, K_APPLIED, u64_key(1));
+        b.mirror.snapshot_index = 1;
+        b.mirror.snapshot_term = 1;
+        b.mirror.last_index = b.mirror.last_index.max(1);
+        b.mirror.last_term = b.mirror.last_term.max(1);
+        let mut hs = b.mirror.hard_state.clone();
+        hs.term = hs.term.max(1);
+        hs.commit = hs.commit.max(1);
+        self.set_hard_state(b, &hs);
+        self.set_conf_state(b, cs);
+    }
+
+    /// Drops log entries up to and including `index` (which must be applied).
+    pub fn compact(&self, b: &mut StoreBatch, index: u64) -> Result<(), StorageFailure> {
+        let m = b.mirror.clone();
+        if index <= m.snapshot_index || index > m.last_index {
+            return Ok(());
+        }
+        let term = self.term_of(&m, index)?;
+        let logs = self.cf(CF_LOGS);
+        b.batch
+            .delete_range_cf(logs, u64_key(0), u64_key(index + 1));
+        let meta_cf = self.cf(CF_META);
+        b.batch.put_cf(meta_cf, K_SNAP_INDEX, u64_key(index));
+        b.batch.put_cf(meta_cf, K_SNAP_TERM, u64_key(term));
+        b.mirror.snapshot_index = index;
+        b.mirror.snapshot_term = term;
+        b.dirty = true;
+        Ok(())
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Option<Entry>, StorageFailure> {
+        match self.db.get_cf(self.cf(CF_LOGS), u64_key(index))? {
+            Some(b) => Ok(Some(
+                Entry::parse_from_bytes(&b).map_err(|e| corrupt("log entry", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn term_of(&self, m: &Mirror, idx: u64) -> Result<u64, StorageFailure> {
+        if idx == m.snapshot_index {
+            return Ok(m.snapshot_term);
+        }
+        if idx == m.last_index {
+            return Ok(m.last_term);
+        }
+        match self.read_entry(idx)? {
+            Some(e) => Ok(e.term),
+            None => Err(corrupt("log", format!("entry {idx} missing"))),
+        }
+    }
+
+    /// Decodes snapshot data into (peers, rows).
+    pub fn decode_snapshot(data: &[u8]) -> Result<SnapshotImage, StorageFailure> {
+        SnapshotImage::decode(data).map_err(|e| corrupt("snapshot", e))
+    }
+}
+
+/// A batch of writes being assembled for one Ready.
+pub struct StoreBatch {
+    batch: WriteBatch,
+    /// The in-memory mirror as it will be once the batch is written.
+    mirror: Mirror,
+    dirty: bool,
+}
+
+fn storage_err(e: StorageFailure) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl raft::Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let m = self.mirror();
+        Ok(RaftState::new(m.hard_state, m.conf_state))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let m = self.mirror();
+        if low <= m.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > m.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into();
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let iter = self.db.iterator_cf(
+            self.cf(CF_LOGS),
+            IteratorMode::From(&u64_key(low), Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| storage_err(e.into()))?;
+            let idx = read_u64(&k, "log key").map_err(storage_err)?;
+            if idx >= high {
+                break;
+            }
+            let e =
+                Entry::parse_from_bytes(&v).map_err(|e| storage_err(corrupt("log entry", e)))?;
+            if e.index != low + out.len() as u64 {
+                return Err(storage_err(corrupt("log", format!("hole before {idx}"))));
+            }
+            size += u64::from(protobuf::Message::compute_size(&e));
+            // Always return at least one entry, as raft-rs requires.
+            if !out.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() && low < high {
+            return Err(storage_err(corrupt("log", format!("entry {low} missing"))));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let m = self.mirror();
+        if idx == m.snapshot_index {
+            return Ok(m.snapshot_term);
+        }
+        if idx < m.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > m.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        self.term_of(&m, idx).map_err(storage_err)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.mirror().snapshot_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.mirror().last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let source = self
+            .snapshot_source
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(source) = source else {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
+        let (applied, data) = source();
+        if applied < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let m = self.mirror();
+        let term = self.term_of(&m, applied).map_err(storage_err)?;
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(m.conf_state.clone());
+        Ok(snap)
+    }
+}
+
+/// What a snapshot carries besides Raft's metadata: the peer address book
+/// (a server that joins by snapshot must learn where the others are) and the
+/// catalog rows.
+#[derive(Debug, Default, PartialEq)]
+pub struct SnapshotImage {
+    /// Known servers.
+    pub peers: BTreeMap<u64, PeerInfo>,
+    /// Catalog rows.
+    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Version byte of the snapshot format; a newer binary must still read older ones.
+const SNAPSHOT_V1: u8 = 1;
+
+impl SnapshotImage {
+    /// Encodes as: version, peers JSON (length-prefixed), then length-prefixed rows.
+    pub fn encode(&self) -> Vec<u8> {
+        let peers = serde_json::to_vec(&self.peers).unwrap_or_default();
+        let size: usize = self.rows.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+        let mut out = Vec::with_capacity(1 + 4 + peers.len() + size);
+        out.push(SNAPSHOT_V1);
+        out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
+        out.extend_from_slice(&peers);
+        for (k, v) in &self.rows {
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    /// Decodes [`SnapshotImage::encode`]'s output.
+    pub fn decode(data: &[u8]) -> Result<Self, String> {
+        fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+            if data.len() < n {
+                return Err("truncated".into());
+            }
+            let (head, rest) = data.split_at(n);
+            *data = rest;
+            Ok(head)
+        }
+        fn take_len(data: &mut &[u8]) -> Result<usize, String> {
+            let b = take(data, 4)?;
+            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        }
+        if data.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut rest = data;
+        let version = take(&mut rest, 1)?[0];
+        if version != SNAPSHOT_V1 {
+            return Err(format!("unknown snapshot version {version}"));
+        }
+        let n = take_len(&mut rest)?;
+        let peers = serde_json::from_slice(take(&mut rest, n)?).map_err(|e| e.to_string())?;
+        let mut rows = Vec::new();
+        while !rest.is_empty() {
+            let kn = take_len(&mut rest)?;
+            let k = take(&mut rest, kn)?.to_vec();
+            let vn = take_len(&mut rest)?;
+            let v = take(&mut rest, vn)?.to_vec();
+            rows.push((k, v));
+        }
+        Ok(Self { peers, rows })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8; 3].into();
+        e
+    }
+
+    #[test]
+    fn log_survives_reopen_and_conflicts_are_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let id;
+        {
+            let (s, rec) = RaftStore::open(dir.path()).unwrap();
+            id = rec.node_id;
+            let mut b = s.batch();
+            s.append(&mut b, &[entry(1, 1), entry(2, 1), entry(3, 1)])
+                .unwrap();
+            let mut hs = HardState::default();
+            hs.term = 2;
+            hs.vote = 7;
+            hs.commit = 2;
+            s.set_hard_state(&mut b, &hs);
+            s.commit(b, true).unwrap();
+            // A new leader overwrites the uncommitted tail from index 3.
+            let mut b = s.batch();
+            s.append(&mut b, &[entry(3, 2), entry(4, 2)]).unwrap();
+            s.commit(b, true).unwrap();
+            assert_eq!(s.last_index().unwrap(), 4);
+        }
+        let (s, rec) = RaftStore::open(dir.path()).unwrap();
+        assert_eq!(rec.node_id, id, "the Raft id is stable across restarts");
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(3).unwrap(), 2);
+        assert_eq!(s.term(2).unwrap(), 1);
+        let hs = s.initial_state().unwrap().hard_state;
+        assert_eq!((hs.term, hs.vote, hs.commit), (2, 7, 2));
+        let es = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            es.iter().map(|e| e.term).collect::<Vec<_>>(),
+            vec![1, 1, 2, 2]
+        );
+        let limited = s
+            .entries(1, 5, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(limited.len(), 1, "max_size still returns one entry");
+    }
+
+    #[test]
+    fn compaction_keeps_the_boundary_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = RaftStore::open(dir.path()).unwrap();
+        let mut b = s.batch();
+        s.append(
+            &mut b,
+            &(1..=10).map(|i| entry(i, i / 4 + 1)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        s.commit(b, true).unwrap();
+        let mut b = s.batch();
+        s.compact(&mut b, 6).unwrap();
+        s.commit(b, true).unwrap();
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.term(6).unwrap(), 2);
+        assert!(matches!(
+            s.entries(5, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(
+            s.entries(7, 11, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            4
+        );
+        drop(s);
+        let (s, _) = RaftStore::open(dir.path()).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
+        assert_eq!(s.term(6).unwrap(), 2);
+    }
+
+    #[test]
+    fn snapshot_install_replaces_log_and_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = RaftStore::open(dir.path()).unwrap();
+        let mut b = s.batch();
+        s.append(&mut b, &[entry(1, 1), entry(2, 1)]).unwrap();
+        s.apply_rows(&mut b, 2, vec![(b"old".to_vec(), Some(b"x".to_vec()))]);
+        s.commit(b, true).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 50;
+        snap.mut_metadata().term = 4;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        let mut b = s.batch();
+        s.install_snapshot(&mut b, &snap, &[(b"new".to_vec(), b"y".to_vec())])
+            .unwrap();
+        s.commit(b, true).unwrap();
+        drop(s);
+        let (s, rec) = RaftStore::open(dir.path()).unwrap();
+        assert_eq!(rec.applied, 50);
+        assert_eq!(rec.rows, vec![(b"new".to_vec(), b"y".to_vec())]);
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (51, 50)
+        );
+        assert_eq!(s.term(50).unwrap(), 4);
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn snapshot_image_round_trips_and_rejects_garbage() {
+        let mut img = SnapshotImage::default();
+        img.rows.push((b"k".to_vec(), b"v".to_vec()));
+        img.peers.insert(
+            3,
+            PeerInfo {
+                id: 3,
+                node: "s3".into(),
+                rpc_addr: "a:1".into(),
+                http_addr: "a:2".into(),
+                datacenter: "dc1".into(),
+            },
+        );
+        assert_eq!(SnapshotImage::decode(&img.encode()).unwrap(), img);
+        assert!(SnapshotImage::decode(&[9]).is_err());
+        assert!(SnapshotImage::decode(&[1, 0, 0, 0, 9]).is_err());
+    }
+}
