@@ -1,0 +1,1126 @@
+//! The Raft node: one thread that owns the `RawNode`, the catalog's write side
+//! and the storage writes, driven by ticks and by events from the HTTP layer
+//! and the transport.
+//!
+//! The loop follows raft-rs's documented `Ready` order (see
+//! `examples/five_mem_node` in raft-rs): send the leader's messages, install a
+//! snapshot, apply committed entries, persist entries and hard state, send the
+//! messages that must wait for persistence, advance, then handle the light
+//! ready the same way. All events that queued up while the thread was busy are
+//! drained before one Ready is handled, so many proposals share one fsync.
+//!
+//! It is a plain thread, not a tokio task, because every Ready blocks on an
+//! fsync; the HTTP layer talks to it through a bounded channel and gets its
+//! answers on oneshot channels.
+
+use crate::catalog::{CatalogState, Command};
+use crate::rpc::{Hello, PeerInfo, RpcMessage};
+use crate::storage::{RaftStore, SnapshotImage, StorageFailure, StoreBatch};
+use crate::transport::Transport;
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message,
+    MessageType,
+};
+use raft::{Config, RawNode, ReadOnlyOption, StateRole};
+use registry_api::Error as ApiError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// Timing and sizing of the Raft node. Defaults suit production; tests shorten them.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    /// Length of one Raft tick.
+    pub tick: Duration,
+    /// Election timeout in ticks (randomised by raft-rs between this and twice this).
+    pub election_ticks: usize,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: usize,
+    /// Compact the log once this many applied entries sit in it.
+    pub compact_threshold: u64,
+    /// Entries kept behind the applied index at compaction, so a follower that
+    /// lags a little catches up from the log rather than by snapshot.
+    pub compact_keep: u64,
+    /// How often servers greet the servers they know (cluster formation, joins).
+    pub hello_interval: Duration,
+    /// How long a write waits to be committed and applied.
+    pub propose_timeout: Duration,
+    /// How long a linearizable read waits for the leader to confirm its index.
+    pub read_timeout: Duration,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_threshold: 8192,
+            compact_keep: 1024,
+            hello_interval: Duration::from_millis(500),
+            propose_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The applied state, read by the HTTP layer.
+pub struct Applied {
+    /// The catalog as of `index`.
+    pub catalog: CatalogState,
+    /// The last applied Raft index.
+    pub index: u64,
+}
+
+/// A summary of the Raft state for the HTTP layer (`status`, `operator`, headers).
+#[derive(Clone, Debug, Default)]
+pub struct RaftStatus {
+    /// This server's Raft id.
+    pub id: u64,
+    /// Leader, follower, candidate...
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// The leader's Raft id, 0 if unknown.
+    pub leader_id: u64,
+    /// True on a leader that has committed an entry of its own term, i.e. whose
+    /// applied state includes everything acknowledged before it took over.
+    pub leader_ready: bool,
+    /// When a follower last heard from its leader.
+    pub last_leader_contact: Option<Instant>,
+    /// Voters' Raft ids.
+    pub voters: Vec<u64>,
+    /// Learners' Raft ids.
+    pub learners: Vec<u64>,
+    /// Known servers.
+    pub peers: BTreeMap<u64, PeerInfo>,
+    /// Commit index.
+    pub commit: u64,
+    /// Whether this server belongs to a formed cluster.
+    pub in_cluster: bool,
+    /// Set when the node stopped on a fatal error (the node is broken).
+    pub fatal: Option<String>,
+    /// The log holds entries after this index only (compaction or snapshot).
+    pub compacted_to: u64,
+    /// Snapshots installed from a leader since start.
+    pub snapshots_installed: u64,
+}
+
+/// Raft role, mirrored from raft-rs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Follower (also a server not yet in a cluster).
+    #[default]
+    Follower,
+    /// Candidate or pre-candidate.
+    Candidate,
+    /// Leader.
+    Leader,
+}
+
+impl RaftStatus {
+    /// The leader's RPC address, if a leader is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        if self.leader_id == 0 {
+            return None;
+        }
+        self.peers.get(&self.leader_id).map(|p| p.rpc_addr.clone())
+    }
+}
+
+/// State shared between the Raft thread (writer) and the HTTP handlers (readers).
+pub struct Shared {
+    /// The applied catalog.
+    pub applied: RwLock<Applied>,
+    /// The latest Raft status.
+    pub status: RwLock<RaftStatus>,
+    /// Bumped after every applied batch; blocking queries wait on it.
+    pub applied_tx: watch::Sender<u64>,
+    /// The commit index, stored before any message announcing it leaves, so a
+    /// leader answering a default read can wait until it has applied at least
+    /// what any follower may already have acknowledged.
+    pub commit: AtomicU64,
+}
+
+/// A write or request handed to the Raft thread.
+pub enum Event {
+    /// A message from another server.
+    Rpc(String, RpcMessage),
+    /// Replicate a catalog command; answered once applied.
+    Propose(Box<Command>, oneshot::Sender<Result<(), ApiError>>),
+    /// Confirm leadership and return the index a linearizable read must wait for.
+    ReadIndex(oneshot::Sender<Result<u64, ApiError>>),
+    /// Remove a server from the configuration.
+    RemovePeer(u64, oneshot::Sender<Result<(), ApiError>>),
+}
+
+/// What travels in a normal Raft entry: a versioned envelope around a command,
+/// so that a newer binary still reads an older log.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    /// Format version; only 1 exists.
+    v: u32,
+    /// Request id, to find the waiting caller on the server that proposed it.
+    id: u64,
+    /// The command.
+    cmd: Command,
+}
+
+/// What travels in a conf-change entry's context.
+#[derive(Serialize, Deserialize, Default)]
+struct ConfContext {
+    /// Request id of the caller, 0 when nobody waits.
+    id: u64,
+    /// The server being added (so every member learns its address).
+    peer: Option<PeerInfo>,
+}
+
+/// Handle the HTTP layer uses to talk to the Raft thread.
+#[derive(Clone)]
+pub struct RaftHandle {
+    tx: SyncSender<Event>,
+    /// The shared state.
+    pub shared: Arc<Shared>,
+    /// Timing, for the waits below.
+    pub tuning: RaftTuning,
+}
+
+impl RaftHandle {
+    fn send(&self, ev: Event) -> Result<(), ApiError> {
+        match self.tx.try_send(ev) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                Err(ApiError::Internal("server is overloaded, retry".into()))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                Err(ApiError::Internal("server is shutting down".into()))
+            }
+        }
+    }
+
+    /// Replicates `cmd` and waits until it is applied here.
+    pub async fn propose(&self, cmd: Command) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Propose(Box::new(cmd), tx))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ApiError::Internal("server is shutting down".into())))
+    }
+
+    /// Returns once this server's applied state is at least as new as the
+    /// leader's commit index at the time of the call (Raft's ReadIndex, §6.4).
+    pub async fn linearizable_barrier(&self) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::ReadIndex(tx))?;
+        let index = rx
+            .await
+            .unwrap_or_else(|_| Err(ApiError::Internal("server is shutting down".into())))?;
+        self.wait_applied(index, self.tuning.read_timeout).await
+    }
+
+    /// Waits until the applied index reaches `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ApiError> {
+        let mut rx = self.shared.applied_tx.subscribe();
+        let reached = tokio::time::timeout(timeout, async {
+            rx.wait_for(|applied| *applied >= index).await.is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(()),
+            _ => Err(ApiError::NoLeader),
+        }
+    }
+
+    /// A default-mode read on the leader: no quorum round, but wait until
+    /// everything it has committed is applied here.
+    pub async fn leader_barrier(&self) -> Result<(), ApiError> {
+        let commit = self.shared.commit.load(Ordering::SeqCst);
+        self.wait_applied(commit, self.tuning.read_timeout).await
+    }
+
+    /// Removes a server from the Raft configuration.
+    pub async fn remove_peer(&self, id: u64) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::RemovePeer(id, tx))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ApiError::Internal("server is shutting down".into())))
+    }
+
+    /// A copy of the current status.
+    pub fn status(&self) -> RaftStatus {
+        self.shared
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Everything the Raft thread needs at start.
+pub struct RaftNodeSetup {
+    /// This server.
+    pub me: PeerInfo,
+    /// Storage, already opened.
+    pub store: RaftStore,
+    /// Applied index found on disk.
+    pub applied: u64,
+    /// Peer address book found on disk.
+    pub peers: BTreeMap<u64, PeerInfo>,
+    /// Catalog rebuilt from disk.
+    pub catalog: CatalogState,
+    /// Form a cluster once this many servers see each other (0: never bootstrap;
+    /// 1: bootstrap alone at once, as `--dev` does).
+    pub bootstrap_expect: usize,
+    /// Servers to greet (their RPC addresses).
+    pub retry_join: Vec<String>,
+    /// Timing.
+    pub tuning: RaftTuning,
+    /// Outbound transport.
+    pub transport: Arc<dyn Transport>,
+}
+
+/// Capacity of the event channel; a full channel answers "overloaded" at once
+/// rather than queueing without bound.
+const EVENT_QUEUE: usize = 16 * 1024;
+
+/// The Raft thread's inbox. Created before the node so that the transport
+/// (which must exist before the node) can deliver into it.
+pub fn event_channel() -> (SyncSender<Event>, Receiver<Event>) {
+    std::sync::mpsc::sync_channel(EVENT_QUEUE)
+}
+
+/// Starts the Raft thread on the inbox `rx` (whose sender is `tx`). Returns the
+/// handle and the thread's join handle.
+pub fn start(
+    mut setup: RaftNodeSetup,
+    tx: SyncSender<Event>,
+    rx: Receiver<Event>,
+    shutdown: CancellationToken,
+) -> Result<(RaftHandle, std::thread::JoinHandle<()>), StorageFailure> {
+    let (applied_tx, _) = watch::channel(setup.applied);
+    let shared = Arc::new(Shared {
+        applied: RwLock::new(Applied {
+            catalog: std::mem::replace(&mut setup.catalog, CatalogState::new("")),
+            index: setup.applied,
+        }),
+        status: RwLock::new(RaftStatus {
+            id: setup.me.id,
+            ..Default::default()
+        }),
+        applied_tx,
+        commit: AtomicU64::new(0),
+    });
+    let peers_for_snap = Arc::new(RwLock::new(setup.peers.clone()));
+    {
+        let shared = shared.clone();
+        let peers = peers_for_snap.clone();
+        setup.store.set_snapshot_source(Arc::new(move || {
+            let applied = shared.applied.read().unwrap_or_else(|e| e.into_inner());
+            let image = SnapshotImage {
+                peers: peers.read().unwrap_or_else(|e| e.into_inner()).clone(),
+                rows: applied.catalog.rows(),
+            };
+            (applied.index, image.encode())
+        }));
+    }
+    let handle = RaftHandle {
+        tx: tx.clone(),
+        shared: shared.clone(),
+        tuning: setup.tuning.clone(),
+    };
+    let mut node = RaftNode::new(setup, shared, peers_for_snap, rx)?;
+    let thread = std::thread::Builder::new()
+        .name(format!("raft-{}", node.me.node))
+        .spawn(move || {
+            if let Err(e) = node.run(&shutdown) {
+                error!(node = %node.me.node, error = %e, "raft node stopped on a fatal error");
+                node.shared
+                    .status
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fatal = Some(e.to_string());
+            }
+        })
+        .map_err(|e| StorageFailure::Corrupt {
+            what: "raft thread",
+            detail: e.to_string(),
+        })?;
+    Ok((handle, thread))
+}
+
+/// Why the Raft thread stopped: the node is broken and must not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageFailure),
+    /// raft-rs reported an error it cannot recover from.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A committed entry this binary cannot decode: applying anything further
+    /// would let replicas diverge (Consul treats unknown commands the same way).
+    #[error("undecodable committed entry at index {0}: {1}")]
+    BadEntry(u64, String),
+}
+
+struct RaftNode {
+    me: PeerInfo,
+    raw: RawNode<RaftStore>,
+    store: RaftStore,
+    shared: Arc<Shared>,
+    peers: BTreeMap<u64, PeerInfo>,
+    peers_for_snap: Arc<RwLock<BTreeMap<u64, PeerInfo>>>,
+    /// Servers not yet in a cluster that greeted us (bootstrap candidates).
+    seen: BTreeMap<u64, PeerInfo>,
+    bootstrap_expect: usize,
+    retry_join: Vec<String>,
+    tuning: RaftTuning,
+    transport: Arc<dyn Transport>,
+    events: Receiver<Event>,
+    pending_writes: HashMap<u64, (oneshot::Sender<Result<(), ApiError>>, Instant)>,
+    pending_reads: HashMap<u64, (oneshot::Sender<Result<u64, ApiError>>, Instant)>,
+    /// Request ids: a random prefix per process so ids never collide across servers.
+    next_request: AtomicU64,
+    last_leader_contact: Option<Instant>,
+    last_hello: Option<Instant>,
+    snapshots_installed: u64,
+    logger: slog::Logger,
+}
+
+fn raft_config(id: u64, applied: u64, t: &RaftTuning) -> Config {
+    Config {
+        id,
+        election_tick: t.election_ticks,
+        heartbeat_tick: t.heartbeat_ticks,
+        applied,
+        // Pre-vote stops a rejoining partitioned server from disrupting the
+        // cluster with a higher term; check-quorum makes an isolated leader step
+        // down, so a minority can never keep acting as leader (Raft thesis §9.6).
+        pre_vote: true,
+        check_quorum: true,
+        read_only_option: ReadOnlyOption::Safe,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    }
+}
+
+impl RaftNode {
+    fn new(
+        setup: RaftNodeSetup,
+        shared: Arc<Shared>,
+        peers_for_snap: Arc<RwLock<BTreeMap<u64, PeerInfo>>>,
+        events: Receiver<Event>,
+    ) -> Result<Self, StorageFailure> {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let cfg = raft_config(setup.me.id, setup.applied, &setup.tuning);
+        let raw = RawNode::new(&cfg, setup.store.clone(), &logger).map_err(|e| {
+            StorageFailure::Corrupt {
+                what: "raft state",
+                detail: e.to_string(),
+            }
+        })?;
+        let mut peers = setup.peers;
+        peers.insert(setup.me.id, setup.me.clone());
+        Ok(Self {
+            me: setup.me,
+            raw,
+            store: setup.store,
+            shared,
+            peers,
+            peers_for_snap,
+            seen: BTreeMap::new(),
+            bootstrap_expect: setup.bootstrap_expect,
+            retry_join: setup.retry_join,
+            tuning: setup.tuning,
+            transport: setup.transport,
+            events,
+            pending_writes: HashMap::new(),
+            pending_reads: HashMap::new(),
+            next_request: AtomicU64::new(rand::random::<u64>() & !0xffff_ffff),
+            last_leader_contact: None,
+            last_hello: None,
+            snapshots_installed: 0,
+            logger,
+        })
+    }
+
+    fn request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn run(&mut self, shutdown: &CancellationToken) -> Result<(), Fatal> {
+        info!(node = %self.me.node, id = self.me.id, in_cluster = self.store.initialized(), "raft node starting");
+        if self.bootstrap_expect == 1 && !self.store.initialized() {
+            self.bootstrap(vec![self.me.id])?;
+        }
+        if self.bootstrap_expect == 1 && self.store.conf_state().voters == vec![self.me.id] {
+            // A single-server cluster (`--dev`) need not wait an election timeout.
+            let _ = self.raw.campaign();
+        }
+        let mut next_tick = Instant::now() + self.tuning.tick;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(wait) {
+                Ok(ev) => self.handle_event(ev)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Take whatever else queued up, so that one Ready (one fsync) covers it all.
+            for _ in 0..EVENT_QUEUE {
+                match self.events.try_recv() {
+                    Ok(ev) => self.handle_event(ev)?,
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick += self.tuning.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.tuning.tick;
+                }
+                self.on_tick()?;
+            }
+            self.on_ready()?;
+            self.publish_status();
+        }
+        info!(node = %self.me.node, "raft node stopped");
+        Ok(())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn handle_event(&mut self, ev: Event) -> Result<(), Fatal> {
+        match ev {
+            Event::Rpc(from, msg) => self.handle_rpc(from, msg)?,
+            Event::Propose(cmd, reply) => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(ApiError::NoLeader));
+                    return Ok(());
+                }
+                let id = self.request_id();
+                let data = match serde_json::to_vec(&Envelope {
+                    v: 1,
+                    id,
+                    cmd: *cmd,
+                }) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = reply.send(Err(ApiError::Internal(e.to_string())));
+                        return Ok(());
+                    }
+                };
+                match self.raw.propose(vec![], data) {
+                    Ok(()) => {
+                        self.pending_writes.insert(id, (reply, Instant::now()));
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(ApiError::NoLeader));
+                    }
+                }
+            }
+            Event::ReadIndex(reply) => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(ApiError::NoLeader));
+                    return Ok(());
+                }
+                let ctx = self.request_id();
+                self.raw.read_index(ctx.to_be_bytes().to_vec());
+                self.pending_reads.insert(ctx, (reply, Instant::now()));
+            }
+            Event::RemovePeer(id, reply) => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(ApiError::NoLeader));
+                    return Ok(());
+                }
+                let cs = self.store.conf_state();
+                if !cs.voters.contains(&id) && !cs.learners.contains(&id) {
+                    let _ = reply.send(Err(ApiError::BadRequest(format!(
+                        "id {id:016x} is not a member of the Raft configuration"
+                    ))));
+                    return Ok(());
+                }
+                let req = self.request_id();
+                let ctx = ConfContext {
+                    id: req,
+                    peer: None,
+                };
+                match self.propose_conf(id, ConfChangeType::RemoveNode, &ctx) {
+                    Ok(()) => {
+                        self.pending_writes.insert(req, (reply, Instant::now()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn propose_conf(
+        &mut self,
+        id: u64,
+        ty: ConfChangeType,
+        ctx: &ConfContext,
+    ) -> Result<(), ApiError> {
+        if self.raw.raft.has_pending_conf() {
+            return Err(ApiError::Internal(
+                "a configuration change is already in progress, retry".into(),
+            ));
+        }
+        let mut single = ConfChangeSingle::default();
+        single.node_id = id;
+        single.set_change_type(ty);
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        let ctx = serde_json::to_vec(ctx).unwrap_or_default();
+        self.raw
+            .propose_conf_change(ctx, cc)
+            .map_err(|_| ApiError::NoLeader)
+    }
+
+    fn handle_rpc(&mut self, from: String, msg: RpcMessage) -> Result<(), Fatal> {
+        match msg {
+            RpcMessage::Raft(m) => {
+                // The transport tells us where a server talks from; that is how
+                // we learn the address of a server added by another member.
+                if m.from != 0 && !self.peers.contains_key(&m.from) {
+                    self.peers.insert(
+                        m.from,
+                        PeerInfo {
+                            id: m.from,
+                            node: String::new(),
+                            rpc_addr: from,
+                            http_addr: String::new(),
+                            datacenter: self.me.datacenter.clone(),
+                        },
+                    );
+                }
+                let from_id = m.from;
+                let is_leader_msg = matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+                );
+                if let Err(e) = self.raw.step(m) {
+                    debug!(node = %self.me.node, error = %e, "raft step rejected a message");
+                }
+                if is_leader_msg && from_id == self.raw.raft.leader_id {
+                    self.last_leader_contact = Some(Instant::now());
+                }
+            }
+            RpcMessage::Hello(h) => self.handle_hello(h)?,
+            RpcMessage::Join(peer) => self.handle_join(peer),
+        }
+        Ok(())
+    }
+
+    fn in_cluster(&self) -> bool {
+        self.store.initialized()
+    }
+
+    fn hello(&self, reply: bool) -> RpcMessage {
+        RpcMessage::Hello(Hello {
+            from: self.me.clone(),
+            in_cluster: self.in_cluster(),
+            leader: self.raw.raft.leader_id,
+            reply,
+        })
+    }
+
+    fn handle_hello(&mut self, h: Hello) -> Result<(), Fatal> {
+        if h.from.datacenter != self.me.datacenter {
+            warn!(node = %self.me.node, peer = %h.from.node, peer_dc = %h.from.datacenter,
+                  "ignoring a server of another datacenter (check --retry-join)");
+            return Ok(());
+        }
+        if h.from.id == self.me.id {
+            return Ok(());
+        }
+        if !h.reply {
+            self.transport.send(&h.from.rpc_addr, self.hello(true));
+        }
+        let known = self.peers.get(&h.from.id);
+        if known != Some(&h.from) {
+            self.peers.insert(h.from.id, h.from.clone());
+            if self.in_cluster() {
+                let mut b = self.store.batch();
+                self.store.set_peers(&mut b, &self.peers);
+                self.store.commit(b, true)?;
+                *self
+                    .peers_for_snap
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = self.peers.clone();
+            }
+        }
+        if self.in_cluster() {
+            return Ok(());
+        }
+        if h.in_cluster {
+            // A cluster exists: ask to be added rather than form a second one.
+            self.transport
+                .send(&h.from.rpc_addr, RpcMessage::Join(self.me.clone()));
+            return Ok(());
+        }
+        self.seen.insert(h.from.id, h.from);
+        self.maybe_bootstrap()
+    }
+
+    fn maybe_bootstrap(&mut self) -> Result<(), Fatal> {
+        if self.in_cluster() || self.bootstrap_expect == 0 {
+            return Ok(());
+        }
+        let mut ids: Vec<u64> = self.seen.keys().copied().collect();
+        ids.push(self.me.id);
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() < self.bootstrap_expect {
+            return Ok(());
+        }
+        // Every server that sees the same set picks the same voters, whatever the
+        // start order; a server left out waits to join the formed cluster.
+        ids.truncate(self.bootstrap_expect);
+        if !ids.contains(&self.me.id) {
+            return Ok(());
+        }
+        self.bootstrap(ids)
+    }
+
+    fn bootstrap(&mut self, voters: Vec<u64>) -> Result<(), Fatal> {
+        info!(node = %self.me.node, ?voters, "bootstrapping the cluster");
+        let mut cs = raft::eraftpb::ConfState::default();
+        cs.voters = voters;
+        let mut b = self.store.batch();
+        self.store.bootstrap(&mut b, &cs);
+        self.store.set_peers(&mut b, &self.peers);
+        self.store.commit(b, true)?;
+        {
+            let mut applied = self.shared.applied.write().unwrap_or_else(|e| e.into_inner());
+            applied.index = applied.index.max(1);
+        }
+        *self
+            .peers_for_snap
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = self.peers.clone();
+        // Nothing has happened in this RawNode yet (it had no configuration), so
+        // it is rebuilt from the now-initialised storage.
+        let cfg = raft_config(self.me.id, 1, &self.tuning);
+        self.raw = RawNode::new(&cfg, self.store.clone(), &self.logger)?;
+        Ok(())
+    }
+
+    fn handle_join(&mut self, peer: PeerInfo) {
+        if !self.in_cluster() || peer.datacenter != self.me.datacenter {
+            return;
+        }
+        if !self.is_leader() {
+            if let Some(addr) = self
+                .peers
+                .get(&self.raw.raft.leader_id)
+                .map(|p| p.rpc_addr.clone())
+            {
+                if self.raw.raft.leader_id != self.me.id {
+                    self.transport.send(&addr, RpcMessage::Join(peer));
+                }
+            }
+            return;
+        }
+        let cs = self.store.conf_state();
+        if cs.voters.contains(&peer.id) || cs.learners.contains(&peer.id) {
+            return;
+        }
+        info!(node = %self.me.node, joiner = %peer.node, id = peer.id, "adding a server as learner");
+        self.peers.insert(peer.id, peer.clone());
+        let ctx = ConfContext {
+            id: 0,
+            peer: Some(peer.clone()),
+        };
+        if let Err(e) = self.propose_conf(peer.id, ConfChangeType::AddLearnerNode, &ctx) {
+            debug!(node = %self.me.node, error = %e, "join deferred");
+        }
+    }
+
+    fn on_tick(&mut self) -> Result<(), Fatal> {
+        let now = Instant::now();
+        // Expire waiters whose answer will not come (lost leader, dropped message).
+        let pt = self.tuning.propose_timeout;
+        self.pending_writes.retain(|_, (tx, at)| {
+            if now.duration_since(*at) > pt {
+                let taken = std::mem::replace(tx, oneshot::channel().0);
+                let _ = taken.send(Err(ApiError::Internal(
+                    "timed out waiting for the write to be committed; it may still apply".into(),
+                )));
+                false
+            } else {
+                true
+            }
+        });
+        let rt = self.tuning.read_timeout;
+        self.pending_reads.retain(|_, (tx, at)| {
+            if now.duration_since(*at) > rt {
+                let taken = std::mem::replace(tx, oneshot::channel().0);
+                let _ = taken.send(Err(ApiError::NoLeader));
+                false
+            } else {
+                true
+            }
+        });
+        if self.is_leader() {
+            self.promote_learners();
+        }
+        let due = self
+            .last_hello
+            .is_none_or(|t| now.duration_since(t) >= self.tuning.hello_interval);
+        if due {
+            self.last_hello = Some(now);
+            let mut targets: Vec<String> = self.retry_join.clone();
+            targets.extend(
+                self.peers
+                    .values()
+                    .filter(|p| p.id != self.me.id)
+                    .map(|p| p.rpc_addr.clone()),
+            );
+            targets.sort();
+            targets.dedup();
+            for t in targets {
+                if t != self.me.rpc_addr {
+                    self.transport.send(&t, self.hello(false));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Learners that have caught up become voters (Raft thesis §4.2.1: add
+    /// servers as non-voting members first so they cannot stall commits).
+    fn promote_learners(&mut self) {
+        if self.raw.raft.has_pending_conf() {
+            return;
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        let learners = self.store.conf_state().learners;
+        for id in learners {
+            let matched = self.raw.raft.prs().get(id).map(|p| p.matched).unwrap_or(0);
+            if matched + 1 >= committed {
+                info!(node = %self.me.node, id, "promoting caught-up learner to voter");
+                let ctx = ConfContext {
+                    id: 0,
+                    peer: self.peers.get(&id).cloned(),
+                };
+                let _ = self.propose_conf(id, ConfChangeType::AddNode, &ctx);
+                return;
+            }
+        }
+    }
+
+    fn send_messages(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            match self.peers.get(&to) {
+                Some(p) => {
+                    let addr = p.rpc_addr.clone();
+                    self.transport.send(&addr, RpcMessage::Raft(m));
+                    if is_snapshot {
+                        // Delivery is not confirmed; reporting Finish lets the
+                        // leader probe, and a lost snapshot is simply resent.
+                        self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+                    }
+                }
+                None => {
+                    debug!(node = %self.me.node, to, "no address for peer");
+                    self.raw.report_unreachable(to);
+                    if is_snapshot {
+                        self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), Fatal> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        self.publish_commit();
+        self.send_messages(rd.take_messages());
+
+        let mut replies = Vec::new();
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot().clone())?;
+        }
+        let mut batch = self.store.batch();
+        self.apply_entries(rd.take_committed_entries(), &mut batch, &mut replies)?;
+        self.store.append(&mut batch, rd.entries())?;
+        if let Some(hs) = rd.hs() {
+            self.store.set_hard_state(&mut batch, hs);
+        }
+        // Entries and the hard state (term, vote) must be durable before the
+        // messages that acknowledge them leave; applied rows need not be, as
+        // they are rebuilt from the log after a crash.
+        self.store
+            .commit(batch, rd.must_sync() || !rd.entries().is_empty())?;
+        self.finish_apply(replies);
+        self.send_messages(rd.take_persisted_messages());
+        for rs in rd.take_read_states() {
+            self.answer_read(rs);
+        }
+
+        let mut light = self.raw.advance(rd);
+        let mut batch = self.store.batch();
+        let mut replies = Vec::new();
+        if let Some(commit) = light.commit_index() {
+            self.store.set_commit(&mut batch, commit);
+        }
+        self.publish_commit();
+        self.send_messages(light.take_messages());
+        self.apply_entries(light.take_committed_entries(), &mut batch, &mut replies)?;
+        self.store.commit(batch, false)?;
+        self.finish_apply(replies);
+        self.raw.advance_apply();
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn publish_commit(&self) {
+        self.shared
+            .commit
+            .fetch_max(self.raw.raft.raft_log.committed, Ordering::SeqCst);
+    }
+
+    fn answer_read(&mut self, rs: raft::ReadState) {
+        let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            return;
+        };
+        if let Some((tx, _)) = self.pending_reads.remove(&u64::from_be_bytes(ctx)) {
+            let _ = tx.send(Ok(rs.index));
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: raft::eraftpb::Snapshot) -> Result<(), Fatal> {
+        let index = snap.get_metadata().index;
+        info!(node = %self.me.node, index, "installing snapshot from the leader");
+        let image = RaftStore::decode_snapshot(&snap.data)?;
+        let catalog = CatalogState::from_rows(self.me.datacenter.as_str(), image.rows.clone())
+            .map_err(|e| Fatal::BadEntry(index, e))?;
+        for (id, p) in image.peers {
+            if id != self.me.id {
+                self.peers.insert(id, p);
+            }
+        }
+        let mut b = self.store.batch();
+        self.store.install_snapshot(&mut b, &snap, &image.rows)?;
+        self.store.set_peers(&mut b, &self.peers);
+        self.store.commit(b, true)?;
+        *self
+            .peers_for_snap
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = self.peers.clone();
+        let mut applied = self
+            .shared
+            .applied
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        applied.catalog = catalog;
+        applied.index = index;
+        self.snapshots_installed += 1;
+        Ok(())
+    }
+
+    fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        batch: &mut StoreBatch,
+        replies: &mut Vec<(u64, Result<(), ApiError>)>,
+    ) -> Result<(), Fatal> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut peers_changed = false;
+        {
+            let mut applied = self
+                .shared
+                .applied
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            for e in &entries {
+                if e.index <= applied.index {
+                    continue;
+                }
+                match e.get_entry_type() {
+                    EntryType::EntryNormal => {
+                        if e.data.is_empty() {
+                            // A new leader's empty entry.
+                        } else {
+                            let env: Envelope = serde_json::from_slice(&e.data)
+                                .map_err(|err| Fatal::BadEntry(e.index, err.to_string()))?;
+                            if env.v != 1 {
+                                return Err(Fatal::BadEntry(
+                                    e.index,
+                                    format!("unknown envelope version {}", env.v),
+                                ));
+                            }
+                            let (result, rows) = applied.catalog.apply(e.index, &env.cmd);
+                            self.store.apply_rows(
+                                batch,
+                                e.index,
+                                rows.into_iter().map(|r| (r.key, r.value)),
+                            );
+                            replies.push((env.id, result.map_err(ApiError::BadRequest)));
+                        }
+                    }
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        let (cc, ctx) = decode_conf_change(e)?;
+                        let ctx: ConfContext = serde_json::from_slice(&ctx).unwrap_or_default();
+                        let applied_cc = match &cc {
+                            AnyConfChange::V1(cc) => self.raw.apply_conf_change(cc),
+                            AnyConfChange::V2(cc) => self.raw.apply_conf_change(cc),
+                        };
+                        if let Some(p) = ctx.peer {
+                            if p.id != self.me.id {
+                                self.peers.insert(p.id, p);
+                            }
+                            peers_changed = true;
+                        }
+                        let result = match applied_cc {
+                            Ok(cs) => {
+                                info!(node = %self.me.node, index = e.index, voters = ?cs.voters,
+                                      learners = ?cs.learners, "configuration changed");
+                                self.store.set_conf_state(batch, &cs);
+                                Ok(())
+                            }
+                            Err(err) => {
+                                warn!(node = %self.me.node, error = %err, "configuration change rejected");
+                                Err(ApiError::BadRequest(err.to_string()))
+                            }
+                        };
+                        if ctx.id != 0 {
+                            replies.push((ctx.id, result));
+                        }
+                    }
+                }
+                applied.index = e.index;
+            }
+            self.store.apply_rows(batch, applied.index, []);
+        }
+        if peers_changed {
+            self.store.set_peers(batch, &self.peers);
+            *self
+                .peers_for_snap
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = self.peers.clone();
+        }
+        Ok(())
+    }
+
+    fn finish_apply(&mut self, replies: Vec<(u64, Result<(), ApiError>)>) {
+        for (id, result) in replies {
+            if let Some((tx, _)) = self.pending_writes.remove(&id) {
+                let _ = tx.send(result);
+            }
+        }
+        let index = self
+            .shared
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .index;
+        self.shared.applied_tx.send_if_modified(|v| {
+            if *v != index {
+                *v = index;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), Fatal> {
+        let applied = self.raw.raft.raft_log.applied;
+        let first = self.store.snapshot_index();
+        if applied.saturating_sub(first) < self.tuning.compact_threshold.max(1) {
+            return Ok(());
+        }
+        let to = applied.saturating_sub(self.tuning.compact_keep);
+        if to <= first {
+            return Ok(());
+        }
+        debug!(node = %self.me.node, to, "compacting the raft log");
+        let mut b = self.store.batch();
+        self.store.compact(&mut b, to)?;
+        self.store.commit(b, false)?;
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let r = &self.raw.raft;
+        let role = match r.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => Role::Follower,
+        };
+        if role == Role::Leader {
+            self.last_leader_contact = Some(Instant::now());
+        }
+        let cs = self.store.conf_state();
+        let mut st = self
+            .shared
+            .status
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if st.leader_id != r.leader_id || st.term != r.term {
+            info!(node = %self.me.node, term = r.term, leader = r.leader_id, "leadership changed");
+        }
+        st.id = self.me.id;
+        st.role = role;
+        st.term = r.term;
+        st.leader_id = r.leader_id;
+        st.leader_ready = role == Role::Leader && r.commit_to_current_term();
+        st.last_leader_contact = self.last_leader_contact;
+        st.commit = r.raft_log.committed;
+        st.in_cluster = self.store.initialized();
+        st.compacted_to = self.store.snapshot_index();
+        st.snapshots_installed = self.snapshots_installed;
+        if st.voters != cs.voters
+            || st.learners != cs.learners
+            || st.peers.len() != self.peers.len()
+        {
+            st.voters = cs.voters.clone();
+            st.learners = cs.learners.clone();
+        }
+        if st.peers != self.peers {
+            st.peers = self.peers.clone();
+        }
+    }
+}
+
+/// Either form of conf change raft-rs may hand back in the log.
+enum AnyConfChange {
+    V1(ConfChange),
+    V2(ConfChangeV2),
+}
+
+fn decode_conf_change(e: &Entry) -> Result<(AnyConfChange, Vec<u8>), Fatal> {
+    let bad = |err: protobuf::ProtobufError| Fatal::BadEntry(e.index, err.to_string());
+    if e.get_entry_type() == EntryType::EntryConfChange {
+        let cc = ConfChange::parse_from_bytes(&e.data).map_err(bad)?;
+        let ctx = cc.context.to_vec();
+        Ok((AnyConfChange::V1(cc), ctx))
+    } else {
+        let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(bad)?;
+        let ctx = cc.context.to_vec();
+        Ok((AnyConfChange::V2(cc), ctx))
+    }
+}
