@@ -1,0 +1,466 @@
+//! The HTTP API (Consul's v1 API) of a server.
+//!
+//! Every handler does the same steps, in Consul's order: route to the right
+//! datacenter, validate, then either replicate a write through Raft or answer a
+//! read from the applied catalog in the requested consistency mode, blocking
+//! when asked to. Errors become responses in exactly one place
+//! ([`HttpError::into_response`]).
+
+use crate::catalog::{CatalogState, Command};
+use crate::raft_node::{RaftHandle, Role};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use axum::Router;
+use rand::Rng;
+use registry_api::error::NO_PATH_TO_DC;
+use registry_api::{
+    decode, duration, DeregisterRequest, Error as ApiError, RaftConfiguration, RaftServer,
+    RegisterRequest,
+};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body accepted (Consul's KV limit is 512 KiB; catalog
+/// registrations are far smaller). Larger bodies get 413 and nothing is stored.
+pub const MAX_BODY: usize = 512 * 1024;
+
+/// Blocking queries: default and maximum wait (Consul's documented values).
+const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
+const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The Raft node.
+    pub raft: RaftHandle,
+    /// This server's datacenter.
+    pub datacenter: String,
+    /// This server's node name.
+    pub node: String,
+    /// Fires at shutdown, so blocking queries return instead of holding it up.
+    pub shutdown: CancellationToken,
+}
+
+type St = State<Arc<AppState>>;
+type Params = Query<Vec<(String, String)>>;
+
+/// An [`ApiError`] on its way out as a response.
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, self.0.to_string()).into_response();
+        if let ApiError::MethodNotAllowed(allow) = &self.0 {
+            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+        }
+        resp
+    }
+}
+
+type HttpResult<T = Response> = Result<T, HttpError>;
+
+/// The router with every endpoint of the server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/catalog/register", put(catalog_register))
+        .route("/v1/catalog/deregister", put(catalog_deregister))
+        .route("/v1/catalog/datacenters", get(catalog_datacenters))
+        .route("/v1/catalog/nodes", get(catalog_nodes))
+        .route("/v1/catalog/services", get(catalog_services))
+        .route("/v1/catalog/service/{name}", get(catalog_service))
+        .route("/v1/catalog/node/{node}", get(catalog_node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog_node_services),
+        )
+        .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/health/checks/{name}", get(health_checks))
+        .route("/v1/health/node/{node}", get(health_node))
+        .route("/v1/health/state/{state}", get(health_state))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
+        .route("/v1/operator/raft/configuration", get(raft_configuration))
+        .route("/v1/operator/raft/peer", delete(raft_remove_peer))
+        .fallback(not_found)
+        .layer(middleware::from_fn(plain_text_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> HttpError {
+    HttpError(ApiError::NotFound(format!(
+        "Unsupported path: {} {}",
+        req.method(),
+        req.uri().path()
+    )))
+}
+
+/// Rejections produced by the framework (wrong method, bad query string, body
+/// too large) get a plain-text reason like every other error.
+async fn plain_text_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if status == StatusCode::METHOD_NOT_ALLOWED
+        && resp.headers().get(header::CONTENT_TYPE).is_none()
+    {
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(format!("Method {method} not allowed")));
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large, max size: {MAX_BODY} bytes"),
+        )
+            .into_response();
+    }
+    resp
+}
+
+/// How a read is answered (Consul's consistency modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The leader answers, if it knows it is still the leader.
+    Default,
+    /// The leader first confirms leadership with a quorum.
+    Consistent,
+    /// Any server answers from its own state.
+    Stale,
+}
+
+/// The query parameters shared by reads.
+struct ReadParams {
+    mode: Mode,
+    min_index: Option<u64>,
+    wait: Duration,
+    tags: Vec<String>,
+    passing: bool,
+}
+
+fn has(q: &[(String, String)], key: &str) -> bool {
+    q.iter().any(|(k, _)| k == key)
+}
+
+fn value<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Routes by `?dc=`: only the local datacenter is served until federation
+/// exists; anything else is Consul's "No path to datacenter".
+fn check_dc(st: &AppState, q: &[(String, String)]) -> Result<(), ApiError> {
+    match value(q, "dc") {
+        None | Some("") => Ok(()),
+        Some(dc) if dc == st.datacenter => Ok(()),
+        Some(_) => Err(ApiError::Internal(NO_PATH_TO_DC.into())),
+    }
+}
+
+fn read_params(st: &AppState, q: &[(String, String)]) -> Result<ReadParams, ApiError> {
+    check_dc(st, q)?;
+    let stale = has(q, "stale");
+    let consistent = has(q, "consistent");
+    let mode = match (stale, consistent) {
+        (true, true) => {
+            return Err(ApiError::BadRequest(
+                "Cannot specify ?stale with ?consistent, conflicting semantics.".into(),
+            ))
+        }
+        (true, false) => Mode::Stale,
+        (false, true) => Mode::Consistent,
+        (false, false) => Mode::Default,
+    };
+    let min_index = match value(q, "index") {
+        None | Some("") => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("Invalid index".into()))?,
+        ),
+    };
+    let wait = match value(q, "wait") {
+        None | Some("") => DEFAULT_WAIT,
+        Some(v) => duration::parse(v)
+            .map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?
+            .min(MAX_WAIT),
+    };
+    let tags = q
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.clone())
+        .collect();
+    Ok(ReadParams {
+        mode,
+        min_index,
+        wait,
+        tags,
+        passing: has(q, "passing"),
+    })
+}
+
+/// Answers a read: waits for the consistency the mode asks for, then evaluates
+/// `query` against the applied catalog, re-evaluating it after each applied
+/// change while it is a blocking query whose index has not moved past
+/// `?index`. `query` returns the value and the index of the data it covers, so
+/// a watcher of one service is not answered because another one changed.
+async fn read<T, F>(st: &AppState, p: &ReadParams, query: F) -> HttpResult
+where
+    T: Serialize,
+    F: Fn(&CatalogState) -> (T, u64),
+{
+    let raft = &st.raft;
+    match p.mode {
+        Mode::Stale => {}
+        Mode::Default => {
+            let s = raft.status();
+            if s.leader_id == 0 {
+                return Err(ApiError::NoLeader.into());
+            }
+            if s.role == Role::Leader && s.leader_ready {
+                raft.leader_barrier().await?;
+            } else {
+                raft.linearizable_barrier().await?;
+            }
+        }
+        Mode::Consistent => raft.linearizable_barrier().await?,
+    }
+    let mut changes = raft.shared.applied_tx.subscribe();
+    let deadline = p.min_index.map(|_| {
+        // Consul adds up to wait/16 of jitter so that many watchers of one
+        // change do not all come back at the same instant.
+        let jitter_ms = (p.wait.as_millis() / 16) as u64;
+        let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
+        Instant::now() + p.wait + jitter
+    });
+    loop {
+        changes.borrow_and_update();
+        let (body, index) = {
+            let applied = raft
+                .shared
+                .applied
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let (value, index) = query(&applied.catalog);
+            (serde_json::to_vec(&value), index.max(1))
+        };
+        let done = match (p.min_index, deadline) {
+            (Some(min), Some(deadline)) => {
+                // An index that went backwards (state replaced by a snapshot) is answered at once.
+                index != min || Instant::now() >= deadline || st.shutdown.is_cancelled()
+            }
+            _ => true,
+        };
+        if done {
+            let body = body.map_err(|e| ApiError::Internal(e.to_string()))?;
+            return Ok(json_response(st, body, Some(index)));
+        }
+        let deadline = deadline.unwrap_or_else(Instant::now);
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = st.shutdown.cancelled() => {}
+        }
+    }
+}
+
+fn json_response(st: &AppState, body: Vec<u8>, index: Option<u64>) -> Response {
+    let s = st.raft.status();
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(index) = index {
+        h.insert("X-Consul-Index", HeaderValue::from(index));
+        h.insert(
+            "X-Consul-KnownLeader",
+            HeaderValue::from_static(if s.leader_id != 0 { "true" } else { "false" }),
+        );
+        let last_contact = match (s.role, s.last_leader_contact) {
+            (Role::Leader, _) => 0,
+            (_, Some(at)) => at.elapsed().as_millis() as u64,
+            (_, None) => 0,
+        };
+        h.insert("X-Consul-LastContact", HeaderValue::from(last_contact));
+    }
+    resp
+}
+
+fn json<T: Serialize>(st: &AppState, value: &T) -> HttpResult {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(json_response(st, body, None))
+}
+
+async fn catalog_register(State(st): St, Query(q): Params, body: Bytes) -> HttpResult {
+    check_dc(&st, &q)?;
+    let mut req: RegisterRequest = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
+    if !req.datacenter.is_empty() && req.datacenter != st.datacenter {
+        return Err(ApiError::Internal(NO_PATH_TO_DC.into()).into());
+    }
+    CatalogState::validate_register(&mut req).map_err(ApiError::BadRequest)?;
+    st.raft.propose(Command::Register(req)).await?;
+    json(&st, &true)
+}
+
+async fn catalog_deregister(State(st): St, Query(q): Params, body: Bytes) -> HttpResult {
+    check_dc(&st, &q)?;
+    let req: DeregisterRequest = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
+    if !req.datacenter.is_empty() && req.datacenter != st.datacenter {
+        return Err(ApiError::Internal(NO_PATH_TO_DC.into()).into());
+    }
+    CatalogState::validate_deregister(&req).map_err(ApiError::BadRequest)?;
+    st.raft.propose(Command::Deregister(req)).await?;
+    json(&st, &true)
+}
+
+async fn catalog_datacenters(State(st): St) -> HttpResult {
+    json(&st, &vec![st.datacenter.clone()])
+}
+
+async fn catalog_nodes(State(st): St, Query(q): Params) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    read(&st, &p, |c| c.nodes()).await
+}
+
+async fn catalog_services(State(st): St, Query(q): Params) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    read(&st, &p, |c| c.services()).await
+}
+
+async fn catalog_service(State(st): St, Path(name): Path<String>, Query(q): Params) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    let tags = p.tags.clone();
+    read(&st, &p, move |c| c.service_nodes(&name, &tags)).await
+}
+
+async fn catalog_node(State(st): St, Path(node): Path<String>, Query(q): Params) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    read(&st, &p, move |c| c.node_services(&node)).await
+}
+
+async fn catalog_node_services(
+    State(st): St,
+    Path(node): Path<String>,
+    Query(q): Params,
+) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    // An unknown node is `null`, as in Consul.
+    read(&st, &p, move |c| c.node_service_list(&node)).await
+}
+
+async fn health_service(State(st): St, Path(name): Path<String>, Query(q): Params) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    let tags = p.tags.clone();
+    let passing = p.passing;
+    read(&st, &p, move |c| c.health_service(&name, &tags, passing)).await
+}
+
+async fn health_checks(State(st): St, Path(name): Path<String>, Query(q): Params) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    read(&st, &p, move |c| c.service_checks(&name)).await
+}
+
+async fn health_node(State(st): St, Path(node): Path<String>, Query(q): Params) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    read(&st, &p, move |c| c.node_checks(&node)).await
+}
+
+async fn health_state(State(st): St, Path(state): Path<String>, Query(q): Params) -> HttpResult {
+    let p = read_params(&st, &q)?;
+    // Validate once up front so a bad state is a 400, not an error inside the read.
+    CatalogState::new(&st.datacenter)
+        .checks_in_state(&state)
+        .map_err(ApiError::BadRequest)?;
+    read(&st, &p, move |c| {
+        c.checks_in_state(&state).unwrap_or_default()
+    })
+    .await
+}
+
+async fn status_leader(State(st): St, Query(q): Params) -> HttpResult {
+    check_dc(&st, &q)?;
+    json(&st, &st.raft.status().leader_addr().unwrap_or_default())
+}
+
+async fn status_peers(State(st): St, Query(q): Params) -> HttpResult {
+    check_dc(&st, &q)?;
+    let s = st.raft.status();
+    let peers: Vec<String> = s
+        .voters
+        .iter()
+        .filter_map(|id| s.peers.get(id).map(|p| p.rpc_addr.clone()))
+        .collect();
+    json(&st, &peers)
+}
+
+async fn raft_configuration(State(st): St, Query(q): Params) -> HttpResult {
+    check_dc(&st, &q)?;
+    let s = st.raft.status();
+    if !s.in_cluster {
+        return Err(ApiError::NoLeader.into());
+    }
+    let server = |id: &u64, voter: bool| {
+        let p = s.peers.get(id);
+        RaftServer {
+            id: format!("{id:016x}"),
+            node: p.map(|p| p.node.clone()).unwrap_or_default(),
+            address: p.map(|p| p.rpc_addr.clone()).unwrap_or_default(),
+            leader: *id == s.leader_id,
+            voter,
+            protocol_version: "3".into(),
+        }
+    };
+    let mut servers: Vec<RaftServer> = s.voters.iter().map(|id| server(id, true)).collect();
+    servers.extend(s.learners.iter().map(|id| server(id, false)));
+    let index = st
+        .raft
+        .shared
+        .applied
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .index;
+    json(&st, &RaftConfiguration { servers, index })
+}
+
+async fn raft_remove_peer(State(st): St, Query(q): Params) -> HttpResult {
+    check_dc(&st, &q)?;
+    let s = st.raft.status();
+    let id = match (value(&q, "id"), value(&q, "address")) {
+        (Some(id), _) if !id.is_empty() => u64::from_str_radix(id, 16)
+            .ok()
+            .or_else(|| s.peers.values().find(|p| p.node == id).map(|p| p.id))
+            .ok_or_else(|| ApiError::BadRequest(format!("Unknown peer id {id:?}")))?,
+        (_, Some(addr)) if !addr.is_empty() => s
+            .peers
+            .values()
+            .find(|p| p.rpc_addr == addr)
+            .map(|p| p.id)
+            .ok_or_else(|| ApiError::BadRequest(format!("Unknown peer address {addr:?}")))?,
+        _ => {
+            return Err(
+                ApiError::BadRequest("Must specify either ?id with the server's ID or ?address with IP:port of peer to remove".into()).into(),
+            )
+        }
+    };
+    st.raft.remove_peer(id).await?;
+    Ok(StatusCode::OK.into_response())
+}

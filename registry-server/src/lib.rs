@@ -1,0 +1,290 @@
+//! `registry-server`: one server of a datacenter. Servers form a Raft group
+//! that replicates the catalog, stored in RocksDB, and serve Consul's HTTP API.
+//!
+//! `main.rs` parses flags into a [`ServerConfig`] and calls [`run`]; tests call
+//! [`start`] with `127.0.0.1:0` ports and temp dirs, often on a
+//! [`transport::MemNetwork`] whose links they can cut.
+
+// Protobuf messages from raft-proto are built field by field, as raft-rs
+// itself does; struct literals would add noise for no safety.
+#![allow(clippy::field_reassign_with_default)]
+
+pub mod catalog;
+pub mod http;
+pub mod raft_node;
+pub mod rpc;
+pub mod storage;
+pub mod transport;
+
+use crate::catalog::CatalogState;
+use crate::raft_node::{Event, RaftHandle, RaftNodeSetup, RaftTuning};
+use crate::rpc::PeerInfo;
+use crate::storage::RaftStore;
+use crate::transport::{Deliver, MemNetwork, TcpTransport, Transport};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use raft_node::{RaftStatus, Role};
+
+/// How servers reach each other.
+#[derive(Clone, Default)]
+pub enum TransportKind {
+    /// TCP on `rpc_addr` (production).
+    #[default]
+    Tcp,
+    /// An in-memory network (tests); the server's address on it is `advertise`.
+    Mem(MemNetwork),
+}
+
+/// A server's validated configuration.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Node name.
+    pub node: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Where RocksDB lives; `None` only with `dev` (a temp dir).
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// RPC listen address.
+    pub rpc_addr: SocketAddr,
+    /// RPC address other servers use for us; defaults to the bound RPC address.
+    pub advertise: Option<String>,
+    /// Form the cluster once this many servers see each other (0: join only).
+    pub bootstrap_expect: usize,
+    /// Other servers' RPC addresses.
+    pub retry_join: Vec<String>,
+    /// This DC's WAN gateways (federation; used by later work).
+    pub wan_gateways: Vec<String>,
+    /// Single-server development mode.
+    pub dev: bool,
+    /// Raft timing.
+    pub tuning: RaftTuning,
+    /// Transport.
+    pub transport: TransportKind,
+}
+
+impl ServerConfig {
+    /// A configuration with Consul's defaults for `node` (ports 8500/8300, dc1).
+    pub fn new(node: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            datacenter: "dc1".into(),
+            data_dir: None,
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8500)),
+            rpc_addr: SocketAddr::from(([0, 0, 0, 0], 8300)),
+            advertise: None,
+            bootstrap_expect: 0,
+            retry_join: Vec::new(),
+            wan_gateways: Vec::new(),
+            dev: false,
+            tuning: RaftTuning::default(),
+            transport: TransportKind::Tcp,
+        }
+    }
+
+    /// Checks the combination of settings; the text is shown to the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node.is_empty() {
+            return Err("--node must not be empty".into());
+        }
+        if self.datacenter.is_empty()
+            || !self
+                .datacenter
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "--datacenter {:?} must be letters, digits, '-' or '_'",
+                self.datacenter
+            ));
+        }
+        if self.data_dir.is_none() && !self.dev {
+            return Err("--data-dir is required (or use --dev)".into());
+        }
+        if self.dev && self.bootstrap_expect > 1 {
+            return Err("--dev runs a single server; --bootstrap-expect must be 1 or unset".into());
+        }
+        if self.bootstrap_expect == 0 && self.retry_join.is_empty() && !self.dev {
+            return Err(
+                "set --bootstrap-expect N (to form a cluster) or --retry-join (to join one)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Advertised RPC address.
+    pub rpc_addr: String,
+    /// Raft id.
+    pub id: u64,
+    /// The Raft node, for status in tests.
+    pub raft: RaftHandle,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    raft_thread: Option<std::thread::JoinHandle<()>>,
+    mem: Option<MemNetwork>,
+    /// Keeps a `--dev` temp dir alive as long as the server.
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl ServerHandle {
+    /// Base URL of the HTTP API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Stops every task and the Raft thread, and waits until the database is
+    /// closed (so the same data dir can be opened again at once).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(net) = &self.mem {
+            net.unregister(&self.rpc_addr);
+        }
+        for t in self.tasks.drain(..) {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        if let Some(thread) = self.raft_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn deliver_to(tx: SyncSender<Event>) -> Deliver {
+    Arc::new(move |from, msg| {
+        // Dropping when the inbox is full is safe: Raft retransmits.
+        let _ = tx.try_send(Event::Rpc(from, msg));
+    })
+}
+
+/// Starts a server: opens storage, starts the transport, the Raft thread and
+/// the HTTP API. Returns once all listen.
+pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    let (data_dir, temp_dir) = match &config.data_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new().prefix("registry-dev-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    std::fs::create_dir_all(&data_dir)?;
+    info!(node = %config.node, dc = %config.datacenter, dir = %data_dir.display(), "opening storage");
+    let (store, recovered) = RaftStore::open(&data_dir)?;
+    let catalog =
+        CatalogState::from_rows(&config.datacenter, recovered.rows).map_err(anyhow::Error::msg)?;
+    info!(node = %config.node, applied = recovered.applied, "catalog loaded");
+
+    let (tx, rx) = raft_node::event_channel();
+    let mut tasks = Vec::new();
+    let (transport, rpc_addr): (Arc<dyn Transport>, String) = match &config.transport {
+        TransportKind::Tcp => {
+            let (t, _bound, accept) = TcpTransport::bind(
+                config.rpc_addr,
+                config.advertise.clone().unwrap_or_default(),
+                deliver_to(tx.clone()),
+                tokio::runtime::Handle::current(),
+                shutdown.clone(),
+            )
+            .await?;
+            tasks.push(accept);
+            let advertise = t.advertise().to_string();
+            (t, advertise)
+        }
+        TransportKind::Mem(net) => {
+            let addr = config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| config.node.clone());
+            (net.register(&addr, deliver_to(tx.clone())), addr)
+        }
+    };
+    info!(node = %config.node, rpc = %rpc_addr, "transport ready");
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let http_addr = listener.local_addr()?;
+    let me = PeerInfo {
+        id: recovered.node_id,
+        node: config.node.clone(),
+        rpc_addr: rpc_addr.clone(),
+        http_addr: http_addr.to_string(),
+        datacenter: config.datacenter.clone(),
+    };
+    let bootstrap_expect = if config.dev {
+        1
+    } else {
+        config.bootstrap_expect
+    };
+    let setup = RaftNodeSetup {
+        me,
+        store,
+        applied: recovered.applied,
+        peers: recovered.peers,
+        catalog,
+        bootstrap_expect,
+        retry_join: config.retry_join.clone(),
+        tuning: config.tuning.clone(),
+        transport,
+    };
+    let (raft, raft_thread) = raft_node::start(setup, tx, rx, shutdown.clone())?;
+    info!(node = %config.node, id = recovered.node_id, "raft node started");
+
+    let app = Arc::new(http::AppState {
+        raft: raft.clone(),
+        datacenter: config.datacenter.clone(),
+        node: config.node.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let router = http::router(app);
+    let http_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    info!(node = %config.node, http = %http_addr, "HTTP API listening");
+
+    Ok(ServerHandle {
+        http_addr,
+        rpc_addr,
+        id: recovered.node_id,
+        raft,
+        shutdown,
+        tasks,
+        raft_thread: Some(raft_thread),
+        mem: match &config.transport {
+            TransportKind::Mem(net) => Some(net.clone()),
+            TransportKind::Tcp => None,
+        },
+        _temp_dir: temp_dir,
+    })
+}
+
+/// Runs a server until `shutdown` fires.
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let handle = start(config).await?;
+    shutdown.cancelled().await;
+    info!("shutting down");
+    handle.stop().await;
+    Ok(())
+}

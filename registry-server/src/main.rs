@@ -1,0 +1,102 @@
+//! `registry-server`: flags -> config -> `run(config, shutdown)`.
+
+use clap::Parser;
+use registry_server::{ServerConfig, TransportKind};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// A registry server: one of the 3 or 5 Raft members of a datacenter, serving
+/// Consul's HTTP API. Every flag can also be set as REGISTRY_<FLAG> (lists
+/// comma-separated), e.g. REGISTRY_RETRY_JOIN=s1:8300,s2:8300.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Node name of this server (default: the hostname).
+    #[arg(long, env = "REGISTRY_NODE")]
+    node: Option<String>,
+    /// Datacenter this server belongs to.
+    #[arg(long, env = "REGISTRY_DATACENTER", default_value = "dc1")]
+    datacenter: String,
+    /// Directory for RocksDB (Raft log and catalog). Required unless --dev.
+    #[arg(long, env = "REGISTRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP API listen address (default 0.0.0.0:8500; 127.0.0.1:8500 with --dev).
+    #[arg(long, env = "REGISTRY_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Server RPC listen address (Raft and forwarding).
+    #[arg(long, env = "REGISTRY_RPC_ADDR", default_value = "0.0.0.0:8300")]
+    rpc_addr: SocketAddr,
+    /// RPC address other servers use to reach this one (HOST:PORT).
+    #[arg(long, env = "REGISTRY_ADVERTISE")]
+    advertise: Option<String>,
+    /// Form a new cluster once this many servers see each other.
+    #[arg(long, env = "REGISTRY_BOOTSTRAP_EXPECT", default_value_t = 0)]
+    bootstrap_expect: usize,
+    /// RPC address of another server (repeatable; this server's own may be among them).
+    #[arg(long, env = "REGISTRY_RETRY_JOIN", value_delimiter = ',')]
+    retry_join: Vec<String>,
+    /// URL of one of this datacenter's WAN gateways (repeatable).
+    #[arg(long, env = "REGISTRY_WAN_GATEWAY", value_delimiter = ',')]
+    wan_gateway: Vec<String>,
+    /// Development mode: one server, its own leader at once, data in a temp dir
+    /// unless --data-dir is given, HTTP on 127.0.0.1:8500.
+    #[arg(long, env = "REGISTRY_DEV")]
+    dev: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "registry-server".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = ServerConfig::new(args.node.unwrap_or_else(hostname));
+    config.datacenter = args.datacenter;
+    config.data_dir = args.data_dir;
+    config.dev = args.dev;
+    config.http_addr = args.http_addr.unwrap_or_else(|| {
+        if args.dev {
+            SocketAddr::from(([127, 0, 0, 1], 8500))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 8500))
+        }
+    });
+    config.rpc_addr = if args.dev && args.rpc_addr.port() == 8300 {
+        SocketAddr::from(([127, 0, 0, 1], 8300))
+    } else {
+        args.rpc_addr
+    };
+    config.advertise = args.advertise;
+    config.bootstrap_expect = args.bootstrap_expect;
+    config.retry_join = args.retry_join;
+    config.wan_gateways = args.wan_gateway;
+    config.transport = TransportKind::Tcp;
+    if let Err(e) = config.validate() {
+        eprintln!("registry-server: {e}");
+        std::process::exit(2);
+    }
+
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        signal.cancel();
+    });
+    registry_server::run(config, shutdown).await
+}
