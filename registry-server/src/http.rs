@@ -227,6 +227,9 @@ where
     F: Fn(&CatalogState) -> (T, u64),
 {
     let raft = &st.raft;
+    if let Some(reason) = raft.status().fatal {
+        return Err(ApiError::Internal(reason).into());
+    }
     match p.mode {
         Mode::Stale => {}
         Mode::Default => {
@@ -252,15 +255,17 @@ where
     });
     loop {
         changes.borrow_and_update();
-        let (body, index) = {
+        let (value, index) = {
             let applied = raft
                 .shared
                 .applied
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            let (value, index) = query(&applied.catalog);
-            (serde_json::to_vec(&value), index.max(1))
+            query(&applied.catalog)
         };
+        // Serialised after the lock is released, so a large answer does not
+        // hold up the Raft thread's next apply.
+        let index = index.max(1);
         let done = match (p.min_index, deadline) {
             (Some(min), Some(deadline)) => {
                 // An index that went backwards (state replaced by a snapshot) is answered at once.
@@ -269,7 +274,7 @@ where
             _ => true,
         };
         if done {
-            let body = body.map_err(|e| ApiError::Internal(e.to_string()))?;
+            let body = serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
             return Ok(json_response(st, body, Some(index)));
         }
         let deadline = deadline.unwrap_or_else(Instant::now);

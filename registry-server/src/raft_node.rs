@@ -321,12 +321,15 @@ pub fn start(
         let shared = shared.clone();
         let peers = peers_for_snap.clone();
         setup.store.set_snapshot_source(Arc::new(move || {
-            let applied = shared.applied.read().unwrap_or_else(|e| e.into_inner());
+            // raft-rs may ask for a snapshot from inside apply_conf_change,
+            // while this thread holds the write lock: then the answer is
+            // "temporarily unavailable" (raft-rs asks again), not a deadlock.
+            let applied = shared.applied.try_read().ok()?;
             let image = SnapshotImage {
                 peers: peers.read().unwrap_or_else(|e| e.into_inner()).clone(),
                 rows: applied.catalog.rows(),
             };
-            (applied.index, image.encode())
+            Some((applied.index, image.encode()))
         }));
     }
     let handle = RaftHandle {
@@ -338,13 +341,26 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name(format!("raft-{}", node.me.node))
         .spawn(move || {
-            if let Err(e) = node.run(&shutdown) {
-                error!(node = %node.me.node, error = %e, "raft node stopped on a fatal error");
-                node.shared
-                    .status
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .fatal = Some(e.to_string());
+            let shared = node.shared.clone();
+            let name = node.me.node.clone();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run(&shutdown)));
+            // Whatever ended the loop, this server no longer leads or follows:
+            // it must not keep answering reads as if it did.
+            let mut st = shared.status.write().unwrap_or_else(|e| e.into_inner());
+            st.role = Role::Follower;
+            st.leader_id = 0;
+            st.leader_ready = false;
+            match outcome {
+                Ok(Ok(())) => st.fatal = Some("server is shutting down".into()),
+                Ok(Err(e)) => {
+                    error!(node = %name, error = %e, "raft node stopped on a fatal error");
+                    st.fatal = Some(e.to_string());
+                }
+                Err(_) => {
+                    error!(node = %name, "raft node panicked");
+                    st.fatal = Some("raft node panicked".into());
+                }
             }
         })
         .map_err(|e| StorageFailure::Corrupt {
@@ -376,8 +392,12 @@ struct RaftNode {
     shared: Arc<Shared>,
     peers: BTreeMap<u64, PeerInfo>,
     peers_for_snap: Arc<RwLock<BTreeMap<u64, PeerInfo>>>,
-    /// Servers not yet in a cluster that greeted us (bootstrap candidates).
-    seen: BTreeMap<u64, PeerInfo>,
+    /// Servers not yet in a cluster that greeted us (bootstrap candidates),
+    /// with the set of candidates each of them has seen.
+    seen: BTreeMap<u64, Vec<u64>>,
+    /// Set once any server that already belongs to a cluster greeted us: from
+    /// then on this server only ever joins, never bootstraps a second cluster.
+    saw_cluster: bool,
     bootstrap_expect: usize,
     retry_join: Vec<String>,
     tuning: RaftTuning,
@@ -436,6 +456,7 @@ impl RaftNode {
             peers,
             peers_for_snap,
             seen: BTreeMap::new(),
+            saw_cluster: false,
             bootstrap_expect: setup.bootstrap_expect,
             retry_join: setup.retry_join,
             tuning: setup.tuning,
@@ -490,7 +511,9 @@ impl RaftNode {
                 }
                 self.on_tick()?;
             }
-            self.on_ready()?;
+            while self.raw.has_ready() {
+                self.on_ready()?;
+            }
             self.publish_status();
         }
         info!(node = %self.me.node, "raft node stopped");
@@ -542,6 +565,12 @@ impl RaftNode {
             Event::RemovePeer(id, reply) => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(ApiError::NoLeader));
+                    return Ok(());
+                }
+                if id == self.raw.raft.leader_id {
+                    let _ = reply.send(Err(ApiError::BadRequest(
+                        "cannot remove the current leader; stop it first, then remove it once another server leads".into(),
+                    )));
                     return Ok(());
                 }
                 let cs = self.store.conf_state();
@@ -630,12 +659,25 @@ impl RaftNode {
         self.store.initialized()
     }
 
+    fn known(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.seen.keys().copied().collect();
+        ids.push(self.me.id);
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     fn hello(&self, reply: bool) -> RpcMessage {
         RpcMessage::Hello(Hello {
             from: self.me.clone(),
             in_cluster: self.in_cluster(),
             leader: self.raw.raft.leader_id,
             reply,
+            known: if self.in_cluster() {
+                Vec::new()
+            } else {
+                self.known()
+            },
         })
     }
 
@@ -669,29 +711,36 @@ impl RaftNode {
         }
         if h.in_cluster {
             // A cluster exists: ask to be added rather than form a second one.
+            self.saw_cluster = true;
             self.transport
                 .send(&h.from.rpc_addr, RpcMessage::Join(self.me.clone()));
             return Ok(());
         }
-        self.seen.insert(h.from.id, h.from);
+        self.seen.insert(h.from.id, h.known);
         self.maybe_bootstrap()
     }
 
     fn maybe_bootstrap(&mut self) -> Result<(), Fatal> {
-        if self.in_cluster() || self.bootstrap_expect == 0 {
+        if self.in_cluster() || self.bootstrap_expect == 0 || self.saw_cluster {
             return Ok(());
         }
-        let mut ids: Vec<u64> = self.seen.keys().copied().collect();
-        ids.push(self.me.id);
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.len() < self.bootstrap_expect {
+        let ids = self.known();
+        if ids.len() != self.bootstrap_expect {
+            if ids.len() > self.bootstrap_expect {
+                warn!(node = %self.me.node, expect = self.bootstrap_expect, seen = ids.len(),
+                      "more servers than --bootstrap-expect see each other; not bootstrapping");
+            }
             return Ok(());
         }
-        // Every server that sees the same set picks the same voters, whatever the
-        // start order; a server left out waits to join the formed cluster.
-        ids.truncate(self.bootstrap_expect);
-        if !ids.contains(&self.me.id) {
+        // Bootstrap only when every candidate reports exactly the same set:
+        // then all of them pick the same voters, whatever the start order, and
+        // no two different clusters can form.
+        let agreed = self
+            .seen
+            .iter()
+            .filter(|(id, _)| ids.contains(id))
+            .all(|(_, known)| *known == ids);
+        if !agreed {
             return Ok(());
         }
         self.bootstrap(ids)
@@ -706,7 +755,11 @@ impl RaftNode {
         self.store.set_peers(&mut b, &self.peers);
         self.store.commit(b, true)?;
         {
-            let mut applied = self.shared.applied.write().unwrap_or_else(|e| e.into_inner());
+            let mut applied = self
+                .shared
+                .applied
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             applied.index = applied.index.max(1);
         }
         *self
@@ -776,6 +829,15 @@ impl RaftNode {
                 true
             }
         });
+        // raft-rs silently drops a ReadIndex when no leader is known, and a
+        // new leader ignores it until it commits in its term: ask again on
+        // every tick until answered or expired (a repeated context is ignored).
+        let retry: Vec<u64> = self.pending_reads.keys().copied().collect();
+        if self.raw.raft.leader_id != raft::INVALID_ID {
+            for ctx in retry {
+                self.raw.read_index(ctx.to_be_bytes().to_vec());
+            }
+        }
         if self.is_leader() {
             self.promote_learners();
         }
@@ -984,10 +1046,31 @@ impl RaftNode {
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                         let (cc, ctx) = decode_conf_change(e)?;
                         let ctx: ConfContext = serde_json::from_slice(&ctx).unwrap_or_default();
-                        let applied_cc = match &cc {
-                            AnyConfChange::V1(cc) => self.raw.apply_conf_change(cc),
-                            AnyConfChange::V2(cc) => self.raw.apply_conf_change(cc),
+                        let (applied_cc, removed) = match &cc {
+                            AnyConfChange::V1(cc) => (
+                                self.raw.apply_conf_change(cc),
+                                (cc.get_change_type() == ConfChangeType::RemoveNode)
+                                    .then_some(cc.node_id)
+                                    .into_iter()
+                                    .collect::<Vec<_>>(),
+                            ),
+                            AnyConfChange::V2(cc) => (
+                                self.raw.apply_conf_change(cc),
+                                cc.get_changes()
+                                    .iter()
+                                    .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
+                                    .map(|c| c.node_id)
+                                    .collect(),
+                            ),
                         };
+                        if applied_cc.is_ok() {
+                            for id in removed {
+                                // A removed server is no longer greeted or listed.
+                                if id != self.me.id && self.peers.remove(&id).is_some() {
+                                    peers_changed = true;
+                                }
+                            }
+                        }
                         if let Some(p) = ctx.peer {
                             if p.id != self.me.id {
                                 self.peers.insert(p.id, p);

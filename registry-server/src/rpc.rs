@@ -34,6 +34,10 @@ pub struct Hello {
     pub leader: u64,
     /// Whether this is an answer to a Hello (answers are not answered).
     pub reply: bool,
+    /// Raft ids of the not-yet-clustered servers the sender has seen,
+    /// itself included: servers bootstrap only once all their views agree.
+    #[serde(default)]
+    pub known: Vec<u64>,
 }
 
 /// One message between servers.

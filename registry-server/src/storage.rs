@@ -96,8 +96,9 @@ pub struct RaftStore {
     snapshot_source: Arc<RwLock<Option<SnapshotSource>>>,
 }
 
-/// Builds snapshot data of the applied state: returns (applied index, data).
-pub type SnapshotSource = Arc<dyn Fn() -> (u64, Vec<u8>) + Send + Sync>;
+/// Builds snapshot data of the applied state: returns (applied index, data),
+/// or `None` when the state is being changed right now (try again later).
+pub type SnapshotSource = Arc<dyn Fn() -> Option<(u64, Vec<u8>)> + Send + Sync>;
 
 fn u64_key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
@@ -573,7 +574,11 @@ impl raft::Storage for RaftStore {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         };
-        let (applied, data) = source();
+        let Some((applied, data)) = source() else {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
         if applied < request_index {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,

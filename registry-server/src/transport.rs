@@ -620,6 +620,7 @@ mod tests {
                 datacenter: "dc1".into(),
             },
             in_cluster: false,
+            known: vec![],
             leader: 0,
             reply: false,
         })
