@@ -1199,11 +1199,12 @@ fn decode_conf_change(e: &Entry) -> Result<(AnyConfChange, Vec<u8>), Fatal> {
     let bad = |err: protobuf::ProtobufError| Fatal::BadEntry(e.index, err.to_string());
     if e.get_entry_type() == EntryType::EntryConfChange {
         let cc = ConfChange::parse_from_bytes(&e.data).map_err(bad)?;
-        let ctx = cc.context.to_vec();
+        // RawNode::propose_conf_change puts its context on the entry.
+        let ctx = e.context.to_vec();
         Ok((AnyConfChange::V1(cc), ctx))
     } else {
         let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(bad)?;
-        let ctx = cc.context.to_vec();
+        let ctx = e.context.to_vec();
         Ok((AnyConfChange::V2(cc), ctx))
     }
 }

@@ -1,0 +1,97 @@
+//! Blocking queries (`?index=&wait=`): they return when what they watch
+//! changes, and only then (or at the wait's end).
+
+mod common;
+
+use common::*;
+use registry_api::QueryOptions;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_query_wakes_for_its_service_and_not_for_another() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let client = c.client(leader);
+    client
+        .catalog_register(&reg("n1", "web", "web-1"), None)
+        .await
+        .unwrap();
+    client
+        .catalog_register(&reg("n2", "db", "db-1"), None)
+        .await
+        .unwrap();
+    let (_, meta) = client
+        .health_service("web", &QueryOptions::default())
+        .await
+        .unwrap();
+
+    let watcher = c.client((leader + 1) % 3);
+    let opts = QueryOptions {
+        index: Some(meta.index),
+        wait: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let watch = tokio::spawn(async move { watcher.health_service("web", &opts).await });
+
+    // Changes to another service do not answer the watch.
+    for i in 0..5 {
+        client
+            .catalog_register(&reg(&format!("m{i}"), "db", &format!("db-x{i}")), None)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!watch.is_finished(), "woken by a change to another service");
+
+    // A change to the watched service answers it promptly.
+    let changed_at = Instant::now();
+    client
+        .catalog_register(&reg("n3", "web", "web-2"), None)
+        .await
+        .unwrap();
+    let (entries, new_meta) = tokio::time::timeout(Duration::from_secs(5), watch)
+        .await
+        .expect("the watch must return after the change")
+        .unwrap()
+        .unwrap();
+    assert!(new_meta.index > meta.index);
+    assert_eq!(entries.len(), 2);
+    eprintln!(
+        "watch returned {:?} after the change ({:?} in all)",
+        changed_at.elapsed(),
+        started.elapsed()
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_query_returns_at_the_end_of_its_wait() {
+    let c = TestCluster::start(1).await;
+    let leader = c.wait_leader().await;
+    let client = c.client(leader);
+    client
+        .catalog_register(&reg("n1", "web", "web-1"), None)
+        .await
+        .unwrap();
+    let (_, meta) = client
+        .catalog_service("web", &QueryOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let opts = QueryOptions {
+        index: Some(meta.index),
+        wait: Some(Duration::from_millis(800)),
+        ..Default::default()
+    };
+    let (_, again) = client.catalog_service("web", &opts).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(again.index, meta.index);
+    // wait plus at most wait/16 of jitter, plus scheduling slack.
+    assert!(
+        took >= Duration::from_millis(800),
+        "returned early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "returned late: {took:?}");
+    c.shutdown().await;
+}

@@ -1,0 +1,198 @@
+//! Test support: whole clusters of real servers in one process, with real
+//! RocksDB in temp dirs and real HTTP on 127.0.0.1:0, connected by an in-memory
+//! network whose links the tests cut and heal.
+#![allow(dead_code)]
+
+use registry_api::{AgentService, HealthCheck, QueryOptions, RegisterRequest, RegistryClient};
+use registry_server::raft_node::RaftTuning;
+use registry_server::transport::MemNetwork;
+use registry_server::{RaftStatus, Role, ServerConfig, ServerHandle, TransportKind};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Raft timing for tests: fast, but with room for a loaded 2-core machine.
+pub fn fast_tuning() -> RaftTuning {
+    RaftTuning {
+        tick: Duration::from_millis(50),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        hello_interval: Duration::from_millis(100),
+        propose_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(2),
+        ..RaftTuning::default()
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A registration of one service instance `id` of `service` on `node`.
+pub fn reg(node: &str, service: &str, id: &str) -> RegisterRequest {
+    RegisterRequest {
+        node: node.into(),
+        address: "10.0.0.1".into(),
+        service: Some(AgentService {
+            id: id.into(),
+            service: service.into(),
+            port: 8080,
+            tags: vec!["v1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A registration with one service check in `status`.
+pub fn reg_with_check(node: &str, service: &str, status: &str) -> RegisterRequest {
+    let mut r = reg(node, service, service);
+    r.checks.push(HealthCheck {
+        check_id: format!("{service}-check"),
+        name: format!("{service} check"),
+        status: status.into(),
+        service_id: service.into(),
+        ..Default::default()
+    });
+    r
+}
+
+/// Options for a `?stale` read.
+pub fn stale() -> QueryOptions {
+    QueryOptions {
+        stale: true,
+        ..Default::default()
+    }
+}
+
+/// N servers of one datacenter on an in-memory network.
+pub struct TestCluster {
+    /// The network between them.
+    pub net: MemNetwork,
+    /// Running servers (None while stopped).
+    pub nodes: Vec<Option<ServerHandle>>,
+    /// Each server's data dir (kept across restarts).
+    pub dirs: Vec<tempfile::TempDir>,
+    /// Node names, which are also their addresses on the network.
+    pub names: Vec<String>,
+    /// Timing used for every server.
+    pub tuning: RaftTuning,
+}
+
+impl TestCluster {
+    /// Starts `n` servers that bootstrap together.
+    pub async fn start(n: usize) -> Self {
+        Self::start_with(n, fast_tuning()).await
+    }
+
+    /// Starts `n` servers with the given timing.
+    pub async fn start_with(n: usize, tuning: RaftTuning) -> Self {
+        let mut c = TestCluster {
+            net: MemNetwork::new(tokio::runtime::Handle::current()),
+            nodes: Vec::new(),
+            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+            names: (1..=n).map(|i| format!("s{i}")).collect(),
+            tuning,
+        };
+        for i in 0..n {
+            let h = registry_server::start(c.config(i)).await.unwrap();
+            c.nodes.push(Some(h));
+        }
+        c
+    }
+
+    /// The configuration of server `i`.
+    pub fn config(&self, i: usize) -> ServerConfig {
+        let mut cfg = ServerConfig::new(self.names[i].clone());
+        cfg.data_dir = Some(self.dirs[i].path().to_path_buf());
+        cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+        cfg.advertise = Some(self.names[i].clone());
+        cfg.bootstrap_expect = self.names.len();
+        cfg.retry_join = self.names.clone();
+        cfg.tuning = self.tuning.clone();
+        cfg.transport = TransportKind::Mem(self.net.clone());
+        cfg
+    }
+
+    /// Server `i` (panics if stopped).
+    pub fn node(&self, i: usize) -> &ServerHandle {
+        self.nodes[i].as_ref().expect("server is stopped")
+    }
+
+    /// A client of server `i`.
+    pub fn client(&self, i: usize) -> RegistryClient {
+        RegistryClient::new(self.node(i).url())
+    }
+
+    /// Server `i`'s Raft status.
+    pub fn status(&self, i: usize) -> RaftStatus {
+        self.node(i).raft.status()
+    }
+
+    /// Indexes of running servers.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
+    }
+
+    /// Stops server `i` (its data dir stays).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(h) = self.nodes[i].take() {
+            h.stop().await;
+        }
+    }
+
+    /// Starts server `i` again from its data dir.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "server {i} is running");
+        let h = registry_server::start(self.config(i)).await.unwrap();
+        self.nodes[i] = Some(h);
+    }
+
+    /// Waits until exactly one of `among` leads, has committed in its term,
+    /// and every one of `among` names it as leader. Returns its index.
+    pub async fn wait_leader_among(&self, among: &[usize], timeout: Duration) -> usize {
+        wait_until(timeout, "one agreed leader", || async {
+            let st: Vec<(usize, RaftStatus)> = among.iter().map(|&i| (i, self.status(i))).collect();
+            let leaders: Vec<&(usize, RaftStatus)> = st
+                .iter()
+                .filter(|(_, s)| s.role == Role::Leader && s.leader_ready)
+                .collect();
+            if leaders.len() != 1 {
+                return None;
+            }
+            let (li, ls) = leaders[0];
+            st.iter()
+                .all(|(_, s)| s.leader_id == ls.id && s.term == ls.term)
+                .then_some(*li)
+        })
+        .await
+    }
+
+    /// Waits for a leader agreed by all running servers.
+    pub async fn wait_leader(&self) -> usize {
+        self.wait_leader_among(&self.running(), Duration::from_secs(20))
+            .await
+    }
+
+    /// Stops every server.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the build needs on a fresh Debian machine: libclang for
+# librocksdb-sys's bindgen, and cargo-nextest for `make test`. Quiet and quick
+# when everything is already there.
+set -euo pipefail
+missing=()
+if ! ldconfig -p | grep -q 'libclang\(-[0-9.]*\)\?\.so'; then missing+=(libclang-dev); fi
+if ! command -v g++ >/dev/null; then missing+=(g++); fi
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]} with apt-get..." >&2
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >&2
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest..." >&2
+  cargo install --locked cargo-nextest >&2
+fi
