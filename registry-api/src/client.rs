@@ -230,12 +230,18 @@ impl RegistryClient {
 
     /// `GET /v1/status/leader`: the leader's RPC address, `""` when there is none.
     pub async fn status_leader(&self) -> Result<String, ClientError> {
-        Ok(self.get("/v1/status/leader", &QueryOptions::default()).await?.0)
+        Ok(self
+            .get("/v1/status/leader", &QueryOptions::default())
+            .await?
+            .0)
     }
 
     /// `GET /v1/status/peers`.
     pub async fn status_peers(&self) -> Result<Vec<String>, ClientError> {
-        Ok(self.get("/v1/status/peers", &QueryOptions::default()).await?.0)
+        Ok(self
+            .get("/v1/status/peers", &QueryOptions::default())
+            .await?
+            .0)
     }
 
     /// `GET /v1/operator/raft/configuration`.

@@ -21,32 +21,46 @@ impl Drop for Kill {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_mode_binary_serves_the_api() {
-    let http = free_port();
-    let rpc = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_registry-server"))
-        .args(["--dev", "--http-addr", &format!("127.0.0.1:{http}")])
-        .args(["--rpc-addr", &format!("127.0.0.1:{rpc}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Kill(child);
-    let client = RegistryClient::new(format!("http://127.0.0.1:{http}"));
-    let started = Instant::now();
-    loop {
-        if let Ok(leader) = client.status_leader().await {
-            if !leader.is_empty() {
+/// Starts `registry-server --dev` on free ports and waits until it leads.
+/// Ports are picked free but can be taken by another test before the child
+/// binds them, so a child that exits early is started again on new ports.
+async fn start_dev() -> (Kill, RegistryClient) {
+    for _attempt in 0..3 {
+        let http = free_port();
+        let rpc = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_registry-server"))
+            .args(["--dev", "--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--rpc-addr", &format!("127.0.0.1:{rpc}")])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let mut guard = Kill(child);
+        let client = RegistryClient::new(format!("http://127.0.0.1:{http}"));
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(leader) = client.status_leader().await {
+                if !leader.is_empty() {
+                    return (guard, client);
+                }
+            }
+            if let Ok(Some(status)) = guard.0.try_wait() {
+                let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+                eprintln!("registry-server --dev exited ({status}), retrying: {err}");
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "--dev never became leader"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+        eprintln!("registry-server --dev did not lead; its log:\n{err}");
     }
+    panic!("--dev never became leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_binary_serves_the_api() {
+    let (_guard, client) = start_dev().await;
     let mut reg = registry_api::RegisterRequest {
         node: "laptop".into(),
         address: "127.0.0.1".into(),
