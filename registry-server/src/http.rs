@@ -96,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/status/peers", get(status_peers))
         .route("/v1/operator/raft/configuration", get(raft_configuration))
         .route("/v1/operator/raft/peer", delete(raft_remove_peer))
+        .route("/v1/internal/heartbeat", put(heartbeat))
         .fallback(not_found)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -468,4 +469,21 @@ async fn raft_remove_peer(State(st): St, Query(q): Params) -> HttpResult {
     };
     st.raft.remove_peer(id).await?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/internal/heartbeat`: an agent says it is alive (see `liveness.rs`).
+async fn heartbeat(State(st): St, body: Bytes) -> HttpResult {
+    let hb: crate::rpc::Heartbeat = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
+    if hb.node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()).into());
+    }
+    if !hb.datacenter.is_empty() && hb.datacenter != st.datacenter {
+        return Err(ApiError::BadRequest(format!(
+            "agent of datacenter {:?} heartbeating to datacenter {:?}",
+            hb.datacenter, st.datacenter
+        ))
+        .into());
+    }
+    st.raft.heartbeat(hb)?;
+    json(&st, &true)
 }

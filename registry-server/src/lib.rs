@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod http;
+pub mod liveness;
 pub mod raft_node;
 pub mod rpc;
 pub mod storage;
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     pub dev: bool,
     /// Raft timing.
     pub tuning: RaftTuning,
+    /// Node liveness timing.
+    pub liveness: liveness::LivenessTuning,
     /// Transport.
     pub transport: TransportKind,
 }
@@ -86,6 +89,7 @@ impl ServerConfig {
             wan_gateways: Vec::new(),
             dev: false,
             tuning: RaftTuning::default(),
+            liveness: liveness::LivenessTuning::default(),
             transport: TransportKind::Tcp,
         }
     }
@@ -195,6 +199,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
 
     let (tx, rx) = raft_node::event_channel();
     let mut tasks = Vec::new();
+    let mut tcp: Option<Arc<TcpTransport>> = None;
     let (transport, rpc_addr): (Arc<dyn Transport>, String) = match &config.transport {
         TransportKind::Tcp => {
             let (t, _bound, accept) = TcpTransport::bind(
@@ -207,6 +212,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
             .await?;
             tasks.push(accept);
             let advertise = t.advertise().to_string();
+            tcp = Some(t.clone());
             (t, advertise)
         }
         TransportKind::Mem(net) => {
@@ -233,6 +239,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     } else {
         config.bootstrap_expect
     };
+    let (heartbeat_tx, heartbeat_rx) = tokio::sync::mpsc::channel(4096);
     let setup = RaftNodeSetup {
         me,
         store,
@@ -243,6 +250,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         retry_join: config.retry_join.clone(),
         tuning: config.tuning.clone(),
         transport,
+        heartbeats: heartbeat_tx,
     };
     let (raft, raft_thread) = raft_node::start(setup, tx, rx, shutdown.clone())?;
     info!(node = %config.node, id = recovered.node_id, "raft node started");
@@ -253,7 +261,33 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         node: config.node.clone(),
         shutdown: shutdown.clone(),
     });
+    let liveness = Arc::new(liveness::Liveness::default());
+    tasks.push(tokio::spawn(liveness::run(
+        liveness,
+        raft.clone(),
+        config.liveness.clone(),
+        heartbeat_rx,
+        shutdown.clone(),
+    )));
     let router = http::router(app);
+    if let Some(t) = &tcp {
+        // Agents name servers by their RPC address (`--retry-join`), so the
+        // RPC port answers HTTP too.
+        let router = router.clone();
+        let stop = shutdown.clone();
+        t.set_http_handoff(Arc::new(move |stream| {
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }));
+    }
     let http_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(listener, router)

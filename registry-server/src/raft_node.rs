@@ -244,6 +244,14 @@ impl RaftHandle {
         self.wait_applied(commit, self.tuning.read_timeout).await
     }
 
+    /// Routes an agent heartbeat to the leader (fire and forget).
+    pub fn heartbeat(&self, hb: crate::rpc::Heartbeat) -> Result<(), ApiError> {
+        if self.status().leader_id == 0 {
+            return Err(ApiError::NoLeader);
+        }
+        self.send(Event::Rpc(String::new(), RpcMessage::Heartbeat(hb)))
+    }
+
     /// Removes a server from the Raft configuration.
     pub async fn remove_peer(&self, id: u64) -> Result<(), ApiError> {
         let (tx, rx) = oneshot::channel();
@@ -283,6 +291,8 @@ pub struct RaftNodeSetup {
     pub tuning: RaftTuning,
     /// Outbound transport.
     pub transport: Arc<dyn Transport>,
+    /// Where agent heartbeats go while this server leads (see `liveness.rs`).
+    pub heartbeats: tokio::sync::mpsc::Sender<crate::rpc::Heartbeat>,
 }
 
 /// Capacity of the event channel; a full channel answers "overloaded" at once
@@ -402,6 +412,7 @@ struct RaftNode {
     retry_join: Vec<String>,
     tuning: RaftTuning,
     transport: Arc<dyn Transport>,
+    heartbeats: tokio::sync::mpsc::Sender<crate::rpc::Heartbeat>,
     events: Receiver<Event>,
     pending_writes: HashMap<u64, (oneshot::Sender<Result<(), ApiError>>, Instant)>,
     pending_reads: HashMap<u64, (oneshot::Sender<Result<u64, ApiError>>, Instant)>,
@@ -461,6 +472,7 @@ impl RaftNode {
             retry_join: setup.retry_join,
             tuning: setup.tuning,
             transport: setup.transport,
+            heartbeats: setup.heartbeats,
             events,
             pending_writes: HashMap::new(),
             pending_reads: HashMap::new(),
@@ -651,6 +663,21 @@ impl RaftNode {
             }
             RpcMessage::Hello(h) => self.handle_hello(h)?,
             RpcMessage::Join(peer) => self.handle_join(peer),
+            RpcMessage::Heartbeat(hb) => {
+                if self.is_leader() {
+                    // Full means the leader is swamped; the agent's next
+                    // heartbeat comes soon enough.
+                    let _ = self.heartbeats.try_send(hb);
+                } else if let Some(addr) = self
+                    .peers
+                    .get(&self.raw.raft.leader_id)
+                    .map(|p| p.rpc_addr.clone())
+                {
+                    if self.raw.raft.leader_id != self.me.id {
+                        self.transport.send(&addr, RpcMessage::Heartbeat(hb));
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -40,6 +40,19 @@ pub struct Hello {
     pub known: Vec<u64>,
 }
 
+/// An agent's liveness heartbeat (see `liveness.rs`), passed from the server
+/// that received it to the leader, which alone keeps last-seen times.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Heartbeat {
+    /// The agent's node name.
+    pub node: String,
+    /// The node's address.
+    pub address: String,
+    /// The agent's datacenter.
+    pub datacenter: String,
+}
+
 /// One message between servers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RpcMessage {
@@ -49,11 +62,14 @@ pub enum RpcMessage {
     Hello(Hello),
     /// A server that has no cluster asks to be added as a learner.
     Join(PeerInfo),
+    /// An agent heartbeat on its way to the leader.
+    Heartbeat(Heartbeat),
 }
 
 const TAG_RAFT: u8 = 1;
 const TAG_HELLO: u8 = 2;
 const TAG_JOIN: u8 = 3;
+const TAG_HEARTBEAT: u8 = 4;
 
 /// Encodes a message: one tag byte, then protobuf (Raft) or JSON (handshake).
 pub fn encode(msg: &RpcMessage) -> Vec<u8> {
@@ -64,6 +80,7 @@ pub fn encode(msg: &RpcMessage) -> Vec<u8> {
         ),
         RpcMessage::Hello(h) => (TAG_HELLO, serde_json::to_vec(h).unwrap_or_default()),
         RpcMessage::Join(p) => (TAG_JOIN, serde_json::to_vec(p).unwrap_or_default()),
+        RpcMessage::Heartbeat(h) => (TAG_HEARTBEAT, serde_json::to_vec(h).unwrap_or_default()),
     };
     let mut out = Vec::with_capacity(body.len() + 1);
     out.push(tag);
@@ -85,6 +102,9 @@ pub fn decode(bytes: &[u8]) -> Result<RpcMessage, String> {
             .map_err(|e| e.to_string()),
         TAG_JOIN => serde_json::from_slice(body)
             .map(RpcMessage::Join)
+            .map_err(|e| e.to_string()),
+        TAG_HEARTBEAT => serde_json::from_slice(body)
+            .map(RpcMessage::Heartbeat)
             .map_err(|e| e.to_string()),
         t => Err(format!("unknown RPC message tag {t}")),
     }

@@ -66,7 +66,13 @@ pub struct TcpTransport {
     /// never held across an `.await` (the critical section is a lookup and a `try_send`), and it
     /// is taken both from the Raft thread and from tasks, where a tokio mutex would not help.
     peers: Mutex<HashMap<String, PeerWriter>>,
+    /// Where inbound connections that speak HTTP instead of our framing go
+    /// (agents reach servers on the RPC port, as `--retry-join` names it).
+    http: Mutex<Option<HttpHandoff>>,
 }
+
+/// Takes over an inbound RPC-port connection that turned out to be HTTP.
+pub type HttpHandoff = Arc<dyn Fn(TcpStream) + Send + Sync>;
 
 /// The outbound side of one destination.
 struct PeerWriter {
@@ -107,6 +113,7 @@ impl TcpTransport {
             runtime: runtime.clone(),
             shutdown,
             peers: Mutex::new(HashMap::new()),
+            http: Mutex::new(None),
         });
         debug!(listen = %bound, advertise = %transport.advertise, "RPC transport listening");
         let accept = runtime.spawn(accept_loop(Arc::clone(&transport), listener, deliver));
@@ -115,6 +122,13 @@ impl TcpTransport {
 }
 
 impl TcpTransport {
+    /// Serve HTTP on the RPC port too: a connection whose first byte is not
+    /// 0 (every frame of ours starts with the high byte of a small length) is
+    /// handed to `handoff`.
+    pub fn set_http_handoff(&self, handoff: HttpHandoff) {
+        *lock(&self.http) = Some(handoff);
+    }
+
     /// Our address as peers know it.
     pub fn advertise(&self) -> &str {
         &self.advertise
@@ -161,7 +175,8 @@ async fn accept_loop(transport: Arc<TcpTransport>, listener: TcpListener, delive
                     if let Err(error) = stream.set_nodelay(true) {
                         debug!(%peer, %error, "cannot set TCP_NODELAY");
                     }
-                    readers.spawn(run_reader(stream, peer, deliver.clone(), shutdown.clone()));
+                    let http = lock(&transport.http).clone();
+                    readers.spawn(run_reader(stream, peer, deliver.clone(), shutdown.clone(), http));
                 }
                 Err(error) => {
                     warn!(%error, "RPC accept failed");
@@ -190,13 +205,33 @@ fn log_task_end(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
+/// How long an inbound connection may stay silent before its protocol is known.
+const PEEK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reads one inbound connection until it closes, misbehaves, or shutdown.
 async fn run_reader(
     stream: TcpStream,
     peer: SocketAddr,
     deliver: Deliver,
     shutdown: CancellationToken,
+    http: Option<HttpHandoff>,
 ) {
+    if let Some(handoff) = http {
+        let mut first = [0u8; 1];
+        let peeked = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(PEEK_TIMEOUT, stream.peek(&mut first)) => r,
+        };
+        match peeked {
+            Ok(Ok(1)) if first[0] != 0 => {
+                handoff(stream);
+                return;
+            }
+            Ok(Ok(_)) => {}
+            // Silent or broken: nothing to serve.
+            _ => return,
+        }
+    }
     tokio::select! {
         _ = shutdown.cancelled() => {}
         result = read_connection(stream, &deliver) => match result {

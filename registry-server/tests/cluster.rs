@@ -316,6 +316,17 @@ async fn servers_over_tcp_form_a_cluster_whatever_the_start_order() {
         let got = service_ids(c, "tcp", &QueryOptions::default()).await;
         assert_eq!(got, Some(vec!["tcp-1".to_string()]));
     }
+    // The RPC port answers HTTP too: that is how agents reach servers by
+    // their --retry-join (RPC) addresses.
+    for addr in &addrs {
+        let via_rpc = RegistryClient::new(format!("http://{addr}"));
+        let got = service_ids(&via_rpc, "tcp", &QueryOptions::default()).await;
+        assert_eq!(
+            got,
+            Some(vec!["tcp-1".to_string()]),
+            "HTTP on RPC port {addr}"
+        );
+    }
     for h in handles {
         h.stop().await;
     }

@@ -23,6 +23,14 @@ pub fn fast_tuning() -> RaftTuning {
     }
 }
 
+/// Liveness timing for tests: a node is critical 1 s after its last heartbeat.
+pub fn fast_liveness() -> registry_server::liveness::LivenessTuning {
+    registry_server::liveness::LivenessTuning {
+        check_interval: Duration::from_millis(100),
+        node_timeout: Duration::from_secs(1),
+    }
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
@@ -123,6 +131,7 @@ impl TestCluster {
         cfg.bootstrap_expect = self.names.len();
         cfg.retry_join = self.names.clone();
         cfg.tuning = self.tuning.clone();
+        cfg.liveness = fast_liveness();
         cfg.transport = TransportKind::Mem(self.net.clone());
         cfg
     }

@@ -1,0 +1,231 @@
+//! Node liveness: every node's `serfHealth` check, kept by heartbeats.
+//!
+//! Consul learns that an agent died from Serf gossip. Here each agent sends a
+//! small heartbeat (`PUT /v1/internal/heartbeat`) every couple of seconds to any
+//! server; followers pass it to the leader, which keeps the last-seen time of
+//! every node in memory only. A write goes through Raft only when a node's
+//! state changes (passing -> critical or back), so the cost per agent is one
+//! small HTTP request per interval on a keep-alive connection and no disk
+//! write: thousands of agents are thousands of requests per second at most,
+//! spread over servers that forward, with no gossip mesh to tune. The price is
+//! that liveness is judged by the leader alone, which is also where Consul's
+//! reconciliation happens.
+//!
+//! The bound: a node whose agent stops is marked critical within
+//! `node_timeout + check_interval` (default 10 s + 1 s) of its last heartbeat;
+//! after a leader change the new leader first waits `node_timeout` so that it
+//! does not fail nodes it simply has not heard from yet.
+
+use crate::catalog::Command;
+use crate::raft_node::{RaftHandle, Role};
+use registry_api::{
+    HealthCheck, RegisterRequest, CRITICAL, PASSING, SERF_HEALTH_ID, SERF_HEALTH_NAME,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// Timing of liveness tracking.
+#[derive(Clone, Debug)]
+pub struct LivenessTuning {
+    /// How often the leader looks for silent nodes.
+    pub check_interval: Duration,
+    /// Silence after which a node is marked critical.
+    pub node_timeout: Duration,
+}
+
+impl Default for LivenessTuning {
+    fn default() -> Self {
+        Self {
+            check_interval: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub use crate::rpc::Heartbeat;
+
+/// Last-seen times, kept by the leader.
+#[derive(Default)]
+pub struct Liveness {
+    /// Node -> when its agent was last heard from.
+    last_seen: Mutex<HashMap<String, Instant>>,
+    /// Nodes with a state change proposed and not yet applied (no duplicates).
+    in_flight: Mutex<HashSet<String>>,
+    /// Term in which this server last led, and since when.
+    leading: Mutex<Option<(u64, Instant)>>,
+}
+
+fn serf_check(node: &str, status: &str, output: &str) -> HealthCheck {
+    HealthCheck {
+        node: node.into(),
+        check_id: SERF_HEALTH_ID.into(),
+        name: SERF_HEALTH_NAME.into(),
+        status: status.into(),
+        output: output.into(),
+        check_type: "serf".into(),
+        ..Default::default()
+    }
+}
+
+impl Liveness {
+    /// Records a heartbeat on the leader, and marks the node passing if it was
+    /// not (a new node, or one coming back).
+    pub async fn heartbeat(
+        &self,
+        raft: &RaftHandle,
+        hb: Heartbeat,
+    ) -> Result<(), registry_api::Error> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hb.node.clone(), Instant::now());
+        let (status, exists) = {
+            let applied = raft
+                .shared
+                .applied
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let (checks, _) = applied.catalog.node_checks(&hb.node);
+            let status = checks
+                .iter()
+                .find(|c| c.check_id == SERF_HEALTH_ID)
+                .map(|c| c.status.clone());
+            let exists = applied.catalog.node_services(&hb.node).0.is_some();
+            (status, exists)
+        };
+        if status.as_deref() == Some(PASSING) {
+            return Ok(());
+        }
+        let mut req = RegisterRequest {
+            node: hb.node.clone(),
+            address: hb.address,
+            // An existing node keeps its address and metadata (the agent owns them).
+            skip_node_update: exists,
+            checks: vec![serf_check(&hb.node, PASSING, "Agent alive and reachable")],
+            ..Default::default()
+        };
+        self.propose_once(raft, &hb.node, &mut req).await
+    }
+
+    async fn propose_once(
+        &self,
+        raft: &RaftHandle,
+        node: &str,
+        req: &mut RegisterRequest,
+    ) -> Result<(), registry_api::Error> {
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string())
+        {
+            return Ok(());
+        }
+        let result = match crate::catalog::CatalogState::validate_register(req) {
+            Ok(()) => raft.propose(Command::Register(req.clone())).await,
+            Err(e) => Err(registry_api::Error::BadRequest(e)),
+        };
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
+        result
+    }
+
+    /// One pass of the leader's reaper: marks critical every node whose
+    /// `serfHealth` passes but that has been silent longer than the timeout.
+    pub async fn reap(&self, raft: &RaftHandle, tuning: &LivenessTuning) {
+        let status = raft.status();
+        if status.role != Role::Leader || !status.leader_ready {
+            *self.leading.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+        let now = Instant::now();
+        let since = {
+            let mut leading = self.leading.lock().unwrap_or_else(|e| e.into_inner());
+            match *leading {
+                Some((term, at)) if term == status.term => at,
+                _ => {
+                    info!(term = status.term, "leading: liveness grace period starts");
+                    *leading = Some((status.term, now));
+                    now
+                }
+            }
+        };
+        if now.duration_since(since) < tuning.node_timeout {
+            return;
+        }
+        let passing: Vec<String> = {
+            let applied = raft
+                .shared
+                .applied
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let (checks, _) = applied.catalog.checks_in_state(PASSING).unwrap_or_default();
+            checks
+                .into_iter()
+                .filter(|c| c.check_id == SERF_HEALTH_ID)
+                .map(|c| c.node)
+                .collect()
+        };
+        for node in passing {
+            let last = self
+                .last_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&node)
+                .copied()
+                .unwrap_or(since);
+            if now.duration_since(last) <= tuning.node_timeout {
+                continue;
+            }
+            info!(%node, silent_for = ?now.duration_since(last), "node stopped heartbeating: marking it critical");
+            let mut req = RegisterRequest {
+                node: node.clone(),
+                skip_node_update: true,
+                checks: vec![serf_check(&node, CRITICAL, "Agent not live or unreachable")],
+                ..Default::default()
+            };
+            if let Err(e) = self.propose_once(raft, &node, &mut req).await {
+                debug!(%node, error = %e, "could not mark node critical");
+            }
+        }
+    }
+}
+
+/// Runs liveness on this server until shutdown: records the heartbeats the
+/// Raft thread routes here while this server leads, and reaps silent nodes.
+pub async fn run(
+    liveness: Arc<Liveness>,
+    raft: RaftHandle,
+    tuning: LivenessTuning,
+    mut heartbeats: mpsc::Receiver<Heartbeat>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(tuning.check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut proposals = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => liveness.reap(&raft, &tuning).await,
+            Some(hb) = heartbeats.recv() => {
+                // Recording is instant; a state change waits for Raft, so it
+                // runs on its own task and never holds up other heartbeats.
+                let (liveness, raft) = (liveness.clone(), raft.clone());
+                proposals.spawn(async move {
+                    if let Err(e) = liveness.heartbeat(&raft, hb).await {
+                        debug!(error = %e, "heartbeat not recorded");
+                    }
+                });
+            }
+            Some(_) = proposals.join_next() => {}
+        }
+    }
+    proposals.shutdown().await;
+}

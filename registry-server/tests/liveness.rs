@@ -1,0 +1,164 @@
+//! Node liveness: heartbeats keep a node's `serfHealth` passing; silence makes
+//! it critical within the bound, and `?passing` then drops its services.
+
+mod common;
+
+use common::*;
+use registry_api::{QueryOptions, RegistryClient};
+use std::time::{Duration, Instant};
+
+async fn heartbeat(c: &RegistryClient, node: &str) -> u16 {
+    reqwest::Client::new()
+        .put(format!("{}/v1/internal/heartbeat", c.base()))
+        .body(format!(
+            r#"{{"Node":"{node}","Address":"10.9.9.9","Datacenter":"dc1"}}"#
+        ))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn serf_status(c: &RegistryClient, node: &str) -> Option<String> {
+    let (checks, _): (Vec<registry_api::HealthCheck>, _) = c
+        .get(&format!("/v1/health/node/{node}"), &QueryOptions::default())
+        .await
+        .ok()?;
+    checks
+        .into_iter()
+        .find(|c| c.check_id == "serfHealth")
+        .map(|c| c.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_node_passing_and_silence_makes_it_critical() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = c.client((leader + 1) % 3);
+    // Heartbeats sent to a follower reach the leader.
+    assert_eq!(heartbeat(&follower, "app-1").await, 200);
+    wait_until(Duration::from_secs(10), "serfHealth passing", || async {
+        (serf_status(&follower, "app-1").await.as_deref() == Some("passing")).then_some(())
+    })
+    .await;
+    follower
+        .catalog_register(&reg_with_check("app-1", "web", "passing"), None)
+        .await
+        .unwrap();
+    let passing = QueryOptions {
+        passing: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        follower
+            .health_service("web", &passing)
+            .await
+            .unwrap()
+            .0
+            .len(),
+        1
+    );
+
+    // Keep beating for a while: it stays passing past the timeout.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        heartbeat(&follower, "app-1").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        serf_status(&follower, "app-1").await.as_deref(),
+        Some("passing")
+    );
+
+    // Silence: critical within node_timeout (1 s) + check interval, and
+    // ?passing drops the node's services.
+    let silent_at = Instant::now();
+    wait_until(Duration::from_secs(10), "serfHealth critical", || async {
+        (serf_status(&follower, "app-1").await.as_deref() == Some("critical")).then_some(())
+    })
+    .await;
+    let took = silent_at.elapsed();
+    eprintln!("marked critical {took:?} after the last heartbeat");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(follower
+        .health_service("web", &passing)
+        .await
+        .unwrap()
+        .0
+        .is_empty());
+    assert_eq!(
+        follower
+            .health_service("web", &QueryOptions::default())
+            .await
+            .unwrap()
+            .0
+            .len(),
+        1
+    );
+
+    // Back: passing again.
+    heartbeat(&follower, "app-1").await;
+    wait_until(
+        Duration::from_secs(10),
+        "serfHealth passing again",
+        || async {
+            heartbeat(&follower, "app-1").await;
+            (follower.health_service("web", &passing).await.ok()?.0.len() == 1).then_some(())
+        },
+    )
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_does_not_fail_nodes_it_has_not_heard_from_yet() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let other = (leader + 1) % 3;
+    let client = c.client(other);
+    assert_eq!(heartbeat(&client, "app-2").await, 200);
+    wait_until(Duration::from_secs(10), "serfHealth passing", || async {
+        (serf_status(&client, "app-2").await.as_deref() == Some("passing")).then_some(())
+    })
+    .await;
+    c.stop(leader).await;
+    let rest = c.running();
+    c.wait_leader_among(&rest, Duration::from_secs(20)).await;
+    // Heartbeats continue to whichever server; the node must stay passing
+    // through the leader change.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        heartbeat(&client, "app-2").await;
+        assert_ne!(
+            serf_status(&client, "app-2").await.as_deref(),
+            Some("critical")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_input_is_validated() {
+    let c = TestCluster::start(1).await;
+    c.wait_leader().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/internal/heartbeat", c.node(0).url());
+    let r = http.put(&url).body("{").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = http
+        .put(&url)
+        .body(r#"{"Address":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = http
+        .put(&url)
+        .body(r#"{"Node":"n","Datacenter":"dc9"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    c.shutdown().await;
+}
