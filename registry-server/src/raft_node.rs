@@ -111,6 +111,11 @@ pub struct RaftStatus {
     pub compacted_to: u64,
     /// Snapshots installed from a leader since start.
     pub snapshots_installed: u64,
+    /// Log entries made durable since start, and the fsyncs that did it:
+    /// their ratio shows how many proposals share one disk sync.
+    pub entries_synced: u64,
+    /// See `entries_synced`.
+    pub syncs: u64,
 }
 
 /// Raft role, mirrored from raft-rs.
@@ -421,6 +426,8 @@ struct RaftNode {
     last_leader_contact: Option<Instant>,
     last_hello: Option<Instant>,
     snapshots_installed: u64,
+    entries_synced: u64,
+    syncs: u64,
     logger: slog::Logger,
 }
 
@@ -480,6 +487,8 @@ impl RaftNode {
             last_leader_contact: None,
             last_hello: None,
             snapshots_installed: 0,
+            entries_synced: 0,
+            syncs: 0,
             logger,
         })
     }
@@ -959,8 +968,12 @@ impl RaftNode {
         // Entries and the hard state (term, vote) must be durable before the
         // messages that acknowledge them leave; applied rows need not be, as
         // they are rebuilt from the log after a crash.
-        self.store
-            .commit(batch, rd.must_sync() || !rd.entries().is_empty())?;
+        let sync = rd.must_sync() || !rd.entries().is_empty();
+        self.store.commit(batch, sync)?;
+        if sync {
+            self.syncs += 1;
+            self.entries_synced += rd.entries().len() as u64;
+        }
         self.finish_apply(replies);
         self.send_messages(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
@@ -1203,6 +1216,8 @@ impl RaftNode {
         st.in_cluster = self.store.initialized();
         st.compacted_to = self.store.snapshot_index();
         st.snapshots_installed = self.snapshots_installed;
+        st.entries_synced = self.entries_synced;
+        st.syncs = self.syncs;
         if st.voters != cs.voters
             || st.learners != cs.learners
             || st.peers.len() != self.peers.len()

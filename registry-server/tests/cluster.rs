@@ -381,3 +381,38 @@ async fn a_new_server_joins_as_learner_is_promoted_and_can_be_removed() {
     s4.stop().await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_fsyncs() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let before = c.status(leader);
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let client = c.client(i % 3);
+        writes.spawn(async move {
+            client
+                .catalog_register(&reg(&format!("n{i}"), "batch", &format!("b-{i}")), None)
+                .await
+        });
+    }
+    while let Some(r) = writes.join_next().await {
+        assert!(r.unwrap().unwrap());
+    }
+    let after = c.status(leader);
+    let entries = after.entries_synced - before.entries_synced;
+    let syncs = after.syncs - before.syncs;
+    eprintln!("{entries} entries in {syncs} fsyncs on the leader");
+    assert!(entries >= 200, "{entries}");
+    assert!(
+        syncs * 2 <= entries,
+        "{entries} entries needed {syncs} fsyncs: no batching"
+    );
+    let (list, _) = c
+        .client(leader)
+        .catalog_service("batch", &QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 200);
+    c.shutdown().await;
+}
