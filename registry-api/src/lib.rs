@@ -4,12 +4,14 @@
 //! (<https://developer.hashicorp.com/consul/api-docs>), so that existing Consul
 //! tooling can talk to us unchanged.
 
+pub mod agent;
 pub mod client;
 pub mod decode;
 pub mod duration;
 pub mod error;
 pub mod types;
 
+pub use agent::*;
 pub use client::{QueryMeta, QueryOptions, RegistryClient};
 pub use error::Error;
 pub use types::*;

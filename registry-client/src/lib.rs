@@ -1,42 +1,170 @@
 //! `registry-client`: the agent on every application host.
 //!
-//! Skeleton only: it parses its configuration and serves an HTTP listener that
-//! answers every request with 501 until the agent is built (issue [2]).
+//! Applications talk only to their local agent (DESIGN §1). The agent owns this node's
+//! services and checks ([`agent`]), runs the checks ([`checks`]), keeps the catalog in line
+//! with them ([`anti_entropy`]), tells the servers it is alive (heartbeats), and forwards every
+//! request that is not an agent endpoint to a server, failing over between servers
+//! ([`servers`], [`agent_http`]).
+//!
+//! Start-up, in order: build the server pool from `--retry-join`, start the agent (load
+//! persisted state, start checks, syncer, heartbeats), bind the HTTP listener and serve.
+//! Everything stops on one [`CancellationToken`] and every task is awaited.
 
-use axum::http::StatusCode;
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod agent_http;
+pub mod anti_entropy;
+pub mod checks;
+pub mod servers;
+
+pub use agent::{Agent, AgentConfig};
+pub use agent_http::{agent_router, client_router};
+pub use servers::{PoolError, PoolResponse, ServerPool};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Where `--dev` looks for a server when no `--retry-join` is given: a local
+/// `registry-server --dev` (its RPC port, which also answers HTTP).
+pub const DEV_SERVER: &str = "127.0.0.1:8300";
 
 /// The agent's configuration (DESIGN §3).
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// Node name.
     pub node: String,
+    /// Node id (a UUID); may be empty.
+    pub node_id: String,
     /// Datacenter.
     pub datacenter: String,
-    /// Where local services and checks are persisted.
+    /// Where local services and checks are persisted; `None` keeps them in memory.
     pub data_dir: Option<PathBuf>,
-    /// HTTP listen address.
+    /// HTTP listen address (port 0 picks a free one; see [`ClientHandle::http_addr`]).
     pub http_addr: SocketAddr,
-    /// Servers' RPC addresses.
+    /// The node's address as registered in the catalog (`--advertise`).
+    pub advertise_addr: String,
+    /// Servers' RPC addresses (`HOST:PORT`; they answer HTTP there too) or base URLs.
     pub retry_join: Vec<String>,
-    /// Development mode.
+    /// Development mode: without `retry_join`, use [`DEV_SERVER`].
     pub dev: bool,
+    /// Time between full anti-entropy syncs.
+    pub sync_interval: Duration,
+    /// Time between liveness heartbeats.
+    pub heartbeat_interval: Duration,
 }
 
-/// Serves until `shutdown` fires.
+impl ClientConfig {
+    /// A configuration with DESIGN §3's defaults for node `node`.
+    pub fn new(node: impl Into<String>) -> Self {
+        let defaults = AgentConfig::new(String::new());
+        ClientConfig {
+            node: node.into(),
+            node_id: String::new(),
+            datacenter: defaults.datacenter,
+            data_dir: None,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8500)),
+            advertise_addr: defaults.advertise_addr,
+            retry_join: Vec::new(),
+            dev: false,
+            sync_interval: defaults.sync_interval,
+            heartbeat_interval: defaults.heartbeat_interval,
+        }
+    }
+}
+
+/// A running client agent, for embedding and in-process tests.
+pub struct ClientHandle {
+    /// The address the HTTP API listens on.
+    pub http_addr: SocketAddr,
+    /// The agent.
+    pub agent: Arc<Agent>,
+    /// Stops everything.
+    shutdown: CancellationToken,
+    /// The HTTP server and the agent's tasks.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ClientHandle {
+    /// Asks everything to stop, without waiting.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Stops everything and waits until every task has ended.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "agent task failed");
+            }
+        }
+    }
+}
+
+/// Starts the agent and its HTTP API; returns once the listener is bound.
+pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
+    let shutdown = CancellationToken::new();
+    let mut retry_join = config.retry_join.clone();
+    if retry_join.is_empty() && config.dev {
+        retry_join.push(DEV_SERVER.into());
+    }
+    if retry_join.is_empty() {
+        tracing::warn!(node = %config.node, "no servers given (--retry-join): the agent cannot sync or forward");
+    }
+    let servers = ServerPool::from_retry_join(&retry_join)?;
+    tracing::info!(node = %config.node, servers = ?servers.servers(), "server pool");
+
+    let agent_config = AgentConfig {
+        node: config.node.clone(),
+        node_id: config.node_id.clone(),
+        datacenter: config.datacenter.clone(),
+        advertise_addr: config.advertise_addr.clone(),
+        data_dir: config.data_dir.clone(),
+        server: false,
+        sync_interval: config.sync_interval,
+        heartbeat_interval: config.heartbeat_interval,
+    };
+    let (agent, mut tasks) = Agent::start(agent_config, servers.clone(), shutdown.clone()).await?;
+
+    let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            shutdown.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+            return Err(anyhow::anyhow!("binding {}: {e}", config.http_addr));
+        }
+    };
+    let http_addr = listener.local_addr()?;
+    tracing::info!(node = %config.node, addr = %http_addr, "HTTP API listening");
+    let app = client_router(agent.clone(), servers);
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    Ok(ClientHandle {
+        http_addr,
+        agent,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Serves until `shutdown` fires, then stops every task and waits for them.
 pub async fn run(config: ClientConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-    tracing::warn!(node = %config.node, "registry-client is a skeleton: every request gets 501");
-    let app = axum::Router::new().fallback(|| async {
-        (
-            StatusCode::NOT_IMPLEMENTED,
-            "registry-client is not implemented yet",
-        )
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let handle = start(config).await?;
+    shutdown.cancelled().await;
+    handle.stop().await;
     Ok(())
 }

@@ -1,0 +1,376 @@
+//! Test support: a fake upstream server (a test double of the registry servers, not of the
+//! agent), a client agent started in-process, and a bounded polling helper.
+
+#![allow(dead_code)]
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use registry_api::{
+    AgentService, DeregisterRequest, HealthCheck, HeartbeatRequest, Node, NodeServiceList,
+    RegisterRequest,
+};
+use registry_client::{ClientConfig, ClientHandle};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What the fake server holds: a minimal catalog plus counters.
+#[derive(Default, Debug)]
+pub struct FakeCatalog {
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// Services by (node, id).
+    pub services: BTreeMap<(String, String), AgentService>,
+    /// Checks by (node, id).
+    pub checks: BTreeMap<(String, String), HealthCheck>,
+    /// Catalog writes received (register and deregister).
+    pub writes: u64,
+    /// Reads of `/v1/catalog/node-services/:node` (one per full sync).
+    pub node_reads: u64,
+    /// Heartbeats received.
+    pub heartbeats: Vec<HeartbeatRequest>,
+}
+
+impl FakeCatalog {
+    /// The services of `node`.
+    pub fn node_services(&self, node: &str) -> BTreeMap<String, AgentService> {
+        self.services
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|((_, id), s)| (id.clone(), s.clone()))
+            .collect()
+    }
+
+    /// The checks of `node`.
+    pub fn node_checks(&self, node: &str) -> BTreeMap<String, HealthCheck> {
+        self.checks
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|((_, id), c)| (id.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Registers like the real catalog does (enough of it for the agent).
+    pub fn register(&mut self, mut req: RegisterRequest) {
+        let node = Node {
+            id: req.id.clone(),
+            node: req.node.clone(),
+            address: req.address.clone(),
+            datacenter: req.datacenter.clone(),
+            ..Default::default()
+        };
+        self.nodes.insert(req.node.clone(), node);
+        if let Some(svc) = req.service.take() {
+            self.services
+                .insert((req.node.clone(), svc.id.clone()), svc);
+        }
+        if let Some(c) = req.check.take() {
+            req.checks.insert(0, c);
+        }
+        for mut c in req.checks {
+            c.node = req.node.clone();
+            if let Some(s) = self.services.get(&(req.node.clone(), c.service_id.clone())) {
+                c.service_name = s.service.clone();
+                c.service_tags = s.tags.clone();
+            }
+            self.checks
+                .insert((req.node.clone(), c.check_id.clone()), c);
+        }
+    }
+}
+
+/// The shared state of a fake server.
+pub type Shared = Arc<Mutex<FakeCatalog>>;
+
+/// A fake registry server on loopback.
+pub struct FakeServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its catalog.
+    pub state: Shared,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl FakeServer {
+    /// Starts on a free port with an empty catalog.
+    pub async fn start() -> FakeServer {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), Shared::default()).await
+    }
+
+    /// Starts on `addr` with `state`.
+    pub async fn start_with(addr: SocketAddr, state: Shared) -> FakeServer {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
+        });
+        FakeServer {
+            addr,
+            state,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The catalog, locked.
+    pub fn catalog(&self) -> std::sync::MutexGuard<'_, FakeCatalog> {
+        self.state.lock().unwrap()
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/catalog/register", put(register))
+        .route("/v1/catalog/deregister", put(deregister))
+        .route("/v1/catalog/node-services/{node}", get(node_services))
+        .route("/v1/catalog/nodes", get(nodes))
+        .route("/v1/health/node/{node}", get(health_node))
+        .route("/v1/health/state/{state}", get(health_state))
+        .route("/v1/internal/heartbeat", put(heartbeat))
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put))
+        .with_state(state)
+}
+
+async fn register(State(st): State<Shared>, body: axum::body::Bytes) -> impl IntoResponse {
+    let req: RegisterRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let mut st = st.lock().unwrap();
+    st.writes += 1;
+    st.register(req);
+    Json(true).into_response()
+}
+
+async fn deregister(State(st): State<Shared>, Json(req): Json<DeregisterRequest>) -> Json<bool> {
+    let mut st = st.lock().unwrap();
+    st.writes += 1;
+    let node = req.node.clone();
+    if !req.service_id.is_empty() {
+        st.services.remove(&(node.clone(), req.service_id.clone()));
+        st.checks
+            .retain(|(n, _), c| !(n == &node && c.service_id == req.service_id));
+    } else if !req.check_id.is_empty() {
+        st.checks.remove(&(node, req.check_id));
+    } else {
+        st.nodes.remove(&node);
+        st.services.retain(|(n, _), _| n != &node);
+        st.checks.retain(|(n, _), _| n != &node);
+    }
+    Json(true)
+}
+
+async fn node_services(State(st): State<Shared>, Path(node): Path<String>) -> impl IntoResponse {
+    let mut st = st.lock().unwrap();
+    st.node_reads += 1;
+    let Some(n) = st.nodes.get(&node).cloned() else {
+        return Json(serde_json::Value::Null).into_response();
+    };
+    let services = st.node_services(&node).into_values().collect();
+    Json(NodeServiceList { node: n, services }).into_response()
+}
+
+async fn nodes(State(st): State<Shared>) -> Json<Vec<Node>> {
+    Json(st.lock().unwrap().nodes.values().cloned().collect())
+}
+
+async fn health_node(State(st): State<Shared>, Path(node): Path<String>) -> Json<Vec<HealthCheck>> {
+    Json(
+        st.lock()
+            .unwrap()
+            .node_checks(&node)
+            .into_values()
+            .collect(),
+    )
+}
+
+async fn health_state(
+    State(st): State<Shared>,
+    Path(state): Path<String>,
+) -> Json<Vec<HealthCheck>> {
+    Json(
+        st.lock()
+            .unwrap()
+            .checks
+            .values()
+            .filter(|c| state == "any" || c.status == state)
+            .cloned()
+            .collect(),
+    )
+}
+
+async fn heartbeat(State(st): State<Shared>, Json(req): Json<HeartbeatRequest>) -> Json<bool> {
+    st.lock().unwrap().heartbeats.push(req);
+    Json(true)
+}
+
+/// A KV read for the forwarding tests: `missing` is a 404 with a text body; anything else
+/// echoes the key with Consul's headers.
+async fn kv_get(Path(key): Path<String>, headers: HeaderMap) -> impl IntoResponse {
+    if key == "missing" {
+        return (StatusCode::NOT_FOUND, "no such key").into_response();
+    }
+    let token = headers
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (
+        StatusCode::OK,
+        [
+            ("X-Consul-Index", "42"),
+            ("X-Consul-KnownLeader", "true"),
+            ("X-Other", "dropped"),
+        ],
+        Json(serde_json::json!([{ "Key": key, "Token": token }])),
+    )
+        .into_response()
+}
+
+/// Echoes a KV write's body length.
+async fn kv_put(body: axum::body::Bytes) -> impl IntoResponse {
+    (StatusCode::OK, Json(body.len()))
+}
+
+/// A loopback address nothing listens on (bound, then released).
+pub async fn free_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A client configuration for tests: short intervals, loopback, servers `servers`.
+pub fn test_config(node: &str, servers: &[SocketAddr]) -> ClientConfig {
+    let mut c = ClientConfig::new(node);
+    c.http_addr = "127.0.0.1:0".parse().unwrap();
+    c.retry_join = servers.iter().map(|a| a.to_string()).collect();
+    c.sync_interval = Duration::from_millis(300);
+    c.heartbeat_interval = Duration::from_millis(100);
+    c
+}
+
+/// Starts a client agent.
+pub async fn start_agent(config: ClientConfig) -> ClientHandle {
+    registry_client::start(config).await.unwrap()
+}
+
+/// A test HTTP client for an agent.
+pub struct Api {
+    /// The agent's base URL.
+    pub base: String,
+    /// Shared client.
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    /// For the agent at `addr`.
+    pub fn new(addr: SocketAddr) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// PUT with a body; returns status and text.
+    pub async fn put(&self, path: &str, body: &str) -> (u16, String) {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// GET; returns status and text.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// GET and decode JSON (asserting 200).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let (status, text) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Polls `cond` every 50ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A health-check target: answers 200 `ok` on `/health` until stopped.
+pub struct Target {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Target {
+    /// Starts on `addr` (port 0 for any).
+    pub async fn start(addr: SocketAddr) -> Target {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let app = Router::new().route("/health", get(|| async { "ok" }));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
+        });
+        Target {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops it and waits until the port is closed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
