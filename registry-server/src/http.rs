@@ -74,8 +74,9 @@ impl IntoResponse for HttpError {
 
 type HttpResult<T = Response> = Result<T, HttpError>;
 
-/// The router with every endpoint of the server.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The router with every endpoint of the server; `agent` holds the agent
+/// endpoints the server serves for itself (DESIGN §4, item 1).
+pub fn router(state: Arc<AppState>, agent: Router) -> Router {
     Router::new()
         .route("/v1/catalog/register", put(catalog_register))
         .route("/v1/catalog/deregister", put(catalog_deregister))
@@ -97,10 +98,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operator/raft/configuration", get(raft_configuration))
         .route("/v1/operator/raft/peer", delete(raft_remove_peer))
         .route("/v1/internal/heartbeat", put(heartbeat))
+        .with_state(state)
+        .merge(agent)
         .fallback(not_found)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
 }
 
 async fn not_found(req: Request) -> HttpError {

@@ -70,6 +70,14 @@ pub struct ServerConfig {
     pub tuning: RaftTuning,
     /// Node liveness timing.
     pub liveness: liveness::LivenessTuning,
+    /// Run the agent endpoints for this server itself (like every Consul
+    /// server is also an agent). Off only in tests that want a catalog
+    /// holding nothing but what they wrote.
+    pub agent: bool,
+    /// The embedded agent's full-sync interval.
+    pub agent_sync_interval: Duration,
+    /// The embedded agent's heartbeat interval.
+    pub agent_heartbeat_interval: Duration,
     /// Transport.
     pub transport: TransportKind,
 }
@@ -90,6 +98,9 @@ impl ServerConfig {
             dev: false,
             tuning: RaftTuning::default(),
             liveness: liveness::LivenessTuning::default(),
+            agent: true,
+            agent_sync_interval: Duration::from_secs(60),
+            agent_heartbeat_interval: Duration::from_secs(2),
             transport: TransportKind::Tcp,
         }
     }
@@ -269,7 +280,36 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         heartbeat_rx,
         shutdown.clone(),
     )));
-    let router = http::router(app);
+    let agent_routes = if config.agent {
+        // The embedded agent reaches the cluster through this server's own API.
+        let own = if http_addr.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", http_addr.port())
+        } else {
+            format!("http://{http_addr}")
+        };
+        let pool = registry_client::ServerPool::new(vec![own])?;
+        let advertise_host = rpc_addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_else(|| rpc_addr.clone());
+        let agent_config = registry_client::AgentConfig {
+            node: config.node.clone(),
+            node_id: format!("{:016x}", recovered.node_id),
+            datacenter: config.datacenter.clone(),
+            advertise_addr: advertise_host,
+            data_dir: Some(data_dir.join("agent")),
+            server: true,
+            sync_interval: config.agent_sync_interval,
+            heartbeat_interval: config.agent_heartbeat_interval,
+        };
+        let (agent, agent_tasks) =
+            registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;
+        tasks.extend(agent_tasks);
+        registry_client::agent_router(agent)
+    } else {
+        axum::Router::new()
+    };
+    let router = http::router(app, agent_routes);
     if let Some(t) = &tcp {
         // Agents name servers by their RPC address (`--retry-join`), so the
         // RPC port answers HTTP too.

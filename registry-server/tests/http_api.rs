@@ -43,7 +43,7 @@ impl Api {
 }
 
 async fn one_server() -> (TestCluster, Api) {
-    let c = TestCluster::start(1).await;
+    let c = TestCluster::start_plain(1).await;
     let leader = c.wait_leader().await;
     let api = Api {
         base: c.node(leader).url(),

@@ -98,6 +98,8 @@ pub struct TestCluster {
     pub names: Vec<String>,
     /// Timing used for every server.
     pub tuning: RaftTuning,
+    /// Whether servers run their embedded agent (registering their own node).
+    pub agents: bool,
 }
 
 impl TestCluster {
@@ -108,12 +110,24 @@ impl TestCluster {
 
     /// Starts `n` servers with the given timing.
     pub async fn start_with(n: usize, tuning: RaftTuning) -> Self {
+        Self::start_opts(n, tuning, true).await
+    }
+
+    /// Starts `n` servers without their embedded agents: the catalog holds
+    /// only what the test writes.
+    pub async fn start_plain(n: usize) -> Self {
+        Self::start_opts(n, fast_tuning(), false).await
+    }
+
+    /// Starts `n` servers.
+    pub async fn start_opts(n: usize, tuning: RaftTuning, agents: bool) -> Self {
         let mut c = TestCluster {
             net: MemNetwork::new(tokio::runtime::Handle::current()),
             nodes: Vec::new(),
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             names: (1..=n).map(|i| format!("s{i}")).collect(),
             tuning,
+            agents,
         };
         for i in 0..n {
             let h = registry_server::start(c.config(i)).await.unwrap();
@@ -132,6 +146,9 @@ impl TestCluster {
         cfg.retry_join = self.names.clone();
         cfg.tuning = self.tuning.clone();
         cfg.liveness = fast_liveness();
+        cfg.agent = self.agents;
+        cfg.agent_sync_interval = Duration::from_millis(500);
+        cfg.agent_heartbeat_interval = Duration::from_millis(100);
         cfg.transport = TransportKind::Mem(self.net.clone());
         cfg
     }

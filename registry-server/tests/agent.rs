@@ -1,0 +1,254 @@
+//! Three servers and two client agents in one process: registration through
+//! one agent is visible through the other; checks flip with their targets;
+//! a dead agent's node goes critical and comes back; agents fail over between
+//! servers; anti-entropy restores what was removed behind the agent's back.
+
+mod common;
+
+use common::*;
+use registry_api::{QueryOptions, RegistryClient, ServiceEntry};
+use registry_client::{ClientConfig, ClientHandle};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A health-check target: answers 200 on /health until stopped.
+struct Target {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+async fn start_target(addr: SocketAddr) -> Target {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await;
+    });
+    Target { addr, stop }
+}
+
+fn agent_config(name: &str, dir: &Path, servers: &[String]) -> ClientConfig {
+    let mut cfg = ClientConfig::new(name);
+    cfg.data_dir = Some(dir.to_path_buf());
+    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.advertise_addr = "127.0.0.1".into();
+    cfg.retry_join = servers.to_vec();
+    cfg.sync_interval = Duration::from_millis(500);
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    cfg
+}
+
+fn server_addrs(c: &TestCluster) -> Vec<String> {
+    c.running()
+        .into_iter()
+        .map(|i| c.node(i).http_addr.to_string())
+        .collect()
+}
+
+async fn put(url: String, body: &str) -> u16 {
+    reqwest::Client::new()
+        .put(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn health(c: &RegistryClient, name: &str, passing: bool) -> Option<Vec<ServiceEntry>> {
+    let opts = QueryOptions {
+        passing,
+        ..Default::default()
+    };
+    c.health_service(name, &opts).await.ok().map(|(l, _)| l)
+}
+
+fn client_of(h: &ClientHandle) -> RegistryClient {
+    RegistryClient::new(format!("http://{}", h.http_addr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_register_check_forward_and_recover() {
+    let mut c = TestCluster::start(3).await;
+    c.wait_leader().await;
+    let servers = server_addrs(&c);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Agent A talks to server 0 first (its pool starts with it).
+    let a = registry_client::start(agent_config("host-a", dir_a.path(), &servers))
+        .await
+        .unwrap();
+    let b = registry_client::start(agent_config("host-b", dir_b.path(), &servers[1..]))
+        .await
+        .unwrap();
+    let (ca, cb) = (client_of(&a), client_of(&b));
+    let target = start_target("127.0.0.1:0".parse().unwrap()).await;
+
+    // 1. Register on A with an HTTP check and a TTL check.
+    let body = format!(
+        r#"{{"Name":"web","Port":{},"Tags":["v1"],
+            "Checks":[{{"Name":"web http","HTTP":"http://{}/health","Interval":"200ms","Timeout":"1s"}},
+                      {{"CheckID":"web-ttl","Name":"web ttl","TTL":"1s"}}]}}"#,
+        target.addr.port(),
+        target.addr
+    );
+    assert_eq!(
+        put(format!("{}/v1/agent/service/register", ca.base()), &body).await,
+        200
+    );
+    assert_eq!(
+        put(format!("{}/v1/agent/check/pass/web-ttl", ca.base()), "").await,
+        200
+    );
+    // Visible, healthy, through agent B and on every server.
+    wait_until(
+        Duration::from_secs(15),
+        "web passing via agent B",
+        || async { (health(&cb, "web", true).await?.len() == 1).then_some(()) },
+    )
+    .await;
+    for i in 0..3 {
+        let list = health(&c.client(i), "web", false).await.unwrap();
+        assert_eq!(list.len(), 1, "on server {i}");
+        assert_eq!(list[0].node.node, "host-a");
+        assert!(list[0].checks.iter().any(|c| c.check_id == "serfHealth"));
+    }
+    let (cat, _) = cb
+        .catalog_service("web", &QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(cat.len(), 1);
+
+    // 2. The TTL check goes critical when not refreshed; refreshed, it passes.
+    wait_until(Duration::from_secs(10), "TTL critical", || async {
+        let list = health(&cb, "web", false).await?;
+        let ttl = list
+            .first()?
+            .checks
+            .iter()
+            .find(|c| c.check_id == "web-ttl")?
+            .clone();
+        (ttl.status == "critical").then_some(())
+    })
+    .await;
+    // Keep it fresh from now on.
+    let ttl_url = format!("{}/v1/agent/check/pass/web-ttl", ca.base());
+    let keep = CancellationToken::new();
+    {
+        let keep = keep.clone();
+        tokio::spawn(async move {
+            while !keep.is_cancelled() {
+                put(ttl_url.clone(), "").await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+    wait_until(Duration::from_secs(10), "web passing again", || async {
+        (health(&cb, "web", true).await?.len() == 1).then_some(())
+    })
+    .await;
+
+    // 3. The HTTP check flips with its target, within two intervals (+ sync).
+    target.stop.cancel();
+    let t0 = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "web critical after target stops",
+        || async { health(&cb, "web", true).await?.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!("HTTP check critical in catalog after {:?}", t0.elapsed());
+    let _target = start_target(target.addr).await;
+    let t0 = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "web passing after target returns",
+        || async { (health(&cb, "web", true).await?.len() == 1).then_some(()) },
+    )
+    .await;
+    eprintln!("HTTP check passing in catalog after {:?}", t0.elapsed());
+
+    // 4. Anti-entropy restores a service removed behind the agent's back.
+    assert_eq!(
+        put(
+            format!("{}/v1/catalog/deregister", c.node(0).url()),
+            r#"{"Node":"host-a","ServiceID":"web"}"#
+        )
+        .await,
+        200
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "anti-entropy to restore web",
+        || async { (health(&c.client(1), "web", false).await?.len() == 1).then_some(()) },
+    )
+    .await;
+
+    // 5. Kill the server A talks to: A's requests still succeed.
+    c.stop(0).await;
+    let rest = c.running();
+    c.wait_leader_among(&rest, Duration::from_secs(20)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "A answers through another server",
+        || async { (health(&ca, "web", false).await?.len() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        put(
+            format!("{}/v1/agent/service/register", ca.base()),
+            r#"{"Name":"api","Port":9000}"#
+        )
+        .await,
+        200
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "api registered via another server",
+        || async { (health(&cb, "api", false).await?.len() == 1).then_some(()) },
+    )
+    .await;
+
+    // 6. Kill agent A: its node goes critical within the bound and ?passing
+    // drops its services; restarted on the same data dir, they pass again
+    // without being registered again.
+    keep.cancel();
+    a.stop().await;
+    let t0 = Instant::now();
+    wait_until(Duration::from_secs(10), "host-a critical", || async {
+        health(&cb, "api", true).await?.is_empty().then_some(())
+    })
+    .await;
+    eprintln!(
+        "dead agent's services left ?passing after {:?}",
+        t0.elapsed()
+    );
+    let a = registry_client::start(agent_config("host-a", dir_a.path(), &servers[1..]))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "host-a passing after restart",
+        || async { (health(&cb, "api", true).await?.len() == 1).then_some(()) },
+    )
+    .await;
+    let services = registry_client_services(&client_of(&a)).await;
+    assert!(services.contains(&"web".to_string()) && services.contains(&"api".to_string()));
+
+    a.stop().await;
+    b.stop().await;
+    c.shutdown().await;
+}
+
+async fn registry_client_services(c: &RegistryClient) -> Vec<String> {
+    let (map, _): (std::collections::BTreeMap<String, serde_json::Value>, _) = c
+        .get("/v1/agent/services", &QueryOptions::default())
+        .await
+        .unwrap();
+    map.into_keys().collect()
+}
