@@ -162,3 +162,71 @@ async fn heartbeat_input_is_validated() {
     assert_eq!(r.status().as_u16(), 400);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_heartbeating_nodes_are_tracked_and_failed_together() {
+    let c = TestCluster::start_plain(3).await;
+    let leader = c.wait_leader().await;
+    let follower = c.client((leader + 1) % 3);
+    let http = reqwest::Client::new();
+    let nodes: Vec<String> = (0..2000).map(|i| format!("agent-{i:04}")).collect();
+    let beat_all = |round: usize| {
+        let http = http.clone();
+        let base = follower.base().to_string();
+        let nodes = nodes.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for chunk in nodes.chunks(50) {
+                let (http, base, chunk) = (http.clone(), base.clone(), chunk.to_vec());
+                set.spawn(async move {
+                    for n in chunk {
+                        let r = http
+                            .put(format!("{base}/v1/internal/heartbeat"))
+                            .body(format!(r#"{{"Node":"{n}","Address":"10.1.0.1"}}"#))
+                            .send()
+                            .await;
+                        assert!(r.is_ok(), "round {round}: {r:?}");
+                    }
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.unwrap();
+            }
+        }
+    };
+    let count = |state: &'static str| {
+        let follower = follower.clone();
+        async move {
+            let (checks, _): (Vec<registry_api::HealthCheck>, _) = follower
+                .get(
+                    &format!("/v1/health/state/{state}"),
+                    &QueryOptions::default(),
+                )
+                .await
+                .ok()?;
+            Some(checks.iter().filter(|c| c.check_id == "serfHealth").count())
+        }
+    };
+    let started = Instant::now();
+    beat_all(0).await;
+    eprintln!("2000 heartbeats in {:?}", started.elapsed());
+    wait_until(Duration::from_secs(30), "2000 nodes passing", || async {
+        // Heartbeats that raced a leader's first proposal are simply repeated.
+        let n = count("passing").await?;
+        if n < 2000 {
+            beat_all(1).await;
+        }
+        (n == 2000).then_some(())
+    })
+    .await;
+    let silent_at = Instant::now();
+    wait_until(Duration::from_secs(30), "2000 nodes critical", || async {
+        (count("critical").await? == 2000).then_some(())
+    })
+    .await;
+    eprintln!(
+        "all 2000 critical {:?} after the last heartbeat",
+        silent_at.elapsed()
+    );
+    c.shutdown().await;
+}
