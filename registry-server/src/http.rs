@@ -10,7 +10,7 @@ use crate::catalog::{CatalogState, Command};
 use crate::raft_node::{RaftHandle, Role};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
@@ -44,6 +44,8 @@ pub struct AppState {
     pub node: String,
     /// Fires at shutdown, so blocking queries return instead of holding it up.
     pub shutdown: CancellationToken,
+    /// Route to other datacenters through this DC's gateways.
+    pub wan: crate::federation::WanRoute,
 }
 
 type St = State<Arc<AppState>>;
@@ -77,6 +79,8 @@ type HttpResult<T = Response> = Result<T, HttpError>;
 /// The router with every endpoint of the server; `agent` holds the agent
 /// endpoints the server serves for itself (DESIGN §4, item 1).
 pub fn router(state: Arc<AppState>, agent: Router) -> Router {
+    let remote_dc =
+        middleware::from_fn_with_state(state.clone(), crate::federation::route_remote_dc);
     Router::new()
         .route("/v1/catalog/register", put(catalog_register))
         .route("/v1/catalog/deregister", put(catalog_deregister))
@@ -102,6 +106,7 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
         .merge(agent)
         .fallback(not_found)
         .layer(middleware::from_fn(plain_text_errors))
+        .layer(remote_dc)
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -322,7 +327,12 @@ async fn catalog_register(State(st): St, Query(q): Params, body: Bytes) -> HttpR
     check_dc(&st, &q)?;
     let mut req: RegisterRequest = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
     if !req.datacenter.is_empty() && req.datacenter != st.datacenter {
-        return Err(ApiError::Internal(NO_PATH_TO_DC.into()).into());
+        // Consul routes by the body's Datacenter as by ?dc=.
+        let path = format!("/v1/catalog/register?dc={}", req.datacenter);
+        return Ok(st
+            .wan
+            .forward(Method::PUT, &path, &json_headers(), body)
+            .await?);
     }
     CatalogState::validate_register(&mut req).map_err(ApiError::BadRequest)?;
     st.raft.propose(Command::Register(req)).await?;
@@ -333,15 +343,36 @@ async fn catalog_deregister(State(st): St, Query(q): Params, body: Bytes) -> Htt
     check_dc(&st, &q)?;
     let req: DeregisterRequest = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
     if !req.datacenter.is_empty() && req.datacenter != st.datacenter {
-        return Err(ApiError::Internal(NO_PATH_TO_DC.into()).into());
+        let path = format!("/v1/catalog/deregister?dc={}", req.datacenter);
+        return Ok(st
+            .wan
+            .forward(Method::PUT, &path, &json_headers(), body)
+            .await?);
     }
     CatalogState::validate_deregister(&req).map_err(ApiError::BadRequest)?;
     st.raft.propose(Command::Deregister(req)).await?;
     json(&st, &true)
 }
 
+fn json_headers() -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h
+}
+
+/// All known datacenters, the local one first and the rest by round-trip
+/// time, as this DC's gateways measure it; just the local one without them.
 async fn catalog_datacenters(State(st): St) -> HttpResult {
-    json(&st, &vec![st.datacenter.clone()])
+    let dcs = st
+        .wan
+        .datacenters()
+        .await
+        .filter(|d| d.contains(&st.datacenter))
+        .unwrap_or_else(|| vec![st.datacenter.clone()]);
+    json(&st, &dcs)
 }
 
 async fn catalog_nodes(State(st): St, Query(q): Params) -> HttpResult {

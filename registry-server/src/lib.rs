@@ -10,6 +10,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 pub mod catalog;
+pub mod federation;
 pub mod http;
 pub mod liveness;
 pub mod raft_node;
@@ -146,6 +147,8 @@ pub struct ServerHandle {
     pub id: u64,
     /// The Raft node, for status in tests.
     pub raft: RaftHandle,
+    /// The HTTP layer's state (gateway routes).
+    app: Arc<http::AppState>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     raft_thread: Option<std::thread::JoinHandle<()>>,
@@ -155,6 +158,11 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Replaces this server's WAN gateways (`--wan-gateway`).
+    pub fn set_wan_gateways(&self, gateways: &[String]) {
+        self.app.wan.set(gateways);
+    }
+
     /// Base URL of the HTTP API.
     pub fn url(&self) -> String {
         format!("http://{}", self.http_addr)
@@ -271,6 +279,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         datacenter: config.datacenter.clone(),
         node: config.node.clone(),
         shutdown: shutdown.clone(),
+        wan: federation::WanRoute::new(&config.wan_gateways),
     });
     let liveness = Arc::new(liveness::Liveness::default());
     tasks.push(tokio::spawn(liveness::run(
@@ -309,7 +318,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     } else {
         axum::Router::new()
     };
-    let router = http::router(app, agent_routes);
+    let router = http::router(app.clone(), agent_routes);
     if let Some(t) = &tcp {
         // Agents name servers by their RPC address (`--retry-join`), so the
         // RPC port answers HTTP too.
@@ -343,6 +352,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         rpc_addr,
         id: recovered.node_id,
         raft,
+        app,
         shutdown,
         tasks,
         raft_thread: Some(raft_thread),
