@@ -1,0 +1,79 @@
+//! Why a gateway could not answer a request, and the one place that turns it into a response.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use registry_api::error::{NO_PATH_TO_DC, REMOTE_DC_UNREACHABLE};
+
+/// A request the gateway itself fails (an answer from a server, even an error status, is not one
+/// of these: it is passed back unchanged).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The DC is not known to any gateway we know, or the request went round in a loop.
+    #[error("{}", NO_PATH_TO_DC)]
+    NoPathToDc,
+    /// The DC is known but none of its gateways (or, locally, none of our servers) answered.
+    #[error("{}", REMOTE_DC_UNREACHABLE)]
+    Unreachable,
+    /// The bound on in-flight forwarded requests was reached.
+    #[error("too many requests in flight")]
+    Overloaded,
+    /// The request body is over the limit.
+    #[error("request body too large (limit {limit} bytes)")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The gateway is stopping; the client should retry another gateway.
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+    /// Malformed input (a header or JSON body we cannot read).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A path the gateway does not serve.
+    #[error("not found")]
+    NotFound,
+}
+
+impl GatewayError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoPathToDc | GatewayError::Unreachable => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            GatewayError::Overloaded | GatewayError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        // Plain text, as Consul's errors are (DESIGN §4); clients match on the text.
+        (self.status(), self.to_string()).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consul_texts_and_statuses() {
+        assert_eq!(
+            GatewayError::NoPathToDc.to_string(),
+            "No path to datacenter"
+        );
+        assert_eq!(
+            GatewayError::Unreachable.to_string(),
+            "Remote DC has no server currently reachable"
+        );
+        assert_eq!(GatewayError::NoPathToDc.status(), 500);
+        assert_eq!(GatewayError::Overloaded.status(), 503);
+        assert_eq!(GatewayError::TooLarge { limit: 1 }.status(), 413);
+    }
+}

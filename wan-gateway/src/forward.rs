@@ -1,0 +1,336 @@
+//! The request path: one shared keep-alive HTTP client that carries a request either to one of
+//! this DC's servers or to a gateway of another DC, with failover and a time limit on every hop.
+//!
+//! As in the agent's server pool (`registry-client/src/servers.rs`, after Consul's
+//! `agent/router/manager.go`), an HTTP error status is an answer and is passed back unchanged; only
+//! a transport failure moves on to the next target. A write (anything but GET/HEAD) moves on only
+//! when the connection could not be made at all: after a timeout or a connection dropped
+//! mid-answer it may already have been applied, and sending it again elsewhere could apply it twice.
+
+use crate::error::GatewayError;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How long to wait for a TCP connection before moving on: short, so that a host that is down
+/// costs at most this per target (see [`crate::GatewayHandle`] for the resulting error bound).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Limit on one hop of a request that is not a blocking query (before the per-hop slack).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Blocking queries: Consul's default `wait`.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
+/// Blocking queries: Consul's largest `wait`.
+pub const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+/// Slack on top of a blocking query's wait and jitter (wait/16) for the innermost hop.
+const BLOCKING_SLACK: Duration = Duration::from_secs(5);
+/// Extra time per hop still to come, so that an inner hop always times out (and answers with its
+/// error) before the hop that called it gives up.
+const HOP_SLACK: Duration = Duration::from_secs(2);
+/// The header that counts how many gateway hops a request has taken.
+pub const HOPS_HEADER: &str = "x-registry-hops";
+/// A request that arrives having taken this many hops is refused as a loop: the normal path
+/// takes at most two (local gateway, remote gateway).
+pub const MAX_HOPS: u32 = 3;
+/// Largest request body forwarded (Consul's KV value limit, DESIGN §4).
+pub const MAX_BODY: usize = 512 * 1024;
+/// Bound on forwarded requests in flight through one gateway; beyond it requests get 503.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// The time limit of the next hop of a request with query string `query` that has already taken
+/// `hops` hops: a blocking query (`?index=`) may take its whole `wait` (capped at 10 m) plus
+/// Consul's jitter of up to wait/16; anything else gets [`REQUEST_TIMEOUT`]. Each hop adds
+/// 2 s per hop that may still follow it, so the innermost hop gives up first.
+pub fn hop_timeout(query: Option<&str>, hops: u32) -> Duration {
+    let slack = HOP_SLACK * MAX_HOPS.saturating_sub(hops);
+    let Some(query) = query else {
+        return REQUEST_TIMEOUT + slack;
+    };
+    let mut blocking = false;
+    let mut wait = DEFAULT_WAIT;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "index" if !v.is_empty() && v != "0" => blocking = true,
+            "wait" => {
+                if let Ok(w) = registry_api::duration::parse(&v) {
+                    wait = w;
+                }
+            }
+            _ => {}
+        }
+    }
+    if !blocking {
+        return REQUEST_TIMEOUT + slack;
+    }
+    let wait = wait.min(MAX_WAIT);
+    wait + wait / 16 + BLOCKING_SLACK + slack
+}
+
+/// Whether a request header travels with a forwarded request.
+fn forwarded_request_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "content-type" || n == "accept" || n == "authorization" || n.starts_with("x-consul-")
+}
+
+/// Whether a response header travels back with an answer.
+fn forwarded_response_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "content-type" || n.starts_with("x-consul-")
+}
+
+/// A request on its way to the next hop.
+#[derive(Clone, Debug)]
+pub struct OutboundRequest {
+    /// Its method.
+    pub method: Method,
+    /// Path and query string, as received (starts with `/`).
+    pub path_and_query: String,
+    /// The headers that travel (already filtered, hop count already set).
+    pub headers: HeaderMap,
+    /// The body, read in full (bounded by [`MAX_BODY`]).
+    pub body: Bytes,
+    /// Limit on this hop.
+    pub timeout: Duration,
+}
+
+impl OutboundRequest {
+    /// Builds the next hop of a request that arrived with `headers` after `hops` hops: keeps the
+    /// headers that matter and counts one more hop.
+    pub fn new(
+        method: Method,
+        path_and_query: String,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+        hops: u32,
+    ) -> OutboundRequest {
+        let mut out = HeaderMap::new();
+        for (name, value) in headers {
+            if forwarded_request_header(name) {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        out.insert(
+            HeaderName::from_static(HOPS_HEADER),
+            HeaderValue::from(hops + 1),
+        );
+        OutboundRequest {
+            timeout: hop_timeout(query, hops),
+            method,
+            path_and_query,
+            headers: out,
+            body,
+        }
+    }
+
+    /// Whether this request may be sent again after a failure other than a refused connection.
+    fn idempotent(&self) -> bool {
+        self.method == Method::GET || self.method == Method::HEAD
+    }
+}
+
+/// An answer read in full, with only the headers that travel back.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code, unchanged.
+    pub status: StatusCode,
+    /// Content-Type and the `X-Consul-*` headers.
+    pub headers: HeaderMap,
+    /// Body, unchanged.
+    pub body: Bytes,
+}
+
+/// The shared client and this DC's server list.
+#[derive(Debug)]
+pub struct Forwarder {
+    /// One client for servers and gateways alike: connections are kept alive and reused, so a
+    /// forwarded request costs no handshake.
+    http: reqwest::Client,
+    /// This DC's servers' base URLs. A std lock: it is held only to clone the `Arc`, never across
+    /// an await, and replaced whole by [`Forwarder::set_servers`].
+    servers: RwLock<Arc<Vec<String>>>,
+    /// Index of the server that answered last, tried first.
+    preferred: AtomicUsize,
+}
+
+/// Turns `host:port` into `http://host:port` and drops a trailing slash.
+fn base_url(raw: &str) -> String {
+    let trimmed = raw.trim().trim_end_matches('/');
+    if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
+    }
+}
+
+impl Forwarder {
+    /// A forwarder for the given servers (`http://host:port` or bare `host:port`).
+    pub fn new(servers: &[String]) -> Result<Forwarder, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Forwarder {
+            http,
+            servers: RwLock::new(Arc::new(servers.iter().map(|s| base_url(s)).collect())),
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// The shared client (the gossip loop uses it too).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Replaces this DC's server list.
+    pub fn set_servers(&self, servers: &[String]) {
+        let list = Arc::new(servers.iter().map(|s| base_url(s)).collect());
+        // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is whole.
+        *self.servers.write().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+
+    /// The current server list.
+    fn servers(&self) -> Arc<Vec<String>> {
+        self.servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends `req` to one of this DC's servers, starting with the one that answered last and
+    /// failing over to the next on a transport error. No server answering is
+    /// [`GatewayError::Unreachable`].
+    pub async fn to_servers(&self, req: &OutboundRequest) -> Result<Answer, GatewayError> {
+        let servers = self.servers();
+        if servers.is_empty() {
+            tracing::warn!("no servers configured for this datacenter");
+            return Err(GatewayError::Unreachable);
+        }
+        let first = self.preferred.load(Ordering::Relaxed) % servers.len();
+        for attempt in 0..servers.len() {
+            let i = (first + attempt) % servers.len();
+            match self.send(&servers[i], req).await {
+                Ok(answer) => {
+                    if attempt > 0 {
+                        tracing::info!(server = %servers[i], "failed over to another server");
+                    }
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(e) => {
+                    tracing::debug!(server = %servers[i], path = %req.path_and_query, error = %e, "server unreachable");
+                    if !may_retry(&e, req) {
+                        return Err(GatewayError::Unreachable);
+                    }
+                }
+            }
+        }
+        Err(GatewayError::Unreachable)
+    }
+
+    /// Sends `req` to the gateways `addrs` (`host:port`, best first) in turn until one answers;
+    /// `on_failure` is told of each that failed so routing can avoid it. None answering is
+    /// [`GatewayError::Unreachable`].
+    pub async fn to_gateways(
+        &self,
+        addrs: &[String],
+        req: &OutboundRequest,
+        mut on_failure: impl FnMut(&str),
+    ) -> Result<Answer, GatewayError> {
+        for addr in addrs {
+            match self.send(&format!("http://{addr}"), req).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    tracing::info!(gateway = %addr, path = %req.path_and_query, error = %e, "gateway unreachable");
+                    on_failure(addr);
+                    if !may_retry(&e, req) {
+                        return Err(GatewayError::Unreachable);
+                    }
+                }
+            }
+        }
+        Err(GatewayError::Unreachable)
+    }
+
+    /// One attempt against one base URL, reading the whole answer within the hop's limit.
+    async fn send(&self, base: &str, req: &OutboundRequest) -> Result<Answer, reqwest::Error> {
+        let resp = self
+            .http
+            .request(req.method.clone(), format!("{base}{}", req.path_and_query))
+            .headers(req.headers.clone())
+            .body(req.body.clone())
+            .timeout(req.timeout)
+            .send()
+            .await?;
+        let status = resp.status();
+        let mut headers = HeaderMap::new();
+        for (name, value) in resp.headers() {
+            if forwarded_response_header(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let body = resp.bytes().await?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Whether a failed attempt may be repeated against the next target (see the module comment).
+fn may_retry(e: &reqwest::Error, req: &OutboundRequest) -> bool {
+    e.is_connect() || e.is_builder() || req.idempotent()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_queries_get_their_wait_plus_slack_and_inner_hops_give_up_first() {
+        let slack0 = HOP_SLACK * MAX_HOPS;
+        assert_eq!(hop_timeout(None, 0), REQUEST_TIMEOUT + slack0);
+        assert_eq!(hop_timeout(Some("recurse"), 0), REQUEST_TIMEOUT + slack0);
+        assert_eq!(
+            hop_timeout(Some("index=5&wait=32s"), 0),
+            Duration::from_secs(34) + BLOCKING_SLACK + slack0
+        );
+        assert_eq!(
+            hop_timeout(Some("index=5"), 0),
+            DEFAULT_WAIT + DEFAULT_WAIT / 16 + BLOCKING_SLACK + slack0
+        );
+        assert_eq!(
+            hop_timeout(Some("index=5&wait=1h"), 0),
+            MAX_WAIT + MAX_WAIT / 16 + BLOCKING_SLACK + slack0
+        );
+        assert!(
+            hop_timeout(Some("index=5&wait=10s"), 1) < hop_timeout(Some("index=5&wait=10s"), 0)
+        );
+        assert_eq!(
+            hop_timeout(Some("index=0&wait=10s"), 0),
+            REQUEST_TIMEOUT + slack0
+        );
+    }
+
+    #[test]
+    fn only_the_headers_that_matter_travel_and_hops_are_counted() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("x-consul-token", HeaderValue::from_static("t"));
+        h.insert("cookie", HeaderValue::from_static("c"));
+        h.insert("host", HeaderValue::from_static("elsewhere"));
+        let req = OutboundRequest::new(Method::GET, "/v1/x".into(), None, &h, Bytes::new(), 1);
+        assert_eq!(req.headers.len(), 3);
+        assert_eq!(req.headers[HOPS_HEADER], "2");
+        assert!(req.headers.get("cookie").is_none());
+    }
+
+    #[test]
+    fn bare_addresses_become_http_urls() {
+        assert_eq!(base_url("10.0.0.1:8500"), "http://10.0.0.1:8500");
+        assert_eq!(base_url("http://a:1/"), "http://a:1");
+    }
+}

@@ -1,0 +1,209 @@
+//! The gateway's HTTP routes: `/v1/catalog/datacenters` answered here, the WAN membership
+//! endpoints under `/wan/v1/`, and every other `/v1/...` request routed by its `?dc=`.
+
+use crate::error::GatewayError;
+use crate::forward::{Answer, Forwarder, OutboundRequest, HOPS_HEADER, MAX_BODY, MAX_HOPS};
+use crate::gossip::{lock, EXCHANGE_PATH};
+use crate::members::{MemberStatus, MemberTable, Route, WanView};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// How many gateways of a remote DC one request tries at most. With the 1 s connect timeout this
+/// bounds the time to `Remote DC has no server currently reachable` (see the crate docs).
+pub const MAX_GATEWAY_ATTEMPTS: usize = 3;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Gateway {
+    /// This gateway's datacenter.
+    pub dc: String,
+    /// The WAN member table (std mutex: held only for table operations, never across an await).
+    pub members: Arc<Mutex<MemberTable>>,
+    /// The shared client and this DC's servers.
+    pub forwarder: Forwarder,
+    /// Bound on forwarded requests in flight.
+    pub in_flight: Arc<Semaphore>,
+    /// Fires when the gateway stops; requests in flight then end with 503 instead of holding the
+    /// shutdown for the length of a blocking query.
+    pub shutdown: CancellationToken,
+}
+
+/// The router of one gateway.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/catalog/datacenters", get(datacenters))
+        .route(EXCHANGE_PATH, post(exchange))
+        .route("/wan/v1/members", get(members))
+        .fallback(forward)
+        .with_state(gateway)
+}
+
+/// `GET /v1/catalog/datacenters`: the local DC first, then the others by RTT.
+async fn datacenters(State(gw): State<Arc<Gateway>>) -> Json<Vec<String>> {
+    Json(lock(&gw.members).datacenters(Instant::now()))
+}
+
+/// `GET /wan/v1/members`: the member table.
+async fn members(State(gw): State<Arc<Gateway>>) -> Json<Vec<MemberStatus>> {
+    Json(lock(&gw.members).statuses(Instant::now()))
+}
+
+/// `POST /wan/v1/exchange`: merge the caller's view (the caller only as heard of: liveness comes
+/// from our own probes) and answer with ours.
+async fn exchange(State(gw): State<Arc<Gateway>>, Json(view): Json<WanView>) -> Json<WanView> {
+    let now = Instant::now();
+    let mut table = lock(&gw.members);
+    table.merge_heard(std::slice::from_ref(&view.me), now);
+    table.merge_heard(&view.members, now);
+    Json(table.view())
+}
+
+/// Every other request: route it, or say why not.
+async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    match gw.forward(req).await {
+        Ok(answer) => {
+            let mut resp = Response::new(Body::from(answer.body));
+            *resp.status_mut() = answer.status;
+            *resp.headers_mut() = answer.headers;
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+impl Gateway {
+    /// Routes one request by its `?dc=` (see the crate docs for the rules).
+    async fn forward(&self, req: Request) -> Result<Answer, GatewayError> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        if !path.starts_with("/v1/") {
+            return Err(GatewayError::NotFound);
+        }
+        let hops = match parts.headers.get(HOPS_HEADER) {
+            None => 0,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .ok_or_else(|| GatewayError::BadRequest(format!("invalid {HOPS_HEADER} header")))?,
+        };
+        if hops >= MAX_HOPS {
+            tracing::warn!(hops, path, "refusing a request that went round in a loop");
+            return Err(GatewayError::NoPathToDc);
+        }
+        let query = parts.uri.query();
+        let dc = query
+            .and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "dc")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .filter(|dc| !dc.is_empty())
+            .unwrap_or_else(|| self.dc.clone());
+        let _permit = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::Overloaded)?;
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(GatewayError::TooLarge { limit: MAX_BODY })
+            }
+            Err(e) => return Err(GatewayError::BadRequest(format!("reading body: {e}"))),
+        };
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned());
+        let out = OutboundRequest::new(
+            parts.method.clone(),
+            path_and_query,
+            query,
+            &parts.headers,
+            body,
+            hops,
+        );
+        tokio::select! {
+            answer = self.route(&dc, &out) => answer,
+            _ = self.shutdown.cancelled() => Err(GatewayError::ShuttingDown),
+        }
+    }
+
+    /// Sends `out` to this DC's servers or to a gateway of `dc`.
+    async fn route(&self, dc: &str, out: &OutboundRequest) -> Result<Answer, GatewayError> {
+        if dc == self.dc {
+            return self.forwarder.to_servers(out).await;
+        }
+        let route = lock(&self.members).route(dc, Instant::now());
+        match route {
+            Route::Unknown => Err(GatewayError::NoPathToDc),
+            Route::Unreachable => {
+                tracing::debug!(dc, "every gateway of the datacenter is dead");
+                Err(GatewayError::Unreachable)
+            }
+            Route::Gateways(mut gateways) => {
+                gateways.truncate(MAX_GATEWAY_ATTEMPTS);
+                self.forwarder
+                    .to_gateways(&gateways, out, |addr| {
+                        lock(&self.members).record_failure(addr, Instant::now())
+                    })
+                    .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::members::GatewayEntry;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn requests_over_the_in_flight_bound_get_503() {
+        let me = GatewayEntry {
+            dc: "dc1".into(),
+            addr: "127.0.0.1:1".into(),
+        };
+        let gateway = Arc::new(Gateway {
+            dc: "dc1".into(),
+            members: Arc::new(Mutex::new(MemberTable::new(me, Duration::from_secs(5)))),
+            forwarder: Forwarder::new(&[]).unwrap(),
+            // No permit left: every forwarded request is over the bound.
+            in_flight: Arc::new(Semaphore::new(0)),
+            shutdown: CancellationToken::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let serve = axum::serve(listener, router(gateway))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let server = tokio::spawn(async move { serve.await });
+        let client = reqwest::Client::new();
+        let resp = client
+            .get(format!("http://{addr}/v1/catalog/nodes"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.text().await.unwrap(), "too many requests in flight");
+        // The gateway's own endpoints are not forwarded and not bounded.
+        let resp = client
+            .get(format!("http://{addr}/v1/catalog/datacenters"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), r#"["dc1"]"#);
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
