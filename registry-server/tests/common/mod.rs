@@ -100,6 +100,8 @@ pub struct TestCluster {
     pub tuning: RaftTuning,
     /// Whether servers run their embedded agent (registering their own node).
     pub agents: bool,
+    /// The datacenter.
+    pub dc: String,
 }
 
 impl TestCluster {
@@ -121,6 +123,16 @@ impl TestCluster {
 
     /// Starts `n` servers.
     pub async fn start_opts(n: usize, tuning: RaftTuning, agents: bool) -> Self {
+        Self::start_full(n, tuning, agents, "dc1").await
+    }
+
+    /// Starts `n` servers of datacenter `dc`.
+    pub async fn start_dc(n: usize, dc: &str) -> Self {
+        Self::start_full(n, fast_tuning(), true, dc).await
+    }
+
+    /// Starts `n` servers.
+    pub async fn start_full(n: usize, tuning: RaftTuning, agents: bool, dc: &str) -> Self {
         let mut c = TestCluster {
             net: MemNetwork::new(tokio::runtime::Handle::current()),
             nodes: Vec::new(),
@@ -128,6 +140,7 @@ impl TestCluster {
             names: (1..=n).map(|i| format!("s{i}")).collect(),
             tuning,
             agents,
+            dc: dc.to_string(),
         };
         for i in 0..n {
             let h = registry_server::start(c.config(i)).await.unwrap();
@@ -140,6 +153,7 @@ impl TestCluster {
     pub fn config(&self, i: usize) -> ServerConfig {
         let mut cfg = ServerConfig::new(self.names[i].clone());
         cfg.data_dir = Some(self.dirs[i].path().to_path_buf());
+        cfg.datacenter = self.dc.clone();
         cfg.http_addr = "127.0.0.1:0".parse().unwrap();
         cfg.advertise = Some(self.names[i].clone());
         cfg.bootstrap_expect = self.names.len();
@@ -213,6 +227,21 @@ impl TestCluster {
     pub async fn wait_leader(&self) -> usize {
         self.wait_leader_among(&self.running(), Duration::from_secs(20))
             .await
+    }
+
+    /// HTTP base URLs of the running servers.
+    pub fn urls(&self) -> Vec<String> {
+        self.running()
+            .into_iter()
+            .map(|i| self.node(i).url())
+            .collect()
+    }
+
+    /// Points every running server at these gateways.
+    pub fn set_gateways(&self, gateways: &[String]) {
+        for i in self.running() {
+            self.node(i).set_wan_gateways(gateways);
+        }
     }
 
     /// Stops every server.

@@ -1,0 +1,261 @@
+//! Federation: `?dc=` asked anywhere in one datacenter is answered by the
+//! other, through the WAN gateways, with failover and clear errors.
+
+mod common;
+
+use common::*;
+use registry_api::{QueryOptions, RegistryClient};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use wan_gateway::{GatewayConfig, GatewayHandle};
+
+fn gateway_config(
+    dc: &str,
+    servers: Vec<String>,
+    join: Vec<String>,
+    listen: SocketAddr,
+) -> GatewayConfig {
+    let mut cfg = GatewayConfig::new(dc);
+    cfg.listen = listen;
+    cfg.servers = servers;
+    cfg.retry_join_wan = join;
+    cfg.gossip_interval = Duration::from_millis(100);
+    cfg.dead_after = Duration::from_secs(1);
+    cfg
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn dc(name: &str) -> QueryOptions {
+    QueryOptions {
+        dc: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn agent(
+    name: &str,
+    dir: &std::path::Path,
+    servers: &TestCluster,
+) -> registry_client::ClientConfig {
+    let mut cfg = registry_client::ClientConfig::new(name);
+    cfg.datacenter = servers.dc.clone();
+    cfg.data_dir = Some(dir.to_path_buf());
+    cfg.http_addr = any_port();
+    cfg.retry_join = servers
+        .running()
+        .into_iter()
+        .map(|i| servers.node(i).http_addr.to_string())
+        .collect();
+    cfg.sync_interval = Duration::from_millis(500);
+    cfg.heartbeat_interval = Duration::from_millis(200);
+    cfg
+}
+
+async fn datacenters(c: &RegistryClient) -> Vec<String> {
+    c.get("/v1/catalog/datacenters", &QueryOptions::default())
+        .await
+        .map(|(d, _)| d)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_datacenters_answer_each_other_through_their_gateways() {
+    let dc1 = TestCluster::start_dc(3, "dc1").await;
+    let dc2 = TestCluster::start_dc(1, "dc2").await;
+    dc1.wait_leader().await;
+    dc2.wait_leader().await;
+    let gw1 = wan_gateway::start(gateway_config("dc1", dc1.urls(), vec![], any_port()))
+        .await
+        .unwrap();
+    let gw2a = wan_gateway::start(gateway_config(
+        "dc2",
+        dc2.urls(),
+        vec![gw1.addr.to_string()],
+        any_port(),
+    ))
+    .await
+    .unwrap();
+    let gw2b = wan_gateway::start(gateway_config(
+        "dc2",
+        dc2.urls(),
+        vec![gw1.addr.to_string()],
+        any_port(),
+    ))
+    .await
+    .unwrap();
+    dc1.set_gateways(&[gw1.url()]);
+    dc2.set_gateways(&[gw2a.url(), gw2b.url()]);
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a1 = registry_client::start(agent("host-1", d1.path(), &dc1))
+        .await
+        .unwrap();
+    let a2 = registry_client::start(agent("host-2", d2.path(), &dc2))
+        .await
+        .unwrap();
+    let c1 = RegistryClient::new(format!("http://{}", a1.http_addr));
+    let c2 = RegistryClient::new(format!("http://{}", a2.http_addr));
+
+    wait_until(
+        Duration::from_secs(15),
+        "both DCs to know each other",
+        || async {
+            let (l1, l2) = (datacenters(&c1).await, datacenters(&c2).await);
+            (l1 == ["dc1", "dc2"] && l2 == ["dc2", "dc1"]).then_some(())
+        },
+    )
+    .await;
+
+    // Register through dc1's agent; read through dc2's agent with ?dc=dc1.
+    let put = reqwest::Client::new()
+        .put(format!("{}/v1/agent/service/register", c1.base()))
+        .body(r#"{"Name":"web","Port":80,"Check":{"TTL":"30s","Status":"passing"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    let (list, meta) = wait_until(
+        Duration::from_secs(15),
+        "dc1's web seen from dc2",
+        || async {
+            let (l, m) = c2.health_service("web", &dc("dc1")).await.ok()?;
+            (l.len() == 1).then_some((l, m))
+        },
+    )
+    .await;
+    assert_eq!(list[0].node.node, "host-1");
+    assert_eq!(list[0].node.datacenter, "dc1");
+    assert!(
+        meta.index > 0 && meta.known_leader,
+        "X-Consul-* travel: {meta:?}"
+    );
+    let (cat, _) = c2.catalog_service("web", &dc("dc1")).await.unwrap();
+    assert_eq!(cat.len(), 1);
+    // And not in dc2 itself.
+    assert!(c2
+        .catalog_service("web", &QueryOptions::default())
+        .await
+        .unwrap()
+        .0
+        .is_empty());
+
+    // Register into dc2 from dc1 with ?dc=dc2.
+    assert!(c1
+        .catalog_register(&reg("ext-1", "db", "db-1"), Some("dc2"))
+        .await
+        .unwrap());
+    let (l, _) = c2
+        .catalog_service("db", &QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(l.len(), 1, "the write landed in dc2");
+    assert!(c1
+        .catalog_service("db", &QueryOptions::default())
+        .await
+        .unwrap()
+        .0
+        .is_empty());
+
+    // A blocking query from dc1 on a dc2 service returns when dc2 changes it.
+    let (_, m) = c1.catalog_service("db", &dc("dc2")).await.unwrap();
+    let watcher = c1.clone();
+    let opts = QueryOptions {
+        dc: Some("dc2".into()),
+        index: Some(m.index),
+        wait: Some(Duration::from_secs(20)),
+        ..Default::default()
+    };
+    let watch = tokio::spawn(async move { watcher.catalog_service("db", &opts).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!watch.is_finished());
+    c2.catalog_register(&reg("ext-2", "db", "db-2"), None)
+        .await
+        .unwrap();
+    let (l, m2) = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("the cross-DC watch returns after the change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.len(), 2);
+    assert!(m2.index > m.index);
+
+    // Unknown DC.
+    let err = c1.catalog_service("db", &dc("nowhere")).await.unwrap_err();
+    assert_eq!(err.status(), Some(500));
+    assert!(err.to_string().contains("No path to datacenter"), "{err}");
+
+    // One of dc2's two gateways stops: lookups from dc1 still succeed.
+    let gw2a_addr = gw2a.addr;
+    gw2a.stop().await;
+    for _ in 0..10 {
+        let (l, _) = c1.catalog_service("db", &dc("dc2")).await.unwrap();
+        assert_eq!(l.len(), 2);
+    }
+    // Both stop: the clear error, within the bound.
+    gw2b.stop().await;
+    let t0 = Instant::now();
+    let err = c1.catalog_service("db", &dc("dc2")).await.unwrap_err();
+    let took = t0.elapsed();
+    eprintln!("no dc2 gateway: error after {took:?}");
+    assert_eq!(err.status(), Some(500));
+    assert!(
+        err.to_string()
+            .contains("Remote DC has no server currently reachable"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // One comes back on its address: lookups recover, nothing else restarted.
+    let gw2a = wan_gateway::start(gateway_config(
+        "dc2",
+        dc2.urls(),
+        vec![gw1.addr.to_string()],
+        gw2a_addr,
+    ))
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(15), "dc2 reachable again", || async {
+        let (l, _) = c1.catalog_service("db", &dc("dc2")).await.ok()?;
+        (l.len() == 2).then_some(())
+    })
+    .await;
+
+    // A third DC whose gateway joins only dc2's gateway shows up in dc1.
+    let dc3 = TestCluster::start_dc(1, "dc3").await;
+    dc3.wait_leader().await;
+    let gw3 = wan_gateway::start(gateway_config(
+        "dc3",
+        dc3.urls(),
+        vec![gw2a.addr.to_string()],
+        any_port(),
+    ))
+    .await
+    .unwrap();
+    dc3.set_gateways(&[gw3.url()]);
+    wait_until(Duration::from_secs(15), "dc3 visible in dc1", || async {
+        let l = datacenters(&c1).await;
+        (l.first().map(String::as_str) == Some("dc1") && l.contains(&"dc3".to_string()))
+            .then_some(())
+    })
+    .await;
+    dc3.client(0)
+        .catalog_register(&reg("n3", "cache", "cache-3"), None)
+        .await
+        .unwrap();
+    let (l, _) = c1.catalog_service("cache", &dc("dc3")).await.unwrap();
+    assert_eq!(l.len(), 1, "dc1 reaches dc3 through dc2's gateway's gossip");
+
+    a1.stop().await;
+    a2.stop().await;
+    for g in [gw1, gw2a, gw3] {
+        stop_gateway(g).await;
+    }
+    dc3.shutdown().await;
+    dc2.shutdown().await;
+    dc1.shutdown().await;
+}
+
+async fn stop_gateway(g: GatewayHandle) {
+    g.stop().await;
+}
