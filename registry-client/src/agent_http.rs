@@ -106,7 +106,7 @@ pub fn client_router(agent: Arc<Agent>, servers: ServerPool) -> Router {
 
 /// Framework rejections (wrong method, body too large) get a plain-text reason like every
 /// other error.
-async fn plain_text_errors(req: Request, next: Next) -> Response {
+pub async fn plain_text_errors(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let resp = next.run(req).await;
     let status = resp.status();

@@ -11,7 +11,7 @@ use crate::raft_node::{RaftHandle, Role};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::Router;
@@ -51,28 +51,8 @@ pub struct AppState {
 type St = State<Arc<AppState>>;
 type Params = Query<Vec<(String, String)>>;
 
-/// An [`ApiError`] on its way out as a response.
-pub struct HttpError(pub ApiError);
-
-impl From<ApiError> for HttpError {
-    fn from(e: ApiError) -> Self {
-        HttpError(e)
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, self.0.to_string()).into_response();
-        if let ApiError::MethodNotAllowed(allow) = &self.0 {
-            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
-                resp.headers_mut().insert(header::ALLOW, v);
-            }
-        }
-        resp
-    }
-}
+// Errors become plain-text responses in one place, shared with the agent.
+pub use registry_client::agent_http::{plain_text_errors, HttpError};
 
 type HttpResult<T = Response> = Result<T, HttpError>;
 
@@ -116,33 +96,6 @@ async fn not_found(req: Request) -> HttpError {
         req.method(),
         req.uri().path()
     )))
-}
-
-/// Rejections produced by the framework (wrong method, bad query string, body
-/// too large) get a plain-text reason like every other error.
-async fn plain_text_errors(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let resp = next.run(req).await;
-    let status = resp.status();
-    if status == StatusCode::METHOD_NOT_ALLOWED
-        && resp.headers().get(header::CONTENT_TYPE).is_none()
-    {
-        let (mut parts, _) = resp.into_parts();
-        parts.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        parts.headers.remove(header::CONTENT_LENGTH);
-        return Response::from_parts(parts, Body::from(format!("Method {method} not allowed")));
-    }
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request body too large, max size: {MAX_BODY} bytes"),
-        )
-            .into_response();
-    }
-    resp
 }
 
 /// How a read is answered (Consul's consistency modes).

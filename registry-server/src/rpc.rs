@@ -42,16 +42,7 @@ pub struct Hello {
 
 /// An agent's liveness heartbeat (see `liveness.rs`), passed from the server
 /// that received it to the leader, which alone keeps last-seen times.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct Heartbeat {
-    /// The agent's node name.
-    pub node: String,
-    /// The node's address.
-    pub address: String,
-    /// The agent's datacenter.
-    pub datacenter: String,
-}
+pub use registry_api::HeartbeatRequest as Heartbeat;
 
 /// One message between servers.
 #[derive(Clone, Debug, PartialEq)]
