@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO := scripts/cargo.sh
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
-.PHONY: all build release test fmt fmt-check lint run-dev clean rocksdb
+.PHONY: all build release test fmt fmt-check lint run-dev clean rocksdb chaos
 
 all: build
 
@@ -37,3 +37,31 @@ run-dev: ## One server in --dev mode on 127.0.0.1:8500
 
 clean:
 	cargo clean
+
+# ---- The two-datacenter lab (docker-compose.yml; README "The two-datacenter lab") -----------
+# No container registry is needed: static-pie binaries go into FROM-scratch images.
+.PHONY: images lab lab-down lab-test
+
+images: ## Static release binaries + FROM-scratch images registry-server:lab, registry-client:lab, wan-gateway:lab
+	@scripts/lab-images.sh
+
+lab: images ## Build the images, start the two-DC lab, wait until healthy (prints the time it took)
+	@scripts/lab-up.sh
+
+lab-down: ## Stop the lab; remove its containers, networks and volumes
+	@scripts/lab-down.sh
+
+lab-test: images ## Build, start a clean lab, run scripts/lab-test.sh, ALWAYS tear down; the test's exit code
+	@scripts/lab-e2e.sh
+
+.PHONY: bench bench-quick
+
+bench: ## Benchmark side by side with etcd (3+3 members on loopback); writes BENCHMARKS.md (~10 min)
+	scripts/bench.sh
+
+bench-quick: ## The everyday benchmark variant (a minute or two)
+	scripts/bench.sh --quick
+
+chaos: ## Randomized fault schedules with fresh seeds (CHAOS_RUNS seeds of CHAOS_SECONDS each)
+	CHAOS_SEEDS=random CHAOS_RUNS=$${CHAOS_RUNS:-20} CHAOS_SECONDS=$${CHAOS_SECONDS:-8} \
+	  $(CARGO) nextest run -p registry-server --test chaos --no-capture

@@ -193,17 +193,7 @@ where
     }
     match p.mode {
         Mode::Stale => {}
-        Mode::Default => {
-            let s = raft.status();
-            if s.leader_id == 0 {
-                return Err(ApiError::NoLeader.into());
-            }
-            if s.role == Role::Leader && s.leader_ready {
-                raft.leader_barrier().await?;
-            } else {
-                raft.linearizable_barrier().await?;
-            }
-        }
+        Mode::Default => raft.default_barrier().await?,
         Mode::Consistent => raft.linearizable_barrier().await?,
     }
     let mut changes = raft.shared.applied_tx.subscribe();

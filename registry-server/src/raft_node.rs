@@ -152,6 +152,9 @@ pub struct Shared {
     /// leader answering a default read can wait until it has applied at least
     /// what any follower may already have acknowledged.
     pub commit: AtomicU64,
+    /// The leader's read lease: (term, when a ReadIndex round that a quorum
+    /// confirmed was started). See [`RaftHandle::default_barrier`].
+    pub lease: std::sync::Mutex<Option<(u64, Instant)>>,
 }
 
 /// A write or request handed to the Raft thread.
@@ -221,12 +224,44 @@ impl RaftHandle {
     /// Returns once this server's applied state is at least as new as the
     /// leader's commit index at the time of the call (Raft's ReadIndex, §6.4).
     pub async fn linearizable_barrier(&self) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let before = self.status();
         let (tx, rx) = oneshot::channel();
         self.send(Event::ReadIndex(tx))?;
         let index = rx
             .await
             .unwrap_or_else(|_| Err(ApiError::Internal("server is shutting down".into())))?;
+        let after = self.status();
+        if before.role == Role::Leader && after.role == Role::Leader && before.term == after.term {
+            let mut lease = self.shared.lease.lock().unwrap_or_else(|e| e.into_inner());
+            if lease.is_none_or(|(term, at)| term != after.term || at < started) {
+                *lease = Some((after.term, started));
+            }
+        }
         self.wait_applied(index, self.tuning.read_timeout).await
+    }
+
+    /// A default-mode read: linearizable, but without a quorum round per read
+    /// on a leader holding a lease (Raft thesis §6.4.1). When a quorum
+    /// confirmed a ReadIndex round started at `t`, each of those followers
+    /// heard from this leader after `t` and, with check-quorum, ignores votes
+    /// for an election timeout from then (raft-rs's `in_lease` rule), so no
+    /// other leader can exist before `t + election timeout`. The lease is
+    /// taken as 3/4 of that, for clock-rate differences; outside it a read
+    /// renews it with a ReadIndex round.
+    pub async fn default_barrier(&self) -> Result<(), ApiError> {
+        let s = self.status();
+        if s.leader_id == 0 {
+            return Err(ApiError::NoLeader);
+        }
+        if s.role == Role::Leader && s.leader_ready {
+            let window = self.tuning.tick * self.tuning.election_ticks as u32 * 3 / 4;
+            let lease = *self.shared.lease.lock().unwrap_or_else(|e| e.into_inner());
+            if lease.is_some_and(|(term, at)| term == s.term && at.elapsed() < window) {
+                return self.leader_barrier().await;
+            }
+        }
+        self.linearizable_barrier().await
     }
 
     /// Waits until the applied index reaches `index`.
@@ -330,6 +365,7 @@ pub fn start(
         }),
         applied_tx,
         commit: AtomicU64::new(0),
+        lease: std::sync::Mutex::new(None),
     });
     let peers_for_snap = Arc::new(RwLock::new(setup.peers.clone()));
     {

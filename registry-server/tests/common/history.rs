@@ -1,0 +1,203 @@
+//! A recorded history of client operations and a linearizability checker for
+//! it (Wing & Gong's search with Lowe's memoisation, as Knossos and Porcupine
+//! do), over a register model: each key is one service instance whose
+//! `Meta["v"]` is the register's value.
+//!
+//! Registers compose (Herlihy & Wing: linearizability is local), so every key
+//! is checked on its own, which keeps each search small.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// What an operation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Set the key to a value.
+    Write(u64),
+    /// Read the key (None: the instance is not registered).
+    Read(Option<u64>),
+}
+
+/// One operation as a client saw it. Times are nanoseconds since the start.
+#[derive(Clone, Debug)]
+pub struct Op {
+    /// Which client.
+    pub client: usize,
+    /// Which key.
+    pub key: u32,
+    /// What it did (for reads: what it returned).
+    pub kind: Kind,
+    /// When it was sent.
+    pub invoke: u64,
+    /// When its answer came; `None` for a write whose outcome is unknown
+    /// (error or timeout): it may take effect at any time after `invoke`.
+    pub complete: Option<u64>,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = self
+            .complete
+            .map(|c| format!("{:.3}ms", c as f64 / 1e6))
+            .unwrap_or_else(|| "?".into());
+        write!(
+            f,
+            "client {} key {} {:?} [{:.3}ms .. {end}]",
+            self.client,
+            self.key,
+            self.kind,
+            self.invoke as f64 / 1e6
+        )
+    }
+}
+
+/// Checks every key's history; returns the first key whose history has no
+/// linearization, with that history.
+pub fn check(ops: &[Op]) -> Result<(), (u32, Vec<Op>)> {
+    let mut by_key: BTreeMap<u32, Vec<Op>> = BTreeMap::new();
+    for op in ops {
+        by_key.entry(op.key).or_default().push(op.clone());
+    }
+    for (key, hist) in by_key {
+        if !linearizable(&hist) {
+            return Err((key, hist));
+        }
+    }
+    Ok(())
+}
+
+/// Whether one key's history has a linearization from the initial value None.
+pub fn linearizable(hist: &[Op]) -> bool {
+    // A write whose outcome is unknown may be left out of the linearization,
+    // so one whose value no read returned can always be dropped; keeping
+    // them would make the search exponential in the number of failed writes.
+    let read_values: HashSet<u64> = hist
+        .iter()
+        .filter_map(|o| match o.kind {
+            Kind::Read(Some(v)) => Some(v),
+            _ => None,
+        })
+        .collect();
+    let mut ops: Vec<Op> = hist
+        .iter()
+        .filter(|o| match o.kind {
+            Kind::Write(v) => o.complete.is_some() || read_values.contains(&v),
+            Kind::Read(_) => true,
+        })
+        .cloned()
+        .collect();
+    ops.sort_by_key(|o| o.invoke);
+    let words = ops.len().div_ceil(64).max(1);
+    // Operations that must appear: completed ones. Unknown writes may be left out.
+    let mut required = vec![0u64; words];
+    for (i, o) in ops.iter().enumerate() {
+        if o.complete.is_some() {
+            required[i / 64] |= 1 << (i % 64);
+        }
+    }
+    let mut seen: HashSet<(Vec<u64>, Option<u64>)> = HashSet::new();
+    let mut done = vec![0u64; words];
+    search(&ops, &mut done, None, &required, &mut seen)
+}
+
+fn has(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+fn search(
+    ops: &[Op],
+    done: &mut Vec<u64>,
+    value: Option<u64>,
+    required: &[u64],
+    seen: &mut HashSet<(Vec<u64>, Option<u64>)>,
+) -> bool {
+    if done.iter().zip(required).all(|(d, r)| d & r == *r) {
+        return true;
+    }
+    if !seen.insert((done.clone(), value)) {
+        return false;
+    }
+    // An operation can go next only if it was invoked before every pending
+    // operation's completion (otherwise that one must come first).
+    let horizon = ops
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !has(done, *i))
+        .filter_map(|(_, o)| o.complete)
+        .min()
+        .unwrap_or(u64::MAX);
+    for (i, op) in ops.iter().enumerate() {
+        if has(done, i) || op.invoke > horizon {
+            continue;
+        }
+        let next = match op.kind {
+            Kind::Write(v) => Some(v),
+            Kind::Read(r) => {
+                if r != value {
+                    continue;
+                }
+                value
+            }
+        };
+        done[i / 64] |= 1 << (i % 64);
+        let ok = search(ops, done, next, required, seen);
+        done[i / 64] &= !(1 << (i % 64));
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: Kind, invoke: u64, complete: Option<u64>) -> Op {
+        Op {
+            client: 0,
+            key: 0,
+            kind,
+            invoke,
+            complete,
+        }
+    }
+
+    #[test]
+    fn accepts_and_rejects_the_textbook_cases() {
+        // Sequential write then read.
+        assert!(linearizable(&[
+            op(Kind::Write(1), 0, Some(10)),
+            op(Kind::Read(Some(1)), 20, Some(30)),
+        ]));
+        // A read after a completed write must not see the old value.
+        assert!(!linearizable(&[
+            op(Kind::Write(1), 0, Some(10)),
+            op(Kind::Read(None), 20, Some(30)),
+        ]));
+        // Concurrent read may see either.
+        assert!(linearizable(&[
+            op(Kind::Write(1), 0, Some(30)),
+            op(Kind::Read(None), 10, Some(20)),
+        ]));
+        // Stale read after a newer value was read: not linearizable.
+        assert!(!linearizable(&[
+            op(Kind::Write(1), 0, Some(5)),
+            op(Kind::Write(2), 6, Some(10)),
+            op(Kind::Read(Some(2)), 11, Some(12)),
+            op(Kind::Read(Some(1)), 13, Some(14)),
+        ]));
+        // An unknown write may take effect late, or never.
+        assert!(linearizable(&[
+            op(Kind::Write(7), 0, None),
+            op(Kind::Read(None), 10, Some(20)),
+            op(Kind::Read(Some(7)), 30, Some(40)),
+        ]));
+        assert!(linearizable(&[
+            op(Kind::Write(7), 0, None),
+            op(Kind::Read(None), 30, Some(40))
+        ]));
+        // A value nobody wrote.
+        assert!(!linearizable(&[op(Kind::Read(Some(9)), 0, Some(1))]));
+    }
+}
