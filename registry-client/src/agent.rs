@@ -772,7 +772,11 @@ impl Agent {
             }
             let sent = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.servers.put_json("/v1/internal/heartbeat", &body) => r,
+                r = self.servers.put_json_within(
+                    "/v1/internal/heartbeat",
+                    &body,
+                    Some(self.config.heartbeat_interval.max(Duration::from_secs(1))),
+                ) => r,
             };
             if let Err(e) = sent {
                 tracing::debug!(node = %self.config.node, error = %e, "heartbeat failed; retrying next interval");

@@ -19,13 +19,15 @@ use std::time::Duration;
 /// failover is quick (servers are on the same LAN).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Limit on a request that is not a blocking query.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longer than the server's and the gateways' own limits on a forwarded
+/// request, so that the far side gives its clear error before we give up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Blocking queries: Consul's default and largest `wait`.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
 /// See [`DEFAULT_WAIT`].
 const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
 /// Slack on top of a blocking query's wait and jitter (wait/16) before we give up on it.
-const BLOCKING_SLACK: Duration = Duration::from_secs(10);
+const BLOCKING_SLACK: Duration = Duration::from_secs(20);
 
 /// Why a request through the pool failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,11 @@ impl ServerPool {
 
     /// Sends a request to the server that answered last, failing over to the others on
     /// transport errors. `path_and_query` starts with `/`. `headers` are sent as given.
+    ///
+    /// A request is sent to another server only when it cannot have been
+    /// applied: the connection was never made, or the method is GET/HEAD. A
+    /// write that timed out may have been applied, and sending it elsewhere
+    /// could apply it twice (a second session, a failed `cas`).
     pub async fn send(
         &self,
         method: Method,
@@ -143,11 +150,25 @@ impl ServerPool {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<PoolResponse, PoolError> {
+        let idempotent = method == Method::GET || method == Method::HEAD;
+        self.send_opts(method, path_and_query, headers, body, None, idempotent)
+            .await
+    }
+
+    async fn send_opts(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout_override: Option<Duration>,
+        idempotent: bool,
+    ) -> Result<PoolResponse, PoolError> {
         let servers = &self.inner.servers;
         if servers.is_empty() {
             return Err(PoolError::NoServers);
         }
-        let timeout = request_timeout(path_and_query);
+        let timeout = timeout_override.or_else(|| request_timeout(path_and_query));
         let first = self.inner.preferred.load(Ordering::Relaxed) % servers.len();
         let mut last_error = String::new();
         for attempt in 0..servers.len() {
@@ -185,6 +206,9 @@ impl ServerPool {
                 Err(e) => {
                     tracing::debug!(server = %servers[i], path = %path_and_query, error = %e, "server unreachable");
                     last_error = format!("{}: {e}", servers[i]);
+                    if !idempotent && !e.is_connect() {
+                        break;
+                    }
                 }
             }
         }
@@ -201,7 +225,22 @@ impl ServerPool {
     }
 
     /// PUT `body` as JSON to `path`; an error status is [`PoolError::Status`].
+    ///
+    /// Only for the agent's own idempotent writes (catalog registrations of
+    /// its state, heartbeats): these fail over on any error.
     pub async fn put_json<T: Serialize>(&self, path: &str, body: &T) -> Result<(), PoolError> {
+        self.put_json_within(path, body, None).await
+    }
+
+    /// [`ServerPool::put_json`] with a per-server time limit, so that one
+    /// server that accepts connections but never answers cannot hold up a
+    /// heartbeat past the node timeout.
+    pub async fn put_json_within<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+        per_server: Option<Duration>,
+    ) -> Result<(), PoolError> {
         let body = serde_json::to_vec(body).map_err(|e| PoolError::Decode(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -209,7 +248,14 @@ impl ServerPool {
             http::HeaderValue::from_static("application/json"),
         );
         let resp = self
-            .send(Method::PUT, path, headers, Bytes::from(body))
+            .send_opts(
+                Method::PUT,
+                path,
+                headers,
+                Bytes::from(body),
+                per_server,
+                true,
+            )
             .await?;
         ok_status(resp).map(|_| ())
     }

@@ -21,8 +21,10 @@ use tracing::debug;
 
 /// How long to wait for a gateway to accept a connection before trying the next.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Timeout of an ordinary (non-blocking) forwarded request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Timeout of an ordinary (non-blocking) forwarded request: longer than the
+/// gateways' own (15 s plus 2 s per remaining hop), so the far side's clear
+/// error arrives before we give up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// This datacenter's gateways and the client that reaches them.
 pub struct WanRoute {
@@ -122,6 +124,14 @@ impl WanRoute {
             }
             match req.send().await {
                 Ok(resp) => return Ok(into_response(resp).await),
+                // A write that may have reached a gateway is not sent to
+                // another one: it could be applied twice.
+                Err(e) if !e.is_connect() && method != Method::GET && method != Method::HEAD => {
+                    return Err(ApiError::Internal(format!(
+                        "{}: {e}",
+                        registry_api::error::REMOTE_DC_UNREACHABLE
+                    )));
+                }
                 Err(e) => {
                     debug!(gateway = %gw, error = %e, "gateway did not answer; trying the next")
                 }
@@ -150,7 +160,7 @@ fn hop_timeout(path_and_query: &str) -> Duration {
         }
     }
     if index {
-        wait + wait / 16 + Duration::from_secs(10)
+        wait + wait / 16 + Duration::from_secs(15)
     } else {
         REQUEST_TIMEOUT
     }
@@ -161,9 +171,9 @@ async fn into_response(resp: reqwest::Response) -> Response {
     let mut headers = HeaderMap::new();
     for (name, value) in resp.headers() {
         let n = name.as_str();
-        if n == "content-type" || n.starts_with("x-consul-") {
+        if n == "content-type" || n == "allow" || n.starts_with("x-consul-") {
             if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
-                headers.insert(name.clone(), v);
+                headers.append(name.clone(), v);
             }
         }
     }
@@ -246,7 +256,7 @@ mod tests {
         assert_eq!(hop_timeout("/v1/x?dc=a"), REQUEST_TIMEOUT);
         assert_eq!(
             hop_timeout("/v1/x?index=4&wait=16s"),
-            Duration::from_secs(16 + 1 + 10)
+            Duration::from_secs(16 + 1 + 15)
         );
         assert_eq!(normalise("gw:8302/"), "http://gw:8302");
     }

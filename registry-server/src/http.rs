@@ -219,8 +219,10 @@ where
         let index = index.max(1);
         let done = match (p.min_index, deadline) {
             (Some(min), Some(deadline)) => {
-                // An index that went backwards (state replaced by a snapshot) is answered at once.
-                index != min || Instant::now() >= deadline || st.shutdown.is_cancelled()
+                // Indexes never go back on a server, so "changed" is "greater";
+                // a lagging follower keeps a watcher waiting rather than
+                // answering it with data older than it has already seen.
+                index > min || Instant::now() >= deadline || st.shutdown.is_cancelled()
             }
             _ => true,
         };

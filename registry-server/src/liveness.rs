@@ -118,11 +118,17 @@ impl Liveness {
         node: &str,
         req: &mut RegisterRequest,
     ) -> Result<(), registry_api::Error> {
+        // Keyed by node and target status: a heartbeat's "passing" is not
+        // swallowed while the reaper's "critical" for the same node is in flight.
+        let key = format!(
+            "{node}\0{}",
+            req.checks.first().map(|c| c.status.as_str()).unwrap_or("")
+        );
         if !self
             .in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(node.to_string())
+            .insert(key.clone())
         {
             return Ok(());
         }
@@ -133,17 +139,62 @@ impl Liveness {
         self.in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(node);
+            .remove(&key);
         result
     }
 
-    /// One pass of the leader's reaper: marks critical every node whose
-    /// `serfHealth` passes but that has been silent longer than the timeout.
-    pub async fn reap(&self, raft: &RaftHandle, tuning: &LivenessTuning) {
+    /// Records that `node` was heard from now.
+    pub fn record(&self, node: &str) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string(), Instant::now());
+    }
+
+    fn silent_for(&self, node: &str, since: Instant) -> Duration {
+        let last = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .copied()
+            .unwrap_or(since);
+        last.elapsed()
+    }
+
+    /// Marks `node` critical, unless it was heard from since it was chosen.
+    pub async fn mark_critical(
+        &self,
+        raft: &RaftHandle,
+        node: String,
+        timeout: Duration,
+        since: Instant,
+    ) {
+        let silent = self.silent_for(&node, since);
+        if silent <= timeout {
+            return;
+        }
+        info!(%node, silent_for = ?silent, "node stopped heartbeating: marking it critical");
+        let mut req = RegisterRequest {
+            node: node.clone(),
+            skip_node_update: true,
+            checks: vec![serf_check(&node, CRITICAL, "Agent not live or unreachable")],
+            ..Default::default()
+        };
+        if let Err(e) = self.propose_once(raft, &node, &mut req).await {
+            debug!(%node, error = %e, "could not mark node critical");
+        }
+    }
+
+    /// One pass of the leader's reaper: the nodes whose `serfHealth` passes
+    /// but that have been silent longer than the timeout, and since when this
+    /// server leads. Proposing is left to the caller, so that heartbeats keep
+    /// being recorded meanwhile.
+    pub fn reap(&self, raft: &RaftHandle, tuning: &LivenessTuning) -> (Vec<String>, Instant) {
         let status = raft.status();
         if status.role != Role::Leader || !status.leader_ready {
             *self.leading.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            return;
+            return (Vec::new(), Instant::now());
         }
         let now = Instant::now();
         let since = {
@@ -158,8 +209,13 @@ impl Liveness {
             }
         };
         if now.duration_since(since) < tuning.node_timeout {
-            return;
+            return (Vec::new(), since);
         }
+        // Forget nodes not heard from for long (their check is critical by now).
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| now.duration_since(*at) < tuning.node_timeout * 10);
         let passing: Vec<String> = {
             let applied = raft
                 .shared
@@ -173,28 +229,11 @@ impl Liveness {
                 .map(|c| c.node)
                 .collect()
         };
-        for node in passing {
-            let last = self
-                .last_seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&node)
-                .copied()
-                .unwrap_or(since);
-            if now.duration_since(last) <= tuning.node_timeout {
-                continue;
-            }
-            info!(%node, silent_for = ?now.duration_since(last), "node stopped heartbeating: marking it critical");
-            let mut req = RegisterRequest {
-                node: node.clone(),
-                skip_node_update: true,
-                checks: vec![serf_check(&node, CRITICAL, "Agent not live or unreachable")],
-                ..Default::default()
-            };
-            if let Err(e) = self.propose_once(raft, &node, &mut req).await {
-                debug!(%node, error = %e, "could not mark node critical");
-            }
-        }
+        let silent = passing
+            .into_iter()
+            .filter(|node| self.silent_for(node, since) > tuning.node_timeout)
+            .collect();
+        (silent, since)
     }
 }
 
@@ -212,9 +251,12 @@ pub async fn run(
     let mut proposals = JoinSet::new();
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => liveness.reap(&raft, &tuning).await,
+            // Heartbeats first: a burst of them must be recorded before the
+            // reaper looks at last-seen times.
             Some(hb) = heartbeats.recv() => {
+                liveness.record(&hb.node);
                 // Recording is instant; a state change waits for Raft, so it
                 // runs on its own task and never holds up other heartbeats.
                 let (liveness, raft) = (liveness.clone(), raft.clone());
@@ -223,6 +265,15 @@ pub async fn run(
                         debug!(error = %e, "heartbeat not recorded");
                     }
                 });
+            }
+            _ = tick.tick() => {
+                let (silent, since) = liveness.reap(&raft, &tuning);
+                for node in silent {
+                    let (liveness, raft, timeout) = (liveness.clone(), raft.clone(), tuning.node_timeout);
+                    proposals.spawn(async move {
+                        liveness.mark_critical(&raft, node, timeout, since).await;
+                    });
+                }
             }
             Some(_) = proposals.join_next() => {}
         }
