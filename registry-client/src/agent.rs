@@ -272,6 +272,8 @@ impl Agent {
         } else {
             reg.id.clone()
         };
+        key_part("Service name", &reg.name).map_err(ApiError::BadRequest)?;
+        key_part("Service ID", &id).map_err(ApiError::BadRequest)?;
         let service = AgentService {
             id: id.clone(),
             service: reg.name.clone(),
@@ -583,6 +585,14 @@ impl Agent {
         }
         if def.check_id.is_empty() {
             return Err("Missing check ID".into());
+        }
+        key_part("Check ID", &def.check_id)?;
+        if def.check_id == registry_api::SERF_HEALTH_ID {
+            // The servers own every node's serfHealth check (liveness).
+            return Err(format!(
+                "CheckID {:?} is reserved for the node's liveness check",
+                def.check_id
+            ));
         }
         if def.name.is_empty() {
             def.name = def.check_id.clone();
@@ -970,6 +980,19 @@ async fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> any
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
     }
+}
+
+/// The catalog keys rows by these names (separated by NUL, at most 512
+/// bytes): anything it would refuse is refused here at registration, rather
+/// than blocking anti-entropy later.
+fn key_part(what: &str, value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err(format!("{what} {value:?} contains an invalid character"));
+    }
+    if value.len() > 512 {
+        return Err(format!("{what} is longer than 512 bytes"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

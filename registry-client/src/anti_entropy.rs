@@ -194,7 +194,15 @@ impl AntiEntropy {
                     service,
                     checks,
                 } => {
-                    servers.put_json("/v1/catalog/register", &request).await?;
+                    match servers.put_json("/v1/catalog/register", &request).await {
+                        // The catalog refused this one entry (Consul logs and
+                        // goes on): others must still sync.
+                        Err(PoolError::Status { status, body }) if status.is_client_error() => {
+                            tracing::warn!(node = %config.node, %status, reason = %body, "catalog refused an entry; skipping it");
+                            continue;
+                        }
+                        r => r?,
+                    }
                     tracing::debug!(
                         node = %config.node,
                         service = ?service.as_ref().map(|s| &s.0),

@@ -252,3 +252,45 @@ async fn registry_client_services(c: &RegistryClient) -> Vec<String> {
         .unwrap();
     map.into_keys().collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_what_the_catalog_would_refuse() {
+    let c = TestCluster::start(1).await;
+    c.wait_leader().await;
+    let base = c.node(0).url();
+    // The servers own serfHealth: an agent check may not take its id.
+    let s = put(
+        format!("{base}/v1/agent/check/register"),
+        r#"{"CheckID":"serfHealth","Name":"fake","TTL":"10s"}"#,
+    )
+    .await;
+    assert_eq!(s, 400);
+    // An id the catalog cannot store is refused up front, so it can never
+    // block anti-entropy.
+    let s = put(
+        format!("{base}/v1/agent/service/register"),
+        r#"{"Name":"web","ID":"bad\u0000id","Port":1}"#,
+    )
+    .await;
+    assert_eq!(s, 400);
+    let long = format!(r#"{{"Name":"{}","Port":1}}"#, "x".repeat(600));
+    assert_eq!(
+        put(format!("{base}/v1/agent/service/register"), &long).await,
+        400
+    );
+    // A good registration still syncs.
+    assert_eq!(
+        put(
+            format!("{base}/v1/agent/service/register"),
+            r#"{"Name":"ok","Port":1}"#
+        )
+        .await,
+        200
+    );
+    let client = c.client(0);
+    wait_until(Duration::from_secs(10), "ok synced", || async {
+        (health(&client, "ok", false).await?.len() == 1).then_some(())
+    })
+    .await;
+    c.shutdown().await;
+}
