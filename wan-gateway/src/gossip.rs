@@ -8,6 +8,7 @@
 //! Each direct exchange is also the liveness probe and the RTT sample of [`MemberTable`]. Dead
 //! gateways keep being probed, so one that returns is noticed without restarting anything.
 
+use crate::members::GatewayEntry;
 use crate::members::{MemberTable, WanView};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -106,7 +107,18 @@ async fn exchange(
     let mut table = lock(&members);
     match result {
         Ok(reply) => {
-            table.record_reached(&reply.me, now - started, now);
+            // Liveness and round-trip time belong to the address we actually
+            // reached; a gateway whose advertised address differs (no
+            // --advertise behind NAT or on 0.0.0.0) is still tracked.
+            if reply.me.addr != addr {
+                tracing::warn!(gateway = %addr, advertised = %reply.me.addr,
+                    "gateway advertises another address than the one it answered on; give it --advertise");
+            }
+            let reached = GatewayEntry {
+                dc: reply.me.dc.clone(),
+                addr: addr.clone(),
+            };
+            table.record_reached(&reached, now - started, now);
             table.merge_heard(&reply.members, now);
             true
         }
