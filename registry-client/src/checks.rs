@@ -718,7 +718,10 @@ struct HttpProbe {
     /// Request body.
     body: Bytes,
     /// TLS for `https` URLs.
-    tls: tokio_rustls::TlsConnector,
+    /// TLS for https URLs (and redirects to them). An error is kept rather
+    /// than failing the check's registration: plain-http checks must work on a
+    /// host without CA certificates (a FROM-scratch image).
+    tls: Result<tokio_rustls::TlsConnector, String>,
 }
 
 impl HttpProbe {
@@ -757,7 +760,8 @@ impl HttpProbe {
         }
         // Consul disables keep-alives so a stale pooled connection cannot fail a check.
         header_map.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        let tls = tls_client_config(tls_skip_verify, b"http/1.1")?;
+        let tls = tls_client_config(tls_skip_verify, b"http/1.1")
+            .map(|config| tokio_rustls::TlsConnector::from(Arc::new(config)));
         Ok(HttpProbe {
             url_text: url.to_owned(),
             method_text: method_text.to_owned(),
@@ -765,7 +769,7 @@ impl HttpProbe {
             method: parsed_method,
             headers: header_map,
             body: Bytes::from(body.to_owned()),
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            tls,
         })
     }
 
@@ -880,6 +884,8 @@ impl HttpProbe {
             let server_name = server_name?;
             let tls = self
                 .tls
+                .as_ref()
+                .map_err(|e| format!("TLS setup: {e}"))?
                 .connect(server_name, tcp)
                 .await
                 .map_err(|e| format!("TLS handshake: {e}"))?;
