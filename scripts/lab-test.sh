@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# End-to-end test of the running two-datacenter lab (start it with `make lab`; `make lab-test`
+# builds, starts, runs this and always tears down). Reports every check as PASS/FAIL and ends with
+# "N passed, M failed"; exits 1 when anything failed.
+#
+#   1. a service registered with an HTTP check via the dc1 agent is read healthy via the dc2 agent
+#      with ?dc=dc1, and the reverse;
+#   2. docker kill the dc1 leader: a new leader within LAB_FAILOVER_BOUND s, nothing lost, writes
+#      accepted; docker start it: it rejoins (3 peers, follows the new leader, has the new writes);
+#   3. docker network disconnect one dc1 follower from dc1-lan: the other two serve reads and
+#      writes; reconnect it (same IP): a ?stale read on it shows the write it missed;
+#   4. docker stop dc1's gateway: dc2 asking ?dc=dc1 gets 500 "Remote DC has no server currently
+#      reachable"; docker start it: cross-DC lookups recover;
+#   5. docker compose down (volumes kept) and up -d: every registration is still there.
+#
+# Every wait is a poll with a deadline (wait_for in lab-lib.sh); no sleep is taken as proof.
+# Servers are reached through their published host ports (127.0.0.1:8501-8503 dc1,
+# 9501-9503 dc2): the images are FROM scratch, so there is no shell to `docker exec` into.
+set -uo pipefail
+source "$(dirname "$0")/lab-lib.sh"
+
+FAILOVER_BOUND="${LAB_FAILOVER_BOUND:-10}" # s from docker kill to a new leader agreed by both survivors
+WAIT="${LAB_WAIT:-30}"                     # s for anything else to converge
+DC1_LAN="${LAB_PROJECT}_dc1-lan"
+
+passed=0 failed=0
+pass() { passed=$((passed + 1)); printf '  PASS  %s\n' "$*"; }
+fail() { failed=$((failed + 1)); printf '  FAIL  %s\n' "$*"; }
+check() { # DESC SECONDS CMD... : PASS when CMD succeeds within SECONDS (with the time it took)
+  local desc="$1" limit="$2"; shift 2
+  if wait_for "$limit" "$@"; then pass "$desc ($WAITED s)"; return 0; fi
+  fail "$desc (not within $limit s; last answer: HTTP $CODE ${BODY:0:200})"
+  return 1
+}
+title() { printf '\n%s\n' "$*"; }
+t_start=$SECONDS
+
+# ---- predicates ---------------------------------------------------------------------------------
+register_service() { # AGENT NAME
+  http PUT "$1/v1/agent/service/register" "{
+    \"ID\": \"$2\", \"Name\": \"$2\", \"Port\": 8080, \"Tags\": [\"lab-test\"],
+    \"Check\": {\"HTTP\": \"http://127.0.0.1:8500/v1/agent/self\", \"Interval\": \"1s\", \"Timeout\": \"1s\"}
+  }"
+  [[ "$CODE" == 200 ]]
+}
+# passing_in AGENT NAME DC : passing instances of NAME, answered by DC
+passing_in() {
+  service_passing "$1" "$2" "dc=$3" &&
+    [[ "$(json 'j[0]["Node"]["Datacenter"]' <<<"$BODY")" == "$3" ]]
+}
+catalog_write() { # URL NODE : registers an external node with one service through URL
+  http PUT "$1/v1/catalog/register" "{\"Node\": \"$2\", \"Address\": \"192.0.2.10\",
+    \"Service\": {\"Service\": \"$2\", \"Port\": 5432}}"
+  [[ "$CODE" == 200 ]]
+}
+has_node() { # URL NODE [QUERY] : the catalog read through URL knows NODE
+  http GET "$1/v1/catalog/node/$2${3:+?$3}"
+  [[ "$CODE" == 200 ]] && [[ "$(json 'j["Node"]["Node"]' <<<"$BODY")" == "$2" ]] 2>/dev/null
+}
+services_of() { # URL -> sorted service names (default consistency)
+  http GET "$1/v1/catalog/services"
+  [[ "$CODE" == 200 ]] && json '" ".join(sorted(j))' <<<"$BODY"
+}
+new_leader() { # OLD URL URL : both survivors agree on a leader other than OLD
+  local old="$1" a b
+  a="$(leader_of "$2")"; b="$(leader_of "$3")"
+  [[ -n "$a" && "$a" == "$b" && "$a" != "$old" ]] && NEW_LEADER="$a"
+}
+rejoined() { # URL OWN_ADDR LEADER NODE : 3 peers, follows LEADER, has NODE (stale read)
+  http GET "$1/v1/status/peers"
+  [[ "$CODE" == 200 && "$(json 'len(j)' <<<"$BODY")" == 3 ]] || return 1
+  [[ "$(leader_of "$1")" == "$3" && "$3" != "$2" ]] || return 1
+  has_node "$1" "$4" stale
+}
+remote_unreachable() { # AGENT NAME DC
+  http GET "$1/v1/catalog/service/$2?dc=$3"
+  [[ "$CODE" == 500 && "$BODY" == *"Remote DC has no server currently reachable"* ]]
+}
+running() { [[ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" == true ]]; }
+
+# ---- 0. the lab is up ---------------------------------------------------------------------------
+title "0. the lab is up"
+check "dc1 has a leader" "$WAIT" dc_has_leader dc1
+check "dc2 has a leader" "$WAIT" dc_has_leader dc2
+check "dc1 agent answers on 127.0.0.1:8500" "$WAIT" agent_answers "$DC1_AGENT"
+check "dc2 agent answers on 127.0.0.1:9500" "$WAIT" agent_answers "$DC2_AGENT"
+
+# ---- 1. cross-DC --------------------------------------------------------------------------------
+title "1. register in one DC, read healthy from the other"
+check "register lab-web (HTTP check) via the dc1 agent" 10 register_service "$DC1_AGENT" lab-web
+check "lab-web passing in dc1, read via the dc1 agent" "$WAIT" passing_in "$DC1_AGENT" lab-web dc1
+check "lab-web passing, read via the dc2 agent with ?dc=dc1" "$WAIT" passing_in "$DC2_AGENT" lab-web dc1
+check "register lab-api (HTTP check) via the dc2 agent" 10 register_service "$DC2_AGENT" lab-api
+check "lab-api passing in dc2, read via the dc2 agent" "$WAIT" passing_in "$DC2_AGENT" lab-api dc2
+check "lab-api passing, read via the dc1 agent with ?dc=dc2" "$WAIT" passing_in "$DC1_AGENT" lab-api dc2
+
+# ---- 2. leader failover -------------------------------------------------------------------------
+title "2. kill the dc1 leader"
+old_leader="$(leader_of http://127.0.0.1:8501)"
+[[ -n "$old_leader" ]] || old_leader="$(leader_of http://127.0.0.1:8502)"
+if [[ -z "$old_leader" ]]; then
+  fail "no dc1 leader to kill"
+else
+  victim="$(ip_to_container "${old_leader%:*}")"
+  survivors=()
+  for c in dc1-server1 dc1-server2 dc1-server3; do [[ "$c" == "$victim" ]] || survivors+=("$(container_url "$c")"); done
+  echo "        leader is $old_leader ($victim); survivors ${survivors[*]}"
+  check "write lab-ext-before-kill via a follower" 10 catalog_write "${survivors[0]}" lab-ext-before-kill
+  before="$(services_of "${survivors[0]}")"
+  t_kill="$(date +%s.%N)"
+  docker kill "$victim" >/dev/null
+  if wait_for "$WAIT" new_leader "$old_leader" "${survivors[@]}"; then
+    if python3 -c "import sys; sys.exit(0 if $WAITED <= $FAILOVER_BOUND else 1)"; then
+      pass "new leader $NEW_LEADER $WAITED s after docker kill (bound $FAILOVER_BOUND s)"
+    else
+      fail "new leader $NEW_LEADER only after $WAITED s (bound $FAILOVER_BOUND s)"
+    fi
+  else
+    fail "no new leader within $WAIT s of docker kill"
+    NEW_LEADER=""
+  fi
+  if wait_for "$WAIT" catalog_write "${survivors[1]}" lab-ext-after-kill; then
+    pass "write accepted $(python3 -c "print(f'{$(date +%s.%N) - $t_kill:.2f}')") s after docker kill"
+  else
+    fail "no write accepted within $WAIT s after the kill (HTTP $CODE ${BODY:0:200})"
+  fi
+  after="$(services_of "${survivors[1]}")"
+  missing="$(comm -23 <(tr ' ' '\n' <<<"$before" | sort) <(tr ' ' '\n' <<<"$after" | sort) | tr '\n' ' ')"
+  if [[ -n "$before" && -z "$missing" ]] && has_node "${survivors[0]}" lab-ext-before-kill &&
+    passing_in "$DC1_AGENT" lab-web dc1; then
+    pass "nothing lost: all $(wc -w <<<"$before") services, lab-ext-before-kill, lab-web still passing"
+  else
+    fail "lost after failover: [$missing] (before: $before; after: $after)"
+  fi
+  check "the dc1 agent keeps answering catalog reads" 10 has_node "$DC1_AGENT" lab-ext-after-kill
+  if running "$victim"; then echo "        ($victim was already restarted by Docker)"; fi
+  docker start "$victim" >/dev/null
+  check "$victim restarted: 3 peers, follows $NEW_LEADER, has lab-ext-after-kill" 60 \
+    rejoined "$(container_url "$victim")" "$old_leader" "$NEW_LEADER" lab-ext-after-kill
+fi
+
+# ---- 3. a follower cut off its LAN ------------------------------------------------------------
+title "3. cut one dc1 follower off dc1-lan"
+leader="$(leader_of http://127.0.0.1:8501)"
+[[ -n "$leader" ]] || leader="$(leader_of http://127.0.0.1:8502)"
+cut=""
+for c in dc1-server1 dc1-server2 dc1-server3; do
+  if [[ "$(container_ip "$c"):8300" != "$leader" ]]; then cut="$c"; break; fi
+done
+if [[ -z "$leader" || -z "$cut" ]]; then
+  fail "no dc1 leader/follower found (leader: '$leader')"
+else
+  others=()
+  for c in dc1-server1 dc1-server2 dc1-server3; do [[ "$c" == "$cut" ]] || others+=("$(container_url "$c")"); done
+  echo "        leader $leader; cutting $cut ($(container_ip "$cut")); the others: ${others[*]}"
+  if docker network disconnect "$DC1_LAN" "$cut"; then
+    pass "docker network disconnect $DC1_LAN $cut"
+    unreachable() { HTTP_TIMEOUT=1 http GET "$1/v1/status/leader"; [[ "$CODE" == 000 ]]; }
+    check "$cut is cut off (its published port no longer answers)" 10 unreachable "$(container_url "$cut")"
+    check "write lab-ext-partition accepted by the two others" "$WAIT" catalog_write "${others[1]}" lab-ext-partition
+    check "read lab-ext-partition from ${others[0]}" 10 has_node "${others[0]}" lab-ext-partition
+    check "read lab-ext-partition from ${others[1]}" 10 has_node "${others[1]}" lab-ext-partition
+    check "the dc1 agent serves reads and writes" 10 catalog_write "$DC1_AGENT" lab-ext-partition-agent
+    if docker network connect --ip "$(container_ip "$cut")" "$DC1_LAN" "$cut"; then
+      pass "docker network connect --ip $(container_ip "$cut") $DC1_LAN $cut"
+      check "$cut caught up: ?stale read on it shows the writes it missed" "$WAIT" \
+        has_node "$(container_url "$cut")" lab-ext-partition-agent stale
+      check "$cut follows the leader again" "$WAIT" rejoined "$(container_url "$cut")" "$(container_ip "$cut"):8300" \
+        "$(leader_of "${others[0]}")" lab-ext-partition
+      now="$(leader_of "${others[0]}")"
+      echo "        leader after reconnecting: $now ($([[ "$now" == "$leader" ]] && echo unchanged || echo changed))"
+    else
+      fail "docker network connect $cut"
+    fi
+  else
+    fail "docker network disconnect $DC1_LAN $cut"
+  fi
+fi
+
+# ---- 4. dc1's gateway stopped -----------------------------------------------------------------
+title "4. stop dc1's gateway"
+t0=$SECONDS
+docker stop dc1-gateway >/dev/null
+echo "        docker stop dc1-gateway took $((SECONDS - t0)) s"
+check "dc2 asking ?dc=dc1 gets 500 'Remote DC has no server currently reachable'" "$WAIT" \
+  remote_unreachable "$DC2_AGENT" lab-web dc1
+check "dc1 itself is unaffected (lab-web passing via the dc1 agent)" 10 passing_in "$DC1_AGENT" lab-web dc1
+docker start dc1-gateway >/dev/null
+check "gateway started: dc2 reads lab-web with ?dc=dc1 again" "$WAIT" passing_in "$DC2_AGENT" lab-web dc1
+check "and dc1 reads lab-api with ?dc=dc2" "$WAIT" passing_in "$DC1_AGENT" lab-api dc2
+
+# ---- 5. down and up, volumes kept -------------------------------------------------------------
+title "5. docker compose down (volumes kept) and up -d"
+if compose down >/dev/null 2>&1 && [[ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$LAB_PROJECT")" ]]; then
+  pass "compose down: no containers left; volumes: $(docker volume ls -q --filter "label=com.docker.compose.project=$LAB_PROJECT" | wc -l)"
+else
+  fail "compose down"
+fi
+t_up="$(date +%s.%N)"
+if compose up -d >/dev/null 2>&1; then pass "compose up -d"; else fail "compose up -d"; fi
+check "dc1 has a leader again" 120 dc_has_leader dc1
+check "dc2 has a leader again" 120 dc_has_leader dc2
+check "both agents answer" "$WAIT" agent_answers "$DC1_AGENT"
+check "  (dc2 agent)" "$WAIT" agent_answers "$DC2_AGENT"
+echo "        up to leaders + agents: $(python3 -c "print(f'{$(date +%s.%N) - $t_up:.1f}')") s"
+for n in lab-ext-before-kill lab-ext-after-kill lab-ext-partition lab-ext-partition-agent; do
+  check "dc1 catalog still has $n" "$WAIT" has_node http://127.0.0.1:8501 "$n"
+done
+agent_has() { # AGENT ID...
+  local a="$1" id; shift
+  http GET "$a/v1/agent/services"
+  [[ "$CODE" == 200 ]] || return 1
+  for id in "$@"; do [[ "$(json "'$id' in j" <<<"$BODY")" == true ]] || return 1; done
+}
+check "dc1 agent still has demo and lab-web (from its data dir)" "$WAIT" agent_has "$DC1_AGENT" demo lab-web
+check "dc2 agent still has demo and lab-api (from its data dir)" "$WAIT" agent_has "$DC2_AGENT" demo lab-api
+check "demo and lab-web passing in dc1" "$WAIT" passing_in "$DC1_AGENT" lab-web dc1
+check "  (demo)" "$WAIT" passing_in "$DC1_AGENT" demo dc1
+check "demo and lab-api passing in dc2" "$WAIT" passing_in "$DC2_AGENT" lab-api dc2
+check "  (demo)" "$WAIT" passing_in "$DC2_AGENT" demo dc2
+check "cross-DC again: lab-web via dc2 with ?dc=dc1" "$WAIT" passing_in "$DC2_AGENT" lab-web dc1
+check "cross-DC again: lab-api via dc1 with ?dc=dc2" "$WAIT" passing_in "$DC1_AGENT" lab-api dc2
+
+printf '\n%d passed, %d failed (lab-test took %d s)\n' "$passed" "$failed" "$((SECONDS - t_start))"
+((failed == 0))
