@@ -190,6 +190,9 @@ struct ConfContext {
     peer: Option<PeerInfo>,
 }
 
+/// A read waiting for a ReadIndex answer, and when it arrived.
+type ReadWaiter = (oneshot::Sender<Result<u64, ApiError>>, Instant);
+
 /// Handle the HTTP layer uses to talk to the Raft thread.
 #[derive(Clone)]
 pub struct RaftHandle {
@@ -456,7 +459,14 @@ struct RaftNode {
     heartbeats: tokio::sync::mpsc::Sender<crate::rpc::Heartbeat>,
     events: Receiver<Event>,
     pending_writes: HashMap<u64, (oneshot::Sender<Result<(), ApiError>>, Instant)>,
-    pending_reads: HashMap<u64, (oneshot::Sender<Result<u64, ApiError>>, Instant)>,
+    /// Linearizable reads that arrived and wait for the next ReadIndex round.
+    read_queue: Vec<ReadWaiter>,
+    /// ReadIndex rounds in flight, by context, with the reads each will answer.
+    /// A read joins only a round started after it arrived (so the index it
+    /// gets covers every write acknowledged before it), and one round answers
+    /// all of them: thousands of concurrent reads cost a few rounds, not
+    /// thousands of quorum heartbeats.
+    read_rounds: HashMap<u64, Vec<ReadWaiter>>,
     /// Request ids: a random prefix per process so ids never collide across servers.
     next_request: AtomicU64,
     last_leader_contact: Option<Instant>,
@@ -518,7 +528,8 @@ impl RaftNode {
             heartbeats: setup.heartbeats,
             events,
             pending_writes: HashMap::new(),
-            pending_reads: HashMap::new(),
+            read_queue: Vec::new(),
+            read_rounds: HashMap::new(),
             next_request: AtomicU64::new(rand::random::<u64>() & !0xffff_ffff),
             last_leader_contact: None,
             last_hello: None,
@@ -568,6 +579,7 @@ impl RaftNode {
                 }
                 self.on_tick()?;
             }
+            self.start_read_round();
             while self.raw.has_ready() {
                 self.on_ready()?;
             }
@@ -615,9 +627,7 @@ impl RaftNode {
                     let _ = reply.send(Err(ApiError::NoLeader));
                     return Ok(());
                 }
-                let ctx = self.request_id();
-                self.raw.read_index(ctx.to_be_bytes().to_vec());
-                self.pending_reads.insert(ctx, (reply, Instant::now()));
+                self.read_queue.push((reply, Instant::now()));
             }
             Event::RemovePeer(id, reply) => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
@@ -892,20 +902,27 @@ impl RaftNode {
             }
         });
         let rt = self.tuning.read_timeout;
-        self.pending_reads.retain(|_, (tx, at)| {
-            if now.duration_since(*at) > rt {
-                let taken = std::mem::replace(tx, oneshot::channel().0);
-                let _ = taken.send(Err(ApiError::NoLeader));
-                false
-            } else {
-                true
-            }
-        });
+        let expire = |waiters: &mut Vec<ReadWaiter>| {
+            waiters.retain_mut(|(tx, at)| {
+                if now.duration_since(*at) > rt {
+                    let taken = std::mem::replace(tx, oneshot::channel().0);
+                    let _ = taken.send(Err(ApiError::NoLeader));
+                    false
+                } else {
+                    true
+                }
+            });
+        };
+        expire(&mut self.read_queue);
+        for waiters in self.read_rounds.values_mut() {
+            expire(waiters);
+        }
+        self.read_rounds.retain(|_, w| !w.is_empty());
         // raft-rs silently drops a ReadIndex when no leader is known, and a
         // new leader ignores it until it commits in its term: ask again on
         // every tick until answered or expired (a repeated context is ignored).
-        let retry: Vec<u64> = self.pending_reads.keys().copied().collect();
         if self.raw.raft.leader_id != raft::INVALID_ID {
+            let retry: Vec<u64> = self.read_rounds.keys().copied().collect();
             for ctx in retry {
                 self.raw.read_index(ctx.to_be_bytes().to_vec());
             }
@@ -1038,11 +1055,31 @@ impl RaftNode {
             .fetch_max(self.raw.raft.raft_log.committed, Ordering::SeqCst);
     }
 
+    /// Starts one ReadIndex round for every read queued since the last one
+    /// (a few rounds may be in flight, so reads do not wait for a slow one).
+    fn start_read_round(&mut self) {
+        const MAX_ROUNDS_IN_FLIGHT: usize = 4;
+        if self.read_queue.is_empty()
+            || self.read_rounds.len() >= MAX_ROUNDS_IN_FLIGHT
+            || self.raw.raft.leader_id == raft::INVALID_ID
+        {
+            return;
+        }
+        let ctx = self.request_id();
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.read_rounds
+            .insert(ctx, std::mem::take(&mut self.read_queue));
+    }
+
     fn answer_read(&mut self, rs: raft::ReadState) {
         let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
             return;
         };
-        if let Some((tx, _)) = self.pending_reads.remove(&u64::from_be_bytes(ctx)) {
+        for (tx, _) in self
+            .read_rounds
+            .remove(&u64::from_be_bytes(ctx))
+            .unwrap_or_default()
+        {
             let _ = tx.send(Ok(rs.index));
         }
     }
