@@ -1,0 +1,323 @@
+//! Closed-loop load: N simulated clients, each with its own reqwest client (so its
+//! own keep-alive connection), each sending its next request as soon as the last
+//! one is answered. The same code drives our servers and etcd's JSON gateway, so
+//! both pay the same client costs (HTTP/1.1, JSON encoding and decoding).
+
+use anyhow::Result;
+use registry_api::types::{AgentService, HealthCheck, RegisterRequest};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The HTTP client every simulated client uses: reqwest with keep-alive.
+pub fn http_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// One kind of request.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// `PUT /v1/catalog/register` of a new node with a new service and its check.
+    Register {
+        /// Prefix of the node and service names (keeps runs distinct).
+        prefix: String,
+        /// Instances per node (1: every registration is a new node).
+        per_node: u64,
+    },
+    /// etcd `POST /v3/kv/put` of a new key whose value is the same register body.
+    EtcdPut {
+        /// Key prefix.
+        prefix: String,
+    },
+    /// `GET /v1/health/service/:name?passing` plus `query` (`&stale`, `&dc=dc2`...).
+    Lookup {
+        /// Service name.
+        service: String,
+        /// Extra query parameters, starting with `&` (or empty).
+        query: &'static str,
+    },
+    /// etcd `POST /v3/kv/range` of one key.
+    EtcdRange {
+        /// The key, base64.
+        key_b64: String,
+        /// `serializable: true` (local read) or linearizable.
+        serializable: bool,
+    },
+}
+
+/// When a load stops.
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    /// After this long (measurement).
+    For(Duration),
+    /// Once the shared sequence reaches this number (filling the catalog).
+    Count(u64),
+}
+
+/// A load to run.
+pub struct Load {
+    /// What each request is.
+    pub op: Op,
+    /// Servers to spread clients over: client `c` talks to `bases[c % len]`.
+    pub bases: Vec<String>,
+    /// Number of simulated clients.
+    pub clients: usize,
+    /// When to stop.
+    pub stop: Stop,
+    /// Shared sequence numbering the requests (distinct names for writes).
+    pub seq: Arc<AtomicU64>,
+    /// Rotate each client over all `bases` request by request instead of pinning it.
+    pub rotate: bool,
+}
+
+/// What one run of a load measured.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Median latency of the successful requests.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+    /// Successful requests per second of wall time.
+    pub ops_per_s: f64,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests (status >= 300, transport error, wrong answer).
+    pub errors: u64,
+    /// The first failure, for the report.
+    pub first_error: Option<String>,
+}
+
+/// Runs `load` and returns its statistics. Each client first sends one request that is
+/// not counted (it opens the connection); timing starts when all have done so.
+pub async fn run(load: Load) -> Result<RunStats> {
+    let load = Arc::new(load);
+    let barrier = Arc::new(tokio::sync::Barrier::new(load.clients));
+    let mut tasks = Vec::with_capacity(load.clients);
+    for c in 0..load.clients {
+        let http = http_client()?;
+        let load = load.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::new();
+            let mut errors = 0u64;
+            let mut first_error = None;
+            let pinned = &load.bases[c % load.bases.len()];
+            if let Stop::For(_) = load.stop {
+                let n = load.seq.fetch_add(1, Ordering::Relaxed);
+                let _ = request(&http, pinned, &load.op, n).await;
+            }
+            barrier.wait().await;
+            let start = Instant::now();
+            loop {
+                let n = load.seq.fetch_add(1, Ordering::Relaxed);
+                match load.stop {
+                    Stop::For(d) if start.elapsed() >= d => break,
+                    Stop::Count(limit) if n >= limit => break,
+                    _ => {}
+                }
+                let base = if load.rotate {
+                    &load.bases[(c + n as usize) % load.bases.len()]
+                } else {
+                    pinned
+                };
+                let t = Instant::now();
+                match request(&http, base, &load.op, n).await {
+                    Ok(()) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            (start, Instant::now(), lat, errors, first_error)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut stats = RunStats::default();
+    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
+    for t in tasks {
+        let (s, e, lat, errors, fe) = t.await?;
+        first = Some(first.map_or(s, |f| f.min(s)));
+        last = Some(last.map_or(e, |l| l.max(e)));
+        all.extend(lat);
+        stats.errors += errors;
+        if stats.first_error.is_none() {
+            stats.first_error = fe;
+        }
+    }
+    all.sort_unstable();
+    stats.ok = all.len() as u64;
+    let wall = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
+    stats.ops_per_s = if wall > 0.0 {
+        stats.ok as f64 / wall
+    } else {
+        0.0
+    };
+    stats.p50 = Duration::from_micros(percentile(&all, 0.50) as u64);
+    stats.p99 = Duration::from_micros(percentile(&all, 0.99) as u64);
+    Ok(stats)
+}
+
+/// The `q` quantile of sorted `v` (nearest rank); 0 when empty.
+pub fn percentile<T: Copy + Default>(v: &[T], q: f64) -> T {
+    if v.is_empty() {
+        return T::default();
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// The register body for instance `n`: node `{prefix}-node-{n / per_node}`, service
+/// `{prefix}-svc-{n}` with one passing check.
+pub fn register_body(prefix: &str, n: u64, per_node: u64) -> Vec<u8> {
+    let node_no = n / per_node.max(1);
+    let svc = format!("{prefix}-svc-{n}");
+    let req = RegisterRequest {
+        node: format!("{prefix}-node-{node_no}"),
+        address: format!(
+            "10.{}.{}.{}",
+            (node_no >> 16) & 255,
+            (node_no >> 8) & 255,
+            node_no & 255
+        ),
+        service: Some(AgentService {
+            id: svc.clone(),
+            service: svc.clone(),
+            tags: vec!["bench".into(), "v1".into()],
+            port: 8080,
+            ..Default::default()
+        }),
+        check: Some(HealthCheck {
+            check_id: format!("{svc}:alive"),
+            name: "alive".into(),
+            status: "passing".into(),
+            service_id: svc,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    serde_json::to_vec(&req).unwrap_or_default()
+}
+
+async fn request(http: &reqwest::Client, base: &str, op: &Op, n: u64) -> Result<(), String> {
+    let resp = match op {
+        Op::Register { prefix, per_node } => {
+            http.put(format!("{base}/v1/catalog/register"))
+                .header("content-type", "application/json")
+                .body(register_body(prefix, n, *per_node))
+                .send()
+                .await
+        }
+        Op::EtcdPut { prefix } => {
+            let key = format!("/registry/services/{prefix}-svc-{n}");
+            let body = serde_json::json!({
+                "key": b64(key.as_bytes()),
+                "value": b64(&register_body(prefix, n, 1)),
+            });
+            http.post(format!("{base}/v3/kv/put"))
+                .json(&body)
+                .send()
+                .await
+        }
+        Op::Lookup { service, query } => {
+            http.get(format!("{base}/v1/health/service/{service}?passing{query}"))
+                .send()
+                .await
+        }
+        Op::EtcdRange {
+            key_b64,
+            serializable,
+        } => {
+            let body = serde_json::json!({"key": key_b64, "serializable": serializable});
+            http.post(format!("{base}/v3/kv/range"))
+                .json(&body)
+                .send()
+                .await
+        }
+    }
+    .map_err(|e| format!("transport: {}", crate::scenarios::error_chain(&e)))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes).trim()
+        ));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("json: {e}"))?;
+    let ok = match op {
+        Op::Register { .. } => v == Value::Bool(true),
+        Op::EtcdPut { .. } => v.get("header").is_some(),
+        Op::Lookup { .. } => v.as_array().is_some_and(|a| !a.is_empty()),
+        Op::EtcdRange { .. } => v
+            .get("kvs")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty()),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected answer: {}",
+            String::from_utf8_lossy(&bytes)
+        ))
+    }
+}
+
+/// Standard base64 with padding (etcd's JSON gateway encodes bytes fields so).
+pub fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_with_padding() {
+        assert_eq!(b64(b""), "");
+        assert_eq!(b64(b"f"), "Zg==");
+        assert_eq!(b64(b"fo"), "Zm8=");
+        assert_eq!(b64(b"foo"), "Zm9v");
+        assert_eq!(b64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[7u32], 0.99), 7);
+        assert_eq!(percentile::<u32>(&[], 0.5), 0);
+    }
+}

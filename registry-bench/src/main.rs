@@ -1,0 +1,64 @@
+//! `registry-bench`: starts 3 registry servers, 3 etcd members, a second DC with
+//! gateways, drives them all from this process, and prints one table (also written
+//! to BENCHMARKS.md). Every child process is killed when the run ends, fails or is
+//! interrupted.
+
+mod bench;
+mod cluster;
+mod load;
+mod procs;
+mod report;
+mod scenarios;
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// Benchmark of the registry side by side with etcd, on loopback.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The everyday variant (a minute or two): shorter loads, 1,000 watchers,
+    /// 10,000 instances for memory and recovery.
+    #[arg(long)]
+    quick: bool,
+    /// Where registry-server and wan-gateway are.
+    #[arg(long, default_value = "target/x86_64-unknown-linux-gnu/release")]
+    bin_dir: PathBuf,
+    /// File whose results section this run replaces.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Parent of the temporary data dirs (must be a real disk, not tmpfs).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the data dirs and logs after the run (their path is printed).
+    #[arg(long)]
+    keep: bool,
+    /// Run only these measurements (comma-separated: register, lookup, fanout, xdc,
+    /// memory), e.g. to profile one; the section written is then partial.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Watcher counts for the fan-out (default 1000,10000; quick: 1000).
+    #[arg(long, value_delimiter = ',')]
+    watchers: Vec<usize>,
+    /// Extra query for the watchers (e.g. `&stale`); the default is Consul's default mode.
+    #[arg(long, default_value = "")]
+    watch_query: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let mut plan = bench::Plan::new(a.quick, a.bin_dir, a.out, a.work_dir, a.keep);
+    plan.only = a.only;
+    plan.watch_query = a.watch_query;
+    if !a.watchers.is_empty() {
+        plan.watchers = a.watchers;
+    }
+    // Dropping the run future on Ctrl-C or SIGTERM drops every process guard in it.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = bench::run(plan) => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; all servers stopped"),
+        _ = term.recv() => anyhow::bail!("terminated; all servers stopped"),
+    }
+}

@@ -1,0 +1,186 @@
+//! The processes the benchmark drives: our servers, gateways and etcd members,
+//! each a child process that is killed when its [`Proc`] is dropped (on success,
+//! on error and on Ctrl-C, since `main` drops the whole run then).
+
+use anyhow::{bail, Context, Result};
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to (re)start one child process.
+#[derive(Clone, Debug)]
+pub struct ProcSpec {
+    /// Short name for messages (`s1`, `etcd-2`, `gw-dc1`).
+    pub name: String,
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// File that receives its stdout and stderr (appended to across restarts).
+    pub log: PathBuf,
+}
+
+/// A running (or stopped) child; dropping it kills the child.
+pub struct Proc {
+    /// How it was started, so that it can be restarted identically.
+    pub spec: ProcSpec,
+    /// `None` while stopped.
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts `spec`.
+    pub fn start(spec: ProcSpec) -> Result<Proc> {
+        let mut p = Proc { spec, child: None };
+        p.restart()?;
+        Ok(p)
+    }
+
+    /// Starts the child again with the same arguments (after [`Proc::stop`]).
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("{} is already running", self.spec.name);
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spec.log)
+            .with_context(|| format!("open {}", self.spec.log.display()))?;
+        let mut cmd = Command::new(&self.spec.program);
+        cmd.args(&self.spec.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // If the bench itself is killed (SIGKILL, OOM) its children must not outlive it.
+        // PDEATHSIG fires when the *thread* that forked exits, so children are only ever
+        // started from the main future (the runtime's main thread), never from a task.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| {
+            format!("start {} ({})", self.spec.name, self.spec.program.display())
+        })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The child's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Fails if the child has exited by itself (a crash under load).
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(c) = &mut self.child {
+            if let Some(status) = c.try_wait()? {
+                self.child = None;
+                bail!(
+                    "{} exited unexpectedly ({status}); see {}",
+                    self.spec.name,
+                    self.spec.log.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "  {} did not stop within {grace:?} of SIGTERM; killing it",
+                    self.spec.name
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `n` distinct free loopback ports (all bound at once, then released).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Disk used under `dir`, as `du` counts it (allocated blocks).
+pub fn disk_used(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            total += m.blocks() * 512;
+        }
+    }
+    total
+}
+
+/// Resident set size of `pid` in bytes (`VmRSS` of /proc/<pid>/status).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to the hard limit (children inherit it):
+/// 10,000 watchers need 10,000 sockets here and a third of that in each server.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+    }
+    lim.rlim_cur
+}

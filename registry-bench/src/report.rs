@@ -1,0 +1,470 @@
+//! The results table (stdout and BENCHMARKS.md) and the targets of issue 6.
+
+use crate::load::RunStats;
+use crate::scenarios::{FanoutRun, MemPoint, RecoveryRun};
+use anyhow::Result;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything one bench run measured.
+#[derive(Default)]
+pub struct Results {
+    /// `make bench-quick` rather than `make bench`.
+    pub quick: bool,
+    /// Seconds of load per cell.
+    pub load_secs: f64,
+    /// Runs per cell.
+    pub runs: usize,
+    /// Concurrent clients of the lookup rows.
+    pub lookup_clients: usize,
+    /// Measurement 1: (clients, ours, etcd).
+    pub register: Vec<(usize, Vec<RunStats>, Vec<RunStats>)>,
+    /// Measurement 2, ours: default, `?stale`, `?consistent`.
+    pub lookup_default: Vec<RunStats>,
+    /// `?stale` lookups.
+    pub lookup_stale: Vec<RunStats>,
+    /// `?consistent` lookups.
+    pub lookup_consistent: Vec<RunStats>,
+    /// etcd serializable range.
+    pub etcd_serializable: Vec<RunStats>,
+    /// etcd linearizable range.
+    pub etcd_linearizable: Vec<RunStats>,
+    /// Measurement 3: (watchers, runs).
+    pub fanout: Vec<(usize, Vec<FanoutRun>)>,
+    /// Measurement 4: `?dc=dc2` from dc1's servers.
+    pub xdc_remote: Vec<RunStats>,
+    /// The same lookup made in dc2 itself.
+    pub xdc_local: Vec<RunStats>,
+    /// Measurement 5.
+    pub memory: Vec<MemPoint>,
+    /// Measurement 6.
+    pub recovery: Vec<RecoveryRun>,
+}
+
+/// Where and what was run.
+pub struct Context {
+    /// `nproc`, memory and CPU model.
+    pub machine: String,
+    /// `git describe` of this clone.
+    pub ours_version: String,
+    /// `etcd --version`.
+    pub etcd_version: String,
+    /// UTC date and time.
+    pub date: String,
+    /// Wall time of the whole bench.
+    pub wall: Duration,
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn median_d(v: impl Iterator<Item = Duration>) -> Duration {
+    Duration::from_secs_f64(median_f(v.map(|d| d.as_secs_f64()).collect()))
+}
+
+/// Medians over runs of one cell.
+#[derive(Clone, Copy, Default)]
+struct Agg {
+    p50: Duration,
+    p99: Duration,
+    ops: f64,
+    errors: u64,
+}
+
+fn agg(runs: &[RunStats]) -> Agg {
+    Agg {
+        p50: median_d(runs.iter().map(|r| r.p50)),
+        p99: median_d(runs.iter().map(|r| r.p99)),
+        ops: median_f(runs.iter().map(|r| r.ops_per_s).collect()),
+        errors: runs.iter().map(|r| r.errors).sum(),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let m = d.as_secs_f64() * 1000.0;
+    if m < 10.0 {
+        format!("{m:.2} ms")
+    } else if m < 1000.0 {
+        format!("{m:.1} ms")
+    } else {
+        format!("{:.2} s", m / 1000.0)
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cell(runs: &[RunStats]) -> String {
+    if runs.is_empty() {
+        return "not run".into();
+    }
+    let a = agg(runs);
+    let mut s = format!(
+        "p50 {} · p99 {} · {} ops/s",
+        ms(a.p50),
+        ms(a.p99),
+        thousands(a.ops.round() as u64)
+    );
+    if a.errors > 0 {
+        let first = runs
+            .iter()
+            .find_map(|r| r.first_error.clone())
+            .unwrap_or_default();
+        let _ = write!(
+            s,
+            " · **{} errors** (first: {})",
+            a.errors,
+            truncate(&first, 80)
+        );
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    let s = s.replace('|', "/").replace('\n', " ");
+    if s.chars().count() <= n {
+        s
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+fn ratio(ours: &[RunStats], etcd: &[RunStats]) -> String {
+    if ours.is_empty() || etcd.is_empty() {
+        return "—".into();
+    }
+    let (o, e) = (agg(ours), agg(etcd));
+    let r = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "—".into()
+        }
+    };
+    format!(
+        "ops/s {} · p50 {}",
+        r(o.ops, e.ops),
+        r(o.p50.as_secs_f64(), e.p50.as_secs_f64())
+    )
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.0} MB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn runs_list(v: impl Iterator<Item = Duration>) -> String {
+    v.map(ms).collect::<Vec<_>>().join(" / ")
+}
+
+/// The results table in Markdown.
+pub fn table(r: &Results) -> String {
+    let mut t = String::new();
+    t.push_str("| # | Benchmark | Ours | etcd | Ours/etcd |\n|---|---|---|---|---|\n");
+    for (c, ours, etcd) in &r.register {
+        let _ = writeln!(
+            t,
+            "| 1 | register (distinct services), {c} client{} / etcd put | {} | {} | {} |",
+            if *c == 1 { "" } else { "s" },
+            cell(ours),
+            cell(etcd),
+            ratio(ours, etcd)
+        );
+    }
+    let lc = r.lookup_clients;
+    for (mode, ours, emode, etcd) in [
+        (
+            "default",
+            &r.lookup_default,
+            "linearizable",
+            &r.etcd_linearizable,
+        ),
+        (
+            "?stale",
+            &r.lookup_stale,
+            "serializable",
+            &r.etcd_serializable,
+        ),
+        (
+            "?consistent",
+            &r.lookup_consistent,
+            "linearizable",
+            &r.etcd_linearizable,
+        ),
+    ] {
+        let _ = writeln!(
+            t,
+            "| 2 | health lookup `?passing` {mode}, {lc} clients / etcd {emode} range | {} | {} | {} |",
+            cell(ours),
+            cell(etcd),
+            ratio(ours, etcd)
+        );
+    }
+    for (n, runs) in &r.fanout {
+        let last = median_d(runs.iter().map(|x| x.last));
+        let p50 = median_d(runs.iter().map(|x| x.p50));
+        let mut s = format!(
+            "last answer {} · median watcher {} (runs, last: {})",
+            ms(last),
+            ms(p50),
+            runs_list(runs.iter().map(|x| x.last))
+        );
+        let (early, failed): (usize, usize) = (
+            runs.iter().map(|x| x.early).sum(),
+            runs.iter().map(|x| x.failed).sum(),
+        );
+        if early + failed > 0 {
+            let first = runs
+                .iter()
+                .find_map(|x| x.first_error.clone())
+                .unwrap_or_default();
+            let _ = write!(
+                s,
+                " · **{failed} failed, {early} returned before the write** (first: {})",
+                truncate(&first, 80)
+            );
+        }
+        let _ = writeln!(
+            t,
+            "| 3 | blocking-query fan-out: {} watchers, write ack → last answer | {s} | — | — |",
+            thousands(*n as u64)
+        );
+    }
+    if !r.xdc_remote.is_empty() {
+        let (rem, loc) = (agg(&r.xdc_remote), agg(&r.xdc_local));
+        let added = |a: Duration, b: Duration| {
+            let d = a.as_secs_f64() - b.as_secs_f64();
+            format!(
+                "{}{}",
+                if d < 0.0 { "-" } else { "+" },
+                ms(Duration::from_secs_f64(d.abs()))
+            )
+        };
+        let _ = writeln!(
+            t,
+            "| 4 | cross-DC lookup `?dc=dc2` from dc1 (2 gateways) vs local in dc2, 1 client | `?dc=dc2`: {} — local: {} — **added: p50 {} · p99 {}** | — | — |",
+            cell(&r.xdc_remote),
+            cell(&r.xdc_local),
+            added(rem.p50, loc.p50),
+            added(rem.p99, loc.p99)
+        );
+    }
+    for m in &r.memory {
+        let mut s = format!(
+            "leader RSS **{}** (largest follower {}) · leader data dir {} · filled at {} registrations/s",
+            mb(m.leader_rss),
+            mb(m.follower_rss),
+            mb(m.disk),
+            thousands(m.fill_rate.round() as u64)
+        );
+        if m.errors > 0 {
+            let _ = write!(s, " · **{} failed registrations**", m.errors);
+        }
+        let _ = writeln!(
+            t,
+            "| 5 | memory and disk at {} instances | {s} | — | — |",
+            thousands(m.instances)
+        );
+    }
+    if !r.recovery.is_empty() {
+        let inst = r.recovery[0].instances;
+        let _ = writeln!(
+            t,
+            "| 6 | recovery: follower holding {} instances stopped, {} writes missed, restarted | caught up after **{}** (runs: {}) · HTTP up after {} | — | — |",
+            thousands(inst),
+            thousands(r.recovery[0].missed_writes),
+            ms(median_d(r.recovery.iter().map(|x| x.caught_up))),
+            runs_list(r.recovery.iter().map(|x| x.caught_up)),
+            ms(median_d(r.recovery.iter().map(|x| x.http_up)))
+        );
+    }
+    t
+}
+
+/// Issue 6's targets with PASS/MISS.
+pub fn targets(r: &Results) -> String {
+    let mut t = String::from("| Target (issue 6) | Measured | Result |\n|---|---|---|\n");
+    let verdict = |ok: bool| if ok { "PASS" } else { "**MISS**" };
+    let find = |c: usize| r.register.iter().find(|(n, _, _)| *n == c);
+    if let Some((_, o, e)) = find(64) {
+        let ratio = agg(o).ops / agg(e).ops.max(1e-9);
+        let _ = writeln!(
+            t,
+            "| register throughput at 64 clients ≥ 1.5× etcd put | {:.2}× ({} vs {} ops/s) | {} |",
+            ratio,
+            thousands(agg(o).ops.round() as u64),
+            thousands(agg(e).ops.round() as u64),
+            verdict(ratio >= 1.5)
+        );
+    }
+    if let Some((_, o, e)) = find(1) {
+        let (a, b) = (agg(o).p50, agg(e).p50);
+        let _ = writeln!(
+            t,
+            "| single-client register p50 ≤ etcd put p50 | {} vs {} | {} |",
+            ms(a),
+            ms(b),
+            verdict(a <= b)
+        );
+    }
+    if !r.lookup_stale.is_empty() {
+        let (o, e) = (agg(&r.lookup_stale).ops, agg(&r.etcd_serializable).ops);
+        let ratio = o / e.max(1e-9);
+        let _ = writeln!(
+            t,
+            "| `?stale` lookups ≥ 3× etcd serializable range throughput | {:.2}× ({} vs {} ops/s) | {} |",
+            ratio,
+            thousands(o.round() as u64),
+            thousands(e.round() as u64),
+            verdict(ratio >= 3.0)
+        );
+    }
+    match r.fanout.iter().find(|(n, _)| *n == 10_000) {
+        Some((_, runs)) => {
+            let last = median_d(runs.iter().map(|x| x.last));
+            let all = runs.iter().all(|x| x.failed == 0 && x.early == 0);
+            let _ = writeln!(
+                t,
+                "| 10,000 watchers all answered within 200 ms | last answer {} (median of {} runs; runs: {}){} | {} |",
+                ms(last),
+                runs.len(),
+                runs_list(runs.iter().map(|x| x.last)),
+                if all { "" } else { "; some watchers failed" },
+                verdict(all && last <= Duration::from_millis(200))
+            );
+        }
+        None => {
+            let seen = r
+                .fanout
+                .first()
+                .map(|(n, runs)| {
+                    format!(
+                        "{} watchers: last answer {}",
+                        thousands(*n as u64),
+                        ms(median_d(runs.iter().map(|x| x.last)))
+                    )
+                })
+                .unwrap_or_else(|| "not run".into());
+            let _ = writeln!(t, "| 10,000 watchers all answered within 200 ms | not measured in quick mode ({seen}) | n/a |");
+        }
+    }
+    match r.memory.iter().find(|m| m.instances == 100_000) {
+        Some(m) => {
+            let _ = writeln!(
+                t,
+                "| < 200 MB RSS at 100,000 instances | leader {} | {} |",
+                mb(m.leader_rss),
+                verdict(m.leader_rss < 200 * 1024 * 1024)
+            );
+        }
+        None => {
+            let seen = r
+                .memory
+                .last()
+                .map(|m| {
+                    format!(
+                        "{} at {} instances",
+                        mb(m.leader_rss),
+                        thousands(m.instances)
+                    )
+                })
+                .unwrap_or_else(|| "not run".into());
+            let _ = writeln!(
+                t,
+                "| < 200 MB RSS at 100,000 instances | not measured in quick mode ({seen}) | n/a |"
+            );
+        }
+    }
+    t
+}
+
+/// Per-run figures, for anyone who doubts a median.
+pub fn raw_runs(r: &Results) -> String {
+    let mut t = String::new();
+    let line = |t: &mut String, name: &str, runs: &[RunStats]| {
+        let v: Vec<String> = runs
+            .iter()
+            .map(|x| format!("{}/{}/{:.0}", ms(x.p50), ms(x.p99), x.ops_per_s))
+            .collect();
+        let _ = writeln!(t, "- {name}: {}", v.join(" · "));
+    };
+    for (c, o, e) in &r.register {
+        line(&mut t, &format!("register {c} ours"), o);
+        line(&mut t, &format!("register {c} etcd"), e);
+    }
+    line(&mut t, "lookup default", &r.lookup_default);
+    line(&mut t, "lookup ?stale", &r.lookup_stale);
+    line(&mut t, "lookup ?consistent", &r.lookup_consistent);
+    line(&mut t, "etcd serializable range", &r.etcd_serializable);
+    line(&mut t, "etcd linearizable range", &r.etcd_linearizable);
+    line(&mut t, "cross-DC ?dc=dc2", &r.xdc_remote);
+    line(&mut t, "local lookup in dc2", &r.xdc_local);
+    t
+}
+
+/// The whole section for BENCHMARKS.md (and stdout).
+pub fn section(r: &Results, cx: &Context) -> String {
+    let mode = if r.quick {
+        "Quick run (`make bench-quick`)"
+    } else {
+        "Full run (`make bench`)"
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "### {mode}\n");
+    let _ = writeln!(s, "- Date: {}", cx.date);
+    let _ = writeln!(s, "- Machine: {}", cx.machine);
+    let _ = writeln!(
+        s,
+        "- Versions: ours `{}`; {}",
+        cx.ours_version, cx.etcd_version
+    );
+    let _ = writeln!(
+        s,
+        "- Each load cell: {} runs of {:.1} s each (after one uncounted request per client); the table gives the median over runs of each run's p50, p99 and throughput. Bench wall time: {:.0} s.\n",
+        r.runs,
+        r.load_secs,
+        cx.wall.as_secs_f64()
+    );
+    s.push_str(&table(r));
+    s.push('\n');
+    s.push_str(&targets(r));
+    s.push_str("\n<details><summary>Per-run figures (p50/p99/ops per s)</summary>\n\n");
+    s.push_str(&raw_runs(r));
+    s.push_str("\n</details>\n");
+    s
+}
+
+/// Puts `section` between this mode's markers in `path`, keeping the rest of the file.
+pub fn write_section(path: &Path, quick: bool, section: &str) -> Result<()> {
+    let tag = if quick { "quick" } else { "full" };
+    let begin = format!("<!-- registry-bench:{tag}:begin -->");
+    let end = format!("<!-- registry-bench:{tag}:end -->");
+    let block = format!("{begin}\n{section}{end}");
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{}{}", &old[..b], block, &old[e + end.len()..]),
+        _ if old.is_empty() => format!("# Benchmarks\n\n{block}\n"),
+        _ => format!("{}\n{block}\n", old.trim_end()),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}

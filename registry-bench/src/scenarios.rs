@@ -1,0 +1,447 @@
+//! The six measurements of issue 6, each a function that drives running clusters
+//! and returns raw per-run numbers; `report` turns them into the table.
+
+use crate::cluster::RegistryCluster;
+use crate::load::{self, http_client, Load, Op, RunStats, Stop};
+use crate::procs::{disk_used, rss_bytes};
+use anyhow::{bail, Context, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How many instances of `service` `base` holds in its own state (`?stale`); 0 on error.
+pub async fn stale_instances(http: &reqwest::Client, base: &str, service: &str) -> usize {
+    let url = format!("{base}/v1/catalog/service/{service}?stale");
+    match http.get(&url).send().await {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Registers instance `i` of `service` on its own node through `base`.
+pub async fn register_instance(
+    http: &reqwest::Client,
+    base: &str,
+    service: &str,
+    i: usize,
+) -> Result<()> {
+    let body = serde_json::json!({
+        "Node": format!("{service}-node-{i}"), "Address": format!("10.9.0.{}", i % 250 + 1),
+        "Service": {"Service": service, "ID": format!("{service}-{i}"), "Port": 8000 + i, "Tags": ["bench"]},
+        "Check": {"Name": "alive", "CheckID": format!("{service}-{i}:alive"),
+                  "ServiceID": format!("{service}-{i}"), "Status": "passing"}
+    });
+    let r = http
+        .put(format!("{base}/v1/catalog/register"))
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "register {service}-{i}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Measurement 1 for one system at one concurrency.
+pub async fn register(
+    op: Op,
+    bases: &[String],
+    clients: usize,
+    secs: Duration,
+    seq: &Arc<AtomicU64>,
+) -> Result<RunStats> {
+    load::run(Load {
+        op,
+        bases: bases.to_vec(),
+        clients,
+        stop: Stop::For(secs),
+        seq: seq.clone(),
+        rotate: false,
+    })
+    .await
+}
+
+/// Sets up measurement 2: `lookup-svc` with 3 passing instances, visible on every
+/// server; etcd gets one key holding exactly the JSON our default lookup returns, so
+/// both answer with the same payload.
+pub async fn setup_lookups(ours: &[String], etcd: &[String]) -> Result<String> {
+    let http = http_client()?;
+    for i in 0..3 {
+        register_instance(&http, &ours[0], "lookup-svc", i).await?;
+    }
+    for u in ours {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stale_instances(&http, u, "lookup-svc").await < 3 {
+            if Instant::now() > deadline {
+                bail!("{u} did not see lookup-svc within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let body = http
+        .get(format!("{}/v1/health/service/lookup-svc?passing", ours[0]))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let key = load::b64(b"/registry/health/lookup-svc");
+    let r = http
+        .post(format!("{}/v3/kv/put", etcd[0]))
+        .json(&serde_json::json!({"key": key, "value": load::b64(&body)}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("etcd put of the lookup payload: {}", r.status());
+    }
+    Ok(key)
+}
+
+/// A read load over `bases` with `clients` clients.
+pub async fn read(
+    op: Op,
+    bases: &[String],
+    clients: usize,
+    secs: Duration,
+    rotate: bool,
+) -> Result<RunStats> {
+    load::run(Load {
+        op,
+        bases: bases.to_vec(),
+        clients,
+        stop: Stop::For(secs),
+        seq: Arc::new(AtomicU64::new(0)),
+        rotate,
+    })
+    .await
+}
+
+/// One run of measurement 3.
+#[derive(Clone, Debug, Default)]
+pub struct FanoutRun {
+    /// Watchers answered after the write was sent (the ones that count).
+    pub answered: usize,
+    /// Watchers that returned before the write (spurious wake-up, timeout, error).
+    pub early: usize,
+    /// Watchers with no answer 30 s after the write, or with an error after it.
+    pub failed: usize,
+    /// Median time from the write's acknowledgement to a watcher's answer.
+    pub p50: Duration,
+    /// Time from the write's acknowledgement to the last watcher's answer.
+    pub last: Duration,
+    /// The first error seen.
+    pub first_error: Option<String>,
+}
+
+/// Measurement 3: `n` blocking queries on `watch-svc` spread over `urls`, then one write.
+pub async fn fanout(
+    urls: &[String],
+    extra_query: &str,
+    n: usize,
+    runs: usize,
+    settle: Duration,
+) -> Result<Vec<FanoutRun>> {
+    let http = http_client()?;
+    // One pool per server; every in-flight watcher holds its own connection, kept
+    // alive for the next run.
+    let pools: Vec<reqwest::Client> = urls.iter().map(|_| http_client()).collect::<Result<_>>()?;
+    register_instance(&http, &urls[0], "watch-svc", 0).await?;
+    let mut out = Vec::new();
+    for run in 0..runs {
+        let r = http
+            .get(format!("{}/v1/health/service/watch-svc", urls[0]))
+            .send()
+            .await?;
+        let index: u64 = r
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .context("no X-Consul-Index on the watch read")?;
+        // Answers arrive on a channel, so that the order in which watchers are collected
+        // can never make one wait for another.
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::with_capacity(n);
+        for w in 0..n {
+            let client = pools[w % pools.len()].clone();
+            let url = format!(
+                "{}/v1/health/service/watch-svc?index={index}&wait=60s{}",
+                urls[w % urls.len()],
+                extra_query
+            );
+            let done = done_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = client
+                    .get(&url)
+                    .timeout(Duration::from_secs(90))
+                    .send()
+                    .await;
+                let result = match r {
+                    Ok(r) => {
+                        let status = r.status();
+                        let new_index = r
+                            .headers()
+                            .get("X-Consul-Index")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(0);
+                        match r.bytes().await {
+                            Ok(_) if status.is_success() && new_index > index => Ok(()),
+                            Ok(b) if !status.is_success() => {
+                                Err(format!("{status}: {}", String::from_utf8_lossy(&b).trim()))
+                            }
+                            Ok(_) => Err(format!("returned without a change (index {new_index})")),
+                            Err(e) => Err(format!("body: {e}")),
+                        }
+                    }
+                    Err(e) => Err(format!("transport: {}", error_chain(&e))),
+                };
+                let _ = done.send((Instant::now(), result));
+            }));
+            // Open connections in waves so the listen backlog never overflows.
+            if w % 250 == 249 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        tokio::time::sleep(settle).await;
+        let sent = Instant::now();
+        register_instance(&http, &urls[0], "watch-svc", run + 1).await?;
+        let acked = Instant::now();
+        let deadline = acked + Duration::from_secs(30);
+        let mut result = FanoutRun::default();
+        let mut delays = Vec::with_capacity(n);
+        let mut received = 0;
+        while received < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some((at, res))) = tokio::time::timeout(left, done_rx.recv()).await else {
+                break;
+            };
+            received += 1;
+            match res {
+                Err(e) if at < sent => {
+                    result.early += 1;
+                    result.first_error.get_or_insert(e);
+                }
+                Ok(()) if at < sent => result.early += 1,
+                Err(e) => {
+                    result.failed += 1;
+                    result.first_error.get_or_insert(e);
+                }
+                Ok(()) => {
+                    result.answered += 1;
+                    delays.push(at.saturating_duration_since(acked));
+                }
+            }
+        }
+        if received < n {
+            result.failed += n - received;
+            result.first_error.get_or_insert(format!(
+                "{} watchers had no answer 30 s after the write",
+                n - received
+            ));
+        }
+        for t in &tasks {
+            t.abort();
+        }
+        delays.sort_unstable();
+        result.p50 = load::percentile(&delays, 0.5);
+        result.last = delays.last().copied().unwrap_or_default();
+        eprintln!(
+            "  fan-out {n}: run {}: last {:?}, p50 {:?}, answered {}, early {}, failed {} {}",
+            run + 1,
+            result.last,
+            result.p50,
+            result.answered,
+            result.early,
+            result.failed,
+            result.first_error.as_deref().unwrap_or("")
+        );
+        out.push(result);
+    }
+    Ok(out)
+}
+
+/// Measurement 5 at one size.
+#[derive(Clone, Debug, Default)]
+pub struct MemPoint {
+    /// Instances registered by the bench (10 per node, each with one check).
+    pub instances: u64,
+    /// Failed registrations while filling.
+    pub errors: u64,
+    /// Leader RSS in bytes.
+    pub leader_rss: u64,
+    /// Largest follower RSS in bytes.
+    pub follower_rss: u64,
+    /// `du` of the leader's data dir in bytes.
+    pub disk: u64,
+    /// Registrations per second while filling (256 clients).
+    pub fill_rate: f64,
+}
+
+/// One run of measurement 6.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryRun {
+    /// Instances in the catalog when the server was stopped.
+    pub instances: u64,
+    /// Writes made while it was down.
+    pub missed_writes: u64,
+    /// From the restart to its HTTP API answering.
+    pub http_up: Duration,
+    /// From the restart to its `?stale` catalog showing the last write.
+    pub caught_up: Duration,
+}
+
+/// Measurements 5 and 6 on `cluster` (a fresh one): fill to each of `points`, then
+/// stop, write past and restart a follower `runs` times.
+pub async fn memory_and_recovery(
+    cluster: &mut RegistryCluster,
+    points: &[u64],
+    runs: usize,
+    missed_writes: u64,
+) -> Result<(Vec<MemPoint>, Vec<RecoveryRun>)> {
+    let http = http_client()?;
+    let urls = cluster.urls();
+    let seq = Arc::new(AtomicU64::new(0));
+    let op = Op::Register {
+        prefix: "mem".into(),
+        per_node: 10,
+    };
+    let mut mem = Vec::new();
+    let mut errors = 0;
+    for &target in points {
+        let from = seq.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let st = load::run(Load {
+            op: op.clone(),
+            bases: urls.clone(),
+            clients: 256,
+            stop: Stop::Count(target),
+            seq: seq.clone(),
+            rotate: false,
+        })
+        .await?;
+        // Each client takes one number past the limit before it stops.
+        seq.store(target, Ordering::Relaxed);
+        cluster.check_alive()?;
+        errors += st.errors;
+        if let Some(e) = &st.first_error {
+            eprintln!("  fill: {} errors, first: {e}", st.errors);
+        }
+        let fill_rate = target.saturating_sub(from) as f64 / t.elapsed().as_secs_f64();
+        // Let the last batch be applied everywhere and memtables settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leader = cluster.leader().await?;
+        let rss = |i: usize| {
+            cluster.servers[i]
+                .proc
+                .pid()
+                .and_then(rss_bytes)
+                .unwrap_or(0)
+        };
+        let point = MemPoint {
+            instances: target,
+            errors,
+            leader_rss: rss(leader),
+            follower_rss: (0..3).filter(|&i| i != leader).map(rss).max().unwrap_or(0),
+            disk: disk_used(&cluster.servers[leader].data_dir),
+            fill_rate,
+        };
+        eprintln!(
+            "  memory at {target}: leader RSS {} MB, disk {} MB, fill {:.0}/s",
+            point.leader_rss >> 20,
+            point.disk >> 20,
+            fill_rate
+        );
+        mem.push(point);
+    }
+
+    let mut rec = Vec::new();
+    for run in 0..runs {
+        let leader = cluster.leader().await?;
+        let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let f = followers[run % followers.len()];
+        let instances = seq.load(Ordering::Relaxed);
+        cluster.servers[f]
+            .proc
+            .stop(Duration::from_secs(20))
+            .await?;
+        let others: Vec<String> = (0..3)
+            .filter(|&i| i != f)
+            .map(|i| urls[i].clone())
+            .collect();
+        let from = seq.load(Ordering::Relaxed);
+        load::run(Load {
+            op: op.clone(),
+            bases: others.clone(),
+            clients: 64,
+            stop: Stop::Count(from + missed_writes),
+            seq: seq.clone(),
+            rotate: false,
+        })
+        .await?;
+        seq.store(from + missed_writes, Ordering::Relaxed);
+        let marker = format!("recovery-marker-{run}");
+        register_instance(&http, &others[0], &marker, 0).await?;
+        let start = Instant::now();
+        cluster.servers[f].proc.restart()?;
+        let deadline = start + Duration::from_secs(300);
+        let mut http_up = None;
+        loop {
+            cluster.servers[f].proc.check_alive()?;
+            if http_up.is_none()
+                && http
+                    .get(format!("{}/v1/status/leader", urls[f]))
+                    .send()
+                    .await
+                    .is_ok()
+            {
+                http_up = Some(start.elapsed());
+            }
+            if stale_instances(&http, &urls[f], &marker).await > 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not catch up within 300 s of its restart",
+                    cluster.servers[f].node
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = RecoveryRun {
+            instances,
+            missed_writes,
+            http_up: http_up.unwrap_or_default(),
+            caught_up: start.elapsed(),
+        };
+        eprintln!(
+            "  recovery run {}: {} restarted, HTTP up after {:?}, caught up after {:?}",
+            run + 1,
+            cluster.servers[f].node,
+            r.http_up,
+            r.caught_up
+        );
+        rec.push(r);
+    }
+    Ok((mem, rec))
+}
+
+/// An error with its sources (reqwest's own text hides the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds the release binaries the benchmark drives, then runs it.
+#   scripts/bench.sh          full benchmark (make bench, ~10 minutes)
+#   scripts/bench.sh --quick  everyday variant (make bench-quick, a minute or two)
+# Extra arguments go to registry-bench (see `registry-bench --help`).
+#
+# The binaries are built exactly as scripts/lab-images.sh builds the lab's (same --target and
+# RUSTFLAGS, hence the same target/lab-libs search dir): cargo keys artifacts on RUSTFLAGS, so
+# any difference would compile every dependency a second time on this 2-core machine.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+TRIPLE=x86_64-unknown-linux-gnu
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+libs="$target_dir/lab-libs"
+mkdir -p "$libs"
+stdcxx="$(${CXX:-g++} -print-file-name=libstdc++.a)"
+if [[ "$stdcxx" != /* ]]; then
+  echo "libstdc++.a not found (install g++ / libstdc++-12-dev)" >&2
+  exit 1
+fi
+ln -sf "$stdcxx" "$libs/libstdc++.a"
+export RUSTFLAGS="-C target-feature=+crt-static -L native=$libs"
+
+# The same package set as the lab images first (so that both builds share one feature
+# resolution and one set of artifacts), then the bench itself.
+scripts/cargo.sh build --release --target "$TRIPLE" -p registry-server -p registry-client -p wan-gateway
+scripts/cargo.sh build --release --target "$TRIPLE" -p registry-bench
+
+exec "$target_dir/$TRIPLE/release/registry-bench" --bin-dir "$target_dir/$TRIPLE/release" "$@"
