@@ -168,3 +168,19 @@ pub async fn run(config: ClientConfig, shutdown: CancellationToken) -> anyhow::R
     handle.stop().await;
     Ok(())
 }
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` and systemd send); the
+/// binaries cancel their shutdown token on it.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
