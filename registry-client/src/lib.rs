@@ -184,3 +184,12 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// This host's name, for `--node`'s default (Consul defaults to the hostname).
+pub fn hostname_or(fallback: &str) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| fallback.to_string())
+}

@@ -35,14 +35,6 @@ struct Args {
     dev: bool,
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "registry-client".into())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -51,7 +43,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let a = Args::parse();
-    let mut config = ClientConfig::new(a.node.unwrap_or_else(hostname));
+    let mut config = ClientConfig::new(
+        a.node
+            .unwrap_or_else(|| registry_client::hostname_or("registry-client")),
+    );
     config.datacenter = a.datacenter;
     config.data_dir = a.data_dir;
     config.http_addr = a.http_addr;

@@ -45,14 +45,6 @@ struct Args {
     dev: bool,
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "registry-server".into())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -61,7 +53,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let mut config = ServerConfig::new(args.node.unwrap_or_else(hostname));
+    let mut config = ServerConfig::new(
+        args.node
+            .unwrap_or_else(|| registry_client::hostname_or("registry-server")),
+    );
     config.datacenter = args.datacenter;
     config.data_dir = args.data_dir;
     config.dev = args.dev;

@@ -7,7 +7,7 @@ use common::*;
 use registry_api::{QueryOptions, RegistryClient};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use wan_gateway::{GatewayConfig, GatewayHandle};
+use wan_gateway::GatewayConfig;
 
 fn gateway_config(
     dc: &str,
@@ -249,13 +249,9 @@ async fn two_datacenters_answer_each_other_through_their_gateways() {
     a1.stop().await;
     a2.stop().await;
     for g in [gw1, gw2a, gw3] {
-        stop_gateway(g).await;
+        g.stop().await;
     }
     dc3.shutdown().await;
     dc2.shutdown().await;
     dc1.shutdown().await;
-}
-
-async fn stop_gateway(g: GatewayHandle) {
-    g.stop().await;
 }
