@@ -230,6 +230,9 @@ pub struct AgentSelf {
     pub config: AgentSelfConfig,
     /// The agent as a member.
     pub member: AgentMember,
+    /// Runtime figures by subsystem, all values strings, as Consul gives them
+    /// (a server's `raft` section: `state`, `term`, `commit_index`, ...).
+    pub stats: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Body of `PUT /v1/internal/heartbeat`: an agent says it is alive. The leader flips the

@@ -9,6 +9,8 @@ pub mod client;
 pub mod decode;
 pub mod duration;
 pub mod error;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod types;
 
 pub use agent::*;

@@ -102,7 +102,22 @@ pub struct Agent {
     /// Held from a change to the state until its persistence is written, so the files on disk
     /// follow the changes in order (an async lock: it is held across the file writes).
     persist_lock: tokio::sync::Mutex<()>,
+    /// Extra sections for `Stats` in `/v1/agent/self` (a server adds `raft`).
+    stats: StatsSlot,
 }
+
+/// Holds the [`StatsSource`] (a closure, so `Debug` by hand).
+#[derive(Default)]
+struct StatsSlot(std::sync::RwLock<Option<StatsSource>>);
+
+impl std::fmt::Debug for StatsSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatsSlot")
+    }
+}
+
+/// Gives `Stats` sections for `/v1/agent/self`: section -> (name -> value).
+pub type StatsSource = Arc<dyn Fn() -> BTreeMap<String, BTreeMap<String, String>> + Send + Sync>;
 
 /// The local state. Every entry carries an `in_sync` flag (does the catalog match it?) and a
 /// `generation` that changes with it, so the syncer marks an entry in sync only if it did not
@@ -202,6 +217,7 @@ impl Agent {
             sync_wake: Notify::new(),
             updates_tx,
             persist_lock: tokio::sync::Mutex::new(()),
+            stats: StatsSlot::default(),
         });
         agent.load().await?;
         // Counted first: two `lock()` temporaries in one statement would
@@ -227,6 +243,22 @@ impl Agent {
             tokio::spawn(agent.clone().run_heartbeats(shutdown)),
         ];
         Ok((agent, tasks))
+    }
+
+    /// Sets where `/v1/agent/self` takes its `Stats` from.
+    pub fn set_stats_source(&self, source: StatsSource) {
+        *self.stats.0.write().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// The `Stats` of `/v1/agent/self`.
+    pub fn stats(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let source = self
+            .stats
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        source.map(|f| f()).unwrap_or_default()
     }
 
     /// The agent's configuration.

@@ -320,6 +320,7 @@ async fn agent_self(State(agent): St) -> HttpResult {
             version: env!("CARGO_PKG_VERSION").into(),
         },
         member: self_member(&agent),
+        stats: agent.stats(),
     };
     Ok(Json(reply).into_response())
 }

@@ -131,7 +131,7 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
     };
     let (agent, mut tasks) = Agent::start(agent_config, servers.clone(), shutdown.clone()).await?;
 
-    let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
+    let listener = match registry_api::serve::bind(config.http_addr) {
         Ok(l) => l,
         Err(e) => {
             shutdown.cancel();
@@ -144,15 +144,12 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
     let http_addr = listener.local_addr()?;
     tracing::info!(node = %config.node, addr = %http_addr, "HTTP API listening");
     let app = client_router(agent.clone(), servers);
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    }));
+    tasks.push(tokio::spawn(registry_api::serve::serve(
+        listener,
+        app,
+        registry_api::serve::ServeLimits::default(),
+        shutdown.clone(),
+    )));
     Ok(ClientHandle {
         http_addr,
         agent,

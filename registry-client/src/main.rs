@@ -42,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // As Go raises it for Consul: the soft open-file limit up to the hard one
+    // (each HTTP connection, blocking queries above all, holds a descriptor).
+    registry_api::serve::raise_fd_limit();
     let a = Args::parse();
     let mut config = ClientConfig::new(
         a.node

@@ -81,6 +81,10 @@ pub struct ServerConfig {
     pub agent_heartbeat_interval: Duration,
     /// Transport.
     pub transport: TransportKind,
+    /// Bounds on HTTP clients: header-read (and idle) timeout, connections.
+    pub http_limits: registry_api::serve::ServeLimits,
+    /// Disk fault injection (tests): a delay added to every synced write.
+    pub disk_faults: storage::DiskFaults,
 }
 
 impl ServerConfig {
@@ -103,6 +107,8 @@ impl ServerConfig {
             agent_sync_interval: Duration::from_secs(60),
             agent_heartbeat_interval: Duration::from_secs(2),
             transport: TransportKind::Tcp,
+            http_limits: registry_api::serve::ServeLimits::default(),
+            disk_faults: storage::DiskFaults::default(),
         }
     }
 
@@ -211,7 +217,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     };
     std::fs::create_dir_all(&data_dir)?;
     info!(node = %config.node, dc = %config.datacenter, dir = %data_dir.display(), "opening storage");
-    let (store, recovered) = RaftStore::open(&data_dir)?;
+    let (store, recovered) = RaftStore::open(&data_dir, config.disk_faults.clone())?;
     let catalog =
         CatalogState::from_rows(&config.datacenter, recovered.rows).map_err(anyhow::Error::msg)?;
     info!(node = %config.node, applied = recovered.applied, "catalog loaded");
@@ -244,7 +250,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     };
     info!(node = %config.node, rpc = %rpc_addr, "transport ready");
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let listener = registry_api::serve::bind(config.http_addr)?;
     let http_addr = listener.local_addr()?;
     let me = PeerInfo {
         id: recovered.node_id,
@@ -314,37 +320,29 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         let (agent, agent_tasks) =
             registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;
         tasks.extend(agent_tasks);
+        let stats_raft = raft.clone();
+        agent.set_stats_source(Arc::new(move || raft_stats(&stats_raft)));
         registry_client::agent_router(agent)
     } else {
         axum::Router::new()
     };
     let router = http::router(app.clone(), agent_routes);
+    // One bound for the HTTP port and HTTP on the RPC port together.
+    let gate = registry_api::serve::ConnGate::new(config.http_limits.clone());
     if let Some(t) = &tcp {
         // Agents name servers by their RPC address (`--retry-join`), so the
         // RPC port answers HTTP too.
-        let router = router.clone();
-        let stop = shutdown.clone();
+        let (router, stop, gate) = (router.clone(), shutdown.clone(), gate.clone());
         t.set_http_handoff(Arc::new(move |stream| {
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-                tokio::select! {
-                    _ = conn => {}
-                    _ = stop.cancelled() => {}
-                }
-            });
+            gate.serve_connection(stream, router.clone(), stop.clone());
         }));
     }
-    let http_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    }));
+    tasks.push(tokio::spawn(registry_api::serve::serve_with_gate(
+        listener,
+        router,
+        gate,
+        shutdown.clone(),
+    )));
     info!(node = %config.node, http = %http_addr, "HTTP API listening");
 
     Ok(ServerHandle {
@@ -362,6 +360,37 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         },
         _temp_dir: temp_dir,
     })
+}
+
+/// The `raft` section of `/v1/agent/self`'s `Stats`, named as Consul names them.
+fn raft_stats(
+    raft: &RaftHandle,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let s = raft.status();
+    let applied = *raft.shared.applied_tx.borrow();
+    let state = match s.role {
+        raft_node::Role::Leader => "Leader",
+        raft_node::Role::Candidate => "Candidate",
+        raft_node::Role::Follower => "Follower",
+    };
+    let last_contact = match (s.role, s.last_leader_contact) {
+        (raft_node::Role::Leader, _) => "0".to_string(),
+        (_, Some(t)) => format!("{}ms", t.elapsed().as_millis()),
+        (_, None) => "never".to_string(),
+    };
+    let raft_section = [
+        ("state", state.to_string()),
+        ("term", s.term.to_string()),
+        ("commit_index", s.commit.to_string()),
+        ("applied_index", applied.to_string()),
+        ("last_snapshot_index", s.compacted_to.to_string()),
+        ("num_peers", s.voters.len().saturating_sub(1).to_string()),
+        ("last_contact", last_contact),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    [("raft".to_string(), raft_section)].into_iter().collect()
 }
 
 /// Runs a server until `shutdown` fires.

@@ -90,10 +90,38 @@ pub struct Recovered {
 #[derive(Clone)]
 pub struct RaftStore {
     db: Arc<DB>,
+    faults: DiskFaults,
     mirror: Arc<RwLock<Mirror>>,
     /// Provides the state-machine image for [`raft::Storage::snapshot`]; set by
     /// the Raft node, which owns the catalog.
     snapshot_source: Arc<RwLock<Option<SnapshotSource>>>,
+}
+
+/// Disk fault injection for tests: a delay added before every synced write,
+/// as a slow or overloaded disk adds to each fsync. Cloned handles share the
+/// setting, so a test keeps one and changes it while the server runs.
+#[derive(Clone, Default, Debug)]
+pub struct DiskFaults {
+    write_delay_us: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DiskFaults {
+    /// Sets the delay (zero: a healthy disk).
+    pub fn set_write_delay(&self, delay: std::time::Duration) {
+        self.write_delay_us.store(
+            delay.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn pause(&self) {
+        let us = self
+            .write_delay_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
+    }
 }
 
 /// Builds snapshot data of the applied state: returns (applied index, data),
@@ -111,19 +139,20 @@ fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64, StorageFailure> {
 
 impl RaftStore {
     /// Opens (or creates) the database under `dir`.
-    pub fn open(dir: &Path) -> Result<(Self, Recovered), StorageFailure> {
+    pub fn open(dir: &Path, faults: DiskFaults) -> Result<(Self, Recovered), StorageFailure> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
         // Small tables; the defaults of a whole memtable per CF waste memory here.
         opts.set_write_buffer_size(16 << 20);
-        opts.set_max_background_jobs(2);
         let cfs = [CF_LOGS, CF_META, CF_STORE]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let store = RaftStore {
             db: Arc::new(db),
+            faults,
             mirror: Arc::new(RwLock::new(Mirror::default())),
             snapshot_source: Arc::new(RwLock::new(None)),
         };
@@ -264,6 +293,9 @@ impl RaftStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
+        if sync {
+            self.faults.pause();
+        }
         self.db.write_opt(b.batch, &wo)?;
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = b.mirror;
         Ok(())
@@ -682,7 +714,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id;
         {
-            let (s, rec) = RaftStore::open(dir.path()).unwrap();
+            let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
             id = rec.node_id;
             let mut b = s.batch();
             s.append(&mut b, &[entry(1, 1), entry(2, 1), entry(3, 1)])
@@ -699,7 +731,7 @@ mod tests {
             s.commit(b, true).unwrap();
             assert_eq!(s.last_index().unwrap(), 4);
         }
-        let (s, rec) = RaftStore::open(dir.path()).unwrap();
+        let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
         assert_eq!(rec.node_id, id, "the Raft id is stable across restarts");
         assert_eq!(s.last_index().unwrap(), 4);
         assert_eq!(s.term(3).unwrap(), 2);
@@ -722,7 +754,7 @@ mod tests {
     #[test]
     fn compaction_keeps_the_boundary_term() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, _) = RaftStore::open(dir.path()).unwrap();
+        let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
         let mut b = s.batch();
         s.append(
             &mut b,
@@ -746,7 +778,7 @@ mod tests {
             4
         );
         drop(s);
-        let (s, _) = RaftStore::open(dir.path()).unwrap();
+        let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
         assert_eq!(s.term(6).unwrap(), 2);
     }
@@ -754,7 +786,7 @@ mod tests {
     #[test]
     fn snapshot_install_replaces_log_and_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, _) = RaftStore::open(dir.path()).unwrap();
+        let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
         let mut b = s.batch();
         s.append(&mut b, &[entry(1, 1), entry(2, 1)]).unwrap();
         s.apply_rows(&mut b, 2, vec![(b"old".to_vec(), Some(b"x".to_vec()))]);
@@ -768,7 +800,7 @@ mod tests {
             .unwrap();
         s.commit(b, true).unwrap();
         drop(s);
-        let (s, rec) = RaftStore::open(dir.path()).unwrap();
+        let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
         assert_eq!(rec.applied, 50);
         assert_eq!(rec.rows, vec![(b"new".to_vec(), b"y".to_vec())]);
         assert_eq!(

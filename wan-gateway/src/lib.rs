@@ -172,8 +172,7 @@ async fn start_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<GatewayHandle> {
     config.validate()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = registry_api::serve::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let advertise = config
@@ -200,14 +199,12 @@ async fn start_with(
 
     let app = http::router(gateway.clone());
     let server_stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(server_stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(%addr, error = %e, "gateway HTTP server failed");
-        }
-    });
+    let server = tokio::spawn(registry_api::serve::serve(
+        listener,
+        app,
+        registry_api::serve::ServeLimits::default(),
+        server_stop,
+    ));
 
     tracing::info!(dc = %config.datacenter, join = ?config.retry_join_wan, "joining the WAN");
     let gossip = tokio::spawn(gossip::run(

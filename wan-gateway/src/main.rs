@@ -48,6 +48,9 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // As Go raises it for Consul: the soft open-file limit up to the hard one
+    // (each HTTP connection, blocking queries above all, holds a descriptor).
+    registry_api::serve::raise_fd_limit();
     let a = Args::parse();
     let config = GatewayConfig {
         advertise: a.advertise,

@@ -12,8 +12,8 @@ use std::fmt;
 /// What an operation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// Set the key to a value.
-    Write(u64),
+    /// Set the key to a value (`Some`: register), or remove it (`None`: deregister).
+    Write(Option<u64>),
     /// Read the key (None: the instance is not registered).
     Read(Option<u64>),
 }
@@ -71,10 +71,11 @@ pub fn linearizable(hist: &[Op]) -> bool {
     // A write whose outcome is unknown may be left out of the linearization,
     // so one whose value no read returned can always be dropped; keeping
     // them would make the search exponential in the number of failed writes.
-    let read_values: HashSet<u64> = hist
+    // (For an unknown deregister: one can be dropped when no read saw the key absent.)
+    let read_values: HashSet<Option<u64>> = hist
         .iter()
         .filter_map(|o| match o.kind {
-            Kind::Read(Some(v)) => Some(v),
+            Kind::Read(v) => Some(v),
             _ => None,
         })
         .collect();
@@ -131,7 +132,7 @@ fn search(
             continue;
         }
         let next = match op.kind {
-            Kind::Write(v) => Some(v),
+            Kind::Write(v) => v,
             Kind::Read(r) => {
                 if r != value {
                     continue;
@@ -147,6 +148,37 @@ fn search(
         }
     }
     false
+}
+
+/// A smaller history that is still not linearizable, found greedily: drop
+/// one operation at a time while the rest still fails. A write is dropped
+/// only when no remaining read returned its value, so the result never fails
+/// merely because a read lost its writer.
+pub fn shrink(hist: &[Op]) -> Vec<Op> {
+    let mut cur: Vec<Op> = hist.to_vec();
+    cur.sort_by_key(|o| o.invoke);
+    if linearizable(&cur) {
+        return cur;
+    }
+    let mut i = cur.len();
+    while i > 0 {
+        i -= 1;
+        if i >= cur.len() {
+            continue;
+        }
+        if let Kind::Write(Some(v)) = cur[i].kind {
+            let read = cur.iter().any(|o| o.kind == Kind::Read(Some(v)));
+            if read {
+                continue;
+            }
+        }
+        let mut candidate = cur.clone();
+        candidate.remove(i);
+        if !linearizable(&candidate) {
+            cur = candidate;
+        }
+    }
+    cur
 }
 
 #[cfg(test)]
@@ -167,37 +199,67 @@ mod tests {
     fn accepts_and_rejects_the_textbook_cases() {
         // Sequential write then read.
         assert!(linearizable(&[
-            op(Kind::Write(1), 0, Some(10)),
+            op(Kind::Write(Some(1)), 0, Some(10)),
             op(Kind::Read(Some(1)), 20, Some(30)),
         ]));
         // A read after a completed write must not see the old value.
         assert!(!linearizable(&[
-            op(Kind::Write(1), 0, Some(10)),
+            op(Kind::Write(Some(1)), 0, Some(10)),
             op(Kind::Read(None), 20, Some(30)),
         ]));
         // Concurrent read may see either.
         assert!(linearizable(&[
-            op(Kind::Write(1), 0, Some(30)),
+            op(Kind::Write(Some(1)), 0, Some(30)),
             op(Kind::Read(None), 10, Some(20)),
         ]));
         // Stale read after a newer value was read: not linearizable.
         assert!(!linearizable(&[
-            op(Kind::Write(1), 0, Some(5)),
-            op(Kind::Write(2), 6, Some(10)),
+            op(Kind::Write(Some(1)), 0, Some(5)),
+            op(Kind::Write(Some(2)), 6, Some(10)),
             op(Kind::Read(Some(2)), 11, Some(12)),
             op(Kind::Read(Some(1)), 13, Some(14)),
         ]));
         // An unknown write may take effect late, or never.
         assert!(linearizable(&[
-            op(Kind::Write(7), 0, None),
+            op(Kind::Write(Some(7)), 0, None),
             op(Kind::Read(None), 10, Some(20)),
             op(Kind::Read(Some(7)), 30, Some(40)),
         ]));
         assert!(linearizable(&[
-            op(Kind::Write(7), 0, None),
+            op(Kind::Write(Some(7)), 0, None),
             op(Kind::Read(None), 30, Some(40))
         ]));
         // A value nobody wrote.
         assert!(!linearizable(&[op(Kind::Read(Some(9)), 0, Some(1))]));
+        // A completed deregister removes the value for every later read.
+        assert!(!linearizable(&[
+            op(Kind::Write(Some(1)), 0, Some(5)),
+            op(Kind::Write(None), 6, Some(10)),
+            op(Kind::Read(Some(1)), 11, Some(12)),
+        ]));
+        assert!(linearizable(&[
+            op(Kind::Write(Some(1)), 0, Some(5)),
+            op(Kind::Write(None), 6, Some(10)),
+            op(Kind::Read(None), 11, Some(12)),
+            op(Kind::Write(Some(2)), 13, None),
+            op(Kind::Read(Some(2)), 20, Some(21)),
+        ]));
+    }
+
+    #[test]
+    fn shrink_keeps_a_failing_core() {
+        let mut hist = vec![
+            op(Kind::Write(Some(1)), 0, Some(5)),
+            op(Kind::Write(Some(2)), 6, Some(10)),
+            op(Kind::Read(Some(2)), 11, Some(12)),
+            op(Kind::Read(Some(1)), 13, Some(14)),
+        ];
+        for t in 0..20 {
+            hist.push(op(Kind::Read(Some(2)), 100 + 10 * t, Some(105 + 10 * t)));
+        }
+        let hist: Vec<Op> = hist.into_iter().rev().collect();
+        let small = shrink(&hist);
+        assert!(!linearizable(&small));
+        assert!(small.len() <= 4, "{small:?}");
     }
 }

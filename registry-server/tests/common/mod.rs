@@ -102,6 +102,8 @@ pub struct TestCluster {
     pub agents: bool,
     /// The datacenter.
     pub dc: String,
+    /// Each server's disk (slow it down with `set_write_delay`); kept across restarts.
+    pub disks: Vec<registry_server::storage::DiskFaults>,
 }
 
 impl TestCluster {
@@ -138,6 +140,7 @@ impl TestCluster {
             nodes: Vec::new(),
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             names: (1..=n).map(|i| format!("s{i}")).collect(),
+            disks: vec![Default::default(); n],
             tuning,
             agents,
             dc: dc.to_string(),
@@ -164,6 +167,7 @@ impl TestCluster {
         cfg.agent_sync_interval = Duration::from_millis(500);
         cfg.agent_heartbeat_interval = Duration::from_millis(100);
         cfg.transport = TransportKind::Mem(self.net.clone());
+        cfg.disk_faults = self.disks[i].clone();
         cfg
     }
 

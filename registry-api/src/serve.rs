@@ -1,0 +1,215 @@
+//! The HTTP accept loop shared by the server, the agent and the gateway.
+//!
+//! `axum::serve` is not used because it sets no header-read timeout (a client
+//! that opens a connection and sends nothing, or one byte a minute, holds it
+//! for ever) and has no bound on connections (past the file-descriptor limit,
+//! accepts fail and every client, good or bad, waits in the SYN queue). Here:
+//!
+//! - a request's head must arrive within [`ServeLimits::header_read_timeout`],
+//!   and that clock also runs while a keep-alive connection sits idle between
+//!   requests (hyper's behaviour), so idle connections are closed too; a
+//!   request whose head has arrived is never cut (blocking queries wait up to
+//!   ten minutes for their answer);
+//! - at most [`ServeLimits::max_connections`] connections are served at once;
+//!   one more is accepted, answered `503` with a plain-text reason, and
+//!   closed, so a flood is refused cleanly and the server stays up;
+//! - the listen backlog is 4096 (the kernel caps it at `somaxconn`), not
+//!   tokio's 1024, so bursts of thousands of connects are not dropped.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Bounds on what one client can hold.
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    /// Time allowed for a request's head to arrive, counted from the
+    /// connection's accept or from the end of its previous response.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more are refused with 503.
+    pub max_connections: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// File descriptors kept back for everything that is not an HTTP connection
+/// (RocksDB's files, Raft peers, outgoing requests, check probes).
+const FD_RESERVE: u64 = 512;
+
+/// The default connection bound: the open-file limit less a reserve, at
+/// least 256. Call [`raise_fd_limit`] first (the binaries do) so that the
+/// limit is the hard one, as Go programs such as Consul get by default.
+pub fn default_max_connections() -> usize {
+    let soft = fd_limit().map(|(soft, _)| soft).unwrap_or(1024);
+    soft.saturating_sub(FD_RESERVE).clamp(256, 1 << 20) as usize
+}
+
+fn fd_limit() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Raises the soft open-file limit to the hard one; returns the new soft limit.
+pub fn raise_fd_limit() -> Option<u64> {
+    let (soft, hard) = fd_limit()?;
+    if soft >= hard {
+        return Some(soft);
+    }
+    let lim = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Some(soft);
+    }
+    Some(hard)
+}
+
+/// Binds a listener with `SO_REUSEADDR` and a deep accept backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Counts connections against [`ServeLimits::max_connections`]; cheap to
+/// clone, shared by every listener of one process that should share a bound.
+#[derive(Clone)]
+pub struct ConnGate {
+    limits: ServeLimits,
+    permits: Arc<Semaphore>,
+}
+
+impl ConnGate {
+    /// A gate with its own bound.
+    pub fn new(limits: ServeLimits) -> Self {
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        ConnGate { limits, permits }
+    }
+
+    /// Connections being served now.
+    pub fn open_connections(&self) -> usize {
+        self.limits.max_connections - self.permits.available_permits()
+    }
+
+    /// Serves one accepted connection with `router` (or refuses it when the
+    /// bound is reached) on a task of its own. The connection ends when the
+    /// client closes it, on a timeout, or when `shutdown` fires (after the
+    /// response in flight, if any, for at most a second).
+    pub fn serve_connection(&self, stream: TcpStream, router: Router, shutdown: CancellationToken) {
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream, self.limits.max_connections));
+            return;
+        };
+        let timeout = self.limits.header_read_timeout;
+        tokio::spawn(serve_one(stream, router, timeout, shutdown, permit));
+    }
+}
+
+async fn serve_one(
+    stream: TcpStream,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let service = TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+/// Answers a connection over the bound with 503 and closes it.
+async fn refuse(mut stream: TcpStream, limit: usize) {
+    let body = format!("Too many open connections (limit {limit}); try again later\n");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+/// Accepts connections on `listener` and serves them with `router` until
+/// `shutdown` fires. Accept errors (out of file descriptors, a connection
+/// reset before it was accepted) are logged and the loop goes on after a
+/// short pause; they never end it.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: CancellationToken,
+) {
+    let gate = ConnGate::new(limits);
+    serve_with_gate(listener, router, gate, shutdown).await
+}
+
+/// [`serve`] with a gate shared with other listeners.
+pub async fn serve_with_gate(
+    listener: TcpListener,
+    router: Router,
+    gate: ConnGate,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => gate.serve_connection(stream, router.clone(), shutdown.clone()),
+            Err(e) => {
+                // ECONNABORTED and friends concern one connection only; EMFILE
+                // clears as connections close. Either way, pause briefly.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
