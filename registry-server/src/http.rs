@@ -22,6 +22,7 @@ use registry_api::{
     RegisterRequest,
 };
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,54 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Route to other datacenters through this DC's gateways.
     pub wan: crate::federation::WanRoute,
+    /// Recent answers, shared by readers of the same query at the same state.
+    pub answers: AnswerCache,
+}
+
+/// Answers by query, each with the applied index of the state it was computed
+/// from: a reader that finds an entry for its query at the current applied
+/// index sends those bytes instead of evaluating and serialising again. When a
+/// write wakes thousands of blocking queries on one service, one of them does
+/// the work and the rest copy a pointer. Bounded in entries and entry size.
+#[derive(Default)]
+pub struct AnswerCache {
+    entries: std::sync::Mutex<HashMap<String, CachedAnswer>>,
+}
+
+#[derive(Clone)]
+struct CachedAnswer {
+    applied: u64,
+    index: u64,
+    body: Bytes,
+}
+
+/// Entries kept before the cache starts over.
+const ANSWER_CACHE_ENTRIES: usize = 1024;
+/// Answers larger than this are not kept (they would pin memory).
+const ANSWER_CACHE_MAX_BODY: usize = 256 << 10;
+
+impl AnswerCache {
+    fn get(&self, key: &str, applied: u64) -> Option<CachedAnswer> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).filter(|a| a.applied == applied).cloned()
+    }
+
+    fn put(&self, key: &str, answer: CachedAnswer) {
+        if answer.body.len() > ANSWER_CACHE_MAX_BODY {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= ANSWER_CACHE_ENTRIES && !entries.contains_key(key) {
+            entries.clear();
+        }
+        match entries.get_mut(key) {
+            Some(old) if old.applied > answer.applied => {}
+            Some(old) => *old = answer,
+            None => {
+                entries.insert(key.to_string(), answer);
+            }
+        }
+    }
 }
 
 type St = State<Arc<AppState>>;
@@ -182,7 +231,7 @@ fn read_params(st: &AppState, q: &[(String, String)]) -> Result<ReadParams, ApiE
 /// change while it is a blocking query whose index has not moved past
 /// `?index`. `query` returns the value and the index of the data it covers, so
 /// a watcher of one service is not answered because another one changed.
-async fn read<T, F>(st: &AppState, p: &ReadParams, query: F) -> HttpResult
+async fn read<T, F>(st: &AppState, p: &ReadParams, key: String, query: F) -> HttpResult
 where
     T: Serialize,
     F: Fn(&CatalogState) -> (T, u64),
@@ -206,17 +255,34 @@ where
     });
     loop {
         changes.borrow_and_update();
-        let (value, index) = {
+        let (answer, fresh) = {
             let applied = raft
                 .shared
                 .applied
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            query(&applied.catalog)
+            match st.answers.get(&key, applied.index) {
+                Some(a) => (Ok(a), None),
+                None => (Err(query(&applied.catalog)), Some(applied.index)),
+            }
         };
         // Serialised after the lock is released, so a large answer does not
         // hold up the Raft thread's next apply.
-        let index = index.max(1);
+        let answer = match (answer, fresh) {
+            (Ok(a), _) => a,
+            (Err((value, index)), applied) => {
+                let body =
+                    serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let a = CachedAnswer {
+                    applied: applied.unwrap_or_default(),
+                    index: index.max(1),
+                    body: Bytes::from(body),
+                };
+                st.answers.put(&key, a.clone());
+                a
+            }
+        };
+        let index = answer.index;
         let done = match (p.min_index, deadline) {
             (Some(min), Some(deadline)) => {
                 // Indexes never go back on a server, so "changed" is "greater";
@@ -227,8 +293,7 @@ where
             _ => true,
         };
         if done {
-            let body = serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
-            return Ok(json_response(st, body, Some(index)));
+            return Ok(json_response(st, answer.body, Some(index)));
         }
         let deadline = deadline.unwrap_or_else(Instant::now);
         tokio::select! {
@@ -239,9 +304,9 @@ where
     }
 }
 
-fn json_response(st: &AppState, body: Vec<u8>, index: Option<u64>) -> Response {
+fn json_response(st: &AppState, body: impl Into<Body>, index: Option<u64>) -> Response {
     let s = st.raft.status();
-    let mut resp = Response::new(Body::from(body));
+    let mut resp = Response::new(body.into());
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -322,23 +387,27 @@ async fn catalog_datacenters(State(st): St) -> HttpResult {
 
 async fn catalog_nodes(State(st): St, Query(q): Params) -> HttpResult {
     let p = read_params(&st, &q)?;
-    read(&st, &p, |c| c.nodes()).await
+    read(&st, &p, "nodes".into(), |c| c.nodes()).await
 }
 
 async fn catalog_services(State(st): St, Query(q): Params) -> HttpResult {
     let p = read_params(&st, &q)?;
-    read(&st, &p, |c| c.services()).await
+    read(&st, &p, "services".into(), |c| c.services()).await
 }
 
 async fn catalog_service(State(st): St, Path(name): Path<String>, Query(q): Params) -> HttpResult {
     let p = read_params(&st, &q)?;
     let tags = p.tags.clone();
-    read(&st, &p, move |c| c.service_nodes(&name, &tags)).await
+    let key = format!("service\0{name}\0{tags:?}");
+    read(&st, &p, key, move |c| c.service_nodes(&name, &tags)).await
 }
 
 async fn catalog_node(State(st): St, Path(node): Path<String>, Query(q): Params) -> HttpResult {
     let p = read_params(&st, &q)?;
-    read(&st, &p, move |c| c.node_services(&node)).await
+    read(&st, &p, format!("node\0{node}"), move |c| {
+        c.node_services(&node)
+    })
+    .await
 }
 
 async fn catalog_node_services(
@@ -348,24 +417,37 @@ async fn catalog_node_services(
 ) -> HttpResult {
     let p = read_params(&st, &q)?;
     // An unknown node is `null`, as in Consul.
-    read(&st, &p, move |c| c.node_service_list(&node)).await
+    read(&st, &p, format!("node-services\0{node}"), move |c| {
+        c.node_service_list(&node)
+    })
+    .await
 }
 
 async fn health_service(State(st): St, Path(name): Path<String>, Query(q): Params) -> HttpResult {
     let p = read_params(&st, &q)?;
     let tags = p.tags.clone();
     let passing = p.passing;
-    read(&st, &p, move |c| c.health_service(&name, &tags, passing)).await
+    let key = format!("health-service\0{name}\0{tags:?}\0{passing}");
+    read(&st, &p, key, move |c| {
+        c.health_service(&name, &tags, passing)
+    })
+    .await
 }
 
 async fn health_checks(State(st): St, Path(name): Path<String>, Query(q): Params) -> HttpResult {
     let p = read_params(&st, &q)?;
-    read(&st, &p, move |c| c.service_checks(&name)).await
+    read(&st, &p, format!("checks\0{name}"), move |c| {
+        c.service_checks(&name)
+    })
+    .await
 }
 
 async fn health_node(State(st): St, Path(node): Path<String>, Query(q): Params) -> HttpResult {
     let p = read_params(&st, &q)?;
-    read(&st, &p, move |c| c.node_checks(&node)).await
+    read(&st, &p, format!("health-node\0{node}"), move |c| {
+        c.node_checks(&node)
+    })
+    .await
 }
 
 async fn health_state(State(st): St, Path(state): Path<String>, Query(q): Params) -> HttpResult {
@@ -374,7 +456,7 @@ async fn health_state(State(st): St, Path(state): Path<String>, Query(q): Params
     CatalogState::new(&st.datacenter)
         .checks_in_state(&state)
         .map_err(ApiError::BadRequest)?;
-    read(&st, &p, move |c| {
+    read(&st, &p, format!("state\0{state}"), move |c| {
         c.checks_in_state(&state).unwrap_or_default()
     })
     .await

@@ -286,6 +286,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         node: config.node.clone(),
         shutdown: shutdown.clone(),
         wan: federation::WanRoute::new(&config.wan_gateways),
+        answers: Default::default(),
     });
     let liveness = Arc::new(liveness::Liveness::default());
     tasks.push(tokio::spawn(liveness::run(
