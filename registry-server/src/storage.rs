@@ -144,11 +144,28 @@ impl RaftStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        // Small tables; the defaults of a whole memtable per CF waste memory here.
-        opts.set_write_buffer_size(16 << 20);
-        let cfs = [CF_LOGS, CF_META, CF_STORE]
+        // Memory: RocksDB's defaults (a 64 MiB memtable, up to two, and a
+        // 32 MiB block cache, per column family) would let three families
+        // hold ~500 MiB. Everything we read often is in memory already (the
+        // catalog, the log tail in raft-rs), so the store is written far more
+        // than read: small memtables, one small cache, and a cap on all
+        // memtables together (reaching it flushes the largest).
+        opts.set_db_write_buffer_size(24 << 20);
+        let cache = rocksdb::Cache::new_lru_cache(8 << 20);
+        let cf_options = |write_buffer: usize| {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            let mut o = Options::default();
+            o.set_write_buffer_size(write_buffer);
+            o.set_max_write_buffer_number(2);
+            o.set_block_based_table_factory(&table);
+            o
+        };
+        let cfs = [(CF_LOGS, 8 << 20), (CF_META, 1 << 20), (CF_STORE, 8 << 20)]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|(name, write_buffer)| {
+                ColumnFamilyDescriptor::new(name, cf_options(write_buffer))
+            });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let store = RaftStore {
             db: Arc::new(db),
