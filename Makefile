@@ -40,7 +40,7 @@ clean:
 
 # ---- The two-datacenter lab (docker-compose.yml; README "The two-datacenter lab") -----------
 # No container registry is needed: static-pie binaries go into FROM-scratch images.
-.PHONY: images lab lab-down lab-test
+.PHONY: images lab lab-down lab-test lab-chaos
 
 images: ## Static release binaries + FROM-scratch images registry-server:lab, registry-client:lab, wan-gateway:lab
 	@scripts/lab-images.sh
@@ -53,6 +53,9 @@ lab-down: ## Stop the lab; remove its containers, networks and volumes
 
 lab-test: images ## Build, start a clean lab, run scripts/lab-test.sh, ALWAYS tear down; the test's exit code
 	@scripts/lab-e2e.sh
+
+lab-chaos: images ## Seeded kill/disconnect/pause of dc1 servers in a clean lab, history checked from outside; ALWAYS tear down (LAB_CHAOS_SECONDS, LAB_CHAOS_SEED)
+	@scripts/lab-chaos.sh
 
 .PHONY: bench bench-quick
 
