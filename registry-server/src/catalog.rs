@@ -65,7 +65,7 @@ pub struct CatalogState {
     checks: BTreeMap<NodeKey, HealthCheck>,
     /// Instances by service name. Derived, not persisted: it spares per-service
     /// reads a scan over every instance of every service.
-    by_name: BTreeMap<String, BTreeSet<NodeKey>>,
+    by_name: BTreeMap<String, KeySet>,
     /// Blocking-query indexes by name: the three tables, and `service/<name>`
     /// per service name. A service's entry outlives its last instance, so a
     /// watcher of a deleted service sees the removal.
@@ -844,6 +844,93 @@ fn split_pair(rest: &str) -> Option<(&str, &str)> {
 }
 
 /// Key of node `name`.
+/// The instances of one service name, in key order. Most names have a few
+/// instances, and a `BTreeSet` allocates a whole node (room for eleven keys,
+/// about 540 bytes) even for one, which made this index the largest part of
+/// the catalog's memory when every instance has a name of its own: so a
+/// sorted `Vec` while small, a `BTreeSet` once large.
+#[derive(Clone, Debug)]
+enum KeySet {
+    Small(Vec<NodeKey>),
+    Large(BTreeSet<NodeKey>),
+}
+
+/// Past this many instances a name's set becomes a `BTreeSet` (a `Vec`
+/// insert moves every later key).
+const KEYSET_SMALL_MAX: usize = 32;
+
+impl Default for KeySet {
+    fn default() -> Self {
+        KeySet::Small(Vec::new())
+    }
+}
+
+impl KeySet {
+    fn insert(&mut self, key: NodeKey) {
+        match self {
+            KeySet::Small(v) => {
+                if let Err(at) = v.binary_search(&key) {
+                    if v.len() < KEYSET_SMALL_MAX {
+                        v.insert(at, key);
+                    } else {
+                        let mut set: BTreeSet<NodeKey> = std::mem::take(v).into_iter().collect();
+                        set.insert(key);
+                        *self = KeySet::Large(set);
+                    }
+                }
+            }
+            KeySet::Large(set) => {
+                set.insert(key);
+            }
+        }
+    }
+
+    /// Removes `key`; true when it was there.
+    fn remove(&mut self, key: &NodeKey) -> bool {
+        match self {
+            KeySet::Small(v) => match v.binary_search(key) {
+                Ok(at) => {
+                    v.remove(at);
+                    true
+                }
+                Err(_) => false,
+            },
+            KeySet::Large(set) => set.remove(key),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            KeySet::Small(v) => v.is_empty(),
+            KeySet::Large(set) => set.is_empty(),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = &NodeKey> + '_> {
+        match self {
+            KeySet::Small(v) => Box::new(v.iter()),
+            KeySet::Large(set) => Box::new(set.iter()),
+        }
+    }
+}
+
+/// Equal when they hold the same keys, whatever their form.
+impl PartialEq for KeySet {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for KeySet {}
+
+impl<'a> IntoIterator for &'a KeySet {
+    type Item = &'a NodeKey;
+    type IntoIter = Box<dyn Iterator<Item = &'a NodeKey> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 fn node_key(name: &str) -> Vec<u8> {
     [b"n/", name.as_bytes()].concat()
 }
