@@ -237,7 +237,7 @@ where
     F: Fn(&CatalogState) -> (T, u64),
 {
     let raft = &st.raft;
-    if let Some(reason) = raft.status().fatal {
+    if let Some(reason) = raft.with_status(|s| s.fatal.clone()) {
         return Err(ApiError::Internal(reason).into());
     }
     match p.mode {
@@ -305,7 +305,6 @@ where
 }
 
 fn json_response(st: &AppState, body: impl Into<Body>, index: Option<u64>) -> Response {
-    let s = st.raft.status();
     let mut resp = Response::new(body.into());
     let h = resp.headers_mut();
     h.insert(
@@ -313,16 +312,19 @@ fn json_response(st: &AppState, body: impl Into<Body>, index: Option<u64>) -> Re
         HeaderValue::from_static("application/json"),
     );
     if let Some(index) = index {
+        let (known_leader, last_contact) = st.raft.with_status(|s| {
+            let last_contact = match (s.role, s.last_leader_contact) {
+                (Role::Leader, _) => 0,
+                (_, Some(at)) => at.elapsed().as_millis() as u64,
+                (_, None) => 0,
+            };
+            (s.leader_id != 0, last_contact)
+        });
         h.insert("X-Consul-Index", HeaderValue::from(index));
         h.insert(
             "X-Consul-KnownLeader",
-            HeaderValue::from_static(if s.leader_id != 0 { "true" } else { "false" }),
+            HeaderValue::from_static(if known_leader { "true" } else { "false" }),
         );
-        let last_contact = match (s.role, s.last_leader_contact) {
-            (Role::Leader, _) => 0,
-            (_, Some(at)) => at.elapsed().as_millis() as u64,
-            (_, None) => 0,
-        };
         h.insert("X-Consul-LastContact", HeaderValue::from(last_contact));
     }
     resp

@@ -228,17 +228,18 @@ impl RaftHandle {
     /// leader's commit index at the time of the call (Raft's ReadIndex, §6.4).
     pub async fn linearizable_barrier(&self) -> Result<(), ApiError> {
         let started = Instant::now();
-        let before = self.status();
+        let role_term = |s: &RaftStatus| (s.role, s.term);
+        let (role_before, term_before) = self.with_status(role_term);
         let (tx, rx) = oneshot::channel();
         self.send(Event::ReadIndex(tx))?;
         let index = rx
             .await
             .unwrap_or_else(|_| Err(ApiError::Internal("server is shutting down".into())))?;
-        let after = self.status();
-        if before.role == Role::Leader && after.role == Role::Leader && before.term == after.term {
+        let (role_after, term_after) = self.with_status(role_term);
+        if role_before == Role::Leader && role_after == Role::Leader && term_before == term_after {
             let mut lease = self.shared.lease.lock().unwrap_or_else(|e| e.into_inner());
-            if lease.is_none_or(|(term, at)| term != after.term || at < started) {
-                *lease = Some((after.term, started));
+            if lease.is_none_or(|(term, at)| term != term_after || at < started) {
+                *lease = Some((term_after, started));
             }
         }
         self.wait_applied(index, self.tuning.read_timeout).await
@@ -253,14 +254,20 @@ impl RaftHandle {
     /// taken as 3/4 of that, for clock-rate differences; outside it a read
     /// renews it with a ReadIndex round.
     pub async fn default_barrier(&self) -> Result<(), ApiError> {
-        let s = self.status();
-        if s.leader_id == 0 {
+        let (leader_id, leading, term) = self.with_status(|s| {
+            (
+                s.leader_id,
+                s.role == Role::Leader && s.leader_ready,
+                s.term,
+            )
+        });
+        if leader_id == 0 {
             return Err(ApiError::NoLeader);
         }
-        if s.role == Role::Leader && s.leader_ready {
+        if leading {
             let window = self.tuning.tick * self.tuning.election_ticks as u32 * 3 / 4;
             let lease = *self.shared.lease.lock().unwrap_or_else(|e| e.into_inner());
-            if lease.is_some_and(|(term, at)| term == s.term && at.elapsed() < window) {
+            if lease.is_some_and(|(t, at)| t == term && at.elapsed() < window) {
                 return self.leader_barrier().await;
             }
         }
@@ -289,7 +296,7 @@ impl RaftHandle {
 
     /// Routes an agent heartbeat to the leader (fire and forget).
     pub fn heartbeat(&self, hb: crate::rpc::Heartbeat) -> Result<(), ApiError> {
-        if self.status().leader_id == 0 {
+        if self.with_status(|s| s.leader_id) == 0 {
             return Err(ApiError::NoLeader);
         }
         self.send(Event::Rpc(String::new(), RpcMessage::Heartbeat(hb)))
@@ -301,6 +308,12 @@ impl RaftHandle {
         self.send(Event::RemovePeer(id, tx))?;
         rx.await
             .unwrap_or_else(|_| Err(ApiError::Internal("server is shutting down".into())))
+    }
+
+    /// Looks at the current status without copying it (the copy allocates:
+    /// peers, voters), for paths taken on every request.
+    pub fn with_status<R>(&self, f: impl FnOnce(&RaftStatus) -> R) -> R {
+        f(&self.shared.status.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// A copy of the current status.

@@ -261,37 +261,38 @@ impl RaftStore {
     }
 
     fn mirror(&self) -> Mirror {
-        self.mirror
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.with_mirror(Mirror::clone)
+    }
+
+    /// Reads the mirror in place: raft-rs asks for indexes and terms many
+    /// times per message, and a clone copies the conf state's vectors.
+    fn with_mirror<R>(&self, f: impl FnOnce(&Mirror) -> R) -> R {
+        f(&self.mirror.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The stored conf state.
     pub fn conf_state(&self) -> ConfState {
-        self.mirror().conf_state
+        self.with_mirror(|m| m.conf_state.clone())
     }
 
     /// The stored hard state.
     pub fn hard_state(&self) -> HardState {
-        self.mirror().hard_state
+        self.with_mirror(|m| m.hard_state.clone())
     }
 
     /// Whether this server belongs to a formed cluster.
     pub fn initialized(&self) -> bool {
-        let cs = self.mirror().conf_state;
-        !cs.voters.is_empty() || !cs.learners.is_empty()
+        self.with_mirror(|m| !m.conf_state.voters.is_empty() || !m.conf_state.learners.is_empty())
     }
 
     /// Index of the last compaction or installed snapshot.
     pub fn snapshot_index(&self) -> u64 {
-        self.mirror().snapshot_index
+        self.with_mirror(|m| m.snapshot_index)
     }
 
     /// Number of entries in the log.
     pub fn log_len(&self) -> u64 {
-        let m = self.mirror();
-        m.last_index - m.snapshot_index
+        self.with_mirror(|m| m.last_index - m.snapshot_index)
     }
 
     /// Starts a batch of writes that [`RaftStore::commit`] makes durable at once.
@@ -552,11 +553,11 @@ impl raft::Storage for RaftStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let m = self.mirror();
-        if low <= m.snapshot_index {
+        let (snapshot_index, last_index) = self.with_mirror(|m| (m.snapshot_index, m.last_index));
+        if low <= snapshot_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > m.last_index + 1 {
+        if high > last_index + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into();
@@ -591,25 +592,33 @@ impl raft::Storage for RaftStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let m = self.mirror();
-        if idx == m.snapshot_index {
-            return Ok(m.snapshot_term);
+        let (snapshot_index, snapshot_term, last_index, last_term) =
+            self.with_mirror(|m| (m.snapshot_index, m.snapshot_term, m.last_index, m.last_term));
+        if idx == snapshot_index {
+            return Ok(snapshot_term);
         }
-        if idx < m.snapshot_index {
+        if idx < snapshot_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if idx > m.last_index {
+        if idx > last_index {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        self.term_of(&m, idx).map_err(storage_err)
+        if idx == last_index {
+            return Ok(last_term);
+        }
+        match self.read_entry(idx) {
+            Ok(Some(e)) => Ok(e.term),
+            Ok(None) => Err(storage_err(corrupt("log", format!("entry {idx} missing")))),
+            Err(e) => Err(storage_err(e)),
+        }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.mirror().snapshot_index + 1)
+        Ok(self.with_mirror(|m| m.snapshot_index + 1))
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.mirror().last_index)
+        Ok(self.with_mirror(|m| m.last_index))
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
