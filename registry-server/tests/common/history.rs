@@ -160,22 +160,25 @@ pub fn shrink(hist: &[Op]) -> Vec<Op> {
     if linearizable(&cur) {
         return cur;
     }
-    let mut i = cur.len();
-    while i > 0 {
-        i -= 1;
-        if i >= cur.len() {
-            continue;
-        }
-        if let Kind::Write(Some(v)) = cur[i].kind {
-            let read = cur.iter().any(|o| o.kind == Kind::Read(Some(v)));
-            if read {
-                continue;
+    // Passes until one removes nothing: dropping a read can free a write.
+    loop {
+        let before = cur.len();
+        let mut i = cur.len();
+        while i > 0 {
+            i -= 1;
+            if let Kind::Write(Some(v)) = cur[i].kind {
+                if cur.iter().any(|o| o.kind == Kind::Read(Some(v))) {
+                    continue;
+                }
+            }
+            let mut candidate = cur.clone();
+            candidate.remove(i);
+            if !linearizable(&candidate) {
+                cur = candidate;
             }
         }
-        let mut candidate = cur.clone();
-        candidate.remove(i);
-        if !linearizable(&candidate) {
-            cur = candidate;
+        if cur.len() == before {
+            break;
         }
     }
     cur
