@@ -141,52 +141,6 @@ pub struct FanoutRun {
     pub first_error: Option<String>,
 }
 
-/// One watcher: its own connection and one blocking query on it, with a bare
-/// hyper HTTP/1.1 client (no pool, no per-request timer or redirect logic:
-/// reqwest's per-request costs, paid 10,000 times at once, made the bench
-/// itself a large part of what the fan-out measured). Returns the answer's
-/// `X-Consul-Index` once the whole body has arrived.
-async fn watch_once(addr: &str, path: &str) -> std::result::Result<u64, String> {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("transport: {e}"))?;
-    let status = resp.status();
-    let new_index = resp
-        .headers()
-        .get("X-Consul-Index")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        ));
-    }
-    Ok(new_index)
-}
-
 /// Measurement 3: `n` blocking queries on `watch-svc` spread over `urls`, then one write.
 pub async fn fanout(
     urls: &[String],
@@ -196,6 +150,9 @@ pub async fn fanout(
     settle: Duration,
 ) -> Result<Vec<FanoutRun>> {
     let http = http_client()?;
+    // One pool per server; every in-flight watcher holds its own connection, kept
+    // alive for the next run.
+    let pools: Vec<reqwest::Client> = urls.iter().map(|_| http_client()).collect::<Result<_>>()?;
     register_instance(&http, &urls[0], "watch-svc", 0).await?;
     let mut out = Vec::new();
     for run in 0..runs {
@@ -214,26 +171,39 @@ pub async fn fanout(
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::with_capacity(n);
         for w in 0..n {
-            let base = &urls[w % urls.len()];
-            let addr = base
-                .strip_prefix("http://")
-                .unwrap_or(base)
-                .trim_end_matches('/')
-                .to_string();
-            let path = format!("/v1/health/service/watch-svc?index={index}&wait=60s{extra_query}");
+            let client = pools[w % pools.len()].clone();
+            let url = format!(
+                "{}/v1/health/service/watch-svc?index={index}&wait=60s{}",
+                urls[w % urls.len()],
+                extra_query
+            );
             let done = done_tx.clone();
             tasks.push(tokio::spawn(async move {
-                let result =
-                    match tokio::time::timeout(Duration::from_secs(90), watch_once(&addr, &path))
-                        .await
-                    {
-                        Ok(Ok(new_index)) if new_index > index => Ok(()),
-                        Ok(Ok(new_index)) => {
-                            Err(format!("returned without a change (index {new_index})"))
+                let r = client
+                    .get(&url)
+                    .timeout(Duration::from_secs(90))
+                    .send()
+                    .await;
+                let result = match r {
+                    Ok(r) => {
+                        let status = r.status();
+                        let new_index = r
+                            .headers()
+                            .get("X-Consul-Index")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(0);
+                        match r.bytes().await {
+                            Ok(_) if status.is_success() && new_index > index => Ok(()),
+                            Ok(b) if !status.is_success() => {
+                                Err(format!("{status}: {}", String::from_utf8_lossy(&b).trim()))
+                            }
+                            Ok(_) => Err(format!("returned without a change (index {new_index})")),
+                            Err(e) => Err(format!("body: {e}")),
                         }
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err("no answer in 90 s".to_string()),
-                    };
+                    }
+                    Err(e) => Err(format!("transport: {}", error_chain(&e))),
+                };
                 let _ = done.send((Instant::now(), result));
             }));
             // Open connections in waves so the listen backlog never overflows.
