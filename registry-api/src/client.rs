@@ -6,6 +6,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 
+/// How long our HTTP clients keep an idle keep-alive connection: below the 30 s
+/// after which our servers close one (`serve::ServeLimits`), so a client never
+/// sends on a connection the server is closing at that moment.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Options shared by reads (Consul's `QueryOptions`).
 #[derive(Clone, Debug, Default)]
 pub struct QueryOptions {
@@ -101,7 +106,7 @@ impl RegistryClient {
     /// A client for `base` (scheme, host and port, no trailing slash needed).
     pub fn new(base: impl Into<String>) -> Self {
         let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .unwrap_or_default();
         Self::with_http(base, http)

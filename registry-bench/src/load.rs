@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 pub fn http_client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
-        .pool_idle_timeout(Duration::from_secs(300))
+        // Below the servers' 30 s idle close (both systems get the same client).
+        .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
         .timeout(Duration::from_secs(30))
         .build()?)
 }

@@ -103,6 +103,7 @@ impl ServerPool {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| PoolError::InvalidAddress(e.to_string()))?;
         Ok(ServerPool {

@@ -48,7 +48,7 @@ impl WanRoute {
     pub fn new(gateways: &[String]) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
             .build()
             .unwrap_or_default();
         Self {

@@ -169,7 +169,7 @@ impl Forwarder {
     pub fn new(servers: &[String]) -> Result<Forwarder, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
             .build()?;
         Ok(Forwarder {
