@@ -67,4 +67,4 @@ bench-quick: ## The everyday benchmark variant (a minute or two)
 
 chaos: ## Randomized fault schedules with fresh seeds (CHAOS_RUNS seeds of CHAOS_SECONDS each)
 	CHAOS_SEEDS=random CHAOS_RUNS=$${CHAOS_RUNS:-20} CHAOS_SECONDS=$${CHAOS_SECONDS:-8} \
-	  $(CARGO) nextest run -p registry-server --test chaos --no-capture
+	  $(CARGO) nextest run -p registry-server --test chaos --profile chaos --no-capture

@@ -30,8 +30,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Seeds run by `make test`.
+/// Seeds run by `make test`, with `CHAOS_SECONDS` (4 s by default).
 const FIXED_SEEDS: &[u64] = &[1, 2, 3];
+
+/// Seeds that once failed or hung, with the fault time they had; also run by
+/// `make test` (timing differs from run to run, so a seed replays the same
+/// fault decisions, not the same history).
+/// - 2680179603692032791 at 8 s: the checker searched every subset of 40-odd
+///   deregistrations of unknown outcome for minutes; unknown writes that no
+///   later read can have seen are now dropped first.
+const REGRESSION_SEEDS: &[(u64, u64)] = &[(2680179603692032791, 8)];
 const KEYS: u32 = 8;
 const CLIENTS: usize = 4;
 
@@ -303,7 +311,8 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
         .iter()
         .filter(|o| matches!(o.kind, Kind::Write(_)) && o.complete.is_some())
         .count();
-    if let Err((key, hist)) = history::check(&ops) {
+    let (result, undecided) = history::check_report(&ops);
+    if let Err((key, hist)) = result {
         let small = history::shrink(&hist);
         let mut text = format!(
             "key {key} has no linearization; the smallest failing part of its history \
@@ -322,8 +331,12 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
             problems.join("\n")
         ));
     }
+    let undecided = match undecided.len() {
+        0 => String::new(),
+        n => format!(" ({n} key(s) undecided within the search budget: {undecided:?})"),
+    };
     eprintln!(
-        "seed {seed}: {} operations ({acked} acknowledged writes), {} faults: {faults:?}",
+        "seed {seed}: {} operations ({acked} acknowledged writes){undecided}, {} faults: {faults:?}",
         ops.len(),
         faults.len()
     );
@@ -353,8 +366,13 @@ async fn fault_schedules_keep_the_history_linearizable() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
+    let mut runs: Vec<(u64, u64)> = seeds().into_iter().map(|seed| (seed, secs)).collect();
+    if std::env::var("CHAOS_SEEDS").is_err() {
+        runs.extend_from_slice(REGRESSION_SEEDS);
+    }
     let mut failures = Vec::new();
-    for seed in seeds() {
+    for (seed, secs) in runs {
+        eprintln!("seed {seed}: {secs} s of faults");
         if let Err(e) = run_seed(seed, Duration::from_secs(secs)).await {
             eprintln!("{e}");
             failures.push(e);

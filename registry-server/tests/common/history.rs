@@ -51,38 +51,77 @@ impl fmt::Display for Op {
     }
 }
 
+/// A key whose history has no linearization, with that history.
+pub type Failure = (u32, Vec<Op>);
+
 /// Checks every key's history; returns the first key whose history has no
-/// linearization, with that history.
-pub fn check(ops: &[Op]) -> Result<(), (u32, Vec<Op>)> {
+/// linearization, with that history. Keys whose search ran out of its budget
+/// (see [`Verdict::Unknown`]) do not fail the check; they are named on stderr.
+/// (Used by the lab's chaos check; `chaos.rs` uses [`check_report`].)
+#[allow(dead_code)]
+pub fn check(ops: &[Op]) -> Result<(), Failure> {
+    let (result, unknown) = check_report(ops);
+    if !unknown.is_empty() {
+        eprintln!("linearizability not decided within the search budget for keys {unknown:?}");
+    }
+    result
+}
+
+/// Like [`check`], and also returns the keys left undecided.
+pub fn check_report(ops: &[Op]) -> (Result<(), Failure>, Vec<u32>) {
     let mut by_key: BTreeMap<u32, Vec<Op>> = BTreeMap::new();
     for op in ops {
         by_key.entry(op.key).or_default().push(op.clone());
     }
+    let mut unknown = Vec::new();
     for (key, hist) in by_key {
-        if !linearizable(&hist) {
-            return Err((key, hist));
+        match verdict(&hist) {
+            Verdict::Linearizable => {}
+            Verdict::Unknown => unknown.push(key),
+            Verdict::NotLinearizable => return (Err((key, hist)), unknown),
         }
     }
-    Ok(())
+    (Ok(()), unknown)
 }
 
-/// Whether one key's history has a linearization from the initial value None.
+/// The outcome of one key's search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A linearization exists.
+    Linearizable,
+    /// None exists.
+    NotLinearizable,
+    /// The search visited [`SEARCH_BUDGET`] states without deciding (many
+    /// writes of unknown outcome overlapping make it exponential).
+    Unknown,
+}
+
+/// States the search may visit for one key before it gives up.
+pub const SEARCH_BUDGET: usize = 2_000_000;
+
+/// Whether one key's history has a linearization from the initial value None
+/// (an undecided search counts as yes: only a proof of none is a failure).
 pub fn linearizable(hist: &[Op]) -> bool {
+    verdict(hist) != Verdict::NotLinearizable
+}
+
+/// Searches one key's history for a linearization from the initial value None.
+pub fn verdict(hist: &[Op]) -> Verdict {
     // A write whose outcome is unknown may be left out of the linearization,
-    // so one whose value no read returned can always be dropped; keeping
-    // them would make the search exponential in the number of failed writes.
-    // (For an unknown deregister: one can be dropped when no read saw the key absent.)
-    let read_values: HashSet<Option<u64>> = hist
-        .iter()
-        .filter_map(|o| match o.kind {
-            Kind::Read(v) => Some(v),
-            _ => None,
-        })
-        .collect();
+    // and it may be dropped before the search when no read that completed
+    // after its invocation returned its value: a read linearized after it
+    // would have to. (Keeping such writes makes the search exponential in
+    // the number of failed writes; for deregistrations, reads of "absent"
+    // are common, so the completion time matters.)
     let mut ops: Vec<Op> = hist
         .iter()
         .filter(|o| match o.kind {
-            Kind::Write(v) => o.complete.is_some() || read_values.contains(&v),
+            Kind::Write(v) => {
+                o.complete.is_some()
+                    || hist.iter().any(|r| {
+                        r.kind == Kind::Read(v) && r.complete.is_some_and(|c| c > o.invoke)
+                    })
+            }
             Kind::Read(_) => true,
         })
         .cloned()
@@ -98,25 +137,33 @@ pub fn linearizable(hist: &[Op]) -> bool {
     }
     let mut seen: HashSet<(Vec<u64>, Option<u64>)> = HashSet::new();
     let mut done = vec![0u64; words];
-    search(&ops, &mut done, None, &required, &mut seen)
+    match search(&ops, &mut done, None, &required, &mut seen) {
+        Some(true) => Verdict::Linearizable,
+        Some(false) => Verdict::NotLinearizable,
+        None => Verdict::Unknown,
+    }
 }
 
 fn has(bits: &[u64], i: usize) -> bool {
     bits[i / 64] & (1 << (i % 64)) != 0
 }
 
+/// `Some(found)`, or `None` once the budget is spent.
 fn search(
     ops: &[Op],
     done: &mut Vec<u64>,
     value: Option<u64>,
     required: &[u64],
     seen: &mut HashSet<(Vec<u64>, Option<u64>)>,
-) -> bool {
+) -> Option<bool> {
     if done.iter().zip(required).all(|(d, r)| d & r == *r) {
-        return true;
+        return Some(true);
+    }
+    if seen.len() >= SEARCH_BUDGET {
+        return None;
     }
     if !seen.insert((done.clone(), value)) {
-        return false;
+        return Some(false);
     }
     // An operation can go next only if it was invoked before every pending
     // operation's completion (otherwise that one must come first).
@@ -131,6 +178,18 @@ fn search(
         if has(done, i) || op.invoke > horizon {
             continue;
         }
+        // Writes of unknown outcome and equal value are interchangeable but
+        // for their invocation times, so take them earliest first: any
+        // linearization using some of them can use the earliest as many.
+        // Without this, 40 timed-out deregistrations are 2^40 subsets.
+        if op.complete.is_none()
+            && ops[..i]
+                .iter()
+                .enumerate()
+                .any(|(j, o)| o.complete.is_none() && o.kind == op.kind && !has(done, j))
+        {
+            continue;
+        }
         let next = match op.kind {
             Kind::Write(v) => v,
             Kind::Read(r) => {
@@ -141,13 +200,14 @@ fn search(
             }
         };
         done[i / 64] |= 1 << (i % 64);
-        let ok = search(ops, done, next, required, seen);
+        let found = search(ops, done, next, required, seen);
         done[i / 64] &= !(1 << (i % 64));
-        if ok {
-            return true;
+        match found {
+            Some(false) => {}
+            other => return other,
         }
     }
-    false
+    Some(false)
 }
 
 /// A smaller history that is still not linearizable, found greedily: drop
@@ -247,6 +307,29 @@ mod tests {
             op(Kind::Write(Some(2)), 13, None),
             op(Kind::Read(Some(2)), 20, Some(21)),
         ]));
+    }
+
+    #[test]
+    fn unknown_deregistrations_that_no_later_read_can_see_are_dropped() {
+        // The key starts absent (a read of None), is registered, and then 40
+        // deregistrations time out while reads go on seeing the value. Each
+        // may still take effect at any later time, so the search must not
+        // try every subset of them (seed 2680179603692032791 of `make chaos`
+        // hung in exactly this).
+        let mut hist = vec![
+            op(Kind::Read(None), 0, Some(5)),
+            op(Kind::Write(Some(1)), 10, Some(20)),
+        ];
+        for i in 0..40 {
+            hist.push(op(Kind::Write(None), 30 + 10 * i, None));
+            hist.push(op(Kind::Read(Some(1)), 31 + 10 * i, Some(35 + 10 * i)));
+        }
+        assert_eq!(verdict(&hist), Verdict::Linearizable);
+        // And one that a later read did see still counts.
+        hist.push(op(Kind::Read(None), 2_000, Some(2_010)));
+        assert_eq!(verdict(&hist), Verdict::Linearizable);
+        hist.push(op(Kind::Read(Some(1)), 3_000, Some(3_010)));
+        assert_eq!(verdict(&hist), Verdict::NotLinearizable);
     }
 
     #[test]
