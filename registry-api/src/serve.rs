@@ -114,11 +114,6 @@ impl ConnGate {
         ConnGate { limits, permits }
     }
 
-    /// Connections being served now.
-    pub fn open_connections(&self) -> usize {
-        self.limits.max_connections - self.permits.available_permits()
-    }
-
     /// Serves one accepted connection with `router` (or refuses it when the
     /// bound is reached) on a task of its own. The connection ends when the
     /// client closes it, on a timeout, or when `shutdown` fires (after the

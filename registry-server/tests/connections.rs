@@ -50,6 +50,16 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Opti
     }
 }
 
+/// Sends a keep-alive request for the leader on `c` and expects a 200.
+async fn ask_on_keep_alive(c: &mut TcpStream) {
+    c.write_all(request("/v1/status/leader", false).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 fn request(path: &str, close: bool) -> String {
     let conn = if close { "close" } else { "keep-alive" };
     format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: {conn}\r\n\r\n")
@@ -100,12 +110,7 @@ async fn slow_and_idle_connections_time_out_but_blocking_queries_do_not() {
 
     // Idle keep-alive: one request served, then nothing; closed after the timeout.
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(request("/v1/status/leader", false).as_bytes())
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = idle.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    ask_on_keep_alive(&mut idle).await;
     let t0 = Instant::now();
     let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(10)).await;
     assert!(
@@ -195,12 +200,7 @@ async fn connections_past_the_bound_get_a_plain_503_and_the_server_goes_on() {
     let mut held = Vec::new();
     for _ in 0..LIMIT {
         let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(request("/v1/status/leader", false).as_bytes())
-            .await
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        ask_on_keep_alive(&mut c).await;
         held.push(c);
     }
     // Past it: refused cleanly, with a reason.
@@ -217,12 +217,7 @@ async fn connections_past_the_bound_get_a_plain_503_and_the_server_goes_on() {
     }
     // The held connections still work.
     for c in held.iter_mut().take(5) {
-        c.write_all(request("/v1/status/leader", false).as_bytes())
-            .await
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        ask_on_keep_alive(c).await;
     }
     // Once they go, new clients are served again.
     drop(held);
