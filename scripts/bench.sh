@@ -11,17 +11,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-TRIPLE=x86_64-unknown-linux-gnu
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
-libs="$target_dir/lab-libs"
-mkdir -p "$libs"
-stdcxx="$(${CXX:-g++} -print-file-name=libstdc++.a)"
-if [[ "$stdcxx" != /* ]]; then
-  echo "libstdc++.a not found (install g++ / libstdc++-12-dev)" >&2
-  exit 1
-fi
-ln -sf "$stdcxx" "$libs/libstdc++.a"
-export RUSTFLAGS="-C target-feature=+crt-static -L native=$libs"
+source "$root/scripts/static-env.sh"
+export RUSTFLAGS="$STATIC_RUSTFLAGS"
 
 # The same package set as the lab images first (so that both builds share one feature
 # resolution and one set of artifacts), then the bench itself.

@@ -17,18 +17,9 @@ cd "$root"
 
 # Built as scripts/bench.sh builds registry-bench (same --target and RUSTFLAGS as the lab's
 # images), so the dependencies the images compiled are reused rather than compiled again.
-TRIPLE=x86_64-unknown-linux-gnu
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
-libs="$target_dir/lab-libs"
-mkdir -p "$libs"
-stdcxx="$(${CXX:-g++} -print-file-name=libstdc++.a)"
-if [[ "$stdcxx" != /* ]]; then
-  echo "libstdc++.a not found (install g++ / libstdc++-12-dev)" >&2
-  exit 1
-fi
-ln -sf "$stdcxx" "$libs/libstdc++.a"
+source "$root/scripts/static-env.sh"
 echo "==> building lab-chaos"
-RUSTFLAGS="-C target-feature=+crt-static -L native=$libs" \
+RUSTFLAGS="$STATIC_RUSTFLAGS" \
   "$here/cargo.sh" build --release --target "$TRIPLE" -p registry-bench --bin lab-chaos || exit 1
 bin="$target_dir/$TRIPLE/release/lab-chaos"
 

@@ -15,10 +15,8 @@
 # Environment: LAB_CARGO (default scripts/cargo.sh), LAB_TAG (default lab),
 # LAB_BINS (default "registry-server registry-client wan-gateway").
 #
-# Why the extra `-L native=target/lab-libs`: librocksdb-sys, when linked against a prebuilt
-# archive (ROCKSDB_LIB_DIR), asks for `dylib=stdc++`, which makes the linker pick libstdc++.so and
-# turns the crt-static build into a broken dynamic one. A search dir holding only libstdc++.a is
-# searched before the system dirs, so the same request resolves to the static archive.
+# How the static binaries are built (target, RUSTFLAGS, the libstdc++.a search dir) is in
+# scripts/static-env.sh, shared with scripts/bench.sh and scripts/lab-chaos.sh.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -26,31 +24,21 @@ cd "$root"
 binaries_only=false
 [[ "${1:-}" == "--binaries-only" ]] && binaries_only=true
 
-TRIPLE=x86_64-unknown-linux-gnu
 CARGO="${LAB_CARGO:-$root/scripts/cargo.sh}"
 TAG="${LAB_TAG:-lab}"
 read -r -a BINS <<<"${LAB_BINS:-registry-server registry-client wan-gateway}"
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
+source "$root/scripts/static-env.sh"
 out="$target_dir/$TRIPLE/release"
 stage_root="$target_dir/lab-images"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 # ---- 1. static binaries --------------------------------------------------------------------
-libs="$target_dir/lab-libs"
-mkdir -p "$libs"
-stdcxx="$(${CXX:-g++} -print-file-name=libstdc++.a)"
-if [[ "$stdcxx" != /* ]]; then
-  echo "libstdc++.a not found (install g++ / libstdc++-12-dev)" >&2
-  exit 1
-fi
-ln -sf "$stdcxx" "$libs/libstdc++.a"
-
 step "building static release binaries: ${BINS[*]}"
 pkgs=()
 for b in "${BINS[@]}"; do pkgs+=(-p "$b"); done
 start=$SECONDS
-RUSTFLAGS="-C target-feature=+crt-static -L native=$libs" \
+RUSTFLAGS="$STATIC_RUSTFLAGS" \
   "$CARGO" build --release --target "$TRIPLE" "${pkgs[@]}"
 echo "binaries built in $((SECONDS - start)) s" >&2
 
