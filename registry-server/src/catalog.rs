@@ -7,6 +7,8 @@
 //! number or does I/O, so every replica that applies the same log holds the
 //! same catalog.
 
+use compact_str::CompactString as Str;
+use registry_api::types::Meta;
 use registry_api::{
     AgentService, CatalogNode, CatalogService, DeregisterRequest, HealthCheck, Node,
     NodeServiceList, RegisterRequest, ServiceEntry, CRITICAL, PASSING, WARNING,
@@ -50,7 +52,113 @@ pub struct RowChange {
 }
 
 /// `(node, id)`: the key of a service instance or a check, unique per node.
-type NodeKey = (String, String);
+///
+/// Names and ids are [`Str`]s, as are the stored strings below: they hold up to
+/// 24 bytes inline, which covers nearly every name, id, tag and status, so a
+/// catalog of 100,000 instances is not also 2 million small heap blocks.
+type NodeKey = (Str, Str);
+
+/// A service instance as the catalog keeps it. The API's [`AgentService`]
+/// minus its id, which is the second half of its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredService {
+    service: Str,
+    tags: Box<[Str]>,
+    address: Str,
+    meta: Meta,
+    port: u16,
+    enable_tag_override: bool,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl StoredService {
+    fn new(svc: AgentService) -> Self {
+        StoredService {
+            service: svc.service.into(),
+            tags: svc.tags.into_iter().map(Str::from).collect(),
+            address: svc.address.into(),
+            meta: svc.meta,
+            port: svc.port,
+            enable_tag_override: svc.enable_tag_override,
+            create_index: svc.create_index,
+            modify_index: svc.modify_index,
+        }
+    }
+
+    /// The API form of instance `id`.
+    fn to_api(&self, id: &str) -> AgentService {
+        AgentService {
+            id: id.to_string(),
+            service: self.service.to_string(),
+            tags: self.tags.iter().map(Str::to_string).collect(),
+            address: self.address.to_string(),
+            meta: self.meta.clone(),
+            port: self.port,
+            enable_tag_override: self.enable_tag_override,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        }
+    }
+}
+
+/// A health check as the catalog keeps it: the API's [`HealthCheck`] minus its
+/// node and id (its key) and minus its service's name and tags, which are
+/// derived from the owning instance when the check is read. Every write of an
+/// instance rewrites its checks (`Txn::put_service`), so the derived fields are
+/// exactly what a stored copy would hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredCheck {
+    name: Str,
+    status: Str,
+    notes: Str,
+    output: Str,
+    service_id: Str,
+    check_type: Str,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl StoredCheck {
+    fn new(check: HealthCheck) -> Self {
+        StoredCheck {
+            name: check.name.into(),
+            status: check.status.into(),
+            notes: check.notes.into(),
+            output: check.output.into(),
+            service_id: check.service_id.into(),
+            check_type: check.check_type.into(),
+            create_index: check.create_index,
+            modify_index: check.modify_index,
+        }
+    }
+
+    /// The API form of check `id` on `node`, owned by instance `owner` (None
+    /// for a node-level check).
+    fn to_api(&self, node: &str, id: &str, owner: Option<&StoredService>) -> HealthCheck {
+        HealthCheck {
+            node: node.to_string(),
+            check_id: id.to_string(),
+            name: self.name.to_string(),
+            status: self.status.to_string(),
+            notes: self.notes.to_string(),
+            output: self.output.to_string(),
+            service_id: self.service_id.to_string(),
+            service_name: owner.map(|s| s.service.to_string()).unwrap_or_default(),
+            service_tags: owner
+                .map(|s| s.tags.iter().map(Str::to_string).collect())
+                .unwrap_or_default(),
+            check_type: self.check_type.to_string(),
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        }
+    }
+}
+
+/// `(node, id)` as a key.
+fn key_of(node: &str, id: &str) -> NodeKey {
+    (Str::from(node), Str::from(id))
+}
 
 /// The whole catalog of one datacenter, as replicated by Raft.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,16 +168,16 @@ pub struct CatalogState {
     /// Nodes by name.
     nodes: BTreeMap<String, Node>,
     /// Service instances by (node, service id); this order is the reply order.
-    services: BTreeMap<NodeKey, AgentService>,
+    services: BTreeMap<NodeKey, StoredService>,
     /// Checks by (node, check id).
-    checks: BTreeMap<NodeKey, HealthCheck>,
+    checks: BTreeMap<NodeKey, StoredCheck>,
     /// Instances by service name. Derived, not persisted: it spares per-service
     /// reads a scan over every instance of every service.
-    by_name: BTreeMap<String, KeySet>,
+    by_name: BTreeMap<Str, KeySet>,
     /// Blocking-query indexes by name: the three tables, and `service/<name>`
     /// per service name. A service's entry outlives its last instance, so a
     /// watcher of a deleted service sees the removal.
-    indexes: BTreeMap<String, u64>,
+    indexes: BTreeMap<Str, u64>,
 }
 
 impl CatalogState {
@@ -179,11 +287,13 @@ impl CatalogState {
         let services = self
             .services
             .iter()
-            .map(|((n, id), v)| (pair_key(b"s/", n, id), to_json(v)));
-        let checks = self
-            .checks
-            .iter()
-            .map(|((n, id), v)| (pair_key(b"c/", n, id), to_json(v)));
+            .map(|((n, id), v)| (pair_key(b"s/", n, id), to_json(&v.to_api(id))));
+        let checks = self.checks.iter().map(|((n, id), v)| {
+            (
+                pair_key(b"c/", n, id),
+                to_json(&self.check_to_api(n, id, v)),
+            )
+        });
         let indexes = self
             .indexes
             .iter()
@@ -212,13 +322,13 @@ impl CatalogState {
             state.load_row(&key, &value)?;
         }
         for (node, id) in state.services.keys() {
-            if !state.nodes.contains_key(node) {
+            if !state.nodes.contains_key(node.as_str()) {
                 return Err(format!("service {id:?} on unknown node {node:?}"));
             }
         }
         for ((node, id), check) in &state.checks {
             let owner = (node.clone(), check.service_id.clone());
-            if !state.nodes.contains_key(node)
+            if !state.nodes.contains_key(node.as_str())
                 || (!check.service_id.is_empty() && !state.services.contains_key(&owner))
             {
                 return Err(format!("check {id:?} on node {node:?} has no owner"));
@@ -241,12 +351,15 @@ impl CatalogState {
     /// of the services table.
     pub fn services(&self) -> (BTreeMap<String, Vec<String>>, u64) {
         let services = self.by_name.iter().map(|(name, keys)| {
-            let tags: BTreeSet<&String> = keys
+            let tags: BTreeSet<&Str> = keys
                 .iter()
                 .filter_map(|k| self.services.get(k))
-                .flat_map(|s| &s.tags)
+                .flat_map(|s| s.tags.iter())
                 .collect();
-            (name.clone(), tags.into_iter().cloned().collect())
+            (
+                name.to_string(),
+                tags.into_iter().map(Str::to_string).collect(),
+            )
         });
         (services.collect(), self.index_of(SERVICES).max(1))
     }
@@ -256,17 +369,17 @@ impl CatalogState {
     pub fn service_nodes(&self, name: &str, tags: &[String]) -> (Vec<CatalogService>, u64) {
         let list = self
             .instances(name, tags)
-            .map(|(node, svc)| CatalogService {
+            .map(|(node, id, svc)| CatalogService {
                 id: node.id.clone(),
                 node: node.node.clone(),
                 address: node.address.clone(),
                 datacenter: self.with_dc(node).datacenter,
                 tagged_addresses: node.tagged_addresses.clone(),
                 node_meta: node.meta.clone(),
-                service_id: svc.id.clone(),
-                service_name: svc.service.clone(),
-                service_tags: svc.tags.clone(),
-                service_address: svc.address.clone(),
+                service_id: id.to_string(),
+                service_name: svc.service.to_string(),
+                service_tags: svc.tags.iter().map(Str::to_string).collect(),
+                service_address: svc.address.to_string(),
                 service_meta: svc.meta.clone(),
                 service_port: svc.port,
                 service_enable_tag_override: svc.enable_tag_override,
@@ -295,7 +408,7 @@ impl CatalogState {
         let found = self.nodes.get(node).map(|n| NodeServiceList {
             node: self.with_dc(n),
             services: node_range(&self.services, node)
-                .map(|(_, s)| s.clone())
+                .map(|((_, id), s)| s.to_api(id))
                 .collect(),
         });
         (
@@ -316,13 +429,15 @@ impl CatalogState {
     ) -> (Vec<ServiceEntry>, u64) {
         let list = self
             .instances(name, tags)
-            .map(|(node, svc)| ServiceEntry {
+            .map(|(node, id, svc)| ServiceEntry {
                 node: self.with_dc(node),
-                service: svc.clone(),
+                service: svc.to_api(id),
                 checks: node_range(&self.checks, &node.node)
-                    .map(|(_, c)| c)
-                    .filter(|c| c.service_id.is_empty() || c.service_id == svc.id)
-                    .cloned()
+                    .filter_map(|((n, cid), c)| match c.service_id.as_str() {
+                        "" => Some(c.to_api(n, cid, None)),
+                        sid if sid == id => Some(c.to_api(n, cid, Some(svc))),
+                        _ => None,
+                    })
                     .collect(),
             })
             .filter(|e| !passing || e.checks.iter().all(|c| c.status == PASSING));
@@ -331,17 +446,17 @@ impl CatalogState {
 
     /// Checks of every instance of service `name`; per-service index.
     pub fn service_checks(&self, name: &str) -> (Vec<HealthCheck>, u64) {
-        let checks = self.instances(name, &[]).flat_map(|(node, svc)| {
+        let checks = self.instances(name, &[]).flat_map(|(node, id, svc)| {
             node_range(&self.checks, &node.node)
-                .map(|(_, c)| c.clone())
-                .filter(move |c| c.service_id == svc.id)
+                .filter(move |(_, c)| c.service_id == id)
+                .map(move |((n, cid), c)| c.to_api(n, cid, Some(svc)))
         });
         (checks.collect(), self.service_index(name))
     }
 
     /// Every check on `node`, node-level and service; index of the checks table.
     pub fn node_checks(&self, node: &str) -> (Vec<HealthCheck>, u64) {
-        let checks = node_range(&self.checks, node).map(|(_, c)| c.clone());
+        let checks = node_range(&self.checks, node).map(|((n, id), c)| self.check_to_api(n, id, c));
         (checks.collect(), self.index_of(CHECKS).max(1))
     }
 
@@ -353,9 +468,10 @@ impl CatalogState {
         }
         let checks = self
             .checks
-            .values()
-            .filter(|c| state == "any" || c.status == state);
-        Ok((checks.cloned().collect(), self.index_of(CHECKS).max(1)))
+            .iter()
+            .filter(|(_, c)| state == "any" || c.status == state)
+            .map(|((n, id), c)| self.check_to_api(n, id, c));
+        Ok((checks.collect(), self.index_of(CHECKS).max(1)))
     }
 
     /// The highest index of any change so far (0 when empty).
@@ -371,19 +487,34 @@ impl CatalogState {
     /// Index of service `name`; a name never seen falls back to the services
     /// table, as Consul's `maxIndexForService` does.
     fn service_index(&self, name: &str) -> u64 {
-        let own = self.indexes.get(&format!("{SERVICE_INDEX_PREFIX}{name}"));
+        let own = self
+            .indexes
+            .get(format!("{SERVICE_INDEX_PREFIX}{name}").as_str());
         own.copied().unwrap_or(self.index_of(SERVICES)).max(1)
     }
 
-    /// Instances of `name` having all `tags`, with their nodes, in (node, id) order.
+    /// Instances of `name` having all `tags`, with their nodes and ids, in
+    /// (node, id) order.
     fn instances<'a>(
         &'a self,
         name: &str,
         tags: &'a [String],
-    ) -> impl Iterator<Item = (&'a Node, &'a AgentService)> + 'a {
+    ) -> impl Iterator<Item = (&'a Node, &'a str, &'a StoredService)> + 'a {
         let keys = self.by_name.get(name).into_iter().flatten();
-        keys.filter_map(|key| Some((self.nodes.get(&key.0)?, self.services.get(key)?)))
-            .filter(move |(_, svc)| tags.iter().all(|t| has_tag(svc, t)))
+        keys.filter_map(|key| {
+            let node = self.nodes.get(key.0.as_str())?;
+            Some((node, key.1.as_str(), self.services.get(key)?))
+        })
+        .filter(move |(_, _, svc)| tags.iter().all(|t| has_tag(svc, t)))
+    }
+
+    /// The API form of check `id` on `node`, with its owner's name and tags.
+    fn check_to_api(&self, node: &str, id: &str, check: &StoredCheck) -> HealthCheck {
+        let owner = match check.service_id.as_str() {
+            "" => None,
+            sid => self.services.get(&key_of(node, sid)),
+        };
+        check.to_api(node, id, owner)
     }
 
     /// A copy of `node` with the datacenter filled in: replies always carry it.
@@ -413,15 +544,16 @@ impl CatalogState {
                 return Err(bad("service ID differs from key"));
             }
             self.services
-                .insert((node.to_string(), svc.id.clone()), svc);
+                .insert(key_of(node, id), StoredService::new(svc));
         } else if let Some(rest) = key.strip_prefix("c/") {
             let (node, id) = pair(rest)?;
             let check: HealthCheck = from_json(value).map_err(|e| bad(&e))?;
             if check.node != node || check.check_id != id {
                 return Err(bad("check differs from key"));
             }
+            // The stored service name and tags are dropped: they are derived.
             self.checks
-                .insert((node.to_string(), id.to_string()), check);
+                .insert(key_of(node, id), StoredCheck::new(check));
         } else if let Some(name) = key.strip_prefix("i/") {
             if ![NODES, SERVICES, CHECKS].contains(&name) && !name.starts_with(SERVICE_INDEX_PREFIX)
             {
@@ -429,7 +561,7 @@ impl CatalogState {
             }
             let index = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
             let index = index.ok_or_else(|| bad("index is not a number"))?;
-            self.indexes.insert(name.to_string(), index);
+            self.indexes.insert(name.into(), index);
         } else {
             return Err(bad("unknown key prefix"));
         }
@@ -445,7 +577,7 @@ impl CatalogState {
             let sid = &check.service_id;
             if !sid.is_empty()
                 && svc_id != Some(sid.as_str())
-                && !self.services.contains_key(&(req.node.clone(), sid.clone()))
+                && !self.services.contains_key(&key_of(&req.node, sid))
             {
                 return Err("Missing service registration".to_string());
             }
@@ -508,6 +640,7 @@ impl CatalogState {
                 }
             }
             if let Some(svc) = svc {
+                let svc = StoredService::new(svc);
                 self.by_name
                     .entry(svc.service.clone())
                     .or_default()
@@ -516,13 +649,14 @@ impl CatalogState {
             }
         }
         for (key, check) in pending.checks {
+            let check = check.map(StoredCheck::new);
             match check {
                 Some(check) => self.checks.insert(key, check),
                 None => self.checks.remove(&key),
             };
         }
         for name in pending.bumped {
-            self.indexes.insert(name, pending.index);
+            self.indexes.insert(name.into(), pending.index);
         }
     }
 }
@@ -590,25 +724,35 @@ impl<'a> Txn<'a> {
     }
 
     /// Current instance `id` on `node`.
-    fn service(&self, node: &str, id: &str) -> Option<&AgentService> {
-        let key = (node.to_string(), id.to_string());
-        current(&self.pending.services, &self.base.services, &key)
+    fn service(&self, node: &str, id: &str) -> Option<AgentService> {
+        let key = key_of(node, id);
+        match self.pending.services.get(&key) {
+            Some(planned) => planned.clone(),
+            None => self.base.services.get(&key).map(|s| s.to_api(id)),
+        }
     }
 
-    /// Current check `id` on `node`.
-    fn check(&self, node: &str, id: &str) -> Option<&HealthCheck> {
-        let key = (node.to_string(), id.to_string());
-        current(&self.pending.checks, &self.base.checks, &key)
+    /// Current check `id` on `node`. A committed check reads as it was
+    /// committed: with the name and tags of its committed owner.
+    fn check(&self, node: &str, id: &str) -> Option<HealthCheck> {
+        let key = key_of(node, id);
+        match self.pending.checks.get(&key) {
+            Some(planned) => planned.clone(),
+            None => (self.base.checks.get(&key)).map(|c| self.base.check_to_api(node, id, c)),
+        }
     }
 
-    /// Current instances on `node`.
+    /// Current instances on `node`, in id order.
     fn services_on(&self, node: &str) -> Vec<AgentService> {
-        current_on(&self.pending.services, &self.base.services, node)
+        let base = node_range(&self.base.services, node).map(|((_, id), s)| s.to_api(id));
+        current_on(base, &self.pending.services, node, |s| &s.id)
     }
 
-    /// Current checks on `node`.
+    /// Current checks on `node`, in id order.
     fn checks_on(&self, node: &str) -> Vec<HealthCheck> {
-        current_on(&self.pending.checks, &self.base.checks, node)
+        let base = node_range(&self.base.checks, node)
+            .map(|((n, id), c)| self.base.check_to_api(n, id, c));
+        current_on(base, &self.pending.checks, node, |c| &c.check_id)
     }
 
     /// Move the index of service `name` and of `table`.
@@ -647,9 +791,9 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// Upsert an instance, then refresh its checks' copy of its name and tags.
+    /// Upsert an instance, then rewrite its checks with its name and tags.
     fn put_service(&mut self, node: &str, mut svc: AgentService) {
-        let old = self.service(node, &svc.id).cloned();
+        let old = self.service(node, &svc.id);
         if !stamp(&mut svc, old.as_ref(), self.pending.index) {
             return;
         }
@@ -657,7 +801,7 @@ impl<'a> Txn<'a> {
             self.bump(SERVICES, Some(&old.service));
         }
         self.bump(SERVICES, Some(&svc.service));
-        let key = (node.to_string(), svc.id.clone());
+        let key = key_of(node, &svc.id);
         self.pending.services.insert(key, Some(svc.clone()));
         for check in self.checks_on(node) {
             if check.service_id == svc.id {
@@ -672,9 +816,12 @@ impl<'a> Txn<'a> {
             "" => None,
             sid => self.service(&check.node, sid),
         };
-        check.service_name = owner.map(|s| s.service.clone()).unwrap_or_default();
-        check.service_tags = owner.map(|s| s.tags.clone()).unwrap_or_default();
-        let old = self.check(&check.node, &check.check_id).cloned();
+        check.service_name = owner
+            .as_ref()
+            .map(|s| s.service.clone())
+            .unwrap_or_default();
+        check.service_tags = owner.map(|s| s.tags).unwrap_or_default();
+        let old = self.check(&check.node, &check.check_id);
         if !stamp(&mut check, old.as_ref(), self.pending.index) {
             return;
         }
@@ -683,23 +830,21 @@ impl<'a> Txn<'a> {
             self.bump_check(&old);
         }
         self.bump_check(&check);
-        let key = (check.node.clone(), check.check_id.clone());
+        let key = key_of(&check.node, &check.check_id);
         self.pending.checks.insert(key, Some(check));
     }
 
     /// Remove a check if present.
     fn delete_check(&mut self, node: &str, id: &str) {
-        if let Some(old) = self.check(node, id).cloned() {
+        if let Some(old) = self.check(node, id) {
             self.bump_check(&old);
-            self.pending
-                .checks
-                .insert((node.to_string(), id.to_string()), None);
+            self.pending.checks.insert(key_of(node, id), None);
         }
     }
 
     /// Remove an instance and its checks if present.
     fn delete_service(&mut self, node: &str, id: &str) {
-        let Some(old) = self.service(node, id).cloned() else {
+        let Some(old) = self.service(node, id) else {
             return;
         };
         for check in self.checks_on(node) {
@@ -708,9 +853,7 @@ impl<'a> Txn<'a> {
             }
         }
         self.bump(SERVICES, Some(&old.service));
-        self.pending
-            .services
-            .insert((node.to_string(), id.to_string()), None);
+        self.pending.services.insert(key_of(node, id), None);
     }
 
     /// Remove a node with all its instances and checks if present.
@@ -740,16 +883,19 @@ fn current<'a, K: Ord, V>(
         .map_or_else(|| base.get(key), Option::as_ref)
 }
 
-/// Current values on `node`, planned writes included, in id order.
+/// The committed values on `node` (`base`, in id order) with the planned
+/// writes on it laid over them, in id order.
 fn current_on<V: Clone>(
+    base: impl Iterator<Item = V>,
     planned: &BTreeMap<NodeKey, Option<V>>,
-    base: &BTreeMap<NodeKey, V>,
     node: &str,
+    id: impl Fn(&V) -> &String,
 ) -> Vec<V> {
-    let mut on: BTreeMap<&NodeKey, Option<&V>> =
-        node_range(base, node).map(|(k, v)| (k, Some(v))).collect();
-    on.extend(node_range(planned, node).map(|(k, v)| (k, v.as_ref())));
-    on.into_values().flatten().cloned().collect()
+    let mut on: BTreeMap<Str, Option<V>> = base
+        .map(|v| (Str::from(id(&v).as_str()), Some(v)))
+        .collect();
+    on.extend(node_range(planned, node).map(|((_, k), v)| (k.clone(), v.clone())));
+    on.into_values().flatten().collect()
 }
 
 /// Values carrying Consul's CreateIndex/ModifyIndex pair.
@@ -804,12 +950,12 @@ fn node_range<'a, V>(
     map: &'a BTreeMap<NodeKey, V>,
     node: &'a str,
 ) -> impl Iterator<Item = (&'a NodeKey, &'a V)> + 'a {
-    let from = (node.to_string(), String::new());
+    let from = (Str::from(node), Str::default());
     map.range(from..).take_while(move |((n, _), _)| n == node)
 }
 
 /// Tag match, case-insensitive like Consul's `serviceTagFilter`.
-fn has_tag(svc: &AgentService, tag: &str) -> bool {
+fn has_tag(svc: &StoredService, tag: &str) -> bool {
     let tag = tag.to_lowercase();
     svc.tags.iter().any(|t| t.to_lowercase() == tag)
 }
@@ -871,6 +1017,9 @@ impl KeySet {
             KeySet::Small(v) => {
                 if let Err(at) = v.binary_search(&key) {
                     if v.len() < KEYSET_SMALL_MAX {
+                        // Exactly one more slot: `insert` alone would reserve
+                        // four, and most names have one instance.
+                        v.reserve_exact(1);
                         v.insert(at, key);
                     } else {
                         let mut set: BTreeSet<NodeKey> = std::mem::take(v).into_iter().collect();
