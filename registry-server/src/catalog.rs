@@ -11,7 +11,7 @@ use compact_str::CompactString as Str;
 use registry_api::types::Meta;
 use registry_api::{
     AgentService, CatalogNode, CatalogService, DeregisterRequest, HealthCheck, Node,
-    NodeServiceList, RegisterRequest, ServiceEntry, CRITICAL, PASSING, WARNING,
+    NodeServiceList, RegisterRequest, ServiceEntry, CRITICAL, PASSING, SERF_HEALTH_ID, WARNING,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -155,6 +155,11 @@ impl StoredCheck {
     }
 }
 
+/// Whether the check at `key` is a passing `serfHealth`.
+fn is_serf_passing(key: &NodeKey, check: &StoredCheck) -> bool {
+    key.1 == SERF_HEALTH_ID && check.status == PASSING
+}
+
 /// `(node, id)` as a key.
 fn key_of(node: &str, id: &str) -> NodeKey {
     (Str::from(node), Str::from(id))
@@ -178,6 +183,11 @@ pub struct CatalogState {
     /// per service name. A service's entry outlives its last instance, so a
     /// watcher of a deleted service sees the removal.
     indexes: BTreeMap<Str, u64>,
+    /// Nodes whose `serfHealth` check passes. Derived, not persisted: the
+    /// leader's liveness reaper reads it every second, and a scan of every
+    /// check instead held up the Raft thread's applies for longer and longer
+    /// as the catalog grew (BENCHMARKS.md, 2026-11-30).
+    serf_passing: BTreeSet<Str>,
 }
 
 impl CatalogState {
@@ -190,6 +200,7 @@ impl CatalogState {
             checks: BTreeMap::new(),
             by_name: BTreeMap::new(),
             indexes: BTreeMap::new(),
+            serf_passing: BTreeSet::new(),
         }
     }
 
@@ -338,6 +349,8 @@ impl CatalogState {
             let keys = state.by_name.entry(svc.service.clone()).or_default();
             keys.insert(key.clone());
         }
+        let serf = state.checks.iter().filter(|(k, c)| is_serf_passing(k, c));
+        state.serf_passing = serf.map(|((node, _), _)| node.clone()).collect();
         Ok(state)
     }
 
@@ -472,6 +485,22 @@ impl CatalogState {
             .filter(|(_, c)| state == "any" || c.status == state)
             .map(|((n, id), c)| self.check_to_api(n, id, c));
         Ok((checks.collect(), self.index_of(CHECKS).max(1)))
+    }
+
+    /// Nodes whose `serfHealth` check passes, in name order.
+    pub fn serf_passing_nodes(&self) -> Vec<String> {
+        self.serf_passing.iter().map(Str::to_string).collect()
+    }
+
+    /// Status of check `check_id` on `node`, if it exists.
+    pub fn check_status(&self, node: &str, check_id: &str) -> Option<&str> {
+        let check = self.checks.get(&key_of(node, check_id))?;
+        Some(check.status.as_str())
+    }
+
+    /// Whether `node` is registered.
+    pub fn has_node(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
     }
 
     /// The highest index of any change so far (0 when empty).
@@ -650,6 +679,12 @@ impl CatalogState {
         }
         for (key, check) in pending.checks {
             let check = check.map(StoredCheck::new);
+            if key.1 == SERF_HEALTH_ID {
+                match &check {
+                    Some(c) if is_serf_passing(&key, c) => self.serf_passing.insert(key.0.clone()),
+                    _ => self.serf_passing.remove(&key.0),
+                };
+            }
             match check {
                 Some(check) => self.checks.insert(key, check),
                 None => self.checks.remove(&key),
@@ -1464,6 +1499,33 @@ mod tests {
         let web = back.health_service("web", &[], true);
         assert_eq!(web, s.health_service("web", &[], true));
         assert_eq!(back.services(), s.services());
+    }
+
+    #[test]
+    fn serf_passing_nodes_follow_every_kind_of_write() {
+        let mut s = sample();
+        let serf = |s: &CatalogState| s.serf_passing_nodes();
+        assert_eq!(serf(&s), ["n1"]);
+        reg(&mut s, 4, req("n2").skip().chk("serfHealth", "", PASSING));
+        assert_eq!(serf(&s), ["n1", "n2"]);
+        assert_eq!(s.check_status("n2", "serfHealth"), Some(PASSING));
+        reg(&mut s, 5, req("n1").skip().chk("serfHealth", "", CRITICAL));
+        assert_eq!(serf(&s), ["n2"]);
+        // Passing again, then its node goes: the check goes with it.
+        reg(&mut s, 6, req("n1").skip().chk("serfHealth", "", PASSING));
+        dereg(&mut s, 7, dereq("n1", "", ""));
+        assert_eq!(serf(&s), ["n2"]);
+        assert!(!s.has_node("n1") && s.has_node("n2"));
+        dereg(&mut s, 8, dereq("n2", "", "serfHealth"));
+        assert!(serf(&s).is_empty());
+        assert_eq!(s.check_status("n2", "serfHealth"), None);
+        // A check that is not serfHealth never counts, whatever its status.
+        reg(&mut s, 9, req("n2").skip().chk("other", "", PASSING));
+        assert!(serf(&s).is_empty());
+        // Rebuilt from rows (a restart or a snapshot), the set is the same.
+        reg(&mut s, 10, req("n3").chk("serfHealth", "", PASSING));
+        let back = CatalogState::from_rows("dc1", s.rows()).unwrap();
+        assert_eq!((serf(&back), &back), (serf(&s), &s));
     }
 
     #[test]

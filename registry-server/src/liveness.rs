@@ -90,13 +90,9 @@ impl Liveness {
                 .applied
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            let (checks, _) = applied.catalog.node_checks(&hb.node);
-            let status = checks
-                .iter()
-                .find(|c| c.check_id == SERF_HEALTH_ID)
-                .map(|c| c.status.clone());
-            let exists = applied.catalog.node_services(&hb.node).0.is_some();
-            (status, exists)
+            let catalog = &applied.catalog;
+            let status = catalog.check_status(&hb.node, SERF_HEALTH_ID);
+            (status.map(str::to_string), catalog.has_node(&hb.node))
         };
         if status.as_deref() == Some(PASSING) {
             return Ok(());
@@ -216,19 +212,15 @@ impl Liveness {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, at| now.duration_since(*at) < tuning.node_timeout * 10);
-        let passing: Vec<String> = {
-            let applied = raft
-                .shared
-                .applied
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            let (checks, _) = applied.catalog.checks_in_state(PASSING).unwrap_or_default();
-            checks
-                .into_iter()
-                .filter(|c| c.check_id == SERF_HEALTH_ID)
-                .map(|c| c.node)
-                .collect()
-        };
+        // Only the nodes agents keep alive: not every check in the catalog,
+        // under the lock the Raft thread needs to apply.
+        let passing = raft
+            .shared
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .catalog
+            .serf_passing_nodes();
         let silent = passing
             .into_iter()
             .filter(|node| self.silent_for(node, since) > tuning.node_timeout)
