@@ -9,6 +9,7 @@ mod load;
 mod procs;
 mod report;
 mod scenarios;
+mod watch;
 
 use clap::Parser;
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 use crate::cluster::RegistryCluster;
 use crate::load::{self, http_client, Load, Op, RunStats, Stop};
 use crate::procs::{disk_used, rss_bytes};
+use crate::watch;
 use anyhow::{bail, Context, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -150,9 +151,8 @@ pub async fn fanout(
     settle: Duration,
 ) -> Result<Vec<FanoutRun>> {
     let http = http_client()?;
-    // One pool per server; every in-flight watcher holds its own connection, kept
-    // alive for the next run.
-    let pools: Vec<reqwest::Client> = urls.iter().map(|_| http_client()).collect::<Result<_>>()?;
+    // One connection per watcher, kept for the next run (crate::watch says why not reqwest).
+    let slots: Vec<watch::Slot> = (0..n).map(|_| watch::Slot::default()).collect();
     register_instance(&http, &urls[0], "watch-svc", 0).await?;
     let mut out = Vec::new();
     for run in 0..runs {
@@ -170,39 +170,25 @@ pub async fn fanout(
         // can never make one wait for another.
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::with_capacity(n);
-        for w in 0..n {
-            let client = pools[w % pools.len()].clone();
-            let url = format!(
-                "{}/v1/health/service/watch-svc?index={index}&wait=60s{}",
-                urls[w % urls.len()],
-                extra_query
-            );
+        for (w, slot) in slots.iter().enumerate() {
+            let slot = slot.clone();
+            let base = &urls[w % urls.len()];
+            let addr = base.strip_prefix("http://").unwrap_or(base).to_string();
+            let path = format!("/v1/health/service/watch-svc?index={index}&wait=60s{extra_query}");
             let done = done_tx.clone();
             tasks.push(tokio::spawn(async move {
-                let r = client
-                    .get(&url)
-                    .timeout(Duration::from_secs(90))
-                    .send()
-                    .await;
-                let result = match r {
-                    Ok(r) => {
-                        let status = r.status();
-                        let new_index = r
-                            .headers()
-                            .get("X-Consul-Index")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .unwrap_or(0);
-                        match r.bytes().await {
-                            Ok(_) if status.is_success() && new_index > index => Ok(()),
-                            Ok(b) if !status.is_success() => {
-                                Err(format!("{status}: {}", String::from_utf8_lossy(&b).trim()))
-                            }
-                            Ok(_) => Err(format!("returned without a change (index {new_index})")),
-                            Err(e) => Err(format!("body: {e}")),
-                        }
-                    }
-                    Err(e) => Err(format!("transport: {}", error_chain(&e))),
+                let r =
+                    tokio::time::timeout(Duration::from_secs(90), watch::get(&slot, &addr, &path));
+                let result = match r.await {
+                    Ok(Ok(a)) if a.status == 200 && a.index > index => Ok(()),
+                    Ok(Ok(a)) if a.status != 200 => Err(format!(
+                        "{}: {}",
+                        a.status,
+                        String::from_utf8_lossy(&a.body).trim()
+                    )),
+                    Ok(Ok(a)) => Err(format!("returned without a change (index {})", a.index)),
+                    Ok(Err(e)) => Err(format!("transport: {e}")),
+                    Err(_) => Err("no answer within 90 s".to_string()),
                 };
                 let _ = done.send((Instant::now(), result));
             }));

@@ -1,0 +1,148 @@
+//! The fan-out measurement's watchers: one bare HTTP/1.1 exchange per blocking query on a
+//! kept-alive TCP connection.
+//!
+//! Why not reqwest, as everywhere else in the bench: the bench shares the machine's two cores
+//! with the servers it measures, and at 10,000 watchers a full client (header maps, pool
+//! bookkeeping, a timer per request) spends about as much CPU receiving the answers as the
+//! servers spend sending them, which then shows up as server latency. This client does one
+//! write and reads until the body is complete; it still checks the status and
+//! `X-Consul-Index` of every answer.
+
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+/// A watcher's connection, kept between runs; `None` after an error or an abort mid-answer.
+pub type Slot = Arc<Mutex<Option<TcpStream>>>;
+
+/// What one blocking query returned.
+pub struct Answer {
+    /// HTTP status code.
+    pub status: u16,
+    /// `X-Consul-Index`, 0 if absent.
+    pub index: u64,
+    /// The body (only kept for error texts).
+    pub body: Vec<u8>,
+}
+
+/// `GET path` on `addr` (`host:port`) over the connection in `slot`, opening one if needed.
+/// The connection goes back into the slot only after a complete answer, so an aborted or
+/// failed exchange never leaves half a response for the next run to misread.
+pub async fn get(slot: &Slot, addr: &str, path: &str) -> Result<Answer, String> {
+    let mut guard = slot.lock().await;
+    let mut stream = match guard.take() {
+        Some(s) => s,
+        None => {
+            let s = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            s.set_nodelay(true).map_err(|e| e.to_string())?;
+            s
+        }
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let answer = read_response(&mut stream).await?;
+    *guard = Some(stream);
+    Ok(answer)
+}
+
+/// Reads one response with a `Content-Length` body (what the registry sends for JSON).
+async fn read_response(stream: &mut TcpStream) -> Result<Answer, String> {
+    let mut buf = Vec::with_capacity(2048);
+    let head_end = loop {
+        if let Some(at) = find(&buf, b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() > 64 << 10 {
+            return Err("response head over 64 KiB".into());
+        }
+        read_more(stream, &mut buf).await?;
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let (mut length, mut index) = (None, 0);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        } else if name.eq_ignore_ascii_case("x-consul-index") {
+            index = value.parse().unwrap_or(0);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(format!("unexpected Transfer-Encoding: {value}"));
+        }
+    }
+    let length = length.ok_or("no Content-Length")?;
+    while buf.len() < head_end + length {
+        read_more(stream, &mut buf).await?;
+    }
+    if buf.len() > head_end + length {
+        return Err("bytes past the end of the response".into());
+    }
+    Ok(Answer {
+        status,
+        index,
+        body: buf.split_off(head_end),
+    })
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    buf.reserve(4096);
+    match stream.read_buf(buf).await {
+        Ok(0) => Err("connection closed mid-response".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_one_answer_and_keeps_the_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            for i in 0..2 {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(buf[..n].starts_with(b"GET /x"));
+                let body = format!("[{i}]");
+                // The head and the body in separate writes, as a slow server might send them.
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nX-Consul-Index: 7")
+                    .await
+                    .unwrap();
+                s.write_all(b"\r\n\r\n").await.unwrap();
+                s.write_all(body.as_bytes()).await.unwrap();
+            }
+        });
+        let slot = Slot::default();
+        for i in 0..2 {
+            let a = get(&slot, &addr, "/x").await.unwrap();
+            assert_eq!((a.status, a.index), (200, 7));
+            assert_eq!(a.body, format!("[{i}]").into_bytes());
+        }
+        assert!(slot.lock().await.is_some());
+        // The server is gone: an error, and the slot is left empty.
+        assert!(get(&slot, &addr, "/x").await.is_err());
+        assert!(slot.lock().await.is_none());
+    }
+}
