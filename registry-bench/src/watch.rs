@@ -29,31 +29,55 @@ pub struct Answer {
 /// `GET path` on `addr` (`host:port`) over the connection in `slot`, opening one if needed.
 /// The connection goes back into the slot only after a complete answer, so an aborted or
 /// failed exchange never leaves half a response for the next run to misread.
+///
+/// Like any HTTP client with a pool, it retries once on a new connection when a kept-alive one
+/// turns out to be closed (the server may close idle connections) before any byte of the answer.
 pub async fn get(slot: &Slot, addr: &str, path: &str) -> Result<Answer, String> {
     let mut guard = slot.lock().await;
-    let mut stream = match guard.take() {
-        Some(s) => s,
-        None => {
-            let s = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            s.set_nodelay(true).map_err(|e| e.to_string())?;
-            s
-        }
-    };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
+    if let Some(mut stream) = guard.take() {
+        match exchange(&mut stream, &request).await {
+            Ok(answer) => {
+                *guard = Some(stream);
+                return Ok(answer);
+            }
+            Err(Failure::Stale(_)) => {}
+            Err(Failure::Broken(e)) => return Err(e),
+        }
+    }
+    let mut stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("write: {e}"))?;
-    let answer = read_response(&mut stream).await?;
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let answer = exchange(&mut stream, &request).await.map_err(|f| match f {
+        Failure::Stale(e) | Failure::Broken(e) => e,
+    })?;
     *guard = Some(stream);
     Ok(answer)
 }
 
-/// Reads one response with a `Content-Length` body (what the registry sends for JSON).
-async fn read_response(stream: &mut TcpStream) -> Result<Answer, String> {
+/// Why an exchange failed.
+enum Failure {
+    /// Before any byte of the answer arrived: a closed kept-alive connection looks like this.
+    Stale(String),
+    /// Mid-answer or malformed.
+    Broken(String),
+}
+
+async fn exchange(stream: &mut TcpStream, request: &str) -> Result<Answer, Failure> {
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return Err(Failure::Stale(format!("write: {e}")));
+    }
     let mut buf = Vec::with_capacity(2048);
+    if let Err(e) = read_more(stream, &mut buf).await {
+        return Err(Failure::Stale(e));
+    }
+    read_response(stream, buf).await.map_err(Failure::Broken)
+}
+
+/// Reads one response with a `Content-Length` body (what the registry sends for JSON), of
+/// which `buf` holds the first bytes.
+async fn read_response(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Answer, String> {
     let head_end = loop {
         if let Some(at) = find(&buf, b"\r\n\r\n") {
             break at + 4;
@@ -144,5 +168,29 @@ mod tests {
         // The server is gone: an error, and the slot is left empty.
         assert!(get(&slot, &addr, "/x").await.is_err());
         assert!(slot.lock().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_closed_kept_alive_connection_is_replaced_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            // The first connection answers once and is then closed, as an idle one would be;
+            // the second answers again.
+            for i in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await.unwrap();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Consul-Index: {i}\r\n\r\n{i}"
+                );
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        let slot = Slot::default();
+        assert_eq!(get(&slot, &addr, "/x").await.unwrap().index, 0);
+        // The server has closed the first connection by now (its task moved on to accept).
+        let second = get(&slot, &addr, "/x").await.unwrap();
+        assert_eq!((second.index, second.body), (1, b"1".to_vec()));
     }
 }
