@@ -90,9 +90,9 @@ impl StoredService {
     fn to_api(&self, id: &str) -> AgentService {
         AgentService {
             id: id.to_string(),
-            service: self.service.to_string(),
-            tags: self.tags.iter().map(Str::to_string).collect(),
-            address: self.address.to_string(),
+            service: owned(&self.service),
+            tags: self.tags.iter().map(owned).collect(),
+            address: owned(&self.address),
             meta: self.meta.clone(),
             port: self.port,
             enable_tag_override: self.enable_tag_override,
@@ -139,16 +139,16 @@ impl StoredCheck {
         HealthCheck {
             node: node.to_string(),
             check_id: id.to_string(),
-            name: self.name.to_string(),
-            status: self.status.to_string(),
-            notes: self.notes.to_string(),
-            output: self.output.to_string(),
-            service_id: self.service_id.to_string(),
-            service_name: owner.map(|s| s.service.to_string()).unwrap_or_default(),
+            name: owned(&self.name),
+            status: owned(&self.status),
+            notes: owned(&self.notes),
+            output: owned(&self.output),
+            service_id: owned(&self.service_id),
+            service_name: owner.map(|s| owned(&s.service)).unwrap_or_default(),
             service_tags: owner
-                .map(|s| s.tags.iter().map(Str::to_string).collect())
+                .map(|s| s.tags.iter().map(owned).collect())
                 .unwrap_or_default(),
-            check_type: self.check_type.to_string(),
+            check_type: owned(&self.check_type),
             create_index: self.create_index,
             modify_index: self.modify_index,
         }
@@ -158,6 +158,12 @@ impl StoredCheck {
 /// Whether the check at `key` is a passing `serfHealth`.
 fn is_serf_passing(key: &NodeKey, check: &StoredCheck) -> bool {
     key.1 == SERF_HEALTH_ID && check.status == PASSING
+}
+
+/// A `String` copy of `s`. (`Str::to_string` would go through `Display` and
+/// the formatting machinery, which showed in profiles of the read paths.)
+fn owned(s: &Str) -> String {
+    s.as_str().to_owned()
 }
 
 /// `(node, id)` as a key.
@@ -369,10 +375,7 @@ impl CatalogState {
                 .filter_map(|k| self.services.get(k))
                 .flat_map(|s| s.tags.iter())
                 .collect();
-            (
-                name.to_string(),
-                tags.into_iter().map(Str::to_string).collect(),
-            )
+            (owned(name), tags.into_iter().map(owned).collect())
         });
         (services.collect(), self.index_of(SERVICES).max(1))
     }
@@ -390,9 +393,9 @@ impl CatalogState {
                 tagged_addresses: node.tagged_addresses.clone(),
                 node_meta: node.meta.clone(),
                 service_id: id.to_string(),
-                service_name: svc.service.to_string(),
-                service_tags: svc.tags.iter().map(Str::to_string).collect(),
-                service_address: svc.address.to_string(),
+                service_name: owned(&svc.service),
+                service_tags: svc.tags.iter().map(owned).collect(),
+                service_address: owned(&svc.address),
                 service_meta: svc.meta.clone(),
                 service_port: svc.port,
                 service_enable_tag_override: svc.enable_tag_override,
@@ -489,7 +492,7 @@ impl CatalogState {
 
     /// Nodes whose `serfHealth` check passes, in name order.
     pub fn serf_passing_nodes(&self) -> Vec<String> {
-        self.serf_passing.iter().map(Str::to_string).collect()
+        self.serf_passing.iter().map(owned).collect()
     }
 
     /// Status of check `check_id` on `node`, if it exists.
