@@ -29,7 +29,15 @@ const SERVICE_INDEX_PREFIX: &str = "service/";
 
 /// A replicated write. Serialized with serde_json inside Raft log entries; must
 /// stay backward compatible (new variants only).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+///
+/// On the wire: `{"Op":"Register", ...the request's fields}` (serde's internally
+/// tagged form). Decoding is written by hand, because serde's derived decoder
+/// for that form first copies the whole object into a buffer of its own to
+/// find the tag, and every server decodes every command on its Raft thread.
+/// serde writes the tag first, so the fast path reads the tag and then the
+/// request straight from the rest of the object; an object whose first key is
+/// not `Op` still decodes, the slow way.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "Op")]
 // Unboxed on purpose: callers build `Command::Register(req)` directly, and a
 // command lives only as long as one proposal, so its size does not matter.
@@ -39,6 +47,61 @@ pub enum Command {
     Register(RegisterRequest),
     /// Remove a node, a service instance or a check.
     Deregister(DeregisterRequest),
+}
+
+/// serde's derived decoder of [`Command`]'s wire form, for objects whose tag
+/// does not come first.
+#[derive(Deserialize)]
+#[serde(tag = "Op")]
+#[allow(clippy::large_enum_variant)]
+enum TaggedCommand {
+    Register(RegisterRequest),
+    Deregister(DeregisterRequest),
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(CommandVisitor)
+    }
+}
+
+struct CommandVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CommandVisitor {
+    type Value = Command;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a command object with an Op field")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Command, A::Error> {
+        use serde::de::{value::MapAccessDeserializer, Error};
+        let Some(first) = map.next_key::<String>()? else {
+            return Err(A::Error::missing_field("Op"));
+        };
+        if first == "Op" {
+            let op: String = map.next_value()?;
+            let rest = MapAccessDeserializer::new(map);
+            return match op.as_str() {
+                "Register" => RegisterRequest::deserialize(rest).map(Command::Register),
+                "Deregister" => DeregisterRequest::deserialize(rest).map(Command::Deregister),
+                other => Err(A::Error::unknown_variant(
+                    other,
+                    &["Register", "Deregister"],
+                )),
+            };
+        }
+        let mut object = serde_json::Map::new();
+        object.insert(first, map.next_value()?);
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            object.insert(k, v);
+        }
+        match TaggedCommand::deserialize(serde_json::Value::Object(object)) {
+            Ok(TaggedCommand::Register(r)) => Ok(Command::Register(r)),
+            Ok(TaggedCommand::Deregister(r)) => Ok(Command::Deregister(r)),
+            Err(e) => Err(A::Error::custom(e)),
+        }
+    }
 }
 
 /// One row write produced by apply, persisted by the storage layer in the same
@@ -1586,6 +1649,41 @@ mod tests {
         assert_eq!(json["Op"], "Deregister");
         assert_eq!(json["Node"], "n");
         assert_eq!(serde_json::from_value::<Command>(json).unwrap(), cmd);
+    }
+
+    #[test]
+    fn commands_decode_as_serde_derived_them_whatever_the_key_order() {
+        let mut r = req("n1")
+            .svc("web", "web1", &["v1"])
+            .chk("c", "web1", PASSING);
+        r.node_meta.insert("k".into(), "v".into());
+        let cmds = [
+            Command::Register(r),
+            Command::Deregister(dereq("n", "s", "")),
+        ];
+        for cmd in cmds {
+            let bytes = serde_json::to_vec(&cmd).unwrap();
+            assert!(bytes.starts_with(br#"{"Op":"#), "the tag is written first");
+            // The fast path, from bytes as the Raft thread decodes them.
+            assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), cmd);
+            // The tag elsewhere: the slow path, same result.
+            let serde_json::Value::Object(mut o) = serde_json::to_value(&cmd).unwrap() else {
+                unreachable!()
+            };
+            let op = o.remove("Op").unwrap();
+            o.insert("Op".into(), op);
+            let moved = serde_json::to_vec(&o).unwrap();
+            assert!(!moved.starts_with(br#"{"Op":"#));
+            assert_eq!(serde_json::from_slice::<Command>(&moved).unwrap(), cmd);
+        }
+        for bad in [
+            r#"{"Op":"Drop","Node":"n"}"#,
+            r#"{"Node":"n"}"#,
+            "{}",
+            "[1]",
+        ] {
+            assert!(serde_json::from_str::<Command>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
