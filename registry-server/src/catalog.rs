@@ -446,25 +446,26 @@ impl CatalogState {
     /// Instances of `name` carrying every tag in `tags`, flattened with their
     /// node, ordered by (node, service id); per-service index.
     pub fn service_nodes(&self, name: &str, tags: &[String]) -> (Vec<CatalogService>, u64) {
-        let list = self
-            .instances(name, tags)
-            .map(|(node, id, svc)| CatalogService {
+        let list = self.instances(name, tags).map(|(node, id, svc)| {
+            let svc = svc.to_api(id);
+            CatalogService {
                 id: node.id.clone(),
                 node: node.node.clone(),
                 address: node.address.clone(),
                 datacenter: self.with_dc(node).datacenter,
                 tagged_addresses: node.tagged_addresses.clone(),
                 node_meta: node.meta.clone(),
-                service_id: id.to_string(),
-                service_name: owned(&svc.service),
-                service_tags: svc.tags.iter().map(owned).collect(),
-                service_address: owned(&svc.address),
-                service_meta: svc.meta.clone(),
+                service_id: svc.id,
+                service_name: svc.service,
+                service_tags: svc.tags,
+                service_address: svc.address,
+                service_meta: svc.meta,
                 service_port: svc.port,
                 service_enable_tag_override: svc.enable_tag_override,
                 create_index: svc.create_index,
                 modify_index: svc.modify_index,
-            });
+            }
+        });
         (list.collect(), self.service_index(name))
     }
 
@@ -746,9 +747,9 @@ impl CatalogState {
         for (key, check) in pending.checks {
             let check = check.map(StoredCheck::new);
             if key.1 == SERF_HEALTH_ID {
-                match &check {
-                    Some(c) if is_serf_passing(&key, c) => self.serf_passing.insert(key.0.clone()),
-                    _ => self.serf_passing.remove(&key.0),
+                match check.as_ref().is_some_and(|c| is_serf_passing(&key, c)) {
+                    true => self.serf_passing.insert(key.0.clone()),
+                    false => self.serf_passing.remove(&key.0),
                 };
             }
             match check {
@@ -845,15 +846,15 @@ impl<'a> Txn<'a> {
 
     /// Current instances on `node`, in id order.
     fn services_on(&self, node: &str) -> Vec<AgentService> {
-        let base = node_range(&self.base.services, node).map(|((_, id), s)| s.to_api(id));
-        current_on(base, &self.pending.services, node, |s| &s.id)
+        let base = node_range(&self.base.services, node).map(|((_, id), s)| (id, s.to_api(id)));
+        current_on(base, &self.pending.services, node)
     }
 
     /// Current checks on `node`, in id order.
     fn checks_on(&self, node: &str) -> Vec<HealthCheck> {
         let base = node_range(&self.base.checks, node)
-            .map(|((n, id), c)| self.base.check_to_api(n, id, c));
-        current_on(base, &self.pending.checks, node, |c| &c.check_id)
+            .map(|((n, id), c)| (id, self.base.check_to_api(n, id, c)));
+        current_on(base, &self.pending.checks, node)
     }
 
     /// Move the index of service `name` and of `table`.
@@ -984,18 +985,15 @@ fn current<'a, K: Ord, V>(
         .map_or_else(|| base.get(key), Option::as_ref)
 }
 
-/// The committed values on `node` (`base`, in id order) with the planned
-/// writes on it laid over them, in id order.
-fn current_on<V: Clone>(
-    base: impl Iterator<Item = V>,
-    planned: &BTreeMap<NodeKey, Option<V>>,
-    node: &str,
-    id: impl Fn(&V) -> &String,
+/// The committed values on `node` (`base`, by id) with the planned writes on
+/// it laid over them, in id order.
+fn current_on<'a, V: Clone>(
+    base: impl Iterator<Item = (&'a Str, V)>,
+    planned: &'a BTreeMap<NodeKey, Option<V>>,
+    node: &'a str,
 ) -> Vec<V> {
-    let mut on: BTreeMap<Str, Option<V>> = base
-        .map(|v| (Str::from(id(&v).as_str()), Some(v)))
-        .collect();
-    on.extend(node_range(planned, node).map(|((_, k), v)| (k.clone(), v.clone())));
+    let mut on: BTreeMap<&Str, Option<V>> = base.map(|(id, v)| (id, Some(v))).collect();
+    on.extend(node_range(planned, node).map(|((_, id), v)| (id, v.clone())));
     on.into_values().flatten().collect()
 }
 
