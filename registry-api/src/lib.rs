@@ -5,6 +5,7 @@
 //! tooling can talk to us unchanged.
 
 pub mod agent;
+pub mod auth;
 pub mod client;
 pub mod decode;
 pub mod duration;

@@ -1,0 +1,437 @@
+//! The shared key (`--encrypt`, Consul's gossip `encrypt`): one secret per federation that
+//! authenticates everything the registry's processes say to each other.
+//!
+//! Consul encrypts gossip with this key (AES-GCM in memberlist); here it *authenticates*:
+//! confidentiality comes with TLS (a later issue). Two uses, one rule each:
+//!
+//! - **HTTP between processes** (agent -> server on the RPC port, agent heartbeats, server ->
+//!   gateway, gateway -> gateway, gateway -> server): each request carries
+//!   [`SIGNATURE_HEADER`] = `v1 <unix-ms> <nonce> <mac>`, an HMAC-SHA256 over the method, the
+//!   path and query, the time, the nonce and the SHA-256 of the body. A receiver with the key
+//!   accepts a request only with a valid MAC made within [`MAX_CLOCK_SKEW`] of its own clock.
+//! - **Server RPC connections**: a handshake in which each side proves it holds the key by a MAC
+//!   over both sides' fresh nonces ([`SharedKey::handshake_mac`]), so neither a recorded nor a
+//!   forged handshake is accepted.
+//!
+//! What this does not give: secrecy (anyone on the path reads the traffic) and protection from a
+//! replay of a captured request within the skew window. Both need TLS.
+//!
+//! The key never reaches a log: [`SharedKey`]'s `Debug` prints no key material.
+
+use base64::Engine as _;
+use ring::hmac;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The request header that carries the signature.
+pub const SIGNATURE_HEADER: &str = "x-registry-signature";
+/// How far a signed request's time may be from the receiver's clock. Servers, agents and
+/// gateways must keep their clocks within this of each other (NTP does far better).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Key lengths accepted, in bytes: Consul's (AES-128, -192, -256); `keygen` makes 32.
+const KEY_LENGTHS: [usize; 3] = [16, 24, 32];
+/// Length of the random nonces, in bytes.
+pub const NONCE_LEN: usize = 16;
+/// Signature scheme version, the first word of the header.
+const VERSION: &str = "v1";
+
+/// Why a key could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    /// Not base64.
+    #[error("the encryption key is not valid base64")]
+    NotBase64,
+    /// Base64 of the wrong number of bytes.
+    #[error("the encryption key must be 16, 24 or 32 bytes (base64-encoded); this one is {0}")]
+    BadLength(usize),
+}
+
+/// Why a signed request was refused. The texts go back to the caller, so they name what is
+/// wrong but never the expected MAC.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No signature header.
+    #[error("missing {SIGNATURE_HEADER} header: this endpoint needs the cluster's shared key (--encrypt)")]
+    Missing,
+    /// A header that does not parse.
+    #[error("malformed {SIGNATURE_HEADER} header")]
+    Malformed,
+    /// Signed too long ago or in the future.
+    #[error("request signature is outside the allowed clock skew; check the clocks")]
+    Expired,
+    /// The MAC does not match: a different key, or a changed request.
+    #[error("invalid request signature: wrong shared key (--encrypt)")]
+    BadMac,
+}
+
+/// The shared key, ready to sign and verify.
+#[derive(Clone)]
+pub struct SharedKey {
+    /// HMAC-SHA256 key.
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedKey(<redacted>)")
+    }
+}
+
+/// Fresh random bytes from the operating system.
+fn random<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom as _;
+    let mut out = [0u8; N];
+    // The system RNG failing is not something a server can run without.
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .unwrap_or_else(|_| panic!("the operating system's random number generator failed"));
+    out
+}
+
+/// A new key, base64-encoded: 32 random bytes (what `keygen` prints).
+pub fn generate_key() -> String {
+    base64::engine::general_purpose::STANDARD.encode(random::<32>())
+}
+
+/// A fresh nonce.
+pub fn nonce() -> [u8; NONCE_LEN] {
+    random()
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl SharedKey {
+    /// Reads a key as `--encrypt` takes it.
+    pub fn from_base64(text: &str) -> Result<SharedKey, KeyError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| KeyError::NotBase64)?;
+        if !KEY_LENGTHS.contains(&bytes.len()) {
+            return Err(KeyError::BadLength(bytes.len()));
+        }
+        Ok(SharedKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+        })
+    }
+
+    /// The value of [`SIGNATURE_HEADER`] for a request, signed now.
+    pub fn sign_request(&self, method: &str, path_and_query: &str, body: &[u8]) -> String {
+        self.sign_request_at(method, path_and_query, body, SystemTime::now())
+    }
+
+    /// [`Self::sign_request`] at a given time (tests).
+    pub fn sign_request_at(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        at: SystemTime,
+    ) -> String {
+        let ts = unix_ms(at).to_string();
+        let nonce = hex(&nonce());
+        let input = request_mac_input(method, path_and_query, body, &ts, &nonce);
+        let tag = hmac::sign(&self.key, &input);
+        let mac = base64::engine::general_purpose::STANDARD_NO_PAD.encode(tag.as_ref());
+        format!("{VERSION} {ts} {nonce} {mac}")
+    }
+
+    /// Checks a request's signature header against its method, path and query, and body.
+    pub fn verify_request(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        self.verify_request_at(header, method, path_and_query, body, SystemTime::now())
+    }
+
+    /// [`Self::verify_request`] at a given time (tests).
+    pub fn verify_request_at(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let mut words = header.split(' ');
+        let (Some(VERSION), Some(ts), Some(nonce), Some(mac), None) = (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+        ) else {
+            return Err(AuthError::Malformed);
+        };
+        let at: u64 = ts.parse().map_err(|_| AuthError::Malformed)?;
+        if nonce.len() != 2 * NONCE_LEN || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AuthError::Malformed);
+        }
+        let mac = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(mac)
+            .map_err(|_| AuthError::Malformed)?;
+        let skew = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
+        if unix_ms(now).abs_diff(at) > skew {
+            return Err(AuthError::Expired);
+        }
+        let input = request_mac_input(method, path_and_query, body, ts, nonce);
+        hmac::verify(&self.key, &input, &mac).map_err(|_| AuthError::BadMac)
+    }
+
+    /// The MAC one side of an RPC handshake sends: over its role (`b"dialer"` or
+    /// `b"listener"`), both nonces and the dialer's advertised address. Each side checks the
+    /// other's with [`Self::verify_handshake_mac`].
+    pub fn handshake_mac(
+        &self,
+        role: &[u8],
+        dialer_nonce: &[u8],
+        listener_nonce: &[u8],
+        dialer_addr: &[u8],
+    ) -> Vec<u8> {
+        let input = handshake_mac_input(role, dialer_nonce, listener_nonce, dialer_addr);
+        hmac::sign(&self.key, &input).as_ref().to_vec()
+    }
+
+    /// Checks a handshake MAC in constant time.
+    pub fn verify_handshake_mac(
+        &self,
+        role: &[u8],
+        dialer_nonce: &[u8],
+        listener_nonce: &[u8],
+        dialer_addr: &[u8],
+        mac: &[u8],
+    ) -> bool {
+        let input = handshake_mac_input(role, dialer_nonce, listener_nonce, dialer_addr);
+        hmac::verify(&self.key, &input, mac).is_ok()
+    }
+}
+
+/// What a request's MAC covers.
+fn request_mac_input(
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    ts: &str,
+    nonce: &str,
+) -> Vec<u8> {
+    let body_hash = ring::digest::digest(&ring::digest::SHA256, body);
+    mac_input(&[
+        b"registry request",
+        VERSION.as_bytes(),
+        method.as_bytes(),
+        path_and_query.as_bytes(),
+        ts.as_bytes(),
+        nonce.as_bytes(),
+        body_hash.as_ref(),
+    ])
+}
+
+/// What a handshake MAC covers.
+fn handshake_mac_input(
+    role: &[u8],
+    dialer_nonce: &[u8],
+    listener_nonce: &[u8],
+    dialer_addr: &[u8],
+) -> Vec<u8> {
+    mac_input(&[
+        b"registry rpc handshake",
+        role,
+        dialer_nonce,
+        listener_nonce,
+        dialer_addr,
+    ])
+}
+
+/// The parts of a MAC's input, each prefixed by its length so that no two different part
+/// lists give the same bytes.
+fn mac_input(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+    for p in parts {
+        out.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Signs an outgoing request when a key is configured: adds [`SIGNATURE_HEADER`].
+pub fn sign_into(
+    key: Option<&SharedKey>,
+    headers: &mut reqwest::header::HeaderMap,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) {
+    if let Some(key) = key {
+        let value = key.sign_request(method, path_and_query, body);
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+            headers.insert(
+                reqwest::header::HeaderName::from_static(SIGNATURE_HEADER),
+                v,
+            );
+        }
+    }
+}
+
+/// Largest body a signed request may carry (the server's and gateway's own limit is 512 KiB;
+/// this only bounds what is buffered to check the MAC).
+#[cfg(feature = "serve")]
+pub const MAX_SIGNED_BODY: usize = 1024 * 1024;
+
+/// Axum middleware: refuses, with `403` and a plain-text reason, every request without a valid
+/// signature by `key`. The body is buffered (up to [`MAX_SIGNED_BODY`], else `413`) to check it,
+/// then handed on unchanged. Use with `middleware::from_fn_with_state(Arc<SharedKey>, ..)`.
+#[cfg(feature = "serve")]
+pub async fn require_signature(
+    axum::extract::State(key): axum::extract::State<std::sync::Arc<SharedKey>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body too large or unreadable (limit {MAX_SIGNED_BODY} bytes)"),
+            )
+                .into_response()
+        }
+    };
+    let header = parts
+        .headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    if let Err(e) = key.verify_request(header, parts.method.as_str(), pq, &bytes) {
+        tracing::warn!(path = parts.uri.path(), error = %e, "refused an unauthenticated request");
+        return (axum::http::StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SharedKey {
+        SharedKey::from_base64(&generate_key()).unwrap()
+    }
+
+    #[test]
+    fn keys_are_32_random_bytes_and_bad_keys_are_refused() {
+        let (a, b) = (generate_key(), generate_key());
+        assert_ne!(a, b);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(&a)
+                .unwrap()
+                .len(),
+            32
+        );
+        assert!(SharedKey::from_base64(&a).is_ok());
+        // Consul's 16-byte keys work too.
+        assert!(SharedKey::from_base64("AAAAAAAAAAAAAAAAAAAAAA==").is_ok());
+        assert_eq!(
+            SharedKey::from_base64("not base64!").unwrap_err(),
+            KeyError::NotBase64
+        );
+        assert_eq!(
+            SharedKey::from_base64("AAAA").unwrap_err(),
+            KeyError::BadLength(3)
+        );
+        assert_eq!(format!("{:?}", key()), "SharedKey(<redacted>)");
+    }
+
+    #[test]
+    fn a_signed_request_verifies_and_any_change_breaks_it() {
+        let k = key();
+        let sig = k.sign_request("PUT", "/v1/internal/heartbeat?x=1", b"{}");
+        assert_eq!(
+            k.verify_request(Some(&sig), "PUT", "/v1/internal/heartbeat?x=1", b"{}"),
+            Ok(())
+        );
+        for (m, p, b) in [
+            ("GET", "/v1/internal/heartbeat?x=1", &b"{}"[..]),
+            ("PUT", "/v1/internal/heartbeat?x=2", b"{}"),
+            ("PUT", "/v1/internal/heartbeat?x=1", b"{ }"),
+        ] {
+            assert_eq!(
+                k.verify_request(Some(&sig), m, p, b),
+                Err(AuthError::BadMac)
+            );
+        }
+        assert_eq!(
+            key().verify_request(Some(&sig), "PUT", "/v1/internal/heartbeat?x=1", b"{}"),
+            Err(AuthError::BadMac),
+            "another key"
+        );
+        assert_eq!(
+            k.verify_request(None, "PUT", "/", b""),
+            Err(AuthError::Missing)
+        );
+        for bad in [
+            "",
+            "v1",
+            "v2 1 00 AA",
+            "v1 x 00 AA",
+            "v1 1 zz AA",
+            "v1 1 00 AA extra",
+        ] {
+            assert_eq!(
+                k.verify_request(Some(bad), "PUT", "/", b""),
+                Err(AuthError::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn signatures_expire_outside_the_clock_skew() {
+        let k = key();
+        let now = SystemTime::now();
+        let old = k.sign_request_at("GET", "/", b"", now - MAX_CLOCK_SKEW * 2);
+        assert_eq!(
+            k.verify_request_at(Some(&old), "GET", "/", b"", now),
+            Err(AuthError::Expired)
+        );
+        let future = k.sign_request_at("GET", "/", b"", now + MAX_CLOCK_SKEW * 2);
+        assert_eq!(
+            k.verify_request_at(Some(&future), "GET", "/", b"", now),
+            Err(AuthError::Expired)
+        );
+        let slightly_off = k.sign_request_at("GET", "/", b"", now + MAX_CLOCK_SKEW / 2);
+        assert_eq!(
+            k.verify_request_at(Some(&slightly_off), "GET", "/", b"", now),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn handshake_macs_bind_role_nonces_and_address() {
+        let k = key();
+        let (d, l) = (nonce(), nonce());
+        let mac = k.handshake_mac(b"dialer", &d, &l, b"s1:8300");
+        assert!(k.verify_handshake_mac(b"dialer", &d, &l, b"s1:8300", &mac));
+        assert!(!k.verify_handshake_mac(b"listener", &d, &l, b"s1:8300", &mac));
+        assert!(!k.verify_handshake_mac(b"dialer", &l, &d, b"s1:8300", &mac));
+        assert!(!k.verify_handshake_mac(b"dialer", &d, &l, b"s2:8300", &mac));
+        assert!(!key().verify_handshake_mac(b"dialer", &d, &l, b"s1:8300", &mac));
+    }
+}
