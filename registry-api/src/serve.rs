@@ -10,6 +10,10 @@
 //!   requests (hyper's behaviour), so idle connections are closed too; a
 //!   request whose head has arrived is never cut (blocking queries wait up to
 //!   ten minutes for their answer);
+//! - a request's body must arrive in full within
+//!   [`ServeLimits::body_read_timeout`] of its head: a large `Content-Length`
+//!   followed by a byte a minute gets a 400 and the connection back, instead
+//!   of holding it for ever;
 //! - at most [`ServeLimits::max_connections`] connections are served at once;
 //!   one more is accepted, answered `503` with a plain-text reason, and
 //!   closed, so a flood is refused cleanly and the server stays up;
@@ -35,6 +39,9 @@ pub struct ServeLimits {
     pub header_read_timeout: Duration,
     /// Connections served at once; more are refused with 503.
     pub max_connections: usize,
+    /// Time allowed for a request's body to arrive in full, counted from the
+    /// arrival of its head.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServeLimits {
@@ -42,6 +49,7 @@ impl Default for ServeLimits {
         ServeLimits {
             header_read_timeout: Duration::from_secs(30),
             max_connections: default_max_connections(),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -124,23 +132,38 @@ impl ConnGate {
             tokio::spawn(refuse(stream, self.limits.max_connections));
             return;
         };
-        let timeout = self.limits.header_read_timeout;
-        tokio::spawn(serve_one(stream, router, timeout, shutdown, permit));
+        tokio::spawn(serve_one(
+            stream,
+            router,
+            self.limits.clone(),
+            shutdown,
+            permit,
+        ));
     }
 }
 
 async fn serve_one(
     stream: TcpStream,
     router: Router,
-    header_read_timeout: Duration,
+    limits: ServeLimits,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
-    let service = TowerToHyperService::new(router);
+    let body_timeout = limits.body_read_timeout;
+    let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+        router,
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            req.map(|body| DeadlineBody {
+                inner: body,
+                deadline: Box::pin(tokio::time::sleep(body_timeout)),
+                limit: body_timeout,
+            })
+        },
+    ));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -149,6 +172,54 @@ async fn serve_one(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
+    }
+}
+
+/// A request body that fails once its deadline has passed: the handler reading
+/// it gets an error (and answers 400) instead of waiting on a client that
+/// trickles bytes.
+struct DeadlineBody<B> {
+    /// The body as hyper delivers it.
+    inner: B,
+    /// When the whole body must have arrived.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The allowed time, for the error text.
+    limit: Duration,
+}
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|r| r.map_err(|e| e.to_string().into())));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let limit = self.limit;
+            return Poll::Ready(Some(Err(format!(
+                "request body not received in full within {limit:?}"
+            )
+            .into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

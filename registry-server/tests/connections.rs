@@ -71,6 +71,7 @@ async fn slow_and_idle_connections_time_out_but_blocking_queries_do_not() {
     let (h, _dir) = server(ServeLimits {
         header_read_timeout: timeout,
         max_connections: 1000,
+        ..ServeLimits::default()
     })
     .await;
     let addr = h.http_addr;
@@ -193,6 +194,7 @@ async fn connections_past_the_bound_get_a_plain_503_and_the_server_goes_on() {
     let (h, _dir) = server(ServeLimits {
         header_read_timeout: Duration::from_secs(30),
         max_connections: LIMIT,
+        ..ServeLimits::default()
     })
     .await;
     let addr = h.http_addr;
@@ -230,5 +232,52 @@ async fn connections_past_the_bound_get_a_plain_503_and_the_server_goes_on() {
         }
     })
     .await;
+    h.stop().await;
+}
+
+/// Issue 12 item 4: a head announcing a large body followed by a byte now and
+/// then must not hold the connection (and its handler) for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_in_is_cut_at_the_body_deadline() {
+    let body_timeout = Duration::from_secs(1);
+    let (h, _dir) = server(ServeLimits {
+        body_read_timeout: body_timeout,
+        ..ServeLimits::default()
+    })
+    .await;
+    let mut slow = TcpStream::connect(h.http_addr).await.unwrap();
+    slow.write_all(
+        b"PUT /v1/catalog/register HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    // One byte every 200 ms: the header timeout (30 s) is not what cuts it.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => return Some(String::from_utf8_lossy(&buf[..n]).to_string()),
+                Err(_) => {}
+            }
+        }
+        None
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .expect("the trickling body held the connection for 10 s");
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= body_timeout - Duration::from_millis(100),
+        "cut before the deadline: {elapsed:?}"
+    );
+    if let Some(answer) = answer {
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
     h.stop().await;
 }
