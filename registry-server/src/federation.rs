@@ -32,6 +32,8 @@ pub struct WanRoute {
     gateways: RwLock<Vec<String>>,
     /// One keep-alive client for every forwarded request.
     http: reqwest::Client,
+    /// The shared key: gateways accept only requests signed with it.
+    key: Option<registry_api::auth::SharedKey>,
 }
 
 fn normalise(url: &str) -> String {
@@ -45,7 +47,7 @@ fn normalise(url: &str) -> String {
 
 impl WanRoute {
     /// Routes through `gateways` (URLs or `host:port`).
-    pub fn new(gateways: &[String]) -> Self {
+    pub fn new(gateways: &[String], key: Option<registry_api::auth::SharedKey>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
@@ -54,6 +56,7 @@ impl WanRoute {
         Self {
             gateways: RwLock::new(gateways.iter().map(|g| normalise(g)).collect()),
             http,
+            key,
         }
     }
 
@@ -74,9 +77,18 @@ impl WanRoute {
     /// time), or `None` when no gateway is configured or none answers.
     pub async fn datacenters(&self) -> Option<Vec<String>> {
         for gw in self.list() {
+            let mut signature = HeaderMap::new();
+            registry_api::auth::sign_into(
+                self.key.as_ref(),
+                &mut signature,
+                "GET",
+                "/v1/catalog/datacenters",
+                b"",
+            );
             let resp = self
                 .http
                 .get(format!("{gw}/v1/catalog/datacenters"))
+                .headers(signature)
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
@@ -106,6 +118,15 @@ impl WanRoute {
         }
         let timeout = hop_timeout(path_and_query);
         for gw in gateways {
+            // Signed anew for each attempt, so each carries a fresh nonce.
+            let mut signature = HeaderMap::new();
+            registry_api::auth::sign_into(
+                self.key.as_ref(),
+                &mut signature,
+                method.as_str(),
+                path_and_query,
+                &body,
+            );
             let mut req = self
                 .http
                 .request(method.clone(), format!("{gw}{path_and_query}"))
@@ -122,7 +143,7 @@ impl WanRoute {
                     req = req.header(name, value);
                 }
             }
-            match req.send().await {
+            match req.headers(signature).send().await {
                 Ok(resp) => return Ok(into_response(resp).await),
                 // A write that may have reached a gateway is not sent to
                 // another one: it could be applied twice.

@@ -49,16 +49,32 @@ pub struct AppState {
     pub wan: crate::federation::WanRoute,
     /// Recent answers, shared by readers of the same query at the same state.
     pub answers: AnswerCache,
+    /// The shared key (`--encrypt`): required on the RPC port's HTTP side and
+    /// on agent heartbeats.
+    pub encrypt: Option<Arc<registry_api::auth::SharedKey>>,
 }
 
 /// Answers by query, each with the applied index of the state it was computed
 /// from: a reader that finds an entry for its query at the current applied
 /// index sends those bytes instead of evaluating and serialising again. When a
 /// write wakes thousands of blocking queries on one service, one of them does
-/// the work and the rest copy a pointer. Bounded in entries and entry size.
+/// the work and the rest copy a pointer. Bounded in entries, entry size, key
+/// length and total bytes: the key is the raw query, so a client that varies it
+/// (`?tag=v1&tag=v1&...`) must not be able to pin more than
+/// [`ANSWER_CACHE_BYTES`].
 #[derive(Default)]
 pub struct AnswerCache {
-    entries: std::sync::Mutex<HashMap<String, CachedAnswer>>,
+    /// The entries and the bytes they hold (keys and bodies).
+    entries: std::sync::Mutex<CacheEntries>,
+}
+
+/// What [`AnswerCache`]'s lock guards.
+#[derive(Default)]
+struct CacheEntries {
+    /// Answers by query.
+    map: HashMap<String, CachedAnswer>,
+    /// Sum of the keys' and bodies' lengths in `map`.
+    bytes: usize,
 }
 
 #[derive(Clone)]
@@ -72,28 +88,46 @@ struct CachedAnswer {
 const ANSWER_CACHE_ENTRIES: usize = 1024;
 /// Answers larger than this are not kept (they would pin memory).
 const ANSWER_CACHE_MAX_BODY: usize = 256 << 10;
+/// Queries longer than this are not kept (nobody shares such a query).
+const ANSWER_CACHE_MAX_KEY: usize = 1024;
+/// Bytes of keys and bodies kept in all; past it the cache starts over.
+pub const ANSWER_CACHE_BYTES: usize = 32 << 20;
 
 impl AnswerCache {
     fn get(&self, key: &str, applied: u64) -> Option<CachedAnswer> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|a| a.applied == applied).cloned()
+        entries.map.get(key).filter(|a| a.applied == applied).cloned()
     }
 
     fn put(&self, key: &str, answer: CachedAnswer) {
-        if answer.body.len() > ANSWER_CACHE_MAX_BODY {
+        if answer.body.len() > ANSWER_CACHE_MAX_BODY || key.len() > ANSWER_CACHE_MAX_KEY {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= ANSWER_CACHE_ENTRIES && !entries.contains_key(key) {
-            entries.clear();
+        let entries = &mut *entries;
+        let size = key.len() + answer.body.len();
+        let old_size = entries.map.get(key).map(|old| key.len() + old.body.len());
+        let full = entries.map.len() >= ANSWER_CACHE_ENTRIES && old_size.is_none();
+        if full || entries.bytes - old_size.unwrap_or(0) + size > ANSWER_CACHE_BYTES {
+            entries.map.clear();
+            entries.bytes = 0;
         }
-        match entries.get_mut(key) {
+        match entries.map.get_mut(key) {
             Some(old) if old.applied > answer.applied => {}
-            Some(old) => *old = answer,
+            Some(old) => {
+                entries.bytes = entries.bytes - old.body.len() + answer.body.len();
+                *old = answer;
+            }
             None => {
-                entries.insert(key.to_string(), answer);
+                entries.bytes += size;
+                entries.map.insert(key.to_string(), answer);
             }
         }
+    }
+
+    /// Bytes held (keys and bodies).
+    pub fn bytes(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 }
 
@@ -110,6 +144,68 @@ type HttpResult<T = Response> = Result<T, HttpError>;
 pub fn router(state: Arc<AppState>, agent: Router) -> Router {
     let remote_dc =
         middleware::from_fn_with_state(state.clone(), crate::federation::route_remote_dc);
+    // With a key, an agent heartbeat must be signed by it on this port too:
+    // otherwise anyone could keep a dead node "alive".
+    let heartbeat_route = match &state.encrypt {
+        Some(key) => Router::new().route(
+            "/v1/internal/heartbeat",
+            put(heartbeat).route_layer(middleware::from_fn_with_state(
+                key.clone(),
+                registry_api::auth::require_signature,
+            )),
+        ),
+        None => Router::new().route("/v1/internal/heartbeat", put(heartbeat)),
+    };
+    data_routes()
+        .route("/v1/operator/raft/configuration", get(raft_configuration))
+        .route("/v1/operator/raft/peer", delete(raft_remove_peer))
+        .merge(heartbeat_route)
+        .with_state(state)
+        .merge(agent)
+        .fallback(not_found)
+        .layer(middleware::from_fn(plain_text_errors))
+        .layer(remote_dc)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// The router for HTTP on the RPC port (`--rpc-addr`), where agents reach
+/// their servers: only what agents need, the data endpoints they forward and
+/// their heartbeats; never the operator or agent endpoints (a firewall rule for
+/// 8500 must not be undone by 8300). With a key (`--encrypt`) every request
+/// must be signed with it.
+pub fn rpc_router(state: Arc<AppState>) -> Router {
+    let remote_dc =
+        middleware::from_fn_with_state(state.clone(), crate::federation::route_remote_dc);
+    let key = state.encrypt.clone();
+    let router = data_routes()
+        .route("/v1/internal/heartbeat", put(heartbeat))
+        .with_state(state)
+        .fallback(not_served_on_rpc_port)
+        .layer(middleware::from_fn(plain_text_errors))
+        .layer(remote_dc)
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    match key {
+        Some(key) => router.layer(middleware::from_fn_with_state(
+            key,
+            registry_api::auth::require_signature,
+        )),
+        None => router,
+    }
+}
+
+/// Anything else on the RPC port.
+async fn not_served_on_rpc_port(req: Request) -> HttpError {
+    HttpError(ApiError::Forbidden(format!(
+        "{} {} is not served on the RPC port; only the data endpoints agents forward are \
+         (use the HTTP port)",
+        req.method(),
+        req.uri().path()
+    )))
+}
+
+/// The catalog, health and status endpoints: served on the HTTP port and,
+/// for agents, on the RPC port.
+fn data_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/catalog/register", put(catalog_register))
         .route("/v1/catalog/deregister", put(catalog_deregister))
@@ -128,15 +224,6 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
         .route("/v1/health/state/{state}", get(health_state))
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
-        .route("/v1/operator/raft/configuration", get(raft_configuration))
-        .route("/v1/operator/raft/peer", delete(raft_remove_peer))
-        .route("/v1/internal/heartbeat", put(heartbeat))
-        .with_state(state)
-        .merge(agent)
-        .fallback(not_found)
-        .layer(middleware::from_fn(plain_text_errors))
-        .layer(remote_dc)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
 async fn not_found(req: Request) -> HttpError {
@@ -546,6 +633,59 @@ async fn heartbeat(State(st): St, body: Bytes) -> HttpResult {
         ))
         .into());
     }
+    // 200 only once the leader has it: a server cut off from the leader
+    // says so, and the agent moves to another server.
     st.raft.heartbeat(hb)?;
     json(&st, &true)
+}
+
+#[cfg(test)]
+mod answer_cache_tests {
+    use super::*;
+
+    /// Issue 12 item 4: the key is the raw query, so distinct spellings of one
+    /// query each take an entry; what they hold in all stays under the bound.
+    #[test]
+    fn many_spellings_of_a_query_stay_under_the_byte_bound() {
+        let cache = AnswerCache::default();
+        let body = Bytes::from(vec![b'x'; ANSWER_CACHE_MAX_BODY]);
+        for i in 0..ANSWER_CACHE_ENTRIES {
+            let key = format!("/v1/health/service/web?{}", "tag=v1&".repeat(i % 100) + &i.to_string());
+            cache.put(
+                &key,
+                CachedAnswer {
+                    applied: 1,
+                    index: 1,
+                    body: body.clone(),
+                },
+            );
+            assert!(cache.bytes() <= ANSWER_CACHE_BYTES, "{} bytes", cache.bytes());
+        }
+        // Overlong keys are not kept at all.
+        let long = "tag=v1&".repeat(ANSWER_CACHE_MAX_KEY);
+        cache.put(
+            &long,
+            CachedAnswer {
+                applied: 2,
+                index: 2,
+                body: Bytes::from_static(b"[]"),
+            },
+        );
+        assert!(cache.get(&long, 2).is_none());
+        // Replacing an entry keeps the count right.
+        let before = cache.bytes();
+        let key = "/v1/catalog/services";
+        for applied in 3..10 {
+            cache.put(
+                key,
+                CachedAnswer {
+                    applied,
+                    index: applied,
+                    body: Bytes::from_static(b"{}"),
+                },
+            );
+        }
+        assert!(cache.bytes() <= before + key.len() + 2);
+        assert_eq!(cache.get(key, 9).map(|a| a.index), Some(9));
+    }
 }

@@ -85,6 +85,10 @@ pub struct ServerConfig {
     pub http_limits: registry_api::serve::ServeLimits,
     /// Disk fault injection (tests): a delay added to every synced write.
     pub disk_faults: storage::DiskFaults,
+    /// The shared key (`--encrypt`): authenticates RPC connections, HTTP on the
+    /// RPC port, agent heartbeats and requests to the gateways. `None` leaves
+    /// them open (and the server says so at start).
+    pub encrypt: Option<registry_api::auth::SharedKey>,
 }
 
 impl ServerConfig {
@@ -109,6 +113,7 @@ impl ServerConfig {
             transport: TransportKind::Tcp,
             http_limits: registry_api::serve::ServeLimits::default(),
             disk_faults: storage::DiskFaults::default(),
+            encrypt: None,
         }
     }
 
@@ -216,6 +221,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         }
     };
     std::fs::create_dir_all(&data_dir)?;
+    if config.encrypt.is_none() && !config.dev {
+        // As Consul warns when gossip encryption is off.
+        tracing::warn!(
+            node = %config.node,
+            "no --encrypt key: anyone who reaches the RPC port can join the cluster, send Raft \
+             messages and heartbeats; set one (registry-server keygen)"
+        );
+    }
     info!(node = %config.node, dc = %config.datacenter, dir = %data_dir.display(), "opening storage");
     let (store, recovered) = RaftStore::open(&data_dir, config.disk_faults.clone())?;
     let catalog =
@@ -230,6 +243,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
             let (t, _bound, accept) = TcpTransport::bind(
                 config.rpc_addr,
                 config.advertise.clone().unwrap_or_default(),
+                config.encrypt.clone(),
                 deliver_to(tx.clone()),
                 tokio::runtime::Handle::current(),
                 shutdown.clone(),
@@ -285,8 +299,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         datacenter: config.datacenter.clone(),
         node: config.node.clone(),
         shutdown: shutdown.clone(),
-        wan: federation::WanRoute::new(&config.wan_gateways),
+        wan: federation::WanRoute::new(&config.wan_gateways, config.encrypt.clone()),
         answers: Default::default(),
+        encrypt: config.encrypt.clone().map(Arc::new),
     });
     let liveness = Arc::new(liveness::Liveness::default());
     tasks.push(tokio::spawn(liveness::run(
@@ -304,6 +319,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
             format!("http://{http_addr}")
         };
         let pool = registry_client::ServerPool::new(vec![own])?;
+        // TODO(lead): sign the embedded agent's requests once the pool takes a key.
         let advertise_host = rpc_addr
             .rsplit_once(':')
             .map(|(h, _)| h.to_string())
@@ -332,8 +348,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let gate = registry_api::serve::ConnGate::new(config.http_limits.clone());
     if let Some(t) = &tcp {
         // Agents name servers by their RPC address (`--retry-join`), so the
-        // RPC port answers HTTP too.
-        let (router, stop, gate) = (router.clone(), shutdown.clone(), gate.clone());
+        // RPC port answers HTTP too, but only what agents need.
+        let router = http::rpc_router(app.clone());
+        let (stop, gate) = (shutdown.clone(), gate.clone());
         t.set_http_handoff(Arc::new(move |stream| {
             gate.serve_connection(stream, router.clone(), stop.clone());
         }));

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 /// A registry server: one of the 3 or 5 Raft members of a datacenter, serving
 /// Consul's HTTP API. Every flag can also be set as REGISTRY_<FLAG> (lists
 /// comma-separated), e.g. REGISTRY_RETRY_JOIN=s1:8300,s2:8300.
-#[derive(Parser, Debug)]
+// No Debug: the args hold the shared key, which must never be printed.
+#[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
     /// Node name of this server (default: the hostname).
@@ -43,6 +44,21 @@ struct Args {
     /// unless --data-dir is given, HTTP on 127.0.0.1:8500.
     #[arg(long, env = "REGISTRY_DEV")]
     dev: bool,
+    /// The cluster's shared key: 16, 24 or 32 random bytes in base64 (make one with
+    /// `registry-server keygen`). The same key on every server, agent and gateway of the
+    /// federation authenticates server RPC, agent heartbeats and gateway traffic; without it
+    /// they are open to anyone who reaches the ports.
+    #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
+    encrypt: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Subcommands (without one, the server runs).
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print a new random key for --encrypt and exit.
+    Keygen,
 }
 
 /// mimalloc instead of glibc's malloc: at 100,000 instances the catalog (in
@@ -63,6 +79,10 @@ async fn main() -> anyhow::Result<()> {
     // (each HTTP connection, blocking queries above all, holds a descriptor).
     registry_api::serve::raise_fd_limit();
     let args = Args::parse();
+    if let Some(Command::Keygen) = args.command {
+        println!("{}", registry_api::auth::generate_key());
+        return Ok(());
+    }
     let mut config = ServerConfig::new(
         args.node
             .unwrap_or_else(|| registry_client::hostname_or("registry-server")),
@@ -87,6 +107,18 @@ async fn main() -> anyhow::Result<()> {
     config.retry_join = args.retry_join;
     config.wan_gateways = args.wan_gateway;
     config.transport = TransportKind::Tcp;
+    config.encrypt = match args
+        .encrypt
+        .as_deref()
+        .map(registry_api::auth::SharedKey::from_base64)
+    {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(e)) => {
+            eprintln!("registry-server: --encrypt: {e}");
+            std::process::exit(2);
+        }
+    };
     if let Err(e) = config.validate() {
         eprintln!("registry-server: {e}");
         std::process::exit(2);

@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
 
 use crate::rpc::{self, RpcMessage};
+use registry_api::auth::{self, SharedKey, NONCE_LEN};
 
 /// Called for every message that arrives for this node: (sender's advertised address, message).
 /// It must not block (it is called from tokio tasks); the node behind it uses try_send.
@@ -33,10 +35,29 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, to: &str, msg: RpcMessage);
 }
 
-/// Largest accepted frame: a snapshot travels as one Raft message.
-const MAX_FRAME: usize = 512 * 1024 * 1024;
+/// Largest accepted frame. A message above it (a snapshot of a large catalog) is sent as a
+/// sequence of [`TAG_CHUNK`] frames and reassembled, so no one frame makes the reader buffer
+/// more than this.
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Size of the pieces a large message is cut into.
+const CHUNK: usize = 8 * 1024 * 1024;
+/// Largest message reassembled from chunks (only authenticated peers get this far).
+const MAX_MESSAGE: usize = 2 * 1024 * 1024 * 1024 - 1;
+/// First byte of a chunk frame: never a tag of [`rpc::encode`]. The second byte is 1 on the
+/// last chunk of a message, else 0; the rest is the piece.
+const TAG_CHUNK: u8 = 0xC0;
 /// Largest accepted preamble; an address is short, so a stranger cannot make us buffer much.
 const MAX_PREAMBLE: usize = 4096;
+/// Largest handshake answer frame (a nonce and a MAC).
+const MAX_HANDSHAKE_FRAME: usize = 256;
+/// First bytes of a dialer's preamble: protocol name and version.
+const PREAMBLE_MAGIC: &[u8; 4] = b"RGv1";
+/// Time allowed for the whole handshake; a stranger that opens a connection and stalls is cut.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An inbound connection that carries no frame for this long is closed. Peers send Raft
+/// heartbeats many times a second and a `Hello` at least every few seconds, so only dead or
+/// idle-by-design connections reach it; the dialer reconnects on its next message.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Messages waiting per destination; beyond this they are dropped rather than delaying Raft.
 const QUEUE_CAPACITY: usize = 4096;
 /// A peer that does not answer within this is treated as down until the next message.
@@ -58,6 +79,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct TcpTransport {
     /// Our address as peers know it, sent as the preamble of every outbound connection.
     advertise: String,
+    /// The shared key (`--encrypt`) both sides of every connection prove they hold; `None` runs
+    /// the same handshake without proof (and the server warns at start).
+    key: Option<SharedKey>,
+    /// Inbound connections refused because the peer did not prove the key.
+    refused: Arc<AtomicU64>,
     /// Runtime for writer tasks: `send` runs on the Raft thread, outside any runtime context.
     runtime: Handle,
     /// Stops the accept loop, the readers and the writers.
@@ -91,6 +117,7 @@ impl TcpTransport {
     pub async fn bind(
         listen: SocketAddr,
         advertise: String,
+        key: Option<SharedKey>,
         deliver: Deliver,
         runtime: tokio::runtime::Handle,
         shutdown: CancellationToken,
@@ -110,6 +137,8 @@ impl TcpTransport {
         };
         let transport = Arc::new(TcpTransport {
             advertise,
+            key,
+            refused: Arc::default(),
             runtime: runtime.clone(),
             shutdown,
             peers: Mutex::new(HashMap::new()),
@@ -133,6 +162,11 @@ impl TcpTransport {
     pub fn advertise(&self) -> &str {
         &self.advertise
     }
+
+    /// How many inbound connections were refused for not proving the key.
+    pub fn refused_handshakes(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 impl Transport for TcpTransport {
@@ -146,11 +180,12 @@ impl Transport for TcpTransport {
                 return;
             }
             let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-            let (to, advertise, stop) =
-                (to.to_owned(), self.advertise.clone(), self.shutdown.clone());
-            let task = self
-                .runtime
-                .spawn(run_writer(to.clone(), advertise, rx, stop));
+            let (to, stop) = (to.to_owned(), self.shutdown.clone());
+            let me = Dialer {
+                advertise: self.advertise.clone(),
+                key: self.key.clone(),
+            };
+            let task = self.runtime.spawn(run_writer(to.clone(), me, rx, stop));
             peers.insert(to, PeerWriter { queue, task });
         }
         let Some(peer) = peers.get(to) else { return };
@@ -176,7 +211,11 @@ async fn accept_loop(transport: Arc<TcpTransport>, listener: TcpListener, delive
                         debug!(%peer, %error, "cannot set TCP_NODELAY");
                     }
                     let http = lock(&transport.http).clone();
-                    readers.spawn(run_reader(stream, peer, deliver.clone(), shutdown.clone(), http));
+                    let auth = Inbound {
+                        key: transport.key.clone(),
+                        refused: transport.refused.clone(),
+                    };
+                    readers.spawn(run_reader(stream, peer, auth, deliver.clone(), shutdown.clone(), http));
                 }
                 Err(error) => {
                     warn!(%error, "RPC accept failed");
@@ -212,6 +251,7 @@ const PEEK_TIMEOUT: Duration = Duration::from_secs(30);
 async fn run_reader(
     stream: TcpStream,
     peer: SocketAddr,
+    auth: Inbound,
     deliver: Deliver,
     shutdown: CancellationToken,
     http: Option<HttpHandoff>,
@@ -234,32 +274,126 @@ async fn run_reader(
     }
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        result = read_connection(stream, &deliver) => match result {
+        result = read_connection(stream, &auth, &deliver) => match result {
             Ok(()) => trace!(%peer, "inbound RPC connection closed"),
             Err(error) => warn!(%peer, %error, "closing inbound RPC connection"),
         },
     }
 }
 
-/// Preamble (the sender's advertised address), then frames delivered in order.
-async fn read_connection(stream: TcpStream, deliver: &Deliver) -> io::Result<()> {
+/// The handshake, then frames delivered in order.
+///
+/// The handshake (each step one frame):
+/// 1. dialer -> listener: [`PREAMBLE_MAGIC`], the dialer's nonce, its advertised address;
+/// 2. listener -> dialer: the listener's nonce, then its MAC over both nonces and the address;
+/// 3. dialer -> listener: the dialer's MAC over the same.
+///
+/// With a key each side checks the other's MAC before it trusts a byte of it, so a stranger
+/// without the key can neither inject a message nor make a server send it Raft traffic; fresh
+/// nonces on both sides mean a recorded handshake cannot be replayed. Without a key the MACs are
+/// empty and anything goes (the server warned at start).
+async fn read_connection(stream: TcpStream, auth: &Inbound, deliver: &Deliver) -> io::Result<()> {
+    let key = auth.key.as_ref();
     let mut input = BufReader::new(stream);
-    let Some(preamble) = read_frame(&mut input, MAX_PREAMBLE).await? else {
-        return Ok(());
+    let handshake = async {
+        let Some(preamble) = read_frame(&mut input, MAX_PREAMBLE).await? else {
+            return Ok(None);
+        };
+        let (dialer_nonce, addr) = preamble
+            .strip_prefix(PREAMBLE_MAGIC.as_slice())
+            .filter(|rest| rest.len() >= NONCE_LEN)
+            .map(|rest| rest.split_at(NONCE_LEN))
+            .ok_or_else(|| invalid_data("not a registry RPC preamble"))?;
+        let from = std::str::from_utf8(addr)
+            .map_err(|_| invalid_data("preamble is not UTF-8"))?
+            .to_owned();
+        let listener_nonce = auth::nonce();
+        let mut answer = listener_nonce.to_vec();
+        if let Some(key) = key {
+            answer.extend(key.handshake_mac(b"listener", dialer_nonce, &listener_nonce, addr));
+        }
+        write_frame(input.get_mut(), &answer).await?;
+        input.get_mut().flush().await?;
+        let proof = read_frame(&mut input, MAX_HANDSHAKE_FRAME)
+            .await?
+            .ok_or_else(|| invalid_data("connection closed during the handshake"))?;
+        if let Some(key) = key {
+            if !key.verify_handshake_mac(b"dialer", dialer_nonce, &listener_nonce, addr, &proof) {
+                auth.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(invalid_data(
+                    "RPC handshake failed: the peer does not hold this cluster's key (--encrypt)",
+                ));
+            }
+        }
+        Ok(Some(from))
     };
-    let from = String::from_utf8(preamble).map_err(|_| invalid_data("preamble is not UTF-8"))?;
-    while let Some(frame) = read_frame(&mut input, MAX_FRAME).await? {
-        let msg = rpc::decode(&frame)
+    let from = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Err(_) => return Err(invalid_data("RPC handshake timed out")),
+        Ok(Ok(Some(from))) => from,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+    };
+    // A message cut into chunks, being put back together.
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let frame =
+            match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut input, MAX_FRAME)).await {
+                Err(_) => {
+                    trace!(peer = %from, "closing an idle inbound RPC connection");
+                    return Ok(());
+                }
+                Ok(frame) => frame?,
+            };
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        let whole = match frame.split_first() {
+            Some((&TAG_CHUNK, rest)) => {
+                let (&last, piece) = rest
+                    .split_first()
+                    .ok_or_else(|| invalid_data("empty chunk frame"))?;
+                if partial.len() + piece.len() > MAX_MESSAGE {
+                    return Err(invalid_data(format!(
+                        "chunked message from {from} exceeds {MAX_MESSAGE} bytes"
+                    )));
+                }
+                partial.extend_from_slice(piece);
+                if last == 0 {
+                    continue;
+                }
+                std::mem::take(&mut partial)
+            }
+            _ if !partial.is_empty() => {
+                return Err(invalid_data("a chunked message was interrupted"));
+            }
+            _ => frame,
+        };
+        let msg = rpc::decode(&whole)
             .map_err(|e| invalid_data(format!("undecodable frame from {from}: {e}")))?;
         deliver(from.clone(), msg);
     }
-    Ok(())
+}
+
+/// What the reader of an inbound connection checks it against.
+struct Inbound {
+    /// The shared key, if any.
+    key: Option<SharedKey>,
+    /// Counts connections refused for not proving it.
+    refused: Arc<AtomicU64>,
+}
+
+/// Who we are on outbound connections.
+struct Dialer {
+    /// Our advertised address, sent in the preamble.
+    advertise: String,
+    /// The shared key, if any.
+    key: Option<SharedKey>,
 }
 
 /// One writer per destination: a persistent connection, re-established on the next message after a failure.
 async fn run_writer(
     to: String,
-    advertise: String,
+    me: Dialer,
     mut queue: mpsc::Receiver<RpcMessage>,
     shutdown: CancellationToken,
 ) {
@@ -267,26 +401,31 @@ async fn run_writer(
     // stopped reading.
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        _ = write_to_peer(&to, &advertise, &mut queue) => {}
+        _ = write_to_peer(&to, &me, &mut queue) => {}
     }
     trace!(peer = %to, "RPC writer stopped");
 }
 
 /// The writer's loop; returns when the queue closes.
-async fn write_to_peer(to: &str, advertise: &str, queue: &mut mpsc::Receiver<RpcMessage>) {
+async fn write_to_peer(to: &str, me: &Dialer, queue: &mut mpsc::Receiver<RpcMessage>) {
     let mut backoff = BACKOFF_MIN;
     while let Some(first) = queue.recv().await {
         let error = match connect(to).await {
             Ok(stream) => {
                 backoff = BACKOFF_MIN;
-                match write_connection(stream, advertise, first, queue).await {
+                match write_connection(stream, me, first, queue).await {
                     Ok(()) => return,
                     Err(error) => error,
                 }
             }
             Err(error) => error,
         };
-        debug!(peer = to, %error, ?backoff, "RPC connection lost; dropping messages");
+        if error.kind() == io::ErrorKind::InvalidData {
+            // A refused handshake: a wrong or missing key, or not one of our servers.
+            warn!(peer = to, %error, "RPC connection refused; dropping messages");
+        } else {
+            debug!(peer = to, %error, ?backoff, "RPC connection lost; dropping messages");
+        }
         // Messages queued now would be stale by the time the peer is back, and Raft resends
         // what matters, so they are discarded rather than kept.
         let until = tokio::time::Instant::now() + backoff;
@@ -314,24 +453,39 @@ async fn connect(to: &str) -> io::Result<TcpStream> {
 /// burst of appends goes out in a few segments.
 async fn write_connection(
     stream: TcpStream,
-    advertise: &str,
+    me: &Dialer,
     first: RpcMessage,
     queue: &mut mpsc::Receiver<RpcMessage>,
 ) -> io::Result<()> {
-    let (mut peer_read, peer_write) = stream.into_split();
+    let (peer_read, peer_write) = stream.into_split();
+    let mut peer_read = BufReader::new(peer_read);
     let mut out = BufWriter::new(peer_write);
-    write_frame(&mut out, advertise.as_bytes()).await?;
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        dial_handshake(me, &mut peer_read, &mut out),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "RPC handshake timed out"))??;
     let mut probe = [0u8; 1];
     let mut next = first;
     loop {
         let frame = rpc::encode(&next);
-        if frame.len() > MAX_FRAME {
+        if frame.len() > MAX_MESSAGE {
             // The receiver would close the connection on it; better to lose just this message.
             warn!(
                 bytes = frame.len(),
-                limit = MAX_FRAME,
+                limit = MAX_MESSAGE,
                 "dropping oversized RPC message"
             );
+        } else if frame.len() > MAX_FRAME {
+            let pieces = frame.chunks(CHUNK).count();
+            for (i, piece) in frame.chunks(CHUNK).enumerate() {
+                let mut chunk = Vec::with_capacity(piece.len() + 2);
+                chunk.push(TAG_CHUNK);
+                chunk.push(u8::from(i + 1 == pieces));
+                chunk.extend_from_slice(piece);
+                write_frame(&mut out, &chunk).await?;
+            }
         } else {
             write_frame(&mut out, &frame).await?;
         }
@@ -355,6 +509,47 @@ async fn write_connection(
             }
         };
     }
+}
+
+/// The dialer's side of the handshake (see [`read_connection`]).
+async fn dial_handshake<R, W>(me: &Dialer, input: &mut R, out: &mut W) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let dialer_nonce = auth::nonce();
+    let mut preamble = PREAMBLE_MAGIC.to_vec();
+    preamble.extend_from_slice(&dialer_nonce);
+    preamble.extend_from_slice(me.advertise.as_bytes());
+    write_frame(out, &preamble).await?;
+    out.flush().await?;
+    let answer = read_frame(input, MAX_HANDSHAKE_FRAME)
+        .await?
+        .ok_or_else(|| invalid_data("peer closed the connection during the handshake"))?;
+    if answer.len() < NONCE_LEN {
+        return Err(invalid_data("short handshake answer"));
+    }
+    let (listener_nonce, listener_mac) = answer.split_at(NONCE_LEN);
+    let addr = me.advertise.as_bytes();
+    let proof = match &me.key {
+        Some(key) => {
+            if !key.verify_handshake_mac(
+                b"listener",
+                &dialer_nonce,
+                listener_nonce,
+                addr,
+                listener_mac,
+            ) {
+                return Err(invalid_data(
+                    "RPC handshake failed: the peer does not hold this cluster's key (--encrypt)",
+                ));
+            }
+            key.handshake_mac(b"dialer", &dialer_nonce, listener_nonce, addr)
+        }
+        None => Vec::new(),
+    };
+    write_frame(out, &proof).await?;
+    out.flush().await
 }
 
 /// Writes `[u32 big-endian length][bytes]`.
@@ -425,6 +620,8 @@ struct MemState {
     delivered: u64,
     /// Messages lost to a fault or a missing node.
     dropped: u64,
+    /// Raft snapshots still to drop per directed link (see [`MemNetwork::drop_snapshots`]).
+    snapshot_drops: HashMap<(String, String), u64>,
 }
 
 fn set_rule<T>(rules: &mut Vec<LinkRule<T>>, from: &str, to: &str, value: T) {
@@ -519,6 +716,7 @@ impl MemNetwork {
         state.isolated.remove(a);
         state.drop_rates.retain(|(f, t, _)| f != a && t != a);
         state.delays.retain(|(f, t, _)| f != a && t != a);
+        state.snapshot_drops.retain(|(f, t), _| f != a && t != a);
     }
 
     /// Remove all faults.
@@ -528,6 +726,7 @@ impl MemNetwork {
         state.isolated.clear();
         state.drop_rates.clear();
         state.delays.clear();
+        state.snapshot_drops.clear();
     }
 
     /// Drop each message from `from` to `to` with probability p (0.0..=1.0). "*" as from or to means any.
@@ -545,6 +744,14 @@ impl MemNetwork {
         set_rule(&mut lock(&self.state).delays, from, to, d);
     }
 
+    /// Drop the next `n` Raft snapshots from `from` to `to` (exact addresses) while everything
+    /// else on the link passes: a snapshot lost on its way, as a frame over a transport's cap or
+    /// a connection that breaks mid-send loses one.
+    pub fn drop_snapshots(&self, from: &str, to: &str, n: u64) {
+        let link = (from.to_owned(), to.to_owned());
+        lock(&self.state).snapshot_drops.insert(link, n);
+    }
+
     /// Counters for tests: messages delivered and dropped so far.
     pub fn stats(&self) -> (u64, u64) {
         let state = lock(&self.state);
@@ -555,6 +762,14 @@ impl MemNetwork {
     fn route(&self, from: &str, incarnation: u64, to: &str, msg: RpcMessage) {
         let (target, deliver, delay) = {
             let mut state = lock(&self.state);
+            if matches!(&msg, RpcMessage::Raft(m) if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+            {
+                let link = (from.to_owned(), to.to_owned());
+                if let Some(left) = state.snapshot_drops.get_mut(&link).filter(|n| **n > 0) {
+                    *left -= 1;
+                    return state.count_drop(from, to, "snapshot dropped");
+                }
+            }
             let verdict = match state.nodes.get(to) {
                 _ if !state.is_current(from, incarnation) => Err("sender detached"),
                 None => Err("no node at address"),
@@ -681,9 +896,20 @@ mod tests {
         inbox: &Inbox,
         shutdown: &CancellationToken,
     ) -> (Arc<TcpTransport>, String, JoinHandle<()>) {
+        keyed_node(listen, advertise, None, inbox, shutdown).await
+    }
+
+    async fn keyed_node(
+        listen: &str,
+        advertise: &str,
+        key: Option<&SharedKey>,
+        inbox: &Inbox,
+        shutdown: &CancellationToken,
+    ) -> (Arc<TcpTransport>, String, JoinHandle<()>) {
         let (transport, bound, accept) = TcpTransport::bind(
             listen.parse().unwrap(),
             advertise.to_owned(),
+            key.cloned(),
             inbox.deliver(),
             Handle::current(),
             shutdown.clone(),
@@ -762,6 +988,125 @@ mod tests {
             "nothing from the garbage connections is delivered"
         );
         stop(shutdown, vec![accept, sender_loop]).await;
+    }
+
+    fn new_key() -> SharedKey {
+        SharedKey::from_base64(&auth::generate_key()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_holders_of_the_key_deliver_and_receive() {
+        let shutdown = CancellationToken::new();
+        let key = new_key();
+        let (inbox, intruder_inbox) = (Inbox::default(), Inbox::default());
+        let (v, victim, v_loop) =
+            keyed_node("127.0.0.1:0", "victim", Some(&key), &inbox, &shutdown).await;
+        let (friend, friend_addr, f_loop) = keyed_node(
+            "127.0.0.1:0",
+            "friend",
+            Some(&key),
+            &Inbox::default(),
+            &shutdown,
+        )
+        .await;
+        let (other_key, _, o_loop) = keyed_node(
+            "127.0.0.1:0",
+            "other-key",
+            Some(&new_key()),
+            &intruder_inbox,
+            &shutdown,
+        )
+        .await;
+        let (no_key, no_key_addr, n_loop) =
+            keyed_node("127.0.0.1:0", "no-key", None, &intruder_inbox, &shutdown).await;
+        // A forged heartbeat with a high term would depose the leader if it were stepped.
+        other_key.send(&victim, raft(99));
+        no_key.send(&victim, raft(98));
+        friend.send(&victim, raft(1));
+        assert!(eventually(|| inbox.has("friend", &raft(1))).await);
+        // The keyed node does not talk to a listener that cannot prove the key either.
+        friend.send(&no_key_addr, raft(2));
+        // Both intruders have tried (and been refused) at least twice by now.
+        assert!(
+            eventually(|| {
+                other_key.send(&victim, raft(99));
+                no_key.send(&victim, raft(98));
+                v.refused_handshakes() >= 4
+            })
+            .await,
+            "the intruders' handshakes were not refused"
+        );
+        friend.send(&victim, raft(3));
+        assert!(eventually(|| inbox.has("friend", &raft(3))).await);
+        assert_eq!(
+            inbox.take(),
+            vec![
+                ("friend".to_owned(), raft(1)),
+                ("friend".to_owned(), raft(3))
+            ]
+        );
+        assert_eq!(intruder_inbox.len(), 0, "a keyless listener got a message");
+        let _ = friend_addr;
+        stop(shutdown, vec![v_loop, f_loop, o_loop, n_loop]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stranger_stalling_in_the_handshake_is_cut_off() {
+        let shutdown = CancellationToken::new();
+        let key = new_key();
+        let (_t, addr, accept) = keyed_node(
+            "127.0.0.1:0",
+            "victim",
+            Some(&key),
+            &Inbox::default(),
+            &shutdown,
+        )
+        .await;
+        let mut raw = TcpStream::connect(&addr).await.unwrap();
+        // A valid-looking preamble, then silence instead of the proof.
+        let mut preamble = PREAMBLE_MAGIC.to_vec();
+        preamble.extend_from_slice(&[7u8; NONCE_LEN]);
+        preamble.extend_from_slice(b"stranger");
+        raw.write_all(&frame(&preamble)).await.unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 1024];
+        let closed = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, async {
+            loop {
+                match raw.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // the listener's challenge
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a stalled handshake was not cut");
+        assert!(started.elapsed() >= HANDSHAKE_TIMEOUT - Duration::from_millis(500));
+        stop(shutdown, vec![accept]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_over_the_frame_cap_arrive_in_chunks() {
+        let shutdown = CancellationToken::new();
+        let key = new_key();
+        let inbox = Inbox::default();
+        let (_b, b_addr, b_loop) =
+            keyed_node("127.0.0.1:0", "b", Some(&key), &inbox, &shutdown).await;
+        let (a, _, a_loop) =
+            keyed_node("127.0.0.1:0", "a", Some(&key), &Inbox::default(), &shutdown).await;
+        // A snapshot twice the frame cap, then an ordinary message on the same connection.
+        let mut big = Message::default();
+        big.set_to(2);
+        big.mut_snapshot()
+            .set_data(vec![0x5a; 2 * MAX_FRAME + 123].into());
+        let big = RpcMessage::Raft(big);
+        a.send(&b_addr, big.clone());
+        a.send(&b_addr, raft(5));
+        assert!(eventually(|| inbox.len() == 2).await, "not delivered");
+        assert_eq!(
+            inbox.take(),
+            vec![("a".to_owned(), big), ("a".to_owned(), raft(5))]
+        );
+        stop(shutdown, vec![a_loop, b_loop]).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

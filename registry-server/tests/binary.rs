@@ -91,3 +91,32 @@ fn missing_data_dir_is_refused_with_a_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--data-dir"), "{err}");
 }
+
+#[test]
+fn keygen_prints_a_key_that_encrypt_accepts_and_a_bad_key_is_refused() {
+    let bin = env!("CARGO_BIN_EXE_registry-server");
+    let out = Command::new(bin).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        registry_api::auth::SharedKey::from_base64(key.trim()).is_ok(),
+        "{key:?}"
+    );
+    let again = Command::new(bin).arg("keygen").output().unwrap();
+    assert_ne!(
+        again.stdout,
+        key.as_bytes(),
+        "two keygens gave the same key"
+    );
+    for bad in ["not-base64!", "c2hvcnQ="] {
+        let out = Command::new(bin)
+            .args(["--dev", "--encrypt", bad])
+            .env("REGISTRY_HTTP_ADDR", "127.0.0.1:1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--encrypt"), "{err}");
+        assert!(!err.contains(bad), "the key was echoed: {err}");
+    }
+}
