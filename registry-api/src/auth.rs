@@ -286,6 +286,48 @@ pub fn sign_into(
 #[cfg(feature = "serve")]
 pub const MAX_SIGNED_BODY: usize = 1024 * 1024;
 
+/// At most one warning per [`RateLimitedLog`] interval; the rest of the time, `allow` is false.
+#[cfg(feature = "serve")]
+pub struct RateLimitedLog {
+    /// When the last allowed line was logged, in ms since the process's first call.
+    last_ms: std::sync::atomic::AtomicU64,
+    /// The interval in ms.
+    every_ms: u64,
+}
+
+#[cfg(feature = "serve")]
+impl RateLimitedLog {
+    /// A limiter allowing one line per `every_ms` milliseconds.
+    pub const fn new(every_ms: u64) -> Self {
+        RateLimitedLog {
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            every_ms,
+        }
+    }
+
+    /// Whether a line may be logged now (and, if so, counts it).
+    pub fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        // +1 so that the first call (at 0 ms) is allowed.
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= self.every_ms)
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Refused requests: one warning per 10 s.
+#[cfg(feature = "serve")]
+static REFUSAL_LOG: RateLimitedLog = RateLimitedLog::new(10_000);
+
 /// Axum middleware: refuses, with `403` and a plain-text reason, every request without a valid
 /// signature by `key`. The body is buffered (up to [`MAX_SIGNED_BODY`], else `413`) to check it,
 /// then handed on unchanged. Use with `middleware::from_fn_with_state(Arc<SharedKey>, ..)`.
@@ -316,7 +358,14 @@ pub async fn require_signature(
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
     if let Err(e) = key.verify_request(header, parts.method.as_str(), pq, &bytes) {
-        tracing::warn!(path = parts.uri.path(), error = %e, "refused an unauthenticated request");
+        // A misconfigured peer (wrong or no key) must be visible to the operator, but a flood
+        // of unsigned requests must not become a flood of log lines.
+        if REFUSAL_LOG.allow() {
+            tracing::warn!(path = parts.uri.path(), error = %e,
+                "refused a request without a valid signature (more are logged at debug for a while)");
+        } else {
+            tracing::debug!(path = parts.uri.path(), error = %e, "refused an unauthenticated request");
+        }
         return (axum::http::StatusCode::FORBIDDEN, e.to_string()).into_response();
     }
     next.run(axum::extract::Request::from_parts(

@@ -10,6 +10,7 @@ pub mod client;
 pub mod decode;
 pub mod duration;
 pub mod error;
+pub mod names;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod types;

@@ -32,6 +32,22 @@ pub enum GatewayError {
     /// A path the gateway does not serve.
     #[error("not found")]
     NotFound,
+    /// A path that does not cross the WAN ([`crate::federated`]).
+    #[error(
+        "path not allowed across the WAN gateway: {0} \
+         (agent, operator, acl, snapshot and internal endpoints are not federated)"
+    )]
+    NotFederated(String),
+    /// A federated path, but not with this method ([`crate::federated`]).
+    #[error("method {method} not allowed across the WAN gateway for {path}")]
+    MethodNotFederated {
+        /// The method asked for.
+        method: String,
+        /// The path asked for.
+        path: String,
+        /// The methods the gateway forwards for this path (the `Allow` header).
+        allow: &'static [&'static str],
+    },
 }
 
 impl GatewayError {
@@ -47,14 +63,23 @@ impl GatewayError {
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::NotFederated(_) => StatusCode::FORBIDDEN,
+            GatewayError::MethodNotFederated { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        // Plain text, as Consul's errors are (DESIGN §4); clients match on the text.
-        (self.status(), self.to_string()).into_response()
+        // Plain text, as Consul's errors are (DESIGN §4); clients match on the text. A 405 says
+        // what is allowed, as DESIGN §4 asks.
+        let mut resp = (self.status(), self.to_string()).into_response();
+        if let GatewayError::MethodNotFederated { allow, .. } = &self {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&allow.join(", ")) {
+                resp.headers_mut().insert(axum::http::header::ALLOW, v);
+            }
+        }
+        resp
     }
 }
 
@@ -75,5 +100,17 @@ mod tests {
         assert_eq!(GatewayError::NoPathToDc.status(), 500);
         assert_eq!(GatewayError::Overloaded.status(), 503);
         assert_eq!(GatewayError::TooLarge { limit: 1 }.status(), 413);
+        assert_eq!(
+            GatewayError::NotFederated("/v1/agent/self".into()).status(),
+            403
+        );
+        let resp = GatewayError::MethodNotFederated {
+            method: "PUT".into(),
+            path: "/v1/health/node/n".into(),
+            allow: &["GET", "HEAD"],
+        }
+        .into_response();
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()["allow"], "GET, HEAD");
     }
 }

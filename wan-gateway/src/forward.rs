@@ -6,10 +6,14 @@
 //! a transport failure moves on to the next target. A write (anything but GET/HEAD) moves on only
 //! when the connection could not be made at all: after a timeout or a connection dropped
 //! mid-answer it may already have been applied, and sending it again elsewhere could apply it twice.
+//!
+//! With a shared key every attempt is signed anew (fresh time and nonce) over exactly the method,
+//! path and query, and body it sends; the signature a request arrived with never travels on.
 
 use crate::error::GatewayError;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use registry_api::auth::{self, SharedKey};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -67,7 +71,8 @@ pub fn hop_timeout(query: Option<&str>, hops: u32) -> Duration {
     wait + wait / 16 + BLOCKING_SLACK + slack
 }
 
-/// Whether a request header travels with a forwarded request.
+/// Whether a request header travels with a forwarded request. The incoming
+/// `x-registry-signature` does not: it signed the previous hop, each hop is signed anew.
 fn forwarded_request_header(name: &HeaderName) -> bool {
     let n = name.as_str();
     n == "content-type" || n == "accept" || n == "authorization" || n.starts_with("x-consul-")
@@ -152,6 +157,19 @@ pub struct Forwarder {
     servers: RwLock<Arc<Vec<String>>>,
     /// Index of the server that answered last, tried first.
     preferred: AtomicUsize,
+    /// The shared key every outgoing request is signed with (`--encrypt`).
+    key: Option<SharedKey>,
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// The target's base URL and the path do not make a URL.
+    #[error("invalid URL: {0}")]
+    Url(#[from] url::ParseError),
+    /// The transport failed.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
 }
 
 /// Turns `host:port` into `http://host:port` and drops a trailing slash.
@@ -165,8 +183,9 @@ fn base_url(raw: &str) -> String {
 }
 
 impl Forwarder {
-    /// A forwarder for the given servers (`http://host:port` or bare `host:port`).
-    pub fn new(servers: &[String]) -> Result<Forwarder, reqwest::Error> {
+    /// A forwarder for the given servers (`http://host:port` or bare `host:port`) that signs what
+    /// it sends with `key`, if any.
+    pub fn new(servers: &[String], key: Option<SharedKey>) -> Result<Forwarder, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
@@ -176,6 +195,7 @@ impl Forwarder {
             http,
             servers: RwLock::new(Arc::new(servers.iter().map(|s| base_url(s)).collect())),
             preferred: AtomicUsize::new(0),
+            key,
         })
     }
 
@@ -255,11 +275,21 @@ impl Forwarder {
     }
 
     /// One attempt against one base URL, reading the whole answer within the hop's limit.
-    async fn send(&self, base: &str, req: &OutboundRequest) -> Result<Answer, reqwest::Error> {
+    async fn send(&self, base: &str, req: &OutboundRequest) -> Result<Answer, SendError> {
+        let url = reqwest::Url::parse(&format!("{base}{}", req.path_and_query))?;
+        let mut headers = req.headers.clone();
+        // Signed over the path and query exactly as the URL will put them on the wire.
+        auth::sign_into(
+            self.key.as_ref(),
+            &mut headers,
+            req.method.as_str(),
+            &url[url::Position::BeforePath..],
+            &req.body,
+        );
         let resp = self
             .http
-            .request(req.method.clone(), format!("{base}{}", req.path_and_query))
-            .headers(req.headers.clone())
+            .request(req.method.clone(), url)
+            .headers(headers)
             .body(req.body.clone())
             .timeout(req.timeout)
             .send()
@@ -281,8 +311,11 @@ impl Forwarder {
 }
 
 /// Whether a failed attempt may be repeated against the next target (see the module comment).
-fn may_retry(e: &reqwest::Error, req: &OutboundRequest) -> bool {
-    e.is_connect() || e.is_builder() || req.idempotent()
+fn may_retry(e: &SendError, req: &OutboundRequest) -> bool {
+    match e {
+        SendError::Url(_) => true,
+        SendError::Http(e) => e.is_connect() || e.is_builder() || req.idempotent(),
+    }
 }
 
 #[cfg(test)]
@@ -322,10 +355,15 @@ mod tests {
         h.insert("x-consul-token", HeaderValue::from_static("t"));
         h.insert("cookie", HeaderValue::from_static("c"));
         h.insert("host", HeaderValue::from_static("elsewhere"));
+        h.insert(
+            auth::SIGNATURE_HEADER,
+            HeaderValue::from_static("v1 1 00 AA"),
+        );
         let req = OutboundRequest::new(Method::GET, "/v1/x".into(), None, &h, Bytes::new(), 1);
         assert_eq!(req.headers.len(), 3);
         assert_eq!(req.headers[HOPS_HEADER], "2");
         assert!(req.headers.get("cookie").is_none());
+        assert!(req.headers.get(auth::SIGNATURE_HEADER).is_none());
     }
 
     #[test]

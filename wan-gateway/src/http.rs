@@ -1,16 +1,20 @@
 //! The gateway's HTTP routes: `/v1/catalog/datacenters` answered here, the WAN membership
-//! endpoints under `/wan/v1/`, and every other `/v1/...` request routed by its `?dc=`.
+//! endpoints under `/wan/v1/`, and the federated `/v1/...` requests ([`crate::federated`])
+//! routed by their `?dc=`. With a shared key, every route requires a signed request.
 
 use crate::error::GatewayError;
+use crate::federated::{self, Refusal};
 use crate::forward::{Answer, Forwarder, OutboundRequest, HOPS_HEADER, MAX_BODY, MAX_HOPS};
-use crate::gossip::{lock, EXCHANGE_PATH};
+use crate::gossip::{lock, reply_scope, EXCHANGE_PATH, REPLY_METHOD};
 use crate::members::{MemberStatus, MemberTable, Route, WanView};
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use registry_api::auth::{self, SharedKey, SIGNATURE_HEADER};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -34,16 +38,28 @@ pub struct Gateway {
     /// Fires when the gateway stops; requests in flight then end with 503 instead of holding the
     /// shutdown for the length of a blocking query.
     pub shutdown: CancellationToken,
+    /// The shared key (`--encrypt`): when set, every request must be signed with it, and
+    /// exchange replies are signed with it.
+    pub key: Option<Arc<SharedKey>>,
 }
 
 /// The router of one gateway.
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+    let key = gateway.key.clone();
+    let router = Router::new()
         .route("/v1/catalog/datacenters", get(datacenters))
         .route(EXCHANGE_PATH, post(exchange))
         .route("/wan/v1/members", get(members))
         .fallback(forward)
-        .with_state(gateway)
+        .with_state(gateway);
+    match key {
+        // Layered after the fallback, so it covers every request, forwarded ones included.
+        Some(key) => router.layer(axum::middleware::from_fn_with_state(
+            key,
+            auth::require_signature,
+        )),
+        None => router,
+    }
 }
 
 /// `GET /v1/catalog/datacenters`: the local DC first, then the others by RTT.
@@ -57,13 +73,49 @@ async fn members(State(gw): State<Arc<Gateway>>) -> Json<Vec<MemberStatus>> {
 }
 
 /// `POST /wan/v1/exchange`: merge the caller's view (the caller only as heard of: liveness comes
-/// from our own probes) and answer with ours.
-async fn exchange(State(gw): State<Arc<Gateway>>, Json(view): Json<WanView>) -> Json<WanView> {
+/// from our own probes) and answer with ours. A caller whose own entry is not a valid
+/// `host:port` and DC name gets 400 and nothing is merged; invalid entries among its members are
+/// skipped. With a key, the reply is signed for this one request ([`reply_scope`]).
+async fn exchange(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Json(view): Json<WanView>,
+) -> Response {
+    if let Err(reason) = view.me.check() {
+        tracing::debug!(%reason, "refused an exchange from an invalid gateway entry");
+        return GatewayError::BadRequest(format!("invalid \"self\" in exchange: {reason}"))
+            .into_response();
+    }
     let now = Instant::now();
-    let mut table = lock(&gw.members);
-    table.merge_heard(std::slice::from_ref(&view.me), now);
-    table.merge_heard(&view.members, now);
-    Json(table.view())
+    let reply = {
+        let mut table = lock(&gw.members);
+        table.merge_heard(std::slice::from_ref(&view.me), now);
+        table.merge_heard(&view.members, now);
+        table.view(now)
+    };
+    let body = match serde_json::to_vec(&reply) {
+        Ok(body) => body,
+        Err(e) => {
+            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+    };
+    let mut signature = None;
+    if let Some(key) = &gw.key {
+        // `require_signature` has checked the request's signature before this handler ran.
+        if let Some(request_sig) = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) {
+            signature = HeaderValue::from_str(&key.sign_request(
+                REPLY_METHOD,
+                &reply_scope(request_sig),
+                &body,
+            ))
+            .ok();
+        }
+    }
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(sig) = signature {
+        resp.headers_mut().insert(SIGNATURE_HEADER, sig);
+    }
+    resp
 }
 
 /// Every other request: route it, or say why not.
@@ -83,9 +135,32 @@ impl Gateway {
     /// Routes one request by its `?dc=` (see the crate docs for the rules).
     async fn forward(&self, req: Request) -> Result<Answer, GatewayError> {
         let (parts, body) = req.into_parts();
-        let path = parts.uri.path();
-        if !path.starts_with("/v1/") {
+        if !parts.uri.path().starts_with("/v1/") {
             return Err(GatewayError::NotFound);
+        }
+        // The path and query as the next hop will receive them: the HTTP client resolves dot
+        // segments (`/v1/kv/../agent/...`, `%2e%2e` included), so the federation rule is
+        // applied to, and the request sent and signed with, the resolved form.
+        let raw = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |pq| pq.as_str());
+        let url = reqwest::Url::parse(&format!("http://gateway.invalid{raw}"))
+            .map_err(|_| GatewayError::BadRequest("invalid request path".into()))?;
+        let path = url.path();
+        match federated::check(parts.method.as_str(), path) {
+            Ok(()) => {}
+            Err(Refusal::Path) => {
+                tracing::debug!(method = %parts.method, "refused a request for a path that is not federated");
+                return Err(GatewayError::NotFederated(path.to_owned()));
+            }
+            Err(Refusal::Method { allow }) => {
+                return Err(GatewayError::MethodNotFederated {
+                    method: parts.method.to_string(),
+                    path: path.to_owned(),
+                    allow,
+                })
+            }
         }
         let hops = match parts.headers.get(HOPS_HEADER) {
             None => 0,
@@ -96,10 +171,10 @@ impl Gateway {
                 .ok_or_else(|| GatewayError::BadRequest(format!("invalid {HOPS_HEADER} header")))?,
         };
         if hops >= MAX_HOPS {
-            tracing::warn!(hops, path, "refusing a request that went round in a loop");
+            tracing::warn!(hops, "refusing a request that went round in a loop");
             return Err(GatewayError::NoPathToDc);
         }
-        let query = parts.uri.query();
+        let query = url.query();
         let dc = query
             .and_then(|q| {
                 url::form_urlencoded::parse(q.as_bytes())
@@ -120,10 +195,7 @@ impl Gateway {
             }
             Err(e) => return Err(GatewayError::BadRequest(format!("reading body: {e}"))),
         };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned());
+        let path_and_query = url[url::Position::BeforePath..].to_owned();
         let out = OutboundRequest::new(
             parts.method.clone(),
             path_and_query,
@@ -165,7 +237,7 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::members::GatewayEntry;
+    use crate::members::{GatewayEntry, Liveness};
     use std::time::Duration;
 
     #[tokio::test]
@@ -176,11 +248,19 @@ mod tests {
         };
         let gateway = Arc::new(Gateway {
             dc: "dc1".into(),
-            members: Arc::new(Mutex::new(MemberTable::new(me, Duration::from_secs(5)))),
-            forwarder: Forwarder::new(&[]).unwrap(),
+            members: Arc::new(Mutex::new(MemberTable::new(
+                me,
+                Liveness {
+                    dead_after: Duration::from_secs(5),
+                    dead_probe_every: Duration::from_secs(10),
+                    reconnect_timeout: Duration::from_secs(3600),
+                },
+            ))),
+            forwarder: Forwarder::new(&[], None).unwrap(),
             // No permit left: every forwarded request is over the bound.
             in_flight: Arc::new(Semaphore::new(0)),
             shutdown: CancellationToken::new(),
+            key: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -8,13 +8,33 @@
 //!
 //! - `GET /v1/catalog/datacenters`: every known DC, the local one first, then the others by the
 //!   median measured gateway-to-gateway round trip; a DC whose gateways are all dead sorts last.
-//! - Every other `/v1/...` request, any method, routed by `?dc=` (absent or empty: the local DC):
+//! - The federated `/v1/...` requests ([`federated`]: catalog, health, KV, session, txn,
+//!   `status/leader|peers`, prepared query, event and coordinate endpoints, each with its
+//!   methods), routed by `?dc=` (absent or empty: the local DC):
 //!   - the local DC: to one of this DC's servers, failing over to the next on a transport error;
 //!   - another known DC: to its live gateways, lowest RTT first, failing over the same way;
 //!   - an unknown DC, or a request that has already taken [`forward::MAX_HOPS`] hops:
 //!     `500 No path to datacenter`;
 //!   - status, `Content-Type`, `X-Consul-*` headers and body come back unchanged.
-//! - `POST /wan/v1/exchange` and `GET /wan/v1/members`: WAN membership ([`gossip`]).
+//! - Agent, operator, ACL, snapshot and internal paths, and any other path not on the list, get
+//!   `403` with the reason, whichever DC they name: they manage a cluster or a node, and must
+//!   not be reachable from the WAN. A federated path with a method it does not take gets `405`.
+//! - `POST /wan/v1/exchange` and `GET /wan/v1/members`: WAN membership ([`gossip`]). Gateway
+//!   addresses (in exchanges and flags) must be `host:port` and nothing else, DC names letters,
+//!   digits, `-` and `_` ([`registry_api::names`]); the member table is bounded and forgets a gateway not
+//!   reached for `reconnect_timeout` (72 h).
+//!
+//! # What is authenticated
+//!
+//! With a shared key (`--encrypt`, the same base64 key on every gateway of the federation and on
+//! every server; `wan-gateway keygen` makes one), **every** request the gateway receives (from
+//! this DC's servers and from other gateways, to every route) must carry a valid
+//! `x-registry-signature` ([`registry_api::auth`]), else `403` with the reason; every request it
+//! sends (exchanges, forwards to gateways and to servers) is signed anew, per hop, over exactly
+//! what it sends; exchange replies are signed for the request they answer, so an address that
+//! answers without the key never counts as a live gateway. This authenticates, it does not
+//! encrypt: tokens and data cross the WAN in the clear until TLS. Without a key the gateway
+//! logs a warning at start and accepts everyone, as before.
 //!
 //! # The error bound
 //!
@@ -31,6 +51,7 @@
 //! wait + wait/16 + slack).
 
 pub mod error;
+pub mod federated;
 pub mod forward;
 pub mod gossip;
 pub mod http;
@@ -46,9 +67,14 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use error::GatewayError;
 pub use members::{GatewayEntry, MemberStatus, WanView};
+pub use registry_api::auth::SharedKey;
 
 /// How long a stopping gateway waits for its connections to finish before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A dead gateway is probed once per this many gossip intervals (live ones every interval).
+const DEAD_PROBE_ROUNDS: u32 = 10;
+/// Consul's `reconnect_timeout_wan` default.
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(72 * 3600);
 
 /// The gateway's configuration (DESIGN §3).
 #[derive(Clone, Debug)]
@@ -66,8 +92,15 @@ pub struct GatewayConfig {
     pub retry_join_wan: Vec<String>,
     /// Time between membership exchanges with every known gateway.
     pub gossip_interval: Duration,
-    /// A gateway not reached for this long is dead: still listed and probed, skipped for routing.
+    /// A gateway not reached for this long is dead: still listed and probed (every tenth
+    /// round), skipped for routing.
     pub dead_after: Duration,
+    /// A gateway not reached for this long is forgotten: no longer listed, probed or passed on
+    /// (Consul's `reconnect_timeout_wan`, 72 h).
+    pub reconnect_timeout: Duration,
+    /// The federation's shared key (`--encrypt`); `None` leaves WAN traffic unauthenticated.
+    /// Its `Debug` prints no key material.
+    pub encrypt: Option<SharedKey>,
 }
 
 impl GatewayConfig {
@@ -81,12 +114,23 @@ impl GatewayConfig {
             retry_join_wan: Vec::new(),
             gossip_interval: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
+            encrypt: None,
         }
     }
 
-    /// Rejects settings the gateway cannot run with.
-    fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.datacenter.is_empty(), "datacenter must not be empty");
+    /// Rejects settings the gateway cannot run with; the text is shown to the operator.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        registry_api::names::check_datacenter(&self.datacenter)
+            .map_err(|e| anyhow::anyhow!("--datacenter {:?}: {e}", self.datacenter))?;
+        if let Some(advertise) = &self.advertise {
+            registry_api::names::check_gateway_addr(advertise)
+                .map_err(|e| anyhow::anyhow!("--advertise {advertise:?}: {e}"))?;
+        }
+        for join in &self.retry_join_wan {
+            registry_api::names::check_gateway_addr(join)
+                .map_err(|e| anyhow::anyhow!("--retry-join-wan {join:?}: {e}"))?;
+        }
         anyhow::ensure!(
             !self.gossip_interval.is_zero(),
             "gossip interval must be above zero"
@@ -97,6 +141,12 @@ impl GatewayConfig {
             "dead_after ({:?}) must exceed the gossip interval ({:?})",
             self.dead_after,
             self.gossip_interval
+        );
+        anyhow::ensure!(
+            self.reconnect_timeout > self.dead_after,
+            "reconnect timeout ({:?}) must exceed dead_after ({:?})",
+            self.reconnect_timeout,
+            self.dead_after
         );
         Ok(())
     }
@@ -180,13 +230,26 @@ async fn start_with(
         .clone()
         .unwrap_or_else(|| default_advertise(addr));
     tracing::info!(dc = %config.datacenter, %addr, %advertise, "gateway listening");
+    if config.encrypt.is_some() {
+        tracing::info!(dc = %config.datacenter, "WAN traffic is authenticated with the shared key");
+    } else {
+        // As Consul warns when gossip encryption is off.
+        tracing::warn!(dc = %config.datacenter,
+            "no --encrypt key: WAN gateway traffic is unauthenticated; anyone who can reach this gateway can join the federation and use it");
+    }
 
     let me = GatewayEntry {
         dc: config.datacenter.clone(),
         addr: advertise,
     };
-    let members = Arc::new(Mutex::new(members::MemberTable::new(me, config.dead_after)));
-    let forwarder = forward::Forwarder::new(&config.servers).context("building the HTTP client")?;
+    let liveness = members::Liveness {
+        dead_after: config.dead_after,
+        dead_probe_every: config.gossip_interval * DEAD_PROBE_ROUNDS,
+        reconnect_timeout: config.reconnect_timeout,
+    };
+    let members = Arc::new(Mutex::new(members::MemberTable::new(me, liveness)));
+    let forwarder = forward::Forwarder::new(&config.servers, config.encrypt.clone())
+        .context("building the HTTP client")?;
     let client = forwarder.client().clone();
     let gateway = Arc::new(http::Gateway {
         dc: config.datacenter.clone(),
@@ -194,6 +257,7 @@ async fn start_with(
         forwarder,
         in_flight: Arc::new(Semaphore::new(forward::MAX_IN_FLIGHT)),
         shutdown: shutdown.clone(),
+        key: config.encrypt.clone().map(Arc::new),
     });
     tracing::info!(dc = %config.datacenter, servers = ?config.servers, "forwarding to servers");
 
@@ -210,6 +274,7 @@ async fn start_with(
     let gossip = tokio::spawn(gossip::run(
         members,
         client,
+        config.encrypt.clone(),
         config.retry_join_wan.clone(),
         config.gossip_interval,
         shutdown.clone(),
@@ -260,5 +325,48 @@ mod tests {
         assert!(c.validate().is_err());
         c.gossip_interval = Duration::ZERO;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn config_rejects_addresses_that_are_not_host_and_port_and_bad_dc_names() {
+        let ok = || {
+            let mut c = GatewayConfig::new("dc1");
+            c.advertise = Some("10.0.0.1:8302".into());
+            c.retry_join_wan = vec!["gw.dc2.example:8302".into(), "[::1]:8302".into()];
+            c
+        };
+        assert!(ok().validate().is_ok());
+        for bad in [
+            "evil/x?y#:1",
+            "http://gw:8302",
+            "gw:8302/x",
+            "gw",
+            "user@gw:1",
+        ] {
+            let mut c = ok();
+            c.retry_join_wan.push(bad.into());
+            assert!(c.validate().is_err(), "{bad}");
+            let mut c = ok();
+            c.advertise = Some(bad.into());
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        for bad in ["", "dc 1", "dc/1"] {
+            let mut c = ok();
+            c.datacenter = bad.into();
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+        let mut c = ok();
+        c.reconnect_timeout = c.dead_after;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_key_never_shows_in_the_config_debug() {
+        let key = registry_api::auth::generate_key();
+        let mut c = GatewayConfig::new("dc1");
+        c.encrypt = Some(SharedKey::from_base64(&key).unwrap());
+        let printed = format!("{c:?}");
+        assert!(!printed.contains(&key), "{printed}");
+        assert!(printed.contains("redacted"), "{printed}");
     }
 }

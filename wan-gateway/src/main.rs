@@ -1,17 +1,26 @@
-//! `wan-gateway`: flags -> config -> `run(config, shutdown)`.
+//! `wan-gateway`: flags -> config -> `run(config, shutdown)`; `wan-gateway keygen` prints a key.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use wan_gateway::GatewayConfig;
+use wan_gateway::{GatewayConfig, SharedKey};
 
 /// The WAN gateway: federates this datacenter with the others. Every flag can also be set as
 /// REGISTRY_<FLAG> (lists comma-separated).
-#[derive(Parser, Debug)]
-#[command(version, about)]
+///
+/// It forwards only the data endpoints (catalog, health, KV, session, txn, status, query, event,
+/// coordinate) between datacenters; agent, operator, ACL, snapshot and internal endpoints get 403.
+/// With --encrypt, every request to and from the gateway must be signed with the shared key.
+// No `Debug`: the struct holds the key as given.
+#[derive(Parser)]
+#[command(version, about, long_about)]
 struct Args {
-    /// Datacenter this gateway serves.
+    /// What to do instead of running the gateway.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Datacenter this gateway serves (letters, digits, '-', '_').
     #[arg(long, env = "REGISTRY_DATACENTER", default_value = "dc1")]
     datacenter: String,
     /// Address to listen on (HTTP from this DC's servers and from other gateways).
@@ -27,12 +36,35 @@ struct Args {
     /// HOST:PORT of any other gateway, in any DC, to join the WAN through (repeatable).
     #[arg(long, env = "REGISTRY_RETRY_JOIN_WAN", value_delimiter = ',')]
     retry_join_wan: Vec<String>,
+    /// Shared key of the federation (base64 of 16, 24 or 32 bytes; `wan-gateway keygen` makes
+    /// one). Every gateway and every server must have the same key: requests without a valid
+    /// signature are refused with 403, and everything the gateway sends is signed. Without it,
+    /// WAN traffic is unauthenticated.
+    #[arg(
+        long,
+        env = "REGISTRY_ENCRYPT",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    encrypt: Option<String>,
     /// Time between membership exchanges with every known gateway (Go duration).
     #[arg(long, env = "REGISTRY_GOSSIP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     gossip_interval: Duration,
-    /// A gateway not reached for this long is dead (Go duration).
+    /// A gateway not reached for this long is dead: not routed to, probed every tenth round
+    /// (Go duration).
     #[arg(long, env = "REGISTRY_DEAD_AFTER", default_value = "5s", value_parser = parse_duration)]
     dead_after: Duration,
+    /// A gateway not reached for this long is forgotten (Consul's reconnect_timeout_wan; Go
+    /// duration).
+    #[arg(long, env = "REGISTRY_RECONNECT_TIMEOUT", default_value = "72h", value_parser = parse_duration)]
+    reconnect_timeout: Duration,
+}
+
+/// Subcommands.
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new shared key for --encrypt (32 random bytes, base64) and exit.
+    Keygen,
 }
 
 /// Parses a Go duration (`500ms`, `1m30s`).
@@ -40,18 +72,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     registry_api::duration::parse(s)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Exit code for unusable flags (as clap's own usage errors).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    if let Some(Command::Keygen) = a.command {
+        println!("{}", registry_api::auth::generate_key());
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    // As Go raises it for Consul: the soft open-file limit up to the hard one
-    // (each HTTP connection, blocking queries above all, holds a descriptor).
-    registry_api::serve::raise_fd_limit();
-    let a = Args::parse();
+    // The key is read here, not by clap, so that no error message ever quotes it.
+    let encrypt = match a.encrypt.as_deref().map(SharedKey::from_base64).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("error: --encrypt / REGISTRY_ENCRYPT: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let config = GatewayConfig {
         advertise: a.advertise,
         listen: a.listen,
@@ -59,8 +102,38 @@ async fn main() -> anyhow::Result<()> {
         retry_join_wan: a.retry_join_wan,
         gossip_interval: a.gossip_interval,
         dead_after: a.dead_after,
+        reconnect_timeout: a.reconnect_timeout,
+        encrypt,
         ..GatewayConfig::new(a.datacenter)
     };
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    // As Go raises it for Consul: the soft open-file limit up to the hard one
+    // (each HTTP connection, blocking queries above all, holds a descriptor).
+    registry_api::serve::raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the gateway until Ctrl-C or SIGTERM.
+async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     let signals = tokio::spawn(async move {

@@ -5,15 +5,42 @@
 //! Liveness follows the SWIM idea of "direct evidence only": a gateway counts as alive while this
 //! gateway itself has reached it within `dead_after`. What peers say about a third gateway only adds
 //! it to the table (with a grace period of `dead_after` from when we first heard of it), it never
-//! refreshes liveness, so a dead gateway cannot be kept alive by rumours.
+//! refreshes liveness, so a dead gateway cannot be kept alive by rumours. For the same reason a
+//! gateway passes on only the gateways it has itself reached within `dead_after`: a dead one is
+//! not spread to gateways that never knew it, and once forgotten it is not brought back.
+//!
+//! The table is bounded ([`MAX_MEMBERS`], [`MAX_PER_DC`]; beyond them new rumours are ignored), a
+//! dead gateway is probed only every `dead_probe_every`, and one not reached for
+//! `reconnect_timeout` (Consul's `reconnect_timeout_wan`, 72 h by default) is forgotten: removed,
+//! no longer probed nor listed. Entries whose address is not `host:port` or whose DC name is not
+//! a DC name ([`registry_api::names`]) are never stored, so nothing a peer says ends up in a URL.
 
+use registry_api::names::{check_datacenter, check_gateway_addr};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How many RTT samples are kept per gateway; the median of them is its RTT (robust to one slow
 /// probe, unlike the mean).
 const RTT_SAMPLES: usize = 5;
+/// Most gateways the table holds. A WAN has a handful of gateways per DC; the bound only stops a
+/// misbehaving member from growing the table (and every exchange) without limit.
+pub const MAX_MEMBERS: usize = 512;
+/// Most gateways the table holds for one DC.
+pub const MAX_PER_DC: usize = 64;
+/// Least time between two "table full" warnings.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// When the table gives up on a gateway, step by step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// A gateway not reached for this long is dead: skipped for routing, probed less often.
+    pub dead_after: Duration,
+    /// A dead gateway is probed at most once per this.
+    pub dead_probe_every: Duration,
+    /// A gateway not reached for this long is forgotten (Consul's `reconnect_timeout_wan`).
+    pub reconnect_timeout: Duration,
+}
 
 /// One gateway as gateways tell each other about it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +49,15 @@ pub struct GatewayEntry {
     pub dc: String,
     /// Its advertised `host:port`.
     pub addr: String,
+}
+
+impl GatewayEntry {
+    /// Checks what a peer says about a gateway before it is stored or used: the address is
+    /// `host:port` and the DC a valid name ([`registry_api::names`]). The reason never quotes the input.
+    pub fn check(&self) -> Result<(), String> {
+        check_gateway_addr(&self.addr).map_err(|e| e.to_string())?;
+        check_datacenter(&self.dc)
+    }
 }
 
 /// What a gateway sends in an exchange and gets back: itself and everything it knows.
@@ -70,15 +106,27 @@ struct Member {
     /// When a request or an exchange to it last failed; a failure newer than `last_reached` sorts
     /// it after its healthy siblings without waiting for `dead_after`.
     last_failed: Option<Instant>,
+    /// When the gossip loop last chose it as a probe target (dead gateways are probed rarely).
+    last_probed: Option<Instant>,
     /// The latest round-trip samples, oldest first.
     rtts: VecDeque<Duration>,
 }
 
 impl Member {
+    /// Time since the last evidence of it: since it was last reached, or first heard of.
+    fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_reached.unwrap_or(self.heard_at))
+    }
+
     /// Alive: reached within `dead_after`, or never reached but heard of within `dead_after`.
     fn alive(&self, now: Instant, dead_after: Duration) -> bool {
-        let since = self.last_reached.unwrap_or(self.heard_at);
-        now.saturating_duration_since(since) < dead_after
+        self.silent_for(now) < dead_after
+    }
+
+    /// Reached by this gateway itself within `dead_after`: the only members passed on to peers.
+    fn reached_recently(&self, now: Instant, dead_after: Duration) -> bool {
+        self.last_reached
+            .is_some_and(|r| now.saturating_duration_since(r) < dead_after)
     }
 
     /// Failed more recently than it was reached.
@@ -106,19 +154,22 @@ impl Member {
 pub struct MemberTable {
     /// This gateway's own entry; never stored in `members`.
     me: GatewayEntry,
-    /// A gateway not reached for this long is dead.
-    dead_after: Duration,
+    /// When gateways are dead, probed rarely and forgotten.
+    liveness: Liveness,
     /// Keyed by advertised address; a `BTreeMap` so views and listings are in a stable order.
     members: BTreeMap<String, Member>,
+    /// When the table last warned that it is full (the warning is rate-limited).
+    last_full_warning: Option<Instant>,
 }
 
 impl MemberTable {
     /// An empty table for the gateway `me`.
-    pub fn new(me: GatewayEntry, dead_after: Duration) -> MemberTable {
+    pub fn new(me: GatewayEntry, liveness: Liveness) -> MemberTable {
         MemberTable {
             me,
-            dead_after,
+            liveness,
             members: BTreeMap::new(),
+            last_full_warning: None,
         }
     }
 
@@ -134,24 +185,56 @@ impl MemberTable {
 
     /// Adds the gateways a peer told us about that we did not know yet. Known entries are left as
     /// they are: only a gateway itself is authoritative about its DC (see [`Self::record_reached`]).
+    /// Entries that are not a valid address and DC name are ignored (logged at debug, without
+    /// their text), and so are new ones beyond [`MAX_MEMBERS`] or [`MAX_PER_DC`].
     pub fn merge_heard(&mut self, entries: &[GatewayEntry], now: Instant) {
+        // Counted once per merge, not once per entry: a view may be long.
+        let mut per_dc: Option<HashMap<String, usize>> = None;
         for e in entries {
-            if e.addr == self.me.addr || e.addr.is_empty() || e.dc.is_empty() {
+            if e.addr == self.me.addr || self.members.contains_key(&e.addr) {
                 continue;
             }
-            if !self.members.contains_key(&e.addr) {
-                tracing::info!(dc = %e.dc, addr = %e.addr, "learned of a gateway");
-                self.members.insert(
-                    e.addr.clone(),
-                    Member {
-                        dc: e.dc.clone(),
-                        heard_at: now,
-                        last_reached: None,
-                        last_failed: None,
-                        rtts: VecDeque::new(),
-                    },
-                );
+            if let Err(reason) = e.check() {
+                tracing::debug!(%reason, "ignoring an invalid gateway entry");
+                continue;
             }
+            let per_dc = per_dc.get_or_insert_with(|| {
+                let mut counts = HashMap::new();
+                for m in self.members.values() {
+                    *counts.entry(m.dc.clone()).or_insert(0) += 1;
+                }
+                counts
+            });
+            let in_dc = per_dc.entry(e.dc.clone()).or_insert(0);
+            if self.members.len() >= MAX_MEMBERS || *in_dc >= MAX_PER_DC {
+                if self
+                    .last_full_warning
+                    .is_none_or(|t| now.saturating_duration_since(t) >= FULL_WARNING_EVERY)
+                {
+                    self.last_full_warning = Some(now);
+                    tracing::warn!(
+                        members = self.members.len(),
+                        max_members = MAX_MEMBERS,
+                        max_per_dc = MAX_PER_DC,
+                        "WAN member table full; ignoring newly heard gateways"
+                    );
+                }
+                continue;
+            }
+            *in_dc += 1;
+            // Both fields passed `GatewayEntry::check`: a small alphabet, safe to log.
+            tracing::info!(dc = %e.dc, addr = %e.addr, "learned of a gateway");
+            self.members.insert(
+                e.addr.clone(),
+                Member {
+                    dc: e.dc.clone(),
+                    heard_at: now,
+                    last_reached: None,
+                    last_failed: None,
+                    last_probed: None,
+                    rtts: VecDeque::new(),
+                },
+            );
         }
     }
 
@@ -160,11 +243,15 @@ impl MemberTable {
         if peer.addr == self.me.addr {
             return;
         }
+        if let Err(reason) = peer.check() {
+            tracing::debug!(%reason, "ignoring an answer with an invalid gateway entry");
+            return;
+        }
         self.merge_heard(std::slice::from_ref(peer), now);
         let Some(m) = self.members.get_mut(&peer.addr) else {
             return;
         };
-        if !m.alive(now, self.dead_after) {
+        if !m.alive(now, self.liveness.dead_after) {
             tracing::info!(dc = %peer.dc, addr = %peer.addr, "gateway is back");
         }
         if m.dc != peer.dc {
@@ -186,14 +273,17 @@ impl MemberTable {
         }
     }
 
-    /// What this gateway tells its peers: itself and every gateway it knows, dead ones included
-    /// (a dead gateway stays listed so that it is probed and noticed when it returns).
-    pub fn view(&self) -> WanView {
+    /// What this gateway tells its peers: itself and every gateway it has itself reached within
+    /// `dead_after`. A dead gateway stays in this table (probed, and noticed when it returns) but
+    /// is not spread: a peer that never knew it has no use for it, and a forgotten one is not
+    /// brought back by a rumour.
+    pub fn view(&self, now: Instant) -> WanView {
         WanView {
             me: self.me.clone(),
             members: self
                 .members
                 .iter()
+                .filter(|(_, m)| m.reached_recently(now, self.liveness.dead_after))
                 .map(|(addr, m)| GatewayEntry {
                     dc: m.dc.clone(),
                     addr: addr.clone(),
@@ -202,9 +292,41 @@ impl MemberTable {
         }
     }
 
-    /// Every known gateway's address, the ones the gossip loop probes.
+    /// Every known gateway's address.
     pub fn addresses(&self) -> Vec<String> {
         self.members.keys().cloned().collect()
+    }
+
+    /// The gateways to probe in this round: every live one, and a dead one only when it was not
+    /// chosen within `dead_probe_every` (so a long-dead gateway costs one probe per that period).
+    pub fn probe_targets(&mut self, now: Instant) -> Vec<String> {
+        let liveness = self.liveness;
+        let mut out = Vec::new();
+        for (addr, m) in &mut self.members {
+            let due = m.alive(now, liveness.dead_after)
+                || m.last_probed
+                    .is_none_or(|p| now.saturating_duration_since(p) >= liveness.dead_probe_every);
+            if due {
+                m.last_probed = Some(now);
+                out.push(addr.clone());
+            }
+        }
+        out
+    }
+
+    /// Forgets the gateways not reached (or, never reached, first heard of) for
+    /// `reconnect_timeout`; returns how many.
+    pub fn forget_long_dead(&mut self, now: Instant) -> usize {
+        let before = self.members.len();
+        let timeout = self.liveness.reconnect_timeout;
+        self.members.retain(|addr, m| {
+            let keep = m.silent_for(now) < timeout;
+            if !keep {
+                tracing::info!(dc = %m.dc, %addr, ?timeout, "forgetting a gateway not reached for the reconnect timeout");
+            }
+            keep
+        });
+        before - self.members.len()
     }
 
     /// All known DCs: the local one first, then the others by their best live gateway's RTT;
@@ -218,7 +340,7 @@ impl MemberTable {
                 continue;
             }
             let entry = best.entry(m.dc.as_str()).or_insert((true, None));
-            if m.alive(now, self.dead_after) {
+            if m.alive(now, self.liveness.dead_after) {
                 entry.0 = false;
                 if let Some(rtt) = m.rtt() {
                     entry.1 = Some(entry.1.map_or(rtt, |b| b.min(rtt)));
@@ -244,7 +366,7 @@ impl MemberTable {
                 continue;
             }
             known = true;
-            if m.alive(now, self.dead_after) {
+            if m.alive(now, self.liveness.dead_after) {
                 let rtt = m.rtt();
                 live.push((m.suspect(), rtt.is_none(), rtt, addr));
             }
@@ -271,7 +393,7 @@ impl MemberTable {
             .chain(self.members.iter().map(|(addr, m)| MemberStatus {
                 dc: m.dc.clone(),
                 addr: addr.clone(),
-                alive: m.alive(now, self.dead_after),
+                alive: m.alive(now, self.liveness.dead_after),
                 rtt_ms: m.rtt().map(|d| d.as_secs_f64() * 1e3),
             }))
             .collect()
@@ -290,9 +412,18 @@ mod tests {
     }
 
     const DEAD_AFTER: Duration = Duration::from_secs(5);
+    const DEAD_PROBE_EVERY: Duration = Duration::from_secs(10);
+    const RECONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
 
     fn table() -> MemberTable {
-        MemberTable::new(entry("dc1", "g1:8302"), DEAD_AFTER)
+        MemberTable::new(
+            entry("dc1", "g1:8302"),
+            Liveness {
+                dead_after: DEAD_AFTER,
+                dead_probe_every: DEAD_PROBE_EVERY,
+                reconnect_timeout: RECONNECT_TIMEOUT,
+            },
+        )
     }
 
     #[test]
@@ -303,8 +434,111 @@ mod tests {
         t.merge_heard(&[entry("dc9", "g2:8302")], now);
         assert_eq!(t.addresses(), ["g2:8302"]);
         // A rumour does not change a known gateway's DC.
-        assert_eq!(t.view().members, [entry("dc2", "g2:8302")]);
-        assert_eq!(t.view().me, entry("dc1", "g1:8302"));
+        assert_eq!(t.statuses(now)[1].dc, "dc2");
+        assert_eq!(t.view(now).me, entry("dc1", "g1:8302"));
+    }
+
+    #[test]
+    fn invalid_addresses_and_dc_names_are_never_stored() {
+        let now = Instant::now();
+        let mut t = table();
+        t.merge_heard(
+            &[
+                entry("dc2", "evil/x?y#:1"),
+                entry("dc2", "evil:1/x"),
+                entry("dc2", "user@evil:1"),
+                entry("dc2", "http://evil:1"),
+                entry("dc2", "evil"),
+                entry("dc2", ""),
+                entry("dc 2", "ok:1"),
+                entry("", "ok:1"),
+                entry(&"d".repeat(65), "ok:1"),
+                entry("dc2", "good:1"),
+            ],
+            now,
+        );
+        assert_eq!(t.addresses(), ["good:1"]);
+        // Nor through a reply to our own probe.
+        t.record_reached(&entry("dc/3", "good2:1"), Duration::from_millis(1), now);
+        assert_eq!(t.addresses(), ["good:1"]);
+    }
+
+    #[test]
+    fn the_table_is_bounded_in_total_and_per_dc() {
+        let now = Instant::now();
+        let mut t = table();
+        let dc2: Vec<GatewayEntry> = (0..MAX_PER_DC + 10)
+            .map(|i| entry("dc2", &format!("a{i}:1")))
+            .collect();
+        t.merge_heard(&dc2, now);
+        assert_eq!(t.addresses().len(), MAX_PER_DC);
+        // Another DC still has room.
+        t.merge_heard(&[entry("dc3", "b:1")], now);
+        assert!(t.contains("b:1"));
+        // Fill the table up to its total bound with many DCs, then nothing more gets in.
+        let many: Vec<GatewayEntry> = (0..MAX_MEMBERS)
+            .map(|i| entry(&format!("x{}", i % 100), &format!("c{i}:1")))
+            .collect();
+        t.merge_heard(&many, now);
+        assert_eq!(t.addresses().len(), MAX_MEMBERS);
+        t.merge_heard(&[entry("dc4", "late:1")], now);
+        t.record_reached(&entry("dc4", "late:1"), Duration::from_millis(1), now);
+        assert!(!t.contains("late:1"));
+        assert_eq!(t.route("dc4", now), Route::Unknown);
+    }
+
+    #[test]
+    fn dead_gateways_are_probed_rarely_then_forgotten() {
+        let t0 = Instant::now();
+        let mut t = table();
+        t.record_reached(&entry("dc2", "a:1"), Duration::from_millis(1), t0);
+        t.record_reached(&entry("dc3", "b:1"), Duration::from_millis(1), t0);
+        let s = Duration::from_secs;
+        // Both alive: probed every round.
+        assert_eq!(t.probe_targets(t0 + s(1)), ["a:1", "b:1"]);
+        assert_eq!(t.probe_targets(t0 + s(2)), ["a:1", "b:1"]);
+        // b keeps answering; a is dead from t0 + 5 s and probed once per DEAD_PROBE_EVERY.
+        let mut probed_a = Vec::new();
+        for sec in 3..40 {
+            let now = t0 + s(sec);
+            t.record_reached(&entry("dc3", "b:1"), Duration::from_millis(1), now);
+            let targets = t.probe_targets(now);
+            assert!(targets.contains(&"b:1".to_owned()), "{sec}");
+            if targets.contains(&"a:1".to_owned()) {
+                probed_a.push(sec);
+            }
+        }
+        // Alive until 4 s; dead from 5 s (last probed at 4 s), then every 10 s.
+        assert_eq!(probed_a, [3, 4, 14, 24, 34]);
+        // Dead members are kept (and route as unreachable) but not passed on.
+        let now = t0 + s(40);
+        t.record_reached(&entry("dc3", "b:1"), Duration::from_millis(1), now);
+        assert_eq!(t.view(now).members, [entry("dc3", "b:1")]);
+        assert_eq!(t.route("dc2", now), Route::Unreachable);
+        // Forgotten once not reached for the reconnect timeout.
+        assert_eq!(t.forget_long_dead(t0 + RECONNECT_TIMEOUT - s(1)), 0);
+        assert!(t.contains("a:1"));
+        assert_eq!(t.forget_long_dead(t0 + RECONNECT_TIMEOUT), 1);
+        assert!(!t.contains("a:1"));
+        assert!(t.contains("b:1"));
+        assert_eq!(t.route("dc2", t0 + RECONNECT_TIMEOUT), Route::Unknown);
+        assert!(!t
+            .probe_targets(t0 + RECONNECT_TIMEOUT)
+            .contains(&"a:1".to_owned()));
+        // A gateway heard of and never reached is forgotten on the same clock.
+        let later = t0 + RECONNECT_TIMEOUT;
+        t.merge_heard(&[entry("dc5", "c:1")], later);
+        assert_eq!(t.forget_long_dead(later + RECONNECT_TIMEOUT), 2);
+    }
+
+    #[test]
+    fn only_gateways_reached_recently_are_passed_on() {
+        let t0 = Instant::now();
+        let mut t = table();
+        t.merge_heard(&[entry("dc2", "heard:1")], t0);
+        t.record_reached(&entry("dc3", "reached:1"), Duration::from_millis(1), t0);
+        assert_eq!(t.view(t0).members, [entry("dc3", "reached:1")]);
+        assert!(t.view(t0 + DEAD_AFTER).members.is_empty());
     }
 
     #[test]

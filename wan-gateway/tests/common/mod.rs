@@ -233,3 +233,82 @@ pub async fn dead_addr() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
 }
+
+/// A new random shared key.
+pub fn new_key() -> wan_gateway::SharedKey {
+    wan_gateway::SharedKey::from_base64(&registry_api::auth::generate_key()).unwrap()
+}
+
+/// A gateway config for tests that uses the shared key `key`.
+pub fn keyed_config(
+    dc: &str,
+    servers: &[&FakeServer],
+    join: &[&GatewayHandle],
+    key: &wan_gateway::SharedKey,
+) -> GatewayConfig {
+    GatewayConfig {
+        encrypt: Some(key.clone()),
+        ..config(dc, servers, join)
+    }
+}
+
+/// Sends `method path` with `body` (as JSON when not empty) to `base` (`http://host:port`),
+/// signed with `key` if given; returns the status, the `Allow` header and the body.
+pub async fn send(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    key: Option<&wan_gateway::SharedKey>,
+) -> (u16, Option<String>, String) {
+    let mut req = client()
+        .request(method.parse().unwrap(), format!("{base}{path}"))
+        .body(body.to_vec());
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json");
+    }
+    if let Some(key) = key {
+        req = req.header(
+            registry_api::auth::SIGNATURE_HEADER,
+            key.sign_request(method, path, body),
+        );
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let allow = resp
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, allow, resp.text().await.unwrap())
+}
+
+/// `GET /v1/catalog/datacenters` of a gateway that has the key `key`.
+pub async fn signed_datacenters(gw: &GatewayHandle, key: &wan_gateway::SharedKey) -> Vec<String> {
+    let (status, _, body) = send(&gw.url(), "GET", "/v1/catalog/datacenters", b"", Some(key)).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// `GET /wan/v1/members` of a gateway that has the key `key`.
+pub async fn signed_members(gw: &GatewayHandle, key: &wan_gateway::SharedKey) -> Vec<MemberStatus> {
+    let (status, _, body) = send(&gw.url(), "GET", "/wan/v1/members", b"", Some(key)).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Checks `bad` every 50 ms for `period` and fails as soon as it returns `Some`: for things
+/// that must never happen (with the defect they happen within a gossip round or two).
+pub async fn never_within<T, F, Fut>(period: Duration, what: &str, mut bad: F)
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + period;
+    while Instant::now() < deadline {
+        if let Some(v) = bad().await {
+            panic!("{what}: {v:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
