@@ -7,13 +7,15 @@
 //! few map updates, so an async lock would only add cost.
 //!
 //! Definitions are persisted under `data_dir` (`services.json`, `checks.json`, written to a
-//! temporary file and renamed so a crash never leaves half a file), so a restarted agent brings
+//! temporary file, fsynced and renamed so a crash never leaves half a file, and read back
+//! leniently in case one does anyway), so a restarted agent brings
 //! its services and checks back without the application registering again, as Consul's agent
 //! does with its `services/` and `checks/` directories.
 
 use crate::anti_entropy::AntiEntropy;
 use crate::checks::{parse_spec, CheckFields, CheckKind, CheckRunner, CheckSpec, CheckUpdate};
 use crate::servers::ServerPool;
+use registry_api::auth::SharedKey;
 use registry_api::{
     duration, AgentService, AgentServiceChecksInfo, AgentServiceInfo, CheckRegistration,
     Error as ApiError, HealthCheck, HeartbeatRequest, ServiceRegistration, CRITICAL, PASSING,
@@ -67,6 +69,9 @@ pub struct AgentConfig {
     pub sync_interval: Duration,
     /// Time between liveness heartbeats to the servers.
     pub heartbeat_interval: Duration,
+    /// The cluster's shared key (`--encrypt`): when set, [`Agent::start`] makes the server
+    /// pool sign every request with it (unless the pool was given a key already).
+    pub encrypt: Option<SharedKey>,
 }
 
 impl AgentConfig {
@@ -82,6 +87,7 @@ impl AgentConfig {
             server: false,
             sync_interval: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(2),
+            encrypt: None,
         }
     }
 }
@@ -209,6 +215,12 @@ impl Agent {
         if let Some(dir) = &config.data_dir {
             tokio::fs::create_dir_all(dir).await?;
         }
+        // Syncs and heartbeats are signed like everything else the agent sends; the servers
+        // refuse heartbeats without a valid signature when they have a key.
+        let servers = match &config.encrypt {
+            Some(key) if !servers.signs_requests() => servers.with_key(Some(key.clone())),
+            _ => servers,
+        };
         let (updates_tx, updates_rx) = mpsc::channel(CHECK_UPDATES_CAPACITY);
         let agent = Arc::new(Agent {
             config,
@@ -807,11 +819,17 @@ impl Agent {
                 .max(Duration::from_millis(10)),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether the last round failed: the first failure is a warning (the servers mark
+        // this node critical if it lasts), the repeats only debug lines.
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // One round tries every server in turn until one takes the heartbeat: an error
+            // answer (a server that cannot reach a leader) counts as a failure, like no
+            // answer, and the pool then prefers the server that took it.
             let sent = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = self.servers.put_json_within(
@@ -820,8 +838,19 @@ impl Agent {
                     Some(self.config.heartbeat_interval.max(Duration::from_secs(1))),
                 ) => r,
             };
-            if let Err(e) = sent {
-                tracing::debug!(node = %self.config.node, error = %e, "heartbeat failed; retrying next interval");
+            match sent {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!(node = %self.config.node, "heartbeats reach the servers again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(node = %self.config.node, error = %e, "no server took the heartbeat; retrying every interval");
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.config.node, error = %e, "heartbeat failed; retrying next interval");
+                }
             }
         }
     }
@@ -861,13 +890,18 @@ impl Agent {
     }
 
     /// Loads `services.json` and `checks.json` and starts the checks' runners. A definition
-    /// that no longer validates is skipped with a warning rather than failing the start.
+    /// that no longer validates, or a file a crash left torn, is skipped (as much of it as
+    /// cannot be read) with a warning rather than failing the start.
     async fn load(&self) -> anyhow::Result<()> {
         let Some(dir) = &self.config.data_dir else {
             return Ok(());
         };
-        let services: PersistedServices = read_json(&dir.join("services.json")).await?;
-        let checks: PersistedChecks = read_json(&dir.join("checks.json")).await?;
+        let services_path = dir.join("services.json");
+        let checks_path = dir.join("checks.json");
+        remove_leftover_temp(&services_path).await;
+        remove_leftover_temp(&checks_path).await;
+        let services: PersistedServices = read_entries(&services_path).await;
+        let checks: PersistedChecks = read_entries(&checks_path).await;
         let _persist = self.persist_lock.lock().await;
         let mut st = self.lock();
         for service in services {
@@ -995,23 +1029,150 @@ fn aggregated_status(checks: &[HealthCheck]) -> String {
     [PASSING, WARNING, CRITICAL][worst].into()
 }
 
-/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so readers
-/// (and a restart after a crash) see the old or the new file, never a part.
-async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
+/// The temporary file [`write_atomically`] writes before renaming it over `path`: in the
+/// same directory, because a rename is atomic only within one file system.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
-/// Reads a JSON file; a missing file is the empty default.
-async fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> anyhow::Result<T> {
-    match tokio::fs::read(path).await {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+/// Writes `bytes` to a temporary file beside `path`, flushes it to disk, renames it over
+/// `path` and flushes the directory, so that after a crash or a power loss `path` holds the
+/// old or the new content, never a part of either. Without the file's fsync a power loss
+/// can leave the rename on disk but not the data (a zero-length file on ext4 and XFS);
+/// without the directory's, the rename itself may be lost.
+async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let path = path.to_owned();
+    let bytes = bytes.to_vec();
+    // std::fs on the blocking pool: tokio::fs runs each call there anyway, and fsyncing a
+    // directory needs a plain File.
+    tokio::task::spawn_blocking(move || write_atomically_blocking(&path, &bytes))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The blocking body of [`write_atomically`].
+fn write_atomically_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = temp_path(path);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes a temporary file a crash left behind before its rename; the file it was meant
+/// to replace still holds the previous state, which is what the agent loads.
+async fn remove_leftover_temp(path: &Path) {
+    let tmp = temp_path(path);
+    match tokio::fs::remove_file(&tmp).await {
+        Ok(()) => {
+            tracing::info!(file = %tmp.display(), "removed an unfinished write left by a crash")
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %tmp.display(), error = %e, "could not remove an unfinished write")
+        }
     }
+}
+
+/// What [`read_entries`] found wrong with a file it still read what it could of.
+#[derive(Debug, PartialEq, Eq)]
+enum Damage {
+    /// The file could not be read at all.
+    Unreadable(String),
+    /// The JSON is torn or not a list: the entries before the damage were kept.
+    Torn {
+        /// Entries read before the damage.
+        kept: usize,
+        /// The parser's complaint.
+        error: String,
+    },
+    /// Some entries parsed as JSON but not as an entry, and were skipped.
+    BadEntries(usize),
+}
+
+/// Parses a JSON list of entries, keeping whatever can be read: a torn file (zero length,
+/// cut short by a crash, garbage) gives the entries that parse before the damage, and an
+/// entry of the wrong shape is skipped. The agent must start after a power loss with what
+/// it can read, rather than refuse to.
+fn parse_entries<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, Option<Damage>) {
+    /// Collects list items into a vector outside the deserializer, so that the items read
+    /// before an error survive it.
+    struct Salvage<'a>(&'a mut Vec<serde_json::Value>);
+    impl<'de> serde::de::Visitor<'de> for Salvage<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(item) = seq.next_element::<serde_json::Value>()? {
+                self.0.push(item);
+            }
+            Ok(())
+        }
+    }
+    let mut items = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed =
+        serde::Deserializer::deserialize_seq(&mut de, Salvage(&mut items)).and_then(|()| de.end());
+    let total = items.len();
+    let entries: Vec<T> = items
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
+    let damage = match parsed {
+        Err(e) => Some(Damage::Torn {
+            kept: entries.len(),
+            error: e.to_string(),
+        }),
+        Ok(()) if entries.len() < total => Some(Damage::BadEntries(total - entries.len())),
+        Ok(()) => None,
+    };
+    (entries, damage)
+}
+
+/// Reads `path` with [`parse_entries`] (a missing file is empty), logging any damage with
+/// the file's name. A torn
+/// file that held anything is kept beside it as `<name>.corrupt` for a look by hand, since
+/// the next change of state overwrites it.
+async fn read_entries<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            let damage = Damage::Unreadable(e.to_string());
+            tracing::warn!(file = %path.display(), ?damage, "cannot read persisted agent state; starting without it");
+            return Vec::new();
+        }
+    };
+    let (entries, damage) = parse_entries(&bytes);
+    if let Some(damage) = damage {
+        let mut kept_copy = None;
+        if !bytes.is_empty() && matches!(damage, Damage::Torn { .. }) {
+            let mut name = path.file_name().unwrap_or_default().to_os_string();
+            name.push(".corrupt");
+            let copy = path.with_file_name(name);
+            if tokio::fs::write(&copy, &bytes).await.is_ok() {
+                kept_copy = Some(copy.display().to_string());
+            }
+        }
+        tracing::warn!(
+            file = %path.display(),
+            ?damage,
+            loaded = entries.len(),
+            copy = ?kept_copy,
+            "persisted agent state is damaged (a crash or power loss?); starting with what could be read"
+        );
+    }
+    entries
 }
 
 /// The catalog keys rows by these names (separated by NUL, at most 512
@@ -1037,6 +1198,63 @@ mod tests {
             status: status.into(),
             ..Default::default()
         }
+    }
+
+    fn svc(id: &str) -> AgentService {
+        AgentService {
+            id: id.into(),
+            service: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn torn_state_files_give_what_can_be_read() {
+        let whole = serde_json::to_vec_pretty(&vec![svc("a"), svc("b")]).unwrap();
+        let (all, damage) = parse_entries::<AgentService>(&whole);
+        assert_eq!((all.len(), damage), (2, None));
+        // Zero length (a power loss after an un-fsynced rename), garbage, not a list.
+        for bad in [&b""[..], b"\0\0\0\0", b"{\"ID\":\"a\"}", b"[{\"ID\":"] {
+            let (got, damage) = parse_entries::<AgentService>(bad);
+            assert!(got.is_empty(), "{bad:?}");
+            assert!(
+                matches!(damage, Some(Damage::Torn { kept: 0, .. })),
+                "{bad:?}: {damage:?}"
+            );
+        }
+        // Cut in the middle of the second entry: the first one is kept.
+        let cut = &whole[..whole.len() - 20];
+        let (got, damage) = parse_entries::<AgentService>(cut);
+        assert_eq!(got, vec![svc("a")]);
+        assert!(
+            matches!(damage, Some(Damage::Torn { kept: 1, .. })),
+            "{damage:?}"
+        );
+        // An entry of the wrong shape is skipped, the others kept.
+        let (got, damage) = parse_entries::<AgentService>(br#"[{"ID":"a","Service":"a"},7]"#);
+        assert_eq!((got, damage), (vec![svc("a")], Some(Damage::BadEntries(1))));
+    }
+
+    #[tokio::test]
+    async fn write_atomically_replaces_the_file_through_a_temp_file_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("services.json");
+        let tmp = temp_path(&path);
+        // Same directory: a rename across file systems would not be atomic.
+        assert_eq!(tmp.parent(), path.parent());
+        assert_eq!(tmp.file_name().unwrap(), "services.json.tmp");
+
+        write_atomically(&path, b"old").await.unwrap();
+        write_atomically(&path, b"new").await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert!(!tmp.exists(), "nothing is left beside it");
+
+        // A crash before the rename leaves the old file whole and a temp file, which the
+        // next start removes without reading it.
+        std::fs::write(&tmp, b"[{\"ID\":\"half").unwrap();
+        remove_leftover_temp(&path).await;
+        assert!(!tmp.exists());
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
     }
 
     #[test]

@@ -398,7 +398,8 @@ async fn health_by_name(State(agent): St, Path(name): Path<String>) -> HttpResul
 // ---- forwarding ------------------------------------------------------------------------------
 
 /// Request headers passed on to the server: the body's type and Consul's own headers (the
-/// ACL token among them). Hop-by-hop headers stay here.
+/// ACL token among them). Hop-by-hop headers stay here, and so does a caller's
+/// `x-registry-signature`: the pool signs what it sends with this agent's own key.
 fn forwarded_request_headers(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (name, v) in headers {

@@ -6,7 +6,8 @@
 //! request that is not an agent endpoint to a server, failing over between servers
 //! ([`servers`], [`agent_http`]).
 //!
-//! Start-up, in order: build the server pool from `--retry-join`, start the agent (load
+//! Start-up, in order: build the server pool from `--retry-join` (signing with the shared
+//! key, `--encrypt`, when one is given), start the agent (load
 //! persisted state, start checks, syncer, heartbeats), bind the HTTP listener and serve.
 //! Everything stops on one [`CancellationToken`] and every task is awaited.
 
@@ -21,6 +22,8 @@ pub mod servers;
 pub use agent::{Agent, AgentConfig};
 pub use agent_http::{agent_router, client_router};
 pub use servers::{PoolError, PoolResponse, ServerPool};
+
+pub use registry_api::auth::SharedKey;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +59,9 @@ pub struct ClientConfig {
     pub sync_interval: Duration,
     /// Time between liveness heartbeats.
     pub heartbeat_interval: Duration,
+    /// The cluster's shared key (`--encrypt`): every request to the servers is signed with
+    /// it. `None` sends unsigned requests, which servers with a key refuse.
+    pub encrypt: Option<SharedKey>,
 }
 
 impl ClientConfig {
@@ -73,6 +79,7 @@ impl ClientConfig {
             dev: false,
             sync_interval: defaults.sync_interval,
             heartbeat_interval: defaults.heartbeat_interval,
+            encrypt: None,
         }
     }
 }
@@ -116,8 +123,15 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
     if retry_join.is_empty() {
         tracing::warn!(node = %config.node, "no servers given (--retry-join): the agent cannot sync or forward");
     }
-    let servers = ServerPool::from_retry_join(&retry_join)?;
-    tracing::info!(node = %config.node, servers = ?servers.servers(), "server pool");
+    let servers = ServerPool::from_retry_join(&retry_join)?.with_key(config.encrypt.clone());
+    if config.encrypt.is_none() {
+        // As Consul warns when gossip encryption is off.
+        tracing::warn!(
+            node = %config.node,
+            "no shared key (--encrypt): requests to the servers are unauthenticated, and servers that have a key will refuse them"
+        );
+    }
+    tracing::info!(node = %config.node, servers = ?servers.servers(), signed = servers.signs_requests(), "server pool");
 
     let agent_config = AgentConfig {
         node: config.node.clone(),
@@ -128,6 +142,7 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
         server: false,
         sync_interval: config.sync_interval,
         heartbeat_interval: config.heartbeat_interval,
+        encrypt: config.encrypt.clone(),
     };
     let (agent, mut tasks) = Agent::start(agent_config, servers.clone(), shutdown.clone()).await?;
 

@@ -1,14 +1,15 @@
 //! `registry-client`: flags -> config -> `run(config, shutdown)`.
 
-use clap::Parser;
-use registry_client::ClientConfig;
+use clap::{Parser, Subcommand};
+use registry_client::{ClientConfig, SharedKey};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 /// The client agent on an application host. Every flag can also be set as
 /// REGISTRY_<FLAG> (lists comma-separated), e.g. REGISTRY_RETRY_JOIN=s1:8300,s2:8300.
-#[derive(Parser, Debug)]
+// No `Debug`: the key is among the fields.
+#[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
     /// Node name (default: the hostname).
@@ -33,7 +34,24 @@ struct Args {
     /// (127.0.0.1:8300).
     #[arg(long, env = "REGISTRY_DEV")]
     dev: bool,
+    /// The cluster's shared key (base64; `registry-client keygen` makes one): signs every
+    /// request to the servers. Without it the servers must run without a key too.
+    #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
+    encrypt: Option<String>,
+    /// What to do instead of running the agent.
+    #[command(subcommand)]
+    command: Option<Command>,
 }
+
+/// Subcommands; without one the agent runs.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Prints a new shared key for --encrypt (32 random bytes, base64) and exits.
+    Keygen,
+}
+
+/// Exit code for a configuration error, as clap uses for bad flags.
+const EXIT_USAGE: i32 = 2;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -42,10 +60,22 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let a = Args::parse();
+    if let Some(Command::Keygen) = a.command {
+        println!("{}", registry_api::auth::generate_key());
+        return Ok(());
+    }
+    // The key's text never reaches a log line: only the reason it was refused.
+    let encrypt = match a.encrypt.as_deref().map(SharedKey::from_base64).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("error: --encrypt: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
     // As Go raises it for Consul: the soft open-file limit up to the hard one
     // (each HTTP connection, blocking queries above all, holds a descriptor).
     registry_api::serve::raise_fd_limit();
-    let a = Args::parse();
     let mut config = ClientConfig::new(
         a.node
             .unwrap_or_else(|| registry_client::hostname_or("registry-client")),
@@ -56,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     config.advertise_addr = a.advertise;
     config.retry_join = a.retry_join;
     config.dev = a.dev;
+    config.encrypt = encrypt;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -2,13 +2,27 @@
 //!
 //! Consul's agents keep a list of known servers and send each RPC to one of them, moving on
 //! to the next when one fails (`agent/router/manager.go`). Here every request goes to the
-//! server that answered last; on a transport failure (connect error, timeout, a connection
-//! dropped mid-answer) the next server is tried, until each was tried once. An HTTP error
-//! status is an answer, not a failure: it is passed back as is (a follower's "No cluster
-//! leader" is the cluster's answer and would be the same elsewhere).
+//! server that last answered well; the next server is tried on a transport failure (connect
+//! error, timeout, a connection dropped mid-answer) and on an answer that says this server
+//! cannot serve the request now, until each was tried once:
+//!
+//! - `500 No cluster leader` from any request: a server cut off from the others says this,
+//!   and another server may well know the leader. The server did not apply the request, so
+//!   this is safe to retry elsewhere even for a write.
+//! - any `5xx` from the agent's own idempotent requests (anti-entropy syncs and reads), and
+//!   any non-2xx from heartbeats ([`ServerPool::put_json_within`]): an agent that stayed on a
+//!   server that drops its heartbeats would be marked critical by the real leader.
+//!
+//! Any other status of a forwarded request is the cluster's answer (a 404 or a 400 would be
+//! the same elsewhere) and is passed back as is.
+//!
+//! With a shared key ([`ServerPool::with_key`]) every request the pool sends carries a
+//! signature over exactly what is sent ([`registry_api::auth`]); a signature that came with
+//! the caller's headers is dropped, never passed on.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
+use registry_api::auth::{self, SharedKey};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +42,40 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
 const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
 /// Slack on top of a blocking query's wait and jitter (wait/16) before we give up on it.
 const BLOCKING_SLACK: Duration = Duration::from_secs(20);
+/// Longest error body looked at for [`registry_api::error::NO_LEADER`]; the servers' texts
+/// are short, and a large body is some other answer.
+const MAX_ERROR_BODY_SCAN: usize = 4096;
+
+/// Which answers make the pool try the next server (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailOver {
+    /// Forwarded requests: only `500 No cluster leader`.
+    NoLeader,
+    /// The agent's own idempotent requests: any 5xx.
+    ServerError,
+    /// Heartbeats: anything but 2xx.
+    NotSuccess,
+}
+
+impl FailOver {
+    /// Whether `resp` is a reason to try the next server.
+    fn rejects(self, resp: &PoolResponse) -> bool {
+        match self {
+            FailOver::NoLeader => is_no_leader(resp),
+            FailOver::ServerError => resp.status.is_server_error(),
+            FailOver::NotSuccess => !resp.status.is_success(),
+        }
+    }
+}
+
+/// Whether a server answered Consul's `500 No cluster leader` (Consul words it so, possibly
+/// behind a prefix such as `rpc error making call: `).
+fn is_no_leader(resp: &PoolResponse) -> bool {
+    resp.status == StatusCode::INTERNAL_SERVER_ERROR
+        && resp.body.len() <= MAX_ERROR_BODY_SCAN
+        && std::str::from_utf8(&resp.body)
+            .is_ok_and(|text| text.contains(registry_api::error::NO_LEADER))
+}
 
 /// Why a request through the pool failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +129,13 @@ pub struct ServerPool {
 struct PoolInner {
     /// Base URLs without a trailing slash (`http://host:port`).
     servers: Vec<String>,
-    /// Index of the server that answered last, tried first.
+    /// Index of the server that last answered well, tried first.
     preferred: AtomicUsize,
     /// One client for all requests, so connections are kept alive between them.
     http: reqwest::Client,
+    /// The shared key (`--encrypt`) every request is signed with; `None` sends unsigned
+    /// requests (the servers then accept them only if they have no key either).
+    key: Option<SharedKey>,
 }
 
 impl ServerPool {
@@ -111,8 +162,29 @@ impl ServerPool {
                 servers,
                 preferred: AtomicUsize::new(0),
                 http,
+                key: None,
             }),
         })
+    }
+
+    /// This pool, signing every request with `key` from now on (`None`: unsigned). Clones
+    /// made before this call keep their old setting, so set the key before handing the
+    /// pool out.
+    pub fn with_key(self, key: Option<SharedKey>) -> ServerPool {
+        let inner = &self.inner;
+        ServerPool {
+            inner: Arc::new(PoolInner {
+                servers: inner.servers.clone(),
+                preferred: AtomicUsize::new(inner.preferred.load(Ordering::Relaxed)),
+                http: inner.http.clone(),
+                key,
+            }),
+        }
+    }
+
+    /// Whether requests are signed with a shared key.
+    pub fn signs_requests(&self) -> bool {
+        self.inner.key.is_some()
     }
 
     /// A pool from `--retry-join` addresses (`HOST:PORT`, the servers' RPC addresses): the
@@ -137,13 +209,17 @@ impl ServerPool {
         &self.inner.servers
     }
 
-    /// Sends a request to the server that answered last, failing over to the others on
-    /// transport errors. `path_and_query` starts with `/`. `headers` are sent as given.
+    /// Sends a request to the server that last answered well, failing over to the others on
+    /// transport errors and on `500 No cluster leader`; any other answer is returned as is.
+    /// `path_and_query` starts with `/`. `headers` are sent as given, except a signature
+    /// header, which the pool makes anew (or drops, without a key).
     ///
-    /// A request is sent to another server only when it cannot have been
-    /// applied: the connection was never made, or the method is GET/HEAD. A
+    /// After a transport error, a request is sent to another server only when it cannot
+    /// have been applied: the connection was never made, or the method is GET/HEAD. A
     /// write that timed out may have been applied, and sending it elsewhere
-    /// could apply it twice (a second session, a failed `cas`).
+    /// could apply it twice (a second session, a failed `cas`). A `No cluster leader`
+    /// answer means the server applied nothing, so any request may go on to the next.
+    /// When every server refused that way, the last such answer is returned.
     pub async fn send(
         &self,
         method: Method,
@@ -152,10 +228,60 @@ impl ServerPool {
         body: Bytes,
     ) -> Result<PoolResponse, PoolError> {
         let idempotent = method == Method::GET || method == Method::HEAD;
-        self.send_opts(method, path_and_query, headers, body, None, idempotent)
-            .await
+        self.send_opts(
+            method,
+            path_and_query,
+            headers,
+            body,
+            None,
+            idempotent,
+            FailOver::NoLeader,
+        )
+        .await
     }
 
+    /// Builds one attempt's request to `base`, signed when the pool has a key. The
+    /// signature covers the path and query as the URL parser left them, which is what goes
+    /// on the wire (it may percent-encode characters the caller sent raw).
+    fn build_request(
+        &self,
+        base: &str,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Request, reqwest::Error> {
+        let mut headers = headers.clone();
+        // A signature the caller sent is not ours to pass on: the servers must see only
+        // what this agent vouches for.
+        headers.remove(auth::SIGNATURE_HEADER);
+        let mut req = self
+            .inner
+            .http
+            .request(method.clone(), format!("{base}{path_and_query}"))
+            .headers(headers)
+            .body(body.clone())
+            .build()?;
+        if let Some(key) = &self.inner.key {
+            let url = req.url();
+            let signed_pq = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_owned(),
+            };
+            auth::sign_into(
+                Some(key),
+                req.headers_mut(),
+                method.as_str(),
+                &signed_pq,
+                body,
+            );
+        }
+        *req.timeout_mut() = timeout;
+        Ok(req)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn send_opts(
         &self,
         method: Method,
@@ -164,6 +290,7 @@ impl ServerPool {
         body: Bytes,
         timeout_override: Option<Duration>,
         idempotent: bool,
+        fail_over: FailOver,
     ) -> Result<PoolResponse, PoolError> {
         let servers = &self.inner.servers;
         if servers.is_empty() {
@@ -172,20 +299,20 @@ impl ServerPool {
         let timeout = timeout_override.or_else(|| request_timeout(path_and_query));
         let first = self.inner.preferred.load(Ordering::Relaxed) % servers.len();
         let mut last_error = String::new();
+        // The last answer that sent us on to the next server, returned if none does better.
+        let mut last_refusal: Option<PoolResponse> = None;
         for attempt in 0..servers.len() {
             let i = (first + attempt) % servers.len();
-            let url = format!("{}{}", servers[i], path_and_query);
-            let mut req = self
-                .inner
-                .http
-                .request(method.clone(), &url)
-                .headers(headers.clone())
-                .body(body.clone());
-            if let Some(t) = timeout {
-                req = req.timeout(t);
-            }
             let result = async {
-                let resp = req.send().await?;
+                let req = self.build_request(
+                    &servers[i],
+                    &method,
+                    path_and_query,
+                    &headers,
+                    &body,
+                    timeout,
+                )?;
+                let resp = self.inner.http.execute(req).await?;
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let body = resp.bytes().await?;
@@ -197,6 +324,15 @@ impl ServerPool {
             }
             .await;
             match result {
+                Ok(resp) if fail_over.rejects(&resp) => {
+                    tracing::debug!(
+                        server = %servers[i],
+                        path = %path_and_query,
+                        status = %resp.status,
+                        "server cannot serve this now; trying the next"
+                    );
+                    last_refusal = Some(resp);
+                }
                 Ok(resp) => {
                     if i != first {
                         tracing::info!(server = %servers[i], "failed over to another server");
@@ -208,18 +344,32 @@ impl ServerPool {
                     tracing::debug!(server = %servers[i], path = %path_and_query, error = %e, "server unreachable");
                     last_error = format!("{}: {e}", servers[i]);
                     if !idempotent && !e.is_connect() {
-                        break;
+                        // This server may have applied the write: no other server gets it,
+                        // and the caller must not take an earlier refusal for the outcome.
+                        return Err(PoolError::Unreachable { last_error });
                     }
                 }
             }
         }
-        Err(PoolError::Unreachable { last_error })
+        match last_refusal {
+            Some(resp) => Ok(resp),
+            None => Err(PoolError::Unreachable { last_error }),
+        }
     }
 
     /// GET `path` and decode a JSON answer; an error status is [`PoolError::Status`].
+    /// A 5xx answer sends the request on to the next server.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, PoolError> {
         let resp = self
-            .send(Method::GET, path, HeaderMap::new(), Bytes::new())
+            .send_opts(
+                Method::GET,
+                path,
+                HeaderMap::new(),
+                Bytes::new(),
+                None,
+                true,
+                FailOver::ServerError,
+            )
             .await?;
         let resp = ok_status(resp)?;
         serde_json::from_slice(&resp.body).map_err(|e| PoolError::Decode(e.to_string()))
@@ -228,19 +378,34 @@ impl ServerPool {
     /// PUT `body` as JSON to `path`; an error status is [`PoolError::Status`].
     ///
     /// Only for the agent's own idempotent writes (catalog registrations of
-    /// its state, heartbeats): these fail over on any error.
+    /// its state): these fail over on any transport error and on any 5xx; a 4xx is the
+    /// catalog refusing the entry and is returned.
     pub async fn put_json<T: Serialize>(&self, path: &str, body: &T) -> Result<(), PoolError> {
-        self.put_json_within(path, body, None).await
+        self.put_json_opts(path, body, None, FailOver::ServerError)
+            .await
     }
 
-    /// [`ServerPool::put_json`] with a per-server time limit, so that one
+    /// A heartbeat: [`ServerPool::put_json`] with a per-server time limit, so that one
     /// server that accepts connections but never answers cannot hold up a
-    /// heartbeat past the node timeout.
+    /// heartbeat past the node timeout, and failing over on any non-2xx answer: a server
+    /// that could not pass the heartbeat on to a leader says so with an error, and the
+    /// next server may reach one.
     pub async fn put_json_within<T: Serialize>(
         &self,
         path: &str,
         body: &T,
         per_server: Option<Duration>,
+    ) -> Result<(), PoolError> {
+        self.put_json_opts(path, body, per_server, FailOver::NotSuccess)
+            .await
+    }
+
+    async fn put_json_opts<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+        per_server: Option<Duration>,
+        fail_over: FailOver,
     ) -> Result<(), PoolError> {
         let body = serde_json::to_vec(body).map_err(|e| PoolError::Decode(e.to_string()))?;
         let mut headers = HeaderMap::new();
@@ -256,6 +421,7 @@ impl ServerPool {
                 Bytes::from(body),
                 per_server,
                 true,
+                fail_over,
             )
             .await?;
         ok_status(resp).map(|_| ())
@@ -323,6 +489,44 @@ mod tests {
         assert_eq!(t, Some(DEFAULT_WAIT + DEFAULT_WAIT / 16 + BLOCKING_SLACK));
         let t = request_timeout("/v1/catalog/nodes?index=5&wait=1h");
         assert_eq!(t, Some(MAX_WAIT + MAX_WAIT / 16 + BLOCKING_SLACK));
+    }
+
+    fn answer(status: u16, body: &str) -> PoolResponse {
+        PoolResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn which_answers_send_a_request_to_the_next_server() {
+        let no_leader = answer(500, "No cluster leader");
+        let wrapped = answer(500, "rpc error making call: No cluster leader\n");
+        let other_500 = answer(500, "boom");
+        let unavailable = answer(503, "");
+        let not_found = answer(404, "no such key");
+        let ok = answer(200, "No cluster leader");
+        // Forwarded requests: only a leaderless server is left for another.
+        assert!(FailOver::NoLeader.rejects(&no_leader));
+        assert!(FailOver::NoLeader.rejects(&wrapped));
+        for a in [&other_500, &unavailable, &not_found, &ok] {
+            assert!(!FailOver::NoLeader.rejects(a), "{a:?}");
+        }
+        // The agent's own syncs: any server error.
+        for a in [&no_leader, &other_500, &unavailable] {
+            assert!(FailOver::ServerError.rejects(a), "{a:?}");
+        }
+        assert!(!FailOver::ServerError.rejects(&not_found));
+        // Heartbeats: anything but success.
+        assert!(FailOver::NotSuccess.rejects(&not_found));
+        assert!(!FailOver::NotSuccess.rejects(&ok));
+        // A large body is some other answer, not looked through.
+        let big = answer(
+            500,
+            &format!("{}{}", "x".repeat(MAX_ERROR_BODY_SCAN), "No cluster leader"),
+        );
+        assert!(!FailOver::NoLeader.rejects(&big));
     }
 
     #[test]

@@ -149,3 +149,149 @@ async fn heartbeats_arrive_regularly() {
     agent.stop().await;
     server.stop().await;
 }
+
+/// What a server cut off from the others answers (Consul's text).
+const NO_LEADER: &str = "No cluster leader";
+
+fn pool_of(addrs: &[std::net::SocketAddr]) -> ServerPool {
+    ServerPool::new(addrs.iter().map(|a| format!("http://{a}")).collect()).unwrap()
+}
+
+async fn get(pool: &ServerPool, path: &str) -> registry_client::PoolResponse {
+    pool.send(Method::GET, path, HeaderMap::new(), Bytes::new())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_forwarded_request_leaves_a_leaderless_server_for_one_with_a_leader_and_stays() {
+    let leaderless = FixedAnswer::start(500, NO_LEADER).await;
+    let good = FakeServer::start().await;
+    let pool = pool_of(&[leaderless.addr, good.addr]);
+    let resp = get(&pool, "/v1/kv/some/key").await;
+    assert_eq!(resp.status.as_u16(), 200);
+    assert_eq!(leaderless.requests(), 1);
+    // The pool now prefers the server that answered well.
+    for _ in 0..3 {
+        assert_eq!(get(&pool, "/v1/kv/some/key").await.status.as_u16(), 200);
+    }
+    assert_eq!(leaderless.requests(), 1);
+    assert_eq!(good.catalog().requests, 4);
+
+    // A write refused with `No cluster leader` was not applied: it goes on to the next.
+    let pool = pool_of(&[leaderless.addr, good.addr]);
+    let resp = pool
+        .send(
+            Method::PUT,
+            "/v1/kv/k",
+            HeaderMap::new(),
+            Bytes::from_static(b"0123456789"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((resp.status.as_u16(), &resp.body[..]), (200, &b"10"[..]));
+    assert_eq!(leaderless.requests(), 2);
+
+    // When no server has a leader, that is the answer.
+    let other = FixedAnswer::start(500, NO_LEADER).await;
+    let pool = pool_of(&[leaderless.addr, other.addr]);
+    let resp = get(&pool, "/v1/catalog/nodes").await;
+    assert_eq!(
+        (resp.status.as_u16(), &resp.body[..]),
+        (500, NO_LEADER.as_bytes())
+    );
+    assert_eq!((leaderless.requests(), other.requests()), (3, 1));
+    leaderless.stop().await;
+    other.stop().await;
+    good.stop().await;
+}
+
+#[tokio::test]
+async fn other_error_answers_to_forwarded_requests_are_passed_back_unchanged() {
+    let failing = FixedAnswer::start(500, "boom").await;
+    let unavailable = FixedAnswer::start(503, "not now").await;
+    let good = FakeServer::start().await;
+    for bad in [&failing, &unavailable] {
+        let pool = pool_of(&[bad.addr, good.addr]);
+        let resp = get(&pool, "/v1/kv/some/key").await;
+        assert!(resp.status.is_server_error());
+        assert_eq!(bad.requests(), 1);
+    }
+    assert_eq!(
+        good.catalog().requests,
+        0,
+        "the cluster's answer, not a failover"
+    );
+    failing.stop().await;
+    unavailable.stop().await;
+    good.stop().await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_an_error_answers_goes_to_the_next_server_in_the_same_round() {
+    let refusing = FixedAnswer::start(503, "cannot pass the heartbeat to a leader").await;
+    let good = FakeServer::start().await;
+    let pool = pool_of(&[refusing.addr, good.addr]);
+    let hb = registry_api::HeartbeatRequest {
+        node: "n1".into(),
+        ..Default::default()
+    };
+    pool.put_json_within("/v1/internal/heartbeat", &hb, Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (refusing.requests(), good.catalog().heartbeats.len()),
+        (1, 1)
+    );
+    // And the next one goes straight to the server that took it.
+    pool.put_json_within("/v1/internal/heartbeat", &hb, Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (refusing.requests(), good.catalog().heartbeats.len()),
+        (1, 2)
+    );
+    // Every server refusing is a failed heartbeat.
+    let pool = pool_of(&[refusing.addr]);
+    let err = pool
+        .put_json_within("/v1/internal/heartbeat", &hb, Some(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PoolError::Status { status, .. } if status.as_u16() == 503),
+        "{err}"
+    );
+    refusing.stop().await;
+    good.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_on_a_partitioned_server_moves_its_heartbeats_and_reads_to_a_good_one() {
+    // The first server is cut off from its cluster: it answers, but only `No cluster leader`.
+    let partitioned = FixedAnswer::start(500, NO_LEADER).await;
+    let good = FakeServer::start().await;
+    let agent = start_agent(test_config("n1", &[partitioned.addr, good.addr])).await;
+    wait_for("heartbeats reach the good server", WAIT, || async {
+        good.catalog().heartbeats.len() >= 3
+    })
+    .await;
+    let api = Api::new(agent.http_addr);
+    let (code, _) = api.get("/v1/kv/some/key").await;
+    assert_eq!(code, 200, "a forwarded read is answered by the good server");
+    // From now on nothing goes to the partitioned server.
+    let before = partitioned.requests();
+    let seen = good.catalog().heartbeats.len();
+    wait_for("ten more heartbeats", WAIT, || async {
+        good.catalog().heartbeats.len() >= seen + 10
+    })
+    .await;
+    assert_eq!(api.get("/v1/kv/some/key").await.0, 200);
+    assert_eq!(
+        partitioned.requests(),
+        before,
+        "the agent stayed with the good server"
+    );
+    agent.stop().await;
+    partitioned.stop().await;
+    good.stop().await;
+}

@@ -122,17 +122,8 @@ impl ServerConfig {
         if self.node.is_empty() {
             return Err("--node must not be empty".into());
         }
-        if self.datacenter.is_empty()
-            || !self
-                .datacenter
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(format!(
-                "--datacenter {:?} must be letters, digits, '-' or '_'",
-                self.datacenter
-            ));
-        }
+        registry_api::names::check_datacenter(&self.datacenter)
+            .map_err(|e| format!("--datacenter {:?}: {e}", self.datacenter))?;
         if self.data_dir.is_none() && !self.dev {
             return Err("--data-dir is required (or use --dev)".into());
         }
@@ -319,7 +310,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
             format!("http://{http_addr}")
         };
         let pool = registry_client::ServerPool::new(vec![own])?;
-        // TODO(lead): sign the embedded agent's requests once the pool takes a key.
         let advertise_host = rpc_addr
             .rsplit_once(':')
             .map(|(h, _)| h.to_string())
@@ -333,6 +323,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
             server: true,
             sync_interval: config.agent_sync_interval,
             heartbeat_interval: config.agent_heartbeat_interval,
+            // Its heartbeats must be signed even on this server's own HTTP port.
+            encrypt: config.encrypt.clone(),
         };
         let (agent, agent_tasks) =
             registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;

@@ -3,11 +3,14 @@
 
 #![allow(dead_code)]
 
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use registry_api::auth::{SharedKey, SIGNATURE_HEADER};
 use registry_api::{
     AgentService, DeregisterRequest, HealthCheck, HeartbeatRequest, Node, NodeServiceList,
     RegisterRequest,
@@ -36,6 +39,12 @@ pub struct FakeCatalog {
     pub node_reads: u64,
     /// Heartbeats received.
     pub heartbeats: Vec<HeartbeatRequest>,
+    /// Requests received, refused ones included.
+    pub requests: u64,
+    /// Requests that carried a signature header.
+    pub signed: u64,
+    /// Requests refused for their signature (only with a key): method, path and reason.
+    pub refused: Vec<String>,
 }
 
 impl FakeCatalog {
@@ -107,11 +116,29 @@ impl FakeServer {
 
     /// Starts on `addr` with `state`.
     pub async fn start_with(addr: SocketAddr, state: Shared) -> FakeServer {
+        Self::start_keyed(addr, state, None).await
+    }
+
+    /// Starts on a free port, refusing (403) every request not signed with `key`, as the
+    /// servers do with `--encrypt`.
+    pub async fn start_signed(key: SharedKey) -> FakeServer {
+        Self::start_keyed("127.0.0.1:0".parse().unwrap(), Shared::default(), Some(key)).await
+    }
+
+    /// Starts on `addr` with `state`, checking signatures when `key` is given.
+    pub async fn start_keyed(
+        addr: SocketAddr,
+        state: Shared,
+        key: Option<SharedKey>,
+    ) -> FakeServer {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        let app = router(state.clone());
+        let app = router(state.clone()).layer(middleware::from_fn_with_state(
+            (state.clone(), key.map(Arc::new)),
+            check_signature,
+        ));
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -149,6 +176,42 @@ fn router(state: Shared) -> Router {
         .route("/v1/internal/heartbeat", put(heartbeat))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put))
         .with_state(state)
+}
+
+/// Counts requests and signatures and, with a key, refuses what is not signed with it
+/// (over the method, path and query, and body the server received).
+async fn check_signature(
+    State((st, key)): State<(Shared, Option<Arc<SharedKey>>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let header = parts
+        .headers
+        .get(SIGNATURE_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str())
+        .to_owned();
+    {
+        let mut c = st.lock().unwrap();
+        c.requests += 1;
+        c.signed += u64::from(header.is_some());
+    }
+    if let Some(key) = &key {
+        if let Err(e) = key.verify_request(header.as_deref(), parts.method.as_str(), &pq, &bytes) {
+            st.lock()
+                .unwrap()
+                .refused
+                .push(format!("{} {pq}: {e}", parts.method));
+            return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 async fn register(State(st): State<Shared>, body: axum::body::Bytes) -> impl IntoResponse {
@@ -250,6 +313,57 @@ async fn kv_get(Path(key): Path<String>, headers: HeaderMap) -> impl IntoRespons
 /// Echoes a KV write's body length.
 async fn kv_put(body: axum::body::Bytes) -> impl IntoResponse {
     (StatusCode::OK, Json(body.len()))
+}
+
+/// A server that answers every request with one fixed status and body (a server cut off
+/// from its cluster answers `500 No cluster leader`), counting the requests.
+pub struct FixedAnswer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Requests answered.
+    pub count: Arc<std::sync::atomic::AtomicU64>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl FixedAnswer {
+    /// Starts on a free port.
+    pub async fn start(status: u16, body: &'static str) -> FixedAnswer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = count.clone();
+        let status = StatusCode::from_u16(status).unwrap();
+        let app = Router::new().fallback(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { (status, body) }
+        });
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
+        });
+        FixedAnswer {
+            addr,
+            count,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops it and waits.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
 }
 
 /// A loopback address nothing listens on (bound, then released).
