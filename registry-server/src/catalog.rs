@@ -47,6 +47,12 @@ pub enum Command {
     Register(RegisterRequest),
     /// Remove a node, a service instance or a check.
     Deregister(DeregisterRequest),
+    /// A register that applies only if its node exists when the entry is
+    /// applied, and is a no-op otherwise. Liveness writes `serfHealth` with
+    /// it: the leader decides from the applied state, and a node deregistered
+    /// between that decision and the apply must stay gone (a plain register
+    /// with `SkipNodeUpdate` would recreate it without an address).
+    RegisterIfNodeExists(RegisterRequest),
 }
 
 /// serde's derived decoder of [`Command`]'s wire form, for objects whose tag
@@ -57,6 +63,7 @@ pub enum Command {
 enum TaggedCommand {
     Register(RegisterRequest),
     Deregister(DeregisterRequest),
+    RegisterIfNodeExists(RegisterRequest),
 }
 
 impl<'de> Deserialize<'de> for Command {
@@ -85,9 +92,12 @@ impl<'de> serde::de::Visitor<'de> for CommandVisitor {
             return match op.as_str() {
                 "Register" => RegisterRequest::deserialize(rest).map(Command::Register),
                 "Deregister" => DeregisterRequest::deserialize(rest).map(Command::Deregister),
+                "RegisterIfNodeExists" => {
+                    RegisterRequest::deserialize(rest).map(Command::RegisterIfNodeExists)
+                }
                 other => Err(A::Error::unknown_variant(
                     other,
-                    &["Register", "Deregister"],
+                    &["Register", "Deregister", "RegisterIfNodeExists"],
                 )),
             };
         }
@@ -99,6 +109,7 @@ impl<'de> serde::de::Visitor<'de> for CommandVisitor {
         match TaggedCommand::deserialize(serde_json::Value::Object(object)) {
             Ok(TaggedCommand::Register(r)) => Ok(Command::Register(r)),
             Ok(TaggedCommand::Deregister(r)) => Ok(Command::Deregister(r)),
+            Ok(TaggedCommand::RegisterIfNodeExists(r)) => Ok(Command::RegisterIfNodeExists(r)),
             Err(e) => Err(A::Error::custom(e)),
         }
     }
@@ -348,6 +359,12 @@ impl CatalogState {
         let planned = match cmd {
             Command::Register(req) => self.plan_register(index, req),
             Command::Deregister(req) => self.plan_deregister(index, req),
+            Command::RegisterIfNodeExists(req) if !self.nodes.contains_key(&req.node) => {
+                // Validated all the same, so the outcome does not depend on
+                // whether the node happens to exist.
+                Self::validate_register(&mut req.clone()).map(|()| Txn::new(self, index).pending)
+            }
+            Command::RegisterIfNodeExists(req) => self.plan_register(index, req),
         };
         // Everything fallible (checks, encoding) happens before `commit`.
         match planned.and_then(Pending::encode) {
@@ -1696,6 +1713,35 @@ mod tests {
         r.address.clear();
         reg(&mut s, 61, r);
         assert_eq!(s.nodes().0.len(), 3);
+    }
+
+    #[test]
+    fn register_if_node_exists_never_recreates_a_deregistered_node() {
+        let mut s = sample();
+        let critical = |node: &str| {
+            let mut r = req(node).skip().chk(SERF_HEALTH_ID, "", CRITICAL);
+            r.address.clear();
+            Command::RegisterIfNodeExists(r)
+        };
+        // On an existing node it is a register.
+        let (result, rows) = s.apply(70, &critical("n1"));
+        result.unwrap();
+        assert!(!rows.is_empty());
+        assert_eq!(s.check_status("n1", SERF_HEALTH_ID), Some(CRITICAL));
+        // Deregistered before the entry applies: nothing comes back.
+        dereg(&mut s, 71, dereq("n1", "", ""));
+        let (result, rows) = s.apply(72, &critical("n1"));
+        result.unwrap();
+        assert!(rows.is_empty());
+        assert!(!s.has_node("n1"));
+        // Still validated when the node is missing.
+        let bad = Command::RegisterIfNodeExists(req("n1").chk("c", "", "bogus"));
+        assert!(s.apply(73, &bad).0.is_err());
+        // It round-trips through the log's encoding.
+        let cmd = critical("n2");
+        let bytes = serde_json::to_vec(&cmd).unwrap();
+        assert!(bytes.starts_with(br#"{"Op":"RegisterIfNodeExists""#));
+        assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), cmd);
     }
 
     #[test]

@@ -635,7 +635,7 @@ async fn heartbeat(State(st): St, body: Bytes) -> HttpResult {
     }
     // 200 only once the leader has it: a server cut off from the leader
     // says so, and the agent moves to another server.
-    st.raft.heartbeat(hb)?;
+    st.raft.heartbeat(hb).await?;
     json(&st, &true)
 }
 

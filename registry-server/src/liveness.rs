@@ -15,6 +15,12 @@
 //! `node_timeout + check_interval` (default 10 s + 1 s) of its last heartbeat;
 //! after a leader change the new leader first waits `node_timeout` so that it
 //! does not fail nodes it simply has not heard from yet.
+//!
+//! Decisions are made from the applied catalog, which lags the log by the
+//! writes in flight, so the writes guard against what they cannot see: the
+//! reaper's "critical" applies only to a node that still exists (a deregister
+//! ahead of it in the log wins), and a heartbeat that arrives while that
+//! write is in flight is looked at again once it has applied.
 
 use crate::catalog::Command;
 use crate::raft_node::{RaftHandle, Role};
@@ -97,7 +103,7 @@ impl Liveness {
         if status.as_deref() == Some(PASSING) {
             return Ok(());
         }
-        let mut req = RegisterRequest {
+        let req = RegisterRequest {
             node: hb.node.clone(),
             address: hb.address,
             // An existing node keeps its address and metadata (the agent owns them).
@@ -105,14 +111,17 @@ impl Liveness {
             checks: vec![serf_check(&hb.node, PASSING, "Agent alive and reachable")],
             ..Default::default()
         };
-        self.propose_once(raft, &hb.node, &mut req).await
+        self.propose_once(raft, &hb.node, Command::Register, req)
+            .await
     }
 
+    /// Proposes `make(req)` unless the same change for `node` is in flight.
     async fn propose_once(
         &self,
         raft: &RaftHandle,
         node: &str,
-        req: &mut RegisterRequest,
+        make: fn(RegisterRequest) -> Command,
+        mut req: RegisterRequest,
     ) -> Result<(), registry_api::Error> {
         // Keyed by node and target status: a heartbeat's "passing" is not
         // swallowed while the reaper's "critical" for the same node is in flight.
@@ -128,8 +137,8 @@ impl Liveness {
         {
             return Ok(());
         }
-        let result = match crate::catalog::CatalogState::validate_register(req) {
-            Ok(()) => raft.propose(Command::Register(req.clone())).await,
+        let result = match crate::catalog::CatalogState::validate_register(&mut req) {
+            Ok(()) => raft.propose(make(req)).await,
             Err(e) => Err(registry_api::Error::BadRequest(e)),
         };
         self.in_flight
@@ -145,6 +154,15 @@ impl Liveness {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(node.to_string(), Instant::now());
+    }
+
+    /// Whether `node` was heard from after `at`.
+    fn heard_since(&self, node: &str, at: Instant) -> bool {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .is_some_and(|seen| *seen > at)
     }
 
     fn silent_for(&self, node: &str, since: Instant) -> Duration {
@@ -166,19 +184,64 @@ impl Liveness {
         timeout: Duration,
         since: Instant,
     ) {
+        // Taken before the last look at the node's silence: a heartbeat
+        // recorded after this either shows in that look or is caught below.
+        let decided = Instant::now();
         let silent = self.silent_for(&node, since);
         if silent <= timeout {
             return;
         }
         info!(%node, silent_for = ?silent, "node stopped heartbeating: marking it critical");
-        let mut req = RegisterRequest {
+        let req = RegisterRequest {
             node: node.clone(),
             skip_node_update: true,
             checks: vec![serf_check(&node, CRITICAL, "Agent not live or unreachable")],
             ..Default::default()
         };
-        if let Err(e) = self.propose_once(raft, &node, &mut req).await {
+        // Conditional on the node: the decision was made from the applied
+        // state, and a deregister already in the log ahead of this entry must
+        // not be undone by it (the node would come back without an address,
+        // and nothing would ever remove it).
+        if let Err(e) = self
+            .propose_once(raft, &node, Command::RegisterIfNodeExists, req)
+            .await
+        {
             debug!(%node, error = %e, "could not mark node critical");
+        }
+        // A heartbeat that arrived while the write was in flight read the
+        // node as still passing and proposed nothing; without a second look
+        // the live node would stay critical until its next heartbeat.
+        if self.heard_since(&node, decided) {
+            self.revive(raft, &node).await;
+        }
+    }
+
+    /// Marks `node` passing again if it is not, and only if it still exists:
+    /// it was heard from, but this heartbeat's address is not at hand.
+    async fn revive(&self, raft: &RaftHandle, node: &str) {
+        let status = raft
+            .shared
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .catalog
+            .check_status(node, SERF_HEALTH_ID)
+            .map(str::to_string);
+        if status.is_none_or(|s| s == PASSING) {
+            return;
+        }
+        info!(%node, "node heartbeated while being marked critical: marking it passing");
+        let req = RegisterRequest {
+            node: node.to_string(),
+            skip_node_update: true,
+            checks: vec![serf_check(node, PASSING, "Agent alive and reachable")],
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .propose_once(raft, node, Command::RegisterIfNodeExists, req)
+            .await
+        {
+            debug!(%node, error = %e, "could not mark node passing");
         }
     }
 

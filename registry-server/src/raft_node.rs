@@ -54,6 +54,9 @@ pub struct RaftTuning {
     pub propose_timeout: Duration,
     /// How long a linearizable read waits for the leader to confirm its index.
     pub read_timeout: Duration,
+    /// How long a follower waits for the leader to acknowledge an agent
+    /// heartbeat it passed on, before telling the agent it could not.
+    pub heartbeat_ack_timeout: Duration,
 }
 
 impl Default for RaftTuning {
@@ -67,7 +70,15 @@ impl Default for RaftTuning {
             hello_interval: Duration::from_millis(500),
             propose_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(3),
+            heartbeat_ack_timeout: Duration::from_secs(1),
         }
+    }
+}
+
+impl RaftTuning {
+    /// The (unrandomised) election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        self.tick * self.election_ticks as u32
     }
 }
 
@@ -111,6 +122,9 @@ pub struct RaftStatus {
     pub compacted_to: u64,
     /// Snapshots installed from a leader since start.
     pub snapshots_installed: u64,
+    /// Snapshots sent to followers since start (each one a full image of the
+    /// catalog, built on the Raft thread unless the last one can be reused).
+    pub snapshots_sent: u64,
     /// Log entries made durable since start, and the fsyncs that did it:
     /// their ratio shows how many proposals share one disk sync.
     pub entries_synced: u64,
@@ -161,8 +175,19 @@ pub struct Shared {
 pub enum Event {
     /// A message from another server.
     Rpc(String, RpcMessage),
-    /// Replicate a catalog command; answered once applied.
-    Propose(Box<Command>, oneshot::Sender<Result<(), ApiError>>),
+    /// Replicate a catalog command; answered once applied. Dropped unproposed
+    /// once `deadline` has passed or the caller has gone.
+    Propose {
+        /// The command.
+        cmd: Box<Command>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<(), ApiError>>,
+        /// When the caller stops waiting.
+        deadline: Instant,
+    },
+    /// An agent heartbeat: recorded here if this server leads, else passed to
+    /// the leader; answered once the leader has it.
+    Heartbeat(crate::rpc::Heartbeat, oneshot::Sender<Result<(), ApiError>>),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex(oneshot::Sender<Result<u64, ApiError>>),
     /// Remove a server from the configuration.
@@ -216,12 +241,30 @@ impl RaftHandle {
         }
     }
 
-    /// Replicates `cmd` and waits until it is applied here.
+    /// Replicates `cmd` and waits until it is applied here, for at most
+    /// `propose_timeout`. The Raft thread drops the command unproposed if it
+    /// dequeues it after that, or after the caller went away (this future
+    /// dropped, e.g. the HTTP client hung up): a write proposed after its
+    /// caller gave up could commit after a later write that the caller (an
+    /// agent retrying elsewhere) made meanwhile, and undo it.
     pub async fn propose(&self, cmd: Command) -> Result<(), ApiError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Event::Propose(Box::new(cmd), tx))?;
-        rx.await
-            .unwrap_or_else(|_| Err(ApiError::Internal("server is shutting down".into())))
+        let deadline = Instant::now() + self.tuning.propose_timeout;
+        self.send(Event::Propose {
+            cmd: Box::new(cmd),
+            reply: tx,
+            deadline,
+        })?;
+        // The Raft thread expires waiters itself, but not while it is stuck
+        // (a slow fsync); the caller's wait is bounded here either way.
+        match tokio::time::timeout(self.tuning.propose_timeout, rx).await {
+            Ok(answer) => {
+                answer.unwrap_or_else(|_| Err(ApiError::Internal("server is shutting down".into())))
+            }
+            Err(_) => Err(ApiError::Internal(
+                "timed out waiting for the write to be committed; it may still apply".into(),
+            )),
+        }
     }
 
     /// Returns once this server's applied state is at least as new as the
@@ -294,12 +337,32 @@ impl RaftHandle {
         self.wait_applied(commit, self.tuning.read_timeout).await
     }
 
-    /// Routes an agent heartbeat to the leader (fire and forget).
-    pub fn heartbeat(&self, hb: crate::rpc::Heartbeat) -> Result<(), ApiError> {
-        if self.with_status(|s| s.leader_id) == 0 {
+    /// Routes an agent heartbeat to the leader and returns once the leader
+    /// has it (at once on the leader itself). A server that cannot pass it on
+    /// (no leader, no recent contact with one, no ack in time) answers
+    /// `NoLeader`, so that the agent tries another server rather than
+    /// believing itself heard while the leader marks its node critical.
+    pub async fn heartbeat(&self, hb: crate::rpc::Heartbeat) -> Result<(), ApiError> {
+        let stale_after = self.tuning.election_timeout();
+        let reachable = self.with_status(|s| {
+            s.leader_id != 0
+                && (s.role == Role::Leader
+                    || s.last_leader_contact
+                        .is_some_and(|t| t.elapsed() < stale_after))
+        });
+        if !reachable {
             return Err(ApiError::NoLeader);
         }
-        self.send(Event::Rpc(String::new(), RpcMessage::Heartbeat(hb)))
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Heartbeat(hb, tx))?;
+        // The Raft thread answers within `heartbeat_ack_timeout` unless it is
+        // stuck (a slow fsync): then it cannot pass heartbeats on either.
+        let wait = self.tuning.heartbeat_ack_timeout + self.tuning.tick;
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(ApiError::Internal("server is shutting down".into())),
+            Err(_) => Err(ApiError::NoLeader),
+        }
     }
 
     /// Removes a server from the Raft configuration.
@@ -387,16 +450,18 @@ pub fn start(
     {
         let shared = shared.clone();
         let peers = peers_for_snap.clone();
+        let memo = std::sync::Mutex::new(SnapshotMemo::default());
         setup.store.set_snapshot_source(Arc::new(move || {
             // raft-rs may ask for a snapshot from inside apply_conf_change,
             // while this thread holds the write lock: then the answer is
             // "temporarily unavailable" (raft-rs asks again), not a deadlock.
             let applied = shared.applied.try_read().ok()?;
-            let image = SnapshotImage {
-                peers: peers.read().unwrap_or_else(|e| e.into_inner()).clone(),
-                rows: applied.catalog.rows(),
-            };
-            Some((applied.index, image.encode()))
+            let peers = peers.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let data =
+                memo.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .image(applied.index, peers, || applied.catalog.rows());
+            Some((applied.index, data))
         }));
     }
     let handle = RaftHandle {
@@ -471,7 +536,15 @@ struct RaftNode {
     transport: Arc<dyn Transport>,
     heartbeats: tokio::sync::mpsc::Sender<crate::rpc::Heartbeat>,
     events: Receiver<Event>,
+    /// Writes proposed here, by request id: who waits, and until when.
     pending_writes: HashMap<u64, (oneshot::Sender<Result<(), ApiError>>, Instant)>,
+    /// Agent heartbeats passed to the leader, by request id: who waits for
+    /// the leader's ack, and until when.
+    pending_heartbeats: HashMap<u64, (oneshot::Sender<Result<(), ApiError>>, Instant)>,
+    /// Until then, vote and pre-vote requests are dropped unanswered: this
+    /// server restarted and may have acknowledged a leader whose read lease
+    /// is still running (see `handle_rpc`).
+    votes_refused_until: Option<Instant>,
     /// Linearizable reads that arrived and wait for the next ReadIndex round.
     read_queue: Vec<ReadWaiter>,
     /// ReadIndex rounds in flight, by context, with the reads each will answer.
@@ -485,6 +558,14 @@ struct RaftNode {
     last_leader_contact: Option<Instant>,
     last_hello: Option<Instant>,
     snapshots_installed: u64,
+    /// See [`RaftStatus::snapshots_sent`].
+    snapshots_sent: u64,
+    /// Snapshots sent and not yet acknowledged, by follower (see
+    /// [`RaftNode::check_snapshots`]).
+    snapshots_in_flight: HashMap<u64, SnapshotInFlight>,
+    /// Snapshots each follower failed to acknowledge in time, in a row: the
+    /// wait before the next attempt doubles with each.
+    snapshot_failures: HashMap<u64, u32>,
     entries_synced: u64,
     syncs: u64,
     logger: slog::Logger,
@@ -525,6 +606,13 @@ impl RaftNode {
         })?;
         let mut peers = setup.peers;
         peers.insert(setup.me.id, setup.me.clone());
+        // Only a server that was in a cluster before its start can have
+        // helped to confirm a leader's lease; a fresh one (bootstrap, join)
+        // votes at once, so a new cluster elects its first leader promptly.
+        let votes_refused_until = setup
+            .store
+            .initialized()
+            .then(|| Instant::now() + setup.tuning.election_timeout());
         Ok(Self {
             me: setup.me,
             raw,
@@ -541,12 +629,17 @@ impl RaftNode {
             heartbeats: setup.heartbeats,
             events,
             pending_writes: HashMap::new(),
+            pending_heartbeats: HashMap::new(),
+            votes_refused_until,
             read_queue: Vec::new(),
             read_rounds: HashMap::new(),
             next_request: AtomicU64::new(rand::random::<u64>() & !0xffff_ffff),
             last_leader_contact: None,
             last_hello: None,
             snapshots_installed: 0,
+            snapshots_sent: 0,
+            snapshots_in_flight: HashMap::new(),
+            snapshot_failures: HashMap::new(),
             entries_synced: 0,
             syncs: 0,
             logger,
@@ -609,7 +702,19 @@ impl RaftNode {
     fn handle_event(&mut self, ev: Event) -> Result<(), Fatal> {
         match ev {
             Event::Rpc(from, msg) => self.handle_rpc(from, msg)?,
-            Event::Propose(cmd, reply) => {
+            Event::Propose {
+                cmd,
+                reply,
+                deadline,
+            } => {
+                // A proposal that waited here past its caller's patience is
+                // dropped unproposed: the caller (an agent) may have retried
+                // on another server and written something newer since.
+                if reply.is_closed() || Instant::now() >= deadline {
+                    debug!(node = %self.me.node, "dropping a write whose caller gave up before it was proposed");
+                    let _ = reply.send(Err(too_late()));
+                    return Ok(());
+                }
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(ApiError::NoLeader));
                     return Ok(());
@@ -626,15 +731,19 @@ impl RaftNode {
                         return Ok(());
                     }
                 };
-                match self.raw.propose(vec![], data) {
+                // The id also rides in the entry's context, where a follower
+                // finds it cheaply when it forwards the proposal (see
+                // `drop_late_proposals`).
+                match self.raw.propose(id.to_be_bytes().to_vec(), data) {
                     Ok(()) => {
-                        self.pending_writes.insert(id, (reply, Instant::now()));
+                        self.pending_writes.insert(id, (reply, deadline));
                     }
                     Err(_) => {
                         let _ = reply.send(Err(ApiError::NoLeader));
                     }
                 }
             }
+            Event::Heartbeat(hb, reply) => self.route_heartbeat(hb, reply),
             Event::ReadIndex(reply) => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(ApiError::NoLeader));
@@ -667,7 +776,8 @@ impl RaftNode {
                 };
                 match self.propose_conf(id, ConfChangeType::RemoveNode, &ctx) {
                     Ok(()) => {
-                        self.pending_writes.insert(req, (reply, Instant::now()));
+                        let deadline = Instant::now() + self.tuning.propose_timeout;
+                        self.pending_writes.insert(req, (reply, deadline));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -718,6 +828,23 @@ impl RaftNode {
                     );
                 }
                 let from_id = m.from;
+                if matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                ) && self
+                    .votes_refused_until
+                    .is_some_and(|until| Instant::now() < until)
+                {
+                    // Raft thesis §6.4 (lease reads): a leader serves reads
+                    // without a quorum round for an election timeout after a
+                    // quorum heard from it, because each of those servers
+                    // ignores votes for that long (raft-rs's `in_lease`). A
+                    // restarted server has forgotten that it heard from the
+                    // leader, so it ignores votes for one election timeout
+                    // after start instead (as if it had just heard from one).
+                    debug!(node = %self.me.node, from = from_id, "ignoring a vote request just after start");
+                    return Ok(());
+                }
                 let is_leader_msg = matches!(
                     m.get_msg_type(),
                     MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
@@ -731,6 +858,22 @@ impl RaftNode {
             }
             RpcMessage::Hello(h) => self.handle_hello(h)?,
             RpcMessage::Join(peer) => self.handle_join(peer),
+            RpcMessage::HeartbeatForward(fwd) => {
+                // Only the leader records and acks; anything else lets the
+                // forwarding server time out and its agent try elsewhere.
+                if self.is_leader() && self.accept_heartbeat(fwd.heartbeat).is_ok() {
+                    if let Some(p) = self.peers.get(&fwd.from).filter(|p| p.id != self.me.id) {
+                        let addr = p.rpc_addr.clone();
+                        self.transport.send(&addr, RpcMessage::HeartbeatAck(fwd.id));
+                    }
+                }
+            }
+            RpcMessage::HeartbeatAck(id) => {
+                if let Some((reply, _)) = self.pending_heartbeats.remove(&id) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            // Fire and forget, as servers before `HeartbeatForward` sent them.
             RpcMessage::Heartbeat(hb) => {
                 if self.is_leader() {
                     // Full means the leader is swamped; the agent's next
@@ -748,6 +891,104 @@ impl RaftNode {
             }
         }
         Ok(())
+    }
+
+    /// Hands a heartbeat to this leader's liveness task.
+    fn accept_heartbeat(&self, hb: crate::rpc::Heartbeat) -> Result<(), ApiError> {
+        self.heartbeats
+            .try_send(hb)
+            .map_err(|_| ApiError::Internal("server is overloaded, retry".into()))
+    }
+
+    /// An agent heartbeat that arrived here over HTTP: recorded at once on
+    /// the leader; passed to the leader by a follower (or learner) that heard
+    /// from it within an election timeout, and answered when the leader acks
+    /// it (or with `NoLeader` after `heartbeat_ack_timeout`, see `on_tick`).
+    fn route_heartbeat(
+        &mut self,
+        hb: crate::rpc::Heartbeat,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    ) {
+        if self.is_leader() {
+            let _ = reply.send(self.accept_heartbeat(hb));
+            return;
+        }
+        let leader = self.raw.raft.leader_id;
+        // A learner never clears its leader, and a cut-off follower keeps it
+        // until its election timer fires: recent contact is what counts.
+        let recent = self
+            .last_leader_contact
+            .is_some_and(|t| t.elapsed() < self.tuning.election_timeout());
+        let addr = self
+            .peers
+            .get(&leader)
+            .filter(|_| leader != raft::INVALID_ID && leader != self.me.id && recent)
+            .map(|p| p.rpc_addr.clone());
+        let Some(addr) = addr else {
+            let _ = reply.send(Err(ApiError::NoLeader));
+            return;
+        };
+        let id = self.request_id();
+        self.transport.send(
+            &addr,
+            RpcMessage::HeartbeatForward(crate::rpc::HeartbeatForward {
+                id,
+                from: self.me.id,
+                heartbeat: hb,
+            }),
+        );
+        let deadline = Instant::now() + self.tuning.heartbeat_ack_timeout;
+        self.pending_heartbeats.insert(id, (reply, deadline));
+    }
+
+    /// Takes out of a follower's outgoing proposals (raft-rs forwards them to
+    /// the leader after this server's fsync) the entries whose caller gave up
+    /// meanwhile, answering those callers: a slow disk must not make a write
+    /// reach the log after its caller stopped waiting for it.
+    fn drop_late_proposals(&mut self, msgs: Vec<Message>) -> Vec<Message> {
+        if !msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgPropose)
+        {
+            return msgs;
+        }
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(msgs.len());
+        for mut m in msgs {
+            if m.get_msg_type() != MessageType::MsgPropose {
+                out.push(m);
+                continue;
+            }
+            let entries: Vec<Entry> = m.take_entries().into();
+            let kept: Vec<Entry> = entries
+                .into_iter()
+                .filter(|e| {
+                    if e.get_entry_type() != EntryType::EntryNormal {
+                        return true;
+                    }
+                    let Ok(id) = <[u8; 8]>::try_from(&e.context[..]).map(u64::from_be_bytes)
+                    else {
+                        return true;
+                    };
+                    let late = self
+                        .pending_writes
+                        .get(&id)
+                        .is_some_and(|(tx, deadline)| tx.is_closed() || now >= *deadline);
+                    if late {
+                        debug!(node = %self.me.node, "dropping a forwarded write whose caller gave up");
+                        if let Some((tx, _)) = self.pending_writes.remove(&id) {
+                            let _ = tx.send(Err(too_late()));
+                        }
+                    }
+                    !late
+                })
+                .collect();
+            if !kept.is_empty() {
+                m.set_entries(kept.into());
+                out.push(m);
+            }
+        }
+        out
     }
 
     fn in_cluster(&self) -> bool {
@@ -902,9 +1143,8 @@ impl RaftNode {
     fn on_tick(&mut self) -> Result<(), Fatal> {
         let now = Instant::now();
         // Expire waiters whose answer will not come (lost leader, dropped message).
-        let pt = self.tuning.propose_timeout;
-        self.pending_writes.retain(|_, (tx, at)| {
-            if now.duration_since(*at) > pt {
+        self.pending_writes.retain(|_, (tx, deadline)| {
+            if now > *deadline {
                 let taken = std::mem::replace(tx, oneshot::channel().0);
                 let _ = taken.send(Err(ApiError::Internal(
                     "timed out waiting for the write to be committed; it may still apply".into(),
@@ -926,6 +1166,17 @@ impl RaftNode {
                 }
             });
         };
+        self.pending_heartbeats.retain(|_, (tx, deadline)| {
+            if tx.is_closed() {
+                return false;
+            }
+            if now >= *deadline {
+                let taken = std::mem::replace(tx, oneshot::channel().0);
+                let _ = taken.send(Err(ApiError::NoLeader));
+                return false;
+            }
+            true
+        });
         expire(&mut self.read_queue);
         for waiters in self.read_rounds.values_mut() {
             expire(waiters);
@@ -943,6 +1194,7 @@ impl RaftNode {
         if self.is_leader() {
             self.promote_learners();
         }
+        self.check_snapshots(now);
         let due = self
             .last_hello
             .is_none_or(|t| now.duration_since(t) >= self.tuning.hello_interval);
@@ -992,14 +1244,30 @@ impl RaftNode {
         for m in msgs {
             let to = m.to;
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let snapshot_index = m.get_snapshot().get_metadata().index;
             match self.peers.get(&to) {
                 Some(p) => {
                     let addr = p.rpc_addr.clone();
                     self.transport.send(&addr, RpcMessage::Raft(m));
                     if is_snapshot {
-                        // Delivery is not confirmed; reporting Finish lets the
-                        // leader probe, and a lost snapshot is simply resent.
-                        self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+                        // Not reported as finished here: the transport only
+                        // queued it and may still lose it. The follower's
+                        // answer to an installed snapshot is a
+                        // MsgAppendResponse at or past its index, on which
+                        // raft-rs itself leaves the Snapshot state (no
+                        // report_snapshot(Finish) needed); no answer in time
+                        // is reported as a failure by `check_snapshots`.
+                        self.snapshots_sent += 1;
+                        info!(node = %self.me.node, to, index = snapshot_index,
+                              attempt = self.snapshot_failures.get(&to).copied().unwrap_or(0) + 1,
+                              "sending a snapshot to a follower");
+                        self.snapshots_in_flight.insert(
+                            to,
+                            SnapshotInFlight {
+                                index: snapshot_index,
+                                sent: Instant::now(),
+                            },
+                        );
                     }
                 }
                 None => {
@@ -1010,6 +1278,65 @@ impl RaftNode {
                     }
                 }
             }
+        }
+    }
+
+    /// How long a follower has to acknowledge a snapshot after `failures`
+    /// unacknowledged ones in a row: five election timeouts, doubling with
+    /// each failure up to 16 times that. Until then raft-rs keeps the
+    /// follower in its Snapshot state and sends it nothing, so this is also
+    /// the least time between two snapshots for one follower: one that keeps
+    /// losing them does not cost a full catalog image on the Raft thread at
+    /// every heartbeat reply.
+    fn snapshot_timeout(&self, failures: u32) -> Duration {
+        let base = self.tuning.tick * self.tuning.election_ticks as u32 * 5;
+        base * (1u32 << failures.min(4))
+    }
+
+    /// Settles the snapshots in flight: acknowledged ones (raft-rs left the
+    /// Snapshot state with the follower's log at or past the snapshot) clear
+    /// the follower's failures; one unanswered for too long is reported as a
+    /// failure, so that raft-rs probes the follower again and sends a new
+    /// snapshot if it still needs one.
+    fn check_snapshots(&mut self, now: Instant) {
+        if self.snapshots_in_flight.is_empty() {
+            return;
+        }
+        if !self.is_leader() {
+            // A new leader starts from fresh progress for every follower.
+            self.snapshots_in_flight.clear();
+            return;
+        }
+        let mut expired = Vec::new();
+        let mut acked = Vec::new();
+        for (&id, sent) in &self.snapshots_in_flight {
+            let Some(pr) = self.raw.raft.prs().get(id) else {
+                // No longer a member: nothing to wait for, nothing to remember.
+                acked.push((id, true));
+                continue;
+            };
+            if pr.state != raft::ProgressState::Snapshot || pr.pending_snapshot != sent.index {
+                acked.push((id, pr.matched >= sent.index));
+            } else {
+                let failures = self.snapshot_failures.get(&id).copied().unwrap_or(0);
+                if now.duration_since(sent.sent) > self.snapshot_timeout(failures) {
+                    expired.push((id, sent.index));
+                }
+            }
+        }
+        for (id, caught_up) in acked {
+            self.snapshots_in_flight.remove(&id);
+            if caught_up {
+                self.snapshot_failures.remove(&id);
+            }
+        }
+        for (id, index) in expired {
+            self.snapshots_in_flight.remove(&id);
+            let failures = self.snapshot_failures.entry(id).or_insert(0);
+            *failures = failures.saturating_add(1);
+            warn!(node = %self.me.node, to = id, index, failures = *failures,
+                  "a follower did not acknowledge its snapshot in time; it will be probed again");
+            self.raw.report_snapshot(id, raft::SnapshotStatus::Failure);
         }
     }
 
@@ -1041,7 +1368,8 @@ impl RaftNode {
             self.entries_synced += rd.entries().len() as u64;
         }
         self.finish_apply(replies);
-        self.send_messages(rd.take_persisted_messages());
+        let persisted = self.drop_late_proposals(rd.take_persisted_messages());
+        self.send_messages(persisted);
         for rs in rd.take_read_states() {
             self.answer_read(rs);
         }
@@ -1302,6 +1630,7 @@ impl RaftNode {
         st.in_cluster = self.store.initialized();
         st.compacted_to = self.store.snapshot_index();
         st.snapshots_installed = self.snapshots_installed;
+        st.snapshots_sent = self.snapshots_sent;
         st.entries_synced = self.entries_synced;
         st.syncs = self.syncs;
         if st.voters != cs.voters
@@ -1315,6 +1644,64 @@ impl RaftNode {
             st.peers = self.peers.clone();
         }
     }
+}
+
+/// The answer to a write dropped because its caller stopped waiting.
+fn too_late() -> ApiError {
+    ApiError::Internal("request timed out before it was proposed".into())
+}
+
+/// The last snapshot image built. Raft asks for a snapshot for each follower
+/// that needs one, and again after a lost one; while nothing new was applied
+/// (and the address book is the same) the same bytes serve, rather than a
+/// second full read and encoding of the catalog on the Raft thread.
+#[derive(Default)]
+struct SnapshotMemo {
+    /// Applied index, address book and encoded image of the last build.
+    last: Option<(u64, BTreeMap<u64, PeerInfo>, bytes::Bytes)>,
+    /// Images built (not served from `last`).
+    builds: u64,
+}
+
+impl SnapshotMemo {
+    /// The image at `index` with `peers`, built from `rows` unless the last
+    /// one was of the same index and peers.
+    fn image(
+        &mut self,
+        index: u64,
+        peers: BTreeMap<u64, PeerInfo>,
+        rows: impl FnOnce() -> Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> bytes::Bytes {
+        if let Some((i, p, data)) = &self.last {
+            if *i == index && *p == peers {
+                return data.clone();
+            }
+        }
+        let data = bytes::Bytes::from(
+            SnapshotImage {
+                peers: peers.clone(),
+                rows: rows(),
+            }
+            .encode(),
+        );
+        self.builds += 1;
+        debug!(
+            index,
+            bytes = data.len(),
+            builds = self.builds,
+            "built a snapshot image"
+        );
+        self.last = Some((index, peers, data.clone()));
+        data
+    }
+}
+
+/// A snapshot handed to the transport for a follower, not yet acknowledged.
+struct SnapshotInFlight {
+    /// The snapshot's index.
+    index: u64,
+    /// When it was handed to the transport.
+    sent: Instant,
 }
 
 /// Either form of conf change raft-rs may hand back in the log.
@@ -1334,5 +1721,38 @@ fn decode_conf_change(e: &Entry) -> Result<(AnyConfChange, Vec<u8>), Fatal> {
         let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(bad)?;
         let ctx = e.context.to_vec();
         Ok((AnyConfChange::V2(cc), ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64) -> PeerInfo {
+        PeerInfo {
+            id,
+            node: format!("s{id}"),
+            rpc_addr: format!("s{id}:8300"),
+            http_addr: format!("s{id}:8500"),
+            datacenter: "dc1".into(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_image_is_built_once_per_applied_index_and_address_book() {
+        let mut memo = SnapshotMemo::default();
+        let peers: BTreeMap<u64, PeerInfo> = [(1, peer(1))].into();
+        let rows = || vec![(b"n/a".to_vec(), b"{}".to_vec())];
+        let first = memo.image(7, peers.clone(), rows);
+        let again = memo.image(7, peers.clone(), || unreachable!("memoised"));
+        assert_eq!((first.clone(), memo.builds), (again, 1));
+        let decoded = SnapshotImage::decode(&first).unwrap();
+        assert_eq!((decoded.peers, decoded.rows), (peers.clone(), rows()));
+        // A newer index, or a changed address book, is a new image.
+        memo.image(8, peers.clone(), rows);
+        let mut more = peers;
+        more.insert(2, peer(2));
+        memo.image(8, more, rows);
+        assert_eq!(memo.builds, 3);
     }
 }

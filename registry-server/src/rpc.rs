@@ -55,12 +55,30 @@ pub enum RpcMessage {
     Join(PeerInfo),
     /// An agent heartbeat on its way to the leader.
     Heartbeat(Heartbeat),
+    /// An agent heartbeat passed to the leader by a server that waits for
+    /// the leader's [`RpcMessage::HeartbeatAck`] before answering the agent.
+    HeartbeatForward(HeartbeatForward),
+    /// The leader recorded the forwarded heartbeat with this id.
+    HeartbeatAck(u64),
+}
+
+/// A forwarded agent heartbeat that asks for an acknowledgement.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatForward {
+    /// Request id, echoed in the ack so the forwarding server finds its waiter.
+    pub id: u64,
+    /// Raft id of the forwarding server, where the ack goes.
+    pub from: u64,
+    /// The heartbeat itself.
+    pub heartbeat: Heartbeat,
 }
 
 const TAG_RAFT: u8 = 1;
 const TAG_HELLO: u8 = 2;
 const TAG_JOIN: u8 = 3;
 const TAG_HEARTBEAT: u8 = 4;
+const TAG_HEARTBEAT_FORWARD: u8 = 5;
+const TAG_HEARTBEAT_ACK: u8 = 6;
 
 /// Encodes a message: one tag byte, then protobuf (Raft) or JSON (handshake).
 pub fn encode(msg: &RpcMessage) -> Vec<u8> {
@@ -72,6 +90,11 @@ pub fn encode(msg: &RpcMessage) -> Vec<u8> {
         RpcMessage::Hello(h) => (TAG_HELLO, serde_json::to_vec(h).unwrap_or_default()),
         RpcMessage::Join(p) => (TAG_JOIN, serde_json::to_vec(p).unwrap_or_default()),
         RpcMessage::Heartbeat(h) => (TAG_HEARTBEAT, serde_json::to_vec(h).unwrap_or_default()),
+        RpcMessage::HeartbeatForward(h) => (
+            TAG_HEARTBEAT_FORWARD,
+            serde_json::to_vec(h).unwrap_or_default(),
+        ),
+        RpcMessage::HeartbeatAck(id) => (TAG_HEARTBEAT_ACK, id.to_be_bytes().to_vec()),
     };
     let mut out = Vec::with_capacity(body.len() + 1);
     out.push(tag);
@@ -97,6 +120,12 @@ pub fn decode(bytes: &[u8]) -> Result<RpcMessage, String> {
         TAG_HEARTBEAT => serde_json::from_slice(body)
             .map(RpcMessage::Heartbeat)
             .map_err(|e| e.to_string()),
+        TAG_HEARTBEAT_FORWARD => serde_json::from_slice(body)
+            .map(RpcMessage::HeartbeatForward)
+            .map_err(|e| e.to_string()),
+        TAG_HEARTBEAT_ACK => <[u8; 8]>::try_from(body)
+            .map(|b| RpcMessage::HeartbeatAck(u64::from_be_bytes(b)))
+            .map_err(|_| "heartbeat ack is not 8 bytes".to_string()),
         t => Err(format!("unknown RPC message tag {t}")),
     }
 }

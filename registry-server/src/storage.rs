@@ -126,7 +126,9 @@ impl DiskFaults {
 
 /// Builds snapshot data of the applied state: returns (applied index, data),
 /// or `None` when the state is being changed right now (try again later).
-pub type SnapshotSource = Arc<dyn Fn() -> Option<(u64, Vec<u8>)> + Send + Sync>;
+/// The data is shared (`Bytes`), so a source may hand out the same image
+/// again while the applied index has not moved.
+pub type SnapshotSource = Arc<dyn Fn() -> Option<(u64, bytes::Bytes)> + Send + Sync>;
 
 fn u64_key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
@@ -645,7 +647,7 @@ impl raft::Storage for RaftStore {
         let m = self.mirror();
         let term = self.term_of(&m, applied).map_err(storage_err)?;
         let mut snap = Snapshot::default();
-        snap.data = data.into();
+        snap.data = data;
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;

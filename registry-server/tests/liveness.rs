@@ -230,3 +230,146 @@ async fn two_thousand_heartbeating_nodes_are_tracked_and_failed_together() {
     );
     c.shutdown().await;
 }
+
+/// A cluster whose election timeout (2-4 s) leaves room for `slow_commits`.
+async fn patient_cluster() -> TestCluster {
+    let mut tuning = fast_tuning();
+    tuning.election_ticks = 40;
+    TestCluster::start_opts(3, tuning, false).await
+}
+
+/// Delays every message from the followers to the leader by `d`: a write then
+/// commits about `d` after it is proposed, while the leader's own Raft thread
+/// stays free, so heartbeats keep reaching liveness meanwhile. (`d` is below
+/// the election timeout, so the leader keeps its quorum.)
+fn slow_commits(c: &TestCluster, leader: usize, d: Duration) {
+    for (i, name) in c.names.iter().enumerate() {
+        if i != leader {
+            c.net.set_delay(name, &c.names[leader], d);
+        }
+    }
+}
+
+/// `node`'s serfHealth status in server `i`'s applied catalog.
+fn serf_applied(c: &TestCluster, i: usize, node: &str) -> Option<String> {
+    let applied = c.node(i).raft.shared.applied.read().unwrap();
+    applied
+        .catalog
+        .check_status(node, "serfHealth")
+        .map(str::to_string)
+}
+
+/// Heartbeats `node` through server `i` until its serfHealth passes there.
+async fn beat_until_passing(c: &TestCluster, i: usize, node: &str) {
+    let client = c.client(i);
+    wait_until(Duration::from_secs(10), "serfHealth passing", || async {
+        if serf_applied(c, i, node).as_deref() == Some("passing") {
+            return Some(());
+        }
+        heartbeat(&client, node).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        None
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_during_an_in_flight_critical_write_is_not_lost() {
+    let c = patient_cluster().await;
+    let leader = c.wait_leader().await;
+    let client = c.client(leader);
+    let node = "live-1";
+    beat_until_passing(&c, leader, node).await;
+    slow_commits(&c, leader, Duration::from_millis(800));
+    // The race: the reaper proposes "critical" ~1 s after the last heartbeat,
+    // and that write applies ~0.8 s later. One heartbeat in between reads the
+    // node as still passing. After it, the agent is silent again (as between
+    // two of a real agent's heartbeats): before the fix, nothing ever
+    // revisits the node, so it stays critical though it was heard from
+    // after the decision.
+    let mut raced = false;
+    for attempt in 0..4 {
+        heartbeat(&client, node).await;
+        let last = Instant::now();
+        tokio::time::sleep_until((last + Duration::from_millis(1350)).into()).await;
+        if serf_applied(&c, leader, node).as_deref() != Some("passing") {
+            eprintln!("attempt {attempt}: the critical write applied too early");
+            beat_until_passing(&c, leader, node).await;
+            continue;
+        }
+        heartbeat(&client, node).await;
+        let beat = Instant::now();
+        // The write in flight applies: the node turns critical...
+        let critical = wait_until(Duration::from_secs(5), "a verdict", || async {
+            match serf_applied(&c, leader, node).as_deref() {
+                Some("critical") => Some(true),
+                // Our heartbeat came before the reaper looked: no race this time.
+                _ if beat.elapsed() > Duration::from_secs(3) => Some(false),
+                _ => None,
+            }
+        })
+        .await;
+        if critical {
+            raced = true;
+            break;
+        }
+        eprintln!("attempt {attempt}: the reaper had not acted before the heartbeat");
+    }
+    assert!(raced, "could not set up the race");
+    // ...and passing again without any further heartbeat.
+    wait_until(
+        Duration::from_secs(4),
+        "serfHealth passing again after the heartbeat that raced the critical write",
+        || async { (serf_applied(&c, leader, node).as_deref() == Some("passing")).then_some(()) },
+    )
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_does_not_bring_back_a_node_deregistered_under_it() {
+    let c = patient_cluster().await;
+    let leader = c.wait_leader().await;
+    let client = c.client(leader);
+    let node = "gone-1";
+    beat_until_passing(&c, leader, node).await;
+    slow_commits(&c, leader, Duration::from_millis(800));
+    heartbeat(&client, node).await;
+    let last = Instant::now();
+    // Deregister shortly before the reaper acts: the deregister is in the log
+    // but not applied when the reaper reads the applied catalog, finds the
+    // node passing and silent, and proposes "critical" behind it.
+    tokio::time::sleep_until((last + Duration::from_millis(700)).into()).await;
+    let commit_before = c.status(leader).commit;
+    assert!(
+        last.elapsed() < Duration::from_millis(900),
+        "too slow to deregister before the reaper looks"
+    );
+    let dereg = registry_api::DeregisterRequest {
+        node: node.into(),
+        ..Default::default()
+    };
+    client.catalog_deregister(&dereg, None).await.unwrap();
+    // Both writes (the deregister, then the reaper's) applied everywhere.
+    wait_until(
+        Duration::from_secs(10),
+        "the reaper's write applied",
+        || async {
+            let want = commit_before + 2;
+            c.running()
+                .iter()
+                .all(|&i| c.node(i).raft.shared.applied.read().unwrap().index >= want)
+                .then_some(())
+        },
+    )
+    .await;
+    for i in c.running() {
+        let applied = c.node(i).raft.shared.applied.read().unwrap();
+        assert!(
+            !applied.catalog.has_node(node),
+            "server {i}: the deregistered node came back: {:?}",
+            applied.catalog.check_status(node, "serfHealth")
+        );
+    }
+    c.shutdown().await;
+}

@@ -140,7 +140,8 @@ impl TestCluster {
             nodes: Vec::new(),
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             names: (1..=n).map(|i| format!("s{i}")).collect(),
-            disks: vec![Default::default(); n],
+            // One each: `vec![x; n]` would clone one handle, and a clone shares its setting.
+            disks: (0..n).map(|_| Default::default()).collect(),
             tuning,
             agents,
             dc: dc.to_string(),

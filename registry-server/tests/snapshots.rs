@@ -1,0 +1,104 @@
+//! Snapshots to followers behind the compacted log: a snapshot counts as
+//! delivered only once the follower acknowledges it, a lost one is sent again,
+//! and a follower that keeps losing them does not make the leader build a new
+//! one at every heartbeat reply.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Three servers that compact their log every 20 entries, keeping none.
+async fn compacting_cluster() -> TestCluster {
+    let mut tuning = fast_tuning();
+    tuning.compact_threshold = 20;
+    tuning.compact_keep = 0;
+    TestCluster::start_opts(3, tuning, false).await
+}
+
+/// Stops a follower, writes past what the leader's log still holds, and
+/// returns (leader, stopped follower, the leader's applied index).
+async fn leave_a_follower_behind(c: &mut TestCluster) -> (usize, usize, u64) {
+    let leader = c.wait_leader().await;
+    let lagger = (leader + 1) % 3;
+    c.stop(lagger).await;
+    for i in 0..60 {
+        c.client(leader)
+            .catalog_register(&reg(&format!("n{i}"), "queue", &format!("q-{i:02}")), None)
+            .await
+            .unwrap();
+    }
+    let compacted_to = c.status(leader).compacted_to;
+    assert!(compacted_to > 20, "leader compacted only to {compacted_to}");
+    let applied = c.node(leader).raft.shared.applied.read().unwrap().index;
+    (leader, lagger, applied)
+}
+
+/// Waits until server `i` has applied `index` and holds the last write.
+async fn wait_caught_up(c: &TestCluster, i: usize, index: u64, timeout: Duration) {
+    wait_until(timeout, "the follower caught up", || async {
+        let applied = c.node(i).raft.shared.applied.read().unwrap();
+        (applied.index >= index && applied.catalog.has_node("n59")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_first_snapshots_are_lost_still_catches_up() {
+    let mut c = compacting_cluster().await;
+    let (leader, lagger, applied) = leave_a_follower_behind(&mut c).await;
+    let (from, to) = (c.names[leader].clone(), c.names[lagger].clone());
+    c.net.drop_snapshots(&from, &to, 2);
+    c.restart(lagger).await;
+    wait_caught_up(&c, lagger, applied, Duration::from_secs(40)).await;
+    // (The status is published just after the catalog.)
+    wait_until(Duration::from_secs(5), "the install counted", || async {
+        (c.status(lagger).snapshots_installed >= 1).then_some(())
+    })
+    .await;
+    let sent = c.status(leader).snapshots_sent;
+    assert!(sent >= 3, "two snapshots were lost, yet only {sent} sent");
+    // It follows from the log afterwards.
+    c.client(leader)
+        .catalog_register(&reg("n-late", "queue", "q-late"), None)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the next write", || async {
+        let applied = c.node(lagger).raft.shared.applied.read().unwrap();
+        applied.catalog.has_node("n-late").then_some(())
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_keeps_losing_snapshots_does_not_get_one_per_heartbeat() {
+    let mut c = compacting_cluster().await;
+    let (leader, lagger, applied) = leave_a_follower_behind(&mut c).await;
+    let (from, to) = (c.names[leader].clone(), c.names[lagger].clone());
+    // Every snapshot is lost; heartbeats and their replies still pass.
+    c.net.drop_snapshots(&from, &to, u64::MAX);
+    let before = c.status(leader).snapshots_sent;
+    c.restart(lagger).await;
+    wait_until(Duration::from_secs(20), "a first snapshot", || async {
+        (c.status(leader).snapshots_sent > before).then_some(())
+    })
+    .await;
+    let first = Instant::now();
+    // Heartbeats go out every 100 ms; a leader that took each reply from a
+    // follower still behind as a cue to send a snapshot (the loss unnoticed)
+    // would send dozens here.
+    let watch = Duration::from_secs(4);
+    tokio::time::sleep(watch).await;
+    let sent = c.status(leader).snapshots_sent - before;
+    eprintln!("{sent} snapshots sent in {:?}", first.elapsed());
+    assert!(
+        sent <= 3,
+        "{sent} snapshots in {watch:?} to a follower losing them all"
+    );
+    assert_eq!(c.status(lagger).snapshots_installed, 0);
+    // The link heals: the next attempt gets through.
+    c.net.drop_snapshots(&from, &to, 0);
+    wait_caught_up(&c, lagger, applied, Duration::from_secs(40)).await;
+    c.shutdown().await;
+}
