@@ -10,7 +10,13 @@ pub mod client;
 pub mod decode;
 pub mod duration;
 pub mod error;
+pub mod forward;
+#[cfg(feature = "serve")]
+pub mod http_error;
+pub mod limits;
 pub mod names;
+#[cfg(feature = "serve")]
+pub mod process;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod types;

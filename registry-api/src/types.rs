@@ -15,6 +15,43 @@ pub const WARNING: &str = "warning";
 /// See [`PASSING`].
 pub const CRITICAL: &str = "critical";
 
+/// A check's status, as read from a request: exactly one of Consul's three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckStatus {
+    /// [`PASSING`].
+    Passing,
+    /// [`WARNING`].
+    Warning,
+    /// [`CRITICAL`].
+    Critical,
+}
+
+impl CheckStatus {
+    /// Consul's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passing => PASSING,
+            CheckStatus::Warning => WARNING,
+            CheckStatus::Critical => CRITICAL,
+        }
+    }
+}
+
+impl std::str::FromStr for CheckStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            PASSING => Ok(CheckStatus::Passing),
+            WARNING => Ok(CheckStatus::Warning),
+            CRITICAL => Ok(CheckStatus::Critical),
+            _ => Err(format!(
+                "Invalid check status {s:?}: must be one of {PASSING}, {WARNING}, {CRITICAL}"
+            )),
+        }
+    }
+}
+
 /// The node-level liveness check every node carries (Consul's Serf health check).
 pub const SERF_HEALTH_ID: &str = "serfHealth";
 /// Display name of [`SERF_HEALTH_ID`].
@@ -256,5 +293,24 @@ mod tests {
         assert_eq!(json["Node"]["TaggedAddresses"], serde_json::json!({}));
         assert!(json["Service"].get("ID").is_some());
         assert!(json["Checks"].as_array().is_some());
+    }
+}
+
+#[cfg(test)]
+mod check_status_tests {
+    use super::*;
+
+    #[test]
+    fn check_statuses_parse_exactly() {
+        for st in [
+            CheckStatus::Passing,
+            CheckStatus::Warning,
+            CheckStatus::Critical,
+        ] {
+            assert_eq!(st.as_str().parse::<CheckStatus>(), Ok(st));
+        }
+        for bad in ["", "Passing", "ok", "maintenance", "any"] {
+            assert!(bad.parse::<CheckStatus>().is_err(), "{bad}");
+        }
     }
 }

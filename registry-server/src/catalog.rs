@@ -332,7 +332,7 @@ impl CatalogState {
             check_key_part("Check ID", &check.check_id)?;
             if check.status.is_empty() {
                 check.status = CRITICAL.to_string();
-            } else if ![PASSING, WARNING, CRITICAL].contains(&check.status.as_str()) {
+            } else if check.status.parse::<registry_api::CheckStatus>().is_err() {
                 return Err(format!("Invalid check status: {:?}", check.status));
             }
         }

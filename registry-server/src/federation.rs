@@ -7,13 +7,17 @@
 //! handlers only ever see local requests. Agent endpoints are local by
 //! definition and never routed.
 
-use crate::http::{AppState, HttpError, MAX_BODY};
+use crate::http::{AppState, HttpError};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use registry_api::error::NO_PATH_TO_DC;
+use registry_api::forward::{
+    base_url, forwarded_request_header, forwarded_response_header, may_retry_elsewhere,
+};
+use registry_api::limits::{forward_timeout, query_of, Hop, HOPS_HEADER, MAX_BODY};
 use registry_api::Error as ApiError;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,10 +25,6 @@ use tracing::debug;
 
 /// How long to wait for a gateway to accept a connection before trying the next.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Timeout of an ordinary (non-blocking) forwarded request: longer than the
-/// gateways' own (15 s plus 2 s per remaining hop), so the far side's clear
-/// error arrives before we give up.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// This datacenter's gateways and the client that reaches them.
 pub struct WanRoute {
@@ -36,15 +36,6 @@ pub struct WanRoute {
     key: Option<registry_api::auth::SharedKey>,
 }
 
-fn normalise(url: &str) -> String {
-    let url = url.trim_end_matches('/');
-    if url.starts_with("http://") || url.starts_with("https://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    }
-}
-
 impl WanRoute {
     /// Routes through `gateways` (URLs or `host:port`).
     pub fn new(gateways: &[String], key: Option<registry_api::auth::SharedKey>) -> Self {
@@ -54,7 +45,7 @@ impl WanRoute {
             .build()
             .unwrap_or_default();
         Self {
-            gateways: RwLock::new(gateways.iter().map(|g| normalise(g)).collect()),
+            gateways: RwLock::new(gateways.iter().map(|g| base_url(g)).collect()),
             http,
             key,
         }
@@ -63,7 +54,7 @@ impl WanRoute {
     /// Replaces the gateway list.
     pub fn set(&self, gateways: &[String]) {
         *self.gateways.write().unwrap_or_else(|e| e.into_inner()) =
-            gateways.iter().map(|g| normalise(g)).collect();
+            gateways.iter().map(|g| base_url(g)).collect();
     }
 
     fn list(&self) -> Vec<String> {
@@ -116,7 +107,7 @@ impl WanRoute {
         if gateways.is_empty() {
             return Err(ApiError::Internal(NO_PATH_TO_DC.into()));
         }
-        let timeout = hop_timeout(path_and_query);
+        let timeout = forward_timeout(query_of(path_and_query), Hop::Server);
         for gw in gateways {
             // Signed anew for each attempt, so each carries a fresh nonce.
             let mut signature = HeaderMap::new();
@@ -133,13 +124,9 @@ impl WanRoute {
                 .timeout(timeout)
                 .body(body.clone());
             for (name, value) in headers {
-                let n = name.as_str();
-                if n == "content-type"
-                    || n == "accept"
-                    || n == "authorization"
-                    || n.starts_with("x-consul-")
-                    || n == "x-registry-hops"
-                {
+                // The hop count travels too: a request that came in from a
+                // gateway and goes back out keeps counting towards the loop bound.
+                if forwarded_request_header(name.as_str()) || name.as_str() == HOPS_HEADER {
                     req = req.header(name, value);
                 }
             }
@@ -147,7 +134,7 @@ impl WanRoute {
                 Ok(resp) => return Ok(into_response(resp).await),
                 // A write that may have reached a gateway is not sent to
                 // another one: it could be applied twice.
-                Err(e) if !e.is_connect() && method != Method::GET && method != Method::HEAD => {
+                Err(e) if !may_retry_elsewhere(e.is_connect(), &method) => {
                     return Err(ApiError::Internal(format!(
                         "{}: {e}",
                         registry_api::error::REMOTE_DC_UNREACHABLE
@@ -163,36 +150,11 @@ impl WanRoute {
     }
 }
 
-/// A blocking query may legitimately take `wait` plus up to `wait/16` of
-/// jitter at the far end; every hop allows that plus slack.
-fn hop_timeout(path_and_query: &str) -> Duration {
-    let query = path_and_query.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let mut index = false;
-    let mut wait = Duration::from_secs(5 * 60);
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "index" => index = true,
-            "wait" => {
-                if let Ok(w) = registry_api::duration::parse(&v) {
-                    wait = w.min(Duration::from_secs(10 * 60));
-                }
-            }
-            _ => {}
-        }
-    }
-    if index {
-        wait + wait / 16 + Duration::from_secs(15)
-    } else {
-        REQUEST_TIMEOUT
-    }
-}
-
 async fn into_response(resp: reqwest::Response) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = HeaderMap::new();
     for (name, value) in resp.headers() {
-        let n = name.as_str();
-        if n == "content-type" || n == "allow" || n.starts_with("x-consul-") {
+        if forwarded_response_header(name.as_str()) {
             if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
                 headers.append(name.clone(), v);
             }
@@ -270,15 +232,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_requested_dc_and_blocking_timeouts() {
+    fn finds_the_requested_dc() {
         assert_eq!(requested_dc(Some("a=1&dc=dc2")), Some("dc2".into()));
         assert_eq!(requested_dc(Some("dc=")), None);
         assert_eq!(requested_dc(None), None);
-        assert_eq!(hop_timeout("/v1/x?dc=a"), REQUEST_TIMEOUT);
-        assert_eq!(
-            hop_timeout("/v1/x?index=4&wait=16s"),
-            Duration::from_secs(16 + 1 + 15)
-        );
-        assert_eq!(normalise("gw:8302/"), "http://gw:8302");
     }
 }

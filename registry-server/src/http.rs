@@ -27,13 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Largest request body accepted (Consul's KV limit is 512 KiB; catalog
-/// registrations are far smaller). Larger bodies get 413 and nothing is stored.
-pub const MAX_BODY: usize = 512 * 1024;
-
-/// Blocking queries: default and maximum wait (Consul's documented values).
-const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
-const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+use registry_api::limits::{DEFAULT_WAIT, MAX_BODY, MAX_WAIT};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -96,7 +90,11 @@ pub const ANSWER_CACHE_BYTES: usize = 32 << 20;
 impl AnswerCache {
     fn get(&self, key: &str, applied: u64) -> Option<CachedAnswer> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.map.get(key).filter(|a| a.applied == applied).cloned()
+        entries
+            .map
+            .get(key)
+            .filter(|a| a.applied == applied)
+            .cloned()
     }
 
     fn put(&self, key: &str, answer: CachedAnswer) {
@@ -135,7 +133,7 @@ type St = State<Arc<AppState>>;
 type Params = Query<Vec<(String, String)>>;
 
 // Errors become plain-text responses in one place, shared with the agent.
-pub use registry_client::agent_http::{plain_text_errors, HttpError};
+pub use registry_api::http_error::{plain_text_errors, HttpError};
 
 type HttpResult<T = Response> = Result<T, HttpError>;
 
@@ -650,7 +648,10 @@ mod answer_cache_tests {
         let cache = AnswerCache::default();
         let body = Bytes::from(vec![b'x'; ANSWER_CACHE_MAX_BODY]);
         for i in 0..ANSWER_CACHE_ENTRIES {
-            let key = format!("/v1/health/service/web?{}", "tag=v1&".repeat(i % 100) + &i.to_string());
+            let key = format!(
+                "/v1/health/service/web?{}",
+                "tag=v1&".repeat(i % 100) + &i.to_string()
+            );
             cache.put(
                 &key,
                 CachedAnswer {
@@ -659,7 +660,11 @@ mod answer_cache_tests {
                     body: body.clone(),
                 },
             );
-            assert!(cache.bytes() <= ANSWER_CACHE_BYTES, "{} bytes", cache.bytes());
+            assert!(
+                cache.bytes() <= ANSWER_CACHE_BYTES,
+                "{} bytes",
+                cache.bytes()
+            );
         }
         // Overlong keys are not kept at all.
         let long = "tag=v1&".repeat(ANSWER_CACHE_MAX_KEY);

@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut config = ServerConfig::new(
         args.node
-            .unwrap_or_else(|| registry_client::hostname_or("registry-server")),
+            .unwrap_or_else(|| registry_api::process::hostname_or("registry-server")),
     );
     config.datacenter = args.datacenter;
     config.data_dir = args.data_dir;
@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        registry_client::shutdown_signal().await;
+        registry_api::process::shutdown_signal().await;
         signal.cancel();
     });
     registry_server::run(config, shutdown).await

@@ -14,6 +14,10 @@ use crate::error::GatewayError;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use registry_api::auth::{self, SharedKey};
+use registry_api::forward::{
+    base_url, forwarded_request_header, forwarded_response_header, may_retry_elsewhere,
+};
+use registry_api::limits::{forward_timeout, Hop};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,67 +25,15 @@ use std::time::Duration;
 /// How long to wait for a TCP connection before moving on: short, so that a host that is down
 /// costs at most this per target (see [`crate::GatewayHandle`] for the resulting error bound).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Limit on one hop of a request that is not a blocking query (before the per-hop slack).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Blocking queries: Consul's default `wait`.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
-/// Blocking queries: Consul's largest `wait`.
-pub const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
-/// Slack on top of a blocking query's wait and jitter (wait/16) for the innermost hop.
-const BLOCKING_SLACK: Duration = Duration::from_secs(5);
-/// Extra time per hop still to come, so that an inner hop always times out (and answers with its
-/// error) before the hop that called it gives up.
-const HOP_SLACK: Duration = Duration::from_secs(2);
-/// The header that counts how many gateway hops a request has taken.
-pub const HOPS_HEADER: &str = "x-registry-hops";
-/// A request that arrives having taken this many hops is refused as a loop: the normal path
-/// takes at most two (local gateway, remote gateway).
-pub const MAX_HOPS: u32 = 3;
-/// Largest request body forwarded (Consul's KV value limit, DESIGN §4).
-pub const MAX_BODY: usize = 512 * 1024;
+pub use registry_api::limits::{HOPS_HEADER, MAX_BODY, MAX_HOPS};
 /// Bound on forwarded requests in flight through one gateway; beyond it requests get 503.
 pub const MAX_IN_FLIGHT: usize = 4096;
 
 /// The time limit of the next hop of a request with query string `query` that has already taken
-/// `hops` hops: a blocking query (`?index=`) may take its whole `wait` (capped at 10 m) plus
-/// Consul's jitter of up to wait/16; anything else gets [`REQUEST_TIMEOUT`]. Each hop adds
-/// 2 s per hop that may still follow it, so the innermost hop gives up first.
+/// `hops` gateway hops (the rule shared with the server and the agent,
+/// [`registry_api::limits::forward_timeout`]): inner hops give up first.
 pub fn hop_timeout(query: Option<&str>, hops: u32) -> Duration {
-    let slack = HOP_SLACK * MAX_HOPS.saturating_sub(hops);
-    let Some(query) = query else {
-        return REQUEST_TIMEOUT + slack;
-    };
-    let mut blocking = false;
-    let mut wait = DEFAULT_WAIT;
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "index" if !v.is_empty() && v != "0" => blocking = true,
-            "wait" => {
-                if let Ok(w) = registry_api::duration::parse(&v) {
-                    wait = w;
-                }
-            }
-            _ => {}
-        }
-    }
-    if !blocking {
-        return REQUEST_TIMEOUT + slack;
-    }
-    let wait = wait.min(MAX_WAIT);
-    wait + wait / 16 + BLOCKING_SLACK + slack
-}
-
-/// Whether a request header travels with a forwarded request. The incoming
-/// `x-registry-signature` does not: it signed the previous hop, each hop is signed anew.
-fn forwarded_request_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n == "content-type" || n == "accept" || n == "authorization" || n.starts_with("x-consul-")
-}
-
-/// Whether a response header travels back with an answer.
-fn forwarded_response_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n == "content-type" || n.starts_with("x-consul-")
+    forward_timeout(query, Hop::Gateway { hops_taken: hops })
 }
 
 /// A request on its way to the next hop.
@@ -112,7 +64,7 @@ impl OutboundRequest {
     ) -> OutboundRequest {
         let mut out = HeaderMap::new();
         for (name, value) in headers {
-            if forwarded_request_header(name) {
+            if forwarded_request_header(name.as_str()) {
                 out.append(name.clone(), value.clone());
             }
         }
@@ -127,11 +79,6 @@ impl OutboundRequest {
             headers: out,
             body,
         }
-    }
-
-    /// Whether this request may be sent again after a failure other than a refused connection.
-    fn idempotent(&self) -> bool {
-        self.method == Method::GET || self.method == Method::HEAD
     }
 }
 
@@ -170,16 +117,6 @@ enum SendError {
     /// The transport failed.
     #[error(transparent)]
     Http(#[from] reqwest::Error),
-}
-
-/// Turns `host:port` into `http://host:port` and drops a trailing slash.
-fn base_url(raw: &str) -> String {
-    let trimmed = raw.trim().trim_end_matches('/');
-    if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
-        trimmed.to_owned()
-    } else {
-        format!("http://{trimmed}")
-    }
 }
 
 impl Forwarder {
@@ -297,7 +234,7 @@ impl Forwarder {
         let status = resp.status();
         let mut headers = HeaderMap::new();
         for (name, value) in resp.headers() {
-            if forwarded_response_header(name) {
+            if forwarded_response_header(name.as_str()) {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -314,39 +251,13 @@ impl Forwarder {
 fn may_retry(e: &SendError, req: &OutboundRequest) -> bool {
     match e {
         SendError::Url(_) => true,
-        SendError::Http(e) => e.is_connect() || e.is_builder() || req.idempotent(),
+        SendError::Http(e) => may_retry_elsewhere(e.is_connect() || e.is_builder(), &req.method),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blocking_queries_get_their_wait_plus_slack_and_inner_hops_give_up_first() {
-        let slack0 = HOP_SLACK * MAX_HOPS;
-        assert_eq!(hop_timeout(None, 0), REQUEST_TIMEOUT + slack0);
-        assert_eq!(hop_timeout(Some("recurse"), 0), REQUEST_TIMEOUT + slack0);
-        assert_eq!(
-            hop_timeout(Some("index=5&wait=32s"), 0),
-            Duration::from_secs(34) + BLOCKING_SLACK + slack0
-        );
-        assert_eq!(
-            hop_timeout(Some("index=5"), 0),
-            DEFAULT_WAIT + DEFAULT_WAIT / 16 + BLOCKING_SLACK + slack0
-        );
-        assert_eq!(
-            hop_timeout(Some("index=5&wait=1h"), 0),
-            MAX_WAIT + MAX_WAIT / 16 + BLOCKING_SLACK + slack0
-        );
-        assert!(
-            hop_timeout(Some("index=5&wait=10s"), 1) < hop_timeout(Some("index=5&wait=10s"), 0)
-        );
-        assert_eq!(
-            hop_timeout(Some("index=0&wait=10s"), 0),
-            REQUEST_TIMEOUT + slack0
-        );
-    }
 
     #[test]
     fn only_the_headers_that_matter_travel_and_hops_are_counted() {
@@ -364,11 +275,5 @@ mod tests {
         assert_eq!(req.headers[HOPS_HEADER], "2");
         assert!(req.headers.get("cookie").is_none());
         assert!(req.headers.get(auth::SIGNATURE_HEADER).is_none());
-    }
-
-    #[test]
-    fn bare_addresses_become_http_urls() {
-        assert_eq!(base_url("10.0.0.1:8500"), "http://10.0.0.1:8500");
-        assert_eq!(base_url("http://a:1/"), "http://a:1");
     }
 }

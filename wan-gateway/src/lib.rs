@@ -47,7 +47,7 @@
 //!   (servers × 1 s).
 //!
 //! A gateway or server that accepts the connection and then never answers is cut by the hop
-//! timeout ([`forward::hop_timeout`]: 15 s plus 2 s per remaining hop, or a blocking query's
+//! timeout ([`forward::hop_timeout`], after [`registry_api::limits::forward_timeout`]: 15 s plus 2 s per remaining hop, or a blocking query's
 //! wait + wait/16 + slack).
 
 pub mod error;

@@ -1,0 +1,65 @@
+//! Errors become HTTP responses here, in one place for the server, the agent and the gateway's
+//! callers alike: the status from [`ApiError::status`] and the reason as plain text, as Consul
+//! answers (clients match on the text, e.g. `No cluster leader`).
+
+use crate::limits::MAX_BODY;
+use crate::Error as ApiError;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// An [`ApiError`] on its way out as a response.
+#[derive(Debug)]
+pub struct HttpError(
+    /// The error to answer with.
+    pub ApiError,
+);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, self.0.to_string()).into_response();
+        if let ApiError::MethodNotAllowed(allow) = &self.0 {
+            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+        }
+        resp
+    }
+}
+
+/// Middleware: framework rejections (a wrong method, a body over [`MAX_BODY`]) get a plain-text
+/// reason like every other error.
+pub async fn plain_text_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if status == StatusCode::METHOD_NOT_ALLOWED
+        && resp.headers().get(header::CONTENT_TYPE).is_none()
+    {
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(format!("Method {method} not allowed")));
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large, max size: {MAX_BODY} bytes"),
+        )
+            .into_response();
+    }
+    resp
+}
