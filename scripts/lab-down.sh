@@ -3,6 +3,8 @@
 # checks that nothing labelled with the lab's Compose project is left. Exit 1 if something is.
 set -euo pipefail
 source "$(dirname "$0")/lab-lib.sh"
+# lab-test.sh's wrong-key containers sit on the lab's network; an interrupted test may leave them.
+docker rm -f lab-intruder-server lab-intruder-agent >/dev/null 2>&1 || true
 compose down -v --remove-orphans --timeout 10
 label="label=com.docker.compose.project=$LAB_PROJECT"
 left="$(docker ps -aq --filter "$label"; docker network ls -q --filter "$label"; docker volume ls -q --filter "$label")"

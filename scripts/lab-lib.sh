@@ -14,6 +14,19 @@ else
 fi
 compose() { "${LAB_COMPOSE[@]}" -p "$LAB_PROJECT" -f "$LAB_ROOT/docker-compose.yml" "$@"; }
 
+# The lab's shared key (--encrypt, REGISTRY_ENCRYPT in docker-compose.yml): made once per clone,
+# kept out of git in .lab/encrypt.key, so that every script (and a `docker compose` by hand
+# after `export REGISTRY_LAB_ENCRYPT="$(cat .lab/encrypt.key)"`) uses the same one.
+new_key() { python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'; }
+if [[ -z "${REGISTRY_LAB_ENCRYPT:-}" ]]; then
+  if [[ ! -s "$LAB_ROOT/.lab/encrypt.key" ]]; then
+    mkdir -p "$LAB_ROOT/.lab"
+    (umask 077 && new_key >"$LAB_ROOT/.lab/encrypt.key")
+  fi
+  REGISTRY_LAB_ENCRYPT="$(cat "$LAB_ROOT/.lab/encrypt.key")"
+fi
+export REGISTRY_LAB_ENCRYPT
+
 # Host ports (see docker-compose.yml): agents, and each server's HTTP API.
 DC1_AGENT=http://127.0.0.1:8500
 DC2_AGENT=http://127.0.0.1:9500

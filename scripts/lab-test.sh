@@ -11,7 +11,11 @@
 #      writes; reconnect it (same IP): a ?stale read on it shows the write it missed;
 #   4. docker stop dc1's gateway: dc2 asking ?dc=dc1 gets 500 "Remote DC has no server currently
 #      reachable"; docker start it: cross-DC lookups recover;
-#   5. docker compose down (volumes kept) and up -d: every registration is still there.
+#   5. docker compose down (volumes kept) and up -d: every registration is still there;
+#   6. the shared key: a server container with another key, pointed at dc1's servers, never
+#      joins (the servers log the refused handshake), and an agent with another key gets 403 for
+#      everything it forwards, while unsigned requests to a server's RPC port and to a gateway
+#      are refused too.
 #
 # Every wait is a poll with a deadline (wait_for in lab-lib.sh); no sleep is taken as proof.
 # Servers are reached through their published host ports (127.0.0.1:8501-8503 dc1,
@@ -220,6 +224,44 @@ check "demo and lab-api passing in dc2" "$WAIT" passing_in "$DC2_AGENT" lab-api 
 check "  (demo)" "$WAIT" passing_in "$DC2_AGENT" demo dc2
 check "cross-DC again: lab-web via dc2 with ?dc=dc1" "$WAIT" passing_in "$DC2_AGENT" lab-web dc1
 check "cross-DC again: lab-api via dc1 with ?dc=dc2" "$WAIT" passing_in "$DC1_AGENT" lab-api dc2
+
+# ---- 6. the shared key ---------------------------------------------------------------------
+title "6. containers with the wrong key are refused"
+wrong_key="$(new_key)"
+intruders=(lab-intruder-server lab-intruder-agent)
+docker rm -f "${intruders[@]}" >/dev/null 2>&1 || true
+docker run -d --name lab-intruder-server --network "$DC1_LAN" --ip 10.81.1.91 \
+  -e REGISTRY_ENCRYPT="$wrong_key" -e REGISTRY_NODE=intruder -e REGISTRY_DATACENTER=dc1 \
+  -e REGISTRY_DATA_DIR=/data -e REGISTRY_ADVERTISE=10.81.1.91:8300 \
+  -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
+  registry-server:lab >/dev/null
+docker run -d --name lab-intruder-agent --network "$DC1_LAN" --ip 10.81.1.92 -p 127.0.0.1:8599:8500 \
+  -e REGISTRY_ENCRYPT="$wrong_key" -e REGISTRY_NODE=intruder-app -e REGISTRY_DATACENTER=dc1 \
+  -e REGISTRY_DATA_DIR=/data -e REGISTRY_HTTP_ADDR=0.0.0.0:8500 -e REGISTRY_ADVERTISE=10.81.1.92 \
+  -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
+  registry-client:lab >/dev/null
+handshake_refused() { # a dc1 server logged the intruder's refused RPC handshake
+  local c
+  for c in dc1-server1 dc1-server2 dc1-server3; do
+    docker logs "$c" 2>&1 | grep -q "10.81.1.91.*does not hold this cluster's key\|does not hold this cluster's key.*10.81.1.91" && return 0
+  done
+  return 1
+}
+check "dc1 servers refuse the intruder's RPC handshake (and say why in their logs)" "$WAIT" handshake_refused
+intruder_absent() { # 15 s of dc1's Raft configuration without the intruder
+  local until=$((SECONDS + 15))
+  while ((SECONDS < until)); do
+    http GET http://127.0.0.1:8501/v1/operator/raft/configuration
+    [[ "$CODE" == 200 && "$BODY" != *10.81.1.91* ]] || return 1
+    sleep 1
+  done
+}
+if intruder_absent; then pass "the intruder is not in dc1's Raft configuration (watched 15 s)"; else fail "the intruder joined dc1: $BODY"; fi
+agent_refused() { http GET http://127.0.0.1:8599/v1/catalog/services; [[ "$CODE" == 403 ]]; }
+check "an agent with the wrong key gets 403 for what it forwards" "$WAIT" agent_refused
+not_in_catalog() { ! has_node http://127.0.0.1:8501 intruder-app; }
+if not_in_catalog; then pass "its node is not in dc1's catalog"; else fail "intruder-app registered itself in dc1"; fi
+docker rm -f "${intruders[@]}" >/dev/null 2>&1 || true
 
 printf '\n%d passed, %d failed (lab-test took %d s)\n' "$passed" "$failed" "$((SECONDS - t_start))"
 ((failed == 0))
