@@ -116,14 +116,27 @@ impl SharedKey {
         })
     }
 
-    /// The value of [`SIGNATURE_HEADER`] for a request, signed now.
+    /// The value of [`SIGNATURE_HEADER`] for a forwarded data request, signed now
+    /// ([`Purpose::Forward`]).
     pub fn sign_request(&self, method: &str, path_and_query: &str, body: &[u8]) -> String {
-        self.sign_request_at(method, path_and_query, body, SystemTime::now())
+        self.sign_for(Purpose::Forward, method, path_and_query, body)
     }
 
-    /// [`Self::sign_request`] at a given time (tests).
-    pub fn sign_request_at(
+    /// The value of [`SIGNATURE_HEADER`] for a request of `purpose`, signed now.
+    pub fn sign_for(
         &self,
+        purpose: Purpose,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> String {
+        self.sign_at(purpose, method, path_and_query, body, SystemTime::now())
+    }
+
+    /// [`Self::sign_for`] at a given time (tests).
+    pub fn sign_at(
+        &self,
+        purpose: Purpose,
         method: &str,
         path_and_query: &str,
         body: &[u8],
@@ -131,13 +144,13 @@ impl SharedKey {
     ) -> String {
         let ts = unix_ms(at).to_string();
         let nonce = hex(&nonce());
-        let input = request_mac_input(method, path_and_query, body, &ts, &nonce);
+        let input = request_mac_input(purpose, method, path_and_query, body, &ts, &nonce);
         let tag = hmac::sign(&self.key, &input);
         let mac = base64::engine::general_purpose::STANDARD_NO_PAD.encode(tag.as_ref());
         format!("{VERSION} {ts} {nonce} {mac}")
     }
 
-    /// Checks a request's signature header against its method, path and query, and body.
+    /// Checks a forwarded data request's signature ([`Purpose::Forward`]).
     pub fn verify_request(
         &self,
         header: Option<&str>,
@@ -145,19 +158,110 @@ impl SharedKey {
         path_and_query: &str,
         body: &[u8],
     ) -> Result<(), AuthError> {
-        self.verify_request_at(header, method, path_and_query, body, SystemTime::now())
+        self.verify_for(Purpose::Forward, header, method, path_and_query, body)
     }
 
-    /// [`Self::verify_request`] at a given time (tests).
-    pub fn verify_request_at(
+    /// Checks a request's signature header against the purpose the receiver expects, its
+    /// method, path and query, and body.
+    pub fn verify_for(
         &self,
+        purpose: Purpose,
+        header: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        self.verify_at(
+            purpose,
+            header,
+            method,
+            path_and_query,
+            body,
+            SystemTime::now(),
+        )
+    }
+
+    /// [`Self::verify_for`] at a given time (tests).
+    pub fn verify_at(
+        &self,
+        purpose: Purpose,
         header: Option<&str>,
         method: &str,
         path_and_query: &str,
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), AuthError> {
+        let sig = Signature::parse(header, now)?;
+        let input = request_mac_input(purpose, method, path_and_query, body, sig.ts, sig.nonce);
+        hmac::verify(&self.key, &input, &sig.mac).map_err(|_| AuthError::BadMac)
+    }
+
+    /// The MAC one side of an RPC handshake sends: over its role (`b"dialer"` or
+    /// `b"listener"`), both nonces and the dialer's advertised address. Each side checks the
+    /// other's with [`Self::verify_handshake_mac`].
+    pub fn handshake_mac(
+        &self,
+        role: &[u8],
+        dialer_nonce: &[u8],
+        listener_nonce: &[u8],
+        dialer_addr: &[u8],
+    ) -> Vec<u8> {
+        let input = handshake_mac_input(role, dialer_nonce, listener_nonce, dialer_addr);
+        hmac::sign(&self.key, &input).as_ref().to_vec()
+    }
+
+    /// The key of one RPC connection, derived from the shared key and both sides' handshake
+    /// nonces: each side makes its own copy (one seals, the other opens).
+    pub fn session_key(
+        &self,
+        dialer_nonce: &[u8],
+        listener_nonce: &[u8],
+        dialer_addr: &[u8],
+    ) -> SessionKey {
+        let input = mac_input(&[
+            b"registry rpc session",
+            dialer_nonce,
+            listener_nonce,
+            dialer_addr,
+        ]);
+        let derived = hmac::sign(&self.key, &input);
+        SessionKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            next_seq: 0,
+        }
+    }
+
+    /// Checks a handshake MAC in constant time.
+    pub fn verify_handshake_mac(
+        &self,
+        role: &[u8],
+        dialer_nonce: &[u8],
+        listener_nonce: &[u8],
+        dialer_addr: &[u8],
+        mac: &[u8],
+    ) -> bool {
+        let input = handshake_mac_input(role, dialer_nonce, listener_nonce, dialer_addr);
+        hmac::verify(&self.key, &input, mac).is_ok()
+    }
+}
+
+/// A signature header, parsed and within the clock skew (its MAC not checked yet).
+struct Signature<'a> {
+    /// Milliseconds since the epoch, as sent.
+    ts: &'a str,
+    /// Hex nonce, as sent.
+    nonce: &'a str,
+    /// The MAC.
+    mac: Vec<u8>,
+}
+
+impl<'a> Signature<'a> {
+    /// Parses an untrusted header: everything but the MAC can be judged without the body.
+    fn parse(header: Option<&'a str>, now: SystemTime) -> Result<Signature<'a>, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
+        if header.len() > 256 {
+            return Err(AuthError::Malformed);
+        }
         let mut words = header.split(' ');
         let (Some(VERSION), Some(ts), Some(nonce), Some(mac), None) = (
             words.next(),
@@ -179,40 +283,81 @@ impl SharedKey {
         if unix_ms(now).abs_diff(at) > skew {
             return Err(AuthError::Expired);
         }
-        let input = request_mac_input(method, path_and_query, body, ts, nonce);
-        hmac::verify(&self.key, &input, &mac).map_err(|_| AuthError::BadMac)
+        Ok(Signature { ts, nonce, mac })
+    }
+}
+
+/// What a signed request is for. The purpose is part of what the MAC covers and each receiver
+/// checks the one its route expects, so a signature made for one job never passes for another:
+/// a client request that a server or agent forwards (signed [`Purpose::Forward`]) can never pass
+/// as a gateway exchange or an agent heartbeat, whatever path the client chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A data request forwarded on a client's behalf (agent -> server, server -> gateway,
+    /// gateway -> gateway -> server).
+    Forward,
+    /// An agent's own liveness heartbeat.
+    Heartbeat,
+    /// A gateway's membership exchange (and its member listing).
+    Exchange,
+    /// A gateway's answer to an exchange, bound to the request it answers.
+    ExchangeReply,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Purpose::Forward => b"forward",
+            Purpose::Heartbeat => b"heartbeat",
+            Purpose::Exchange => b"exchange",
+            Purpose::ExchangeReply => b"exchange-reply",
+        }
+    }
+}
+
+/// One direction of one RPC connection after its handshake: every frame carries a MAC over its
+/// sequence number and its bytes, under a key only the two ends know. Nothing can be injected
+/// into, changed in, dropped from, replayed within or relayed between connections without
+/// breaking the next check.
+pub struct SessionKey {
+    /// HMAC-SHA256 key derived for this connection.
+    key: hmac::Key,
+    /// Sequence number of the next frame.
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+impl SessionKey {
+    /// Length of the MAC appended to each frame.
+    pub const TAG_LEN: usize = 32;
+
+    /// The MAC of the next frame sent (then counts it).
+    pub fn seal(&mut self, frame: &[u8]) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&self.next_seq.to_be_bytes());
+        ctx.update(frame);
+        self.next_seq += 1;
+        ctx.sign()
     }
 
-    /// The MAC one side of an RPC handshake sends: over its role (`b"dialer"` or
-    /// `b"listener"`), both nonces and the dialer's advertised address. Each side checks the
-    /// other's with [`Self::verify_handshake_mac`].
-    pub fn handshake_mac(
-        &self,
-        role: &[u8],
-        dialer_nonce: &[u8],
-        listener_nonce: &[u8],
-        dialer_addr: &[u8],
-    ) -> Vec<u8> {
-        let input = handshake_mac_input(role, dialer_nonce, listener_nonce, dialer_addr);
-        hmac::sign(&self.key, &input).as_ref().to_vec()
-    }
-
-    /// Checks a handshake MAC in constant time.
-    pub fn verify_handshake_mac(
-        &self,
-        role: &[u8],
-        dialer_nonce: &[u8],
-        listener_nonce: &[u8],
-        dialer_addr: &[u8],
-        mac: &[u8],
-    ) -> bool {
-        let input = handshake_mac_input(role, dialer_nonce, listener_nonce, dialer_addr);
-        hmac::verify(&self.key, &input, mac).is_ok()
+    /// Whether `tag` is the MAC of the next frame received (then counts it), in constant time.
+    pub fn open(&mut self, frame: &[u8], tag: &[u8]) -> bool {
+        let mut input = Vec::with_capacity(8 + frame.len());
+        input.extend_from_slice(&self.next_seq.to_be_bytes());
+        input.extend_from_slice(frame);
+        self.next_seq += 1;
+        hmac::verify(&self.key, &input, tag).is_ok()
     }
 }
 
 /// What a request's MAC covers.
 fn request_mac_input(
+    purpose: Purpose,
     method: &str,
     path_and_query: &str,
     body: &[u8],
@@ -223,6 +368,7 @@ fn request_mac_input(
     mac_input(&[
         b"registry request",
         VERSION.as_bytes(),
+        purpose.label(),
         method.as_bytes(),
         path_and_query.as_bytes(),
         ts.as_bytes(),
@@ -262,7 +408,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Signs an outgoing request when a key is configured: adds [`SIGNATURE_HEADER`].
+/// The path and query of `url` exactly as the HTTP client sends them (dot segments resolved,
+/// what needs it percent-encoded, no fragment): what a request's signature must cover, so that
+/// the receiver, which sees the same bytes, computes the same MAC.
+pub fn wire_path_and_query(url: &reqwest::Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    }
+}
+
+/// Signs an outgoing forwarded request ([`Purpose::Forward`]) when a key is configured: adds
+/// [`SIGNATURE_HEADER`].
 pub fn sign_into(
     key: Option<&SharedKey>,
     headers: &mut reqwest::header::HeaderMap,
@@ -270,8 +427,20 @@ pub fn sign_into(
     path_and_query: &str,
     body: &[u8],
 ) {
+    sign_into_for(key, Purpose::Forward, headers, method, path_and_query, body)
+}
+
+/// [`sign_into`] for another purpose.
+pub fn sign_into_for(
+    key: Option<&SharedKey>,
+    purpose: Purpose,
+    headers: &mut reqwest::header::HeaderMap,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) {
     if let Some(key) = key {
-        let value = key.sign_request(method, path_and_query, body);
+        let value = key.sign_for(purpose, method, path_and_query, body);
         if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
             headers.insert(
                 reqwest::header::HeaderName::from_static(SIGNATURE_HEADER),
@@ -328,45 +497,86 @@ impl RateLimitedLog {
 #[cfg(feature = "serve")]
 static REFUSAL_LOG: RateLimitedLog = RateLimitedLog::new(10_000);
 
+/// What [`require_signature`] checks requests against: the key and the purpose the routes it
+/// guards expect.
+#[cfg(feature = "serve")]
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    /// The shared key.
+    pub key: std::sync::Arc<SharedKey>,
+    /// The purpose the guarded routes expect.
+    pub purpose: Purpose,
+}
+
+#[cfg(feature = "serve")]
+impl Verifier {
+    /// A verifier of `purpose` with `key`.
+    pub fn new(key: std::sync::Arc<SharedKey>, purpose: Purpose) -> Verifier {
+        Verifier { key, purpose }
+    }
+}
+
 /// Axum middleware: refuses, with `403` and a plain-text reason, every request without a valid
-/// signature by `key`. The body is buffered (up to [`MAX_SIGNED_BODY`], else `413`) to check it,
-/// then handed on unchanged. Use with `middleware::from_fn_with_state(Arc<SharedKey>, ..)`.
+/// signature of the verifier's purpose. The header (presence, form, clock skew) and the
+/// announced `Content-Length` are judged before any of the body is read, so a stranger cannot
+/// make the server buffer anything; then the body is buffered (up to [`MAX_SIGNED_BODY`], else
+/// `413`) to check the MAC, and handed on unchanged. Use with
+/// `middleware::from_fn_with_state(Verifier, require_signature)`.
 #[cfg(feature = "serve")]
 pub async fn require_signature(
-    axum::extract::State(key): axum::extract::State<std::sync::Arc<SharedKey>>,
+    axum::extract::State(verifier): axum::extract::State<Verifier>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return (
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body too large or unreadable (limit {MAX_SIGNED_BODY} bytes)"),
-            )
-                .into_response()
+    let refuse = |path: &str, e: AuthError| {
+        // A misconfigured peer (wrong or no key) must be visible to the operator, but a flood
+        // of unsigned requests must not become a flood of log lines.
+        if REFUSAL_LOG.allow() {
+            tracing::warn!(path, error = %e,
+                "refused a request without a valid signature (more are logged at debug for a while)");
+        } else {
+            tracing::debug!(path, error = %e, "refused an unauthenticated request");
         }
+        (axum::http::StatusCode::FORBIDDEN, e.to_string()).into_response()
     };
+    let (parts, body) = req.into_parts();
     let header = parts
         .headers
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
+    if let Err(e) = Signature::parse(header, SystemTime::now()) {
+        return refuse(parts.uri.path(), e);
+    }
+    let too_large = || {
+        (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body too large or unreadable (limit {MAX_SIGNED_BODY} bytes)"),
+        )
+            .into_response()
+    };
+    let announced = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_SIGNED_BODY as u64) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_SIGNED_BODY).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
     let pq = parts
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
-    if let Err(e) = key.verify_request(header, parts.method.as_str(), pq, &bytes) {
-        // A misconfigured peer (wrong or no key) must be visible to the operator, but a flood
-        // of unsigned requests must not become a flood of log lines.
-        if REFUSAL_LOG.allow() {
-            tracing::warn!(path = parts.uri.path(), error = %e,
-                "refused a request without a valid signature (more are logged at debug for a while)");
-        } else {
-            tracing::debug!(path = parts.uri.path(), error = %e, "refused an unauthenticated request");
-        }
-        return (axum::http::StatusCode::FORBIDDEN, e.to_string()).into_response();
+    if let Err(e) =
+        verifier
+            .key
+            .verify_for(verifier.purpose, header, parts.method.as_str(), pq, &bytes)
+    {
+        return refuse(parts.uri.path(), e);
     }
     next.run(axum::extract::Request::from_parts(
         parts,
@@ -452,24 +662,68 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_for_one_purpose_never_passes_for_another() {
+        let k = key();
+        let all = [
+            Purpose::Forward,
+            Purpose::Heartbeat,
+            Purpose::Exchange,
+            Purpose::ExchangeReply,
+        ];
+        for made in all {
+            let sig = k.sign_for(made, "PUT", "/v1/internal/heartbeat", b"{}");
+            for checked in all {
+                let verdict =
+                    k.verify_for(checked, Some(&sig), "PUT", "/v1/internal/heartbeat", b"{}");
+                if made == checked {
+                    assert_eq!(verdict, Ok(()));
+                } else {
+                    assert_eq!(
+                        verdict,
+                        Err(AuthError::BadMac),
+                        "{made:?} passed as {checked:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn signatures_expire_outside_the_clock_skew() {
         let k = key();
         let now = SystemTime::now();
-        let old = k.sign_request_at("GET", "/", b"", now - MAX_CLOCK_SKEW * 2);
+        let old = k.sign_at(Purpose::Forward, "GET", "/", b"", now - MAX_CLOCK_SKEW * 2);
         assert_eq!(
-            k.verify_request_at(Some(&old), "GET", "/", b"", now),
+            k.verify_at(Purpose::Forward, Some(&old), "GET", "/", b"", now),
             Err(AuthError::Expired)
         );
-        let future = k.sign_request_at("GET", "/", b"", now + MAX_CLOCK_SKEW * 2);
+        let future = k.sign_at(Purpose::Forward, "GET", "/", b"", now + MAX_CLOCK_SKEW * 2);
         assert_eq!(
-            k.verify_request_at(Some(&future), "GET", "/", b"", now),
+            k.verify_at(Purpose::Forward, Some(&future), "GET", "/", b"", now),
             Err(AuthError::Expired)
         );
-        let slightly_off = k.sign_request_at("GET", "/", b"", now + MAX_CLOCK_SKEW / 2);
+        let slightly_off = k.sign_at(Purpose::Forward, "GET", "/", b"", now + MAX_CLOCK_SKEW / 2);
         assert_eq!(
-            k.verify_request_at(Some(&slightly_off), "GET", "/", b"", now),
+            k.verify_at(Purpose::Forward, Some(&slightly_off), "GET", "/", b"", now),
             Ok(())
         );
+    }
+
+    #[test]
+    fn session_frames_verify_in_order_only() {
+        let k = key();
+        let (d, l) = (nonce(), nonce());
+        let mut sender = k.session_key(&d, &l, b"s1:8300");
+        let mut receiver = k.session_key(&d, &l, b"s1:8300");
+        let t0 = sender.seal(b"frame 0");
+        let t1 = sender.seal(b"frame 1");
+        assert!(receiver.open(b"frame 0", t0.as_ref()));
+        // Replayed, reordered or changed frames fail.
+        assert!(!receiver.open(b"frame 0", t0.as_ref()));
+        let mut fresh = k.session_key(&d, &l, b"s1:8300");
+        assert!(!fresh.open(b"frame 1", t1.as_ref()), "out of order");
+        let mut other = k.session_key(&nonce(), &l, b"s1:8300");
+        assert!(!other.open(b"frame 0", t0.as_ref()), "another connection");
     }
 
     #[test]

@@ -5,6 +5,38 @@
 
 use reqwest::Method;
 
+/// Largest answer read from a server or a gateway when forwarding. Bounded so that no peer can
+/// make a forwarder buffer without end; generous, because a legitimate answer for a large catalog
+/// (every instance of a service at 100,000 instances) runs to tens of MB.
+pub const MAX_ANSWER: usize = 256 * 1024 * 1024;
+
+/// Why an answer's body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The transport failed.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The answer is longer than the limit.
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Reads an answer's body, at most `limit` bytes: a `Content-Length` above it is refused before
+/// anything is read, and a body that runs past it is cut off.
+pub async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// Whether a request header travels with a forwarded request: the body's type, what the client
 /// accepts, and Consul's own headers (`X-Consul-Token` among them) and `Authorization`. Never a
 /// signature (each hop signs anew), cookies, `Host` or hop-by-hop headers.

@@ -10,6 +10,7 @@ pub mod client;
 pub mod decode;
 pub mod duration;
 pub mod error;
+pub mod federated;
 pub mod forward;
 #[cfg(feature = "serve")]
 pub mod http_error;
