@@ -32,13 +32,13 @@ pub enum GatewayError {
     /// A path the gateway does not serve.
     #[error("not found")]
     NotFound,
-    /// A path that does not cross the WAN ([`crate::federated`]).
+    /// A path that does not cross the WAN ([`registry_api::federated`]).
     #[error(
         "path not allowed across the WAN gateway: {0} \
          (agent, operator, acl, snapshot and internal endpoints are not federated)"
     )]
     NotFederated(String),
-    /// A federated path, but not with this method ([`crate::federated`]).
+    /// A federated path, but not with this method ([`registry_api::federated`]).
     #[error("method {method} not allowed across the WAN gateway for {path}")]
     MethodNotFederated {
         /// The method asked for.

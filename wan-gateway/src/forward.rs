@@ -15,7 +15,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use registry_api::auth::{self, SharedKey};
 use registry_api::forward::{
-    base_url, forwarded_request_header, forwarded_response_header, may_retry_elsewhere,
+    base_url, forwarded_request_header, forwarded_response_header, may_retry_elsewhere, read_body,
+    BodyError, MAX_ANSWER,
 };
 use registry_api::limits::{forward_timeout, Hop};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,6 +118,18 @@ enum SendError {
     /// The transport failed.
     #[error(transparent)]
     Http(#[from] reqwest::Error),
+    /// The answer was over [`MAX_ANSWER`].
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+impl From<BodyError> for SendError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Http(e) => SendError::Http(e),
+            BodyError::TooLarge(limit) => SendError::TooLarge(limit),
+        }
+    }
 }
 
 impl Forwarder {
@@ -220,7 +233,7 @@ impl Forwarder {
             self.key.as_ref(),
             &mut headers,
             req.method.as_str(),
-            &url[url::Position::BeforePath..],
+            &auth::wire_path_and_query(&url),
             &req.body,
         );
         let resp = self
@@ -238,7 +251,7 @@ impl Forwarder {
                 headers.append(name.clone(), value.clone());
             }
         }
-        let body = resp.bytes().await?;
+        let body = Bytes::from(read_body(resp, MAX_ANSWER).await?);
         Ok(Answer {
             status,
             headers,
@@ -251,6 +264,7 @@ impl Forwarder {
 fn may_retry(e: &SendError, req: &OutboundRequest) -> bool {
     match e {
         SendError::Url(_) => true,
+        SendError::TooLarge(_) => false,
         SendError::Http(e) => may_retry_elsewhere(e.is_connect() || e.is_builder(), &req.method),
     }
 }

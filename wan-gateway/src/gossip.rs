@@ -17,7 +17,7 @@
 
 use crate::members::GatewayEntry;
 use crate::members::{MemberTable, WanView};
-use registry_api::auth::{SharedKey, SIGNATURE_HEADER};
+use registry_api::auth::{Purpose, SharedKey, SIGNATURE_HEADER};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -172,7 +172,7 @@ async fn send_view(
 ) -> Result<WanView, ExchangeError> {
     let body =
         serde_json::to_vec(view).map_err(|e| ExchangeError::Invalid(format!("encoding: {e}")))?;
-    let signature = key.map(|k| k.sign_request("POST", EXCHANGE_PATH, &body));
+    let signature = key.map(|k| k.sign_for(Purpose::Exchange, "POST", EXCHANGE_PATH, &body));
     let mut req = client
         .post(format!("http://{addr}{EXCHANGE_PATH}"))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -184,7 +184,9 @@ async fn send_view(
     let mut resp = req.send().await?;
     if resp.status() == reqwest::StatusCode::FORBIDDEN {
         // The peer's reason (from `auth::require_signature`) says which side is off; bounded.
-        let text = resp.text().await.unwrap_or_default();
+        // At most one chunk of it: the peer may be anything, and owes us no more than a line.
+        let first = resp.chunk().await.ok().flatten().unwrap_or_default();
+        let text = String::from_utf8_lossy(&first[..first.len().min(512)]);
         let reason: String = text.chars().take(200).filter(|c| !c.is_control()).collect();
         return Err(ExchangeError::Forbidden(reason));
     }
@@ -202,7 +204,8 @@ async fn send_view(
         bytes.extend_from_slice(&chunk);
     }
     if let (Some(key), Some(sig)) = (key, &signature) {
-        key.verify_request(
+        key.verify_for(
+            Purpose::ExchangeReply,
             reply_signature.as_deref(),
             REPLY_METHOD,
             &reply_scope(sig),

@@ -1,9 +1,8 @@
 //! The gateway's HTTP routes: `/v1/catalog/datacenters` answered here, the WAN membership
-//! endpoints under `/wan/v1/`, and the federated `/v1/...` requests ([`crate::federated`])
+//! endpoints under `/wan/v1/`, and the federated `/v1/...` requests ([`registry_api::federated`])
 //! routed by their `?dc=`. With a shared key, every route requires a signed request.
 
 use crate::error::GatewayError;
-use crate::federated::{self, Refusal};
 use crate::forward::{Answer, Forwarder, OutboundRequest, HOPS_HEADER, MAX_BODY, MAX_HOPS};
 use crate::gossip::{lock, reply_scope, EXCHANGE_PATH, REPLY_METHOD};
 use crate::members::{MemberStatus, MemberTable, Route, WanView};
@@ -15,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use registry_api::auth::{self, SharedKey, SIGNATURE_HEADER};
+use registry_api::federated::{self, Refusal};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -46,20 +46,30 @@ pub struct Gateway {
 /// The router of one gateway.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let key = gateway.key.clone();
-    let router = Router::new()
-        .route("/v1/catalog/datacenters", get(datacenters))
+    // Membership needs an exchange signature: a request a server or an agent signed on a
+    // client's behalf (a forward) never passes for one, whatever path the client chose.
+    let membership = Router::new()
         .route(EXCHANGE_PATH, post(exchange))
-        .route("/wan/v1/members", get(members))
-        .fallback(forward)
-        .with_state(gateway);
-    match key {
-        // Layered after the fallback, so it covers every request, forwarded ones included.
-        Some(key) => router.layer(axum::middleware::from_fn_with_state(
-            key,
+        .route("/wan/v1/members", get(members));
+    let membership = match &key {
+        Some(key) => membership.route_layer(axum::middleware::from_fn_with_state(
+            auth::Verifier::new(key.clone(), auth::Purpose::Exchange),
             auth::require_signature,
         )),
-        None => router,
-    }
+        None => membership,
+    };
+    let data = Router::new()
+        .route("/v1/catalog/datacenters", get(datacenters))
+        .fallback(forward);
+    let data = match &key {
+        // Layered after the fallback, so it covers every forwarded request too.
+        Some(key) => data.layer(axum::middleware::from_fn_with_state(
+            auth::Verifier::new(key.clone(), auth::Purpose::Forward),
+            auth::require_signature,
+        )),
+        None => data,
+    };
+    membership.merge(data).with_state(gateway)
 }
 
 /// `GET /v1/catalog/datacenters`: the local DC first, then the others by RTT.
@@ -103,7 +113,8 @@ async fn exchange(
     if let Some(key) = &gw.key {
         // `require_signature` has checked the request's signature before this handler ran.
         if let Some(request_sig) = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) {
-            signature = HeaderValue::from_str(&key.sign_request(
+            signature = HeaderValue::from_str(&key.sign_for(
+                auth::Purpose::ExchangeReply,
                 REPLY_METHOD,
                 &reply_scope(request_sig),
                 &body,

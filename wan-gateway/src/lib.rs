@@ -8,7 +8,7 @@
 //!
 //! - `GET /v1/catalog/datacenters`: every known DC, the local one first, then the others by the
 //!   median measured gateway-to-gateway round trip; a DC whose gateways are all dead sorts last.
-//! - The federated `/v1/...` requests ([`federated`]: catalog, health, KV, session, txn,
+//! - The federated `/v1/...` requests ([`registry_api::federated`]: catalog, health, KV, session, txn,
 //!   `status/leader|peers`, prepared query, event and coordinate endpoints, each with its
 //!   methods), routed by `?dc=` (absent or empty: the local DC):
 //!   - the local DC: to one of this DC's servers, failing over to the next on a transport error;
@@ -51,7 +51,6 @@
 //! wait + wait/16 + slack).
 
 pub mod error;
-pub mod federated;
 pub mod forward;
 pub mod gossip;
 pub mod http;

@@ -28,6 +28,9 @@ const RTT_SAMPLES: usize = 5;
 pub const MAX_MEMBERS: usize = 512;
 /// Most gateways the table holds for one DC.
 pub const MAX_PER_DC: usize = 64;
+/// Most new gateways one exchange can add: a peer (or whoever holds the key) cannot fill the
+/// table in one message.
+pub const MAX_NEW_PER_MERGE: usize = 32;
 /// Least time between two "table full" warnings.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
@@ -118,15 +121,18 @@ impl Member {
         now.saturating_duration_since(self.last_reached.unwrap_or(self.heard_at))
     }
 
-    /// Alive: reached within `dead_after`, or never reached but heard of within `dead_after`.
+    /// Alive: reached by this gateway itself (a signed exchange) within `dead_after`. Only
+    /// direct evidence counts: a gateway merely heard of is never routed to, never listed as a
+    /// DC and never passed on, so nobody can point traffic (and the tokens it carries) at an
+    /// address of their choosing by naming it in an exchange.
     fn alive(&self, now: Instant, dead_after: Duration) -> bool {
-        self.silent_for(now) < dead_after
-    }
-
-    /// Reached by this gateway itself within `dead_after`: the only members passed on to peers.
-    fn reached_recently(&self, now: Instant, dead_after: Duration) -> bool {
         self.last_reached
             .is_some_and(|r| now.saturating_duration_since(r) < dead_after)
+    }
+
+    /// Heard of within `dead_after` and never reached yet: probed every round until it answers.
+    fn fresh(&self, now: Instant, dead_after: Duration) -> bool {
+        self.last_reached.is_none() && now.saturating_duration_since(self.heard_at) < dead_after
     }
 
     /// Failed more recently than it was reached.
@@ -190,9 +196,14 @@ impl MemberTable {
     pub fn merge_heard(&mut self, entries: &[GatewayEntry], now: Instant) {
         // Counted once per merge, not once per entry: a view may be long.
         let mut per_dc: Option<HashMap<String, usize>> = None;
+        let mut added = 0;
         for e in entries {
             if e.addr == self.me.addr || self.members.contains_key(&e.addr) {
                 continue;
+            }
+            if added == MAX_NEW_PER_MERGE {
+                tracing::debug!("ignoring the rest of a view with many new gateways");
+                break;
             }
             if let Err(reason) = e.check() {
                 tracing::debug!(%reason, "ignoring an invalid gateway entry");
@@ -222,6 +233,7 @@ impl MemberTable {
                 continue;
             }
             *in_dc += 1;
+            added += 1;
             // Both fields passed `GatewayEntry::check`: a small alphabet, safe to log.
             tracing::info!(dc = %e.dc, addr = %e.addr, "learned of a gateway");
             self.members.insert(
@@ -246,6 +258,10 @@ impl MemberTable {
         if let Err(reason) = peer.check() {
             tracing::debug!(%reason, "ignoring an answer with an invalid gateway entry");
             return;
+        }
+        if !self.members.contains_key(&peer.addr) {
+            // Direct evidence beats rumours: a full table makes room for it.
+            self.evict_for_direct_evidence(&peer.dc, now);
         }
         self.merge_heard(std::slice::from_ref(peer), now);
         let Some(m) = self.members.get_mut(&peer.addr) else {
@@ -283,7 +299,7 @@ impl MemberTable {
             members: self
                 .members
                 .iter()
-                .filter(|(_, m)| m.reached_recently(now, self.liveness.dead_after))
+                .filter(|(_, m)| m.alive(now, self.liveness.dead_after))
                 .map(|(addr, m)| GatewayEntry {
                     dc: m.dc.clone(),
                     addr: addr.clone(),
@@ -304,6 +320,7 @@ impl MemberTable {
         let mut out = Vec::new();
         for (addr, m) in &mut self.members {
             let due = m.alive(now, liveness.dead_after)
+                || m.fresh(now, liveness.dead_after)
                 || m.last_probed
                     .is_none_or(|p| now.saturating_duration_since(p) >= liveness.dead_probe_every);
             if due {
@@ -314,19 +331,57 @@ impl MemberTable {
         out
     }
 
-    /// Forgets the gateways not reached (or, never reached, first heard of) for
-    /// `reconnect_timeout`; returns how many.
+    /// Forgets the gateways not reached for `reconnect_timeout`, and the ones never reached at
+    /// all once they had time for a few probes ([`Self::unproven_for`]): a rumour that never
+    /// answered must not hold a place in the table for days; returns how many.
     pub fn forget_long_dead(&mut self, now: Instant) -> usize {
         let before = self.members.len();
         let timeout = self.liveness.reconnect_timeout;
+        let unproven = self.unproven_for();
         self.members.retain(|addr, m| {
-            let keep = m.silent_for(now) < timeout;
+            let limit = if m.last_reached.is_some() { timeout } else { unproven };
+            let keep = m.silent_for(now) < limit;
             if !keep {
                 tracing::info!(dc = %m.dc, %addr, ?timeout, "forgetting a gateway not reached for the reconnect timeout");
             }
             keep
         });
         before - self.members.len()
+    }
+
+    /// How long a gateway heard of but never reached is kept: its first `dead_after` of probes
+    /// every round, then three of the rare probes of dead gateways.
+    fn unproven_for(&self) -> Duration {
+        (self.liveness.dead_after + self.liveness.dead_probe_every * 3)
+            .min(self.liveness.reconnect_timeout)
+    }
+
+    /// Makes room for a gateway that answered us directly when the table is full: forgets the
+    /// member with the oldest evidence among those never reached or dead. Returns false when
+    /// every member is alive (then the newcomer waits).
+    fn evict_for_direct_evidence(&mut self, dc: &str, now: Instant) -> bool {
+        let dead_after = self.liveness.dead_after;
+        let in_dc = self.members.values().filter(|m| m.dc == dc).count();
+        let full = self.members.len() >= MAX_MEMBERS;
+        let victim = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.alive(now, dead_after))
+            .filter(|(_, m)| full || m.dc == dc)
+            .min_by_key(|(_, m)| {
+                (
+                    m.last_reached.is_some(),
+                    m.last_reached.unwrap_or(m.heard_at),
+                )
+            })
+            .map(|(addr, _)| addr.clone());
+        match victim {
+            Some(addr) if full || in_dc >= MAX_PER_DC => {
+                self.members.remove(&addr);
+                true
+            }
+            _ => !full && in_dc < MAX_PER_DC,
+        }
     }
 
     /// All known DCs: the local one first, then the others by their best live gateway's RTT;
@@ -336,7 +391,8 @@ impl MemberTable {
         // Per DC: (all dead, best RTT or none).
         let mut best: BTreeMap<&str, (bool, Option<Duration>)> = BTreeMap::new();
         for m in self.members.values() {
-            if m.dc == self.me.dc {
+            // A DC is listed once one of its gateways answered us; rumours alone do not add one.
+            if m.dc == self.me.dc || m.last_reached.is_none() {
                 continue;
             }
             let entry = best.entry(m.dc.as_str()).or_insert((true, None));
@@ -362,7 +418,8 @@ impl MemberTable {
         let mut known = false;
         let mut live: Vec<(bool, bool, Option<Duration>, &str)> = Vec::new();
         for (addr, m) in &self.members {
-            if m.dc != dc {
+            // As for the DC list: known once one of its gateways answered us.
+            if m.dc != dc || m.last_reached.is_none() {
                 continue;
             }
             known = true;
@@ -470,7 +527,9 @@ mod tests {
         let dc2: Vec<GatewayEntry> = (0..MAX_PER_DC + 10)
             .map(|i| entry("dc2", &format!("a{i}:1")))
             .collect();
-        t.merge_heard(&dc2, now);
+        for chunk in dc2.chunks(MAX_NEW_PER_MERGE) {
+            t.merge_heard(chunk, now);
+        }
         assert_eq!(t.addresses().len(), MAX_PER_DC);
         // Another DC still has room.
         t.merge_heard(&[entry("dc3", "b:1")], now);
@@ -479,12 +538,18 @@ mod tests {
         let many: Vec<GatewayEntry> = (0..MAX_MEMBERS)
             .map(|i| entry(&format!("x{}", i % 100), &format!("c{i}:1")))
             .collect();
-        t.merge_heard(&many, now);
+        for chunk in many.chunks(MAX_NEW_PER_MERGE) {
+            t.merge_heard(chunk, now);
+        }
         assert_eq!(t.addresses().len(), MAX_MEMBERS);
+        // A rumour does not get in...
         t.merge_heard(&[entry("dc4", "late:1")], now);
-        t.record_reached(&entry("dc4", "late:1"), Duration::from_millis(1), now);
         assert!(!t.contains("late:1"));
-        assert_eq!(t.route("dc4", now), Route::Unknown);
+        // ... a gateway that answered us does, in place of a rumour, and the bound holds.
+        t.record_reached(&entry("dc4", "late:1"), Duration::from_millis(1), now);
+        assert!(t.contains("late:1"));
+        assert_eq!(t.addresses().len(), MAX_MEMBERS);
+        assert_eq!(t.route("dc4", now), Route::Gateways(vec!["late:1".into()]));
     }
 
     #[test]
@@ -546,24 +611,21 @@ mod tests {
         let t0 = Instant::now();
         let mut t = table();
         t.merge_heard(&[entry("dc2", "g2:8302")], t0);
-        // Grace period from first hearing.
-        assert_eq!(
-            t.route("dc2", t0 + Duration::from_secs(4)),
-            Route::Gateways(vec!["g2:8302".into()])
-        );
-        assert_eq!(t.route("dc2", t0 + DEAD_AFTER), Route::Unreachable);
-        // Hearing of it again does not revive it; reaching it does.
-        t.merge_heard(&[entry("dc2", "g2:8302")], t0 + DEAD_AFTER);
-        assert_eq!(t.route("dc2", t0 + DEAD_AFTER), Route::Unreachable);
-        t.record_reached(
-            &entry("dc2", "g2:8302"),
-            Duration::from_millis(3),
-            t0 + DEAD_AFTER,
-        );
-        assert!(matches!(
-            t.route("dc2", t0 + DEAD_AFTER),
-            Route::Gateways(_)
-        ));
+        // Heard of is not reached: no traffic goes to a rumour (whoever named it could have
+        // named any address), and the DC is not known until one of its gateways answers.
+        assert_eq!(t.route("dc2", t0), Route::Unknown);
+        assert_eq!(t.datacenters(t0), ["dc1"]);
+        assert_eq!(t.view(t0).members, []);
+        let t1 = t0 + Duration::from_secs(1);
+        t.record_reached(&entry("dc2", "g2:8302"), Duration::from_millis(3), t1);
+        assert_eq!(t.route("dc2", t1), Route::Gateways(vec!["g2:8302".into()]));
+        // Silent for dead_after: known but dead; hearing of it again does not revive it.
+        let t2 = t1 + DEAD_AFTER;
+        assert_eq!(t.route("dc2", t2), Route::Unreachable);
+        t.merge_heard(&[entry("dc2", "g2:8302")], t2);
+        assert_eq!(t.route("dc2", t2), Route::Unreachable);
+        t.record_reached(&entry("dc2", "g2:8302"), Duration::from_millis(3), t2);
+        assert!(matches!(t.route("dc2", t2), Route::Gateways(_)));
         assert_eq!(t.route("dc7", t0), Route::Unknown);
     }
 
@@ -578,12 +640,13 @@ mod tests {
             Route::Gateways(g) => g,
             other => panic!("{other:?}"),
         };
-        assert_eq!(order(&t), ["b:1", "a:1", "c:1"]);
+        // c:1 was only heard of: never routed to.
+        assert_eq!(order(&t), ["b:1", "a:1"]);
         t.record_failure("b:1", now + Duration::from_millis(1));
-        assert_eq!(order(&t), ["a:1", "c:1", "b:1"]);
+        assert_eq!(order(&t), ["a:1", "b:1"]);
         let later = now + Duration::from_millis(2);
         t.record_reached(&entry("dc2", "b:1"), Duration::from_millis(10), later);
-        assert_eq!(order(&t), ["b:1", "a:1", "c:1"]);
+        assert_eq!(order(&t), ["b:1", "a:1"]);
     }
 
     #[test]
@@ -609,7 +672,8 @@ mod tests {
         t.record_reached(&entry("dc2", "a:1"), Duration::from_millis(80), later);
         t.record_reached(&entry("dc3", "b:1"), Duration::from_millis(20), later);
         t.merge_heard(&[entry("dc4", "c:1")], later);
-        assert_eq!(t.datacenters(later), ["dc1", "dc3", "dc2", "dc4", "adead"]);
+        // dc4 was only heard of: not listed until one of its gateways answers.
+        assert_eq!(t.datacenters(later), ["dc1", "dc3", "dc2", "adead"]);
     }
 
     #[test]
@@ -620,5 +684,40 @@ mod tests {
         t.record_reached(&entry("dc3", "a:1"), Duration::from_millis(1), now);
         assert_eq!(t.route("dc2", now), Route::Unknown);
         assert_eq!(t.route("dc3", now), Route::Gateways(vec!["a:1".into()]));
+    }
+
+    #[test]
+    fn rumours_that_never_answer_are_forgotten_and_make_room_for_gateways_that_do() {
+        let t0 = Instant::now();
+        let mut t = table();
+        // Fill the table with rumours, in exchanges of at most MAX_NEW_PER_MERGE each.
+        let junk: Vec<GatewayEntry> = (0..MAX_MEMBERS * 2)
+            .map(|i| {
+                entry(
+                    &format!("junk{}", i % 100),
+                    &format!("10.9.{}.{}:8302", i / 250, i % 250),
+                )
+            })
+            .collect();
+        t.merge_heard(&junk, t0);
+        assert_eq!(
+            t.addresses().len(),
+            MAX_NEW_PER_MERGE,
+            "one exchange adds a bounded number"
+        );
+        for chunk in junk.chunks(MAX_NEW_PER_MERGE) {
+            t.merge_heard(chunk, t0);
+        }
+        assert_eq!(t.addresses().len(), MAX_MEMBERS);
+        assert_eq!(t.datacenters(t0), ["dc1"], "rumours list no DC");
+        // A real gateway answers a probe: it gets a place at once, full table or not.
+        t.record_reached(&entry("dc2", "real:8302"), Duration::from_millis(2), t0);
+        assert!(t.contains("real:8302"));
+        assert_eq!(t.datacenters(t0), ["dc1", "dc2"]);
+        // Rumours that never answered are gone after a few rare probes, not after 72 h.
+        let later = t0 + t.unproven_for();
+        t.record_reached(&entry("dc2", "real:8302"), Duration::from_millis(2), later);
+        t.forget_long_dead(later);
+        assert_eq!(t.addresses(), ["real:8302"]);
     }
 }
