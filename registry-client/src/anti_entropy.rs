@@ -14,6 +14,9 @@
 //!
 //! The `serfHealth` check belongs to the servers and is never removed. Entries are compared
 //! without `CreateIndex`/`ModifyIndex`, so a catalog that is in sync causes no writes.
+//!
+//! Owns: the syncer's states and the comparison with the catalog. Must not touch: the local
+//! state's rules (it only reads the state and sets the sync flags) or failover (the pool's).
 
 use crate::agent::{Agent, LocalState};
 use crate::servers::{PoolError, ServerPool};

@@ -4,23 +4,36 @@
 //! services and checks ([`agent`]), runs the checks ([`checks`]), keeps the catalog in line
 //! with them ([`anti_entropy`]), tells the servers it is alive (heartbeats), and forwards every
 //! request that is not an agent endpoint to a server, failing over between servers
-//! ([`servers`], [`agent_http`]).
+//! ([`servers`], [`http`]).
+//!
+//! ```text
+//! agent/          local services and checks: state, registration, maintenance, check
+//!                 results, persistence, heartbeats
+//! checks/         the check runners: spec, runner, outbox, ttl, http, tcp, grpc, tls
+//! http/           the agent's HTTP API: routers, routes, params, forward
+//! anti_entropy.rs keeps the catalog equal to the local state
+//! servers.rs      the server pool: failover, signing
+//! ```
 //!
 //! Start-up, in order: build the server pool from `--retry-join` (signing with the shared
-//! key, `--encrypt`, when one is given), start the agent (load
-//! persisted state, start checks, syncer, heartbeats), bind the HTTP listener and serve.
-//! Everything stops on one [`CancellationToken`] and every task is awaited.
+//! key, `--encrypt`, when one is given), start the agent (load persisted state, start checks,
+//! syncer, heartbeats), bind the HTTP listener and serve. Everything stops on one
+//! [`CancellationToken`] and every task is awaited.
+//!
+//! Owns: the agent process's configuration and start-up. Must not touch: rules shared with
+//! the server and the gateway (limits, forwarding, error responses, signing), which live in
+//! `registry-api`.
 
 #![warn(missing_docs)]
 
 pub mod agent;
-pub mod agent_http;
 pub mod anti_entropy;
 pub mod checks;
+pub mod http;
 pub mod servers;
 
 pub use agent::{Agent, AgentConfig};
-pub use agent_http::{agent_router, client_router};
+pub use http::{agent_router, client_router};
 pub use servers::{PoolError, PoolResponse, ServerPool};
 
 pub use registry_api::auth::SharedKey;
@@ -97,11 +110,6 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    /// Asks everything to stop, without waiting.
-    pub fn shutdown(&self) {
-        self.shutdown.cancel();
-    }
-
     /// Stops everything and waits until every task has ended.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -179,29 +187,4 @@ pub async fn run(config: ClientConfig, shutdown: CancellationToken) -> anyhow::R
     shutdown.cancelled().await;
     handle.stop().await;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM (what `docker stop` and systemd send); the
-/// binaries cancel their shutdown token on it.
-pub async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// This host's name, for `--node`'s default (Consul defaults to the hostname).
-pub fn hostname_or(fallback: &str) -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| fallback.to_string())
 }

@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     registry_api::serve::raise_fd_limit();
     let mut config = ClientConfig::new(
         a.node
-            .unwrap_or_else(|| registry_client::hostname_or("registry-client")),
+            .unwrap_or_else(|| registry_api::process::hostname_or("registry-client")),
     );
     config.datacenter = a.datacenter;
     config.data_dir = a.data_dir;
@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        registry_client::shutdown_signal().await;
+        registry_api::process::shutdown_signal().await;
         signal.cancel();
     });
     registry_client::run(config, shutdown).await

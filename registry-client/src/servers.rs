@@ -19,10 +19,17 @@
 //! With a shared key ([`ServerPool::with_key`]) every request the pool sends carries a
 //! signature over exactly what is sent ([`registry_api::auth`]); a signature that came with
 //! the caller's headers is dropped, never passed on.
+//!
+//! Owns: the list of servers, which one to try, and signing. Must not touch: the forwarding
+//! rules shared with the server and the gateway (time limits, headers, base URLs, when a
+//! failed request may go elsewhere): those are [`registry_api::limits`] and
+//! [`registry_api::forward`].
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use registry_api::auth::{self, SharedKey};
+use registry_api::forward;
+use registry_api::limits::{self, Hop};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,16 +39,6 @@ use std::time::Duration;
 /// How long to wait for a TCP connection before moving to the next server; short so that
 /// failover is quick (servers are on the same LAN).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Limit on a request that is not a blocking query.
-/// Longer than the server's and the gateways' own limits on a forwarded
-/// request, so that the far side gives its clear error before we give up.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Blocking queries: Consul's default and largest `wait`.
-const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
-/// See [`DEFAULT_WAIT`].
-const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
-/// Slack on top of a blocking query's wait and jitter (wait/16) before we give up on it.
-const BLOCKING_SLACK: Duration = Duration::from_secs(20);
 /// Longest error body looked at for [`registry_api::error::NO_LEADER`]; the servers' texts
 /// are short, and a large body is some other answer.
 const MAX_ERROR_BODY_SCAN: usize = 4096;
@@ -58,6 +55,16 @@ enum FailOver {
 }
 
 impl FailOver {
+    /// What the request's signature is for. Only the agent's own heartbeats are signed as
+    /// heartbeats: a client's request this agent forwards is signed as a forward, so that no
+    /// client can get a heartbeat (or anything else) signed by going through the agent.
+    fn purpose(self) -> auth::Purpose {
+        match self {
+            FailOver::NotSuccess => auth::Purpose::Heartbeat,
+            FailOver::NoLeader | FailOver::ServerError => auth::Purpose::Forward,
+        }
+    }
+
     /// Whether `resp` is a reason to try the next server.
     fn rejects(self, resp: &PoolResponse) -> bool {
         match self {
@@ -190,18 +197,7 @@ impl ServerPool {
     /// A pool from `--retry-join` addresses (`HOST:PORT`, the servers' RPC addresses): the
     /// servers answer plain HTTP on their RPC port too.
     pub fn from_retry_join(addrs: &[String]) -> Result<ServerPool, PoolError> {
-        ServerPool::new(
-            addrs
-                .iter()
-                .map(|a| {
-                    if a.starts_with("http://") || a.starts_with("https://") {
-                        a.clone()
-                    } else {
-                        format!("http://{a}")
-                    }
-                })
-                .collect(),
-        )
+        ServerPool::new(addrs.iter().map(|a| forward::base_url(a)).collect())
     }
 
     /// The servers' base URLs.
@@ -227,14 +223,13 @@ impl ServerPool {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<PoolResponse, PoolError> {
-        let idempotent = method == Method::GET || method == Method::HEAD;
         self.send_opts(
             method,
             path_and_query,
             headers,
             body,
             None,
-            idempotent,
+            false,
             FailOver::NoLeader,
         )
         .await
@@ -243,14 +238,16 @@ impl ServerPool {
     /// Builds one attempt's request to `base`, signed when the pool has a key. The
     /// signature covers the path and query as the URL parser left them, which is what goes
     /// on the wire (it may percent-encode characters the caller sent raw).
+    #[allow(clippy::too_many_arguments)]
     fn build_request(
         &self,
         base: &str,
+        purpose: auth::Purpose,
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
         body: &Bytes,
-        timeout: Option<Duration>,
+        timeout: Duration,
     ) -> Result<reqwest::Request, reqwest::Error> {
         let mut headers = headers.clone();
         // A signature the caller sent is not ours to pass on: the servers must see only
@@ -264,23 +261,23 @@ impl ServerPool {
             .body(body.clone())
             .build()?;
         if let Some(key) = &self.inner.key {
-            let url = req.url();
-            let signed_pq = match url.query() {
-                Some(q) => format!("{}?{q}", url.path()),
-                None => url.path().to_owned(),
-            };
-            auth::sign_into(
+            let signed_pq = auth::wire_path_and_query(req.url());
+            auth::sign_into_for(
                 Some(key),
+                purpose,
                 req.headers_mut(),
                 method.as_str(),
                 &signed_pq,
                 body,
             );
         }
-        *req.timeout_mut() = timeout;
+        *req.timeout_mut() = Some(timeout);
         Ok(req)
     }
 
+    /// [`ServerPool::send`] with the knobs the agent's own requests set: a time limit per
+    /// server instead of the forwarding one, `repeatable` for writes that are safe to apply
+    /// twice (the agent's registrations of its own state), and which answers fail over.
     #[allow(clippy::too_many_arguments)]
     async fn send_opts(
         &self,
@@ -289,14 +286,14 @@ impl ServerPool {
         headers: HeaderMap,
         body: Bytes,
         timeout_override: Option<Duration>,
-        idempotent: bool,
+        repeatable: bool,
         fail_over: FailOver,
     ) -> Result<PoolResponse, PoolError> {
         let servers = &self.inner.servers;
         if servers.is_empty() {
             return Err(PoolError::NoServers);
         }
-        let timeout = timeout_override.or_else(|| request_timeout(path_and_query));
+        let timeout = timeout_override.unwrap_or_else(|| request_timeout(path_and_query));
         let first = self.inner.preferred.load(Ordering::Relaxed) % servers.len();
         let mut last_error = String::new();
         // The last answer that sent us on to the next server, returned if none does better.
@@ -306,6 +303,7 @@ impl ServerPool {
             let result = async {
                 let req = self.build_request(
                     &servers[i],
+                    fail_over.purpose(),
                     &method,
                     path_and_query,
                     &headers,
@@ -315,8 +313,10 @@ impl ServerPool {
                 let resp = self.inner.http.execute(req).await?;
                 let status = resp.status();
                 let headers = resp.headers().clone();
-                let body = resp.bytes().await?;
-                Ok::<_, reqwest::Error>(PoolResponse {
+                // Bounded: a server (or whatever answers at its address) cannot make the
+                // agent buffer without end.
+                let body = Bytes::from(forward::read_body(resp, forward::MAX_ANSWER).await?);
+                Ok::<_, forward::BodyError>(PoolResponse {
                     status,
                     headers,
                     body,
@@ -343,7 +343,9 @@ impl ServerPool {
                 Err(e) => {
                     tracing::debug!(server = %servers[i], path = %path_and_query, error = %e, "server unreachable");
                     last_error = format!("{}: {e}", servers[i]);
-                    if !idempotent && !e.is_connect() {
+                    let connect_failed =
+                        matches!(&e, forward::BodyError::Http(h) if h.is_connect());
+                    if !repeatable && !forward::may_retry_elsewhere(connect_failed, &method) {
                         // This server may have applied the write: no other server gets it,
                         // and the caller must not take an earlier refusal for the outcome.
                         return Err(PoolError::Unreachable { last_error });
@@ -440,39 +442,10 @@ fn ok_status(resp: PoolResponse) -> Result<PoolResponse, PoolError> {
     }
 }
 
-/// The time limit of one request: a blocking query (`?index=`) may legitimately take its
-/// whole `wait` plus Consul's jitter of up to wait/16, so it gets that plus some slack;
-/// anything else gets [`REQUEST_TIMEOUT`]. `None` would mean no limit (unused for now, kept
-/// as the type so a caller can opt out).
-fn request_timeout(path_and_query: &str) -> Option<Duration> {
-    let Some((_, query)) = path_and_query.split_once('?') else {
-        return Some(REQUEST_TIMEOUT);
-    };
-    let mut blocking = false;
-    let mut wait = DEFAULT_WAIT;
-    for (k, v) in form_pairs(query) {
-        match k.as_str() {
-            "index" if !v.is_empty() && v != "0" => blocking = true,
-            "wait" => {
-                if let Ok(w) = registry_api::duration::parse(&v) {
-                    wait = w;
-                }
-            }
-            _ => {}
-        }
-    }
-    if !blocking {
-        return Some(REQUEST_TIMEOUT);
-    }
-    let wait = wait.min(MAX_WAIT);
-    Some(wait + wait / 16 + BLOCKING_SLACK)
-}
-
-/// The `key=value` pairs of a query string, percent-decoded.
-fn form_pairs(query: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
+/// The time limit of one request: the agent's hop of [`limits::forward_timeout`], longer than
+/// the server's and the gateways' limits so that the far side gives its clear error first.
+fn request_timeout(path_and_query: &str) -> Duration {
+    limits::forward_timeout(limits::query_of(path_and_query), Hop::Agent)
 }
 
 #[cfg(test)]
@@ -481,14 +454,22 @@ mod tests {
 
     #[test]
     fn blocking_queries_get_their_wait_plus_slack() {
-        assert_eq!(request_timeout("/v1/catalog/nodes"), Some(REQUEST_TIMEOUT));
-        assert_eq!(request_timeout("/v1/kv/a?recurse"), Some(REQUEST_TIMEOUT));
+        use registry_api::limits::{DEFAULT_WAIT, MAX_WAIT};
+        let ordinary = Duration::from_secs(30);
+        let slack = Duration::from_secs(20);
+        assert_eq!(request_timeout("/v1/catalog/nodes"), ordinary);
+        assert_eq!(request_timeout("/v1/kv/a?recurse"), ordinary);
+        // `index=0` answers at once (Consul), so it gets the ordinary limit.
+        assert_eq!(
+            request_timeout("/v1/catalog/nodes?index=0&wait=1m"),
+            ordinary
+        );
         let t = request_timeout("/v1/catalog/nodes?index=5&wait=32s");
-        assert_eq!(t, Some(Duration::from_secs(34) + BLOCKING_SLACK));
+        assert_eq!(t, Duration::from_secs(34) + slack);
         let t = request_timeout("/v1/catalog/nodes?index=5");
-        assert_eq!(t, Some(DEFAULT_WAIT + DEFAULT_WAIT / 16 + BLOCKING_SLACK));
+        assert_eq!(t, DEFAULT_WAIT + DEFAULT_WAIT / 16 + slack);
         let t = request_timeout("/v1/catalog/nodes?index=5&wait=1h");
-        assert_eq!(t, Some(MAX_WAIT + MAX_WAIT / 16 + BLOCKING_SLACK));
+        assert_eq!(t, MAX_WAIT + MAX_WAIT / 16 + slack);
     }
 
     fn answer(status: u16, body: &str) -> PoolResponse {

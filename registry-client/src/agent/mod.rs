@@ -1,0 +1,221 @@
+//! The agent: this node's services and checks, the source of truth for its node.
+//!
+//! As in Consul (<https://developer.hashicorp.com/consul/docs/concepts/architecture>), the
+//! application registers with its local agent only; the agent runs the checks and the
+//! anti-entropy syncer ([`crate::anti_entropy`]) makes the catalog match this state. The state
+//! lives behind a std `Mutex` that is never held across an `.await`: every operation on it is a
+//! few map updates, so an async lock would only add cost.
+//!
+//! - `state`: the local services and checks and the rules every change follows;
+//! - `registration`: the agent endpoints' operations (register, deregister, read);
+//! - `maintenance`: node and service maintenance checks;
+//! - `check_results`: what the check runners report, and reaping services that stay
+//!   critical;
+//! - `persistence`: `services.json` and `checks.json`, written atomically and read back
+//!   leniently;
+//! - `heartbeat`: telling the servers this node is alive.
+//!
+//! Owns: this node's local state and the tasks that serve it. Must not touch: HTTP (that is
+//! [`crate::http`]) or the catalog's contents other than through the syncer.
+
+mod check_results;
+mod heartbeat;
+mod maintenance;
+mod persistence;
+mod registration;
+mod state;
+
+pub use maintenance::{NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX};
+pub use registration::SCRIPT_CHECKS_DISABLED;
+pub(crate) use state::LocalState;
+
+use crate::anti_entropy::AntiEntropy;
+use crate::checks::CheckUpdate;
+use crate::servers::ServerPool;
+use registry_api::auth::SharedKey;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Room for check updates between the runners and the agent; a runner never blocks on a full
+/// channel (it keeps its newest update), so this only bounds memory.
+const CHECK_UPDATES_CAPACITY: usize = 256;
+
+/// What an agent needs to know about itself.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Node name.
+    pub node: String,
+    /// Node id (a UUID); may be empty.
+    pub node_id: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// The node's address as registered in the catalog.
+    pub advertise_addr: String,
+    /// Where local services and checks are persisted; `None` keeps them in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Whether this agent runs inside a server (reported by `/v1/agent/self`).
+    pub server: bool,
+    /// Time between full anti-entropy syncs (Consul: 60s at small cluster sizes).
+    pub sync_interval: Duration,
+    /// Time between liveness heartbeats to the servers.
+    pub heartbeat_interval: Duration,
+    /// The cluster's shared key (`--encrypt`): when set, [`Agent::start`] makes the server
+    /// pool sign every request with it (unless the pool was given a key already).
+    pub encrypt: Option<SharedKey>,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults: datacenter `dc1`, address `127.0.0.1`, no data dir,
+    /// a full sync every 60s and a heartbeat every 2s.
+    pub fn new(node: impl Into<String>) -> Self {
+        AgentConfig {
+            node: node.into(),
+            node_id: String::new(),
+            datacenter: "dc1".into(),
+            advertise_addr: "127.0.0.1".into(),
+            data_dir: None,
+            server: false,
+            sync_interval: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(2),
+            encrypt: None,
+        }
+    }
+}
+
+/// The agent of one node.
+#[derive(Debug)]
+pub struct Agent {
+    /// Who this agent is.
+    config: AgentConfig,
+    /// The servers, for anti-entropy, heartbeats and `/v1/agent/members`.
+    servers: ServerPool,
+    /// Local services and checks.
+    state: Mutex<LocalState>,
+    /// Wakes the syncer when local state changed.
+    sync_wake: Notify,
+    /// Given to every check runner; read by the agent's check-update task.
+    updates_tx: mpsc::Sender<CheckUpdate>,
+    /// Held from a change to the state until its persistence is written, so the files on disk
+    /// follow the changes in order (an async lock: it is held across the file writes).
+    persist_lock: tokio::sync::Mutex<()>,
+    /// Extra sections for `Stats` in `/v1/agent/self` (a server adds `raft`).
+    stats: StatsSlot,
+}
+
+/// Holds the [`StatsSource`] (a closure, so `Debug` by hand).
+#[derive(Default)]
+struct StatsSlot(std::sync::RwLock<Option<StatsSource>>);
+
+impl std::fmt::Debug for StatsSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatsSlot")
+    }
+}
+
+/// Gives `Stats` sections for `/v1/agent/self`: section -> (name -> value).
+pub type StatsSource = Arc<dyn Fn() -> BTreeMap<String, BTreeMap<String, String>> + Send + Sync>;
+
+impl Agent {
+    /// Loads persisted state, starts check runners, the anti-entropy syncer and the heartbeat
+    /// loop (all stop on `shutdown`; their JoinHandles are returned so the caller can await
+    /// them).
+    pub async fn start(
+        config: AgentConfig,
+        servers: ServerPool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Arc<Agent>, Vec<JoinHandle<()>>)> {
+        if config.node.is_empty() {
+            anyhow::bail!("the node name must not be empty");
+        }
+        if let Some(dir) = &config.data_dir {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        // Syncs and heartbeats are signed like everything else the agent sends; the servers
+        // refuse heartbeats without a valid signature when they have a key.
+        let servers = match &config.encrypt {
+            Some(key) if !servers.signs_requests() => servers.with_key(Some(key.clone())),
+            _ => servers,
+        };
+        let (updates_tx, updates_rx) = mpsc::channel(CHECK_UPDATES_CAPACITY);
+        let agent = Arc::new(Agent {
+            config,
+            servers,
+            state: Mutex::new(LocalState::default()),
+            sync_wake: Notify::new(),
+            updates_tx,
+            persist_lock: tokio::sync::Mutex::new(()),
+            stats: StatsSlot::default(),
+        });
+        agent.load().await?;
+        // Counted first: two `lock()` temporaries in one statement would
+        // deadlock (they live until the statement ends).
+        let (services, checks) = {
+            let st = agent.lock();
+            (st.services.len(), st.checks.len())
+        };
+        tracing::info!(
+            node = %agent.config.node,
+            dc = %agent.config.datacenter,
+            services,
+            checks,
+            "agent started"
+        );
+        let tasks = vec![
+            tokio::spawn(
+                agent
+                    .clone()
+                    .run_check_updates(updates_rx, shutdown.clone()),
+            ),
+            tokio::spawn(AntiEntropy::new(agent.clone()).run(shutdown.clone())),
+            tokio::spawn(agent.clone().run_heartbeats(shutdown)),
+        ];
+        Ok((agent, tasks))
+    }
+
+    /// Sets where `/v1/agent/self` takes its `Stats` from.
+    pub fn set_stats_source(&self, source: StatsSource) {
+        *self.stats.0.write().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// The `Stats` of `/v1/agent/self`.
+    pub fn stats(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let source = self
+            .stats
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        source.map(|f| f()).unwrap_or_default()
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The servers this agent talks to.
+    pub fn servers(&self) -> &ServerPool {
+        &self.servers
+    }
+
+    /// The state, even if a panic elsewhere poisoned the lock: every update leaves the maps
+    /// consistent, so the data stays usable.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LocalState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until local state changed (for the syncer).
+    pub(crate) async fn changed(&self) {
+        self.sync_wake.notified().await
+    }
+
+    /// Tells the syncer that local state changed.
+    fn wake_syncer(&self) {
+        self.sync_wake.notify_one();
+    }
+}

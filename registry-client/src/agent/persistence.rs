@@ -1,0 +1,306 @@
+//! Persistence of the agent's definitions under `data_dir`: `services.json` and
+//! `checks.json`, written to a temporary file, fsynced and renamed so a crash never leaves half
+//! a file, and read back leniently in case one does anyway. A restarted agent so brings its
+//! services and checks back without the application registering again, as Consul's agent does
+//! with its `services/` and `checks/` directories.
+//!
+//! Owns: the file formats, atomic writes and torn-file handling. Must not touch: the rules of
+//! the state (loaded definitions go through the same validation as registrations).
+
+use super::state::LocalService;
+use super::Agent;
+use registry_api::{AgentService, CheckRegistration, Error as ApiError};
+use std::path::{Path, PathBuf};
+
+/// On-disk form of `services.json`.
+type PersistedServices = Vec<AgentService>;
+/// On-disk form of `checks.json`.
+type PersistedChecks = Vec<CheckRegistration>;
+
+/// The temporary file [`write_atomically`] writes before renaming it over `path`: in the
+/// same directory, because a rename is atomic only within one file system.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, flushes it to disk, renames it over
+/// `path` and flushes the directory, so that after a crash or a power loss `path` holds the
+/// old or the new content, never a part of either. Without the file's fsync a power loss
+/// can leave the rename on disk but not the data (a zero-length file on ext4 and XFS);
+/// without the directory's, the rename itself may be lost.
+async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let path = path.to_owned();
+    let bytes = bytes.to_vec();
+    // std::fs on the blocking pool: tokio::fs runs each call there anyway, and fsyncing a
+    // directory needs a plain File.
+    tokio::task::spawn_blocking(move || write_atomically_blocking(&path, &bytes))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The blocking body of [`write_atomically`].
+fn write_atomically_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = temp_path(path);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes a temporary file a crash left behind before its rename; the file it was meant
+/// to replace still holds the previous state, which is what the agent loads.
+async fn remove_leftover_temp(path: &Path) {
+    let tmp = temp_path(path);
+    match tokio::fs::remove_file(&tmp).await {
+        Ok(()) => {
+            tracing::info!(file = %tmp.display(), "removed an unfinished write left by a crash")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %tmp.display(), error = %e, "could not remove an unfinished write")
+        }
+    }
+}
+
+/// What [`read_entries`] found wrong with a file it still read what it could of.
+#[derive(Debug, PartialEq, Eq)]
+enum Damage {
+    /// The file could not be read at all.
+    Unreadable(String),
+    /// The JSON is torn or not a list: the entries before the damage were kept.
+    Torn {
+        /// Entries read before the damage.
+        kept: usize,
+        /// The parser's complaint.
+        error: String,
+    },
+    /// Some entries parsed as JSON but not as an entry, and were skipped.
+    BadEntries(usize),
+}
+
+/// Parses a JSON list of entries, keeping whatever can be read: a torn file (zero length,
+/// cut short by a crash, garbage) gives the entries that parse before the damage, and an
+/// entry of the wrong shape is skipped. The agent must start after a power loss with what
+/// it can read, rather than refuse to.
+fn parse_entries<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, Option<Damage>) {
+    /// Collects list items into a vector outside the deserializer, so that the items read
+    /// before an error survive it.
+    struct Salvage<'a>(&'a mut Vec<serde_json::Value>);
+    impl<'de> serde::de::Visitor<'de> for Salvage<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(item) = seq.next_element::<serde_json::Value>()? {
+                self.0.push(item);
+            }
+            Ok(())
+        }
+    }
+    let mut items = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed =
+        serde::Deserializer::deserialize_seq(&mut de, Salvage(&mut items)).and_then(|()| de.end());
+    let total = items.len();
+    let entries: Vec<T> = items
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
+    let damage = match parsed {
+        Err(e) => Some(Damage::Torn {
+            kept: entries.len(),
+            error: e.to_string(),
+        }),
+        Ok(()) if entries.len() < total => Some(Damage::BadEntries(total - entries.len())),
+        Ok(()) => None,
+    };
+    (entries, damage)
+}
+
+/// Reads `path` with [`parse_entries`] (a missing file is empty), logging any damage with
+/// the file's name. A torn
+/// file that held anything is kept beside it as `<name>.corrupt` for a look by hand, since
+/// the next change of state overwrites it.
+async fn read_entries<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            let damage = Damage::Unreadable(e.to_string());
+            tracing::warn!(file = %path.display(), ?damage, "cannot read persisted agent state; starting without it");
+            return Vec::new();
+        }
+    };
+    let (entries, damage) = parse_entries(&bytes);
+    if let Some(damage) = damage {
+        let mut kept_copy = None;
+        if !bytes.is_empty() && matches!(damage, Damage::Torn { .. }) {
+            let mut name = path.file_name().unwrap_or_default().to_os_string();
+            name.push(".corrupt");
+            let copy = path.with_file_name(name);
+            if tokio::fs::write(&copy, &bytes).await.is_ok() {
+                kept_copy = Some(copy.display().to_string());
+            }
+        }
+        tracing::warn!(
+            file = %path.display(),
+            ?damage,
+            loaded = entries.len(),
+            copy = ?kept_copy,
+            "persisted agent state is damaged (a crash or power loss?); starting with what could be read"
+        );
+    }
+    entries
+}
+
+impl Agent {
+    /// Writes `services.json` and `checks.json` from the current state. The caller holds
+    /// `persist_lock`.
+    pub(super) async fn persist(&self) -> Result<(), ApiError> {
+        let Some(dir) = &self.config.data_dir else {
+            return Ok(());
+        };
+        let (services, checks): (PersistedServices, PersistedChecks) = {
+            let st = self.lock();
+            (
+                st.services.values().map(|s| s.service.clone()).collect(),
+                st.checks.values().map(|c| c.definition.clone()).collect(),
+            )
+        };
+        let result = async {
+            write_atomically(
+                &dir.join("services.json"),
+                &serde_json::to_vec_pretty(&services)?,
+            )
+            .await?;
+            write_atomically(
+                &dir.join("checks.json"),
+                &serde_json::to_vec_pretty(&checks)?,
+            )
+            .await
+        }
+        .await;
+        result.map_err(|e: std::io::Error| {
+            tracing::error!(dir = %dir.display(), error = %e, "persisting agent state failed");
+            ApiError::Internal(format!("failed to persist agent state: {e}"))
+        })
+    }
+
+    /// Loads `services.json` and `checks.json` and starts the checks' runners. A definition
+    /// that no longer validates, or a file a crash left torn, is skipped (as much of it as
+    /// cannot be read) with a warning rather than failing the start.
+    pub(super) async fn load(&self) -> anyhow::Result<()> {
+        let Some(dir) = &self.config.data_dir else {
+            return Ok(());
+        };
+        let services_path = dir.join("services.json");
+        let checks_path = dir.join("checks.json");
+        remove_leftover_temp(&services_path).await;
+        remove_leftover_temp(&checks_path).await;
+        let services: PersistedServices = read_entries(&services_path).await;
+        let checks: PersistedChecks = read_entries(&checks_path).await;
+        let _persist = self.persist_lock.lock().await;
+        let mut st = self.lock();
+        for service in services {
+            if service.id.is_empty() || service.service.is_empty() {
+                tracing::warn!(service = ?service, "skipping persisted service without id or name");
+                continue;
+            }
+            let generation = st.bump();
+            st.services.insert(
+                service.id.clone(),
+                LocalService {
+                    service,
+                    in_sync: false,
+                    generation,
+                },
+            );
+        }
+        for def in checks {
+            let id = def.check_id.clone();
+            if !def.service_id.is_empty() && !st.services.contains_key(&def.service_id) {
+                tracing::warn!(check = %id, service = %def.service_id, "skipping persisted check of an unknown service");
+                continue;
+            }
+            match self.prepare_check(def) {
+                Ok(p) => self.install_check(&mut st, p),
+                Err(e) => {
+                    tracing::warn!(check = %id, error = %e, "skipping invalid persisted check")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(id: &str) -> AgentService {
+        AgentService {
+            id: id.into(),
+            service: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn torn_state_files_give_what_can_be_read() {
+        let whole = serde_json::to_vec_pretty(&vec![svc("a"), svc("b")]).unwrap();
+        let (all, damage) = parse_entries::<AgentService>(&whole);
+        assert_eq!((all.len(), damage), (2, None));
+        // Zero length (a power loss after an un-fsynced rename), garbage, not a list.
+        for bad in [&b""[..], b"\0\0\0\0", b"{\"ID\":\"a\"}", b"[{\"ID\":"] {
+            let (got, damage) = parse_entries::<AgentService>(bad);
+            assert!(got.is_empty(), "{bad:?}");
+            assert!(
+                matches!(damage, Some(Damage::Torn { kept: 0, .. })),
+                "{bad:?}: {damage:?}"
+            );
+        }
+        // Cut in the middle of the second entry: the first one is kept.
+        let cut = &whole[..whole.len() - 20];
+        let (got, damage) = parse_entries::<AgentService>(cut);
+        assert_eq!(got, vec![svc("a")]);
+        assert!(
+            matches!(damage, Some(Damage::Torn { kept: 1, .. })),
+            "{damage:?}"
+        );
+        // An entry of the wrong shape is skipped, the others kept.
+        let (got, damage) = parse_entries::<AgentService>(br#"[{"ID":"a","Service":"a"},7]"#);
+        assert_eq!((got, damage), (vec![svc("a")], Some(Damage::BadEntries(1))));
+    }
+
+    #[tokio::test]
+    async fn write_atomically_replaces_the_file_through_a_temp_file_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("services.json");
+        let tmp = temp_path(&path);
+        // Same directory: a rename across file systems would not be atomic.
+        assert_eq!(tmp.parent(), path.parent());
+        assert_eq!(tmp.file_name().unwrap(), "services.json.tmp");
+
+        write_atomically(&path, b"old").await.unwrap();
+        write_atomically(&path, b"new").await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert!(!tmp.exists(), "nothing is left beside it");
+
+        // A crash before the rename leaves the old file whole and a temp file, which the
+        // next start removes without reading it.
+        std::fs::write(&tmp, b"[{\"ID\":\"half").unwrap();
+        remove_leftover_temp(&path).await;
+        assert!(!tmp.exists());
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    }
+}

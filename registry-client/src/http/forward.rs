@@ -1,0 +1,101 @@
+//! Forwarding for the standalone client: a request for the servers' public API that is not an
+//! agent endpoint goes to a server through the [`ServerPool`] (which fails over between servers
+//! and signs what it sends), and the answer comes back.
+//!
+//! Owns: which paths are forwarded. Must not touch: which headers cross
+//! ([`registry_api::forward`] has the one copy of that rule), failover or signing (the pool's).
+
+use super::HttpResult;
+use crate::servers::ServerPool;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use registry_api::forward::{forwarded_request_header, forwarded_response_header};
+use registry_api::limits::MAX_BODY;
+use registry_api::Error as ApiError;
+
+/// Whether a path is the servers' public API that this agent passes on: `/v1/...`, except the
+/// agent endpoints (they would describe a server's agent, not this one) and `/v1/internal/...`
+/// (the servers' own traffic, such as heartbeats, which only the agent itself sends).
+fn is_forwarded(path: &str) -> bool {
+    path.starts_with("/v1/")
+        && !path.starts_with("/v1/agent/")
+        && !path.starts_with("/v1/internal/")
+}
+
+/// Only the headers [`forwarded_request_header`] lets through; a caller's signature is never
+/// among them, as the pool signs what it sends with this agent's own key.
+fn forwarded_request_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, v) in headers {
+        if forwarded_request_header(name.as_str()) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// Proxies a request to a server and passes back its status, the headers
+/// [`forwarded_response_header`] lets through and the body; a path that is not forwarded is
+/// `404 Unsupported path`.
+pub(super) async fn forward(State(servers): State<ServerPool>, req: Request) -> HttpResult {
+    let (parts, body) = req.into_parts();
+    if !is_forwarded(parts.uri.path()) {
+        return Err(ApiError::NotFound(format!(
+            "Unsupported path: {} {}",
+            parts.method,
+            parts.uri.path()
+        ))
+        .into());
+    }
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::TooLarge(format!(
+            "Request body too large, max size: {MAX_BODY} bytes"
+        ))
+    })?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let resp = servers
+        .send(
+            parts.method.clone(),
+            path_and_query,
+            forwarded_request_headers(&parts.headers),
+            body,
+        )
+        .await?;
+    let mut out = Response::new(Body::from(resp.body));
+    *out.status_mut() = resp.status;
+    for (name, v) in &resp.headers {
+        if forwarded_response_header(name.as_str()) {
+            out.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_servers_public_api_is_forwarded() {
+        for yes in ["/v1/kv/a", "/v1/catalog/services", "/v1/status/leader"] {
+            assert!(is_forwarded(yes), "{yes}");
+        }
+        for no in [
+            "/v1/agent/self",
+            "/v1/agent/nonsense",
+            "/v1/internal/heartbeat",
+            "/",
+            "/metrics",
+            "/v1",
+            "/v2/kv/a",
+        ] {
+            assert!(!is_forwarded(no), "{no}");
+        }
+    }
+}

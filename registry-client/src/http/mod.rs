@@ -1,0 +1,88 @@
+//! The agent's HTTP API (`/v1/agent/...`, Consul's shapes and status codes:
+//! <https://developer.hashicorp.com/consul/api-docs/agent>) and, for the standalone client,
+//! forwarding of every other request to a server.
+//!
+//! - this file: the two routers;
+//! - `routes`: the agent endpoints' handlers;
+//! - `params`: query and body decoding shared by the handlers;
+//! - `forward`: the fallback that proxies everything else to a server.
+//!
+//! Errors become responses in one place for every process, [`registry_api::http_error`]: a
+//! status from [`registry_api::Error::status`] and a plain-text body.
+//!
+//! Owns: the mapping between HTTP and the agent's operations. Must not touch: the local
+//! state's rules (they are in [`crate::agent`]) or server failover (that is
+//! [`crate::servers`]).
+
+mod forward;
+mod params;
+mod routes;
+
+use crate::agent::Agent;
+use crate::servers::{PoolError, ServerPool};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::response::Response;
+use axum::routing::{get, put};
+use axum::Router;
+use registry_api::http_error::{plain_text_errors, HttpError};
+use registry_api::limits::MAX_BODY;
+use registry_api::Error as ApiError;
+use std::sync::Arc;
+
+impl From<PoolError> for HttpError {
+    fn from(e: PoolError) -> Self {
+        HttpError(ApiError::Internal(e.to_string()))
+    }
+}
+
+/// What a handler returns: a response, or an error that [`HttpError`] turns into one.
+type HttpResult<T = Response> = Result<T, HttpError>;
+
+/// Router with only the agent endpoints; a server in `--dev` mode merges it into its own.
+pub fn agent_router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/agent/service/register", put(routes::service_register))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(routes::service_deregister),
+        )
+        .route("/v1/agent/services", get(routes::services))
+        .route("/v1/agent/service/{id}", get(routes::service))
+        .route("/v1/agent/checks", get(routes::checks))
+        .route("/v1/agent/check/register", put(routes::check_register))
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(routes::check_deregister),
+        )
+        .route("/v1/agent/check/pass/{id}", put(routes::check_pass))
+        .route("/v1/agent/check/warn/{id}", put(routes::check_warn))
+        .route("/v1/agent/check/fail/{id}", put(routes::check_fail))
+        .route("/v1/agent/check/update/{id}", put(routes::check_update))
+        .route("/v1/agent/maintenance", put(routes::node_maintenance))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(routes::service_maintenance),
+        )
+        .route("/v1/agent/self", get(routes::agent_self))
+        .route("/v1/agent/members", get(routes::members))
+        .route(
+            "/v1/agent/health/service/name/{name}",
+            get(routes::health_by_name),
+        )
+        .layer(middleware::from_fn(plain_text_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(agent)
+}
+
+/// Router for the standalone client: agent endpoints + forwarding fallback for everything
+/// else. Unknown `/v1/agent/` paths are 404 here: they would describe the server's agent, not
+/// this one.
+pub fn client_router(agent: Arc<Agent>, servers: ServerPool) -> Router {
+    let forward = Router::new()
+        .fallback(forward::forward)
+        .layer(middleware::from_fn(plain_text_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(servers);
+    agent_router(agent).merge(forward)
+}
