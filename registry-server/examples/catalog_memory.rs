@@ -11,7 +11,7 @@ use registry_api::{AgentService, HealthCheck, RegisterRequest};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use registry_server::catalog::{CatalogState, Command};
+use registry_server::state::{CatalogState, Command};
 
 fn rss() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();

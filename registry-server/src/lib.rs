@@ -3,26 +3,38 @@
 //!
 //! `main.rs` parses flags into a [`ServerConfig`] and calls [`run`]; tests call
 //! [`start`] with `127.0.0.1:0` ports and temp dirs, often on a
-//! [`transport::MemNetwork`] whose links they can cut.
+//! [`rpc::MemNetwork`] whose links they can cut.
+//!
+//! Where things live (each module's own comment says what it must not touch):
+//!
+//! - [`state`]: the pure state machine: commands, the write planner, row keys,
+//!   the catalog tables (KV, sessions, ACLs join here, a file each);
+//! - [`storage`]: RocksDB (`logs`, `meta`, `store`) and the snapshot format;
+//! - [`raft`]: the Raft thread and [`raft::RaftHandle`], its only door;
+//! - [`rpc`]: server-to-server messages and their transports (TCP, in-memory);
+//! - [`reads`]: consistency modes, blocking waits, the shared-answer cache,
+//!   for every interface that reads (HTTP now, DNS next);
+//! - [`leader`]: loops that run only on the leader (the liveness reaper);
+//! - [`http`]: the routers and one file per endpoint family, with `?dc=`
+//!   forwarding to other datacenters (`http/federation.rs`).
 
 // Protobuf messages from raft-proto are built field by field, as raft-rs
 // itself does; struct literals would add noise for no safety.
 #![allow(clippy::field_reassign_with_default)]
 
-pub mod catalog;
-pub mod federation;
 pub mod http;
-pub mod liveness;
-pub mod raft_node;
+pub mod leader;
+pub mod raft;
+pub mod reads;
 pub mod rpc;
+pub mod state;
 pub mod storage;
-pub mod transport;
 
-use crate::catalog::CatalogState;
-use crate::raft_node::{Event, RaftHandle, RaftNodeSetup, RaftTuning};
+use crate::raft::{Event, RaftHandle, RaftNodeSetup, RaftTuning};
 use crate::rpc::PeerInfo;
+use crate::rpc::{Deliver, MemNetwork, TcpTransport, Transport};
+use crate::state::CatalogState;
 use crate::storage::RaftStore;
-use crate::transport::{Deliver, MemNetwork, TcpTransport, Transport};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::SyncSender;
@@ -32,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use raft_node::{RaftStatus, Role};
+pub use raft::{RaftStatus, Role};
 
 /// How servers reach each other.
 #[derive(Clone, Default)]
@@ -70,7 +82,7 @@ pub struct ServerConfig {
     /// Raft timing.
     pub tuning: RaftTuning,
     /// Node liveness timing.
-    pub liveness: liveness::LivenessTuning,
+    pub liveness: leader::liveness::LivenessTuning,
     /// Run the agent endpoints for this server itself (like every Consul
     /// server is also an agent). Off only in tests that want a catalog
     /// holding nothing but what they wrote.
@@ -106,7 +118,7 @@ impl ServerConfig {
             wan_gateways: Vec::new(),
             dev: false,
             tuning: RaftTuning::default(),
-            liveness: liveness::LivenessTuning::default(),
+            liveness: leader::liveness::LivenessTuning::default(),
             agent: true,
             agent_sync_interval: Duration::from_secs(60),
             agent_heartbeat_interval: Duration::from_secs(2),
@@ -199,146 +211,92 @@ fn deliver_to(tx: SyncSender<Event>) -> Deliver {
     })
 }
 
-/// Starts a server: opens storage, starts the transport, the Raft thread and
-/// the HTTP API. Returns once all listen.
+/// Starts a server, step by step (each logged): check the configuration,
+/// open storage and rebuild the catalog, start the transport, bind HTTP,
+/// start the Raft thread, the leader loops and the embedded agent, then serve
+/// HTTP. Returns once all listen.
 pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     config.validate().map_err(anyhow::Error::msg)?;
+    warn_if_open(&config);
     let shutdown = CancellationToken::new();
-    let (data_dir, temp_dir) = match &config.data_dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new().prefix("registry-dev-").tempdir()?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    std::fs::create_dir_all(&data_dir)?;
-    if config.encrypt.is_none() && !config.dev {
-        // As Consul warns when gossip encryption is off.
-        tracing::warn!(
-            node = %config.node,
-            "no --encrypt key: anyone who reaches the RPC port can join the cluster, send Raft \
-             messages and heartbeats; set one (registry-server keygen)"
-        );
-    }
+    let mut tasks = Vec::new();
+
+    let (data_dir, temp_dir) = data_dir(&config)?;
     info!(node = %config.node, dc = %config.datacenter, dir = %data_dir.display(), "opening storage");
     let (store, recovered) = RaftStore::open(&data_dir, config.disk_faults.clone())?;
     let catalog =
         CatalogState::from_rows(&config.datacenter, recovered.rows).map_err(anyhow::Error::msg)?;
     info!(node = %config.node, applied = recovered.applied, "catalog loaded");
 
-    let (tx, rx) = raft_node::event_channel();
-    let mut tasks = Vec::new();
-    let mut tcp: Option<Arc<TcpTransport>> = None;
-    let (transport, rpc_addr): (Arc<dyn Transport>, String) = match &config.transport {
-        TransportKind::Tcp => {
-            let (t, _bound, accept) = TcpTransport::bind(
-                config.rpc_addr,
-                config.advertise.clone().unwrap_or_default(),
-                config.encrypt.clone(),
-                deliver_to(tx.clone()),
-                tokio::runtime::Handle::current(),
-                shutdown.clone(),
-            )
-            .await?;
-            tasks.push(accept);
-            let advertise = t.advertise().to_string();
-            tcp = Some(t.clone());
-            (t, advertise)
-        }
-        TransportKind::Mem(net) => {
-            let addr = config
-                .advertise
-                .clone()
-                .unwrap_or_else(|| config.node.clone());
-            (net.register(&addr, deliver_to(tx.clone())), addr)
-        }
-    };
+    let (tx, rx) = raft::event_channel();
+    let rpc = start_transport(&config, deliver_to(tx.clone()), &shutdown).await?;
+    tasks.extend(rpc.accept);
+    let rpc_addr = rpc.addr;
     info!(node = %config.node, rpc = %rpc_addr, "transport ready");
 
     let listener = registry_api::serve::bind(config.http_addr)?;
     let http_addr = listener.local_addr()?;
-    let me = PeerInfo {
-        id: recovered.node_id,
-        node: config.node.clone(),
-        rpc_addr: rpc_addr.clone(),
-        http_addr: http_addr.to_string(),
-        datacenter: config.datacenter.clone(),
-    };
-    let bootstrap_expect = if config.dev {
-        1
-    } else {
-        config.bootstrap_expect
-    };
     let (heartbeat_tx, heartbeat_rx) = tokio::sync::mpsc::channel(4096);
     let setup = RaftNodeSetup {
-        me,
+        me: PeerInfo {
+            id: recovered.node_id,
+            node: config.node.clone(),
+            rpc_addr: rpc_addr.clone(),
+            http_addr: http_addr.to_string(),
+            datacenter: config.datacenter.clone(),
+        },
         store,
         applied: recovered.applied,
         peers: recovered.peers,
         catalog,
-        bootstrap_expect,
+        bootstrap_expect: if config.dev {
+            1
+        } else {
+            config.bootstrap_expect
+        },
         retry_join: config.retry_join.clone(),
         tuning: config.tuning.clone(),
-        transport,
+        transport: rpc.transport,
         heartbeats: heartbeat_tx,
     };
-    let (raft, raft_thread) = raft_node::start(setup, tx, rx, shutdown.clone())?;
+    let (raft, raft_thread) = raft::start(setup, tx, rx, shutdown.clone())?;
     info!(node = %config.node, id = recovered.node_id, "raft node started");
+
+    tasks.push(tokio::spawn(leader::liveness::run(
+        Arc::new(leader::liveness::Liveness::default()),
+        raft.clone(),
+        config.liveness.clone(),
+        heartbeat_rx,
+        shutdown.clone(),
+    )));
+
+    let agent_routes = if config.agent {
+        let agent = EmbeddedAgent {
+            http_addr,
+            rpc_addr: &rpc_addr,
+            node_id: recovered.node_id,
+            data_dir: &data_dir,
+        };
+        let (routes, agent_tasks) = agent.start(&config, &raft, &shutdown).await?;
+        tasks.extend(agent_tasks);
+        routes
+    } else {
+        axum::Router::new()
+    };
 
     let app = Arc::new(http::AppState {
         raft: raft.clone(),
         datacenter: config.datacenter.clone(),
         node: config.node.clone(),
         shutdown: shutdown.clone(),
-        wan: federation::WanRoute::new(&config.wan_gateways, config.encrypt.clone()),
+        wan: http::federation::WanRoute::new(&config.wan_gateways, config.encrypt.clone()),
         answers: Default::default(),
         encrypt: config.encrypt.clone().map(Arc::new),
     });
-    let liveness = Arc::new(liveness::Liveness::default());
-    tasks.push(tokio::spawn(liveness::run(
-        liveness,
-        raft.clone(),
-        config.liveness.clone(),
-        heartbeat_rx,
-        shutdown.clone(),
-    )));
-    let agent_routes = if config.agent {
-        // The embedded agent reaches the cluster through this server's own API.
-        let own = if http_addr.ip().is_unspecified() {
-            format!("http://127.0.0.1:{}", http_addr.port())
-        } else {
-            format!("http://{http_addr}")
-        };
-        let pool = registry_client::ServerPool::new(vec![own])?;
-        let advertise_host = rpc_addr
-            .rsplit_once(':')
-            .map(|(h, _)| h.to_string())
-            .unwrap_or_else(|| rpc_addr.clone());
-        let agent_config = registry_client::AgentConfig {
-            node: config.node.clone(),
-            node_id: format!("{:016x}", recovered.node_id),
-            datacenter: config.datacenter.clone(),
-            advertise_addr: advertise_host,
-            data_dir: Some(data_dir.join("agent")),
-            server: true,
-            sync_interval: config.agent_sync_interval,
-            heartbeat_interval: config.agent_heartbeat_interval,
-            // Its heartbeats must be signed even on this server's own HTTP port.
-            encrypt: config.encrypt.clone(),
-        };
-        let (agent, agent_tasks) =
-            registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;
-        tasks.extend(agent_tasks);
-        let stats_raft = raft.clone();
-        agent.set_stats_source(Arc::new(move || raft_stats(&stats_raft)));
-        registry_client::agent_router(agent)
-    } else {
-        axum::Router::new()
-    };
     let router = http::router(app.clone(), agent_routes);
     // One bound for the HTTP port and HTTP on the RPC port together.
     let gate = registry_api::serve::ConnGate::new(config.http_limits.clone());
-    if let Some(t) = &tcp {
+    if let Some(t) = &rpc.tcp {
         // Agents name servers by their RPC address (`--retry-join`), so the
         // RPC port answers HTTP too, but only what agents need.
         let router = http::rpc_router(app.clone());
@@ -372,19 +330,149 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     })
 }
 
+/// Says so at start when the RPC port is open to anyone, as Consul warns when
+/// gossip encryption is off.
+fn warn_if_open(config: &ServerConfig) {
+    if config.encrypt.is_none() && !config.dev {
+        tracing::warn!(
+            node = %config.node,
+            "no --encrypt key: anyone who reaches the RPC port can join the cluster, send Raft \
+             messages and heartbeats; set one (registry-server keygen)"
+        );
+    }
+}
+
+/// The data directory, created if missing: `--data-dir`, or with `--dev` a
+/// temp dir that lives as long as the returned guard.
+fn data_dir(config: &ServerConfig) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let (dir, temp) = match &config.data_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new().prefix("registry-dev-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    Ok((dir, temp))
+}
+
+/// A started transport.
+struct StartedTransport {
+    /// What the Raft thread sends through.
+    transport: Arc<dyn Transport>,
+    /// The address other servers reach this one at.
+    addr: String,
+    /// The TCP transport, which also hands HTTP connections over.
+    tcp: Option<Arc<TcpTransport>>,
+    /// The TCP accept loop, awaited at shutdown.
+    accept: Option<JoinHandle<()>>,
+}
+
+/// Starts the configured transport, delivering into `deliver`.
+async fn start_transport(
+    config: &ServerConfig,
+    deliver: Deliver,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<StartedTransport> {
+    Ok(match &config.transport {
+        TransportKind::Tcp => {
+            let (t, _bound, accept) = TcpTransport::bind(
+                config.rpc_addr,
+                config.advertise.clone().unwrap_or_default(),
+                config.encrypt.clone(),
+                deliver,
+                tokio::runtime::Handle::current(),
+                shutdown.clone(),
+            )
+            .await?;
+            StartedTransport {
+                transport: t.clone(),
+                addr: t.advertise().to_string(),
+                tcp: Some(t),
+                accept: Some(accept),
+            }
+        }
+        TransportKind::Mem(net) => {
+            let addr = config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| config.node.clone());
+            StartedTransport {
+                transport: net.register(&addr, deliver),
+                addr,
+                tcp: None,
+                accept: None,
+            }
+        }
+    })
+}
+
+/// What the server's own agent needs to know about the server.
+struct EmbeddedAgent<'a> {
+    /// The server's bound HTTP address, which the agent calls.
+    http_addr: SocketAddr,
+    /// The server's advertised RPC address; its host is the agent's address.
+    rpc_addr: &'a str,
+    /// The server's Raft id, which the agent uses as its node id.
+    node_id: u64,
+    /// The server's data directory; the agent keeps its state below it.
+    data_dir: &'a std::path::Path,
+}
+
+impl EmbeddedAgent<'_> {
+    /// Starts the agent (every Consul server is also an agent) and returns
+    /// its routes and tasks.
+    async fn start(
+        self,
+        config: &ServerConfig,
+        raft: &RaftHandle,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<(axum::Router, Vec<JoinHandle<()>>)> {
+        // The embedded agent reaches the cluster through this server's own API.
+        let own = if self.http_addr.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", self.http_addr.port())
+        } else {
+            format!("http://{}", self.http_addr)
+        };
+        let pool = registry_client::ServerPool::new(vec![own])?;
+        let advertise_host = self
+            .rpc_addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_else(|| self.rpc_addr.to_string());
+        let agent_config = registry_client::AgentConfig {
+            node: config.node.clone(),
+            node_id: format!("{:016x}", self.node_id),
+            datacenter: config.datacenter.clone(),
+            advertise_addr: advertise_host,
+            data_dir: Some(self.data_dir.join("agent")),
+            server: true,
+            sync_interval: config.agent_sync_interval,
+            heartbeat_interval: config.agent_heartbeat_interval,
+            // Its heartbeats must be signed even on this server's own HTTP port.
+            encrypt: config.encrypt.clone(),
+        };
+        let (agent, tasks) =
+            registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;
+        let stats_raft = raft.clone();
+        agent.set_stats_source(Arc::new(move || raft_stats(&stats_raft)));
+        Ok((registry_client::agent_router(agent), tasks))
+    }
+}
+
 /// The `raft` section of `/v1/agent/self`'s `Stats`, named as Consul names them.
 fn raft_stats(
     raft: &RaftHandle,
 ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
     let s = raft.status();
-    let applied = *raft.shared.applied_tx.borrow();
+    let applied = *raft.applied_changes().borrow();
     let state = match s.role {
-        raft_node::Role::Leader => "Leader",
-        raft_node::Role::Candidate => "Candidate",
-        raft_node::Role::Follower => "Follower",
+        raft::Role::Leader => "Leader",
+        raft::Role::Candidate => "Candidate",
+        raft::Role::Follower => "Follower",
     };
     let last_contact = match (s.role, s.last_leader_contact) {
-        (raft_node::Role::Leader, _) => "0".to_string(),
+        (raft::Role::Leader, _) => "0".to_string(),
         (_, Some(t)) => format!("{}ms", t.elapsed().as_millis()),
         (_, None) => "never".to_string(),
     };

@@ -1,17 +1,8 @@
-//! RocksDB storage of one server: the Raft log, the Raft metadata and the
-//! applied catalog, in one database with a column family for each.
-//!
-//! - `logs`:  Raft entries, key = index as 8 big-endian bytes (so they sort).
-//! - `meta`:  hard state, conf state, applied index, the (index, term) of the
-//!   last compaction/snapshot, this server's Raft id and the peer address book.
-//! - `store`: the catalog rows produced by [`crate::catalog::CatalogState::apply`].
-//!
-//! Applying entries writes their rows and the new applied index in the same
-//! [`WriteBatch`] as the entries and hard state of that Ready, so a crash never
-//! leaves rows without their index (or the reverse). The Raft thread writes one
-//! batch per Ready with one fsync, which is what batches many proposals into one
-//! disk sync.
+//! [`RaftStore`]: the Raft log, Raft metadata and applied rows in one RocksDB
+//! database, a column family for each (`logs`, `meta`, `store`), and
+//! [`raft::Storage`] over them. All writes come from the Raft thread.
 
+use super::{corrupt, DiskFaults, SnapshotImage, StorageFailure};
 use crate::rpc::PeerInfo;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -34,29 +25,6 @@ const K_SNAP_INDEX: &[u8] = b"snapshot_index";
 const K_SNAP_TERM: &[u8] = b"snapshot_term";
 const K_NODE_ID: &[u8] = b"node_id";
 const K_PEERS: &[u8] = b"peers";
-
-/// A storage failure. Any of these means the node cannot go on safely.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageFailure {
-    /// RocksDB refused an operation.
-    #[error("rocksdb: {0}")]
-    Rocks(#[from] rocksdb::Error),
-    /// Stored bytes did not decode.
-    #[error("corrupt {what}: {detail}")]
-    Corrupt {
-        /// What was being read.
-        what: &'static str,
-        /// Decoder message.
-        detail: String,
-    },
-}
-
-fn corrupt(what: &'static str, detail: impl ToString) -> StorageFailure {
-    StorageFailure::Corrupt {
-        what,
-        detail: detail.to_string(),
-    }
-}
 
 /// The small, hot part of the state, mirrored in memory so that Raft's
 /// `term`/`first_index`/`last_index` calls do not read the disk.
@@ -95,33 +63,6 @@ pub struct RaftStore {
     /// Provides the state-machine image for [`raft::Storage::snapshot`]; set by
     /// the Raft node, which owns the catalog.
     snapshot_source: Arc<RwLock<Option<SnapshotSource>>>,
-}
-
-/// Disk fault injection for tests: a delay added before every synced write,
-/// as a slow or overloaded disk adds to each fsync. Cloned handles share the
-/// setting, so a test keeps one and changes it while the server runs.
-#[derive(Clone, Default, Debug)]
-pub struct DiskFaults {
-    write_delay_us: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl DiskFaults {
-    /// Sets the delay (zero: a healthy disk).
-    pub fn set_write_delay(&self, delay: std::time::Duration) {
-        self.write_delay_us.store(
-            delay.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    fn pause(&self) {
-        let us = self
-            .write_delay_us
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if us > 0 {
-            std::thread::sleep(std::time::Duration::from_micros(us));
-        }
-    }
 }
 
 /// Builds snapshot data of the applied state: returns (applied index, data),
@@ -277,11 +218,6 @@ impl RaftStore {
         self.with_mirror(|m| m.conf_state.clone())
     }
 
-    /// The stored hard state.
-    pub fn hard_state(&self) -> HardState {
-        self.with_mirror(|m| m.hard_state.clone())
-    }
-
     /// Whether this server belongs to a formed cluster.
     pub fn initialized(&self) -> bool {
         self.with_mirror(|m| !m.conf_state.voters.is_empty() || !m.conf_state.learners.is_empty())
@@ -290,11 +226,6 @@ impl RaftStore {
     /// Index of the last compaction or installed snapshot.
     pub fn snapshot_index(&self) -> u64 {
         self.with_mirror(|m| m.snapshot_index)
-    }
-
-    /// Number of entries in the log.
-    pub fn log_len(&self) -> u64 {
-        self.with_mirror(|m| m.last_index - m.snapshot_index)
     }
 
     /// Starts a batch of writes that [`RaftStore::commit`] makes durable at once.
@@ -653,74 +584,6 @@ impl raft::Storage for RaftStore {
         meta.term = term;
         meta.set_conf_state(m.conf_state.clone());
         Ok(snap)
-    }
-}
-
-/// What a snapshot carries besides Raft's metadata: the peer address book
-/// (a server that joins by snapshot must learn where the others are) and the
-/// catalog rows.
-#[derive(Debug, Default, PartialEq)]
-pub struct SnapshotImage {
-    /// Known servers.
-    pub peers: BTreeMap<u64, PeerInfo>,
-    /// Catalog rows.
-    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// Version byte of the snapshot format; a newer binary must still read older ones.
-const SNAPSHOT_V1: u8 = 1;
-
-impl SnapshotImage {
-    /// Encodes as: version, peers JSON (length-prefixed), then length-prefixed rows.
-    pub fn encode(&self) -> Vec<u8> {
-        let peers = serde_json::to_vec(&self.peers).unwrap_or_default();
-        let size: usize = self.rows.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
-        let mut out = Vec::with_capacity(1 + 4 + peers.len() + size);
-        out.push(SNAPSHOT_V1);
-        out.extend_from_slice(&(peers.len() as u32).to_be_bytes());
-        out.extend_from_slice(&peers);
-        for (k, v) in &self.rows {
-            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(k);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(v);
-        }
-        out
-    }
-
-    /// Decodes [`SnapshotImage::encode`]'s output.
-    pub fn decode(data: &[u8]) -> Result<Self, String> {
-        fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-            if data.len() < n {
-                return Err("truncated".into());
-            }
-            let (head, rest) = data.split_at(n);
-            *data = rest;
-            Ok(head)
-        }
-        fn take_len(data: &mut &[u8]) -> Result<usize, String> {
-            let b = take(data, 4)?;
-            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        }
-        if data.is_empty() {
-            return Ok(Self::default());
-        }
-        let mut rest = data;
-        let version = take(&mut rest, 1)?[0];
-        if version != SNAPSHOT_V1 {
-            return Err(format!("unknown snapshot version {version}"));
-        }
-        let n = take_len(&mut rest)?;
-        let peers = serde_json::from_slice(take(&mut rest, n)?).map_err(|e| e.to_string())?;
-        let mut rows = Vec::new();
-        while !rest.is_empty() {
-            let kn = take_len(&mut rest)?;
-            let k = take(&mut rest, kn)?.to_vec();
-            let vn = take_len(&mut rest)?;
-            let v = take(&mut rest, vn)?.to_vec();
-            rows.push((k, v));
-        }
-        Ok(Self { peers, rows })
     }
 }
 

@@ -7,15 +7,17 @@
 //! handlers only ever see local requests. Agent endpoints are local by
 //! definition and never routed.
 
-use crate::http::{AppState, HttpError};
+use super::{AppState, HttpError};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use registry_api::error::NO_PATH_TO_DC;
+use registry_api::federated::{self, Refusal};
 use registry_api::forward::{
-    base_url, forwarded_request_header, forwarded_response_header, may_retry_elsewhere,
+    base_url, forwarded_request_header, forwarded_response_header, may_retry_elsewhere, read_body,
+    MAX_ANSWER,
 };
 use registry_api::limits::{forward_timeout, query_of, Hop, HOPS_HEADER, MAX_BODY};
 use registry_api::Error as ApiError;
@@ -109,18 +111,21 @@ impl WanRoute {
         }
         let timeout = forward_timeout(query_of(path_and_query), Hop::Server);
         for gw in gateways {
-            // Signed anew for each attempt, so each carries a fresh nonce.
+            let url = reqwest::Url::parse(&format!("{gw}{path_and_query}"))
+                .map_err(|e| ApiError::BadRequest(format!("invalid request path: {e}")))?;
+            // Signed anew for each attempt (a fresh nonce), over the path and
+            // query exactly as the URL puts them on the wire.
             let mut signature = HeaderMap::new();
             registry_api::auth::sign_into(
                 self.key.as_ref(),
                 &mut signature,
                 method.as_str(),
-                path_and_query,
+                &registry_api::auth::wire_path_and_query(&url),
                 &body,
             );
             let mut req = self
                 .http
-                .request(method.clone(), format!("{gw}{path_and_query}"))
+                .request(method.clone(), url)
                 .timeout(timeout)
                 .body(body.clone());
             for (name, value) in headers {
@@ -160,7 +165,7 @@ async fn into_response(resp: reqwest::Response) -> Response {
             }
         }
     }
-    match resp.bytes().await {
+    match read_body(resp, MAX_ANSWER).await {
         Ok(body) => {
             let mut out = Response::new(Body::from(body));
             *out.status_mut() = status;
@@ -200,6 +205,27 @@ pub async fn route_remote_dc(
     };
     if dc == st.datacenter {
         return next.run(req).await;
+    }
+    // Only what federation carries leaves the DC, judged on the path as it
+    // will be sent (dot segments resolved): this server signs what it
+    // forwards, so it must never sign a client's request for anything else
+    // (a gateway's membership exchange, an operator or agent endpoint).
+    let sent_path = reqwest::Url::parse(&format!("http://gateway{}", req.uri().path()))
+        .map(|u| u.path().to_owned())
+        .unwrap_or_default();
+    match federated::check(req.method().as_str(), &sent_path) {
+        Ok(()) => {}
+        Err(Refusal::Path) => {
+            return HttpError(ApiError::Forbidden(format!(
+                "{} is not served across datacenters (only catalog, health, KV, session, txn, \
+                 event, query, coordinate and status endpoints are)",
+                req.uri().path()
+            )))
+            .into_response()
+        }
+        Err(Refusal::Method { allow }) => {
+            return HttpError(ApiError::MethodNotAllowed(allow.to_vec())).into_response()
+        }
     }
     let method = req.method().clone();
     let path_and_query = req

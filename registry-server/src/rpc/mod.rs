@@ -1,9 +1,22 @@
-//! Messages between servers on the RPC port (`--rpc-addr`, 8300).
+//! Messages between servers on the RPC port (`--rpc-addr`, 8300), and the
+//! transports that carry them: [`transport`] (the trait), [`tcp`] (production)
+//! and [`mem`] (the faultable in-memory network of tests). Owns the wire form
+//! of server-to-server messages; must not act on them (that is `raft/`).
 //!
 //! Everything is a one-way message: Raft traffic, and the small handshake that
 //! forms the cluster (`Hello`) and adds servers to it (`Join`). Replies, where
 //! there are any, are messages the other way. This keeps the transport a plain
 //! "deliver these bytes to that address" that can be faulted in tests.
+
+pub mod mem;
+pub mod tcp;
+pub mod transport;
+#[cfg(test)]
+mod transport_tests;
+
+pub use mem::{MemNetwork, MemTransport};
+pub use tcp::{HttpHandoff, TcpTransport};
+pub use transport::{Deliver, Transport};
 
 use raft::eraftpb::Message;
 use serde::{Deserialize, Serialize};
@@ -40,7 +53,7 @@ pub struct Hello {
     pub known: Vec<u64>,
 }
 
-/// An agent's liveness heartbeat (see `liveness.rs`), passed from the server
+/// An agent's liveness heartbeat (see `leader/liveness.rs`), passed from the server
 /// that received it to the leader, which alone keeps last-seen times.
 pub use registry_api::HeartbeatRequest as Heartbeat;
 

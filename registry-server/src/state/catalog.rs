@@ -5,137 +5,30 @@
 //! Pure and deterministic: `apply` takes a committed command and its Raft index
 //! and returns the rows to persist; it never reads a clock, draws a random
 //! number or does I/O, so every replica that applies the same log holds the
-//! same catalog.
+//! same catalog. Owns the catalog tables, their validation and queries; must
+//! not do I/O or know Raft (`raft/`) or HTTP (`http/`).
 
+use super::command::Command;
+use super::plan::{WritePlan, WritePlanner};
+use super::rows::{
+    from_json, index_key, key_of, node_key, node_range, pair_key, split_pair, to_json, KeySet,
+    NodeKey, RowChange, CHECKS, NODES, SERVICES, SERVICE_INDEX_PREFIX,
+};
 use compact_str::CompactString as Str;
 use registry_api::types::Meta;
 use registry_api::{
     AgentService, CatalogNode, CatalogService, DeregisterRequest, HealthCheck, Node,
     NodeServiceList, RegisterRequest, ServiceEntry, CRITICAL, PASSING, SERF_HEALTH_ID, WARNING,
 };
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest node name, service id or check id accepted, in bytes (they are key parts).
 const MAX_ID_LEN: usize = 512;
-/// Index name of the nodes table.
-const NODES: &str = "nodes";
-/// Index name of the services table.
-const SERVICES: &str = "services";
-/// Index name of the checks table.
-const CHECKS: &str = "checks";
-/// Prefix of a per-service-name index name; no table name starts with it.
-const SERVICE_INDEX_PREFIX: &str = "service/";
-
-/// A replicated write. Serialized with serde_json inside Raft log entries; must
-/// stay backward compatible (new variants only).
-///
-/// On the wire: `{"Op":"Register", ...the request's fields}` (serde's internally
-/// tagged form). Decoding is written by hand, because serde's derived decoder
-/// for that form first copies the whole object into a buffer of its own to
-/// find the tag, and every server decodes every command on its Raft thread.
-/// serde writes the tag first, so the fast path reads the tag and then the
-/// request straight from the rest of the object; an object whose first key is
-/// not `Op` still decodes, the slow way.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "Op")]
-// Unboxed on purpose: callers build `Command::Register(req)` directly, and a
-// command lives only as long as one proposal, so its size does not matter.
-#[allow(clippy::large_enum_variant)]
-pub enum Command {
-    /// Upsert a node and optionally a service instance and checks.
-    Register(RegisterRequest),
-    /// Remove a node, a service instance or a check.
-    Deregister(DeregisterRequest),
-    /// A register that applies only if its node exists when the entry is
-    /// applied, and is a no-op otherwise. Liveness writes `serfHealth` with
-    /// it: the leader decides from the applied state, and a node deregistered
-    /// between that decision and the apply must stay gone (a plain register
-    /// with `SkipNodeUpdate` would recreate it without an address).
-    RegisterIfNodeExists(RegisterRequest),
-}
-
-/// serde's derived decoder of [`Command`]'s wire form, for objects whose tag
-/// does not come first.
-#[derive(Deserialize)]
-#[serde(tag = "Op")]
-#[allow(clippy::large_enum_variant)]
-enum TaggedCommand {
-    Register(RegisterRequest),
-    Deregister(DeregisterRequest),
-    RegisterIfNodeExists(RegisterRequest),
-}
-
-impl<'de> Deserialize<'de> for Command {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(CommandVisitor)
-    }
-}
-
-struct CommandVisitor;
-
-impl<'de> serde::de::Visitor<'de> for CommandVisitor {
-    type Value = Command;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a command object with an Op field")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Command, A::Error> {
-        use serde::de::{value::MapAccessDeserializer, Error};
-        let Some(first) = map.next_key::<String>()? else {
-            return Err(A::Error::missing_field("Op"));
-        };
-        if first == "Op" {
-            let op: String = map.next_value()?;
-            let rest = MapAccessDeserializer::new(map);
-            return match op.as_str() {
-                "Register" => RegisterRequest::deserialize(rest).map(Command::Register),
-                "Deregister" => DeregisterRequest::deserialize(rest).map(Command::Deregister),
-                "RegisterIfNodeExists" => {
-                    RegisterRequest::deserialize(rest).map(Command::RegisterIfNodeExists)
-                }
-                other => Err(A::Error::unknown_variant(
-                    other,
-                    &["Register", "Deregister", "RegisterIfNodeExists"],
-                )),
-            };
-        }
-        let mut object = serde_json::Map::new();
-        object.insert(first, map.next_value()?);
-        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
-            object.insert(k, v);
-        }
-        match TaggedCommand::deserialize(serde_json::Value::Object(object)) {
-            Ok(TaggedCommand::Register(r)) => Ok(Command::Register(r)),
-            Ok(TaggedCommand::Deregister(r)) => Ok(Command::Deregister(r)),
-            Ok(TaggedCommand::RegisterIfNodeExists(r)) => Ok(Command::RegisterIfNodeExists(r)),
-            Err(e) => Err(A::Error::custom(e)),
-        }
-    }
-}
-
-/// One row write produced by apply, persisted by the storage layer in the same
-/// atomic batch as the applied index.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RowChange {
-    /// Row key (see [`CatalogState::rows`] for the layout).
-    pub key: Vec<u8>,
-    /// New value; `None` deletes the row.
-    pub value: Option<Vec<u8>>,
-}
-
-/// `(node, id)`: the key of a service instance or a check, unique per node.
-///
-/// Names and ids are [`Str`]s, as are the stored strings below: they hold up to
-/// 24 bytes inline, which covers nearly every name, id, tag and status, so a
-/// catalog of 100,000 instances is not also 2 million small heap blocks.
-type NodeKey = (Str, Str);
 
 /// A service instance as the catalog keeps it. The API's [`AgentService`]
 /// minus its id, which is the second half of its key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct StoredService {
+pub(super) struct StoredService {
     service: Str,
     tags: Box<[Str]>,
     address: Str,
@@ -161,7 +54,7 @@ impl StoredService {
     }
 
     /// The API form of instance `id`.
-    fn to_api(&self, id: &str) -> AgentService {
+    pub(super) fn to_api(&self, id: &str) -> AgentService {
         AgentService {
             id: id.to_string(),
             service: owned(&self.service),
@@ -179,10 +72,10 @@ impl StoredService {
 /// A health check as the catalog keeps it: the API's [`HealthCheck`] minus its
 /// node and id (its key) and minus its service's name and tags, which are
 /// derived from the owning instance when the check is read. Every write of an
-/// instance rewrites its checks (`Txn::put_service`), so the derived fields are
+/// instance rewrites its checks (`WritePlanner::put_service`), so the derived fields are
 /// exactly what a stored copy would hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct StoredCheck {
+pub(super) struct StoredCheck {
     name: Str,
     status: Str,
     notes: Str,
@@ -240,22 +133,17 @@ fn owned(s: &Str) -> String {
     s.as_str().to_owned()
 }
 
-/// `(node, id)` as a key.
-fn key_of(node: &str, id: &str) -> NodeKey {
-    (Str::from(node), Str::from(id))
-}
-
 /// The whole catalog of one datacenter, as replicated by Raft.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogState {
     /// Datacenter stamped on nodes registered without one.
     datacenter: String,
     /// Nodes by name.
-    nodes: BTreeMap<String, Node>,
+    pub(super) nodes: BTreeMap<String, Node>,
     /// Service instances by (node, service id); this order is the reply order.
-    services: BTreeMap<NodeKey, StoredService>,
+    pub(super) services: BTreeMap<NodeKey, StoredService>,
     /// Checks by (node, check id).
-    checks: BTreeMap<NodeKey, StoredCheck>,
+    pub(super) checks: BTreeMap<NodeKey, StoredCheck>,
     /// Instances by service name. Derived, not persisted: it spares per-service
     /// reads a scan over every instance of every service.
     by_name: BTreeMap<Str, KeySet>,
@@ -282,11 +170,6 @@ impl CatalogState {
             indexes: BTreeMap::new(),
             serf_passing: BTreeSet::new(),
         }
-    }
-
-    /// The datacenter this catalog belongs to.
-    pub fn datacenter(&self) -> &str {
-        &self.datacenter
     }
 
     /// Check and normalize a register request BEFORE it is proposed; Err(text)
@@ -362,12 +245,13 @@ impl CatalogState {
             Command::RegisterIfNodeExists(req) if !self.nodes.contains_key(&req.node) => {
                 // Validated all the same, so the outcome does not depend on
                 // whether the node happens to exist.
-                Self::validate_register(&mut req.clone()).map(|()| Txn::new(self, index).pending)
+                Self::validate_register(&mut req.clone())
+                    .map(|()| WritePlanner::new(self, index).pending)
             }
             Command::RegisterIfNodeExists(req) => self.plan_register(index, req),
         };
         // Everything fallible (checks, encoding) happens before `commit`.
-        match planned.and_then(Pending::encode) {
+        match planned.and_then(WritePlan::encode) {
             Ok((pending, rows)) => {
                 self.commit(pending);
                 (Ok(()), rows)
@@ -622,7 +506,7 @@ impl CatalogState {
     }
 
     /// The API form of check `id` on `node`, with its owner's name and tags.
-    fn check_to_api(&self, node: &str, id: &str, check: &StoredCheck) -> HealthCheck {
+    pub(super) fn check_to_api(&self, node: &str, id: &str, check: &StoredCheck) -> HealthCheck {
         let owner = match check.service_id.as_str() {
             "" => None,
             sid => self.services.get(&key_of(node, sid)),
@@ -682,7 +566,7 @@ impl CatalogState {
     }
 
     /// Every precondition of a register, then its writes, without mutating.
-    fn plan_register(&self, index: u64, req: &RegisterRequest) -> Result<Pending, String> {
+    fn plan_register(&self, index: u64, req: &RegisterRequest) -> Result<WritePlan, String> {
         let mut req = req.clone();
         Self::validate_register(&mut req)?;
         let svc_id = req.service.as_ref().map(|s| s.id.as_str());
@@ -695,7 +579,7 @@ impl CatalogState {
                 return Err("Missing service registration".to_string());
             }
         }
-        let mut txn = Txn::new(self, index);
+        let mut plan = WritePlanner::new(self, index);
         // Consul's ChangesNode: SkipNodeUpdate leaves an existing node alone,
         // but a missing node is still created (its services need it).
         if !(req.skip_node_update && self.nodes.contains_key(&req.node)) {
@@ -703,7 +587,7 @@ impl CatalogState {
                 "" => self.datacenter.clone(),
                 dc => dc.to_string(),
             };
-            txn.put_node(Node {
+            plan.put_node(Node {
                 id: req.id,
                 node: req.node.clone(),
                 address: req.address,
@@ -715,30 +599,30 @@ impl CatalogState {
             });
         }
         if let Some(svc) = req.service {
-            txn.put_service(&req.node, svc);
+            plan.put_service(&req.node, svc);
         }
         for check in req.checks {
-            txn.put_check(check);
+            plan.put_check(check);
         }
-        Ok(txn.pending)
+        Ok(plan.pending)
     }
 
     /// A deregister's writes; a missing target plans nothing (a no-op, as in Consul).
-    fn plan_deregister(&self, index: u64, req: &DeregisterRequest) -> Result<Pending, String> {
+    fn plan_deregister(&self, index: u64, req: &DeregisterRequest) -> Result<WritePlan, String> {
         Self::validate_deregister(req)?;
-        let mut txn = Txn::new(self, index);
+        let mut plan = WritePlanner::new(self, index);
         if !req.service_id.is_empty() {
-            txn.delete_service(&req.node, &req.service_id);
+            plan.delete_service(&req.node, &req.service_id);
         } else if !req.check_id.is_empty() {
-            txn.delete_check(&req.node, &req.check_id);
+            plan.delete_check(&req.node, &req.check_id);
         } else {
-            txn.delete_node(&req.node);
+            plan.delete_node(&req.node);
         }
-        Ok(txn.pending)
+        Ok(plan.pending)
     }
 
     /// Install planned writes and bump the indexes they touched. Cannot fail.
-    fn commit(&mut self, pending: Pending) {
+    fn commit(&mut self, pending: WritePlan) {
         for (name, node) in pending.nodes {
             match node {
                 Some(node) => self.nodes.insert(name, node),
@@ -780,276 +664,6 @@ impl CatalogState {
     }
 }
 
-/// Writes planned for one command, detached from the state so they can be
-/// encoded and then committed.
-struct Pending {
-    /// Raft index the writes happen at.
-    index: u64,
-    /// Node upserts (`Some`) and deletions (`None`).
-    nodes: BTreeMap<String, Option<Node>>,
-    /// Instance upserts and deletions.
-    services: BTreeMap<NodeKey, Option<AgentService>>,
-    /// Check upserts and deletions.
-    checks: BTreeMap<NodeKey, Option<HealthCheck>>,
-    /// Names of the indexes that move to `index`.
-    bumped: BTreeSet<String>,
-}
-
-impl Pending {
-    /// The rows for these writes, one per key.
-    fn encode(self) -> Result<(Pending, Vec<RowChange>), String> {
-        let mut rows = Vec::new();
-        put_rows(&mut rows, &self.nodes, |n| node_key(n))?;
-        put_rows(&mut rows, &self.services, |(n, id)| pair_key(b"s/", n, id))?;
-        put_rows(&mut rows, &self.checks, |(n, id)| pair_key(b"c/", n, id))?;
-        for name in &self.bumped {
-            let value = Some(self.index.to_string().into_bytes());
-            rows.push(RowChange {
-                key: index_key(name),
-                value,
-            });
-        }
-        Ok((self, rows))
-    }
-}
-
-/// Plans writes on top of an unchanged state. Reads see the planned writes
-/// first, so later steps of a command see earlier ones.
-struct Txn<'a> {
-    /// The state before the command.
-    base: &'a CatalogState,
-    /// The writes so far.
-    pending: Pending,
-}
-
-impl<'a> Txn<'a> {
-    /// An empty transaction at `index`.
-    fn new(base: &'a CatalogState, index: u64) -> Self {
-        let (nodes, services, checks) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        let bumped = BTreeSet::new();
-        let pending = Pending {
-            index,
-            nodes,
-            services,
-            checks,
-            bumped,
-        };
-        Txn { base, pending }
-    }
-
-    /// Current node `name`.
-    fn node(&self, name: &str) -> Option<&Node> {
-        current(&self.pending.nodes, &self.base.nodes, &name.to_string())
-    }
-
-    /// Current instance `id` on `node`.
-    fn service(&self, node: &str, id: &str) -> Option<AgentService> {
-        let key = key_of(node, id);
-        match self.pending.services.get(&key) {
-            Some(planned) => planned.clone(),
-            None => self.base.services.get(&key).map(|s| s.to_api(id)),
-        }
-    }
-
-    /// Current check `id` on `node`. A committed check reads as it was
-    /// committed: with the name and tags of its committed owner.
-    fn check(&self, node: &str, id: &str) -> Option<HealthCheck> {
-        let key = key_of(node, id);
-        match self.pending.checks.get(&key) {
-            Some(planned) => planned.clone(),
-            None => (self.base.checks.get(&key)).map(|c| self.base.check_to_api(node, id, c)),
-        }
-    }
-
-    /// Current instances on `node`, in id order.
-    fn services_on(&self, node: &str) -> Vec<AgentService> {
-        let base = node_range(&self.base.services, node).map(|((_, id), s)| (id, s.to_api(id)));
-        current_on(base, &self.pending.services, node)
-    }
-
-    /// Current checks on `node`, in id order.
-    fn checks_on(&self, node: &str) -> Vec<HealthCheck> {
-        let base = node_range(&self.base.checks, node)
-            .map(|((n, id), c)| (id, self.base.check_to_api(n, id, c)));
-        current_on(base, &self.pending.checks, node)
-    }
-
-    /// Move the index of service `name` and of `table`.
-    fn bump(&mut self, table: &str, service: Option<&str>) {
-        self.pending.bumped.insert(table.to_string());
-        if let Some(name) = service {
-            self.pending
-                .bumped
-                .insert(format!("{SERVICE_INDEX_PREFIX}{name}"));
-        }
-    }
-
-    /// Move the indexes of every service on `node`: their health and their
-    /// flattened node fields depend on the node and its node-level checks.
-    fn bump_node_services(&mut self, table: &str, node: &str) {
-        self.bump(table, None);
-        for svc in self.services_on(node) {
-            self.bump(table, Some(&svc.service));
-        }
-    }
-
-    /// Move the indexes of the services whose health `check` decides.
-    fn bump_check(&mut self, check: &HealthCheck) {
-        match check.service_id.as_str() {
-            "" => self.bump_node_services(CHECKS, &check.node),
-            _ => self.bump(CHECKS, Some(&check.service_name)),
-        }
-    }
-
-    /// Upsert a node; no write when only the indexes would differ.
-    fn put_node(&mut self, mut node: Node) {
-        let old = self.node(&node.node).cloned();
-        if stamp(&mut node, old.as_ref(), self.pending.index) {
-            self.bump_node_services(NODES, &node.node);
-            self.pending.nodes.insert(node.node.clone(), Some(node));
-        }
-    }
-
-    /// Upsert an instance, then rewrite its checks with its name and tags.
-    fn put_service(&mut self, node: &str, mut svc: AgentService) {
-        let old = self.service(node, &svc.id);
-        if !stamp(&mut svc, old.as_ref(), self.pending.index) {
-            return;
-        }
-        if let Some(old) = old {
-            self.bump(SERVICES, Some(&old.service));
-        }
-        self.bump(SERVICES, Some(&svc.service));
-        let key = key_of(node, &svc.id);
-        self.pending.services.insert(key, Some(svc.clone()));
-        for check in self.checks_on(node) {
-            if check.service_id == svc.id {
-                self.put_check(check);
-            }
-        }
-    }
-
-    /// Upsert a check, filling in its service's name and tags.
-    fn put_check(&mut self, mut check: HealthCheck) {
-        let owner = match check.service_id.as_str() {
-            "" => None,
-            sid => self.service(&check.node, sid),
-        };
-        check.service_name = owner
-            .as_ref()
-            .map(|s| s.service.clone())
-            .unwrap_or_default();
-        check.service_tags = owner.map(|s| s.tags).unwrap_or_default();
-        let old = self.check(&check.node, &check.check_id);
-        if !stamp(&mut check, old.as_ref(), self.pending.index) {
-            return;
-        }
-        if let Some(old) = old {
-            // The check may have moved to another service or to node level.
-            self.bump_check(&old);
-        }
-        self.bump_check(&check);
-        let key = key_of(&check.node, &check.check_id);
-        self.pending.checks.insert(key, Some(check));
-    }
-
-    /// Remove a check if present.
-    fn delete_check(&mut self, node: &str, id: &str) {
-        if let Some(old) = self.check(node, id) {
-            self.bump_check(&old);
-            self.pending.checks.insert(key_of(node, id), None);
-        }
-    }
-
-    /// Remove an instance and its checks if present.
-    fn delete_service(&mut self, node: &str, id: &str) {
-        let Some(old) = self.service(node, id) else {
-            return;
-        };
-        for check in self.checks_on(node) {
-            if check.service_id == id {
-                self.delete_check(node, &check.check_id);
-            }
-        }
-        self.bump(SERVICES, Some(&old.service));
-        self.pending.services.insert(key_of(node, id), None);
-    }
-
-    /// Remove a node with all its instances and checks if present.
-    fn delete_node(&mut self, node: &str) {
-        if self.node(node).is_none() {
-            return;
-        }
-        for check in self.checks_on(node) {
-            self.delete_check(node, &check.check_id);
-        }
-        for svc in self.services_on(node) {
-            self.delete_service(node, &svc.id);
-        }
-        self.bump(NODES, None);
-        self.pending.nodes.insert(node.to_string(), None);
-    }
-}
-
-/// The value at `key`: the planned write if any, else the committed one.
-fn current<'a, K: Ord, V>(
-    planned: &'a BTreeMap<K, Option<V>>,
-    base: &'a BTreeMap<K, V>,
-    key: &K,
-) -> Option<&'a V> {
-    planned
-        .get(key)
-        .map_or_else(|| base.get(key), Option::as_ref)
-}
-
-/// The committed values on `node` (`base`, by id) with the planned writes on
-/// it laid over them, in id order.
-fn current_on<'a, V: Clone>(
-    base: impl Iterator<Item = (&'a Str, V)>,
-    planned: &'a BTreeMap<NodeKey, Option<V>>,
-    node: &'a str,
-) -> Vec<V> {
-    let mut on: BTreeMap<&Str, Option<V>> = base.map(|(id, v)| (id, Some(v))).collect();
-    on.extend(node_range(planned, node).map(|((_, id), v)| (id, v.clone())));
-    on.into_values().flatten().collect()
-}
-
-/// Values carrying Consul's CreateIndex/ModifyIndex pair.
-trait Indexed: Clone + PartialEq {
-    /// The (create, modify) index fields.
-    fn indexes(&mut self) -> (&mut u64, &mut u64);
-}
-
-/// Implements [`Indexed`] for types with `create_index` and `modify_index` fields.
-macro_rules! indexed {
-    ($($t:ty),*) => {$(
-        impl Indexed for $t {
-            fn indexes(&mut self) -> (&mut u64, &mut u64) {
-                (&mut self.create_index, &mut self.modify_index)
-            }
-        }
-    )*};
-}
-indexed!(Node, AgentService, HealthCheck);
-
-/// Set `new`'s indexes for a write at `index` over `old`. Returns false when
-/// `new` equals `old` apart from the indexes: then nothing is written.
-fn stamp<T: Indexed>(new: &mut T, old: Option<&T>, index: u64) -> bool {
-    let Some(old) = old else {
-        *new.indexes().0 = index;
-        *new.indexes().1 = index;
-        return true;
-    };
-    let mut old = old.clone();
-    let (create, modify) = old.indexes();
-    (*new.indexes().0, *new.indexes().1) = (*create, *modify);
-    if *new == old {
-        return false;
-    }
-    *new.indexes().1 = index;
-    true
-}
-
 /// Reject key parts that would make keys ambiguous (NUL separates them) or huge.
 fn check_key_part(what: &str, value: &str) -> Result<(), String> {
     if value.contains('\0') {
@@ -1061,153 +675,10 @@ fn check_key_part(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Entries of a (node, id)-keyed map belonging to `node`.
-fn node_range<'a, V>(
-    map: &'a BTreeMap<NodeKey, V>,
-    node: &'a str,
-) -> impl Iterator<Item = (&'a NodeKey, &'a V)> + 'a {
-    let from = (Str::from(node), Str::default());
-    map.range(from..).take_while(move |((n, _), _)| n == node)
-}
-
 /// Tag match, case-insensitive like Consul's `serviceTagFilter`.
 fn has_tag(svc: &StoredService, tag: &str) -> bool {
     let tag = tag.to_lowercase();
     svc.tags.iter().any(|t| t.to_lowercase() == tag)
-}
-
-/// Append one row per planned write.
-fn put_rows<K, V: Serialize>(
-    rows: &mut Vec<RowChange>,
-    writes: &BTreeMap<K, Option<V>>,
-    key: impl Fn(&K) -> Vec<u8>,
-) -> Result<(), String> {
-    for (k, v) in writes {
-        let value = v.as_ref().map(to_json).transpose();
-        let value = value.map_err(|e| format!("cannot encode catalog row: {e}"))?;
-        rows.push(RowChange { key: key(k), value });
-    }
-    Ok(())
-}
-
-/// JSON row value.
-fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(value)
-}
-
-/// Decode a JSON row value.
-fn from_json<T: DeserializeOwned>(value: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(value).map_err(|e| e.to_string())
-}
-
-/// Split `<node>\0<id>`.
-fn split_pair(rest: &str) -> Option<(&str, &str)> {
-    rest.split_once('\0')
-}
-
-/// Key of node `name`.
-/// The instances of one service name, in key order. Most names have a few
-/// instances, and a `BTreeSet` allocates a whole node (room for eleven keys,
-/// about 540 bytes) even for one, which made this index the largest part of
-/// the catalog's memory when every instance has a name of its own: so a
-/// sorted `Vec` while small, a `BTreeSet` once large.
-#[derive(Clone, Debug)]
-enum KeySet {
-    Small(Vec<NodeKey>),
-    Large(BTreeSet<NodeKey>),
-}
-
-/// Past this many instances a name's set becomes a `BTreeSet` (a `Vec`
-/// insert moves every later key).
-const KEYSET_SMALL_MAX: usize = 32;
-
-impl Default for KeySet {
-    fn default() -> Self {
-        KeySet::Small(Vec::new())
-    }
-}
-
-impl KeySet {
-    fn insert(&mut self, key: NodeKey) {
-        match self {
-            KeySet::Small(v) => {
-                if let Err(at) = v.binary_search(&key) {
-                    if v.len() < KEYSET_SMALL_MAX {
-                        // Exactly one more slot: `insert` alone would reserve
-                        // four, and most names have one instance.
-                        v.reserve_exact(1);
-                        v.insert(at, key);
-                    } else {
-                        let mut set: BTreeSet<NodeKey> = std::mem::take(v).into_iter().collect();
-                        set.insert(key);
-                        *self = KeySet::Large(set);
-                    }
-                }
-            }
-            KeySet::Large(set) => {
-                set.insert(key);
-            }
-        }
-    }
-
-    /// Removes `key`; true when it was there.
-    fn remove(&mut self, key: &NodeKey) -> bool {
-        match self {
-            KeySet::Small(v) => match v.binary_search(key) {
-                Ok(at) => {
-                    v.remove(at);
-                    true
-                }
-                Err(_) => false,
-            },
-            KeySet::Large(set) => set.remove(key),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        match self {
-            KeySet::Small(v) => v.is_empty(),
-            KeySet::Large(set) => set.is_empty(),
-        }
-    }
-
-    fn iter(&self) -> Box<dyn Iterator<Item = &NodeKey> + '_> {
-        match self {
-            KeySet::Small(v) => Box::new(v.iter()),
-            KeySet::Large(set) => Box::new(set.iter()),
-        }
-    }
-}
-
-/// Equal when they hold the same keys, whatever their form.
-impl PartialEq for KeySet {
-    fn eq(&self, other: &Self) -> bool {
-        self.iter().eq(other.iter())
-    }
-}
-
-impl Eq for KeySet {}
-
-impl<'a> IntoIterator for &'a KeySet {
-    type Item = &'a NodeKey;
-    type IntoIter = Box<dyn Iterator<Item = &'a NodeKey> + 'a>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-fn node_key(name: &str) -> Vec<u8> {
-    [b"n/", name.as_bytes()].concat()
-}
-
-/// Key of an instance (`s/`) or check (`c/`) `id` on `node`.
-fn pair_key(prefix: &[u8], node: &str, id: &str) -> Vec<u8> {
-    [prefix, node.as_bytes(), b"\0", id.as_bytes()].concat()
-}
-
-/// Key of index `name`.
-fn index_key(name: &str) -> Vec<u8> {
-    [b"i/", name.as_bytes()].concat()
 }
 
 #[cfg(test)]
@@ -1664,41 +1135,6 @@ mod tests {
         assert_eq!(json["Op"], "Deregister");
         assert_eq!(json["Node"], "n");
         assert_eq!(serde_json::from_value::<Command>(json).unwrap(), cmd);
-    }
-
-    #[test]
-    fn commands_decode_as_serde_derived_them_whatever_the_key_order() {
-        let mut r = req("n1")
-            .svc("web", "web1", &["v1"])
-            .chk("c", "web1", PASSING);
-        r.node_meta.insert("k".into(), "v".into());
-        let cmds = [
-            Command::Register(r),
-            Command::Deregister(dereq("n", "s", "")),
-        ];
-        for cmd in cmds {
-            let bytes = serde_json::to_vec(&cmd).unwrap();
-            assert!(bytes.starts_with(br#"{"Op":"#), "the tag is written first");
-            // The fast path, from bytes as the Raft thread decodes them.
-            assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), cmd);
-            // The tag elsewhere: the slow path, same result.
-            let serde_json::Value::Object(mut o) = serde_json::to_value(&cmd).unwrap() else {
-                unreachable!()
-            };
-            let op = o.remove("Op").unwrap();
-            o.insert("Op".into(), op);
-            let moved = serde_json::to_vec(&o).unwrap();
-            assert!(!moved.starts_with(br#"{"Op":"#));
-            assert_eq!(serde_json::from_slice::<Command>(&moved).unwrap(), cmd);
-        }
-        for bad in [
-            r#"{"Op":"Drop","Node":"n"}"#,
-            r#"{"Node":"n"}"#,
-            "{}",
-            "[1]",
-        ] {
-            assert!(serde_json::from_str::<Command>(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -1,0 +1,26 @@
+//! `/v1/internal/heartbeat`: an agent's liveness heartbeat, passed to the
+//! Raft layer, which takes it to the leader (`leader/liveness.rs` judges).
+
+use super::{json, HttpResult, St};
+use axum::body::Bytes;
+use axum::extract::State;
+use registry_api::{decode, Error as ApiError};
+
+/// `PUT /v1/internal/heartbeat`: an agent says it is alive (see `leader/liveness.rs`).
+pub(super) async fn heartbeat(State(st): St, body: Bytes) -> HttpResult {
+    let hb: crate::rpc::Heartbeat = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
+    if hb.node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()).into());
+    }
+    if !hb.datacenter.is_empty() && hb.datacenter != st.datacenter {
+        return Err(ApiError::BadRequest(format!(
+            "agent of datacenter {:?} heartbeating to datacenter {:?}",
+            hb.datacenter, st.datacenter
+        ))
+        .into());
+    }
+    // 200 only once the leader has it: a server cut off from the leader
+    // says so, and the agent moves to another server.
+    st.raft.heartbeat(hb).await?;
+    json(&st, &true)
+}

@@ -1,0 +1,260 @@
+//! The HTTP API (Consul's v1 API) of a server: the routers and what every
+//! handler shares. Every handler does the same steps, in Consul's order: the
+//! router sends requests for another datacenter to `federation.rs` (before
+//! any handler runs), the RPC port's router checks the shared key, then the
+//! handler validates and either replicates a write through Raft or answers a
+//! read through `crate::reads`. Errors become responses in exactly one
+//! place (`HttpError`, and the `RaftError` mapping below). One file per
+//! endpoint family; handlers must not lock Raft's state (they go through
+//! `RaftHandle` and `crate::reads`).
+
+mod catalog;
+pub mod federation;
+mod health;
+mod internal;
+mod operator;
+mod params;
+mod status;
+
+use crate::raft::{RaftError, RaftHandle, Role};
+use crate::reads::{Answer, AnswerCache};
+use crate::state::CatalogState;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware;
+use axum::response::Response;
+use axum::routing::{delete, get, put};
+use axum::Router;
+use registry_api::auth::{Purpose, SharedKey, Verifier};
+use registry_api::limits::MAX_BODY;
+use registry_api::Error as ApiError;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The Raft node.
+    pub raft: RaftHandle,
+    /// This server's datacenter.
+    pub datacenter: String,
+    /// This server's node name.
+    pub node: String,
+    /// Fires at shutdown, so blocking queries return instead of holding it up.
+    pub shutdown: CancellationToken,
+    /// Route to other datacenters through this DC's gateways.
+    pub wan: federation::WanRoute,
+    /// Recent answers, shared by readers of the same query at the same state.
+    pub answers: AnswerCache,
+    /// The shared key (`--encrypt`): required on the RPC port's HTTP side and
+    /// on agent heartbeats.
+    pub encrypt: Option<Arc<registry_api::auth::SharedKey>>,
+}
+
+type St = State<Arc<AppState>>;
+type Params = Query<Vec<(String, String)>>;
+
+// Errors become plain-text responses in one place, shared with the agent.
+pub use registry_api::http_error::{plain_text_errors, HttpError};
+
+type HttpResult<T = Response> = Result<T, HttpError>;
+
+/// The one mapping of the Raft layer's errors to API errors: a refused request
+/// is a 400 with the reason, no leader (or a read that could not catch up,
+/// whose usual cause is a lost leader) is Consul's `No cluster leader`, and
+/// anything else a 500 with the reason.
+impl From<RaftError> for ApiError {
+    fn from(e: RaftError) -> Self {
+        match e {
+            RaftError::Rejected(reason) => ApiError::BadRequest(reason),
+            RaftError::NoLeader | RaftError::ReadTimeout => ApiError::NoLeader,
+            RaftError::Overloaded
+            | RaftError::ShuttingDown
+            | RaftError::CommitTimeout
+            | RaftError::TooLate
+            | RaftError::ConfChangeInProgress
+            | RaftError::Encode(_)
+            | RaftError::Broken(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<RaftError> for HttpError {
+    fn from(e: RaftError) -> Self {
+        HttpError(e.into())
+    }
+}
+
+/// The router with every endpoint of the server; `agent` holds the agent
+/// endpoints the server serves for itself (DESIGN §4, item 1).
+pub fn router(state: Arc<AppState>, agent: Router) -> Router {
+    let remote_dc = middleware::from_fn_with_state(state.clone(), federation::route_remote_dc);
+    // With a key, an agent heartbeat must be signed by it on this port too:
+    // otherwise anyone could keep a dead node "alive".
+    let heartbeat_route = match &state.encrypt {
+        Some(key) => Router::new().route(
+            "/v1/internal/heartbeat",
+            put(internal::heartbeat).route_layer(middleware::from_fn_with_state(
+                Verifier::new(key.clone(), Purpose::Heartbeat),
+                registry_api::auth::require_signature,
+            )),
+        ),
+        None => Router::new().route("/v1/internal/heartbeat", put(internal::heartbeat)),
+    };
+    data_routes()
+        .route(
+            "/v1/operator/raft/configuration",
+            get(operator::raft_configuration),
+        )
+        .route("/v1/operator/raft/peer", delete(operator::raft_remove_peer))
+        .merge(heartbeat_route)
+        .with_state(state)
+        .merge(agent)
+        .fallback(not_found)
+        .layer(middleware::from_fn(plain_text_errors))
+        .layer(remote_dc)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// The router for HTTP on the RPC port (`--rpc-addr`), where agents reach
+/// their servers: only what agents need, the data endpoints they forward and
+/// their heartbeats; never the operator or agent endpoints (a firewall rule for
+/// 8500 must not be undone by 8300). With a key (`--encrypt`) every request
+/// must be signed with it.
+pub fn rpc_router(state: Arc<AppState>) -> Router {
+    let remote_dc = middleware::from_fn_with_state(state.clone(), federation::route_remote_dc);
+    let key = state.encrypt.clone();
+    let router = data_routes()
+        .route("/v1/internal/heartbeat", put(internal::heartbeat))
+        .with_state(state)
+        .fallback(not_served_on_rpc_port)
+        .layer(middleware::from_fn(plain_text_errors))
+        .layer(remote_dc)
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    match key {
+        // Outermost, so nothing (not even `?dc=` forwarding, which this
+        // server would sign) happens for a request that is not signed.
+        Some(key) => router.layer(middleware::from_fn_with_state(key, rpc_signature)),
+        None => router,
+    }
+}
+
+/// The RPC port's signature check: an agent's heartbeat must carry a
+/// heartbeat signature, every other request a forward signature (what an
+/// agent puts on a client's request it passes on), so neither passes for the
+/// other.
+async fn rpc_signature(
+    State(key): State<Arc<SharedKey>>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    let purpose = if req.uri().path() == "/v1/internal/heartbeat" {
+        Purpose::Heartbeat
+    } else {
+        Purpose::Forward
+    };
+    let verifier = Verifier::new(key, purpose);
+    registry_api::auth::require_signature(State(verifier), req, next).await
+}
+
+/// Anything else on the RPC port.
+async fn not_served_on_rpc_port(req: Request) -> HttpError {
+    HttpError(ApiError::Forbidden(format!(
+        "{} {} is not served on the RPC port; only the data endpoints agents forward are \
+         (use the HTTP port)",
+        req.method(),
+        req.uri().path()
+    )))
+}
+
+/// The catalog, health and status endpoints: served on the HTTP port and,
+/// for agents, on the RPC port.
+fn data_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/catalog/register", put(catalog::catalog_register))
+        .route("/v1/catalog/deregister", put(catalog::catalog_deregister))
+        .route("/v1/catalog/datacenters", get(catalog::catalog_datacenters))
+        .route("/v1/catalog/nodes", get(catalog::catalog_nodes))
+        .route("/v1/catalog/services", get(catalog::catalog_services))
+        .route("/v1/catalog/service/{name}", get(catalog::catalog_service))
+        .route("/v1/catalog/node/{node}", get(catalog::catalog_node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::catalog_node_services),
+        )
+        .route("/v1/health/service/{name}", get(health::health_service))
+        .route("/v1/health/checks/{name}", get(health::health_checks))
+        .route("/v1/health/node/{node}", get(health::health_node))
+        .route("/v1/health/state/{state}", get(health::health_state))
+        .route("/v1/status/leader", get(status::status_leader))
+        .route("/v1/status/peers", get(status::status_peers))
+}
+
+async fn not_found(req: Request) -> HttpError {
+    HttpError(ApiError::NotFound(format!(
+        "Unsupported path: {} {}",
+        req.method(),
+        req.uri().path()
+    )))
+}
+
+/// Answers a read through [`crate::reads::read`] in the mode and with the
+/// blocking terms `p` asks for, as a JSON response with Consul's headers.
+async fn read<T, F>(st: &AppState, p: &params::ReadParams, key: String, query: F) -> HttpResult
+where
+    T: Serialize,
+    F: Fn(&CatalogState) -> (T, u64),
+{
+    let answer: Answer = crate::reads::read(
+        &st.raft,
+        &st.answers,
+        &st.shutdown,
+        p.mode,
+        p.blocking,
+        key,
+        query,
+    )
+    .await?;
+    Ok(json_response(st, answer.body, Some(answer.index)))
+}
+
+fn json_response(st: &AppState, body: impl Into<Body>, index: Option<u64>) -> Response {
+    let mut resp = Response::new(body.into());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(index) = index {
+        let (known_leader, last_contact) = st.raft.with_status(|s| {
+            let last_contact = match (s.role, s.last_leader_contact) {
+                (Role::Leader, _) => 0,
+                (_, Some(at)) => at.elapsed().as_millis() as u64,
+                (_, None) => 0,
+            };
+            (s.leader_id != 0, last_contact)
+        });
+        h.insert("X-Consul-Index", HeaderValue::from(index));
+        h.insert(
+            "X-Consul-KnownLeader",
+            HeaderValue::from_static(if known_leader { "true" } else { "false" }),
+        );
+        h.insert("X-Consul-LastContact", HeaderValue::from(last_contact));
+    }
+    resp
+}
+
+fn json<T: Serialize>(st: &AppState, value: &T) -> HttpResult {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(json_response(st, body, None))
+}
+
+fn json_headers() -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h
+}

@@ -1,0 +1,67 @@
+//! The query parameters handlers share: the read parameters (consistency
+//! mode, blocking `?index=`/`?wait=`, tags, `?passing`). `?dc=` is not read
+//! here: requests for another datacenter never reach a handler
+//! (`federation::route_remote_dc`). Must not evaluate anything.
+
+use crate::reads::{Blocking, Consistency};
+use registry_api::limits::{DEFAULT_WAIT, MAX_WAIT};
+use registry_api::{duration, Error as ApiError};
+
+/// The query parameters shared by reads.
+pub(super) struct ReadParams {
+    /// The consistency mode (`?stale`, `?consistent`, neither).
+    pub(super) mode: Consistency,
+    /// Set for a blocking query (`?index=`).
+    pub(super) blocking: Option<Blocking>,
+    /// `?tag=`, each one required.
+    pub(super) tags: Vec<String>,
+    /// `?passing`: only instances whose checks all pass.
+    pub(super) passing: bool,
+}
+
+pub(super) fn has(q: &[(String, String)], key: &str) -> bool {
+    q.iter().any(|(k, _)| k == key)
+}
+
+pub(super) fn value<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+pub(super) fn read_params(q: &[(String, String)]) -> Result<ReadParams, ApiError> {
+    let stale = has(q, "stale");
+    let consistent = has(q, "consistent");
+    let mode = match (stale, consistent) {
+        (true, true) => {
+            return Err(ApiError::BadRequest(
+                "Cannot specify ?stale with ?consistent, conflicting semantics.".into(),
+            ))
+        }
+        (true, false) => Consistency::Stale,
+        (false, true) => Consistency::Consistent,
+        (false, false) => Consistency::Default,
+    };
+    let min_index = match value(q, "index") {
+        None | Some("") => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("Invalid index".into()))?,
+        ),
+    };
+    let wait = match value(q, "wait") {
+        None | Some("") => DEFAULT_WAIT,
+        Some(v) => duration::parse(v)
+            .map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?
+            .min(MAX_WAIT),
+    };
+    let tags = q
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.clone())
+        .collect();
+    Ok(ReadParams {
+        mode,
+        blocking: min_index.map(|min_index| Blocking { min_index, wait }),
+        tags,
+        passing: has(q, "passing"),
+    })
+}

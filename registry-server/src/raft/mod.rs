@@ -1,0 +1,456 @@
+//! The Raft layer: one thread that owns the `RawNode`, the catalog's write
+//! side and the storage writes ([`node`]), and the [`RaftHandle`] through
+//! which everything else talks to it.
+//!
+//! - `node.rs`: the Ready loop, in raft-rs' documented order, and applying
+//!   committed entries;
+//! - `membership.rs`: greetings, bootstrap, joins, learner promotion and the
+//!   peer table;
+//! - `reads.rs`: ReadIndex batching and the leader's read lease;
+//! - `heartbeats.rs`: agent heartbeats passed to the leader and acknowledged;
+//! - `snapshots.rs`: snapshot images and tracking of snapshots sent;
+//! - `entry.rs`: what a log entry carries (the envelope, request ids).
+//!
+//! It is a plain thread, not a tokio task, because every Ready blocks on an
+//! fsync; callers reach it through a bounded channel and get their answers
+//! on oneshot channels. Errors are [`RaftError`] ("this request failed") or,
+//! for the thread itself, [`Fatal`] ("this node is broken"); this layer knows
+//! nothing of HTTP (`http/` maps `RaftError` to responses in one place).
+
+mod entry;
+mod heartbeats;
+mod membership;
+mod node;
+mod reads;
+mod snapshots;
+
+use crate::rpc::{PeerInfo, RpcMessage, Transport};
+use crate::state::{CatalogState, Command};
+use crate::storage::{RaftStore, StorageFailure};
+use node::RaftNode;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+/// Timing and sizing of the Raft node. Defaults suit production; tests shorten them.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    /// Length of one Raft tick.
+    pub tick: Duration,
+    /// Election timeout in ticks (randomised by raft-rs between this and twice this).
+    pub election_ticks: usize,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: usize,
+    /// Compact the log once this many applied entries sit in it.
+    pub compact_threshold: u64,
+    /// Entries kept behind the applied index at compaction, so a follower that
+    /// lags a little catches up from the log rather than by snapshot.
+    pub compact_keep: u64,
+    /// How often servers greet the servers they know (cluster formation, joins).
+    pub hello_interval: Duration,
+    /// How long a write waits to be committed and applied.
+    pub propose_timeout: Duration,
+    /// How long a linearizable read waits for the leader to confirm its index.
+    pub read_timeout: Duration,
+    /// How long a follower waits for the leader to acknowledge an agent
+    /// heartbeat it passed on, before telling the agent it could not.
+    pub heartbeat_ack_timeout: Duration,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_threshold: 8192,
+            compact_keep: 1024,
+            hello_interval: Duration::from_millis(500),
+            propose_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(3),
+            heartbeat_ack_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RaftTuning {
+    /// The (unrandomised) election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        self.tick * self.election_ticks as u32
+    }
+}
+
+/// The applied state: written by the Raft thread, read through [`RaftHandle::with_applied`].
+pub(crate) struct Applied {
+    /// The catalog as of `index`.
+    pub catalog: CatalogState,
+    /// The last applied Raft index.
+    pub index: u64,
+}
+
+/// A summary of the Raft state for the HTTP layer (`status`, `operator`, headers).
+#[derive(Clone, Debug, Default)]
+pub struct RaftStatus {
+    /// This server's Raft id.
+    pub id: u64,
+    /// Leader, follower, candidate...
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// The leader's Raft id, 0 if unknown.
+    pub leader_id: u64,
+    /// True on a leader that has committed an entry of its own term, i.e. whose
+    /// applied state includes everything acknowledged before it took over.
+    pub leader_ready: bool,
+    /// When a follower last heard from its leader.
+    pub last_leader_contact: Option<Instant>,
+    /// Voters' Raft ids.
+    pub voters: Vec<u64>,
+    /// Learners' Raft ids.
+    pub learners: Vec<u64>,
+    /// Known servers.
+    pub peers: BTreeMap<u64, PeerInfo>,
+    /// Commit index.
+    pub commit: u64,
+    /// Whether this server belongs to a formed cluster.
+    pub in_cluster: bool,
+    /// Set when the node stopped on a fatal error (the node is broken).
+    pub fatal: Option<String>,
+    /// The log holds entries after this index only (compaction or snapshot).
+    pub compacted_to: u64,
+    /// Snapshots installed from a leader since start.
+    pub snapshots_installed: u64,
+    /// Snapshots sent to followers since start (each one a full image of the
+    /// catalog, built on the Raft thread unless the last one can be reused).
+    pub snapshots_sent: u64,
+    /// Log entries made durable since start, and the fsyncs that did it:
+    /// their ratio shows how many proposals share one disk sync.
+    pub entries_synced: u64,
+    /// See `entries_synced`.
+    pub syncs: u64,
+}
+
+/// Raft role, mirrored from raft-rs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Follower (also a server not yet in a cluster).
+    #[default]
+    Follower,
+    /// Candidate or pre-candidate.
+    Candidate,
+    /// Leader.
+    Leader,
+}
+
+impl RaftStatus {
+    /// The leader's RPC address, if a leader is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        if self.leader_id == 0 {
+            return None;
+        }
+        self.peers.get(&self.leader_id).map(|p| p.rpc_addr.clone())
+    }
+}
+
+/// State shared between the Raft thread (writer) and [`RaftHandle`]s (readers).
+pub(crate) struct Shared {
+    /// The applied catalog.
+    pub applied: RwLock<Applied>,
+    /// The latest Raft status.
+    pub status: RwLock<RaftStatus>,
+    /// Bumped after every applied batch; blocking queries wait on it.
+    pub applied_tx: watch::Sender<u64>,
+    /// The commit index, stored before any message announcing it leaves, so a
+    /// leader answering a default read can wait until it has applied at least
+    /// what any follower may already have acknowledged.
+    pub commit: AtomicU64,
+    /// The leader's read lease: (term, when a ReadIndex round that a quorum
+    /// confirmed was started). See [`RaftHandle::default_barrier`].
+    pub lease: std::sync::Mutex<Option<(u64, Instant)>>,
+}
+
+/// A waiting caller's answer, by its request id.
+type Reply = (u64, Result<(), RaftError>);
+
+/// Why a request to the Raft layer failed. The node itself may be fine; a
+/// node that is not is reported by [`RaftError::Broken`] (see [`Fatal`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    /// No leader is known, or it could not be reached or did not answer in time.
+    #[error("No cluster leader")]
+    NoLeader,
+    /// A read did not see the index it must wait for in time (answered as
+    /// [`RaftError::NoLeader`]: the usual cause is a lost leader).
+    #[error("timed out waiting for the applied state to catch up")]
+    ReadTimeout,
+    /// The Raft thread's inbox is full.
+    #[error("server is overloaded, retry")]
+    Overloaded,
+    /// The Raft thread has stopped or is stopping.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// The write was not committed and applied here in time; it may still apply.
+    #[error("timed out waiting for the write to be committed; it may still apply")]
+    CommitTimeout,
+    /// The write was dropped unproposed because its caller had given up.
+    #[error("request timed out before it was proposed")]
+    TooLate,
+    /// Another configuration change is still in progress.
+    #[error("a configuration change is already in progress, retry")]
+    ConfChangeInProgress,
+    /// The request was refused: by the state machine, or as not applicable
+    /// (the text says why and is shown to the caller).
+    #[error("{0}")]
+    Rejected(String),
+    /// The request could not be encoded.
+    #[error("{0}")]
+    Encode(String),
+    /// This node stopped on a fatal error (or is shutting down) and serves nothing.
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// A write or request handed to the Raft thread.
+pub enum Event {
+    /// A message from another server.
+    Rpc(String, RpcMessage),
+    /// Replicate a catalog command; answered once applied. Dropped unproposed
+    /// once `deadline` has passed or the caller has gone.
+    Propose {
+        /// The command.
+        cmd: Box<Command>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<(), RaftError>>,
+        /// When the caller stops waiting.
+        deadline: Instant,
+    },
+    /// An agent heartbeat: recorded here if this server leads, else passed to
+    /// the leader; answered once the leader has it.
+    Heartbeat(
+        crate::rpc::Heartbeat,
+        oneshot::Sender<Result<(), RaftError>>,
+    ),
+    /// Confirm leadership and return the index a linearizable read must wait for.
+    ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
+    /// Remove a server from the configuration.
+    RemovePeer(u64, oneshot::Sender<Result<(), RaftError>>),
+}
+
+/// Handle everything outside the Raft thread uses to talk to it: proposals,
+/// read barriers, heartbeats, and looks at the status and the applied state
+/// (through [`RaftHandle::with_status`] and [`RaftHandle::with_applied`]; the
+/// locks themselves stay in here).
+#[derive(Clone)]
+pub struct RaftHandle {
+    /// The Raft thread's inbox.
+    tx: SyncSender<Event>,
+    /// The state shared with the Raft thread.
+    shared: Arc<Shared>,
+    /// Timing, for the waits below.
+    tuning: RaftTuning,
+}
+
+impl RaftHandle {
+    fn send(&self, ev: Event) -> Result<(), RaftError> {
+        match self.tx.try_send(ev) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(RaftError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(RaftError::ShuttingDown),
+        }
+    }
+
+    /// Replicates `cmd` and waits until it is applied here, for at most
+    /// `propose_timeout`. The Raft thread drops the command unproposed if it
+    /// dequeues it after that, or after the caller went away (this future
+    /// dropped, e.g. the HTTP client hung up): a write proposed after its
+    /// caller gave up could commit after a later write that the caller (an
+    /// agent retrying elsewhere) made meanwhile, and undo it.
+    pub async fn propose(&self, cmd: Command) -> Result<(), RaftError> {
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + self.tuning.propose_timeout;
+        self.send(Event::Propose {
+            cmd: Box::new(cmd),
+            reply: tx,
+            deadline,
+        })?;
+        // The Raft thread expires waiters itself, but not while it is stuck
+        // (a slow fsync); the caller's wait is bounded here either way.
+        match tokio::time::timeout(self.tuning.propose_timeout, rx).await {
+            Ok(answer) => answer.unwrap_or(Err(RaftError::ShuttingDown)),
+            Err(_) => Err(RaftError::CommitTimeout),
+        }
+    }
+
+    /// Removes a server from the Raft configuration.
+    pub async fn remove_peer(&self, id: u64) -> Result<(), RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::RemovePeer(id, tx))?;
+        rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// Looks at the current status without copying it (the copy allocates:
+    /// peers, voters), for paths taken on every request.
+    pub fn with_status<R>(&self, f: impl FnOnce(&RaftStatus) -> R) -> R {
+        f(&self.shared.status.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Looks at the applied catalog and its Raft index under the read lock.
+    /// Keep `f` short: the Raft thread waits for this lock to apply.
+    pub fn with_applied<R>(&self, f: impl FnOnce(&CatalogState, u64) -> R) -> R {
+        let applied = self
+            .shared
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        f(&applied.catalog, applied.index)
+    }
+
+    /// The last applied Raft index.
+    pub fn applied_index(&self) -> u64 {
+        self.with_applied(|_, index| index)
+    }
+
+    /// The applied index as published after each applied batch: blocking
+    /// reads wait on it.
+    pub fn applied_changes(&self) -> watch::Receiver<u64> {
+        self.shared.applied_tx.subscribe()
+    }
+
+    /// `Err(Broken)` once the Raft thread has stopped: reads must not be
+    /// answered from a state that no longer follows the log.
+    pub fn check_running(&self) -> Result<(), RaftError> {
+        match self.with_status(|s| s.fatal.clone()) {
+            Some(reason) => Err(RaftError::Broken(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// A copy of the current status.
+    pub fn status(&self) -> RaftStatus {
+        self.shared
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Everything the Raft thread needs at start.
+pub struct RaftNodeSetup {
+    /// This server.
+    pub me: PeerInfo,
+    /// Storage, already opened.
+    pub store: RaftStore,
+    /// Applied index found on disk.
+    pub applied: u64,
+    /// Peer address book found on disk.
+    pub peers: BTreeMap<u64, PeerInfo>,
+    /// Catalog rebuilt from disk.
+    pub catalog: CatalogState,
+    /// Form a cluster once this many servers see each other (0: never bootstrap;
+    /// 1: bootstrap alone at once, as `--dev` does).
+    pub bootstrap_expect: usize,
+    /// Servers to greet (their RPC addresses).
+    pub retry_join: Vec<String>,
+    /// Timing.
+    pub tuning: RaftTuning,
+    /// Outbound transport.
+    pub transport: Arc<dyn Transport>,
+    /// Where agent heartbeats go while this server leads (see `leader/liveness.rs`).
+    pub heartbeats: tokio::sync::mpsc::Sender<crate::rpc::Heartbeat>,
+}
+
+/// Capacity of the event channel; a full channel answers "overloaded" at once
+/// rather than queueing without bound.
+const EVENT_QUEUE: usize = 16 * 1024;
+
+/// The Raft thread's inbox. Created before the node so that the transport
+/// (which must exist before the node) can deliver into it.
+pub fn event_channel() -> (SyncSender<Event>, Receiver<Event>) {
+    std::sync::mpsc::sync_channel(EVENT_QUEUE)
+}
+
+/// Starts the Raft thread on the inbox `rx` (whose sender is `tx`). Returns the
+/// handle and the thread's join handle.
+pub fn start(
+    mut setup: RaftNodeSetup,
+    tx: SyncSender<Event>,
+    rx: Receiver<Event>,
+    shutdown: CancellationToken,
+) -> Result<(RaftHandle, std::thread::JoinHandle<()>), StorageFailure> {
+    let (applied_tx, _) = watch::channel(setup.applied);
+    let shared = Arc::new(Shared {
+        applied: RwLock::new(Applied {
+            catalog: std::mem::replace(&mut setup.catalog, CatalogState::new("")),
+            index: setup.applied,
+        }),
+        status: RwLock::new(RaftStatus {
+            id: setup.me.id,
+            ..Default::default()
+        }),
+        applied_tx,
+        commit: AtomicU64::new(0),
+        lease: std::sync::Mutex::new(None),
+    });
+    let peers_for_snap = Arc::new(RwLock::new(setup.peers.clone()));
+    setup.store.set_snapshot_source(snapshots::snapshot_source(
+        shared.clone(),
+        peers_for_snap.clone(),
+    ));
+    let handle = RaftHandle {
+        tx: tx.clone(),
+        shared: shared.clone(),
+        tuning: setup.tuning.clone(),
+    };
+    let mut node = RaftNode::new(setup, shared, peers_for_snap, rx)?;
+    let thread = std::thread::Builder::new()
+        .name(format!("raft-{}", node.me.node))
+        .spawn(move || {
+            let shared = node.shared.clone();
+            let name = node.me.node.clone();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run(&shutdown)));
+            // Whatever ended the loop, this server no longer leads or follows:
+            // it must not keep answering reads as if it did.
+            let mut st = shared.status.write().unwrap_or_else(|e| e.into_inner());
+            st.role = Role::Follower;
+            st.leader_id = 0;
+            st.leader_ready = false;
+            match outcome {
+                Ok(Ok(())) => st.fatal = Some("server is shutting down".into()),
+                Ok(Err(e)) => {
+                    error!(node = %name, error = %e, "raft node stopped on a fatal error");
+                    st.fatal = Some(e.to_string());
+                }
+                Err(_) => {
+                    error!(node = %name, "raft node panicked");
+                    st.fatal = Some("raft node panicked".into());
+                }
+            }
+        })
+        .map_err(|e| StorageFailure::Corrupt {
+            what: "raft thread",
+            detail: e.to_string(),
+        })?;
+    Ok((handle, thread))
+}
+
+/// Why the Raft thread stopped: the node is broken and must not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageFailure),
+    /// raft-rs reported an error it cannot recover from.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A committed entry this binary cannot decode: applying anything further
+    /// would let replicas diverge (Consul treats unknown commands the same way).
+    #[error("undecodable committed entry at index {0}: {1}")]
+    BadEntry(u64, String),
+}

@@ -1,0 +1,650 @@
+//! The Raft thread's loop: take every queued event, tick, then handle each
+//! `Ready` in raft-rs' documented order (see `examples/five_mem_node` in
+//! raft-rs): send the leader's messages, install a snapshot, apply committed
+//! entries, persist entries and hard state, send the messages that must wait
+//! for persistence, advance, then handle the light ready the same way. All
+//! events that queued up while the thread was busy are drained before one
+//! Ready is handled, so many proposals share one fsync.
+//!
+//! Membership, reads, heartbeats and snapshot tracking live in their own
+//! files as further `impl RaftNode` blocks; this file must stay the loop and
+//! the apply, and must not grow their decisions.
+
+use super::entry::{context_request_id, decode_command, ConfContext, Envelope};
+use super::reads::{ignores_vote, ReadWaiter};
+use super::snapshots::SnapshotInFlight;
+use super::{Event, Fatal, RaftError, RaftNodeSetup, RaftTuning, Reply, Role, Shared, EVENT_QUEUE};
+use crate::rpc::{PeerInfo, RpcMessage, Transport};
+use crate::state::CatalogState;
+use crate::storage::{RaftStore, StorageFailure, StoreBatch};
+use raft::eraftpb::{ConfChangeType, Entry, EntryType, Message, MessageType};
+use raft::{Config, RawNode, ReadOnlyOption, StateRole};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+pub(super) struct RaftNode {
+    pub(super) me: PeerInfo,
+    pub(super) raw: RawNode<RaftStore>,
+    pub(super) store: RaftStore,
+    pub(super) shared: Arc<Shared>,
+    pub(super) peers: BTreeMap<u64, PeerInfo>,
+    pub(super) peers_for_snap: Arc<RwLock<BTreeMap<u64, PeerInfo>>>,
+    /// Servers not yet in a cluster that greeted us (bootstrap candidates),
+    /// with the set of candidates each of them has seen.
+    pub(super) seen: BTreeMap<u64, Vec<u64>>,
+    /// Set once any server that already belongs to a cluster greeted us: from
+    /// then on this server only ever joins, never bootstraps a second cluster.
+    pub(super) saw_cluster: bool,
+    pub(super) bootstrap_expect: usize,
+    pub(super) retry_join: Vec<String>,
+    pub(super) tuning: RaftTuning,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) heartbeats: tokio::sync::mpsc::Sender<crate::rpc::Heartbeat>,
+    pub(super) events: Receiver<Event>,
+    /// Writes proposed here, by request id: who waits, and until when.
+    pub(super) pending_writes: HashMap<u64, (oneshot::Sender<Result<(), RaftError>>, Instant)>,
+    /// Agent heartbeats passed to the leader, by request id: who waits for
+    /// the leader's ack, and until when.
+    pub(super) pending_heartbeats: HashMap<u64, (oneshot::Sender<Result<(), RaftError>>, Instant)>,
+    /// Until then, vote and pre-vote requests are dropped unanswered: this
+    /// server restarted and may have acknowledged a leader whose read lease
+    /// is still running (see `handle_rpc`).
+    pub(super) votes_refused_until: Option<Instant>,
+    /// Linearizable reads that arrived and wait for the next ReadIndex round.
+    pub(super) read_queue: Vec<ReadWaiter>,
+    /// ReadIndex rounds in flight, by context, with the reads each will answer.
+    /// A read joins only a round started after it arrived (so the index it
+    /// gets covers every write acknowledged before it), and one round answers
+    /// all of them: thousands of concurrent reads cost a few rounds, not
+    /// thousands of quorum heartbeats.
+    pub(super) read_rounds: HashMap<u64, Vec<ReadWaiter>>,
+    /// Request ids: a random prefix per process so ids never collide across servers.
+    pub(super) next_request: AtomicU64,
+    pub(super) last_leader_contact: Option<Instant>,
+    pub(super) last_hello: Option<Instant>,
+    pub(super) snapshots_installed: u64,
+    /// See [`super::RaftStatus::snapshots_sent`].
+    pub(super) snapshots_sent: u64,
+    /// Snapshots sent and not yet acknowledged, by follower (see
+    /// [`RaftNode::check_snapshots`]).
+    pub(super) snapshots_in_flight: HashMap<u64, SnapshotInFlight>,
+    /// Snapshots each follower failed to acknowledge in time, in a row: the
+    /// wait before the next attempt doubles with each.
+    pub(super) snapshot_failures: HashMap<u64, u32>,
+    pub(super) entries_synced: u64,
+    pub(super) syncs: u64,
+    pub(super) logger: slog::Logger,
+}
+
+pub(super) fn raft_config(id: u64, applied: u64, t: &RaftTuning) -> Config {
+    Config {
+        id,
+        election_tick: t.election_ticks,
+        heartbeat_tick: t.heartbeat_ticks,
+        applied,
+        // Pre-vote stops a rejoining partitioned server from disrupting the
+        // cluster with a higher term; check-quorum makes an isolated leader step
+        // down, so a minority can never keep acting as leader (Raft thesis §9.6).
+        pre_vote: true,
+        check_quorum: true,
+        read_only_option: ReadOnlyOption::Safe,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    }
+}
+
+impl RaftNode {
+    pub(super) fn new(
+        setup: RaftNodeSetup,
+        shared: Arc<Shared>,
+        peers_for_snap: Arc<RwLock<BTreeMap<u64, PeerInfo>>>,
+        events: Receiver<Event>,
+    ) -> Result<Self, StorageFailure> {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let cfg = raft_config(setup.me.id, setup.applied, &setup.tuning);
+        let raw = RawNode::new(&cfg, setup.store.clone(), &logger).map_err(|e| {
+            StorageFailure::Corrupt {
+                what: "raft state",
+                detail: e.to_string(),
+            }
+        })?;
+        let mut peers = setup.peers;
+        peers.insert(setup.me.id, setup.me.clone());
+        // Only a server that was in a cluster before its start can have
+        // helped to confirm a leader's lease; a fresh one (bootstrap, join)
+        // votes at once, so a new cluster elects its first leader promptly.
+        let votes_refused_until = setup
+            .store
+            .initialized()
+            .then(|| Instant::now() + setup.tuning.election_timeout());
+        Ok(Self {
+            me: setup.me,
+            raw,
+            store: setup.store,
+            shared,
+            peers,
+            peers_for_snap,
+            seen: BTreeMap::new(),
+            saw_cluster: false,
+            bootstrap_expect: setup.bootstrap_expect,
+            retry_join: setup.retry_join,
+            tuning: setup.tuning,
+            transport: setup.transport,
+            heartbeats: setup.heartbeats,
+            events,
+            pending_writes: HashMap::new(),
+            pending_heartbeats: HashMap::new(),
+            votes_refused_until,
+            read_queue: Vec::new(),
+            read_rounds: HashMap::new(),
+            next_request: AtomicU64::new(rand::random::<u64>() & !0xffff_ffff),
+            last_leader_contact: None,
+            last_hello: None,
+            snapshots_installed: 0,
+            snapshots_sent: 0,
+            snapshots_in_flight: HashMap::new(),
+            snapshot_failures: HashMap::new(),
+            entries_synced: 0,
+            syncs: 0,
+            logger,
+        })
+    }
+
+    pub(super) fn request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn run(&mut self, shutdown: &CancellationToken) -> Result<(), Fatal> {
+        info!(node = %self.me.node, id = self.me.id, in_cluster = self.store.initialized(), "raft node starting");
+        if self.bootstrap_expect == 1 && !self.store.initialized() {
+            self.bootstrap(vec![self.me.id])?;
+        }
+        if self.bootstrap_expect == 1 && self.store.conf_state().voters == vec![self.me.id] {
+            // A single-server cluster (`--dev`) need not wait an election timeout.
+            let _ = self.raw.campaign();
+        }
+        let mut next_tick = Instant::now() + self.tuning.tick;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(wait) {
+                Ok(ev) => self.handle_event(ev)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Take whatever else queued up, so that one Ready (one fsync) covers it all.
+            for _ in 0..EVENT_QUEUE {
+                match self.events.try_recv() {
+                    Ok(ev) => self.handle_event(ev)?,
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick += self.tuning.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.tuning.tick;
+                }
+                self.on_tick()?;
+            }
+            self.start_read_round();
+            while self.raw.has_ready() {
+                self.on_ready()?;
+            }
+            self.publish_status();
+        }
+        info!(node = %self.me.node, "raft node stopped");
+        Ok(())
+    }
+
+    pub(super) fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn handle_event(&mut self, ev: Event) -> Result<(), Fatal> {
+        match ev {
+            Event::Rpc(from, msg) => self.handle_rpc(from, msg)?,
+            Event::Propose {
+                cmd,
+                reply,
+                deadline,
+            } => {
+                // A proposal that waited here past its caller's patience is
+                // dropped unproposed: the caller (an agent) may have retried
+                // on another server and written something newer since.
+                if reply.is_closed() || Instant::now() >= deadline {
+                    debug!(node = %self.me.node, "dropping a write whose caller gave up before it was proposed");
+                    let _ = reply.send(Err(RaftError::TooLate));
+                    return Ok(());
+                }
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(RaftError::NoLeader));
+                    return Ok(());
+                }
+                let id = self.request_id();
+                let data = match serde_json::to_vec(&Envelope {
+                    v: 1,
+                    id,
+                    cmd: *cmd,
+                }) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = reply.send(Err(RaftError::Encode(e.to_string())));
+                        return Ok(());
+                    }
+                };
+                // The id also rides in the entry's context, where a follower
+                // finds it cheaply when it forwards the proposal (see
+                // `drop_late_proposals`).
+                match self.raw.propose(id.to_be_bytes().to_vec(), data) {
+                    Ok(()) => {
+                        self.pending_writes.insert(id, (reply, deadline));
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(RaftError::NoLeader));
+                    }
+                }
+            }
+            Event::Heartbeat(hb, reply) => self.route_heartbeat(hb, reply),
+            Event::ReadIndex(reply) => self.queue_read(reply),
+            Event::RemovePeer(id, reply) => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(RaftError::NoLeader));
+                    return Ok(());
+                }
+                if id == self.raw.raft.leader_id {
+                    let _ = reply.send(Err(RaftError::Rejected(
+                        "cannot remove the current leader; stop it first, then remove it once another server leads".into(),
+                    )));
+                    return Ok(());
+                }
+                let cs = self.store.conf_state();
+                if !cs.voters.contains(&id) && !cs.learners.contains(&id) {
+                    let _ = reply.send(Err(RaftError::Rejected(format!(
+                        "id {id:016x} is not a member of the Raft configuration"
+                    ))));
+                    return Ok(());
+                }
+                let req = self.request_id();
+                let ctx = ConfContext {
+                    id: req,
+                    peer: None,
+                };
+                match self.propose_conf(id, ConfChangeType::RemoveNode, &ctx) {
+                    Ok(()) => {
+                        let deadline = Instant::now() + self.tuning.propose_timeout;
+                        self.pending_writes.insert(req, (reply, deadline));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_rpc(&mut self, from: String, msg: RpcMessage) -> Result<(), Fatal> {
+        match msg {
+            RpcMessage::Raft(m) if m.to != self.me.id => {
+                // Meant for another server (a stale address book on the sender,
+                // or a connection relayed to the wrong server): stepping it
+                // would act on a message for someone else.
+                debug!(node = %self.me.node, to = m.to, %from, "dropping a Raft message for another server");
+            }
+            RpcMessage::Hello(h) if h.from.rpc_addr != from => {
+                // A server's address changes only by its own word, on a
+                // connection it authenticated as that address.
+                debug!(node = %self.me.node, claimed = %h.from.rpc_addr, %from,
+                       "ignoring a hello that names another address than its connection");
+            }
+            RpcMessage::Raft(m) => {
+                // The transport tells us where a server talks from; that is how
+                // we learn the address of a server added by another member.
+                self.learn_peer_address(m.from, from);
+                let from_id = m.from;
+                if ignores_vote(m.get_msg_type(), self.votes_refused_until, Instant::now()) {
+                    debug!(node = %self.me.node, from = from_id, "ignoring a vote request just after start");
+                    return Ok(());
+                }
+                let is_leader_msg = matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+                );
+                if let Err(e) = self.raw.step(m) {
+                    debug!(node = %self.me.node, error = %e, "raft step rejected a message");
+                }
+                if is_leader_msg && from_id == self.raw.raft.leader_id {
+                    self.last_leader_contact = Some(Instant::now());
+                }
+            }
+            RpcMessage::Hello(h) => self.handle_hello(h)?,
+            RpcMessage::Join(peer) => self.handle_join(peer),
+            RpcMessage::HeartbeatForward(fwd) => self.on_heartbeat_forward(fwd),
+            RpcMessage::HeartbeatAck(id) => self.on_heartbeat_ack(id),
+            RpcMessage::Heartbeat(hb) => self.on_unacked_heartbeat(hb),
+        }
+        Ok(())
+    }
+
+    /// Takes out of a follower's outgoing proposals (raft-rs forwards them to
+    /// the leader after this server's fsync) the entries whose caller gave up
+    /// meanwhile, answering those callers: a slow disk must not make a write
+    /// reach the log after its caller stopped waiting for it.
+    fn drop_late_proposals(&mut self, msgs: Vec<Message>) -> Vec<Message> {
+        if !msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgPropose)
+        {
+            return msgs;
+        }
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(msgs.len());
+        for mut m in msgs {
+            if m.get_msg_type() != MessageType::MsgPropose {
+                out.push(m);
+                continue;
+            }
+            let entries: Vec<Entry> = m.take_entries().into();
+            let kept: Vec<Entry> = entries
+                .into_iter()
+                .filter(|e| {
+                    if e.get_entry_type() != EntryType::EntryNormal {
+                        return true;
+                    }
+                    let Some(id) = context_request_id(e) else {
+                        return true;
+                    };
+                    let late = self
+                        .pending_writes
+                        .get(&id)
+                        .is_some_and(|(tx, deadline)| tx.is_closed() || now >= *deadline);
+                    if late {
+                        debug!(node = %self.me.node, "dropping a forwarded write whose caller gave up");
+                        if let Some((tx, _)) = self.pending_writes.remove(&id) {
+                            let _ = tx.send(Err(RaftError::TooLate));
+                        }
+                    }
+                    !late
+                })
+                .collect();
+            if !kept.is_empty() {
+                m.set_entries(kept.into());
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn on_tick(&mut self) -> Result<(), Fatal> {
+        let now = Instant::now();
+        // Expire waiters whose answer will not come (lost leader, dropped message).
+        self.pending_writes.retain(|_, (tx, deadline)| {
+            if now > *deadline {
+                let taken = std::mem::replace(tx, oneshot::channel().0);
+                let _ = taken.send(Err(RaftError::CommitTimeout));
+                false
+            } else {
+                true
+            }
+        });
+        self.expire_heartbeats(now);
+        self.tick_reads(now);
+        if self.is_leader() {
+            self.promote_learners();
+        }
+        self.check_snapshots(now);
+        self.greet(now);
+        Ok(())
+    }
+
+    fn send_messages(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let snapshot_index = m.get_snapshot().get_metadata().index;
+            match self.peers.get(&to) {
+                Some(p) => {
+                    let addr = p.rpc_addr.clone();
+                    self.transport.send(&addr, RpcMessage::Raft(m));
+                    if is_snapshot {
+                        self.snapshot_sent(to, snapshot_index);
+                    }
+                }
+                None => {
+                    debug!(node = %self.me.node, to, "no address for peer");
+                    self.raw.report_unreachable(to);
+                    if is_snapshot {
+                        self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), Fatal> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        self.publish_commit();
+        self.send_messages(rd.take_messages());
+
+        let mut replies = Vec::new();
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot().clone())?;
+        }
+        let mut batch = self.store.batch();
+        self.apply_entries(rd.take_committed_entries(), &mut batch, &mut replies)?;
+        self.store.append(&mut batch, rd.entries())?;
+        if let Some(hs) = rd.hs() {
+            self.store.set_hard_state(&mut batch, hs);
+        }
+        // Entries and the hard state (term, vote) must be durable before the
+        // messages that acknowledge them leave; applied rows need not be, as
+        // they are rebuilt from the log after a crash.
+        let sync = rd.must_sync() || !rd.entries().is_empty();
+        self.store.commit(batch, sync)?;
+        if sync {
+            self.syncs += 1;
+            self.entries_synced += rd.entries().len() as u64;
+        }
+        self.finish_apply(replies);
+        let persisted = self.drop_late_proposals(rd.take_persisted_messages());
+        self.send_messages(persisted);
+        for rs in rd.take_read_states() {
+            self.answer_read(rs);
+        }
+
+        let mut light = self.raw.advance(rd);
+        let mut batch = self.store.batch();
+        let mut replies = Vec::new();
+        if let Some(commit) = light.commit_index() {
+            self.store.set_commit(&mut batch, commit);
+        }
+        self.publish_commit();
+        self.send_messages(light.take_messages());
+        self.apply_entries(light.take_committed_entries(), &mut batch, &mut replies)?;
+        self.store.commit(batch, false)?;
+        self.finish_apply(replies);
+        self.raw.advance_apply();
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn publish_commit(&self) {
+        self.shared
+            .commit
+            .fetch_max(self.raw.raft.raft_log.committed, Ordering::SeqCst);
+    }
+
+    fn install_snapshot(&mut self, snap: raft::eraftpb::Snapshot) -> Result<(), Fatal> {
+        let index = snap.get_metadata().index;
+        info!(node = %self.me.node, index, "installing snapshot from the leader");
+        let image = RaftStore::decode_snapshot(&snap.data)?;
+        let catalog = CatalogState::from_rows(self.me.datacenter.as_str(), image.rows.clone())
+            .map_err(|e| Fatal::BadEntry(index, e))?;
+        for (id, p) in image.peers {
+            if id != self.me.id {
+                self.peers.insert(id, p);
+            }
+        }
+        let mut b = self.store.batch();
+        self.store.install_snapshot(&mut b, &snap, &image.rows)?;
+        self.store.set_peers(&mut b, &self.peers);
+        self.store.commit(b, true)?;
+        *self
+            .peers_for_snap
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = self.peers.clone();
+        let mut applied = self
+            .shared
+            .applied
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        applied.catalog = catalog;
+        applied.index = index;
+        self.snapshots_installed += 1;
+        Ok(())
+    }
+
+    fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        batch: &mut StoreBatch,
+        replies: &mut Vec<Reply>,
+    ) -> Result<(), Fatal> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut peers_changed = false;
+        {
+            // Through a clone of the Arc, so that conf changes (which need
+            // `&mut self`) apply under the same lock.
+            let shared = self.shared.clone();
+            let mut applied = shared.applied.write().unwrap_or_else(|e| e.into_inner());
+            for e in &entries {
+                if e.index <= applied.index {
+                    continue;
+                }
+                match e.get_entry_type() {
+                    // A new leader's empty entry.
+                    EntryType::EntryNormal if e.data.is_empty() => {}
+                    EntryType::EntryNormal => {
+                        let env = decode_command(e)?;
+                        let (result, rows) = applied.catalog.apply(e.index, &env.cmd);
+                        self.store.apply_rows(
+                            batch,
+                            e.index,
+                            rows.into_iter().map(|r| (r.key, r.value)),
+                        );
+                        replies.push((env.id, result.map_err(RaftError::Rejected)));
+                    }
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        let (reply, changed) = self.apply_conf_entry(e, batch)?;
+                        replies.extend(reply);
+                        peers_changed |= changed;
+                    }
+                }
+                applied.index = e.index;
+            }
+            self.store.apply_rows(batch, applied.index, []);
+        }
+        if peers_changed {
+            self.store_peers(batch);
+        }
+        Ok(())
+    }
+
+    fn finish_apply(&mut self, replies: Vec<Reply>) {
+        for (id, result) in replies {
+            if let Some((tx, _)) = self.pending_writes.remove(&id) {
+                let _ = tx.send(result);
+            }
+        }
+        let index = self
+            .shared
+            .applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .index;
+        self.shared.applied_tx.send_if_modified(|v| {
+            if *v != index {
+                *v = index;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), Fatal> {
+        let applied = self.raw.raft.raft_log.applied;
+        let first = self.store.snapshot_index();
+        if applied.saturating_sub(first) < self.tuning.compact_threshold.max(1) {
+            return Ok(());
+        }
+        let to = applied.saturating_sub(self.tuning.compact_keep);
+        if to <= first {
+            return Ok(());
+        }
+        debug!(node = %self.me.node, to, "compacting the raft log");
+        let mut b = self.store.batch();
+        self.store.compact(&mut b, to)?;
+        self.store.commit(b, false)?;
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let r = &self.raw.raft;
+        let role = match r.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => Role::Follower,
+        };
+        if role == Role::Leader {
+            self.last_leader_contact = Some(Instant::now());
+        }
+        let cs = self.store.conf_state();
+        let mut st = self
+            .shared
+            .status
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if st.leader_id != r.leader_id || st.term != r.term {
+            info!(node = %self.me.node, term = r.term, leader = r.leader_id, "leadership changed");
+        }
+        st.id = self.me.id;
+        st.role = role;
+        st.term = r.term;
+        st.leader_id = r.leader_id;
+        st.leader_ready = role == Role::Leader && r.commit_to_current_term();
+        st.last_leader_contact = self.last_leader_contact;
+        st.commit = r.raft_log.committed;
+        st.in_cluster = self.store.initialized();
+        st.compacted_to = self.store.snapshot_index();
+        st.snapshots_installed = self.snapshots_installed;
+        st.snapshots_sent = self.snapshots_sent;
+        st.entries_synced = self.entries_synced;
+        st.syncs = self.syncs;
+        if st.voters != cs.voters
+            || st.learners != cs.learners
+            || st.peers.len() != self.peers.len()
+        {
+            st.voters = cs.voters.clone();
+            st.learners = cs.learners.clone();
+        }
+        if st.peers != self.peers {
+            st.peers = self.peers.clone();
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Reads of the applied state, for every interface that answers them (HTTP
+//! today, DNS next): the consistency modes, blocking waits and the
+//! shared-answer cache. A read waits for the freshness its mode asks for,
+//! evaluates a query against the applied catalog, and, when blocking, waits
+//! for the data's index to move. Must not know HTTP (no axum here): callers
+//! turn an [`Answer`] into their own response.
+
+use crate::raft::{RaftError, RaftHandle};
+use crate::state::CatalogState;
+use bytes::Bytes;
+use rand::Rng;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How a read is answered (Consul's consistency modes,
+/// <https://developer.hashicorp.com/consul/api-docs/features/consistency>).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// The leader answers, if it knows it is still the leader.
+    Default,
+    /// The leader first confirms leadership with a quorum.
+    Consistent,
+    /// Any server answers from its own state.
+    Stale,
+}
+
+/// A blocking query's terms (`?index=` and `?wait=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocking {
+    /// Answer once the data's index is past this.
+    pub min_index: u64,
+    /// Or once this much time has passed (plus jitter).
+    pub wait: Duration,
+}
+
+/// A read's answer: the JSON body and the index of the data it covers.
+#[derive(Clone)]
+pub struct Answer {
+    /// The applied index of the state it was computed from.
+    applied: u64,
+    /// The data's index (`X-Consul-Index`), at least 1.
+    pub index: u64,
+    /// The JSON body.
+    pub body: Bytes,
+}
+
+/// Answers by query, each with the applied index of the state it was computed
+/// from: a reader that finds an entry for its query at the current applied
+/// index sends those bytes instead of evaluating and serialising again. When a
+/// write wakes thousands of blocking queries on one service, one of them does
+/// the work and the rest copy a pointer. Bounded in entries, entry size, key
+/// length and total bytes: the key is the raw query, so a client that varies it
+/// (`?tag=v1&tag=v1&...`) must not be able to pin more than
+/// [`ANSWER_CACHE_BYTES`].
+#[derive(Default)]
+pub struct AnswerCache {
+    /// The entries and the bytes they hold (keys and bodies).
+    entries: std::sync::Mutex<CacheEntries>,
+}
+
+/// What [`AnswerCache`]'s lock guards.
+#[derive(Default)]
+struct CacheEntries {
+    /// Answers by query.
+    map: HashMap<String, Answer>,
+    /// Sum of the keys' and bodies' lengths in `map`.
+    bytes: usize,
+}
+
+/// Entries kept before the cache starts over.
+const ANSWER_CACHE_ENTRIES: usize = 1024;
+/// Answers larger than this are not kept (they would pin memory).
+const ANSWER_CACHE_MAX_BODY: usize = 256 << 10;
+/// Queries longer than this are not kept (nobody shares such a query).
+const ANSWER_CACHE_MAX_KEY: usize = 1024;
+/// Bytes of keys and bodies kept in all; past it the cache starts over.
+pub const ANSWER_CACHE_BYTES: usize = 32 << 20;
+
+impl AnswerCache {
+    fn get(&self, key: &str, applied: u64) -> Option<Answer> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .map
+            .get(key)
+            .filter(|a| a.applied == applied)
+            .cloned()
+    }
+
+    fn put(&self, key: &str, answer: Answer) {
+        if answer.body.len() > ANSWER_CACHE_MAX_BODY || key.len() > ANSWER_CACHE_MAX_KEY {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = &mut *entries;
+        let size = key.len() + answer.body.len();
+        let old_size = entries.map.get(key).map(|old| key.len() + old.body.len());
+        let full = entries.map.len() >= ANSWER_CACHE_ENTRIES && old_size.is_none();
+        if full || entries.bytes - old_size.unwrap_or(0) + size > ANSWER_CACHE_BYTES {
+            entries.map.clear();
+            entries.bytes = 0;
+        }
+        match entries.map.get_mut(key) {
+            Some(old) if old.applied > answer.applied => {}
+            Some(old) => {
+                entries.bytes = entries.bytes - old.body.len() + answer.body.len();
+                *old = answer;
+            }
+            None => {
+                entries.bytes += size;
+                entries.map.insert(key.to_string(), answer);
+            }
+        }
+    }
+
+    /// Bytes held (keys and bodies).
+    pub fn bytes(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).bytes
+    }
+}
+
+/// Answers a read: waits for the consistency `mode` asks for, then evaluates
+/// `query` against the applied catalog, re-evaluating it after each applied
+/// change while it is a `blocking` query whose index has not moved past
+/// `min_index`. `query` returns the value and the index of the data it
+/// covers, so a watcher of one service is not answered because another one
+/// changed. `key` names the query in `cache` (its raw form will do: equal
+/// keys must mean equal answers at one applied index).
+pub async fn read<T, F>(
+    raft: &RaftHandle,
+    cache: &AnswerCache,
+    shutdown: &CancellationToken,
+    mode: Consistency,
+    blocking: Option<Blocking>,
+    key: String,
+    query: F,
+) -> Result<Answer, RaftError>
+where
+    T: Serialize,
+    F: Fn(&CatalogState) -> (T, u64),
+{
+    raft.check_running()?;
+    match mode {
+        Consistency::Stale => {}
+        Consistency::Default => raft.default_barrier().await?,
+        Consistency::Consistent => raft.linearizable_barrier().await?,
+    }
+    let mut changes = raft.applied_changes();
+    let deadline = blocking.map(|b| {
+        // Consul adds up to wait/16 of jitter so that many watchers of one
+        // change do not all come back at the same instant.
+        let jitter_ms = (b.wait.as_millis() / 16) as u64;
+        let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
+        Instant::now() + b.wait + jitter
+    });
+    loop {
+        changes.borrow_and_update();
+        let (answer, fresh) =
+            raft.with_applied(|catalog, applied| match cache.get(&key, applied) {
+                Some(a) => (Ok(a), None),
+                None => (Err(query(catalog)), Some(applied)),
+            });
+        // Serialised after the lock is released, so a large answer does not
+        // hold up the Raft thread's next apply.
+        let answer = match (answer, fresh) {
+            (Ok(a), _) => a,
+            (Err((value, index)), applied) => {
+                let body =
+                    serde_json::to_vec(&value).map_err(|e| RaftError::Encode(e.to_string()))?;
+                let a = Answer {
+                    applied: applied.unwrap_or_default(),
+                    index: index.max(1),
+                    body: Bytes::from(body),
+                };
+                cache.put(&key, a.clone());
+                a
+            }
+        };
+        let index = answer.index;
+        let done = match (blocking, deadline) {
+            (Some(Blocking { min_index: min, .. }), Some(deadline)) => {
+                // Indexes never go back on a server, so "changed" is "greater";
+                // a lagging follower keeps a watcher waiting rather than
+                // answering it with data older than it has already seen.
+                index > min || Instant::now() >= deadline || shutdown.is_cancelled()
+            }
+            _ => true,
+        };
+        if done {
+            return Ok(answer);
+        }
+        let deadline = deadline.unwrap_or_else(Instant::now);
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 item 4: the key is the raw query, so distinct spellings of one
+    /// query each take an entry; what they hold in all stays under the bound.
+    #[test]
+    fn many_spellings_of_a_query_stay_under_the_byte_bound() {
+        let cache = AnswerCache::default();
+        let body = Bytes::from(vec![b'x'; ANSWER_CACHE_MAX_BODY]);
+        for i in 0..ANSWER_CACHE_ENTRIES {
+            let key = format!(
+                "/v1/health/service/web?{}",
+                "tag=v1&".repeat(i % 100) + &i.to_string()
+            );
+            cache.put(
+                &key,
+                Answer {
+                    applied: 1,
+                    index: 1,
+                    body: body.clone(),
+                },
+            );
+            assert!(
+                cache.bytes() <= ANSWER_CACHE_BYTES,
+                "{} bytes",
+                cache.bytes()
+            );
+        }
+        // Overlong keys are not kept at all.
+        let long = "tag=v1&".repeat(ANSWER_CACHE_MAX_KEY);
+        cache.put(
+            &long,
+            Answer {
+                applied: 2,
+                index: 2,
+                body: Bytes::from_static(b"[]"),
+            },
+        );
+        assert!(cache.get(&long, 2).is_none());
+        // Replacing an entry keeps the count right.
+        let before = cache.bytes();
+        let key = "/v1/catalog/services";
+        for applied in 3..10 {
+            cache.put(
+                key,
+                Answer {
+                    applied,
+                    index: applied,
+                    body: Bytes::from_static(b"{}"),
+                },
+            );
+        }
+        assert!(cache.bytes() <= before + key.len() + 2);
+        assert_eq!(cache.get(key, 9).map(|a| a.index), Some(9));
+    }
+}

@@ -1,0 +1,225 @@
+//! The replicated commands: ONE variant table ([`commands!`]) from which the
+//! `Command` enum, its tagged decoder, the fast-path decoder and the list of
+//! variant names are all generated, so a new command is one edit here (plus
+//! its arm in `CatalogState::apply`, which the compiler demands). Owns the
+//! wire form of a log entry's command; must not apply it.
+//!
+//! On the wire: `{"Op":"Register", ...the request's fields}` (serde's
+//! internally tagged form). Decoding is written by hand, because serde's
+//! derived decoder for that form first copies the whole object into a buffer
+//! of its own to find the tag, and every server decodes every command on its
+//! Raft thread. serde writes the tag first, so the fast path reads the tag and
+//! then the request straight from the rest of the object; an object whose
+//! first key is not `Op` still decodes, the slow way (serde's derived decoder).
+//!
+//! Commands are in the Raft log forever: variants are only ever added, never
+//! renamed or removed, and a variant's request type only gains optional fields.
+
+use registry_api::{DeregisterRequest, RegisterRequest};
+use serde::{Deserialize, Serialize};
+
+/// Generates [`Command`] (serialised with the `Op` tag), `TaggedCommand`
+/// (serde's derived decoder of the same form, the slow path),
+/// [`Command::NAMES`], [`Command::name`] and the fast-path decoder from one
+/// list of `Variant(RequestType)`.
+macro_rules! commands {
+    ($( $(#[$doc:meta])* $variant:ident($req:ty), )*) => {
+        /// A replicated write. Serialized with serde_json inside Raft log
+        /// entries; must stay backward compatible (new variants only).
+        #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+        #[serde(tag = "Op")]
+        // Unboxed on purpose: callers build `Command::Register(req)` directly,
+        // and a command lives only as long as one proposal, so its size does
+        // not matter.
+        #[allow(clippy::large_enum_variant)]
+        pub enum Command {
+            $( $(#[$doc])* $variant($req), )*
+        }
+
+        /// serde's derived decoder of [`Command`]'s wire form, for objects
+        /// whose tag does not come first.
+        #[derive(Deserialize)]
+        #[serde(tag = "Op")]
+        #[allow(clippy::large_enum_variant)]
+        enum TaggedCommand {
+            $( $variant($req), )*
+        }
+
+        impl From<TaggedCommand> for Command {
+            fn from(tagged: TaggedCommand) -> Self {
+                match tagged {
+                    $( TaggedCommand::$variant(req) => Command::$variant(req), )*
+                }
+            }
+        }
+
+        impl Command {
+            /// Every command's `Op`, in table order.
+            pub const NAMES: &'static [&'static str] = &[$( stringify!($variant), )*];
+
+            /// This command's `Op`.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Command::$variant(_) => stringify!($variant), )*
+                }
+            }
+
+            /// The fast path: the request of command `op`, read straight from
+            /// the rest of the object.
+            fn decode_request<'de, D>(op: &str, rest: D) -> Result<Self, D::Error>
+            where
+                D: serde::Deserializer<'de>,
+            {
+                match op {
+                    $( stringify!($variant) => <$req>::deserialize(rest).map(Command::$variant), )*
+                    other => Err(serde::de::Error::unknown_variant(other, Self::NAMES)),
+                }
+            }
+        }
+    };
+}
+
+commands! {
+    /// Upsert a node and optionally a service instance and checks.
+    Register(RegisterRequest),
+    /// Remove a node, a service instance or a check.
+    Deregister(DeregisterRequest),
+    /// A register that applies only if its node exists when the entry is
+    /// applied, and is a no-op otherwise. Liveness writes `serfHealth` with
+    /// it: the leader decides from the applied state, and a node deregistered
+    /// between that decision and the apply must stay gone (a plain register
+    /// with `SkipNodeUpdate` would recreate it without an address).
+    RegisterIfNodeExists(RegisterRequest),
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(CommandVisitor)
+    }
+}
+
+/// Reads a command object: the fast path when `Op` comes first.
+struct CommandVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CommandVisitor {
+    type Value = Command;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a command object with an Op field")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Command, A::Error> {
+        use serde::de::{value::MapAccessDeserializer, Error};
+        let Some(first) = map.next_key::<String>()? else {
+            return Err(A::Error::missing_field("Op"));
+        };
+        if first == "Op" {
+            let op: String = map.next_value()?;
+            return Command::decode_request(&op, MapAccessDeserializer::new(map));
+        }
+        let mut object = serde_json::Map::new();
+        object.insert(first, map.next_value()?);
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            object.insert(k, v);
+        }
+        TaggedCommand::deserialize(serde_json::Value::Object(object))
+            .map(Command::from)
+            .map_err(A::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry_api::{AgentService, HealthCheck};
+
+    /// One non-trivial command of every kind.
+    fn every_command() -> Vec<Command> {
+        let mut register = RegisterRequest {
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+            service: Some(AgentService {
+                id: "web1".into(),
+                service: "web".into(),
+                tags: vec!["v1".into()],
+                port: 8080,
+                ..Default::default()
+            }),
+            checks: vec![HealthCheck {
+                check_id: "c".into(),
+                service_id: "web1".into(),
+                status: "passing".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        register.node_meta.insert("k".into(), "v".into());
+        let deregister = DeregisterRequest {
+            node: "n1".into(),
+            service_id: "web1".into(),
+            ..Default::default()
+        };
+        vec![
+            Command::Register(register.clone()),
+            Command::Deregister(deregister),
+            Command::RegisterIfNodeExists(RegisterRequest {
+                skip_node_update: true,
+                ..register
+            }),
+        ]
+    }
+
+    /// Every command in the table survives encoding and both decoders; a
+    /// variant added to the table without a sample here fails the first
+    /// assertion.
+    #[test]
+    fn every_command_round_trips_on_both_decoding_paths() {
+        let commands = every_command();
+        let names: Vec<&str> = commands.iter().map(Command::name).collect();
+        assert_eq!(
+            names,
+            Command::NAMES,
+            "every_command() must cover the table"
+        );
+        for cmd in commands {
+            let bytes = serde_json::to_vec(&cmd).unwrap();
+            let tag = format!(r#"{{"Op":"{}""#, cmd.name());
+            assert!(
+                bytes.starts_with(tag.as_bytes()),
+                "the tag is written first"
+            );
+            assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), cmd);
+            // The tag last: the slow path, same result.
+            let serde_json::Value::Object(mut o) = serde_json::to_value(&cmd).unwrap() else {
+                unreachable!()
+            };
+            let op = o.remove("Op").unwrap();
+            o.insert("Op".into(), op);
+            let moved = serde_json::to_vec(&o).unwrap();
+            assert!(!moved.starts_with(br#"{"Op":"#));
+            assert_eq!(serde_json::from_slice::<Command>(&moved).unwrap(), cmd);
+        }
+    }
+
+    #[test]
+    fn bad_commands_are_errors() {
+        for bad in [
+            r#"{"Op":"Drop","Node":"n"}"#,
+            r#"{"Node":"n"}"#,
+            "{}",
+            "[1]",
+        ] {
+            assert!(serde_json::from_str::<Command>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_op_names_the_known_ones() {
+        let err = serde_json::from_str::<Command>(r#"{"Op":"Drop","Node":"n"}"#)
+            .unwrap_err()
+            .to_string();
+        for name in Command::NAMES {
+            assert!(err.contains(name), "{err}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The catalog's row-key layout in RocksDB's `store` column family, and the
+//! small key types the tables share. Owns how a key is spelled; must not know
+//! what a row means (that is `catalog.rs`) or how rows are written (`storage/`).
+//!
+//! `n/<node>` → Node, `s/<node>\0<service id>` → AgentService,
+//! `c/<node>\0<check id>` → HealthCheck (JSON), `i/<index name>` → decimal.
+
+use compact_str::CompactString as Str;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Index name of the nodes table.
+pub(super) const NODES: &str = "nodes";
+/// Index name of the services table.
+pub(super) const SERVICES: &str = "services";
+/// Index name of the checks table.
+pub(super) const CHECKS: &str = "checks";
+/// Prefix of a per-service-name index name; no table name starts with it.
+pub(super) const SERVICE_INDEX_PREFIX: &str = "service/";
+
+/// One row write produced by apply, persisted by the storage layer in the same
+/// atomic batch as the applied index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowChange {
+    /// Row key (see [`super::CatalogState::rows`] for the layout).
+    pub key: Vec<u8>,
+    /// New value; `None` deletes the row.
+    pub value: Option<Vec<u8>>,
+}
+
+/// `(node, id)`: the key of a service instance or a check, unique per node.
+///
+/// Names and ids are [`Str`]s, as are the stored strings below: they hold up to
+/// 24 bytes inline, which covers nearly every name, id, tag and status, so a
+/// catalog of 100,000 instances is not also 2 million small heap blocks.
+pub(super) type NodeKey = (Str, Str);
+
+/// `(node, id)` as a key.
+pub(super) fn key_of(node: &str, id: &str) -> NodeKey {
+    (Str::from(node), Str::from(id))
+}
+
+/// Entries of a (node, id)-keyed map belonging to `node`.
+pub(super) fn node_range<'a, V>(
+    map: &'a BTreeMap<NodeKey, V>,
+    node: &'a str,
+) -> impl Iterator<Item = (&'a NodeKey, &'a V)> + 'a {
+    let from = (Str::from(node), Str::default());
+    map.range(from..).take_while(move |((n, _), _)| n == node)
+}
+
+/// JSON row value.
+pub(super) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(value)
+}
+
+/// Decode a JSON row value.
+pub(super) fn from_json<T: DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(value).map_err(|e| e.to_string())
+}
+
+/// Split `<node>\0<id>`.
+pub(super) fn split_pair(rest: &str) -> Option<(&str, &str)> {
+    rest.split_once('\0')
+}
+
+/// The instances of one service name, in key order. Most names have a few
+/// instances, and a `BTreeSet` allocates a whole node (room for eleven keys,
+/// about 540 bytes) even for one, which made this index the largest part of
+/// the catalog's memory when every instance has a name of its own: so a
+/// sorted `Vec` while small, a `BTreeSet` once large.
+#[derive(Clone, Debug)]
+pub(super) enum KeySet {
+    Small(Vec<NodeKey>),
+    Large(BTreeSet<NodeKey>),
+}
+
+/// Past this many instances a name's set becomes a `BTreeSet` (a `Vec`
+/// insert moves every later key).
+const KEYSET_SMALL_MAX: usize = 32;
+
+impl Default for KeySet {
+    fn default() -> Self {
+        KeySet::Small(Vec::new())
+    }
+}
+
+impl KeySet {
+    pub(super) fn insert(&mut self, key: NodeKey) {
+        match self {
+            KeySet::Small(v) => {
+                if let Err(at) = v.binary_search(&key) {
+                    if v.len() < KEYSET_SMALL_MAX {
+                        // Exactly one more slot: `insert` alone would reserve
+                        // four, and most names have one instance.
+                        v.reserve_exact(1);
+                        v.insert(at, key);
+                    } else {
+                        let mut set: BTreeSet<NodeKey> = std::mem::take(v).into_iter().collect();
+                        set.insert(key);
+                        *self = KeySet::Large(set);
+                    }
+                }
+            }
+            KeySet::Large(set) => {
+                set.insert(key);
+            }
+        }
+    }
+
+    /// Removes `key`; true when it was there.
+    pub(super) fn remove(&mut self, key: &NodeKey) -> bool {
+        match self {
+            KeySet::Small(v) => match v.binary_search(key) {
+                Ok(at) => {
+                    v.remove(at);
+                    true
+                }
+                Err(_) => false,
+            },
+            KeySet::Large(set) => set.remove(key),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            KeySet::Small(v) => v.is_empty(),
+            KeySet::Large(set) => set.is_empty(),
+        }
+    }
+
+    pub(super) fn iter(&self) -> Box<dyn Iterator<Item = &NodeKey> + '_> {
+        match self {
+            KeySet::Small(v) => Box::new(v.iter()),
+            KeySet::Large(set) => Box::new(set.iter()),
+        }
+    }
+}
+
+/// Equal when they hold the same keys, whatever their form.
+impl PartialEq for KeySet {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for KeySet {}
+
+impl<'a> IntoIterator for &'a KeySet {
+    type Item = &'a NodeKey;
+    type IntoIter = Box<dyn Iterator<Item = &'a NodeKey> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// Key of node `name`.
+pub(super) fn node_key(name: &str) -> Vec<u8> {
+    [b"n/", name.as_bytes()].concat()
+}
+
+/// Key of an instance (`s/`) or check (`c/`) `id` on `node`.
+pub(super) fn pair_key(prefix: &[u8], node: &str, id: &str) -> Vec<u8> {
+    [prefix, node.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+/// Key of index `name`.
+pub(super) fn index_key(name: &str) -> Vec<u8> {
+    [b"i/", name.as_bytes()].concat()
+}

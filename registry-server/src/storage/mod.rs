@@ -1,0 +1,76 @@
+//! RocksDB storage of one server: the Raft log, the Raft metadata and the
+//! applied catalog, in one database with a column family for each.
+//!
+//! - `logs`:  Raft entries, key = index as 8 big-endian bytes (so they sort).
+//! - `meta`:  hard state, conf state, applied index, the (index, term) of the
+//!   last compaction/snapshot, this server's Raft id and the peer address book.
+//! - `store`: the catalog rows produced by [`crate::state::CatalogState::apply`].
+//!
+//! Applying entries writes their rows and the new applied index in the same
+//! RocksDB write batch as the entries and hard state of that Ready, so a crash never
+//! leaves rows without their index (or the reverse). The Raft thread writes one
+//! batch per Ready with one fsync, which is what batches many proposals into one
+//! disk sync.
+//!
+//! `rocks.rs` holds [`RaftStore`] (RocksDB, the three column families) and
+//! `snapshot.rs` the snapshot image format. Owns durability and the on-disk
+//! format; must not interpret catalog rows (`state/`) or decide anything Raft
+//! decides (`raft/`).
+
+mod rocks;
+mod snapshot;
+
+pub use rocks::{RaftStore, Recovered, SnapshotSource, StoreBatch};
+pub use snapshot::SnapshotImage;
+
+use std::sync::Arc;
+
+/// A storage failure. Any of these means the node cannot go on safely.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFailure {
+    /// RocksDB refused an operation.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// Stored bytes did not decode.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// Decoder message.
+        detail: String,
+    },
+}
+
+pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> StorageFailure {
+    StorageFailure::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+/// Disk fault injection for tests: a delay added before every synced write,
+/// as a slow or overloaded disk adds to each fsync. Cloned handles share the
+/// setting, so a test keeps one and changes it while the server runs.
+#[derive(Clone, Default, Debug)]
+pub struct DiskFaults {
+    write_delay_us: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DiskFaults {
+    /// Sets the delay (zero: a healthy disk).
+    pub fn set_write_delay(&self, delay: std::time::Duration) {
+        self.write_delay_us.store(
+            delay.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn pause(&self) {
+        let us = self
+            .write_delay_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
+    }
+}
