@@ -240,14 +240,18 @@ docker run -d --name lab-intruder-agent --network "$DC1_LAN" --ip 10.81.1.92 -p 
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_HTTP_ADDR=0.0.0.0:8500 -e REGISTRY_ADVERTISE=10.81.1.92 \
   -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
   registry-client:lab >/dev/null
-handshake_refused() { # a dc1 server logged the intruder's refused RPC handshake
+intruder_refused() { # the intruder's own log: dc1's servers could not prove the key it has
+  docker logs lab-intruder-server 2>&1 | grep -q "does not hold this cluster's key"
+}
+handshake_cut() { # a dc1 server logged the intruder's connection ending in the handshake
   local c
   for c in dc1-server1 dc1-server2 dc1-server3; do
-    docker logs "$c" 2>&1 | grep -q "10.81.1.91.*does not hold this cluster's key\|does not hold this cluster's key.*10.81.1.91" && return 0
+    docker logs "$c" 2>&1 | grep "10\.81\.1\.91" | grep -q "handshake" && return 0
   done
   return 1
 }
-check "dc1 servers refuse the intruder's RPC handshake (and say why in their logs)" "$WAIT" handshake_refused
+check "the intruder server finds dc1's servers do not share its key (its log says so)" "$WAIT" intruder_refused
+check "dc1 servers log the intruder's connection cut in the handshake" "$WAIT" handshake_cut
 intruder_absent() { # 15 s of dc1's Raft configuration without the intruder
   local until=$((SECONDS + 15))
   while ((SECONDS < until)); do

@@ -95,11 +95,31 @@ impl AnswerCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let entries = &mut *entries;
         let size = key.len() + answer.body.len();
-        let old_size = entries.map.get(key).map(|old| key.len() + old.body.len());
-        let full = entries.map.len() >= ANSWER_CACHE_ENTRIES && old_size.is_none();
-        if full || entries.bytes - old_size.unwrap_or(0) + size > ANSWER_CACHE_BYTES {
-            entries.map.clear();
-            entries.bytes = 0;
+        let over = |e: &CacheEntries| {
+            (e.map.len() >= ANSWER_CACHE_ENTRIES && !e.map.contains_key(key))
+                || e.bytes - e.map.get(key).map_or(0, |old| key.len() + old.body.len()) + size
+                    > ANSWER_CACHE_BYTES
+        };
+        if over(entries) {
+            // Answers for an older applied index can never be served again (a
+            // reader takes only the current one): they go first. Only if that
+            // is not enough do current answers go too, so a client that varies
+            // its query string cannot empty the cache for everyone else.
+            let current = answer.applied;
+            entries.map.retain(|_, a| a.applied >= current);
+            entries.bytes = entries
+                .map
+                .iter()
+                .map(|(k, a)| k.len() + a.body.len())
+                .sum();
+            while over(entries) {
+                let Some(victim) = entries.map.keys().find(|k| k.as_str() != key).cloned() else {
+                    break;
+                };
+                if let Some(old) = entries.map.remove(&victim) {
+                    entries.bytes -= victim.len() + old.body.len();
+                }
+            }
         }
         match entries.map.get_mut(key) {
             Some(old) if old.applied > answer.applied => {}
@@ -202,6 +222,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that varies its query string must not empty the cache for
+    /// everyone: answers no reader can take any more (an older state) go first.
+    #[test]
+    fn answers_for_older_states_are_evicted_before_current_ones() {
+        let cache = AnswerCache::default();
+        let big = Bytes::from(vec![b'x'; ANSWER_CACHE_MAX_BODY]);
+        let at = |applied, body: &Bytes| Answer {
+            applied,
+            index: applied,
+            body: body.clone(),
+        };
+        // Answers for an older state, as many as the bound holds.
+        for i in 0..(2 * ANSWER_CACHE_BYTES / ANSWER_CACHE_MAX_BODY) {
+            cache.put(&format!("/v1/catalog/services?x={i}"), at(1, &big));
+        }
+        cache.put("/v1/health/service/hot", at(2, &Bytes::from_static(b"[]")));
+        // A current answer that needs room: the old ones make it, the hot one stays.
+        cache.put("/v1/catalog/nodes", at(2, &big));
+        assert!(cache.get("/v1/health/service/hot", 2).is_some());
+        assert!(cache.get("/v1/catalog/nodes", 2).is_some());
+        assert!(cache.bytes() <= ANSWER_CACHE_BYTES);
+    }
 
     /// Issue 12 item 4: the key is the raw query, so distinct spellings of one
     /// query each take an entry; what they hold in all stays under the bound.

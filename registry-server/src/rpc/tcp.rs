@@ -324,7 +324,9 @@ async fn read_connection(
         input.get_mut().flush().await?;
         let proof = read_frame(&mut input, MAX_HANDSHAKE_FRAME)
             .await?
-            .ok_or_else(|| invalid_data("connection closed during the handshake"))?;
+            .ok_or_else(|| invalid_data(
+                "the peer closed the connection during the handshake (does it hold this cluster's key?)",
+            ))?;
         let mut session = None;
         if let Some(key) = key {
             if !key.verify_handshake_mac(b"dialer", dialer_nonce, &listener_nonce, addr, &proof) {
