@@ -11,6 +11,7 @@ pub mod decode;
 pub mod duration;
 pub mod error;
 pub mod federated;
+pub mod filter;
 pub mod forward;
 #[cfg(feature = "serve")]
 pub mod http_error;

@@ -13,6 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use registry_api::filter::{schemas, Filter, Schema};
 use registry_api::{
     AgentMember, AgentSelf, AgentSelfConfig, CheckRegistration, CheckStatus, Error as ApiError,
     HealthCheck, Meta, Node, ServiceRegistration, CRITICAL, MEMBER_ALIVE, MEMBER_FAILED, PASSING,
@@ -48,8 +49,22 @@ pub(super) async fn service_deregister(State(agent): St, Path(id): Path<String>)
     Ok(StatusCode::OK.into_response())
 }
 
-pub(super) async fn services(State(agent): St) -> HttpResult {
-    Ok(Json(agent.services()).into_response())
+/// `GET /v1/agent/services`, with Consul's `?filter=` over each service.
+pub(super) async fn services(State(agent): St, Query(q): Params) -> HttpResult {
+    let mut services = agent.services();
+    if let Some(f) = filter(&q, schemas::AGENT_SERVICE)? {
+        services.retain(|_, s| f.matches_item(s));
+    }
+    Ok(Json(services).into_response())
+}
+
+/// `?filter=` parsed against the endpoint's selectors; a bad one is a 400 with the reason,
+/// an empty one is none (as in Consul).
+fn filter(q: &[(String, String)], schema: Schema) -> Result<Option<Filter>, ApiError> {
+    value(q, "filter")
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| Filter::parse(f, schema).map_err(ApiError::BadRequest))
+        .transpose()
 }
 
 pub(super) async fn service(State(agent): St, Path(id): Path<String>) -> HttpResult {
@@ -61,8 +76,13 @@ pub(super) async fn service(State(agent): St, Path(id): Path<String>) -> HttpRes
 
 // Checks.
 
-pub(super) async fn checks(State(agent): St) -> HttpResult {
-    Ok(Json(agent.checks()).into_response())
+/// `GET /v1/agent/checks`, with Consul's `?filter=` over each check.
+pub(super) async fn checks(State(agent): St, Query(q): Params) -> HttpResult {
+    let mut checks = agent.checks();
+    if let Some(f) = filter(&q, schemas::HEALTH_CHECK)? {
+        checks.retain(|_, c| f.matches_item(c));
+    }
+    Ok(Json(checks).into_response())
 }
 
 pub(super) async fn check_register(State(agent): St, bytes: Bytes) -> HttpResult {

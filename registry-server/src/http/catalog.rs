@@ -7,7 +7,9 @@ use crate::state::{CatalogState, Command};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::Method;
-use registry_api::{decode, DeregisterRequest, Error as ApiError, RegisterRequest};
+use registry_api::filter::{schemas, Filter, NodeMeta};
+use registry_api::{decode, DeregisterRequest, Error as ApiError, Meta, RegisterRequest};
+use std::collections::{BTreeMap, BTreeSet};
 
 pub(super) async fn catalog_register(State(st): St, body: Bytes) -> HttpResult {
     let mut req: RegisterRequest = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
@@ -52,12 +54,59 @@ pub(super) async fn catalog_datacenters(State(st): St) -> HttpResult {
 
 pub(super) async fn catalog_nodes(State(st): St, Query(q): Params) -> HttpResult {
     let p = read_params(&q)?;
-    read(&st, &p, "nodes".into(), |c| c.nodes()).await
+    let filter = p.filter(schemas::NODE)?;
+    let meta = p.node_meta.clone();
+    let key = format!("nodes{}", p.key_suffix());
+    read(&st, &p, key, move |c| {
+        let (mut nodes, index) = c.nodes();
+        nodes.retain(|n| meta_ok(&meta, &n.meta) && keep(&filter, n));
+        (nodes, index)
+    })
+    .await
 }
 
+/// Consul filters `/v1/catalog/services` on the instances (its selectors are a
+/// catalog service's): a name stays if one of its instances matches, with the
+/// tags of the instances that do.
 pub(super) async fn catalog_services(State(st): St, Query(q): Params) -> HttpResult {
     let p = read_params(&q)?;
-    read(&st, &p, "services".into(), |c| c.services()).await
+    let filter = p.filter(schemas::SERVICE_NODE)?;
+    let meta = p.node_meta.clone();
+    let key = format!("services{}", p.key_suffix());
+    read(&st, &p, key, move |c| {
+        let (all, index) = c.services();
+        if filter.is_none() && meta.is_empty() {
+            return (all, index);
+        }
+        let kept = all
+            .into_keys()
+            .filter_map(|name| {
+                let (instances, _) = c.service_nodes(&name, &[]);
+                let mut hit = false;
+                let mut tags = BTreeSet::new();
+                for s in instances
+                    .iter()
+                    .filter(|s| meta_ok(&meta, &s.node_meta) && keep(&filter, *s))
+                {
+                    hit = true;
+                    tags.extend(s.service_tags.iter().cloned());
+                }
+                hit.then(|| (name, tags.into_iter().collect::<Vec<_>>()))
+            })
+            .collect::<BTreeMap<_, _>>();
+        (kept, index)
+    })
+    .await
+}
+
+/// Whether a node's meta has every `?node-meta=` pair.
+pub(super) fn meta_ok(want: &NodeMeta, meta: &Meta) -> bool {
+    want.matches(|k| meta.get(k).map(String::as_str))
+}
+
+/// Whether `item` passes the filter, if there is one.
+pub(super) fn keep<T: serde::Serialize>(filter: &Option<Filter>, item: &T) -> bool {
+    filter.as_ref().is_none_or(|f| f.matches_item(item))
 }
 
 pub(super) async fn catalog_service(
@@ -67,8 +116,15 @@ pub(super) async fn catalog_service(
 ) -> HttpResult {
     let p = read_params(&q)?;
     let tags = p.tags.clone();
-    let key = format!("service\0{name}\0{tags:?}");
-    read(&st, &p, key, move |c| c.service_nodes(&name, &tags)).await
+    let filter = p.filter(schemas::SERVICE_NODE)?;
+    let meta = p.node_meta.clone();
+    let key = format!("service\0{name}\0{tags:?}{}", p.key_suffix());
+    read(&st, &p, key, move |c| {
+        let (mut list, index) = c.service_nodes(&name, &tags);
+        list.retain(|s| meta_ok(&meta, &s.node_meta) && keep(&filter, s));
+        (list, index)
+    })
+    .await
 }
 
 pub(super) async fn catalog_node(
@@ -77,8 +133,14 @@ pub(super) async fn catalog_node(
     Query(q): Params,
 ) -> HttpResult {
     let p = read_params(&q)?;
-    read(&st, &p, format!("node\0{node}"), move |c| {
-        c.node_services(&node)
+    let filter = p.filter(schemas::AGENT_SERVICE)?;
+    let key = format!("node\0{node}{}", p.key_suffix());
+    read(&st, &p, key, move |c| {
+        let (mut found, index) = c.node_services(&node);
+        if let Some(n) = found.as_mut() {
+            n.services.retain(|_, s| keep(&filter, s));
+        }
+        (found, index)
     })
     .await
 }
@@ -89,9 +151,15 @@ pub(super) async fn catalog_node_services(
     Query(q): Params,
 ) -> HttpResult {
     let p = read_params(&q)?;
+    let filter = p.filter(schemas::AGENT_SERVICE)?;
+    let key = format!("node-services\0{node}{}", p.key_suffix());
     // An unknown node is `null`, as in Consul.
-    read(&st, &p, format!("node-services\0{node}"), move |c| {
-        c.node_service_list(&node)
+    read(&st, &p, key, move |c| {
+        let (mut found, index) = c.node_service_list(&node);
+        if let Some(n) = found.as_mut() {
+            n.services.retain(|s| keep(&filter, s));
+        }
+        (found, index)
     })
     .await
 }

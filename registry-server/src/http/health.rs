@@ -1,10 +1,13 @@
 //! `/v1/health/*`: the health reads.
 
+use super::catalog::{keep, meta_ok};
 use super::params::read_params;
 use super::{read, HttpResult, Params, St};
 use crate::state::CatalogState;
 use axum::extract::{Path, Query, State};
-use registry_api::Error as ApiError;
+use registry_api::filter::{schemas, NodeMeta};
+use registry_api::{Error as ApiError, HealthCheck};
+use std::collections::BTreeSet;
 
 pub(super) async fn health_service(
     State(st): St,
@@ -14,9 +17,16 @@ pub(super) async fn health_service(
     let p = read_params(&q)?;
     let tags = p.tags.clone();
     let passing = p.passing;
-    let key = format!("health-service\0{name}\0{tags:?}\0{passing}");
+    let filter = p.filter(schemas::SERVICE_ENTRY)?;
+    let meta = p.node_meta.clone();
+    let key = format!(
+        "health-service\0{name}\0{tags:?}\0{passing}{}",
+        p.key_suffix()
+    );
     read(&st, &p, key, move |c| {
-        c.health_service(&name, &tags, passing)
+        let (mut list, index) = c.health_service(&name, &tags, passing);
+        list.retain(|e| meta_ok(&meta, &e.node.meta) && keep(&filter, e));
+        (list, index)
     })
     .await
 }
@@ -27,8 +37,14 @@ pub(super) async fn health_checks(
     Query(q): Params,
 ) -> HttpResult {
     let p = read_params(&q)?;
-    read(&st, &p, format!("checks\0{name}"), move |c| {
-        c.service_checks(&name)
+    let filter = p.filter(schemas::HEALTH_CHECK)?;
+    let meta = p.node_meta.clone();
+    let key = format!("checks\0{name}{}", p.key_suffix());
+    read(&st, &p, key, move |c| {
+        let (mut checks, index) = c.service_checks(&name);
+        retain_checks(c, &mut checks, &meta);
+        checks.retain(|h| keep(&filter, h));
+        (checks, index)
     })
     .await
 }
@@ -39,8 +55,12 @@ pub(super) async fn health_node(
     Query(q): Params,
 ) -> HttpResult {
     let p = read_params(&q)?;
-    read(&st, &p, format!("health-node\0{node}"), move |c| {
-        c.node_checks(&node)
+    let filter = p.filter(schemas::HEALTH_CHECK)?;
+    let key = format!("health-node\0{node}{}", p.key_suffix());
+    read(&st, &p, key, move |c| {
+        let (mut checks, index) = c.node_checks(&node);
+        checks.retain(|h| keep(&filter, h));
+        (checks, index)
     })
     .await
 }
@@ -55,8 +75,29 @@ pub(super) async fn health_state(
     CatalogState::new(&st.datacenter)
         .checks_in_state(&state)
         .map_err(ApiError::BadRequest)?;
-    read(&st, &p, format!("state\0{state}"), move |c| {
-        c.checks_in_state(&state).unwrap_or_default()
+    let filter = p.filter(schemas::HEALTH_CHECK)?;
+    let meta = p.node_meta.clone();
+    let key = format!("state\0{state}{}", p.key_suffix());
+    read(&st, &p, key, move |c| {
+        let (mut checks, index) = c.checks_in_state(&state).unwrap_or_default();
+        retain_checks(c, &mut checks, &meta);
+        checks.retain(|h| keep(&filter, h));
+        (checks, index)
     })
     .await
+}
+
+/// Keeps the checks of nodes whose meta has every `?node-meta=` pair (a check
+/// does not carry its node's meta, so the nodes are looked up).
+fn retain_checks(c: &CatalogState, checks: &mut Vec<HealthCheck>, meta: &NodeMeta) {
+    if meta.is_empty() {
+        return;
+    }
+    let (nodes, _) = c.nodes();
+    let wanted: BTreeSet<String> = nodes
+        .into_iter()
+        .filter(|n| meta_ok(meta, &n.meta))
+        .map(|n| n.node)
+        .collect();
+    checks.retain(|h| wanted.contains(&h.node));
 }

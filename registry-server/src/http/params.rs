@@ -1,9 +1,11 @@
 //! The query parameters handlers share: the read parameters (consistency
-//! mode, blocking `?index=`/`?wait=`, tags, `?passing`). `?dc=` is not read
-//! here: requests for another datacenter never reach a handler
-//! (`federation::route_remote_dc`). Must not evaluate anything.
+//! mode, blocking `?index=`/`?wait=`, tags, `?passing`, `?filter=`,
+//! `?node-meta=`). `?dc=` is not read here: requests for another datacenter
+//! never reach a handler (`federation::route_remote_dc`). Must not evaluate
+//! anything (filters are parsed here, evaluated by the handlers).
 
 use crate::reads::{Blocking, Consistency};
+use registry_api::filter::{Filter, NodeMeta, Schema};
 use registry_api::limits::{DEFAULT_WAIT, MAX_WAIT};
 use registry_api::{duration, Error as ApiError};
 
@@ -17,6 +19,30 @@ pub(super) struct ReadParams {
     pub(super) tags: Vec<String>,
     /// `?passing`: only instances whose checks all pass.
     pub(super) passing: bool,
+    /// `?filter=`, unparsed (each endpoint parses it against its own selectors); empty is
+    /// none, as in Consul.
+    pub(super) filter: Option<String>,
+    /// `?node-meta=key:value`, each one required.
+    pub(super) node_meta: NodeMeta,
+}
+
+impl ReadParams {
+    /// The filter parsed against the endpoint's `schema`; a bad one is a 400 with the reason.
+    pub(super) fn filter(&self, schema: Schema) -> Result<Option<Filter>, ApiError> {
+        self.filter
+            .as_deref()
+            .map(|text| Filter::parse(text, schema).map_err(ApiError::BadRequest))
+            .transpose()
+    }
+
+    /// What sets apart, in the answer cache's key, answers that differ only by
+    /// `?filter=` or `?node-meta=` (the key must name everything the answer depends on).
+    pub(super) fn key_suffix(&self) -> String {
+        match (&self.filter, self.node_meta.is_empty()) {
+            (None, true) => String::new(),
+            (filter, _) => format!("\0filter={filter:?}\0node-meta={:?}", self.node_meta.0),
+        }
+    }
 }
 
 pub(super) fn has(q: &[(String, String)], key: &str) -> bool {
@@ -63,5 +89,13 @@ pub(super) fn read_params(q: &[(String, String)]) -> Result<ReadParams, ApiError
         blocking: min_index.map(|min_index| Blocking { min_index, wait }),
         tags,
         passing: has(q, "passing"),
+        filter: value(q, "filter")
+            .filter(|f| !f.trim().is_empty())
+            .map(str::to_string),
+        node_meta: NodeMeta::from_query(
+            q.iter()
+                .filter(|(k, _)| k == "node-meta")
+                .map(|(_, v)| v.as_str()),
+        ),
     })
 }
