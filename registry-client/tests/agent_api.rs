@@ -42,14 +42,14 @@ async fn service_with_http_check_is_listed_and_reaches_the_catalog() {
     assert_eq!(check.service_tags, vec!["v1".to_string()]);
     assert_eq!(check.check_type, "http");
 
-    wait_for("the check passes locally", WAIT, || async {
+    wait_until(WAIT, "the check passes locally", || async {
         let checks: Checks = api.get_json("/v1/agent/checks").await;
         checks["service:web1"].status == "passing"
     })
     .await;
-    wait_for(
-        "the catalog has the service and its passing check",
+    wait_until(
         WAIT,
+        "the catalog has the service and its passing check",
         || async {
             let c = server.catalog();
             c.node_services("n1").get("web1").map(|s| s.port) == Some(8080)
@@ -65,7 +65,7 @@ async fn service_with_http_check_is_listed_and_reaches_the_catalog() {
     // The target goes away: the check turns critical, locally and in the catalog.
     let target_addr = target.addr;
     target.stop().await;
-    wait_for("the catalog sees the check critical", WAIT, || async {
+    wait_until(WAIT, "the catalog sees the check critical", || async {
         server
             .catalog()
             .node_checks("n1")
@@ -79,7 +79,7 @@ async fn service_with_http_check_is_listed_and_reaches_the_catalog() {
 
     // And back.
     let target = Target::start(target_addr).await;
-    wait_for("the catalog sees the check passing again", WAIT, || async {
+    wait_until(WAIT, "the catalog sees the check passing again", || async {
         server
             .catalog()
             .node_checks("n1")
@@ -239,7 +239,7 @@ async fn deregistration_and_unknown_ids() {
         r#"{"Name":"web","Check":{"TTL":"30s"}}"#,
     )
     .await;
-    wait_for("the catalog has web", WAIT, || async {
+    wait_until(WAIT, "the catalog has web", || async {
         server.catalog().node_services("n1").contains_key("web")
     })
     .await;
@@ -251,7 +251,7 @@ async fn deregistration_and_unknown_ids() {
         checks.is_empty(),
         "the service's checks go with it: {checks:?}"
     );
-    wait_for("the catalog drops web and its check", WAIT, || async {
+    wait_until(WAIT, "the catalog drops web and its check", || async {
         let c = server.catalog();
         c.node_services("n1").is_empty() && c.node_checks("n1").is_empty()
     })
@@ -308,7 +308,7 @@ async fn ttl_checks_take_pass_warn_fail_and_update() {
         .put("/v1/agent/check/update/api-ttl", r#"{"Status":"bogus"}"#)
         .await;
     assert_eq!(code, 400, "{text}");
-    wait_for("the catalog has the last TTL status", WAIT, || async {
+    wait_until(WAIT, "the catalog has the last TTL status", || async {
         server
             .catalog()
             .node_checks("n1")
@@ -382,7 +382,7 @@ async fn maintenance_adds_and_removes_critical_checks() {
     assert_eq!(s.service_id, "web");
     assert_eq!(s.status, "critical");
     assert!(s.notes.contains("no reason was provided"), "{}", s.notes);
-    wait_for("the catalog has both maintenance checks", WAIT, || async {
+    wait_until(WAIT, "the catalog has both maintenance checks", || async {
         let c = server.catalog().node_checks("n1");
         c.contains_key("_node_maintenance") && c.contains_key("_service_maintenance:web")
     })
@@ -400,9 +400,9 @@ async fn maintenance_adds_and_removes_critical_checks() {
     );
     let checks: Checks = api.get_json("/v1/agent/checks").await;
     assert_eq!(checks.keys().collect::<Vec<_>>(), ["service:web"]);
-    wait_for(
-        "the catalog drops both maintenance checks",
+    wait_until(
         WAIT,
+        "the catalog drops both maintenance checks",
         || async {
             let c = server.catalog().node_checks("n1");
             !c.contains_key("_node_maintenance") && !c.contains_key("_service_maintenance:web")
@@ -462,7 +462,7 @@ async fn self_and_members() {
     agent.stop().await;
 
     // Members need the servers: without them it is a 500 with a reason.
-    let dead = free_addr().await;
+    let dead = dead_addr().await;
     let agent = start_agent(test_config("n1", &[dead])).await;
     let api = Api::new(agent.http_addr);
     let (code, text) = api.get("/v1/agent/members").await;
@@ -484,9 +484,9 @@ async fn critical_services_are_reaped_after_the_configured_time() {
     .await;
     api.put("/v1/agent/service/register", r#"{"Name":"healthy","Check":{"TTL":"30s","Status":"passing","DeregisterCriticalServiceAfter":"1s"}}"#)
         .await;
-    wait_for(
-        "the critical service is deregistered locally and in the catalog",
+    wait_until(
         WAIT,
+        "the critical service is deregistered locally and in the catalog",
         || async {
             let services: Services = api.get_json("/v1/agent/services").await;
             !services.contains_key("doomed")

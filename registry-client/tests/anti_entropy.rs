@@ -48,9 +48,9 @@ async fn removes_what_the_agent_does_not_know_but_never_serf_health() {
     let api = Api::new(agent.http_addr);
     api.put("/v1/agent/service/register", r#"{"Name":"web","Port":80}"#)
         .await;
-    wait_for(
-        "the stale service and check of n1 are removed",
+    wait_until(
         WAIT,
+        "the stale service and check of n1 are removed",
         || async {
             let c = server.catalog();
             let services = c.node_services("n1");
@@ -63,7 +63,7 @@ async fn removes_what_the_agent_does_not_know_but_never_serf_health() {
     .await;
     // Several more full syncs: serfHealth stays, n2 is untouched.
     let reads = server.catalog().node_reads;
-    wait_for("three more full syncs", WAIT, || async {
+    wait_until(WAIT, "three more full syncs", || async {
         server.catalog().node_reads >= reads + 3
     })
     .await;
@@ -92,7 +92,7 @@ async fn an_in_sync_catalog_gets_no_writes_and_a_lost_one_is_repaired() {
         r#"{"Name":"node-ttl","TTL":"30s"}"#,
     )
     .await;
-    wait_for("the catalog has everything", WAIT, || async {
+    wait_until(WAIT, "the catalog has everything", || async {
         let c = server.catalog();
         c.node_services("n1").contains_key("web")
             && ["service:web:1", "service:web:2", "node-ttl"]
@@ -108,7 +108,7 @@ async fn an_in_sync_catalog_gets_no_writes_and_a_lost_one_is_repaired() {
 
     // Let a full sync settle, then several full syncs must not write anything.
     let reads = server.catalog().node_reads;
-    wait_for("a full sync", WAIT, || async {
+    wait_until(WAIT, "a full sync", || async {
         server.catalog().node_reads > reads
     })
     .await;
@@ -116,7 +116,7 @@ async fn an_in_sync_catalog_gets_no_writes_and_a_lost_one_is_repaired() {
         let c = server.catalog();
         (c.writes, c.node_reads)
     };
-    wait_for("three more full syncs", WAIT, || async {
+    wait_until(WAIT, "three more full syncs", || async {
         server.catalog().node_reads >= reads + 3
     })
     .await;
@@ -133,7 +133,7 @@ async fn an_in_sync_catalog_gets_no_writes_and_a_lost_one_is_repaired() {
         c.services.clear();
         c.checks.clear();
     }
-    wait_for("the catalog is repaired", WAIT, || async {
+    wait_until(WAIT, "the catalog is repaired", || async {
         let c = server.catalog();
         c.nodes.contains_key("n1")
             && c.node_services("n1").contains_key("web")
@@ -146,7 +146,7 @@ async fn an_in_sync_catalog_gets_no_writes_and_a_lost_one_is_repaired() {
 
 #[tokio::test]
 async fn recovers_when_the_server_comes_up_later() {
-    let addr = free_addr().await;
+    let addr = dead_addr().await;
     let agent = start_agent(test_config("n1", &[addr])).await;
     let api = Api::new(agent.http_addr);
     let (code, text) = api
@@ -162,13 +162,13 @@ async fn recovers_when_the_server_comes_up_later() {
     assert!(text.contains("all servers unreachable"), "{text}");
 
     let server = FakeServer::start_with(addr, Default::default()).await;
-    wait_for("the late server receives the service", WAIT, || async {
+    wait_until(WAIT, "the late server receives the service", || async {
         let c = server.catalog();
         c.node_services("n1").contains_key("early")
             && c.node_checks("n1").contains_key("service:early")
     })
     .await;
-    wait_for("heartbeats arrive too", WAIT, || async {
+    wait_until(WAIT, "heartbeats arrive too", || async {
         !server.catalog().heartbeats.is_empty()
     })
     .await;
@@ -227,9 +227,9 @@ async fn a_restarted_agent_brings_back_its_services_and_checks() {
     assert_eq!(after["_node_maintenance"].notes, "r");
     // The runners are back: the HTTP check passes again, the TTL check takes updates.
     assert_eq!(api.put("/v1/agent/check/pass/web-ttl", "").await.0, 200);
-    wait_for(
-        "the new catalog gets everything, with live statuses",
+    wait_until(
         WAIT,
+        "the new catalog gets everything, with live statuses",
         || async {
             let c = server.catalog();
             let checks = c.node_checks("n1");

@@ -75,7 +75,7 @@ async fn an_agent_starts_on_torn_state_files_with_what_it_can_read() {
         want.push("web".into());
         want.sort();
         assert_eq!(on_disk(dir.path()), want, "{what}");
-        wait_for("the registration reaches the catalog", WAIT, || async {
+        wait_until(WAIT, "the registration reaches the catalog", || async {
             server.catalog().node_services("n1").contains_key("web")
         })
         .await;

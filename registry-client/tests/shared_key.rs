@@ -28,7 +28,7 @@ async fn an_agent_with_the_key_signs_syncs_heartbeats_and_forwarded_requests() {
             .0,
         200
     );
-    wait_for("the signed sync and heartbeats arrive", WAIT, || async {
+    wait_until(WAIT, "the signed sync and heartbeats arrive", || async {
         let c = server.catalog();
         c.node_services("n1").contains_key("web") && c.heartbeats.len() >= 2
     })
@@ -69,7 +69,7 @@ async fn an_agent_without_the_right_key_is_refused() {
         let api = Api::new(agent.http_addr);
         let (code, text) = api.get("/v1/kv/some/key").await;
         assert_eq!(code, 403, "{text}");
-        wait_for("a heartbeat is refused", WAIT, || async {
+        wait_until(WAIT, "a heartbeat is refused", || async {
             server
                 .catalog()
                 .refused
@@ -120,7 +120,7 @@ async fn an_embedded_agent_signs_with_the_key_of_its_config() {
     let (_agent, tasks) = registry_client::Agent::start(config, pool, shutdown.clone())
         .await
         .unwrap();
-    wait_for("signed heartbeats arrive", WAIT, || async {
+    wait_until(WAIT, "signed heartbeats arrive", || async {
         server.catalog().heartbeats.len() >= 2
     })
     .await;

@@ -3,35 +3,13 @@
 //! a dead agent's node goes critical and comes back; agents fail over between
 //! servers; anti-entropy restores what was removed behind the agent's back.
 
-mod common;
-
-use common::*;
 use registry_api::{QueryOptions, RegistryClient, ServiceEntry};
 use registry_client::{ClientConfig, ClientHandle};
-use std::net::SocketAddr;
+use registry_testkit::cluster::*;
+use registry_testkit::fakes::Target;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// A health-check target: answers 200 on /health until stopped.
-struct Target {
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-async fn start_target(addr: SocketAddr) -> Target {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await;
-    });
-    Target { addr, stop }
-}
 
 fn agent_config(name: &str, dir: &Path, servers: &[String]) -> ClientConfig {
     let mut cfg = ClientConfig::new(name);
@@ -87,7 +65,7 @@ async fn agents_register_check_forward_and_recover() {
         .await
         .unwrap();
     let (ca, cb) = (client_of(&a), client_of(&b));
-    let target = start_target("127.0.0.1:0".parse().unwrap()).await;
+    let target = Target::start("127.0.0.1:0".parse().unwrap()).await;
 
     // 1. Register on A with an HTTP check and a TTL check.
     let body = format!(
@@ -154,7 +132,8 @@ async fn agents_register_check_forward_and_recover() {
     .await;
 
     // 3. The HTTP check flips with its target, within two intervals (+ sync).
-    target.stop.cancel();
+    let target_addr = target.addr;
+    target.stop().await;
     let t0 = Instant::now();
     wait_until(
         Duration::from_secs(10),
@@ -163,7 +142,7 @@ async fn agents_register_check_forward_and_recover() {
     )
     .await;
     eprintln!("HTTP check critical in catalog after {:?}", t0.elapsed());
-    let _target = start_target(target.addr).await;
+    let _target = Target::start(target_addr).await;
     let t0 = Instant::now();
     wait_until(
         Duration::from_secs(10),

@@ -1,10 +1,8 @@
 //! Blocking queries (`?index=&wait=`): they return when what they watch
 //! changes, and only then (or at the wait's end).
 
-mod common;
-
-use common::*;
 use registry_api::QueryOptions;
+use registry_testkit::cluster::*;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,14 +23,16 @@ async fn a_blocking_query_wakes_for_its_service_and_not_for_another() {
         .await
         .unwrap();
 
-    let watcher = c.client((leader + 1) % 3);
+    // A follower: it evaluates the watch on its own applied state.
+    let watcher_server = (leader + 1) % 3;
+    let watcher = c.client(watcher_server);
     let opts = QueryOptions {
         index: Some(meta.index),
         wait: Some(Duration::from_secs(30)),
         ..Default::default()
     };
     let started = Instant::now();
-    let watch = tokio::spawn(async move { watcher.health_service("web", &opts).await });
+    let mut watch = tokio::spawn(async move { watcher.health_service("web", &opts).await });
 
     // Changes to another service do not answer the watch.
     for i in 0..5 {
@@ -41,8 +41,37 @@ async fn a_blocking_query_wakes_for_its_service_and_not_for_another() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!watch.is_finished(), "woken by a change to another service");
+    let (_, db) = client
+        .health_service("db", &QueryOptions::default())
+        .await
+        .unwrap();
+    // A pending watch proves something only once the watcher's server has applied those
+    // changes: the old check (sleep 500 ms, then look) also passed with the bug whenever this
+    // follower had not applied them yet. So first wait until a `?stale` read there, which
+    // answers from its own applied state, shows db's last index.
+    let on_watcher_server = c.client(watcher_server);
+    wait_until(
+        Duration::from_secs(10),
+        "the watcher's server to apply the db writes",
+        || async {
+            let (_, m) = on_watcher_server
+                .health_service("db", &stale())
+                .await
+                .ok()?;
+            (m.index >= db.index).then_some(())
+        },
+    )
+    .await;
+    // With the bug (a watch answered by any applied change, e.g. one compared with the
+    // server's applied index instead of its service's index), the server has answered the
+    // watch by now, or answers it the moment the request arrives; the one-second grace only
+    // lets that answer travel back. Without the bug, nothing answers it before "web" changes.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut watch)
+            .await
+            .is_err(),
+        "woken by a change to another service"
+    );
 
     // A change to the watched service answers it promptly.
     let changed_at = Instant::now();

@@ -15,17 +15,13 @@
 //! smallest part of the failing key's history that still has no
 //! linearization; a seed that failed once belongs in `FIXED_SEEDS`.
 
-mod common;
-#[path = "common/history.rs"]
-mod history;
-
-use common::*;
-use history::{Kind, Op};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use registry_api::{
     AgentService, DeregisterRequest, QueryOptions, RegisterRequest, RegistryClient,
 };
+use registry_testkit::cluster::*;
+use registry_testkit::history::{self, Kind, Op};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -169,7 +165,7 @@ async fn client_loop(id: usize, seed: u64, urls: Vec<String>, rec: Arc<Recorder>
 
 /// Runs one seed; returns the faults injected, or the failure.
 async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> {
-    let mut c = TestCluster::start_plain(3).await;
+    let mut c = TestCluster::builder(3).agents(false).start().await;
     c.wait_leader().await;
     let rec = Arc::new(Recorder {
         start: Instant::now(),

@@ -1,11 +1,9 @@
 //! Consensus behaviour of a 3-server datacenter: election, replication,
 //! failover, partitions, restarts and catch-up by snapshot.
 
-mod common;
-
-use common::*;
 use registry_api::{QueryOptions, RegistryClient};
 use registry_server::Role;
+use registry_testkit::cluster::*;
 use std::time::{Duration, Instant};
 
 async fn service_ids(c: &RegistryClient, name: &str, opts: &QueryOptions) -> Option<Vec<String>> {
@@ -232,7 +230,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let mut tuning = fast_tuning();
     tuning.compact_threshold = 20;
     tuning.compact_keep = 0;
-    let mut c = TestCluster::start_with(3, tuning).await;
+    let mut c = TestCluster::builder(3).tuning(tuning).start().await;
     let leader = c.wait_leader().await;
     let lagger = (leader + 1) % 3;
     c.stop(lagger).await;

@@ -2,11 +2,9 @@
 //! once are served, and past the bound they are refused with a plain 503 while
 //! the server goes on serving. Real TCP on 127.0.0.1, raw HTTP/1.1 bytes.
 
-mod common;
-
-use common::wait_until;
 use registry_api::serve::ServeLimits;
 use registry_server::{ServerConfig, ServerHandle};
+use registry_testkit::wait_until;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,9 +1,7 @@
 //! Consistency modes and what happens without a leader.
 
-mod common;
-
-use common::*;
 use registry_api::QueryOptions;
+use registry_testkit::cluster::*;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

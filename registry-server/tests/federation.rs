@@ -1,10 +1,8 @@
 //! Federation: `?dc=` asked anywhere in one datacenter is answered by the
 //! other, through the WAN gateways, with failover and clear errors.
 
-mod common;
-
-use common::*;
 use registry_api::{QueryOptions, RegistryClient};
+use registry_testkit::cluster::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use wan_gateway::GatewayConfig;
@@ -63,8 +61,8 @@ async fn datacenters(c: &RegistryClient) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_datacenters_answer_each_other_through_their_gateways() {
-    let dc1 = TestCluster::start_dc(3, "dc1").await;
-    let dc2 = TestCluster::start_dc(1, "dc2").await;
+    let dc1 = TestCluster::builder(3).dc("dc1").start().await;
+    let dc2 = TestCluster::builder(1).dc("dc2").start().await;
     dc1.wait_leader().await;
     dc2.wait_leader().await;
     let gw1 = wan_gateway::start(gateway_config("dc1", dc1.urls(), vec![], any_port()))
@@ -167,9 +165,47 @@ async fn two_datacenters_answer_each_other_through_their_gateways() {
         wait: Some(Duration::from_secs(20)),
         ..Default::default()
     };
-    let watch = tokio::spawn(async move { watcher.catalog_service("db", &opts).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!watch.is_finished());
+    let mut watch = tokio::spawn(async move { watcher.catalog_service("db", &opts).await });
+    // The old check here (sleep 300 ms, then look) also passed with a watch that came back at
+    // once whenever the cross-DC hop took longer than that. Instead, change another service
+    // in dc2 and wait until (1) dc2's server has applied it (a `?stale` read there answers
+    // from its own applied state) and (2) a later request from dc1 along the watch's own
+    // path (agent, dc1 server, gateway, dc2 server) sees it.
+    c2.catalog_register(&reg("ext-9", "cache", "cache-1"), None)
+        .await
+        .unwrap();
+    let (_, cache) = c2
+        .catalog_service("cache", &QueryOptions::default())
+        .await
+        .unwrap();
+    let dc2_server = dc2.client(0);
+    wait_until(
+        Duration::from_secs(10),
+        "dc2's server to apply the cache write",
+        || async {
+            let (_, m) = dc2_server.catalog_service("cache", &stale()).await.ok()?;
+            (m.index >= cache.index).then_some(())
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "dc1 to see dc2's cache",
+        || async {
+            let (l, _) = c1.catalog_service("cache", &dc("dc2")).await.ok()?;
+            (l.len() == 1).then_some(())
+        },
+    )
+    .await;
+    // With the bug (the hop dropping `index`/`wait`, so the watch is answered at once, or a
+    // dc2 watch answered by any applied change), dc2 has answered the watch by now; the
+    // one-second grace only lets that answer travel back through the gateway.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut watch)
+            .await
+            .is_err(),
+        "the cross-DC watch returned before its service changed"
+    );
     c2.catalog_register(&reg("ext-2", "db", "db-2"), None)
         .await
         .unwrap();
@@ -222,7 +258,7 @@ async fn two_datacenters_answer_each_other_through_their_gateways() {
     .await;
 
     // A third DC whose gateway joins only dc2's gateway shows up in dc1.
-    let dc3 = TestCluster::start_dc(1, "dc3").await;
+    let dc3 = TestCluster::builder(1).dc("dc3").start().await;
     dc3.wait_leader().await;
     let gw3 = wan_gateway::start(gateway_config(
         "dc3",

@@ -2,11 +2,9 @@
 //! bodies, paths and query strings. The server must answer each with a 2xx or
 //! a 4xx (never a 5xx, never a hang or a crash) and stay healthy.
 
-mod common;
-
-use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use registry_testkit::cluster::*;
 use std::time::Duration;
 
 const BODIES: &[(&str, &str)] = &[

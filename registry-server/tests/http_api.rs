@@ -1,10 +1,8 @@
 //! The HTTP API's shapes and its handling of bad input: the right 4xx with a
 //! plain-text reason, no panic, nothing half-applied.
 
-mod common;
-
-use common::*;
 use registry_api::{CatalogService, HealthCheck, Node, QueryOptions, ServiceEntry};
+use registry_testkit::cluster::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -43,7 +41,7 @@ impl Api {
 }
 
 async fn one_server() -> (TestCluster, Api) {
-    let c = TestCluster::start_plain(1).await;
+    let c = TestCluster::builder(1).agents(false).start().await;
     let leader = c.wait_leader().await;
     let api = Api {
         base: c.node(leader).url(),

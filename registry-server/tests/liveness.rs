@@ -1,10 +1,8 @@
 //! Node liveness: heartbeats keep a node's `serfHealth` passing; silence makes
 //! it critical within the bound, and `?passing` then drops its services.
 
-mod common;
-
-use common::*;
 use registry_api::{QueryOptions, RegistryClient};
+use registry_testkit::cluster::*;
 use std::time::{Duration, Instant};
 
 async fn heartbeat(c: &RegistryClient, node: &str) -> u16 {
@@ -165,7 +163,7 @@ async fn heartbeat_input_is_validated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_heartbeating_nodes_are_tracked_and_failed_together() {
-    let c = TestCluster::start_plain(3).await;
+    let c = TestCluster::builder(3).agents(false).start().await;
     let leader = c.wait_leader().await;
     let follower = c.client((leader + 1) % 3);
     let http = reqwest::Client::new();
@@ -235,7 +233,11 @@ async fn two_thousand_heartbeating_nodes_are_tracked_and_failed_together() {
 async fn patient_cluster() -> TestCluster {
     let mut tuning = fast_tuning();
     tuning.election_ticks = 40;
-    TestCluster::start_opts(3, tuning, false).await
+    TestCluster::builder(3)
+        .tuning(tuning)
+        .agents(false)
+        .start()
+        .await
 }
 
 /// Delays every message from the followers to the leader by `d`: a write then
@@ -252,11 +254,9 @@ fn slow_commits(c: &TestCluster, leader: usize, d: Duration) {
 
 /// `node`'s serfHealth status in server `i`'s applied catalog.
 fn serf_applied(c: &TestCluster, i: usize, node: &str) -> Option<String> {
-    let applied = c.node(i).raft.shared.applied.read().unwrap();
-    applied
-        .catalog
-        .check_status(node, "serfHealth")
-        .map(str::to_string)
+    c.node(i)
+        .raft
+        .with_applied(|catalog, _| catalog.check_status(node, "serfHealth").map(str::to_string))
 }
 
 /// Heartbeats `node` through server `i` until its serfHealth passes there.
@@ -358,18 +358,19 @@ async fn the_reaper_does_not_bring_back_a_node_deregistered_under_it() {
             let want = commit_before + 2;
             c.running()
                 .iter()
-                .all(|&i| c.node(i).raft.shared.applied.read().unwrap().index >= want)
+                .all(|&i| c.node(i).raft.applied_index() >= want)
                 .then_some(())
         },
     )
     .await;
     for i in c.running() {
-        let applied = c.node(i).raft.shared.applied.read().unwrap();
-        assert!(
-            !applied.catalog.has_node(node),
-            "server {i}: the deregistered node came back: {:?}",
-            applied.catalog.check_status(node, "serfHealth")
-        );
+        c.node(i).raft.with_applied(|catalog, _| {
+            assert!(
+                !catalog.has_node(node),
+                "server {i}: the deregistered node came back: {:?}",
+                catalog.check_status(node, "serfHealth")
+            );
+        });
     }
     c.shutdown().await;
 }

@@ -3,13 +3,11 @@
 //! that reaches Raft after its caller gave up, and a vote granted by a
 //! restarted follower inside the old leader's read lease.
 
-mod common;
-
-use common::*;
 use registry_api::{DeregisterRequest, QueryOptions, RegistryClient};
 use registry_client::{ClientConfig, ClientHandle};
-use registry_server::raft_node::RaftTuning;
+use registry_server::raft::RaftTuning;
 use registry_server::Role;
+use registry_testkit::cluster::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -92,7 +90,7 @@ async fn assert_stays_passing(leader: &RegistryClient, node: &str, how_long: Dur
 /// believed in a leader, and agents did not move on error statuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_on_an_isolated_server_stays_passing() {
-    let c = TestCluster::start_plain(3).await;
+    let c = TestCluster::builder(3).agents(false).start().await;
     let leader = c.wait_leader().await;
     let x = (leader + 1) % 3;
     let dir = tempfile::tempdir().unwrap();
@@ -119,7 +117,7 @@ async fn an_agent_on_an_isolated_server_stays_passing() {
 /// every heartbeat, for as long as the cut lasted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_cannot_reach_the_leader_refuses_heartbeats() {
-    let c = TestCluster::start_plain(3).await;
+    let c = TestCluster::builder(3).agents(false).start().await;
     let leader = c.wait_leader().await;
     let x = (leader + 1) % 3;
     let y = (leader + 2) % 3;
@@ -166,7 +164,7 @@ async fn a_server_that_cannot_reach_the_leader_refuses_heartbeats() {
 /// register would bring the service back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_caller_gave_up_is_not_proposed_late() {
-    let c = TestCluster::start_plain(3).await;
+    let c = TestCluster::builder(3).agents(false).start().await;
     let leader = c.wait_leader().await;
     let slow = (leader + 1) % 3;
     let other = (leader + 2) % 3;
@@ -237,9 +235,7 @@ async fn a_write_whose_caller_gave_up_is_not_proposed_late() {
     wait_until(
         Duration::from_secs(10),
         "the slow server to catch up",
-        || async {
-            (c.node(slow).raft.shared.applied.read().unwrap().index >= commit).then_some(())
-        },
+        || async { (c.node(slow).raft.applied_index() >= commit).then_some(()) },
     )
     .await;
     assert!(sc
@@ -266,7 +262,11 @@ async fn a_restarted_follower_does_not_vote_inside_the_old_leaders_lease() {
         election_ticks: 60,
         ..fast_tuning()
     };
-    let mut c = TestCluster::start_opts(3, long, false).await;
+    let mut c = TestCluster::builder(3)
+        .tuning(long)
+        .agents(false)
+        .start()
+        .await;
     let l = c.wait_leader().await;
     let (a, b) = ((l + 1) % 3, (l + 2) % 3);
     c.client(l)

@@ -3,11 +3,9 @@
 //! send agent heartbeats; the RPC port's HTTP side never serves operator or
 //! agent endpoints, key or not. Real servers on real TCP on 127.0.0.1.
 
-mod common;
-
-use common::{fast_tuning, wait_until};
-use registry_api::auth::{generate_key, SharedKey, SIGNATURE_HEADER};
+use registry_api::auth::{generate_key, Purpose, SharedKey, SIGNATURE_HEADER};
 use registry_server::{ServerConfig, ServerHandle};
+use registry_testkit::cluster::{fast_tuning, wait_until};
 use std::time::{Duration, Instant};
 
 /// Free loopback ports, reserved by binding and released at once.
@@ -140,6 +138,17 @@ async fn call(
     body: &str,
     key: Option<&SharedKey>,
 ) -> (u16, String) {
+    call_for(Purpose::Forward, method, url, path, body, key).await
+}
+
+async fn call_for(
+    purpose: Purpose,
+    method: &str,
+    url: &str,
+    path: &str,
+    body: &str,
+    key: Option<&SharedKey>,
+) -> (u16, String) {
     let client = reqwest::Client::new();
     let mut req = client
         .request(method.parse().unwrap(), format!("{url}{path}"))
@@ -147,7 +156,7 @@ async fn call(
     if let Some(key) = key {
         req = req.header(
             SIGNATURE_HEADER,
-            key.sign_request(method, path, body.as_bytes()),
+            key.sign_for(purpose, method, path, body.as_bytes()),
         );
     }
     let resp = req.send().await.unwrap();
@@ -218,18 +227,83 @@ async fn the_rpc_port_serves_only_data_endpoints_and_with_a_key_only_signed_ones
     );
     // Heartbeats need the key on both ports: a forged one would keep a dead
     // node "alive" (or create one).
+    // A forward signature (what an agent puts on a client's request it
+    // passes on) is not a heartbeat signature either.
     for base in [&rpc, &h.url()] {
         let (status, text) = call("PUT", base, "/v1/internal/heartbeat", HEARTBEAT, None).await;
         assert_eq!(status, 403, "{base}: {text}");
+        let (status, text) =
+            call("PUT", base, "/v1/internal/heartbeat", HEARTBEAT, Some(&key)).await;
+        assert_eq!(status, 403, "{base}, forward-signed: {text}");
     }
-    let (status, text) = call(
-        "PUT",
-        &h.url(),
-        "/v1/internal/heartbeat",
-        HEARTBEAT,
-        Some(&key),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
+    for base in [&rpc, &h.url()] {
+        let (status, text) = call_for(
+            Purpose::Heartbeat,
+            "PUT",
+            base,
+            "/v1/internal/heartbeat",
+            HEARTBEAT,
+            Some(&key),
+        )
+        .await;
+        assert_eq!(status, 200, "{base}: {text}");
+    }
     h.stop().await;
+}
+
+/// Review finding: a server signs what it forwards to its gateways with the
+/// key, so it must never forward (and sign) a client's request for anything
+/// but federated data endpoints: not a gateway's membership exchange, not an
+/// operator or agent endpoint of another DC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_forwards_and_signs_only_federated_data_requests() {
+    let key = SharedKey::from_base64(&generate_key()).unwrap();
+    // A stand-in gateway that records every request it gets.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let record = record.clone();
+        async move {
+            record.lock().unwrap().push(req.uri().to_string());
+            "[]"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    let stub = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (h, _d) = dev_server(Some(&key)).await;
+    h.set_wan_gateways(&[format!("http://{gw}")]);
+    let exchange = r#"{"self":{"dc":"dc9","addr":"10.9.9.9:8302"},"members":[]}"#;
+    for (method, path, body) in [
+        ("POST", "/wan/v1/exchange?dc=dc2", exchange),
+        ("GET", "/wan/v1/members?dc=dc2", ""),
+        ("GET", "/v1/operator/raft/configuration?dc=dc2", ""),
+        ("DELETE", "/v1/operator/raft/peer?address=x&dc=dc2", ""),
+        ("GET", "/v1/acl/tokens?dc=dc2", ""),
+        ("GET", "/v1/kv/../agent/self?dc=dc2", ""),
+        (
+            "GET",
+            "/v1/kv/%2e%2e/operator/raft/configuration?dc=dc2",
+            "",
+        ),
+    ] {
+        let (status, text) = call(method, &h.url(), path, body, None).await;
+        // (The test client resolves `..` itself; then it is a local agent
+        // read, answered here, which is fine: it must only not be forwarded.)
+        assert!(
+            path.contains("..") || status == 403 || status == 405,
+            "{method} {path}: {status} {text}"
+        );
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "forwarded: {:?}",
+        seen.lock().unwrap()
+    );
+    // A federated read still goes through.
+    let (status, text) = call("GET", &h.url(), "/v1/catalog/services?dc=dc2", "", None).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    h.stop().await;
+    stub.abort();
 }

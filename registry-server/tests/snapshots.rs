@@ -3,9 +3,7 @@
 //! and a follower that keeps losing them does not make the leader build a new
 //! one at every heartbeat reply.
 
-mod common;
-
-use common::*;
+use registry_testkit::cluster::*;
 use std::time::{Duration, Instant};
 
 /// Three servers that compact their log every 20 entries, keeping none.
@@ -13,7 +11,11 @@ async fn compacting_cluster() -> TestCluster {
     let mut tuning = fast_tuning();
     tuning.compact_threshold = 20;
     tuning.compact_keep = 0;
-    TestCluster::start_opts(3, tuning, false).await
+    TestCluster::builder(3)
+        .tuning(tuning)
+        .agents(false)
+        .start()
+        .await
 }
 
 /// Stops a follower, writes past what the leader's log still holds, and
@@ -30,15 +32,18 @@ async fn leave_a_follower_behind(c: &mut TestCluster) -> (usize, usize, u64) {
     }
     let compacted_to = c.status(leader).compacted_to;
     assert!(compacted_to > 20, "leader compacted only to {compacted_to}");
-    let applied = c.node(leader).raft.shared.applied.read().unwrap().index;
+    let applied = c.node(leader).raft.applied_index();
     (leader, lagger, applied)
 }
 
 /// Waits until server `i` has applied `index` and holds the last write.
 async fn wait_caught_up(c: &TestCluster, i: usize, index: u64, timeout: Duration) {
     wait_until(timeout, "the follower caught up", || async {
-        let applied = c.node(i).raft.shared.applied.read().unwrap();
-        (applied.index >= index && applied.catalog.has_node("n59")).then_some(())
+        let caught_up = c
+            .node(i)
+            .raft
+            .with_applied(|catalog, applied| applied >= index && catalog.has_node("n59"));
+        caught_up.then_some(())
     })
     .await;
 }
@@ -64,8 +69,9 @@ async fn a_follower_whose_first_snapshots_are_lost_still_catches_up() {
         .await
         .unwrap();
     wait_until(Duration::from_secs(10), "the next write", || async {
-        let applied = c.node(lagger).raft.shared.applied.read().unwrap();
-        applied.catalog.has_node("n-late").then_some(())
+        let raft = &c.node(lagger).raft;
+        raft.with_applied(|catalog, _| catalog.has_node("n-late"))
+            .then_some(())
     })
     .await;
     c.shutdown().await;

@@ -33,7 +33,7 @@ async fn a_dc_that_joined_only_a_neighbour_is_learned_and_routable() {
 
     // g1 knows g3 by its address and has reached it directly.
     let g3_addr = g3.addr.to_string();
-    wait_for(Duration::from_secs(5), "g1 to reach g3", || async {
+    wait_until(Duration::from_secs(5), "g1 to reach g3", || async {
         members(&g1)
             .await
             .into_iter()
@@ -83,7 +83,7 @@ async fn datacenters_list_local_first_then_by_round_trip() {
     let g1 = wan_gateway::start(cfg).await.unwrap();
     let g3 = gateway("dc3", &[], &[&g1]).await;
 
-    wait_for(Duration::from_secs(10), "RTTs to both DCs", || async {
+    wait_until(Duration::from_secs(10), "RTTs to both DCs", || async {
         let m = members(&g1).await;
         let measured = |dc: &str| m.iter().any(|x| x.dc == dc && x.rtt_ms.is_some());
         (measured("dc2") && measured("dc3")).then_some(())
@@ -105,7 +105,7 @@ async fn datacenters_list_local_first_then_by_round_trip() {
 
     // A DC whose gateways all died stays listed, last.
     far_stop.cancel();
-    wait_for(Duration::from_secs(5), "the far DC to be dead", || async {
+    wait_until(Duration::from_secs(5), "the far DC to be dead", || async {
         members(&g1)
             .await
             .iter()
@@ -125,7 +125,7 @@ async fn remote_gateways_fail_over_die_within_the_bound_and_come_back() {
     let g2a = gateway("dc2", &[&s2], &[&g1]).await;
     let g2b = gateway("dc2", &[&s2], &[&g1]).await;
     let g2a_addr = g2a.addr;
-    wait_for(
+    wait_until(
         Duration::from_secs(10),
         "both dc2 gateways alive in dc1",
         || async {
@@ -159,7 +159,7 @@ async fn remote_gateways_fail_over_die_within_the_bound_and_come_back() {
         "{:?}",
         started.elapsed()
     );
-    wait_for(
+    wait_until(
         Duration::from_secs(5),
         "dc2 gateways dead in dc1",
         || async {
@@ -185,7 +185,7 @@ async fn remote_gateways_fail_over_die_within_the_bound_and_come_back() {
     let mut cfg = config("dc2", &[&s2], &[]);
     cfg.listen = g2a_addr;
     let g2a = wan_gateway::start(cfg).await.unwrap();
-    wait_for(Duration::from_secs(5), "lookups to recover", || async {
+    wait_until(Duration::from_secs(5), "lookups to recover", || async {
         (get(&g1, path).await.0 == 200).then_some(())
     })
     .await;

@@ -180,7 +180,7 @@ async fn stopping_ends_requests_in_flight_instead_of_waiting_for_them() {
     let url = format!("{}/v1/catalog/service/web?index=5&wait=1m", g1.url());
     // The fake server holds a blocking query for 1 s.
     let held = tokio::spawn(async move { client().get(url).send().await.unwrap().status() });
-    wait_for(
+    wait_until(
         Duration::from_secs(5),
         "the query to reach the server",
         || async { (!s1.requests().is_empty()).then_some(()) },

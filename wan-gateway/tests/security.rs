@@ -8,6 +8,7 @@ use axum::routing::post;
 use axum::Json;
 use common::*;
 use registry_api::auth::SIGNATURE_HEADER;
+use registry_testkit::never_within;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wan_gateway::{GatewayEntry, WanView};
@@ -94,7 +95,7 @@ async fn gateways_with_the_key_federate_and_one_with_another_key_never_joins() {
     let g2 = wan_gateway::start(keyed_config("dc2", &[&s2], &[&g1], &key))
         .await
         .unwrap();
-    wait_for(Duration::from_secs(10), "dc2 in dc1's list", || async {
+    wait_until(Duration::from_secs(10), "dc2 in dc1's list", || async {
         signed_datacenters(&g1, &key)
             .await
             .contains(&"dc2".to_owned())

@@ -20,10 +20,9 @@ mod leaders;
 mod record;
 mod verdict;
 
-/// The checker of the in-process chaos test, shared rather than copied so
-/// that both test the same model.
-#[path = "../../../../registry-server/tests/common/history.rs"]
-mod history;
+/// The checker of the in-process chaos test (registry-server's `tests/chaos.rs`),
+/// shared through the testkit rather than copied so that both test the same model.
+use registry_testkit::history;
 
 use anyhow::{anyhow, Context};
 use clap::Parser;

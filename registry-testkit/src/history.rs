@@ -57,8 +57,7 @@ pub type Failure = (u32, Vec<Op>);
 /// Checks every key's history; returns the first key whose history has no
 /// linearization, with that history. Keys whose search ran out of its budget
 /// (see [`Verdict::Unknown`]) do not fail the check; they are named on stderr.
-/// (Used by the lab's chaos check; `chaos.rs` uses [`check_report`].)
-#[allow(dead_code)]
+/// (Used by lab-chaos; registry-server's `tests/chaos.rs` uses [`check_report`].)
 pub fn check(ops: &[Op]) -> Result<(), Failure> {
     let (result, unknown) = check_report(ops);
     if !unknown.is_empty() {

@@ -1,0 +1,268 @@
+//! Whole clusters of real servers in one process, with real RocksDB in temp dirs and real
+//! HTTP on 127.0.0.1:0, connected by an in-memory network whose links the tests cut and
+//! heal; plus the small fixtures server tests share. `use registry_testkit::cluster::*` is
+//! all a server test needs (it brings [`wait_until`] too).
+//!
+//! Only with the `cluster` feature: it depends on registry-server, so only registry-server's
+//! integration tests (`tests/`) enable it. Test code: panics are its failures.
+
+pub use crate::wait::wait_until;
+use registry_api::{AgentService, HealthCheck, QueryOptions, RegisterRequest, RegistryClient};
+use registry_server::raft::RaftTuning;
+use registry_server::rpc::MemNetwork;
+use registry_server::{RaftStatus, Role, ServerConfig, ServerHandle, TransportKind};
+use std::time::Duration;
+
+/// Raft timing for tests: fast, but with room for a loaded 2-core machine.
+pub fn fast_tuning() -> RaftTuning {
+    RaftTuning {
+        tick: Duration::from_millis(50),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        hello_interval: Duration::from_millis(100),
+        propose_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(2),
+        ..RaftTuning::default()
+    }
+}
+
+/// Liveness timing for tests: a node is critical 1 s after its last heartbeat.
+pub fn fast_liveness() -> registry_server::leader::liveness::LivenessTuning {
+    registry_server::leader::liveness::LivenessTuning {
+        check_interval: Duration::from_millis(100),
+        node_timeout: Duration::from_secs(1),
+    }
+}
+
+/// A registration of one service instance `id` of `service` on `node`.
+pub fn reg(node: &str, service: &str, id: &str) -> RegisterRequest {
+    RegisterRequest {
+        node: node.into(),
+        address: "10.0.0.1".into(),
+        service: Some(AgentService {
+            id: id.into(),
+            service: service.into(),
+            port: 8080,
+            tags: vec!["v1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A registration with one service check in `status`.
+pub fn reg_with_check(node: &str, service: &str, status: &str) -> RegisterRequest {
+    let mut r = reg(node, service, service);
+    r.checks.push(HealthCheck {
+        check_id: format!("{service}-check"),
+        name: format!("{service} check"),
+        status: status.into(),
+        service_id: service.into(),
+        ..Default::default()
+    });
+    r
+}
+
+/// Options for a `?stale` read.
+pub fn stale() -> QueryOptions {
+    QueryOptions {
+        stale: true,
+        ..Default::default()
+    }
+}
+
+/// How to start a [`TestCluster`]; from [`TestCluster::builder`].
+#[must_use = "a builder does nothing until `start`"]
+pub struct ClusterBuilder {
+    /// How many servers.
+    n: usize,
+    /// Timing for every server.
+    tuning: RaftTuning,
+    /// Whether servers run their embedded agent.
+    agents: bool,
+    /// The datacenter.
+    dc: String,
+}
+
+impl ClusterBuilder {
+    /// Raft timing for every server (default [`fast_tuning`]).
+    pub fn tuning(mut self, tuning: RaftTuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Whether servers run their embedded agent, which registers their own node (default
+    /// yes). Without, the catalog holds only what the test writes.
+    pub fn agents(mut self, agents: bool) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// The datacenter (default `dc1`).
+    pub fn dc(mut self, dc: &str) -> Self {
+        self.dc = dc.to_string();
+        self
+    }
+
+    /// Starts the servers; they bootstrap together.
+    pub async fn start(self) -> TestCluster {
+        let n = self.n;
+        let mut c = TestCluster {
+            net: MemNetwork::new(tokio::runtime::Handle::current()),
+            nodes: Vec::new(),
+            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+            names: (1..=n).map(|i| format!("s{i}")).collect(),
+            // One each: `vec![x; n]` would clone one handle, and a clone shares its setting.
+            disks: (0..n).map(|_| Default::default()).collect(),
+            tuning: self.tuning,
+            agents: self.agents,
+            dc: self.dc,
+        };
+        for i in 0..n {
+            let h = registry_server::start(c.config(i)).await.unwrap();
+            c.nodes.push(Some(h));
+        }
+        c
+    }
+}
+
+/// N servers of one datacenter on an in-memory network.
+pub struct TestCluster {
+    /// The network between them.
+    pub net: MemNetwork,
+    /// Running servers (None while stopped).
+    pub nodes: Vec<Option<ServerHandle>>,
+    /// Each server's data dir (kept across restarts).
+    pub dirs: Vec<tempfile::TempDir>,
+    /// Node names, which are also their addresses on the network.
+    pub names: Vec<String>,
+    /// Timing used for every server.
+    pub tuning: RaftTuning,
+    /// Whether servers run their embedded agent (registering their own node).
+    pub agents: bool,
+    /// The datacenter.
+    pub dc: String,
+    /// Each server's disk (slow it down with `set_write_delay`); kept across restarts.
+    pub disks: Vec<registry_server::storage::DiskFaults>,
+}
+
+impl TestCluster {
+    /// Starts `n` servers of `dc1` that bootstrap together, with [`fast_tuning`] and their
+    /// embedded agents. For anything else, [`TestCluster::builder`].
+    pub async fn start(n: usize) -> Self {
+        Self::builder(n).start().await
+    }
+
+    /// A cluster of `n` servers to configure, then [`ClusterBuilder::start`].
+    pub fn builder(n: usize) -> ClusterBuilder {
+        ClusterBuilder {
+            n,
+            tuning: fast_tuning(),
+            agents: true,
+            dc: "dc1".to_string(),
+        }
+    }
+
+    /// The configuration of server `i`.
+    pub fn config(&self, i: usize) -> ServerConfig {
+        let mut cfg = ServerConfig::new(self.names[i].clone());
+        cfg.data_dir = Some(self.dirs[i].path().to_path_buf());
+        cfg.datacenter = self.dc.clone();
+        cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+        cfg.advertise = Some(self.names[i].clone());
+        cfg.bootstrap_expect = self.names.len();
+        cfg.retry_join = self.names.clone();
+        cfg.tuning = self.tuning.clone();
+        cfg.liveness = fast_liveness();
+        cfg.agent = self.agents;
+        cfg.agent_sync_interval = Duration::from_millis(500);
+        cfg.agent_heartbeat_interval = Duration::from_millis(100);
+        cfg.transport = TransportKind::Mem(self.net.clone());
+        cfg.disk_faults = self.disks[i].clone();
+        cfg
+    }
+
+    /// Server `i` (panics if stopped).
+    pub fn node(&self, i: usize) -> &ServerHandle {
+        self.nodes[i].as_ref().expect("server is stopped")
+    }
+
+    /// A client of server `i`.
+    pub fn client(&self, i: usize) -> RegistryClient {
+        RegistryClient::new(self.node(i).url())
+    }
+
+    /// Server `i`'s Raft status.
+    pub fn status(&self, i: usize) -> RaftStatus {
+        self.node(i).raft.status()
+    }
+
+    /// Indexes of running servers.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
+    }
+
+    /// Stops server `i` (its data dir stays).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(h) = self.nodes[i].take() {
+            h.stop().await;
+        }
+    }
+
+    /// Starts server `i` again from its data dir.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "server {i} is running");
+        let h = registry_server::start(self.config(i)).await.unwrap();
+        self.nodes[i] = Some(h);
+    }
+
+    /// Waits until exactly one of `among` leads, has committed in its term,
+    /// and every one of `among` names it as leader. Returns its index.
+    pub async fn wait_leader_among(&self, among: &[usize], timeout: Duration) -> usize {
+        wait_until(timeout, "one agreed leader", || async {
+            let st: Vec<(usize, RaftStatus)> = among.iter().map(|&i| (i, self.status(i))).collect();
+            let leaders: Vec<&(usize, RaftStatus)> = st
+                .iter()
+                .filter(|(_, s)| s.role == Role::Leader && s.leader_ready)
+                .collect();
+            if leaders.len() != 1 {
+                return None;
+            }
+            let (li, ls) = leaders[0];
+            st.iter()
+                .all(|(_, s)| s.leader_id == ls.id && s.term == ls.term)
+                .then_some(*li)
+        })
+        .await
+    }
+
+    /// Waits for a leader agreed by all running servers.
+    pub async fn wait_leader(&self) -> usize {
+        self.wait_leader_among(&self.running(), Duration::from_secs(20))
+            .await
+    }
+
+    /// HTTP base URLs of the running servers.
+    pub fn urls(&self) -> Vec<String> {
+        self.running()
+            .into_iter()
+            .map(|i| self.node(i).url())
+            .collect()
+    }
+
+    /// Points every running server at these gateways.
+    pub fn set_gateways(&self, gateways: &[String]) {
+        for i in self.running() {
+            self.node(i).set_wan_gateways(gateways);
+        }
+    }
+
+    /// Stops every server.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
