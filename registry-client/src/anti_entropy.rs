@@ -285,6 +285,9 @@ fn mark_differences(
     }
     let unknown_services: Vec<String> = remote_services
         .keys()
+        // The servers' own `consul` service is kept by their leader, not by
+        // the agent (Consul's `structs.ConsulServiceID` is skipped the same way).
+        .filter(|id| id.as_str() != "consul")
         .filter(|id| !st.services.contains_key(*id))
         .cloned()
         .collect();

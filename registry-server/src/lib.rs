@@ -14,7 +14,8 @@
 //! - [`rpc`]: server-to-server messages and their transports (TCP, in-memory);
 //! - [`reads`]: consistency modes, blocking waits, the shared-answer cache,
 //!   for every interface that reads (HTTP now, DNS next);
-//! - [`leader`]: loops that run only on the leader (the liveness reaper);
+//! - [`leader`]: loops that run only on the leader (the liveness reaper, the
+//!   servers' own node and `consul` service);
 //! - [`http`]: the routers and one file per endpoint family, with `?dc=`
 //!   forwarding to other datacenters (`http/federation.rs`).
 
@@ -258,6 +259,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         tuning: config.tuning.clone(),
         transport: rpc.transport,
         heartbeats: heartbeat_tx,
+        // The servers' own catalog entries come with the embedded agent:
+        // without it a test wants a catalog holding only what it wrote.
+        announce_gated: config.agent,
     };
     let (raft, raft_thread) = raft::start(setup, tx, rx, shutdown.clone())?;
     info!(node = %config.node, id = recovered.node_id, "raft node started");
@@ -269,6 +273,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         heartbeat_rx,
         shutdown.clone(),
     )));
+
+    if config.agent {
+        // The `consul` service's port when the RPC address names none (the
+        // in-memory transport).
+        let default_port = config.rpc_addr.port();
+        tasks.push(tokio::spawn(leader::servers::run(
+            raft.clone(),
+            default_port,
+            shutdown.clone(),
+        )));
+    }
 
     let agent_routes = if config.agent {
         let agent = EmbeddedAgent {

@@ -1,10 +1,11 @@
-//! Loops that run only on the leader: today the liveness reaper
-//! ([`liveness`]); session TTLs later. They decide from the applied state
+//! Loops that run only on the leader: the liveness reaper ([`liveness`]) and
+//! the servers' own catalog entries ([`servers`]); session TTLs later. They decide from the applied state
 //! (through [`RaftHandle::with_applied`]) and write only through
 //! [`RaftHandle::propose`], each change once ([`ProposeOnce`]); they must not
 //! touch Raft's internals or storage.
 
 pub mod liveness;
+pub mod servers;
 
 use crate::raft::{RaftError, RaftHandle};
 use crate::state::Command;

@@ -29,7 +29,7 @@ use crate::state::{CatalogState, Command};
 use crate::storage::{RaftStore, StorageFailure};
 use node::RaftNode;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -107,6 +107,10 @@ pub struct RaftStatus {
     /// True on a leader that has committed an entry of its own term, i.e. whose
     /// applied state includes everything acknowledged before it took over.
     pub leader_ready: bool,
+    /// False on a leader that has not yet written itself into the catalog in
+    /// its term (see [`RaftHandle::announce`]); true otherwise. Until then it
+    /// does not name itself leader and holds linearizable reads back.
+    pub announced: bool,
     /// When a follower last heard from its leader.
     pub last_leader_contact: Option<Instant>,
     /// Voters' Raft ids.
@@ -149,8 +153,12 @@ pub enum Role {
 
 impl RaftStatus {
     /// The leader's RPC address, if a leader is known.
+    ///
+    /// A leader not yet [`announced`](Self::announced) names nobody: a client
+    /// that sees a leader must find it in the catalog (Consul's leader
+    /// reconciles its members as it takes office).
     pub fn leader_addr(&self) -> Option<String> {
-        if self.leader_id == 0 {
+        if self.leader_id == 0 || !self.announced {
             return None;
         }
         self.peers.get(&self.leader_id).map(|p| p.rpc_addr.clone())
@@ -172,6 +180,12 @@ pub(crate) struct Shared {
     /// The leader's read lease: (term, when a ReadIndex round that a quorum
     /// confirmed was started). See [`RaftHandle::default_barrier`].
     pub lease: std::sync::Mutex<Option<(u64, Instant)>>,
+    /// Whether a leader must [`announce`](RaftHandle::announce) itself before
+    /// it names itself leader and answers linearizable reads (set when the
+    /// server's leader loop writes the servers into the catalog).
+    pub announce_gated: bool,
+    /// The last term in which this server, leading, announced itself.
+    pub announced_term: AtomicU64,
 }
 
 /// A waiting caller's answer, by its request id.
@@ -239,6 +253,10 @@ pub enum Event {
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
     /// Remove a server from the configuration.
     RemovePeer(u64, oneshot::Sender<Result<(), RaftError>>),
+    /// Nothing to do but look at the status again: the leader has announced
+    /// itself (see [`RaftHandle::announce`]), so held reads may go and the
+    /// status may name it without waiting for the next tick.
+    Announced,
 }
 
 /// Handle everything outside the Raft thread uses to talk to it: proposals,
@@ -310,6 +328,22 @@ impl RaftHandle {
         f(&applied.catalog, applied.index)
     }
 
+    /// Called by the leader loop (`leader/servers.rs`) once its own node,
+    /// `serfHealth` and `consul` service are applied in `term`: from then on
+    /// this leader names itself and answers linearizable reads in that term.
+    pub fn announce(&self, term: u64) {
+        if self.shared.announced_term.fetch_max(term, Ordering::SeqCst) < term {
+            // A full inbox is busy anyway: the thread looks again soon.
+            let _ = self.send(Event::Announced);
+        }
+    }
+
+    /// Whether this server, leading in `term`, may name itself and answer
+    /// linearizable reads.
+    pub(crate) fn announced_in(shared: &Shared, term: u64) -> bool {
+        !shared.announce_gated || shared.announced_term.load(Ordering::SeqCst) >= term
+    }
+
     /// The last applied Raft index.
     pub fn applied_index(&self) -> u64 {
         self.with_applied(|_, index| index)
@@ -363,6 +397,9 @@ pub struct RaftNodeSetup {
     pub transport: Arc<dyn Transport>,
     /// Where agent heartbeats go while this server leads (see `leader/liveness.rs`).
     pub heartbeats: tokio::sync::mpsc::Sender<crate::rpc::Heartbeat>,
+    /// A leader waits for [`RaftHandle::announce`] before it names itself and
+    /// answers linearizable reads (true when `leader/servers.rs` runs).
+    pub announce_gated: bool,
 }
 
 /// Capacity of the event channel; a full channel answers "overloaded" at once
@@ -396,6 +433,8 @@ pub fn start(
         applied_tx,
         commit: AtomicU64::new(0),
         lease: std::sync::Mutex::new(None),
+        announce_gated: setup.announce_gated,
+        announced_term: AtomicU64::new(0),
     });
     let peers_for_snap = Arc::new(RwLock::new(setup.peers.clone()));
     setup.store.set_snapshot_source(snapshots::snapshot_source(

@@ -64,6 +64,9 @@ pub(super) struct RaftNode {
     /// all of them: thousands of concurrent reads cost a few rounds, not
     /// thousands of quorum heartbeats.
     pub(super) read_rounds: HashMap<u64, Vec<ReadWaiter>>,
+    /// Followers' ReadIndex requests held back while this server leads but
+    /// has not announced itself (see `reads.rs`, `hold_read_index`).
+    pub(super) held_read_index: Vec<Message>,
     /// Request ids: a random prefix per process so ids never collide across servers.
     pub(super) next_request: AtomicU64,
     pub(super) last_leader_contact: Option<Instant>,
@@ -144,6 +147,7 @@ impl RaftNode {
             votes_refused_until,
             read_queue: Vec::new(),
             read_rounds: HashMap::new(),
+            held_read_index: Vec::new(),
             next_request: AtomicU64::new(rand::random::<u64>() & !0xffff_ffff),
             last_leader_contact: None,
             last_hello: None,
@@ -196,6 +200,7 @@ impl RaftNode {
                 }
                 self.on_tick()?;
             }
+            self.release_held_reads();
             self.start_read_round();
             while self.raw.has_ready() {
                 self.on_ready()?;
@@ -256,6 +261,7 @@ impl RaftNode {
             }
             Event::Heartbeat(hb, reply) => self.route_heartbeat(hb, reply),
             Event::ReadIndex(reply) => self.queue_read(reply),
+            Event::Announced => {}
             Event::RemovePeer(id, reply) => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(RaftError::NoLeader));
@@ -316,6 +322,9 @@ impl RaftNode {
                     debug!(node = %self.me.node, from = from_id, "ignoring a vote request just after start");
                     return Ok(());
                 }
+                let Some(m) = self.hold_read_index(m) else {
+                    return Ok(());
+                };
                 let is_leader_msg = matches!(
                     m.get_msg_type(),
                     MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
@@ -628,6 +637,8 @@ impl RaftNode {
         st.term = r.term;
         st.leader_id = r.leader_id;
         st.leader_ready = role == Role::Leader && r.commit_to_current_term();
+        st.announced =
+            role != Role::Leader || super::RaftHandle::announced_in(&self.shared, r.term);
         st.last_leader_contact = self.last_leader_contact;
         st.commit = r.raft_log.committed;
         st.in_cluster = self.store.initialized();

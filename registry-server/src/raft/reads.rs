@@ -109,10 +109,56 @@ impl RaftNode {
         self.read_queue.push((reply, Instant::now()));
     }
 
+    /// Whether this server leads but has not yet announced itself in its term
+    /// (written its own node, `serfHealth` and the servers' `consul` service
+    /// into the catalog, `leader/servers.rs`): until then no ReadIndex round
+    /// is answered, so that every linearizable or default read, on any
+    /// server, made after a leader is named sees those entries.
+    fn unannounced_leader(&self) -> bool {
+        self.is_leader() && !RaftHandle::announced_in(&self.shared, self.raw.raft.term)
+    }
+
+    /// Keeps a follower's ReadIndex request back while this leader has not
+    /// announced itself; passes every other message through.
+    pub(super) fn hold_read_index(
+        &mut self,
+        m: raft::eraftpb::Message,
+    ) -> Option<raft::eraftpb::Message> {
+        // Bounded: followers ask again every tick while their read waits.
+        const MAX_HELD: usize = 1024;
+        if m.get_msg_type() != MessageType::MsgReadIndex || !self.unannounced_leader() {
+            return Some(m);
+        }
+        if self.held_read_index.len() < MAX_HELD {
+            self.held_read_index.push(m);
+        }
+        None
+    }
+
+    /// Steps the held ReadIndex requests once this leader has announced
+    /// itself; drops them if it no longer leads (the followers ask again).
+    pub(super) fn release_held_reads(&mut self) {
+        if self.held_read_index.is_empty() || self.unannounced_leader() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held_read_index);
+        if !self.is_leader() {
+            return;
+        }
+        for m in held {
+            if let Err(e) = self.raw.step(m) {
+                tracing::debug!(node = %self.me.node, error = %e, "raft step rejected a held read");
+            }
+        }
+    }
+
     /// Starts one ReadIndex round for every read queued since the last one
     /// (a few rounds may be in flight, so reads do not wait for a slow one).
     pub(super) fn start_read_round(&mut self) {
         const MAX_ROUNDS_IN_FLIGHT: usize = 4;
+        if self.unannounced_leader() {
+            return;
+        }
         if self.read_queue.is_empty()
             || self.read_rounds.len() >= MAX_ROUNDS_IN_FLIGHT
             || self.raw.raft.leader_id == raft::INVALID_ID
@@ -160,7 +206,7 @@ impl RaftNode {
             expire(waiters);
         }
         self.read_rounds.retain(|_, w| !w.is_empty());
-        if self.raw.raft.leader_id != raft::INVALID_ID {
+        if self.raw.raft.leader_id != raft::INVALID_ID && !self.unannounced_leader() {
             let retry: Vec<u64> = self.read_rounds.keys().copied().collect();
             for ctx in retry {
                 self.raw.read_index(ctx.to_be_bytes().to_vec());
