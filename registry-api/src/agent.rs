@@ -2,7 +2,7 @@
 //! (<https://developer.hashicorp.com/consul/api-docs/agent>), and the liveness heartbeat
 //! an agent sends to the servers.
 
-use crate::types::{AgentService, HealthCheck, Meta};
+use crate::types::{AgentService, HealthCheck, Meta, ServiceTaggedAddresses, Weights};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +27,16 @@ pub struct ServiceRegistration {
     pub port: u16,
     /// Consul's tag override flag, stored and returned as given.
     pub enable_tag_override: bool,
+    /// Service kind (`""`, `connect-proxy`, ...), stored and returned as given.
+    pub kind: String,
+    /// Extra addresses by name (`lan`, `wan`, ...), each `{"Address", "Port"}`.
+    pub tagged_addresses: ServiceTaggedAddresses,
+    /// DNS SRV weights; absent means Consul's default `{"Passing": 1, "Warning": 1}`.
+    pub weights: Option<Weights>,
+    /// Connect proxy configuration, opaque (we have no Connect), returned as sent.
+    pub proxy: Option<serde_json::Value>,
+    /// Connect configuration, opaque, returned as sent.
+    pub connect: Option<serde_json::Value>,
     /// One check of the service.
     pub check: Option<CheckRegistration>,
     /// More checks of the service.
@@ -133,10 +143,13 @@ fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     d.deserialize_any(DurationText)
 }
 
-/// One entry of `GET /v1/agent/services` and the reply of `GET /v1/agent/service/:id`.
+/// One entry of `GET /v1/agent/services` and the reply of `GET /v1/agent/service/:id`
+/// (Consul's `api.AgentService`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct AgentServiceInfo {
+    /// Service kind (`""` for a typical service).
+    pub kind: String,
     /// Instance id.
     #[serde(rename = "ID")]
     pub id: String,
@@ -150,8 +163,18 @@ pub struct AgentServiceInfo {
     pub meta: Meta,
     /// Port.
     pub port: u16,
+    /// Extra addresses, as registered.
+    pub tagged_addresses: ServiceTaggedAddresses,
+    /// DNS SRV weights, as registered (or the default).
+    pub weights: Weights,
     /// Tag override flag.
     pub enable_tag_override: bool,
+    /// Connect proxy configuration as registered; absent when none (as in Consul).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<serde_json::Value>,
+    /// Connect configuration as registered; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<serde_json::Value>,
     /// The agent's datacenter (Consul includes it since 1.8).
     pub datacenter: String,
 }
@@ -160,13 +183,18 @@ impl AgentServiceInfo {
     /// The agent's view of `service` in datacenter `dc`.
     pub fn new(service: &AgentService, dc: &str) -> Self {
         AgentServiceInfo {
+            kind: service.kind.clone(),
             id: service.id.clone(),
             service: service.service.clone(),
             tags: service.tags.clone(),
             address: service.address.clone(),
             meta: service.meta.clone(),
             port: service.port,
+            tagged_addresses: service.tagged_addresses.clone(),
+            weights: service.weights,
             enable_tag_override: service.enable_tag_override,
+            proxy: service.proxy.clone(),
+            connect: service.connect.clone(),
             datacenter: dc.to_owned(),
         }
     }
@@ -190,6 +218,9 @@ pub struct AgentServiceChecksInfo {
 pub struct AgentSelfConfig {
     /// Datacenter.
     pub datacenter: String,
+    /// The primary datacenter (ours: every datacenter is its own primary, we have no ACL
+    /// replication).
+    pub primary_datacenter: String,
     /// Node name.
     pub node_name: String,
     /// Node id (may be empty).
@@ -197,6 +228,8 @@ pub struct AgentSelfConfig {
     pub node_id: String,
     /// Whether this agent is a server.
     pub server: bool,
+    /// Source revision of the build (empty when unknown).
+    pub revision: String,
     /// Software version.
     pub version: String,
 }
@@ -215,6 +248,66 @@ pub struct AgentMember {
     pub tags: Meta,
     /// Serf member status: 1 alive, 2 leaving, 3 left, 4 failed.
     pub status: u8,
+    /// Lowest memberlist protocol spoken (Consul reports memberlist's 1).
+    pub protocol_min: u8,
+    /// Highest memberlist protocol spoken (memberlist's 5).
+    pub protocol_max: u8,
+    /// Memberlist protocol in use (memberlist's 2).
+    pub protocol_cur: u8,
+    /// Lowest Serf delegate protocol (Serf's 2).
+    pub delegate_min: u8,
+    /// Highest Serf delegate protocol (Serf's 5).
+    pub delegate_max: u8,
+    /// Serf delegate protocol in use (Serf's 4).
+    pub delegate_cur: u8,
+}
+
+impl AgentMember {
+    /// A member with the protocol figures Consul's members carry (we speak no gossip, so
+    /// these are the values a current Consul reports, for clients that read them).
+    pub fn new(name: String, addr: String, port: u16, tags: Meta, status: u8) -> Self {
+        AgentMember {
+            name,
+            addr,
+            port,
+            tags,
+            status,
+            protocol_min: 1,
+            protocol_max: 5,
+            protocol_cur: 2,
+            delegate_min: 2,
+            delegate_max: 5,
+            delegate_cur: 4,
+        }
+    }
+}
+
+/// A network coordinate in Consul's shape (Serf's Vivaldi `Coordinate`), as
+/// `/v1/agent/self`'s `Coord` gives it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Coordinate {
+    /// Position in Vivaldi space (8 dimensions).
+    pub vec: Vec<f64>,
+    /// Confidence in the position.
+    pub error: f64,
+    /// Adjustment term for local effects.
+    pub adjustment: f64,
+    /// Height term for the access link.
+    pub height: f64,
+}
+
+impl Default for Coordinate {
+    /// Serf's origin coordinate (`coordinate.NewCoordinate(DefaultConfig())`): we measure no
+    /// round-trip times, so every node sits at the origin.
+    fn default() -> Self {
+        Coordinate {
+            vec: vec![0.0; 8],
+            error: 1.5,
+            adjustment: 0.0,
+            height: 1.0e-5,
+        }
+    }
 }
 
 /// Serf's member status "alive".
@@ -223,13 +316,23 @@ pub const MEMBER_ALIVE: u8 = 1;
 pub const MEMBER_FAILED: u8 = 4;
 
 /// Reply of `GET /v1/agent/self`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct AgentSelf {
     /// The agent's configuration.
     pub config: AgentSelfConfig,
+    /// The runtime configuration; Consul documents its format as subject to change, clients
+    /// read a few keys (`Datacenter`, `NodeName`, `Version`, `ServerMode`, ...).
+    pub debug_config: serde_json::Map<String, serde_json::Value>,
+    /// The agent's network coordinate.
+    pub coord: Coordinate,
     /// The agent as a member.
     pub member: AgentMember,
+    /// Node metadata.
+    pub meta: Meta,
+    /// The xDS server's settings; `null`, as in a Consul without Connect's xDS server.
+    #[serde(rename = "xDS")]
+    pub xds: Option<serde_json::Value>,
     /// Runtime figures by subsystem, all values strings, as Consul gives them
     /// (a server's `raft` section: `state`, `term`, `commit_index`, ...).
     pub stats: BTreeMap<String, BTreeMap<String, String>>,
@@ -263,6 +366,39 @@ mod tests {
         assert_eq!(c.ttl, "");
         assert!(from_slice::<CheckRegistration>(br#"{"Interval":-1}"#).is_err());
         assert!(from_slice::<CheckRegistration>(br#"{"Interval":[1]}"#).is_err());
+    }
+
+    #[test]
+    fn weights_and_tagged_addresses_decode_as_consul_does() {
+        let s: ServiceRegistration = from_slice(
+            br#"{"Name":"web","weights":{"passing":5},"TaggedAddresses":{"lan":{"address":"10.0.0.1","PORT":80}},"Proxy":{"Mode":"x"}}"#,
+        )
+        .unwrap();
+        // A sent object's missing half is 0, as Go leaves it; the registration checks it.
+        let w = s.weights.unwrap();
+        assert_eq!((w.passing, w.warning), (5, 0));
+        let lan = &s.tagged_addresses["lan"];
+        assert_eq!((lan.address.as_str(), lan.port), ("10.0.0.1", 80));
+        assert_eq!(s.proxy, Some(serde_json::json!({"Mode": "x"})));
+        let none: ServiceRegistration = from_slice(br#"{"Name":"web","Weights":null}"#).unwrap();
+        assert_eq!(none.weights, None);
+        // Absent from a stored service, they are Consul's default.
+        let svc: AgentService = serde_json::from_str(r#"{"ID":"a","Service":"a"}"#).unwrap();
+        assert_eq!(svc.weights, Weights::default());
+        assert_eq!((svc.weights.passing, svc.weights.warning), (1, 1));
+        assert!(Weights {
+            passing: 0,
+            warning: 1
+        }
+        .validate()
+        .is_err());
+        assert!(Weights {
+            passing: 1,
+            warning: -1
+        }
+        .validate()
+        .is_err());
+        assert!(Weights::default().validate().is_ok());
     }
 
     #[test]

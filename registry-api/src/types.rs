@@ -57,10 +57,69 @@ pub const SERF_HEALTH_ID: &str = "serfHealth";
 /// Display name of [`SERF_HEALTH_ID`].
 pub const SERF_HEALTH_NAME: &str = "Serf Health Status";
 
+/// One of a service instance's extra addresses (Consul's `ServiceAddress`), the values of its
+/// `TaggedAddresses` (`lan`, `wan`, `lan_ipv4`, ...).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceAddress {
+    /// Address.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// A service instance's DNS SRV weights (Consul's `Weights`): `Passing` when its checks pass,
+/// `Warning` when one warns.
+///
+/// Absent, they are Consul's default `{"Passing": 1, "Warning": 1}`; sent, a missing half is
+/// 0, as Go's decoder leaves it (so the default is on the whole object, not on each field).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Weights {
+    /// Weight while every check passes.
+    #[serde(default)]
+    pub passing: i32,
+    /// Weight while a check warns.
+    #[serde(default)]
+    pub warning: i32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+impl Weights {
+    /// Consul's check of sent weights (`structs.ValidateWeights`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.passing < 1 {
+            return Err("Passing must be greater than 0".into());
+        }
+        if self.warning < 0 {
+            return Err("Warning must be greater or equal than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// A service instance's extra addresses by name.
+pub type ServiceTaggedAddresses = BTreeMap<String, ServiceAddress>;
+
 /// A service instance as registered on a node (Consul's `AgentService` / `NodeService`).
+///
+/// The fields added after the first release (`Kind`, `TaggedAddresses`, `Weights`, `Proxy`,
+/// `Connect`) default when absent, so catalog rows, snapshots, Raft entries and agents'
+/// `services.json` written before them still decode.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct AgentService {
+    /// Consul's service kind: empty for a typical service, `connect-proxy`, `mesh-gateway`,
+    /// ...; stored and returned as given (nothing here acts on it).
+    pub kind: String,
     /// Instance id, unique on its node; defaults to the service name.
     #[serde(rename = "ID")]
     pub id: String,
@@ -74,8 +133,19 @@ pub struct AgentService {
     pub meta: Meta,
     /// Port of the instance.
     pub port: u16,
+    /// Extra addresses of the instance, as sent.
+    pub tagged_addresses: ServiceTaggedAddresses,
+    /// DNS SRV weights.
+    pub weights: Weights,
     /// Consul's anti-entropy tag override flag, stored and returned as given.
     pub enable_tag_override: bool,
+    /// Connect proxy configuration, kept as opaque JSON and returned as sent (we have no
+    /// Connect); absent when not sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<serde_json::Value>,
+    /// Connect configuration (`Native`, `SidecarService`), opaque like `Proxy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<serde_json::Value>,
     /// Raft index that created this instance.
     pub create_index: u64,
     /// Raft index of the last change to this instance.
@@ -198,6 +268,8 @@ pub struct CatalogService {
     pub tagged_addresses: Meta,
     /// Node metadata.
     pub node_meta: Meta,
+    /// Instance kind (see [`AgentService::kind`]).
+    pub service_kind: String,
     /// Instance id.
     #[serde(rename = "ServiceID")]
     pub service_id: String,
@@ -207,12 +279,22 @@ pub struct CatalogService {
     pub service_tags: Vec<String>,
     /// Instance address (may be empty: use `Address`).
     pub service_address: String,
+    /// Instance's extra addresses.
+    pub service_tagged_addresses: ServiceTaggedAddresses,
+    /// Instance's DNS SRV weights.
+    pub service_weights: Weights,
     /// Instance metadata.
     pub service_meta: Meta,
     /// Instance port.
     pub service_port: u16,
     /// Tag override flag.
     pub service_enable_tag_override: bool,
+    /// Instance's Connect proxy configuration, as sent (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_proxy: Option<serde_json::Value>,
+    /// Instance's Connect configuration, as sent (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_connect: Option<serde_json::Value>,
     /// Raft index that created the instance.
     pub create_index: u64,
     /// Raft index of the last change to the instance.

@@ -402,6 +402,11 @@ fn same_service(local: &AgentService, remote: &AgentService) -> bool {
         && local.meta == remote.meta
         && local.port == remote.port
         && local.enable_tag_override == remote.enable_tag_override
+        && local.kind == remote.kind
+        && local.tagged_addresses == remote.tagged_addresses
+        && local.weights == remote.weights
+        && local.proxy == remote.proxy
+        && local.connect == remote.connect
 }
 
 /// Whether the catalog's check equals the local one, in the fields the agent owns (Consul's

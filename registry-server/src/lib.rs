@@ -471,6 +471,14 @@ impl EmbeddedAgent<'_> {
             registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;
         let stats_raft = raft.clone();
         agent.set_stats_source(Arc::new(move || raft_stats(&stats_raft)));
+        // The `port` member tag Consul gives a server is its RPC port.
+        if let Some(port) = self
+            .rpc_addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+        {
+            agent.set_server_port(port);
+        }
         Ok((registry_client::agent_router(agent), tasks))
     }
 }

@@ -177,7 +177,10 @@ async fn the_rpc_port_serves_only_data_endpoints_and_with_a_key_only_signed_ones
     for (method, path) in [
         ("GET", "/v1/operator/raft/configuration"),
         ("DELETE", "/v1/operator/raft/peer?address=x"),
+        ("PUT", "/v1/operator/raft/transfer-leader"),
+        ("GET", "/v1/operator/autopilot/health"),
         ("GET", "/v1/agent/self"),
+        ("GET", "/v1/agent/version"),
         ("PUT", "/v1/agent/service/register"),
     ] {
         let (status, text) = call(method, &rpc, path, "", None).await;

@@ -105,6 +105,8 @@ pub struct Agent {
     persist_lock: tokio::sync::Mutex<()>,
     /// Extra sections for `Stats` in `/v1/agent/self` (a server adds `raft`).
     stats: StatsSlot,
+    /// A server's RPC port, for the `port` member tag Consul gives servers.
+    server_port: std::sync::OnceLock<u16>,
 }
 
 /// Holds the [`StatsSource`] (a closure, so `Debug` by hand).
@@ -150,6 +152,7 @@ impl Agent {
             updates_tx,
             persist_lock: tokio::sync::Mutex::new(()),
             stats: StatsSlot::default(),
+            server_port: std::sync::OnceLock::new(),
         });
         agent.load().await?;
         // Counted first: two `lock()` temporaries in one statement would
@@ -180,6 +183,17 @@ impl Agent {
     /// Sets where `/v1/agent/self` takes its `Stats` from.
     pub fn set_stats_source(&self, source: StatsSource) {
         *self.stats.0.write().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// Sets the RPC port of the server this agent runs in (the `port` member tag); the
+    /// first call wins.
+    pub fn set_server_port(&self, port: u16) {
+        let _ = self.server_port.set(port);
+    }
+
+    /// The server's RPC port, if [`Agent::set_server_port`] gave one.
+    pub fn server_port(&self) -> Option<u16> {
+        self.server_port.get().copied()
     }
 
     /// The `Stats` of `/v1/agent/self`.

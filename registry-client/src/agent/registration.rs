@@ -14,7 +14,7 @@ use super::Agent;
 use crate::checks::{parse_spec, CheckFields, CheckKind, CheckRunner};
 use registry_api::{
     duration, AgentService, AgentServiceChecksInfo, AgentServiceInfo, CheckRegistration,
-    CheckStatus, Error as ApiError, HealthCheck, ServiceRegistration, CRITICAL,
+    CheckStatus, Error as ApiError, HealthCheck, ServiceRegistration, Weights, CRITICAL,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
@@ -40,14 +40,30 @@ impl Agent {
         };
         key_part("Service name", &reg.name).map_err(ApiError::BadRequest)?;
         key_part("Service ID", &id).map_err(ApiError::BadRequest)?;
+        // Consul checks sent weights and fills in {1, 1} when there are none.
+        let weights = match reg.weights {
+            Some(w) => {
+                w.validate()
+                    .map_err(|e| ApiError::BadRequest(format!("Invalid Weights: {e}")))?;
+                w
+            }
+            None => Weights::default(),
+        };
+        // Everything the client sent comes back as sent: clients such as Nomad compare what
+        // they read with what they registered and re-register on any difference.
         let service = AgentService {
+            kind: reg.kind.clone(),
             id: id.clone(),
             service: reg.name.clone(),
             tags: reg.tags.clone(),
             address: reg.address.clone(),
             meta: reg.meta.clone(),
             port: reg.port,
+            tagged_addresses: reg.tagged_addresses.clone(),
+            weights,
             enable_tag_override: reg.enable_tag_override,
+            proxy: reg.proxy.clone(),
+            connect: reg.connect.clone(),
             create_index: 0,
             modify_index: 0,
         };

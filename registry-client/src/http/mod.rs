@@ -15,6 +15,7 @@
 //! [`crate::servers`]).
 
 mod forward;
+mod info;
 mod params;
 mod routes;
 
@@ -70,6 +71,9 @@ pub fn agent_router(agent: Arc<Agent>) -> Router {
             "/v1/agent/health/service/name/{name}",
             get(routes::health_by_name),
         )
+        .route("/v1/agent/health/service/id/{id}", get(info::health_by_id))
+        .route("/v1/agent/version", get(info::version))
+        .route("/v1/agent/host", get(info::host))
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)

@@ -15,9 +15,9 @@ use axum::response::IntoResponse;
 use axum::Json;
 use registry_api::filter::{schemas, Filter, Schema};
 use registry_api::{
-    AgentMember, AgentSelf, AgentSelfConfig, CheckRegistration, CheckStatus, Error as ApiError,
-    HealthCheck, Meta, Node, ServiceRegistration, CRITICAL, MEMBER_ALIVE, MEMBER_FAILED, PASSING,
-    SERF_HEALTH_ID, WARNING,
+    AgentMember, AgentSelf, AgentSelfConfig, CatalogService, CheckRegistration, CheckStatus,
+    Coordinate, Error as ApiError, HealthCheck, Meta, Node, ServiceRegistration, CRITICAL,
+    MEMBER_ALIVE, MEMBER_FAILED, PASSING, SERF_HEALTH_ID, WARNING,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -25,6 +25,13 @@ use std::sync::Arc;
 
 /// Port reported for members: Consul's LAN gossip port.
 const SERF_LAN_PORT: u16 = 8301;
+
+/// This build's version, as `Config.Version` and the `build` member tag give it.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The name under which servers register themselves in the catalog (Consul's
+/// `structs.ConsulServiceName`); its instances' ports are the servers' RPC ports.
+const CONSUL_SERVICE: &str = "consul";
 
 /// The agent, as every handler's state.
 type St = State<Arc<Agent>>;
@@ -179,35 +186,90 @@ pub(super) async fn service_maintenance(
 /// This agent as a member.
 fn self_member(agent: &Agent) -> AgentMember {
     let config = agent.config();
-    AgentMember {
-        name: config.node.clone(),
-        addr: config.advertise_addr.clone(),
-        port: SERF_LAN_PORT,
-        tags: member_tags(&config.datacenter, config.server),
-        status: MEMBER_ALIVE,
-    }
+    let server_port = config.server.then(|| agent.server_port().unwrap_or(0));
+    AgentMember::new(
+        config.node.clone(),
+        config.advertise_addr.clone(),
+        SERF_LAN_PORT,
+        member_tags(&config.datacenter, &config.node_id, server_port),
+        MEMBER_ALIVE,
+    )
 }
 
-/// Serf tags as Consul sets them: the datacenter and the role.
-fn member_tags(dc: &str, server: bool) -> Meta {
+/// Serf tags as Consul sets them (`agent/consul/server_serf.go`, `client_serf.go`): every
+/// member's `dc`, `role`, `id`, `segment`, `build` and protocol versions (`vsn`, Consul's
+/// protocol 2 of 2..3); a server (`server_port` set: its RPC port, 0 when unknown) adds
+/// `port`, `raft_vsn` and `acls` (0: ACLs off).
+fn member_tags(dc: &str, node_id: &str, server_port: Option<u16>) -> Meta {
     let mut tags = Meta::new();
     tags.insert("dc".into(), dc.into());
-    tags.insert("role".into(), if server { "consul" } else { "node" }.into());
+    tags.insert(
+        "role".into(),
+        if server_port.is_some() {
+            "consul"
+        } else {
+            "node"
+        }
+        .into(),
+    );
+    tags.insert("id".into(), node_id.into());
+    tags.insert("segment".into(), String::new());
+    tags.insert("build".into(), format!("{VERSION}:"));
+    tags.insert("vsn".into(), "2".into());
+    tags.insert("vsn_min".into(), "2".into());
+    tags.insert("vsn_max".into(), "3".into());
+    if let Some(port) = server_port {
+        tags.insert("port".into(), port.to_string());
+        tags.insert("raft_vsn".into(), "3".into());
+        tags.insert("acls".into(), "0".into());
+    }
     tags
 }
 
+/// `GET /v1/agent/self`: `Config` (the stable subset), `DebugConfig` (a few of the runtime
+/// settings clients read), `Coord` (the origin: we measure no round-trip times), `Member`,
+/// `Stats`, `Meta` (node metadata: none is configurable here, so `{}`) and `xDS` (`null`: no
+/// Connect).
 pub(super) async fn agent_self(State(agent): St) -> HttpResult {
     let config = agent.config();
+    let mut debug = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        debug.insert(k.to_owned(), v);
+    };
+    put("Datacenter", config.datacenter.clone().into());
+    put("PrimaryDatacenter", config.datacenter.clone().into());
+    put("NodeName", config.node.clone().into());
+    put("NodeID", config.node_id.clone().into());
+    put("ServerMode", config.server.into());
+    put("Version", VERSION.into());
+    put("Revision", "".into());
+    put("AdvertiseAddrLAN", config.advertise_addr.clone().into());
+    put("NodeMeta", serde_json::Value::Object(Default::default()));
+    put(
+        "DataDir",
+        config
+            .data_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+            .into(),
+    );
     let reply = AgentSelf {
         config: AgentSelfConfig {
             datacenter: config.datacenter.clone(),
+            primary_datacenter: config.datacenter.clone(),
             node_name: config.node.clone(),
             node_id: config.node_id.clone(),
             server: config.server,
-            version: env!("CARGO_PKG_VERSION").into(),
+            revision: String::new(),
+            version: VERSION.into(),
         },
+        debug_config: debug,
+        coord: Coordinate::default(),
         member: self_member(&agent),
         stats: agent.stats(),
+        meta: Meta::new(),
+        xds: None,
     };
     Ok(Json(reply).into_response())
 }
@@ -221,6 +283,20 @@ pub(super) async fn members(State(agent): St) -> HttpResult {
     let servers = agent.servers();
     let nodes: Vec<Node> = servers.get_json("/v1/catalog/nodes").await?;
     let checks: Vec<HealthCheck> = servers.get_json("/v1/health/state/any").await?;
+    // Servers are the nodes of the `consul` service; its port is their RPC port. Best
+    // effort: the two reads above reached the servers, so a failure here is a server that
+    // does not list itself (an older one), whose members are then shown without roles.
+    let consul: Vec<CatalogService> = servers
+        .get_json(&format!("/v1/catalog/service/{CONSUL_SERVICE}"))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "members: the consul service could not be read");
+            Vec::new()
+        });
+    let server_ports: BTreeMap<&str, u16> = consul
+        .iter()
+        .map(|s| (s.node.as_str(), s.service_port))
+        .collect();
     let serf: BTreeMap<&str, &str> = checks
         .iter()
         .filter(|c| c.check_id == SERF_HEALTH_ID)
@@ -231,24 +307,25 @@ pub(super) async fn members(State(agent): St) -> HttpResult {
         .iter()
         .filter_map(|n| {
             let status = serf.get(n.node.as_str())?;
-            Some(AgentMember {
-                name: n.node.clone(),
-                addr: n.address.clone(),
-                port: SERF_LAN_PORT,
-                tags: member_tags(
+            Some(AgentMember::new(
+                n.node.clone(),
+                n.address.clone(),
+                SERF_LAN_PORT,
+                member_tags(
                     if n.datacenter.is_empty() {
                         dc
                     } else {
                         &n.datacenter
                     },
-                    false,
+                    &n.id,
+                    server_ports.get(n.node.as_str()).copied(),
                 ),
-                status: if *status == CRITICAL {
+                if *status == CRITICAL {
                     MEMBER_FAILED
                 } else {
                     MEMBER_ALIVE
                 },
-            })
+            ))
         })
         .collect();
     let me = &agent.config().node;

@@ -9,6 +9,7 @@
 //! `RaftHandle` and `crate::reads`).
 
 mod catalog;
+mod features_off;
 pub mod federation;
 mod health;
 mod internal;
@@ -108,6 +109,14 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
             get(operator::raft_configuration),
         )
         .route("/v1/operator/raft/peer", delete(operator::raft_remove_peer))
+        .route(
+            "/v1/operator/raft/transfer-leader",
+            put(operator::raft_transfer_leader),
+        )
+        .route(
+            "/v1/operator/autopilot/health",
+            get(operator::autopilot_health),
+        )
         .merge(heartbeat_route)
         .with_state(state)
         .merge(agent)
@@ -187,6 +196,23 @@ fn data_routes() -> Router<Arc<AppState>> {
         .route("/v1/health/checks/{name}", get(health::health_checks))
         .route("/v1/health/node/{node}", get(health::health_node))
         .route("/v1/health/state/{state}", get(health::health_state))
+        // Features we do not have: answered as Consul does with them off.
+        .route(
+            "/v1/catalog/connect/{name}",
+            get(features_off::catalog_connect),
+        )
+        .route(
+            "/v1/catalog/gateway-services/{gateway}",
+            get(features_off::catalog_gateway_services),
+        )
+        .route(
+            "/v1/health/connect/{name}",
+            get(features_off::health_connect),
+        )
+        .route(
+            "/v1/health/ingress/{name}",
+            get(features_off::health_ingress),
+        )
         .route("/v1/status/leader", get(status::status_leader))
         .route("/v1/status/peers", get(status::status_peers))
 }

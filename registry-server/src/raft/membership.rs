@@ -29,6 +29,30 @@ pub(super) enum Bootstrap {
     Form(Vec<u64>),
 }
 
+/// The voter a leader `me` hands leadership to: `target` if it is another
+/// voter, else the other voter with the most of the log (raft-rs makes it
+/// catch up first). The errors are hashicorp/raft's texts, which Consul shows.
+pub(super) fn transfer_target(
+    me: u64,
+    voters: &[u64],
+    target: Option<u64>,
+    matched: impl Fn(u64) -> u64,
+) -> Result<u64, String> {
+    match target {
+        Some(id) if id == me => Err("cannot transfer leadership to itself".into()),
+        Some(id) if voters.contains(&id) => Ok(id),
+        Some(id) => Err(format!(
+            "cannot find peer: {id:016x} is not a voter in the Raft configuration"
+        )),
+        None => voters
+            .iter()
+            .copied()
+            .filter(|id| *id != me)
+            .max_by_key(|id| (matched(*id), std::cmp::Reverse(*id)))
+            .ok_or_else(|| "cannot find peer".into()),
+    }
+}
+
 /// The bootstrap candidates this server knows: those it has seen and itself,
 /// sorted.
 fn candidates(me: u64, seen: &BTreeMap<u64, Vec<u64>>) -> Vec<u64> {
@@ -319,6 +343,22 @@ impl RaftNode {
         }
     }
 
+    /// Starts a leadership transfer (`PUT /v1/operator/raft/transfer-leader`)
+    /// on the leader; see [`transfer_target`] for the choice.
+    pub(super) fn transfer_leader(&mut self, target: Option<u64>) -> Result<u64, RaftError> {
+        if !self.is_leader() {
+            return Err(RaftError::NoLeader);
+        }
+        let voters = self.store.conf_state().voters;
+        let prs = self.raw.raft.prs();
+        let matched = |id| prs.get(id).map(|p| p.matched).unwrap_or(0);
+        let to =
+            transfer_target(self.me.id, &voters, target, matched).map_err(RaftError::Rejected)?;
+        info!(node = %self.me.node, to, "transferring leadership");
+        self.raw.transfer_leader(to);
+        Ok(to)
+    }
+
     /// Greets every server it knows of, every `hello_interval`.
     pub(super) fn greet(&mut self, now: Instant) {
         let due = self
@@ -512,6 +552,17 @@ mod tests {
             join_action(&me, true, true, 1, &conf, &peer(2, "dc1")),
             JoinAction::Ignore
         );
+    }
+
+    #[test]
+    fn leadership_goes_to_the_named_voter_or_the_most_caught_up_other_one() {
+        let matched = |id| [0, 5, 9, 7][id as usize];
+        assert_eq!(transfer_target(1, &[1, 2, 3], None, matched), Ok(2));
+        assert_eq!(transfer_target(2, &[1, 2, 3], None, matched), Ok(3));
+        assert_eq!(transfer_target(1, &[1, 2, 3], Some(3), matched), Ok(3));
+        assert!(transfer_target(1, &[1], None, matched).is_err());
+        assert!(transfer_target(1, &[1, 2], Some(1), matched).is_err());
+        assert!(transfer_target(1, &[1, 2], Some(3), matched).is_err());
     }
 
     #[test]

@@ -137,6 +137,18 @@ pub struct RaftStatus {
     pub entries_synced: u64,
     /// See `entries_synced`.
     pub syncs: u64,
+    /// On the leader, what it knows of each other server in the
+    /// configuration (`/v1/operator/autopilot/health`); empty elsewhere.
+    pub progress: BTreeMap<u64, PeerProgress>,
+}
+
+/// What the leader knows of one follower's replication.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The highest log index known to be on that server.
+    pub matched: u64,
+    /// When that server last answered (any Raft message) while this one led.
+    pub last_contact: Option<Instant>,
 }
 
 /// Raft role, mirrored from raft-rs.
@@ -253,6 +265,10 @@ pub enum Event {
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
     /// Remove a server from the configuration.
     RemovePeer(u64, oneshot::Sender<Result<(), RaftError>>),
+    /// Hand leadership to this voter (or, with `None`, to the most
+    /// up-to-date other voter); answered with the chosen voter's id once the
+    /// transfer has started (the caller watches the status for its end).
+    TransferLeader(Option<u64>, oneshot::Sender<Result<u64, RaftError>>),
     /// Nothing to do but look at the status again: the leader has announced
     /// itself (see [`RaftHandle::announce`]), so held reads may go and the
     /// status may name it without waiting for the next tick.
@@ -309,6 +325,20 @@ impl RaftHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Event::RemovePeer(id, tx))?;
         rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// Starts handing leadership to `target` (or to the most up-to-date other
+    /// voter) and returns the chosen voter once started. Only the leader can:
+    /// elsewhere this is `Err(NoLeader)`.
+    pub async fn transfer_leader(&self, target: Option<u64>) -> Result<u64, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::TransferLeader(target, tx))?;
+        rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// The node's timing (the operator endpoints judge contact ages by it).
+    pub fn tuning(&self) -> &RaftTuning {
+        &self.tuning
     }
 
     /// Looks at the current status without copying it (the copy allocates:

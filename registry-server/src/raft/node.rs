@@ -71,6 +71,8 @@ pub(super) struct RaftNode {
     pub(super) next_request: AtomicU64,
     pub(super) last_leader_contact: Option<Instant>,
     pub(super) last_hello: Option<Instant>,
+    /// When each other server last sent this one a Raft message (autopilot health).
+    pub(super) peer_contact: HashMap<u64, Instant>,
     pub(super) snapshots_installed: u64,
     /// See [`super::RaftStatus::snapshots_sent`].
     pub(super) snapshots_sent: u64,
@@ -151,6 +153,7 @@ impl RaftNode {
             next_request: AtomicU64::new(rand::random::<u64>() & !0xffff_ffff),
             last_leader_contact: None,
             last_hello: None,
+            peer_contact: HashMap::new(),
             snapshots_installed: 0,
             snapshots_sent: 0,
             snapshots_in_flight: HashMap::new(),
@@ -262,6 +265,9 @@ impl RaftNode {
             Event::Heartbeat(hb, reply) => self.route_heartbeat(hb, reply),
             Event::ReadIndex(reply) => self.queue_read(reply),
             Event::Announced => {}
+            Event::TransferLeader(target, reply) => {
+                let _ = reply.send(self.transfer_leader(target));
+            }
             Event::RemovePeer(id, reply) => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(RaftError::NoLeader));
@@ -318,6 +324,7 @@ impl RaftNode {
                 // we learn the address of a server added by another member.
                 self.learn_peer_address(m.from, from);
                 let from_id = m.from;
+                self.peer_contact.insert(from_id, Instant::now());
                 if ignores_vote(m.get_msg_type(), self.votes_refused_until, Instant::now()) {
                     debug!(node = %self.me.node, from = from_id, "ignoring a vote request just after start");
                     return Ok(());
@@ -656,6 +663,23 @@ impl RaftNode {
         }
         if st.peers != self.peers {
             st.peers = self.peers.clone();
+        }
+        // Updated in place: this runs after every batch of events, and
+        // allocates only when the configuration changes.
+        if role == Role::Leader {
+            let prs = r.prs();
+            st.progress
+                .retain(|id, _| *id != self.me.id && prs.get(*id).is_some());
+            for (id, pr) in prs.iter() {
+                if *id == self.me.id {
+                    continue;
+                }
+                let p = st.progress.entry(*id).or_default();
+                p.matched = pr.matched;
+                p.last_contact = self.peer_contact.get(id).copied();
+            }
+        } else if !st.progress.is_empty() {
+            st.progress.clear();
         }
     }
 }
