@@ -138,6 +138,14 @@ pub mod schemas {
 
 /// How deeply `(` and `not` may nest.
 const MAX_DEPTH: usize = 64;
+/// Longest filter expression accepted: it comes from the network, and its cost is paid for
+/// every item of an answer.
+pub const MAX_FILTER_LEN: usize = 4096;
+/// Most `matches` clauses in one expression.
+const MAX_REGEXES: usize = 16;
+/// Compiled size allowed for one regular expression (the `regex` crate's default is 10 MiB;
+/// `\w{100}` alone compiles to about 6 MB).
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// Consul's prefix for every filter error.
 const PREFIX: &str = "Failed to create boolean expression evaluator: ";
@@ -189,11 +197,17 @@ enum Op {
 impl Filter {
     /// Parses `text` against the endpoint's `schema`; the error is the text for a 400.
     pub fn parse(text: &str, schema: Schema) -> Result<Filter, String> {
+        if text.len() > MAX_FILTER_LEN {
+            return Err(format!(
+                "{PREFIX}filter expression longer than {MAX_FILTER_LEN} bytes"
+            ));
+        }
         let tokens = lex(text).map_err(|e| format!("{PREFIX}{e}"))?;
         let mut p = Parser {
             tokens,
             pos: 0,
             depth: 0,
+            regexes: 0,
             schema,
             text,
         };
@@ -480,6 +494,8 @@ struct Parser<'a> {
     schema: Schema,
     /// How many `(` and `not` enclose the current position (bounded: [`MAX_DEPTH`]).
     depth: usize,
+    /// How many `matches` clauses so far (bounded: [`MAX_REGEXES`]).
+    regexes: usize,
     /// The expression, for error positions.
     text: &'a str,
 }
@@ -681,9 +697,19 @@ impl Parser<'_> {
                 if op == "contains" {
                     self.checked(path, Op::Contains(value), negated, "Contains")
                 } else {
-                    let re = Regex::new(&value).map_err(|e| {
-                        format!("{PREFIX}Failed to compile regular expression {value:?}: {e}")
-                    })?;
+                    self.regexes += 1;
+                    if self.regexes > MAX_REGEXES {
+                        return Err(format!(
+                            "{PREFIX}more than {MAX_REGEXES} \"matches\" clauses in one filter"
+                        ));
+                    }
+                    let re = regex::RegexBuilder::new(&value)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .dfa_size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|e| {
+                            format!("{PREFIX}Failed to compile regular expression {value:?}: {e}")
+                        })?;
                     self.checked(path, Op::Matches(re), negated, "Matches")
                 }
             }
@@ -754,6 +780,21 @@ fn kind_of(schema: Schema, path: &[String]) -> Option<Kind> {
 mod tests {
     use super::schemas::{AGENT_SERVICE, HEALTH_CHECK, NODE, SERVICE_ENTRY};
     use super::*;
+
+    /// From the review: a few KB of `matches` clauses compiled to a GB of regex programs.
+    #[test]
+    fn expensive_filters_are_refused_before_they_cost() {
+        let many = vec![r#"Node matches "a""#; MAX_REGEXES + 1].join(" or ");
+        assert!(Filter::parse(&many, NODE).unwrap_err().contains("matches"));
+        let big = r#"Node matches "(\w{100}){100}""#;
+        assert!(
+            Filter::parse(big, NODE).is_err(),
+            "regex over the size limit"
+        );
+        let long = format!(r#"Node == "{}""#, "x".repeat(MAX_FILTER_LEN));
+        assert!(Filter::parse(&long, NODE).unwrap_err().contains("longer"));
+        assert!(Filter::parse(r#"Node matches "^web-[0-9]+$""#, NODE).is_ok());
+    }
     use serde_json::json;
 
     fn entry() -> Value {
@@ -903,17 +944,22 @@ mod tests {
     /// Nesting is bounded (the text comes from the network); long flat chains are fine.
     #[test]
     fn deep_nesting_is_refused_and_long_chains_are_not() {
-        let deep = format!("{}Node == n1{}", "(".repeat(100_000), ")".repeat(100_000));
+        let deep = format!(
+            "{}Node == n1{}",
+            "(".repeat(MAX_DEPTH + 6),
+            ")".repeat(MAX_DEPTH + 6)
+        );
         let e = Filter::parse(&deep, NODE).unwrap_err();
         assert!(e.contains("nested deeper than"), "{e}");
-        let nots = format!("{}Node == n1", "not ".repeat(100_000));
+        let nots = format!("{}Node == n1", "not ".repeat(MAX_DEPTH + 6));
         assert!(Filter::parse(&nots, NODE).is_err());
         let ok = format!("{}Node == n1", "not not ".repeat(20));
         assert!(Filter::parse(&ok, NODE).is_ok());
-        let chain = vec!["Node == x"; 20_000].join(" or ") + " or Node == n1";
+        // As long a flat chain as the length bound lets through.
+        let chain = vec!["Node == x"; 250].join(" or ") + " or Node == n1";
         let f = Filter::parse(&chain, NODE).unwrap();
         assert!(f.matches(&json!({"Node": "n1"})));
-        let chain = vec!["Node == n1"; 20_000].join(" and ");
+        let chain = vec!["Node == n1"; 250].join(" and ");
         assert!(Filter::parse(&chain, NODE)
             .unwrap()
             .matches(&json!({"Node": "n1"})));

@@ -179,6 +179,22 @@ async fn a_server_removed_from_the_raft_configuration_loses_its_consul_service()
     })
     .await;
 
+    // A consul instance registered for an external node (no agent, no
+    // serfHealth), as Consul's ESM does: not a server of ours, never removed.
+    let resp = http
+        .put(format!("{base}/v1/catalog/register"))
+        .body(r#"{"Node":"esm-node","Address":"192.0.2.9","Service":{"ID":"consul","Service":"consul","Port":8300}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "external register: {}",
+        resp.status()
+    );
+    let mut all = all;
+    all.insert("esm-node".into());
+
     let gone = (leader + 1) % 3;
     let gone_name = c.names[gone].clone();
     c.stop(gone).await;
@@ -197,5 +213,12 @@ async fn a_server_removed_from_the_raft_configuration_loses_its_consul_service()
         || async { (consul_nodes().await == rest).then_some(()) },
     )
     .await;
+    // Several reconciliation passes later the external one is still there.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        consul_nodes().await,
+        rest,
+        "the external consul instance was removed"
+    );
     c.shutdown().await;
 }

@@ -32,7 +32,7 @@ use registry_api::{
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// Name and ID of the service every server carries (Consul's
 /// `structs.ConsulServiceName` / `ConsulServiceID`).
@@ -176,7 +176,13 @@ pub fn plan(
     };
     let (instances, _) = catalog.service_nodes(CONSUL_SERVICE, &[]);
     for inst in instances {
-        if inst.service_id == CONSUL_SERVICE && !members.contains(&inst.node) {
+        // Only a node with an agent's serfHealth was a server of ours: a
+        // `consul` instance someone registered for an external node through
+        // /v1/catalog/register (as Consul's ESM does) is not ours to remove.
+        let agent_node = catalog
+            .check_status(&inst.node, registry_api::SERF_HEALTH_ID)
+            .is_some();
+        if inst.service_id == CONSUL_SERVICE && agent_node && !members.contains(&inst.node) {
             writes.push(Write::Deregister(DeregisterRequest {
                 node: inst.node,
                 service_id: CONSUL_SERVICE.into(),
@@ -271,6 +277,8 @@ pub async fn run(raft: RaftHandle, default_port: u16, shutdown: CancellationToke
     let mut applied = raft.applied_changes();
     let mut done: Option<Key> = None;
     let mut next_full = Instant::now() + RECONCILE_INTERVAL;
+    // Wait after a failed reconciliation, doubling up to the interval.
+    let mut retry = POLL;
     loop {
         // Also on a short poll: the applied batch that makes a new leader
         // ready is published before its status says so, and taking office
@@ -305,8 +313,18 @@ pub async fn run(raft: RaftHandle, default_port: u16, shutdown: CancellationToke
                 raft.announce(term);
                 done = Some(key);
             }
-            Err(e) => debug!(error = %e, "could not reconcile the servers in the catalog"),
+            Err(e) => {
+                // Not every poll: a loaded leader must not be loaded more.
+                warn!(error = %e, ?retry, "could not write the servers into the catalog; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RECONCILE_INTERVAL);
+                continue;
+            }
         }
+        retry = POLL;
     }
 }
 

@@ -368,6 +368,12 @@ impl RaftHandle {
         }
     }
 
+    /// Marks `term` announced without the catalog write (the deadline in
+    /// `reads.rs`); the same as [`RaftHandle::announce`] on the shared state.
+    pub(crate) fn force_announce(shared: &Shared, term: u64) {
+        shared.announced_term.fetch_max(term, Ordering::SeqCst);
+    }
+
     /// Whether this server, leading in `term`, may name itself and answer
     /// linearizable reads.
     pub(crate) fn announced_in(shared: &Shared, term: u64) -> bool {

@@ -67,6 +67,9 @@ pub(super) struct RaftNode {
     /// Followers' ReadIndex requests held back while this server leads but
     /// has not announced itself (see `reads.rs`, `hold_read_index`).
     pub(super) held_read_index: Vec<Message>,
+    /// The term this server leads in and since when (a `Cell`: read from
+    /// `&self` checks), for the announcement's deadline in `reads.rs`.
+    pub(super) leading_since: std::cell::Cell<Option<(u64, Instant)>>,
     /// Request ids: a random prefix per process so ids never collide across servers.
     pub(super) next_request: AtomicU64,
     pub(super) last_leader_contact: Option<Instant>,
@@ -150,6 +153,7 @@ impl RaftNode {
             read_queue: Vec::new(),
             read_rounds: HashMap::new(),
             held_read_index: Vec::new(),
+            leading_since: std::cell::Cell::new(None),
             next_request: AtomicU64::new(rand::random::<u64>() & !0xffff_ffff),
             last_leader_contact: None,
             last_hello: None,
@@ -403,6 +407,9 @@ impl RaftNode {
 
     fn on_tick(&mut self) -> Result<(), Fatal> {
         let now = Instant::now();
+        // Checked every tick, not only when a read comes: the announcement's
+        // deadline must also open `/v1/status/leader` on an idle cluster.
+        let _ = self.unannounced_leader();
         // Expire waiters whose answer will not come (lost leader, dropped message).
         self.pending_writes.retain(|_, (tx, deadline)| {
             if now > *deadline {

@@ -114,8 +114,32 @@ impl RaftNode {
     /// into the catalog, `leader/servers.rs`): until then no ReadIndex round
     /// is answered, so that every linearizable or default read, on any
     /// server, made after a leader is named sees those entries.
-    fn unannounced_leader(&self) -> bool {
-        self.is_leader() && !RaftHandle::announced_in(&self.shared, self.raw.raft.term)
+    ///
+    /// The gate must never stop reads for good: if the announcement has not
+    /// come one election timeout after this server started leading in its
+    /// term (the catalog write failed, the loop is overloaded or gone), the
+    /// leader announces itself anyway and says so, and reads go on without
+    /// the guarantee.
+    pub(super) fn unannounced_leader(&self) -> bool {
+        let term = self.raw.raft.term;
+        if !self.is_leader() || RaftHandle::announced_in(&self.shared, term) {
+            return false;
+        }
+        let since = match self.leading_since.get() {
+            Some((t, since)) if t == term => since,
+            _ => {
+                let now = Instant::now();
+                self.leading_since.set(Some((term, now)));
+                now
+            }
+        };
+        if since.elapsed() < self.tuning.election_timeout() {
+            return true;
+        }
+        tracing::warn!(node = %self.me.node, term,
+            "servers not in the catalog one election timeout after taking office: announcing leadership anyway");
+        RaftHandle::force_announce(&self.shared, term);
+        false
     }
 
     /// Keeps a follower's ReadIndex request back while this leader has not
