@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod command;
 mod plan;
 mod rows;
+mod stored;
 
 pub use catalog::CatalogState;
 pub use command::Command;
