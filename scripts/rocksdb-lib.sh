@@ -24,6 +24,19 @@ if [[ -f "$dir/librocksdb.a" ]]; then
   exit 0
 fi
 
+# Two builds started at once on a fresh machine (make test runs several cargo
+# commands, helpers run their own) would each compile RocksDB for 16 minutes:
+# the second waits for the first here and then finds the archive.
+mkdir -p "$CACHE_ROOT"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$CACHE_ROOT/.build-$VERSION.lock"
+  flock 9
+  if [[ -f "$dir/librocksdb.a" ]]; then
+    echo "$dir"
+    exit 0
+  fi
+fi
+
 mkdir -p "$dir/build/src"
 cat >"$dir/build/Cargo.toml" <<TOML
 [package]
