@@ -147,7 +147,8 @@ impl AnswerCache {
 /// covers, so a watcher of one service is not answered because another one
 /// changed. `key` names the query in `cache` (its raw form will do: equal
 /// keys must mean equal answers at one applied index).
-pub async fn read<T, F>(
+#[allow(clippy::too_many_arguments)]
+pub async fn read<T, U, F, S>(
     raft: &RaftHandle,
     cache: &AnswerCache,
     shutdown: &CancellationToken,
@@ -155,10 +156,12 @@ pub async fn read<T, F>(
     blocking: Option<Blocking>,
     key: String,
     query: F,
+    then: S,
 ) -> Result<Answer, RaftError>
 where
-    T: Serialize,
+    U: Serialize,
     F: Fn(&CatalogState) -> (T, u64),
+    S: Fn(T) -> U,
 {
     raft.check_running()?;
     match mode {
@@ -181,11 +184,13 @@ where
                 Some(a) => (Ok(a), None),
                 None => (Err(query(catalog)), Some(applied)),
             });
-        // Serialised after the lock is released, so a large answer does not
-        // hold up the Raft thread's next apply.
+        // `then` (a client's `?filter=`, which costs per item) and the
+        // serialisation run after the lock is released, so neither holds up
+        // the Raft thread's next apply: `query` only copies out what it needs.
         let answer = match (answer, fresh) {
             (Ok(a), _) => a,
             (Err((value, index)), applied) => {
+                let value = then(value);
                 let body =
                     serde_json::to_vec(&value).map_err(|e| RaftError::Encode(e.to_string()))?;
                 let a = Answer {

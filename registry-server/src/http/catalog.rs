@@ -2,7 +2,7 @@
 //! plan or validate writes beyond calling `CatalogState::validate_*`.
 
 use super::params::read_params;
-use super::{json, json_headers, read, HttpResult, Params, St};
+use super::{json, json_headers, read, read_then, HttpResult, Params, St};
 use crate::state::{CatalogState, Command};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -57,11 +57,20 @@ pub(super) async fn catalog_nodes(State(st): St, Query(q): Params) -> HttpResult
     let filter = p.filter(schemas::NODE)?;
     let meta = p.node_meta.clone();
     let key = format!("nodes{}", p.key_suffix());
-    read(&st, &p, key, move |c| {
-        let (mut nodes, index) = c.nodes();
-        nodes.retain(|n| meta_ok(&meta, &n.meta) && keep(&filter, n));
-        (nodes, index)
-    })
+    read_then(
+        &st,
+        &p,
+        key,
+        move |c| {
+            let (mut nodes, index) = c.nodes();
+            nodes.retain(|n| meta_ok(&meta, &n.meta));
+            (nodes, index)
+        },
+        move |mut nodes| {
+            nodes.retain(|n| keep(&filter, n));
+            nodes
+        },
+    )
     .await
 }
 
@@ -119,11 +128,20 @@ pub(super) async fn catalog_service(
     let filter = p.filter(schemas::SERVICE_NODE)?;
     let meta = p.node_meta.clone();
     let key = format!("service\0{name}\0{tags:?}{}", p.key_suffix());
-    read(&st, &p, key, move |c| {
-        let (mut list, index) = c.service_nodes(&name, &tags);
-        list.retain(|s| meta_ok(&meta, &s.node_meta) && keep(&filter, s));
-        (list, index)
-    })
+    read_then(
+        &st,
+        &p,
+        key,
+        move |c| {
+            let (mut list, index) = c.service_nodes(&name, &tags);
+            list.retain(|s| meta_ok(&meta, &s.node_meta));
+            (list, index)
+        },
+        move |mut list| {
+            list.retain(|s| keep(&filter, s));
+            list
+        },
+    )
     .await
 }
 

@@ -2,7 +2,7 @@
 
 use super::catalog::{keep, meta_ok};
 use super::params::read_params;
-use super::{read, HttpResult, Params, St};
+use super::{read_then, HttpResult, Params, St};
 use crate::state::CatalogState;
 use axum::extract::{Path, Query, State};
 use registry_api::filter::{schemas, NodeMeta};
@@ -23,11 +23,20 @@ pub(super) async fn health_service(
         "health-service\0{name}\0{tags:?}\0{passing}{}",
         p.key_suffix()
     );
-    read(&st, &p, key, move |c| {
-        let (mut list, index) = c.health_service(&name, &tags, passing);
-        list.retain(|e| meta_ok(&meta, &e.node.meta) && keep(&filter, e));
-        (list, index)
-    })
+    read_then(
+        &st,
+        &p,
+        key,
+        move |c| {
+            let (mut list, index) = c.health_service(&name, &tags, passing);
+            list.retain(|e| meta_ok(&meta, &e.node.meta));
+            (list, index)
+        },
+        move |mut list| {
+            list.retain(|e| keep(&filter, e));
+            list
+        },
+    )
     .await
 }
 
@@ -40,12 +49,20 @@ pub(super) async fn health_checks(
     let filter = p.filter(schemas::HEALTH_CHECK)?;
     let meta = p.node_meta.clone();
     let key = format!("checks\0{name}{}", p.key_suffix());
-    read(&st, &p, key, move |c| {
-        let (mut checks, index) = c.service_checks(&name);
-        retain_checks(c, &mut checks, &meta);
-        checks.retain(|h| keep(&filter, h));
-        (checks, index)
-    })
+    read_then(
+        &st,
+        &p,
+        key,
+        move |c| {
+            let (mut checks, index) = c.service_checks(&name);
+            retain_checks(c, &mut checks, &meta);
+            (checks, index)
+        },
+        move |mut checks| {
+            checks.retain(|h| keep(&filter, h));
+            checks
+        },
+    )
     .await
 }
 
@@ -57,11 +74,16 @@ pub(super) async fn health_node(
     let p = read_params(&q)?;
     let filter = p.filter(schemas::HEALTH_CHECK)?;
     let key = format!("health-node\0{node}{}", p.key_suffix());
-    read(&st, &p, key, move |c| {
-        let (mut checks, index) = c.node_checks(&node);
-        checks.retain(|h| keep(&filter, h));
-        (checks, index)
-    })
+    read_then(
+        &st,
+        &p,
+        key,
+        move |c| c.node_checks(&node),
+        move |mut checks| {
+            checks.retain(|h| keep(&filter, h));
+            checks
+        },
+    )
     .await
 }
 
@@ -78,12 +100,20 @@ pub(super) async fn health_state(
     let filter = p.filter(schemas::HEALTH_CHECK)?;
     let meta = p.node_meta.clone();
     let key = format!("state\0{state}{}", p.key_suffix());
-    read(&st, &p, key, move |c| {
-        let (mut checks, index) = c.checks_in_state(&state).unwrap_or_default();
-        retain_checks(c, &mut checks, &meta);
-        checks.retain(|h| keep(&filter, h));
-        (checks, index)
-    })
+    read_then(
+        &st,
+        &p,
+        key,
+        move |c| {
+            let (mut checks, index) = c.checks_in_state(&state).unwrap_or_default();
+            retain_checks(c, &mut checks, &meta);
+            (checks, index)
+        },
+        move |mut checks| {
+            checks.retain(|h| keep(&filter, h));
+            checks
+        },
+    )
     .await
 }
 

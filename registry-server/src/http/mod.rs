@@ -232,6 +232,23 @@ where
     T: Serialize,
     F: Fn(&CatalogState) -> (T, u64),
 {
+    read_then(st, p, key, query, |v| v).await
+}
+
+/// [`read`] with a step on the copied-out value (a `?filter=`) that runs after
+/// the applied-state lock is released.
+async fn read_then<T, U, F, S>(
+    st: &AppState,
+    p: &params::ReadParams,
+    key: String,
+    query: F,
+    then: S,
+) -> HttpResult
+where
+    U: Serialize,
+    F: Fn(&CatalogState) -> (T, u64),
+    S: Fn(T) -> U,
+{
     let answer: Answer = crate::reads::read(
         &st.raft,
         &st.answers,
@@ -240,6 +257,7 @@ where
         p.blocking,
         key,
         query,
+        then,
     )
     .await?;
     Ok(json_response(st, answer.body, Some(answer.index)))
