@@ -7,36 +7,11 @@
 mod common;
 
 use common::*;
+use registry_testkit::fakes::shape::assert_shape;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Every field of `sample` is in `actual` with the same JSON type, recursively (the first
-/// element of an array stands for all; a `null` in the sample allows anything). Extra fields
-/// are allowed: Consul's own replies carry more than its samples show.
-fn assert_shape(actual: &Value, sample: &Value, path: &str) {
-    match (sample, actual) {
-        (Value::Null, _) => {}
-        (Value::Object(s), Value::Object(a)) => {
-            for (k, sv) in s {
-                let av = a
-                    .get(k)
-                    .unwrap_or_else(|| panic!("{path}.{k} missing in {actual}"));
-                assert_shape(av, sv, &format!("{path}.{k}"));
-            }
-        }
-        (Value::Array(s), Value::Array(a)) => {
-            if let (Some(sv), Some(av)) = (s.first(), a.first()) {
-                assert_shape(av, sv, &format!("{path}[0]"));
-            }
-        }
-        (Value::String(_), Value::String(_))
-        | (Value::Number(_), Value::Number(_))
-        | (Value::Bool(_), Value::Bool(_)) => {}
-        _ => panic!("{path}: {actual} is not the type of the docs' {sample}"),
-    }
-}
 
 async fn get_value(api: &Api, path: &str) -> Value {
     api.get_json(path).await

@@ -1,32 +1,9 @@
 //! Node liveness: heartbeats keep a node's `serfHealth` passing; silence makes
 //! it critical within the bound, and `?passing` then drops its services.
 
-use registry_api::{QueryOptions, RegistryClient};
+use registry_api::QueryOptions;
 use registry_testkit::cluster::*;
 use std::time::{Duration, Instant};
-
-async fn heartbeat(c: &RegistryClient, node: &str) -> u16 {
-    reqwest::Client::new()
-        .put(format!("{}/v1/internal/heartbeat", c.base()))
-        .body(format!(
-            r#"{{"Node":"{node}","Address":"10.9.9.9","Datacenter":"dc1"}}"#
-        ))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-async fn serf_status(c: &RegistryClient, node: &str) -> Option<String> {
-    let (checks, _): (Vec<registry_api::HealthCheck>, _) = c
-        .get(&format!("/v1/health/node/{node}"), &QueryOptions::default())
-        .await
-        .ok()?;
-    checks
-        .into_iter()
-        .find(|c| c.check_id == "serfHealth")
-        .map(|c| c.status)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_node_passing_and_silence_makes_it_critical() {
@@ -36,7 +13,11 @@ async fn heartbeats_keep_a_node_passing_and_silence_makes_it_critical() {
     // Heartbeats sent to a follower reach the leader.
     assert_eq!(heartbeat(&follower, "app-1").await, 200);
     wait_until(Duration::from_secs(10), "serfHealth passing", || async {
-        (serf_status(&follower, "app-1").await.as_deref() == Some("passing")).then_some(())
+        (serf_status(&follower, "app-1", &QueryOptions::default())
+            .await
+            .as_deref()
+            == Some("passing"))
+        .then_some(())
     })
     .await;
     follower
@@ -64,7 +45,9 @@ async fn heartbeats_keep_a_node_passing_and_silence_makes_it_critical() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        serf_status(&follower, "app-1").await.as_deref(),
+        serf_status(&follower, "app-1", &QueryOptions::default())
+            .await
+            .as_deref(),
         Some("passing")
     );
 
@@ -72,7 +55,11 @@ async fn heartbeats_keep_a_node_passing_and_silence_makes_it_critical() {
     // ?passing drops the node's services.
     let silent_at = Instant::now();
     wait_until(Duration::from_secs(10), "serfHealth critical", || async {
-        (serf_status(&follower, "app-1").await.as_deref() == Some("critical")).then_some(())
+        (serf_status(&follower, "app-1", &QueryOptions::default())
+            .await
+            .as_deref()
+            == Some("critical"))
+        .then_some(())
     })
     .await;
     let took = silent_at.elapsed();
@@ -116,7 +103,11 @@ async fn a_new_leader_does_not_fail_nodes_it_has_not_heard_from_yet() {
     let client = c.client(other);
     assert_eq!(heartbeat(&client, "app-2").await, 200);
     wait_until(Duration::from_secs(10), "serfHealth passing", || async {
-        (serf_status(&client, "app-2").await.as_deref() == Some("passing")).then_some(())
+        (serf_status(&client, "app-2", &QueryOptions::default())
+            .await
+            .as_deref()
+            == Some("passing"))
+        .then_some(())
     })
     .await;
     c.stop(leader).await;
@@ -128,7 +119,9 @@ async fn a_new_leader_does_not_fail_nodes_it_has_not_heard_from_yet() {
     while Instant::now() < until {
         heartbeat(&client, "app-2").await;
         assert_ne!(
-            serf_status(&client, "app-2").await.as_deref(),
+            serf_status(&client, "app-2", &QueryOptions::default())
+                .await
+                .as_deref(),
             Some("critical")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -11,33 +11,6 @@ use registry_testkit::cluster::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// PUTs one heartbeat for `node` to `c`; returns the status (0: no answer).
-async fn heartbeat(c: &RegistryClient, node: &str) -> u16 {
-    reqwest::Client::new()
-        .put(format!("{}/v1/internal/heartbeat", c.base()))
-        .timeout(Duration::from_secs(5))
-        .body(format!(
-            r#"{{"Node":"{node}","Address":"10.9.9.9","Datacenter":"dc1"}}"#
-        ))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-/// The node's `serfHealth` status as `c` sees it (stale read: the leader's
-/// own state is what counts).
-async fn serf_status(c: &RegistryClient, node: &str) -> Option<String> {
-    let (checks, _): (Vec<registry_api::HealthCheck>, _) = c
-        .get(&format!("/v1/health/node/{node}"), &stale())
-        .await
-        .ok()?;
-    checks
-        .into_iter()
-        .find(|c| c.check_id == "serfHealth")
-        .map(|c| c.status)
-}
-
 /// An agent whose server list starts with `servers[0]` (its preferred server).
 async fn start_agent(name: &str, dir: &Path, servers: Vec<String>) -> ClientHandle {
     let mut cfg = ClientConfig::new(name);
@@ -66,7 +39,7 @@ async fn assert_stays_passing(leader: &RegistryClient, node: &str, how_long: Dur
     let until = Instant::now() + how_long;
     let (mut passing, mut readings) = (0, 0);
     while Instant::now() < until {
-        let status = serf_status(leader, node).await;
+        let status = serf_status(leader, node, &stale()).await;
         readings += 1;
         assert_ne!(
             status.as_deref(),
@@ -97,7 +70,7 @@ async fn an_agent_on_an_isolated_server_stays_passing() {
     let agent = start_agent("app-iso", dir.path(), servers_preferring(&c, x)).await;
     let lc = c.client(leader);
     wait_until(Duration::from_secs(10), "app-iso passing", || async {
-        (serf_status(&lc, "app-iso").await.as_deref() == Some("passing")).then_some(())
+        (serf_status(&lc, "app-iso", &stale()).await.as_deref() == Some("passing")).then_some(())
     })
     .await;
     c.net.isolate(&c.names[x]);
@@ -150,7 +123,7 @@ async fn a_server_that_cannot_reach_the_leader_refuses_heartbeats() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent("app-oneway", dir.path(), servers_preferring(&c, x)).await;
     wait_until(Duration::from_secs(10), "app-oneway passing", || async {
-        (serf_status(&lc, "app-oneway").await.as_deref() == Some("passing")).then_some(())
+        (serf_status(&lc, "app-oneway", &stale()).await.as_deref() == Some("passing")).then_some(())
     })
     .await;
     assert_stays_passing(&lc, "app-oneway", Duration::from_secs(10)).await;

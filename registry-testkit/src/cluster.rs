@@ -266,3 +266,28 @@ impl TestCluster {
         }
     }
 }
+
+/// Sends an agent heartbeat for `node` through `c` (unsigned: test clusters run without a
+/// key); the HTTP status, or 0 when nothing answered within 5 s.
+pub async fn heartbeat(c: &RegistryClient, node: &str) -> u16 {
+    reqwest::Client::new()
+        .put(format!("{}/v1/internal/heartbeat", c.base()))
+        .timeout(Duration::from_secs(5))
+        .body(format!(
+            r#"{{"Node":"{node}","Address":"10.9.9.9","Datacenter":"dc1"}}"#
+        ))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// The status of `node`'s `serfHealth` check as `c` reads it with `opts`.
+pub async fn serf_status(c: &RegistryClient, node: &str, opts: &QueryOptions) -> Option<String> {
+    let (checks, _): (Vec<HealthCheck>, _) =
+        c.get(&format!("/v1/health/node/{node}"), opts).await.ok()?;
+    checks
+        .into_iter()
+        .find(|c| c.check_id == registry_api::SERF_HEALTH_ID)
+        .map(|c| c.status)
+}

@@ -66,10 +66,7 @@ pub(super) async fn catalog_nodes(State(st): St, Query(q): Params) -> HttpResult
             nodes.retain(|n| meta_ok(&meta, &n.meta));
             (nodes, index)
         },
-        move |mut nodes| {
-            nodes.retain(|n| keep(&filter, n));
-            nodes
-        },
+        filtered(filter),
     )
     .await
 }
@@ -118,6 +115,14 @@ pub(super) fn keep<T: serde::Serialize>(filter: &Option<Filter>, item: &T) -> bo
     filter.as_ref().is_none_or(|f| f.matches_item(item))
 }
 
+/// The step after the read lock for a list answer: the items `?filter=` keeps.
+pub(super) fn filtered<T: serde::Serialize>(filter: Option<Filter>) -> impl Fn(Vec<T>) -> Vec<T> {
+    move |mut list| {
+        list.retain(|item| keep(&filter, item));
+        list
+    }
+}
+
 pub(super) async fn catalog_service(
     State(st): St,
     Path(name): Path<String>,
@@ -137,10 +142,7 @@ pub(super) async fn catalog_service(
             list.retain(|s| meta_ok(&meta, &s.node_meta));
             (list, index)
         },
-        move |mut list| {
-            list.retain(|s| keep(&filter, s));
-            list
-        },
+        filtered(filter),
     )
     .await
 }

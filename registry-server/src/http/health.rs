@@ -1,6 +1,6 @@
 //! `/v1/health/*`: the health reads.
 
-use super::catalog::{keep, meta_ok};
+use super::catalog::{filtered, meta_ok};
 use super::params::read_params;
 use super::{read_then, HttpResult, Params, St};
 use crate::state::CatalogState;
@@ -32,10 +32,7 @@ pub(super) async fn health_service(
             list.retain(|e| meta_ok(&meta, &e.node.meta));
             (list, index)
         },
-        move |mut list| {
-            list.retain(|e| keep(&filter, e));
-            list
-        },
+        filtered(filter),
     )
     .await
 }
@@ -58,10 +55,7 @@ pub(super) async fn health_checks(
             retain_checks(c, &mut checks, &meta);
             (checks, index)
         },
-        move |mut checks| {
-            checks.retain(|h| keep(&filter, h));
-            checks
-        },
+        filtered(filter),
     )
     .await
 }
@@ -79,10 +73,7 @@ pub(super) async fn health_node(
         &p,
         key,
         move |c| c.node_checks(&node),
-        move |mut checks| {
-            checks.retain(|h| keep(&filter, h));
-            checks
-        },
+        filtered(filter),
     )
     .await
 }
@@ -109,10 +100,7 @@ pub(super) async fn health_state(
             retain_checks(c, &mut checks, &meta);
             (checks, index)
         },
-        move |mut checks| {
-            checks.retain(|h| keep(&filter, h));
-            checks
-        },
+        filtered(filter),
     )
     .await
 }

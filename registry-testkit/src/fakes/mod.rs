@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod dc;
+pub mod shape;
 
 use axum::http::StatusCode;
 use axum::routing::get;
