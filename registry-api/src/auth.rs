@@ -77,7 +77,7 @@ impl std::fmt::Debug for SharedKey {
 }
 
 /// Fresh random bytes from the operating system.
-fn random<const N: usize>() -> [u8; N] {
+pub(crate) fn random<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom as _;
     let mut out = [0u8; N];
     // The system RNG failing is not something a server can run without.

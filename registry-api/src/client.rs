@@ -31,7 +31,7 @@ pub struct QueryOptions {
 }
 
 impl QueryOptions {
-    fn query(&self) -> Vec<(String, String)> {
+    pub(crate) fn query(&self) -> Vec<(String, String)> {
         let mut q = Vec::new();
         if let Some(dc) = &self.dc {
             q.push(("dc".into(), dc.clone()));
@@ -67,6 +67,22 @@ pub struct QueryMeta {
     pub known_leader: bool,
     /// `X-Consul-LastContact`, in milliseconds.
     pub last_contact_ms: u64,
+}
+
+impl QueryMeta {
+    /// What a reply's `X-Consul-*` headers say (0 and false where one is missing).
+    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        QueryMeta {
+            index: header("X-Consul-Index")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            known_leader: header("X-Consul-KnownLeader") == Some("true"),
+            last_contact_ms: header("X-Consul-LastContact")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// Why a client call failed.
@@ -126,11 +142,16 @@ impl RegistryClient {
         &self.base
     }
 
+    /// The connection pool (for calls with raw bodies, such as `kv.rs`'s).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
-    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    pub(crate) async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(resp);
@@ -151,21 +172,7 @@ impl RegistryClient {
             req = req.timeout(w + w / 16 + Duration::from_secs(5));
         }
         let resp = Self::check(req.send().await?).await?;
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let meta = QueryMeta {
-            index: header("X-Consul-Index")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            known_leader: header("X-Consul-KnownLeader").as_deref() == Some("true"),
-            last_contact_ms: header("X-Consul-LastContact")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        };
+        let meta = QueryMeta::from_headers(resp.headers());
         let body = resp.json::<T>().await?;
         Ok((body, meta))
     }

@@ -1,7 +1,8 @@
 //! Go-style durations (`"10s"`, `"1m30s"`, `"250ms"`), as Consul's API takes and
-//! prints them (`?wait=`, check `Interval`/`Timeout`).
+//! prints them (`?wait=`, check `Interval`/`Timeout`), and the RFC 3339 times it prints
+//! (`StableSince`, log lines), without a date library.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Parses a Go duration string. A bare number without a unit is an error, as in Go
 /// (`time: missing unit in duration`), except `"0"`.
@@ -75,9 +76,54 @@ pub fn format(d: Duration) -> String {
     }
 }
 
+/// `2017-03-06T22:07:51Z` (whole seconds, UTC), as Go prints a `time.Time` in JSON.
+pub fn rfc3339(t: SystemTime) -> String {
+    let (date, secs, _) = civil(t);
+    format!("{date}T{secs}Z")
+}
+
+/// `2017-03-06T22:07:51.005Z` (milliseconds, UTC), hclog's log line time.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let (date, secs, millis) = civil(t);
+    format!("{date}T{secs}.{millis:03}Z")
+}
+
+/// The UTC date (`YYYY-MM-DD`), time of day (`HH:MM:SS`) and milliseconds of `t`; times
+/// before 1970 print as the epoch.
+fn civil(t: SystemTime) -> (String, String, u32) {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, (rem % 3600) / 60, rem % 60),
+        since.subsec_millis(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_488_838_071_042);
+        assert_eq!(rfc3339(t), "2017-03-06T22:07:51Z");
+        assert_eq!(rfc3339_millis(t), "2017-03-06T22:07:51.042Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
 
     #[test]
     fn parses_go_durations() {

@@ -48,10 +48,13 @@ pub fn forwarded_request_header(name: &str) -> bool {
 }
 
 /// Whether a response header travels back with an answer: the body's type, `Allow` (a 405's
-/// list of methods) and Consul's `X-Consul-*` headers (index, leader, last contact).
+/// list of methods), Consul's `X-Consul-*` headers (index, leader, last contact) and its cache
+/// headers `X-Cache` and `Age` (a `?cached` read: Consul's agent answers them).
 pub fn forwarded_response_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("content-type")
         || name.eq_ignore_ascii_case("allow")
+        || name.eq_ignore_ascii_case("x-cache")
+        || name.eq_ignore_ascii_case("age")
         || starts_with_ignore_case(name, "x-consul-")
 }
 
@@ -99,6 +102,7 @@ mod tests {
             "Allow",
             "X-Consul-Index",
             "x-consul-knownleader",
+            "X-Cache",
         ] {
             assert!(forwarded_response_header(yes), "{yes}");
         }

@@ -28,6 +28,7 @@ impl IntoResponse for HttpError {
         let status =
             StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, self.0.to_string()).into_response();
+        resp.extensions_mut().insert(OwnReason);
         if let ApiError::MethodNotAllowed(allow) = &self.0 {
             if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
                 resp.headers_mut().insert(header::ALLOW, v);
@@ -36,6 +37,11 @@ impl IntoResponse for HttpError {
         resp
     }
 }
+
+/// Marks a response made from an [`HttpError`]: its reason is already the one to send (a 413
+/// such as `/v1/txn`'s "too many operations" keeps it).
+#[derive(Clone, Copy, Debug)]
+struct OwnReason;
 
 /// Middleware: framework rejections (a wrong method, a body over [`MAX_BODY`]) get a plain-text
 /// reason like every other error.
@@ -54,7 +60,7 @@ pub async fn plain_text_errors(req: Request, next: Next) -> Response {
         parts.headers.remove(header::CONTENT_LENGTH);
         return Response::from_parts(parts, Body::from(format!("Method {method} not allowed")));
     }
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+    if status == StatusCode::PAYLOAD_TOO_LARGE && resp.extensions().get::<OwnReason>().is_none() {
         return (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("Request body too large, max size: {MAX_BODY} bytes"),

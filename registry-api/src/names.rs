@@ -13,19 +13,19 @@ const MAX_HOST_LEN: usize = 253;
 /// Longest label of a host name (RFC 1035 §2.3.4).
 const MAX_LABEL_LEN: usize = 63;
 
-/// Why a gateway address was refused. The texts name the rule, never the input, so they are safe
-/// to log and to send back.
+/// Why a peer address (a gateway's, a server to join) was refused. The texts name the rule,
+/// never the input, so they are safe to log and to send back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
     /// No `:port`.
-    #[error("a gateway address must be HOST:PORT")]
+    #[error("an address must be HOST:PORT")]
     NoPort,
     /// The port is not a number in 1-65535.
-    #[error("the port of a gateway address must be a number in 1-65535")]
+    #[error("the port of an address must be a number in 1-65535")]
     BadPort,
     /// The host is neither a DNS name, an IPv4 address nor a bracketed IPv6 address.
     #[error(
-        "the host of a gateway address must be a DNS name (letters, digits, '-', '.'), \
+        "the host of an address must be a DNS name (letters, digits, '-', '.'), \
          an IPv4 address or a bracketed IPv6 address"
     )]
     BadHost,
@@ -56,6 +56,20 @@ pub fn check_gateway_addr(addr: &str) -> Result<(), AddrError> {
         Some(h) if h.parse::<Ipv4Addr>().is_ok() || dns_name(h) => Ok(()),
         Some(_) => Err(AddrError::BadHost),
     }
+}
+
+/// A server address as `PUT /v1/agent/join/:address` takes it: `host:port`, or a bare host
+/// (a DNS name or an IPv4 address) that gets `default_port`; checked as
+/// [`check_gateway_addr`] checks a gateway's.
+pub fn join_addr(raw: &str, default_port: u16) -> Result<String, AddrError> {
+    let raw = raw.trim();
+    let addr = if raw.contains(':') {
+        raw.to_string()
+    } else {
+        format!("{raw}:{default_port}")
+    };
+    check_gateway_addr(&addr)?;
+    Ok(addr)
 }
 
 /// Whether `host` is a DNS name: dot-separated labels of letters, digits and `-`, none empty,
@@ -94,6 +108,16 @@ pub fn check_datacenter(dc: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_addresses_get_the_default_port() {
+        assert_eq!(join_addr("10.0.0.1", 8300).unwrap(), "10.0.0.1:8300");
+        assert_eq!(join_addr(" s1.local:9300 ", 8300).unwrap(), "s1.local:9300");
+        assert_eq!(join_addr("[::1]:8300", 1).unwrap(), "[::1]:8300");
+        assert!(join_addr("a b", 8300).is_err());
+        assert!(join_addr("h:0", 8300).is_err());
+        assert!(join_addr("http://h:1", 8300).is_err());
+    }
 
     #[test]
     fn gateway_addresses_are_host_and_port_only() {

@@ -253,12 +253,37 @@ pub async fn serve(
     serve_with_gate(listener, router, gate, shutdown).await
 }
 
-/// [`serve`] with a gate shared with other listeners.
+/// [`serve`] with a gate shared with other listeners. Once `shutdown` fires it waits (at most
+/// [`DRAIN_LIMIT`]) for the connections to finish the answers in flight, so that an answer
+/// given just before the process stops (`PUT /v1/agent/leave`) still reaches its client.
 pub async fn serve_with_gate(
     listener: TcpListener,
     router: Router,
     gate: ConnGate,
     shutdown: CancellationToken,
+) {
+    accept_until(listener, router, &gate, &shutdown).await;
+    gate.drain(DRAIN_LIMIT).await;
+}
+
+/// Longest wait at shutdown for connections to finish their answers: each gets one second
+/// (`serve_one`), so this only bounds a connection that would not end.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+impl ConnGate {
+    /// Waits until every connection of this gate has ended, for at most `limit`.
+    async fn drain(&self, limit: Duration) {
+        let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(limit, self.permits.acquire_many(all)).await;
+    }
+}
+
+/// Accepts and serves until `shutdown`.
+async fn accept_until(
+    listener: TcpListener,
+    router: Router,
+    gate: &ConnGate,
+    shutdown: &CancellationToken,
 ) {
     loop {
         let accepted = tokio::select! {

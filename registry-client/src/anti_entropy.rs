@@ -12,6 +12,10 @@
 //! - **Retry**: after a failure (servers unreachable, no leader), wait with a doubling backoff
 //!   and go back to FullSync: a full sync also repairs a catalog that lost our entries.
 //!
+//! A reload or a join asks for a full sync at once (from PartialSync or Retry). Each pass
+//! holds the agent's sync gate and does nothing once a leave has begun, so that no pass
+//! re-registers a node that is leaving.
+//!
 //! The `serfHealth` check belongs to the servers and is never removed. Entries are compared
 //! without `CreateIndex`/`ModifyIndex`, so a catalog that is in sync causes no writes.
 //!
@@ -107,12 +111,14 @@ impl AntiEntropy {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(wait) => SyncState::FullSync,
+                        _ = self.agent.full_sync_requested() => SyncState::FullSync,
                     }
                 }
                 SyncState::PartialSync => {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep_until(next_full) => SyncState::FullSync,
+                        _ = self.agent.full_sync_requested() => SyncState::FullSync,
                         _ = self.agent.changed() => {
                             let result = tokio::select! {
                                 _ = shutdown.cancelled() => return,
@@ -147,6 +153,10 @@ impl AntiEntropy {
 
     /// Reads the catalog's view of this node, marks differences, then pushes them.
     async fn full_sync(&self) -> Result<(), PoolError> {
+        let _pass = self.agent.sync_pass().await;
+        if self.agent.is_leaving() {
+            return Ok(());
+        }
         let node = &self.agent.config().node;
         let servers = self.agent.servers();
         let path = encode_segment(node);
@@ -159,11 +169,20 @@ impl AntiEntropy {
             let mut st = self.agent.lock();
             mark_differences(&mut st, self.agent.config(), remote, remote_checks);
         }
-        self.sync_changes().await
+        self.push().await
     }
 
     /// Pushes every out-of-sync entry and pending removal.
     async fn sync_changes(&self) -> Result<(), PoolError> {
+        let _pass = self.agent.sync_pass().await;
+        if self.agent.is_leaving() {
+            return Ok(());
+        }
+        self.push().await
+    }
+
+    /// [`AntiEntropy::sync_changes`] without the gate (the caller holds it).
+    async fn push(&self) -> Result<(), PoolError> {
         let writes = {
             let st = self.agent.lock();
             plan_writes(&st, self.agent.config())
@@ -250,7 +269,7 @@ fn retry_max(agent: &Agent) -> Duration {
 }
 
 /// A node name as one URL path segment.
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")

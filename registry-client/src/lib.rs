@@ -18,7 +18,8 @@
 //! Start-up, in order: build the server pool from `--retry-join` (signing with the shared
 //! key, `--encrypt`, when one is given), start the agent (load persisted state, start checks,
 //! syncer, heartbeats), bind the HTTP listener and serve. Everything stops on one
-//! [`CancellationToken`] and every task is awaited.
+//! [`CancellationToken`] and every task is awaited; a leave (`PUT /v1/agent/leave`) fires it
+//! too, and [`run`] then returns. `SIGHUP` reloads ([`Agent::reload`]).
 //!
 //! Owns: the agent process's configuration and start-up. Must not touch: rules shared with
 //! the server and the gateway (limits, forwarding, error responses, signing), which live in
@@ -32,7 +33,7 @@ pub mod checks;
 pub mod http;
 pub mod servers;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{Agent, AgentConfig, BoxFuture, ServerLifecycle};
 pub use http::{agent_router, client_router};
 pub use servers::{PoolError, PoolResponse, ServerPool};
 
@@ -110,6 +111,11 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
+    /// Resolves once the agent stops, by [`ClientHandle::stop`] or by itself after a leave.
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+
     /// Stops everything and waits until every task has ended.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -181,10 +187,26 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
     })
 }
 
-/// Serves until `shutdown` fires, then stops every task and waits for them.
+/// Serves until `shutdown` fires or the agent leaves, then stops every task and waits for
+/// them. Each `SIGHUP` reloads the agent, as `PUT /v1/agent/reload` does.
 pub async fn run(config: ClientConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handle = start(config).await?;
-    shutdown.cancelled().await;
+    let mut hangups = registry_api::process::hangups();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = handle.stopped() => {
+                tracing::info!(node = %handle.agent.config().node, "the agent left; stopping");
+                break;
+            }
+            _ = registry_api::process::next_hangup(&mut hangups) => {
+                tracing::info!(node = %handle.agent.config().node, "SIGHUP: reloading");
+                if let Err(e) = handle.agent.reload().await {
+                    tracing::warn!(error = %e, "reload failed");
+                }
+            }
+        }
+    }
     handle.stop().await;
     Ok(())
 }

@@ -55,11 +55,8 @@ const EXIT_USAGE: i32 = 2;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // Lines on stderr, and the stream `GET /v1/agent/monitor` reads.
+    registry_api::logs::install();
     let a = Args::parse();
     if let Some(Command::Keygen) = a.command {
         println!("{}", registry_api::auth::generate_key());

@@ -39,6 +39,8 @@ use std::time::Duration;
 /// How long to wait for a TCP connection before moving to the next server; short so that
 /// failover is quick (servers are on the same LAN).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long [`ServerPool::probe`] waits for a server to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest error body looked at for [`registry_api::error::NO_LEADER`]; the servers' texts
 /// are short, and a large body is some other answer.
 const MAX_ERROR_BODY_SCAN: usize = 4096;
@@ -134,8 +136,10 @@ pub struct ServerPool {
 /// What the clones of a [`ServerPool`] share.
 #[derive(Debug)]
 struct PoolInner {
-    /// Base URLs without a trailing slash (`http://host:port`).
-    servers: Vec<String>,
+    /// Base URLs without a trailing slash (`http://host:port`); grows by
+    /// [`ServerPool::add_server`] (`PUT /v1/agent/join`). A std lock, held only to copy or
+    /// push, never across an `.await`.
+    servers: std::sync::RwLock<Vec<String>>,
     /// Index of the server that last answered well, tried first.
     preferred: AtomicUsize,
     /// One client for all requests, so connections are kept alive between them.
@@ -149,16 +153,10 @@ impl ServerPool {
     /// A pool of servers given by base URL (`http://host:port`). An empty list is allowed:
     /// every request then fails with [`PoolError::NoServers`].
     pub fn new(base_urls: Vec<String>) -> Result<ServerPool, PoolError> {
-        let mut servers = Vec::with_capacity(base_urls.len());
-        for raw in base_urls {
-            let trimmed = raw.trim().trim_end_matches('/').to_owned();
-            match url::Url::parse(&trimmed) {
-                Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.has_host() => {
-                    servers.push(trimmed)
-                }
-                _ => return Err(PoolError::InvalidAddress(raw)),
-            }
-        }
+        let servers = base_urls
+            .iter()
+            .map(|raw| checked_base_url(raw))
+            .collect::<Result<Vec<_>, _>>()?;
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
@@ -166,7 +164,7 @@ impl ServerPool {
             .map_err(|e| PoolError::InvalidAddress(e.to_string()))?;
         Ok(ServerPool {
             inner: Arc::new(PoolInner {
-                servers,
+                servers: std::sync::RwLock::new(servers),
                 preferred: AtomicUsize::new(0),
                 http,
                 key: None,
@@ -181,7 +179,7 @@ impl ServerPool {
         let inner = &self.inner;
         ServerPool {
             inner: Arc::new(PoolInner {
-                servers: inner.servers.clone(),
+                servers: std::sync::RwLock::new(self.servers()),
                 preferred: AtomicUsize::new(inner.preferred.load(Ordering::Relaxed)),
                 http: inner.http.clone(),
                 key,
@@ -201,8 +199,67 @@ impl ServerPool {
     }
 
     /// The servers' base URLs.
-    pub fn servers(&self) -> &[String] {
-        &self.inner.servers
+    pub fn servers(&self) -> Vec<String> {
+        self.inner
+            .servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Adds a server (`HOST:PORT`, its RPC address, or a base URL) that every clone of this
+    /// pool then uses; returns whether it was new. Consul's agents learn servers the same
+    /// way from a join (`PUT /v1/agent/join/:address`).
+    pub fn add_server(&self, addr: &str) -> Result<bool, PoolError> {
+        let base = checked_base_url(&forward::base_url(addr))?;
+        let mut servers = self
+            .inner
+            .servers
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if servers.contains(&base) {
+            return Ok(false);
+        }
+        servers.push(base);
+        Ok(true)
+    }
+
+    /// Asks the server at `addr` (as [`ServerPool::add_server`] takes it) who leads, signed
+    /// like everything the pool sends: `Ok` once it answers 2xx, so that a join is refused for
+    /// an address where no server (or one with another key) answers.
+    pub async fn probe(&self, addr: &str) -> Result<(), PoolError> {
+        let base = checked_base_url(&forward::base_url(addr))?;
+        let req = self
+            .build_request(
+                &base,
+                auth::Purpose::Forward,
+                &Method::GET,
+                "/v1/status/leader",
+                &HeaderMap::new(),
+                &Bytes::new(),
+                PROBE_TIMEOUT,
+            )
+            .map_err(|e| PoolError::Unreachable {
+                last_error: format!("{base}: {e}"),
+            })?;
+        let resp = self
+            .inner
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| PoolError::Unreachable {
+                last_error: format!("{base}: {e}"),
+            })?;
+        let status = resp.status();
+        let body = forward::read_body(resp, MAX_ERROR_BODY_SCAN)
+            .await
+            .unwrap_or_default();
+        ok_status(PoolResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body),
+        })
+        .map(|_| ())
     }
 
     /// Sends a request to the server that last answered well, failing over to the others on
@@ -289,7 +346,8 @@ impl ServerPool {
         repeatable: bool,
         fail_over: FailOver,
     ) -> Result<PoolResponse, PoolError> {
-        let servers = &self.inner.servers;
+        // A copy: a join may add a server meanwhile, which the next request uses.
+        let servers = self.servers();
         if servers.is_empty() {
             return Err(PoolError::NoServers);
         }
@@ -430,6 +488,15 @@ impl ServerPool {
     }
 }
 
+/// A server's base URL, checked: `http(s)://host[:port]`, no trailing slash.
+fn checked_base_url(raw: &str) -> Result<String, PoolError> {
+    let trimmed = raw.trim().trim_end_matches('/').to_owned();
+    match url::Url::parse(&trimmed) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.has_host() => Ok(trimmed),
+        _ => Err(PoolError::InvalidAddress(raw.to_string())),
+    }
+}
+
 /// Turns a non-2xx answer into [`PoolError::Status`].
 fn ok_status(resp: PoolResponse) -> Result<PoolResponse, PoolError> {
     if resp.status.is_success() {
@@ -515,5 +582,14 @@ mod tests {
         assert!(ServerPool::new(vec!["not a url".into()]).is_err());
         let pool = ServerPool::from_retry_join(&["10.0.0.1:8300".into()]).unwrap();
         assert_eq!(pool.servers(), ["http://10.0.0.1:8300"]);
+        // A join adds a server once, seen by every clone; a bad address is refused.
+        let clone = pool.clone();
+        assert!(pool.add_server("10.0.0.2:8300").unwrap());
+        assert!(!pool.add_server("http://10.0.0.2:8300/").unwrap());
+        assert_eq!(
+            clone.servers(),
+            ["http://10.0.0.1:8300", "http://10.0.0.2:8300"]
+        );
+        assert!(pool.add_server("a b:1").is_err());
     }
 }

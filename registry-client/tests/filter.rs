@@ -51,6 +51,37 @@ async fn agent_services_and_checks_take_a_filter() {
         .get_json(&filtered("/v1/agent/checks", "ServiceID == db1"))
         .await;
     assert!(checks.is_empty(), "{checks:?}");
+    // The other selectors agent/check.mdx lists, on a node check and a service check.
+    assert_eq!(
+        api.put(
+            "/v1/agent/check/register",
+            r#"{"ID":"disk","Name":"disk space","Notes":"df","TTL":"30s"}"#
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(api.put("/v1/agent/check/warn/disk", "").await.0, 200);
+    let rows: &[(&str, &[&str])] = &[
+        ("", &["web1-ttl", "disk"]),
+        ("Status == warning", &["disk"]),
+        ("Status != warning", &["web1-ttl"]),
+        ("Name matches \"^disk\"", &["disk"]),
+        ("Notes == df", &["disk"]),
+        (
+            "CheckID == disk or ServiceName == web",
+            &["web1-ttl", "disk"],
+        ),
+        ("primary in ServiceTags", &["web1-ttl"]),
+        ("ServiceTags is empty", &["disk"]),
+        ("Node == n1 and ServiceID is empty", &["disk"]),
+    ];
+    for (expr, want) in rows {
+        let checks: BTreeMap<String, serde_json::Value> =
+            api.get_json(&filtered("/v1/agent/checks", expr)).await;
+        let got: BTreeSet<&str> = checks.keys().map(String::as_str).collect();
+        assert_eq!(got, want.iter().copied().collect(), "checks {expr:?}");
+    }
 
     for (path, expr, reason) in [
         (
@@ -69,6 +100,12 @@ async fn agent_services_and_checks_take_a_filter() {
             "Service == web",
             "Selector \"Service\" is not valid",
         ),
+        (
+            "/v1/agent/checks",
+            "ServiceTags == v1",
+            "Invalid match operator \"Equal\"",
+        ),
+        ("/v1/agent/checks", "Status ==", "no match found"),
     ] {
         let (status, body) = api.get(&filtered(path, expr)).await;
         assert_eq!(status, 400, "{path} {expr:?}: {body}");

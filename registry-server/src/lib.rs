@@ -8,16 +8,21 @@
 //! Where things live (each module's own comment says what it must not touch):
 //!
 //! - [`state`]: the pure state machine: commands, the write planner, row keys,
-//!   the catalog tables (KV, sessions, ACLs join here, a file each);
+//!   the catalog, KV and session tables and transactions (a file each);
 //! - [`storage`]: RocksDB (`logs`, `meta`, `store`) and the snapshot format;
 //! - [`raft`]: the Raft thread and [`raft::RaftHandle`], its only door;
 //! - [`rpc`]: server-to-server messages and their transports (TCP, in-memory);
 //! - [`reads`]: consistency modes, blocking waits, the shared-answer cache,
 //!   for every interface that reads (HTTP now, DNS next);
 //! - [`leader`]: loops that run only on the leader (the liveness reaper, the
-//!   servers' own node and `consul` service);
+//!   servers' own node and `consul` service, session TTLs, KV tombstones);
 //! - [`http`]: the routers and one file per endpoint family, with `?dc=`
-//!   forwarding to other datacenters (`http/federation.rs`).
+//!   forwarding to other datacenters (`http/federation.rs`);
+//! - [`lifecycle`]: a server's part of the agent's leave, join and
+//!   force-leave.
+//!
+//! [`run`] also reloads the embedded agent on `SIGHUP` and returns when the
+//! agent has left (`PUT /v1/agent/leave` stops the process).
 
 // Protobuf messages from raft-proto are built field by field, as raft-rs
 // itself does; struct literals would add noise for no safety.
@@ -25,6 +30,7 @@
 
 pub mod http;
 pub mod leader;
+pub mod lifecycle;
 pub mod raft;
 pub mod reads;
 pub mod rpc;
@@ -34,7 +40,7 @@ pub mod storage;
 use crate::raft::{Event, RaftHandle, RaftNodeSetup, RaftTuning};
 use crate::rpc::PeerInfo;
 use crate::rpc::{Deliver, MemNetwork, TcpTransport, Transport};
-use crate::state::CatalogState;
+use crate::state::StateStore;
 use crate::storage::RaftStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +90,10 @@ pub struct ServerConfig {
     pub tuning: RaftTuning,
     /// Node liveness timing.
     pub liveness: leader::liveness::LivenessTuning,
+    /// Session TTL timing (the leader's timers).
+    pub sessions: leader::sessions::SessionTuning,
+    /// KV tombstone reaping timing.
+    pub tombstones: leader::tombstones::TombstoneTuning,
     /// Run the agent endpoints for this server itself (like every Consul
     /// server is also an agent). Off only in tests that want a catalog
     /// holding nothing but what they wrote.
@@ -120,6 +130,8 @@ impl ServerConfig {
             dev: false,
             tuning: RaftTuning::default(),
             liveness: leader::liveness::LivenessTuning::default(),
+            sessions: leader::sessions::SessionTuning::default(),
+            tombstones: leader::tombstones::TombstoneTuning::default(),
             agent: true,
             agent_sync_interval: Duration::from_secs(60),
             agent_heartbeat_interval: Duration::from_secs(2),
@@ -164,6 +176,8 @@ pub struct ServerHandle {
     pub raft: RaftHandle,
     /// The HTTP layer's state (gateway routes).
     app: Arc<http::AppState>,
+    /// The embedded agent (none when `ServerConfig::agent` is off).
+    agent: Option<Arc<registry_client::Agent>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     raft_thread: Option<std::thread::JoinHandle<()>>,
@@ -181,6 +195,22 @@ impl ServerHandle {
     /// Base URL of the HTTP API.
     pub fn url(&self) -> String {
         format!("http://{}", self.http_addr)
+    }
+
+    /// The agent this server embeds, if it runs one.
+    pub fn agent(&self) -> Option<&Arc<registry_client::Agent>> {
+        self.agent.as_ref()
+    }
+
+    /// Resolves once the server stops, by [`ServerHandle::stop`] or by itself
+    /// (its agent left the cluster).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// Whether the server has stopped or is stopping.
+    pub fn is_stopped(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 
     /// Stops every task and the Raft thread, and waits until the database is
@@ -225,9 +255,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let (data_dir, temp_dir) = data_dir(&config)?;
     info!(node = %config.node, dc = %config.datacenter, dir = %data_dir.display(), "opening storage");
     let (store, recovered) = RaftStore::open(&data_dir, config.disk_faults.clone())?;
-    let catalog =
-        CatalogState::from_rows(&config.datacenter, recovered.rows).map_err(anyhow::Error::msg)?;
-    info!(node = %config.node, applied = recovered.applied, "catalog loaded");
+    let state =
+        StateStore::from_rows(&config.datacenter, recovered.rows).map_err(anyhow::Error::msg)?;
+    info!(node = %config.node, applied = recovered.applied, keys = state.kv.len(),
+          sessions = state.sessions.len(), "state loaded");
 
     let (tx, rx) = raft::event_channel();
     let rpc = start_transport(&config, deliver_to(tx.clone()), &shutdown).await?;
@@ -249,7 +280,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         store,
         applied: recovered.applied,
         peers: recovered.peers,
-        catalog,
+        state,
         bootstrap_expect: if config.dev {
             1
         } else {
@@ -274,6 +305,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         shutdown.clone(),
     )));
 
+    tasks.push(tokio::spawn(leader::sessions::run(
+        raft.clone(),
+        config.sessions.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(leader::tombstones::run(
+        raft.clone(),
+        config.tombstones.clone(),
+        shutdown.clone(),
+    )));
+
     if config.agent {
         // The `consul` service's port when the RPC address names none (the
         // in-memory transport).
@@ -285,18 +327,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         )));
     }
 
-    let agent_routes = if config.agent {
+    let (agent_routes, agent) = if config.agent {
         let agent = EmbeddedAgent {
             http_addr,
             rpc_addr: &rpc_addr,
             node_id: recovered.node_id,
             data_dir: &data_dir,
         };
-        let (routes, agent_tasks) = agent.start(&config, &raft, &shutdown).await?;
+        let (agent, agent_tasks) = agent.start(&config, &raft, &shutdown).await?;
         tasks.extend(agent_tasks);
-        routes
+        (registry_client::agent_router(agent.clone()), Some(agent))
     } else {
-        axum::Router::new()
+        (axum::Router::new(), None)
     };
 
     let app = Arc::new(http::AppState {
@@ -334,6 +376,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         id: recovered.node_id,
         raft,
         app,
+        agent,
         shutdown,
         tasks,
         raft_thread: Some(raft_thread),
@@ -435,14 +478,16 @@ struct EmbeddedAgent<'a> {
 }
 
 impl EmbeddedAgent<'_> {
-    /// Starts the agent (every Consul server is also an agent) and returns
-    /// its routes and tasks.
+    /// Starts the agent (every Consul server is also an agent) with the
+    /// server's part of leave and join ([`lifecycle::ServerMembership`]), and
+    /// returns it and its tasks. It stops on the server's token, which its
+    /// leave fires.
     async fn start(
         self,
         config: &ServerConfig,
         raft: &RaftHandle,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<(axum::Router, Vec<JoinHandle<()>>)> {
+    ) -> anyhow::Result<(Arc<registry_client::Agent>, Vec<JoinHandle<()>>)> {
         // The embedded agent reaches the cluster through this server's own API.
         let own = if self.http_addr.ip().is_unspecified() {
             format!("http://127.0.0.1:{}", self.http_addr.port())
@@ -469,6 +514,11 @@ impl EmbeddedAgent<'_> {
         };
         let (agent, tasks) =
             registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;
+        agent.set_server_lifecycle(Arc::new(lifecycle::ServerMembership {
+            raft: raft.clone(),
+            node: config.node.clone(),
+            tcp: matches!(config.transport, TransportKind::Tcp),
+        }));
         let stats_raft = raft.clone();
         agent.set_stats_source(Arc::new(move || raft_stats(&stats_raft)));
         // The `port` member tag Consul gives a server is its RPC port.
@@ -479,7 +529,7 @@ impl EmbeddedAgent<'_> {
         {
             agent.set_server_port(port);
         }
-        Ok((registry_client::agent_router(agent), tasks))
+        Ok((agent, tasks))
     }
 }
 
@@ -514,10 +564,28 @@ fn raft_stats(
     [("raft".to_string(), raft_section)].into_iter().collect()
 }
 
-/// Runs a server until `shutdown` fires.
+/// Runs a server until `shutdown` fires or its agent leaves the cluster.
+/// Each `SIGHUP` reloads the embedded agent, as `PUT /v1/agent/reload` does.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handle = start(config).await?;
-    shutdown.cancelled().await;
+    let mut hangups = registry_api::process::hangups();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = handle.stopped() => {
+                info!("left the cluster");
+                break;
+            }
+            _ = registry_api::process::next_hangup(&mut hangups) => {
+                info!("SIGHUP: reloading");
+                if let Some(agent) = handle.agent() {
+                    if let Err(e) = agent.reload().await {
+                        tracing::warn!(error = %e, "reload failed");
+                    }
+                }
+            }
+        }
+    }
     info!("shutting down");
     handle.stop().await;
     Ok(())

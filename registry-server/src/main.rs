@@ -70,11 +70,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // Lines on stderr, and the stream `GET /v1/agent/monitor` reads.
+    registry_api::logs::install();
     // As Go raises it for Consul: the soft open-file limit up to the hard one
     // (each HTTP connection, blocking queries above all, holds a descriptor).
     registry_api::serve::raise_fd_limit();

@@ -1,12 +1,12 @@
 //! Reads of the applied state, for every interface that answers them (HTTP
 //! today, DNS next): the consistency modes, blocking waits and the
 //! shared-answer cache. A read waits for the freshness its mode asks for,
-//! evaluates a query against the applied catalog, and, when blocking, waits
-//! for the data's index to move. Must not know HTTP (no axum here): callers
+//! evaluates a query against the applied state (every table), and, when
+//! blocking, waits for the data's index to move. Must not know HTTP (no axum here): callers
 //! turn an [`Answer`] into their own response.
 
 use crate::raft::{RaftError, RaftHandle};
-use crate::state::CatalogState;
+use crate::state::StateStore;
 use bytes::Bytes;
 use rand::Rng;
 use serde::Serialize;
@@ -80,6 +80,9 @@ pub const ANSWER_CACHE_BYTES: usize = 32 << 20;
 
 impl AnswerCache {
     fn get(&self, key: &str, applied: u64) -> Option<Answer> {
+        if key.is_empty() {
+            return None;
+        }
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .map
@@ -89,7 +92,10 @@ impl AnswerCache {
     }
 
     fn put(&self, key: &str, answer: Answer) {
-        if answer.body.len() > ANSWER_CACHE_MAX_BODY || key.len() > ANSWER_CACHE_MAX_KEY {
+        if answer.body.len() > ANSWER_CACHE_MAX_BODY
+            || key.len() > ANSWER_CACHE_MAX_KEY
+            || key.is_empty()
+        {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,12 +147,13 @@ impl AnswerCache {
 }
 
 /// Answers a read: waits for the consistency `mode` asks for, then evaluates
-/// `query` against the applied catalog, re-evaluating it after each applied
+/// `query` against the applied state, re-evaluating it after each applied
 /// change while it is a `blocking` query whose index has not moved past
 /// `min_index`. `query` returns the value and the index of the data it
 /// covers, so a watcher of one service is not answered because another one
 /// changed. `key` names the query in `cache` (its raw form will do: equal
-/// keys must mean equal answers at one applied index).
+/// keys must mean equal answers at one applied index); an empty key is never
+/// cached (a read-only transaction, which nobody else asks).
 #[allow(clippy::too_many_arguments)]
 pub async fn read<T, U, F, S>(
     raft: &RaftHandle,
@@ -160,7 +167,7 @@ pub async fn read<T, U, F, S>(
 ) -> Result<Answer, RaftError>
 where
     U: Serialize,
-    F: Fn(&CatalogState) -> (T, u64),
+    F: Fn(&StateStore) -> (T, u64),
     S: Fn(T) -> U,
 {
     raft.check_running()?;
@@ -179,11 +186,10 @@ where
     });
     loop {
         changes.borrow_and_update();
-        let (answer, fresh) =
-            raft.with_applied(|catalog, applied| match cache.get(&key, applied) {
-                Some(a) => (Ok(a), None),
-                None => (Err(query(catalog)), Some(applied)),
-            });
+        let (answer, fresh) = raft.with_applied(|state, applied| match cache.get(&key, applied) {
+            Some(a) => (Ok(a), None),
+            None => (Err(query(state)), Some(applied)),
+        });
         // `then` (a client's `?filter=`, which costs per item) and the
         // serialisation run after the lock is released, so neither holds up
         // the Raft thread's next apply: `query` only copies out what it needs.

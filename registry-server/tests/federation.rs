@@ -156,6 +156,42 @@ async fn two_datacenters_answer_each_other_through_their_gateways() {
         .0
         .is_empty());
 
+    // KV across datacenters: written into dc2 and read back from dc1's agent,
+    // through both datacenters' gateways; it lives in dc2 only.
+    assert!(c1
+        .kv_put("fed/key", "from-dc1", &[("dc", "dc2")])
+        .await
+        .unwrap());
+    let (list, meta) = c1.kv_get("fed/key", &dc("dc2"), &[]).await.unwrap();
+    assert_eq!(list.unwrap()[0].value.as_deref(), Some(&b"from-dc1"[..]));
+    assert!(meta.index > 0 && meta.known_leader, "{meta:?}");
+    let here = QueryOptions::default();
+    assert!(c2.kv_get("fed/key", &here, &[]).await.unwrap().0.is_some());
+    assert!(c1.kv_get("fed/key", &here, &[]).await.unwrap().0.is_none());
+
+    // A user event fired into dc2 from dc1's agent is dc2's: listed by dc2's
+    // agent, not by dc1's.
+    let fired = reqwest::Client::new()
+        .put(format!("{}/v1/event/fire/deploy?dc=dc2", c1.base()))
+        .body("v2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fired.status().as_u16(), 200);
+    let fired: serde_json::Value = fired.json().await.unwrap();
+    let listed = |c: &RegistryClient| {
+        let url = format!("{}/v1/event/list?name=deploy", c.base());
+        async move {
+            let list: Vec<serde_json::Value> =
+                reqwest::get(url).await.unwrap().json().await.unwrap();
+            list.iter()
+                .map(|e| e["ID"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(&c2).await, [fired["ID"].as_str().unwrap()]);
+    assert!(listed(&c1).await.is_empty());
+
     // A blocking query from dc1 on a dc2 service returns when dc2 changes it.
     let (_, m) = c1.catalog_service("db", &dc("dc2")).await.unwrap();
     let watcher = c1.clone();

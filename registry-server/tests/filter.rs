@@ -1,5 +1,7 @@
 //! `?filter=` (Consul's filter language) and `?node-meta=` on the catalog and health
-//! reads: a table of expressions per endpoint with the ids each must return, and invalid
+//! reads, every endpoint Consul's docs list `filter` for (catalog nodes, services, service,
+//! connect, node, node-services; health node, checks, service, connect, ingress, state): a
+//! table of expressions per endpoint with the ids each must return, and invalid
 //! expressions that must be a 400 with the reason. Every query of a table runs against one
 //! applied state, so an answer cache keyed without the filter would answer them all alike.
 
@@ -267,6 +269,35 @@ async fn filters_and_node_meta_select_what_consul_would() {
     let (_, body) = api.get("/v1/catalog/node/n1", &f("Port == 81")).await;
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["Services"], serde_json::json!({}), "{body}");
+
+    // catalog/node-services/:node filters its list of services, with the same selectors.
+    for (expr, want) in [
+        ("Service == web and Port == 80", vec!["web1"]),
+        ("Tags contains primary", vec!["web1"]),
+        ("Meta.version == \"1\"", vec!["web1"]),
+        ("Port == 81", vec![]),
+    ] {
+        let (s, body) = api.get("/v1/catalog/node-services/n1", &f(expr)).await;
+        assert_eq!(s, 200, "{expr}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let ids: Vec<&str> = v["Services"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["ID"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(ids, want, "node-services {expr}: {body}");
+        assert_eq!(v["Node"]["Node"], "n1", "{body}");
+    }
+
+    // The reads of features we do not have take the filter of the endpoints they mirror
+    // (catalog/service, health/service) and answer none.
+    for (path, expr) in [
+        ("/v1/catalog/connect/web", "ServiceName == web"),
+        ("/v1/health/connect/web", "Service.Service == web"),
+        ("/v1/health/ingress/web", "Checks.Status == passing"),
+    ] {
+        let (s, body) = api.get(path, &f(expr)).await;
+        assert_eq!((s, body.as_str()), (200, "[]"), "{path} {expr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,6 +356,26 @@ async fn invalid_filters_are_a_400_with_the_reason() {
             "/v1/health/state/any",
             "Status == passing and",
             "no match found",
+        ),
+        (
+            "/v1/catalog/node-services/n1",
+            "ServiceName == web",
+            "Selector \"ServiceName\" is not valid",
+        ),
+        (
+            "/v1/catalog/connect/web",
+            "Service.ID == web1",
+            "Selector \"Service.ID\" is not valid",
+        ),
+        (
+            "/v1/health/connect/web",
+            "NoSuchField == 1",
+            "Selector \"NoSuchField\" is not valid",
+        ),
+        (
+            "/v1/health/ingress/web",
+            "ServiceName == web",
+            "Selector \"ServiceName\" is not valid",
         ),
     ];
     for (path, expr, reason) in rows {

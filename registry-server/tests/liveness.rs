@@ -247,9 +247,11 @@ fn slow_commits(c: &TestCluster, leader: usize, d: Duration) {
 
 /// `node`'s serfHealth status in server `i`'s applied catalog.
 fn serf_applied(c: &TestCluster, i: usize, node: &str) -> Option<String> {
-    c.node(i)
-        .raft
-        .with_applied(|catalog, _| catalog.check_status(node, "serfHealth").map(str::to_string))
+    c.node(i).raft.with_applied(|s, _| {
+        s.catalog
+            .check_status(node, "serfHealth")
+            .map(str::to_string)
+    })
 }
 
 /// Heartbeats `node` through server `i` until its serfHealth passes there.
@@ -357,7 +359,8 @@ async fn the_reaper_does_not_bring_back_a_node_deregistered_under_it() {
     )
     .await;
     for i in c.running() {
-        c.node(i).raft.with_applied(|catalog, _| {
+        c.node(i).raft.with_applied(|s, _| {
+            let catalog = &s.catalog;
             assert!(
                 !catalog.has_node(node),
                 "server {i}: the deregistered node came back: {:?}",

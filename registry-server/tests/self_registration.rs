@@ -1,7 +1,8 @@
 //! Servers in their own catalog, as Consul's leader keeps them: once a
 //! leader is named, a read finds the leader's node with `serfHealth` passing
-//! and every voter as an instance of the service `consul` on its RPC port;
-//! a server removed from the Raft configuration loses its instance.
+//! and every voter as an instance of the service `consul` on its RPC port
+//! (on a `--dev` server, on a cluster, and through an agent joining one); a
+//! server removed from the Raft configuration loses its instance.
 //!
 //! The reads follow the first answer of `/v1/status/leader` at once, with no
 //! wait in between: that is what clients and test harnesses do.
@@ -157,6 +158,51 @@ async fn a_cluster_lists_every_voter_as_consul_once_a_leader_is_named() {
         },
     )
     .await;
+    c.shutdown().await;
+}
+
+/// An agent joining a running cluster: once the agent names a leader (its
+/// `/v1/status/leader`, which it asks a server), a read through it at once
+/// finds its own node with `serfHealth` passing and every voter as `consul`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joining_a_cluster_is_in_the_catalog_once_it_names_a_leader() {
+    let c = TestCluster::start(3).await;
+    c.wait_leader().await;
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = registry_client::ClientConfig::new("joiner");
+    cfg.data_dir = Some(dir.path().to_path_buf());
+    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.advertise_addr = "127.0.0.1".into();
+    cfg.retry_join = c
+        .running()
+        .into_iter()
+        .map(|i| c.node(i).http_addr.to_string())
+        .collect();
+    cfg.sync_interval = Duration::from_millis(500);
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    let agent = registry_client::start(cfg).await.unwrap();
+    let base = format!("http://{}", agent.http_addr);
+
+    first_leader(&http, &base).await;
+    // At once, no retry: what a client of the new agent reads first.
+    let checks = get_json(&http, &format!("{base}/v1/health/node/joiner")).await;
+    let consul = get_json(&http, &format!("{base}/v1/catalog/service/consul")).await;
+    assert_eq!(
+        serf_status(&checks).as_deref(),
+        Some("passing"),
+        "the agent's serfHealth when it names a leader: {checks}"
+    );
+    let nodes: BTreeSet<String> = consul_instances(&consul)
+        .into_iter()
+        .map(|(node, ..)| node)
+        .collect();
+    assert_eq!(
+        nodes,
+        c.names.iter().cloned().collect::<BTreeSet<_>>(),
+        "every voter through the agent: {consul}"
+    );
+    agent.stop().await;
     c.shutdown().await;
 }
 

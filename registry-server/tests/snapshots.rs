@@ -42,7 +42,7 @@ async fn wait_caught_up(c: &TestCluster, i: usize, index: u64, timeout: Duration
         let caught_up = c
             .node(i)
             .raft
-            .with_applied(|catalog, applied| applied >= index && catalog.has_node("n59"));
+            .with_applied(|s, applied| applied >= index && s.catalog.has_node("n59"));
         caught_up.then_some(())
     })
     .await;
@@ -70,7 +70,7 @@ async fn a_follower_whose_first_snapshots_are_lost_still_catches_up() {
         .unwrap();
     wait_until(Duration::from_secs(10), "the next write", || async {
         let raft = &c.node(lagger).raft;
-        raft.with_applied(|catalog, _| catalog.has_node("n-late"))
+        raft.with_applied(|s, _| s.catalog.has_node("n-late"))
             .then_some(())
     })
     .await;

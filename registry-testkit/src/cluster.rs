@@ -34,6 +34,16 @@ pub fn fast_liveness() -> registry_server::leader::liveness::LivenessTuning {
     }
 }
 
+/// Session TTL timing for tests: the leader looks every 100 ms, and a session
+/// expires after 0.2 TTLs without renewal (the API's shortest TTL, 10 s, lapses
+/// in 2 s; the API's bounds stay).
+pub fn fast_sessions() -> registry_server::leader::sessions::SessionTuning {
+    registry_server::leader::sessions::SessionTuning {
+        scan_interval: Duration::from_millis(100),
+        ttl_multiplier: 0.2,
+    }
+}
+
 /// A registration of one service instance `id` of `service` on `node`.
 pub fn reg(node: &str, service: &str, id: &str) -> RegisterRequest {
     RegisterRequest {
@@ -82,9 +92,28 @@ pub struct ClusterBuilder {
     agents: bool,
     /// The datacenter.
     dc: String,
+    /// Session TTL timing.
+    sessions: registry_server::leader::sessions::SessionTuning,
+    /// KV tombstone reaping timing.
+    tombstones: registry_server::leader::tombstones::TombstoneTuning,
 }
 
 impl ClusterBuilder {
+    /// KV tombstone reaping for every server (default: production's, 15 minutes).
+    pub fn tombstones(
+        mut self,
+        tombstones: registry_server::leader::tombstones::TombstoneTuning,
+    ) -> Self {
+        self.tombstones = tombstones;
+        self
+    }
+
+    /// Session TTL timing for every server (default: production's; see [`fast_sessions`]).
+    pub fn sessions(mut self, sessions: registry_server::leader::sessions::SessionTuning) -> Self {
+        self.sessions = sessions;
+        self
+    }
+
     /// Raft timing for every server (default [`fast_tuning`]).
     pub fn tuning(mut self, tuning: RaftTuning) -> Self {
         self.tuning = tuning;
@@ -117,6 +146,8 @@ impl ClusterBuilder {
             tuning: self.tuning,
             agents: self.agents,
             dc: self.dc,
+            sessions: self.sessions,
+            tombstones: self.tombstones,
         };
         for i in 0..n {
             let h = registry_server::start(c.config(i)).await.unwrap();
@@ -142,6 +173,10 @@ pub struct TestCluster {
     pub agents: bool,
     /// The datacenter.
     pub dc: String,
+    /// Session TTL timing used for every server.
+    pub sessions: registry_server::leader::sessions::SessionTuning,
+    /// KV tombstone reaping timing used for every server.
+    pub tombstones: registry_server::leader::tombstones::TombstoneTuning,
     /// Each server's disk (slow it down with `set_write_delay`); kept across restarts.
     pub disks: Vec<registry_server::storage::DiskFaults>,
 }
@@ -160,6 +195,8 @@ impl TestCluster {
             tuning: fast_tuning(),
             agents: true,
             dc: "dc1".to_string(),
+            sessions: Default::default(),
+            tombstones: Default::default(),
         }
     }
 
@@ -174,6 +211,8 @@ impl TestCluster {
         cfg.retry_join = self.names.clone();
         cfg.tuning = self.tuning.clone();
         cfg.liveness = fast_liveness();
+        cfg.sessions = self.sessions.clone();
+        cfg.tombstones = self.tombstones.clone();
         cfg.agent = self.agents;
         cfg.agent_sync_interval = Duration::from_millis(500);
         cfg.agent_heartbeat_interval = Duration::from_millis(100);

@@ -81,12 +81,8 @@ fn main() -> ExitCode {
         println!("{}", registry_api::auth::generate_key());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // The same log setup as the server and the agent (stderr, `RUST_LOG`, default info).
+    registry_api::logs::install();
     // The key is read here, not by clap, so that no error message ever quotes it.
     let encrypt = match a.encrypt.as_deref().map(SharedKey::from_base64).transpose() {
         Ok(key) => key,

@@ -1,7 +1,7 @@
 //! Liveness: the agent tells the servers every `heartbeat_interval` that its node is alive;
 //! the servers keep the node's `serfHealth` check from these.
 //!
-//! Owns: the heartbeat task. Must not touch: local state (a heartbeat carries only who this
+//! Owns: the heartbeat task (silent once a leave has begun). Must not touch: local state (a heartbeat carries only who this
 //! node is).
 
 use super::Agent;
@@ -31,6 +31,10 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            // A node that is leaving is deregistered; it says nothing more.
+            if self.is_leaving() {
+                continue;
             }
             // One round tries every server in turn until one takes the heartbeat: an error
             // answer (a server that cannot reach a leader) counts as a failure, like no

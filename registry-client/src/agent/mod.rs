@@ -13,18 +13,22 @@
 //!   critical;
 //! - `persistence`: `services.json` and `checks.json`, written atomically and read back
 //!   leniently;
-//! - `heartbeat`: telling the servers this node is alive.
+//! - `heartbeat`: telling the servers this node is alive;
+//! - `lifecycle`: reload, leave, join and force-leave (a server adds its part through
+//!   [`ServerLifecycle`]).
 //!
 //! Owns: this node's local state and the tasks that serve it. Must not touch: HTTP (that is
 //! [`crate::http`]) or the catalog's contents other than through the syncer.
 
 mod check_results;
 mod heartbeat;
+mod lifecycle;
 mod maintenance;
 mod persistence;
 mod registration;
 mod state;
 
+pub use lifecycle::{join_failed, BoxFuture, ServerLifecycle, DEFAULT_SERVER_PORT};
 pub use maintenance::{NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX};
 pub use registration::SCRIPT_CHECKS_DISABLED;
 pub(crate) use state::LocalState;
@@ -107,6 +111,31 @@ pub struct Agent {
     stats: StatsSlot,
     /// A server's RPC port, for the `port` member tag Consul gives servers.
     server_port: std::sync::OnceLock<u16>,
+    /// The token every task of this agent (and of its process) stops on; a leave fires it.
+    shutdown: CancellationToken,
+    /// Set once a leave begins: the syncer and the heartbeats stop sending.
+    leaving: std::sync::atomic::AtomicBool,
+    /// Held by the syncer for each pass, so that a leave can wait for the one in flight (an
+    /// async lock: it is held across the pass's requests).
+    sync_gate: tokio::sync::Mutex<()>,
+    /// Asks the syncer for a full sync now (reload, join).
+    full_sync_now: Notify,
+    /// A server's part of leave and join; unset on a client agent.
+    lifecycle: LifecycleSlot,
+}
+
+/// Holds the [`ServerLifecycle`] (a trait object, so `Debug` by hand).
+#[derive(Default)]
+struct LifecycleSlot(std::sync::OnceLock<Arc<dyn ServerLifecycle>>);
+
+impl std::fmt::Debug for LifecycleSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "LifecycleSlot(server)"
+        } else {
+            "LifecycleSlot(agent)"
+        })
+    }
 }
 
 /// Holds the [`StatsSource`] (a closure, so `Debug` by hand).
@@ -125,7 +154,8 @@ pub type StatsSource = Arc<dyn Fn() -> BTreeMap<String, BTreeMap<String, String>
 impl Agent {
     /// Loads persisted state, starts check runners, the anti-entropy syncer and the heartbeat
     /// loop (all stop on `shutdown`; their JoinHandles are returned so the caller can await
-    /// them).
+    /// them). A leave (`PUT /v1/agent/leave`) fires `shutdown` itself: give the agent the
+    /// token its whole process stops on.
     pub async fn start(
         config: AgentConfig,
         servers: ServerPool,
@@ -153,6 +183,11 @@ impl Agent {
             persist_lock: tokio::sync::Mutex::new(()),
             stats: StatsSlot::default(),
             server_port: std::sync::OnceLock::new(),
+            shutdown: shutdown.clone(),
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            sync_gate: tokio::sync::Mutex::new(()),
+            full_sync_now: Notify::new(),
+            lifecycle: LifecycleSlot::default(),
         });
         agent.load().await?;
         // Counted first: two `lock()` temporaries in one statement would
@@ -226,6 +261,11 @@ impl Agent {
     /// Waits until local state changed (for the syncer).
     pub(crate) async fn changed(&self) {
         self.sync_wake.notified().await
+    }
+
+    /// Held by the syncer for each pass (see the field).
+    pub(crate) async fn sync_pass(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.sync_gate.lock().await
     }
 
     /// Tells the syncer that local state changed.

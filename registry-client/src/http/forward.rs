@@ -2,6 +2,9 @@
 //! agent endpoint goes to a server through the [`ServerPool`] (which fails over between servers
 //! and signs what it sends), and the answer comes back.
 //!
+//! A read whose answer carries Consul's index headers carries them even when no server
+//! answers ([`registry_api::query::carries_index`]).
+//!
 //! Owns: which paths are forwarded. Must not touch: which headers cross
 //! ([`registry_api::forward`] has the one copy of that rule), failover or signing (the pool's).
 
@@ -9,10 +12,12 @@ use super::HttpResult;
 use crate::servers::ServerPool;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
 use registry_api::forward::{forwarded_request_header, forwarded_response_header};
+use registry_api::http_error::HttpError;
 use registry_api::limits::MAX_BODY;
+use registry_api::query::carries_index;
 use registry_api::Error as ApiError;
 
 /// Whether a path is the servers' public API that this agent passes on: `/v1/...`, except the
@@ -40,33 +45,56 @@ fn forwarded_request_headers(headers: &HeaderMap) -> HeaderMap {
 /// [`forwarded_response_header`] lets through and the body; a path that is not forwarded is
 /// `404 Unsupported path`.
 pub(super) async fn forward(State(servers): State<ServerPool>, req: Request) -> HttpResult {
-    let (parts, body) = req.into_parts();
-    if !is_forwarded(parts.uri.path()) {
+    if !is_forwarded(req.uri().path()) {
         return Err(ApiError::NotFound(format!(
             "Unsupported path: {} {}",
-            parts.method,
-            parts.uri.path()
+            req.method(),
+            req.uri().path()
         ))
         .into());
     }
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    relay(&servers, req, &path_and_query).await
+}
+
+/// Sends `req` to a server as `path_and_query` (the agent's own endpoints that a server
+/// answers for it, such as the event list, name another path than the caller's), and passes
+/// the answer back as [`forward`] does.
+pub(super) async fn relay(servers: &ServerPool, req: Request, path_and_query: &str) -> HttpResult {
+    let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::TooLarge(format!(
             "Request body too large, max size: {MAX_BODY} bytes"
         ))
     })?;
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let resp = servers
+    let sent = servers
         .send(
             parts.method.clone(),
             path_and_query,
             forwarded_request_headers(&parts.headers),
             body,
         )
-        .await?;
+        .await;
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => {
+            let mut out = HttpError::from(e).into_response();
+            // A read Consul answers with index headers carries them on this error too, as
+            // Consul's agent sends them when no server answers: index 1, no known leader.
+            if parts.method == Method::GET && carries_index(parts.uri.path()) {
+                let h = out.headers_mut();
+                h.insert("X-Consul-Index", HeaderValue::from_static("1"));
+                h.insert("X-Consul-KnownLeader", HeaderValue::from_static("false"));
+                h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+            }
+            return Ok(out);
+        }
+    };
     let mut out = Response::new(Body::from(resp.body));
     *out.status_mut() = resp.status;
     for (name, v) in &resp.headers {

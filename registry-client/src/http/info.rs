@@ -1,16 +1,17 @@
-//! The agent's own facts and one service instance's health, in Consul's shapes:
-//! `GET /v1/agent/version`, `GET /v1/agent/host` and
-//! `GET /v1/agent/health/service/id/:id`. Served by every agent and, through the shared
+//! The agent's own facts and its local services' health, in Consul's shapes:
+//! `GET /v1/agent/version`, `GET /v1/agent/host`, `GET /v1/agent/health/service/id/:id` and
+//! `GET /v1/agent/health/service/name/:name`. Served by every agent and, through the shared
 //! agent router, by servers for themselves.
 //!
 //! Owns: reading the host's facts (cheaply, from `/proc`, without a system library) and the
-//! health-by-id status codes. Must not touch: the local state (read through [`Agent`]).
+//! local-health status codes and formats. Must not touch: the local state (read through
+//! [`Agent`]).
 
 use super::params::value;
 use super::HttpResult;
 use crate::agent::Agent;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use registry_api::{PASSING, WARNING};
@@ -37,15 +38,29 @@ pub(super) async fn version() -> HttpResult {
     .into_response())
 }
 
+/// Consul's `returnTextPlain`: `Accept: text/plain...` asks for the status as text, and so
+/// does `?format=text` (another `?format=` is JSON unless `Accept` asked for text).
+fn wants_text(headers: &HeaderMap, q: &[(String, String)]) -> bool {
+    if headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.starts_with("text/plain"))
+    {
+        return true;
+    }
+    value(q, "format") == Some("text")
+}
+
 /// `GET /v1/agent/health/service/id/:id`: the instance's `AgentServiceChecksInfo`, with
 /// Consul's codes (200 passing, 429 warning, 503 critical or maintenance, 404 unknown);
-/// `?format=text` answers the aggregated status (or the not-found reason) as plain text.
+/// as text (see [`wants_text`]) the aggregated status, or the not-found reason.
 pub(super) async fn health_by_id(
     State(agent): St,
     Path(id): Path<String>,
     Query(q): Params,
+    headers: HeaderMap,
 ) -> HttpResult {
-    let text = value(&q, "format") == Some("text");
+    let text = wants_text(&headers, &q);
     let entry = agent.service(&id).and_then(|svc| {
         agent
             .health_by_service_name(&svc.service)
@@ -55,22 +70,62 @@ pub(super) async fn health_by_id(
     let Some(entry) = entry else {
         let reason = format!("ServiceId {id} not found");
         // Consul's body for an unknown id: the reason as text, or a critical entry.
-        return Ok(if text {
-            plain(StatusCode::NOT_FOUND, reason)
-        } else {
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({"AggregatedStatus": "critical", "Service": null, "Checks": null})),
-            )
-                .into_response()
-        });
+        let body = json!({"AggregatedStatus": "critical", "Service": null, "Checks": null});
+        return Ok(payload(StatusCode::NOT_FOUND, &reason, text, body));
     };
     let code = status_code(&entry.aggregated_status);
-    Ok(if text {
-        plain(code, entry.aggregated_status)
+    let reason = entry.aggregated_status.clone();
+    let body =
+        serde_json::to_value(&entry).map_err(|e| registry_api::Error::Internal(e.to_string()))?;
+    Ok(payload(code, &reason, text, body))
+}
+
+/// `GET /v1/agent/health/service/name/:name`: every local instance of the service with its
+/// checks, answered with the worst instance's code (200 passing, 429 warning, 503 critical or
+/// maintenance); 404 and `[]` when there is none. As text (see [`wants_text`]) the worst
+/// aggregated status, or `ServiceName <name> Not Found`.
+pub(super) async fn health_by_name(
+    State(agent): St,
+    Path(name): Path<String>,
+    Query(q): Params,
+    headers: HeaderMap,
+) -> HttpResult {
+    let text = wants_text(&headers, &q);
+    let entries = agent.health_by_service_name(&name);
+    // Consul's loop: the first instance sets code and status, a worse one replaces them.
+    let mut worst: Option<(StatusCode, String)> = None;
+    for e in &entries {
+        let code = status_code(&e.aggregated_status);
+        if worst
+            .as_ref()
+            .is_none_or(|(c, _)| c.as_u16() < code.as_u16())
+        {
+            worst = Some((code, e.aggregated_status.clone()));
+        }
+    }
+    let (code, reason) = worst.unwrap_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("ServiceName {name} Not Found"),
+        )
+    });
+    let body =
+        serde_json::to_value(&entries).map_err(|e| registry_api::Error::Internal(e.to_string()))?;
+    Ok(payload(code, &reason, text, body))
+}
+
+/// Consul's `CodeWithPayloadError`: `code`, the reason in `X-Consul-Reason`, and either the
+/// reason as text or `body` as JSON.
+fn payload(code: StatusCode, reason: &str, text: bool, body: Value) -> Response {
+    let mut resp = if text {
+        plain(code, reason.to_string())
     } else {
-        (code, Json(entry)).into_response()
-    })
+        (code, Json(body)).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        resp.headers_mut().insert("X-Consul-Reason", v);
+    }
+    resp
 }
 
 /// Consul's code for an aggregated status.

@@ -4,7 +4,11 @@
 //!
 //! - this file: the two routers;
 //! - `routes`: the agent endpoints' handlers;
+//! - `info`: version, host, and local health by service id and name;
+//! - `lifecycle`: reload, leave, force-leave, join and monitor;
 //! - `params`: query and body decoding shared by the handlers;
+//! - `session`: session create, which gets this agent's node before it is forwarded;
+//! - `event`: the event list, which a server answers for this agent's node;
 //! - `forward`: the fallback that proxies everything else to a server.
 //!
 //! Errors become responses in one place for every process, [`registry_api::http_error`]: a
@@ -14,10 +18,13 @@
 //! state's rules (they are in [`crate::agent`]) or server failover (that is
 //! [`crate::servers`]).
 
+mod event;
 mod forward;
 mod info;
+mod lifecycle;
 mod params;
 mod routes;
+mod session;
 
 use crate::agent::Agent;
 use crate::servers::{PoolError, ServerPool};
@@ -69,11 +76,16 @@ pub fn agent_router(agent: Arc<Agent>) -> Router {
         .route("/v1/agent/members", get(routes::members))
         .route(
             "/v1/agent/health/service/name/{name}",
-            get(routes::health_by_name),
+            get(info::health_by_name),
         )
         .route("/v1/agent/health/service/id/{id}", get(info::health_by_id))
         .route("/v1/agent/version", get(info::version))
         .route("/v1/agent/host", get(info::host))
+        .route("/v1/agent/reload", put(lifecycle::reload))
+        .route("/v1/agent/leave", put(lifecycle::leave))
+        .route("/v1/agent/force-leave/{node}", put(lifecycle::force_leave))
+        .route("/v1/agent/join/{address}", put(lifecycle::join))
+        .route("/v1/agent/monitor", get(lifecycle::monitor))
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)
@@ -81,12 +93,24 @@ pub fn agent_router(agent: Arc<Agent>) -> Router {
 
 /// Router for the standalone client: agent endpoints + forwarding fallback for everything
 /// else. Unknown `/v1/agent/` paths are 404 here: they would describe the server's agent, not
-/// this one.
+/// this one. The query-parameter policy ([`registry_api::query`]) is applied to the agent's
+/// own endpoints here; forwarded requests get it from the server that answers them. (A server
+/// applies it to its whole router, the agent endpoints it embeds included.)
 pub fn client_router(agent: Arc<Agent>, servers: ServerPool) -> Router {
     let forward = Router::new()
         .fallback(forward::forward)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(servers);
-    agent_router(agent).merge(forward)
+    // The requests an agent adds to before a server answers them.
+    let completed = Router::new()
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/event/list", get(event::list))
+        .layer(middleware::from_fn(plain_text_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(agent.clone());
+    agent_router(agent)
+        .layer(middleware::from_fn(registry_api::query::apply))
+        .merge(completed)
+        .merge(forward)
 }

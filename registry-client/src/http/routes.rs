@@ -74,11 +74,32 @@ fn filter(q: &[(String, String)], schema: Schema) -> Result<Option<Filter>, ApiE
         .transpose()
 }
 
+/// `GET /v1/agent/service/:id`: the service with Consul's `ContentHash`, which Consul also
+/// sends as `X-Consul-ContentHash` (agent/service.mdx, "Get Service Configuration"). The
+/// hash is of the answer itself, so it changes exactly when what a client reads changes.
+/// Hash-based blocking (`?hash=`) is not served.
 pub(super) async fn service(State(agent): St, Path(id): Path<String>) -> HttpResult {
     let svc = agent
         .service(&id)
         .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
-    Ok(Json(svc).into_response())
+    let mut body = serde_json::to_value(&svc).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = content_hash(&body);
+    if let serde_json::Value::Object(fields) = &mut body {
+        fields.insert("ContentHash".into(), hash.clone().into());
+    }
+    Ok(([("X-Consul-ContentHash", hash)], Json(body)).into_response())
+}
+
+/// A 64-bit FNV-1a hash of a value's JSON, as 16 hex digits (the form of Consul's hashes).
+/// Stable across processes and builds, unlike std's `DefaultHasher`.
+fn content_hash(value: &serde_json::Value) -> String {
+    let hash = value
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{hash:016x}")
 }
 
 // Checks.
@@ -278,8 +299,18 @@ pub(super) async fn agent_self(State(agent): St) -> HttpResult {
 /// catalog: every node with a `serfHealth` check (which the servers keep from the agents'
 /// heartbeats) is a member, alive while that check passes and failed when it is critical.
 /// Nodes without it were registered through the catalog API, not by an agent, and are not
-/// members (as in Consul).
-pub(super) async fn members(State(agent): St) -> HttpResult {
+/// members (as in Consul). `?wan=` (the WAN pool: every DC's servers) is a 400: the WAN
+/// here is the gateways'.
+pub(super) async fn members(State(agent): St, Query(q): Params) -> HttpResult {
+    // Consul reads `wan` by value (`query.Get("wan") != ""`).
+    if value(&q, "wan").is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "WAN members are not listed by agents here: the WAN is the WAN gateways' \
+             (wan-gateway --retry-join-wan)"
+                .into(),
+        )
+        .into());
+    }
     let servers = agent.servers();
     let nodes: Vec<Node> = servers.get_json("/v1/catalog/nodes").await?;
     let checks: Vec<HealthCheck> = servers.get_json("/v1/health/state/any").await?;
@@ -335,26 +366,4 @@ pub(super) async fn members(State(agent): St) -> HttpResult {
         None => members.push(self_member(&agent)),
     }
     Ok(Json(members).into_response())
-}
-
-pub(super) async fn health_by_name(State(agent): St, Path(name): Path<String>) -> HttpResult {
-    let entries = agent.health_by_service_name(&name);
-    if entries.is_empty() {
-        return Err(ApiError::NotFound(format!("ServiceName {name} Not Found")).into());
-    }
-    // Consul answers with the worst instance's status: 200 passing, 429 warning, 503 else.
-    let code = entries
-        .iter()
-        .map(|e| match e.aggregated_status.as_str() {
-            PASSING => StatusCode::OK,
-            WARNING => StatusCode::TOO_MANY_REQUESTS,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        })
-        .max_by_key(|c| match *c {
-            StatusCode::OK => 0,
-            StatusCode::TOO_MANY_REQUESTS => 1,
-            _ => 2,
-        })
-        .unwrap_or(StatusCode::OK);
-    Ok((code, Json(entries)).into_response())
 }

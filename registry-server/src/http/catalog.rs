@@ -61,7 +61,8 @@ pub(super) async fn catalog_nodes(State(st): St, Query(q): Params) -> HttpResult
         &st,
         &p,
         key,
-        move |c| {
+        move |s| {
+            let c = &s.catalog;
             let (mut nodes, index) = c.nodes();
             nodes.retain(|n| meta_ok(&meta, &n.meta));
             (nodes, index)
@@ -79,7 +80,8 @@ pub(super) async fn catalog_services(State(st): St, Query(q): Params) -> HttpRes
     let filter = p.filter(schemas::SERVICE_NODE)?;
     let meta = p.node_meta.clone();
     let key = format!("services{}", p.key_suffix());
-    read(&st, &p, key, move |c| {
+    read(&st, &p, key, move |s| {
+        let c = &s.catalog;
         let (all, index) = c.services();
         if filter.is_none() && meta.is_empty() {
             return (all, index);
@@ -137,7 +139,8 @@ pub(super) async fn catalog_service(
         &st,
         &p,
         key,
-        move |c| {
+        move |s| {
+            let c = &s.catalog;
             let (mut list, index) = c.service_nodes(&name, &tags);
             list.retain(|s| meta_ok(&meta, &s.node_meta));
             (list, index)
@@ -155,7 +158,8 @@ pub(super) async fn catalog_node(
     let p = read_params(&q)?;
     let filter = p.filter(schemas::AGENT_SERVICE)?;
     let key = format!("node\0{node}{}", p.key_suffix());
-    read(&st, &p, key, move |c| {
+    read(&st, &p, key, move |s| {
+        let c = &s.catalog;
         let (mut found, index) = c.node_services(&node);
         if let Some(n) = found.as_mut() {
             n.services.retain(|_, s| keep(&filter, s));
@@ -174,7 +178,8 @@ pub(super) async fn catalog_node_services(
     let filter = p.filter(schemas::AGENT_SERVICE)?;
     let key = format!("node-services\0{node}{}", p.key_suffix());
     // An unknown node is `null`, as in Consul.
-    read(&st, &p, key, move |c| {
+    read(&st, &p, key, move |s| {
+        let c = &s.catalog;
         let (mut found, index) = c.node_service_list(&node);
         if let Some(n) = found.as_mut() {
             n.services.retain(|s| keep(&filter, s));

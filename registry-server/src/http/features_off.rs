@@ -29,7 +29,7 @@ async fn empty_list(
     if let Some(schema) = schema {
         p.filter(schema)?;
     }
-    read(st, &p, key, move |c| none(index(c))).await
+    read(st, &p, key, move |s| none(index(&s.catalog))).await
 }
 
 /// `GET /v1/catalog/connect/:service`: the Connect-capable instances of a

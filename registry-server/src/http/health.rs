@@ -27,7 +27,8 @@ pub(super) async fn health_service(
         &st,
         &p,
         key,
-        move |c| {
+        move |s| {
+            let c = &s.catalog;
             let (mut list, index) = c.health_service(&name, &tags, passing);
             list.retain(|e| meta_ok(&meta, &e.node.meta));
             (list, index)
@@ -50,7 +51,8 @@ pub(super) async fn health_checks(
         &st,
         &p,
         key,
-        move |c| {
+        move |s| {
+            let c = &s.catalog;
             let (mut checks, index) = c.service_checks(&name);
             retain_checks(c, &mut checks, &meta);
             (checks, index)
@@ -72,7 +74,7 @@ pub(super) async fn health_node(
         &st,
         &p,
         key,
-        move |c| c.node_checks(&node),
+        move |s| s.catalog.node_checks(&node),
         filtered(filter),
     )
     .await
@@ -95,7 +97,8 @@ pub(super) async fn health_state(
         &st,
         &p,
         key,
-        move |c| {
+        move |s| {
+            let c = &s.catalog;
             let (mut checks, index) = c.checks_in_state(&state).unwrap_or_default();
             retain_checks(c, &mut checks, &meta);
             (checks, index)

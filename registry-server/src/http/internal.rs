@@ -1,9 +1,13 @@
-//! `/v1/internal/heartbeat`: an agent's liveness heartbeat, passed to the
-//! Raft layer, which takes it to the leader (`leader/liveness.rs` judges).
+//! `/v1/internal/*`, what agents ask of the servers themselves: an agent's
+//! liveness heartbeat, passed to the Raft layer, which takes it to the leader
+//! (`leader/liveness.rs` judges), and a force-leave an agent passes on
+//! (`crate::lifecycle` decides).
 
-use super::{json, HttpResult, St};
+use super::{json, HttpResult, Params, St};
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use registry_api::{decode, Error as ApiError};
 
 /// `PUT /v1/internal/heartbeat`: an agent says it is alive (see `leader/liveness.rs`).
@@ -23,4 +27,16 @@ pub(super) async fn heartbeat(State(st): St, body: Bytes) -> HttpResult {
     // says so, and the agent moves to another server.
     st.raft.heartbeat(hb).await?;
     json(&st, &true)
+}
+
+/// `PUT /v1/internal/force-leave/:node[?prune]`: what an agent's
+/// `PUT /v1/agent/force-leave/:node` asks of the servers.
+pub(super) async fn force_leave(
+    State(st): St,
+    Path(node): Path<String>,
+    Query(q): Params,
+) -> HttpResult {
+    let prune = q.iter().any(|(k, _)| k == "prune");
+    crate::lifecycle::force_leave(&st.raft, &node, prune).await?;
+    Ok(StatusCode::OK.into_response())
 }

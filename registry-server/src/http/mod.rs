@@ -9,22 +9,26 @@
 //! `RaftHandle` and `crate::reads`).
 
 mod catalog;
+mod event;
 mod features_off;
 pub mod federation;
 mod health;
 mod internal;
-mod operator;
+mod kv;
+pub(crate) mod operator;
 mod params;
+mod session;
 mod status;
+mod txn;
 
 use crate::raft::{RaftError, RaftHandle, Role};
 use crate::reads::{Answer, AnswerCache};
-use crate::state::CatalogState;
+use crate::state::StateStore;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::Router;
 use registry_api::auth::{Purpose, SharedKey, Verifier};
@@ -109,21 +113,60 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
             get(operator::raft_configuration),
         )
         .route("/v1/operator/raft/peer", delete(operator::raft_remove_peer))
+        // Consul registers it for POST only (http_register.go), and its Go client posts; PUT
+        // is kept for the clients written against this registry before.
         .route(
             "/v1/operator/raft/transfer-leader",
-            put(operator::raft_transfer_leader),
+            put(operator::raft_transfer_leader).post(operator::raft_transfer_leader),
         )
         .route(
             "/v1/operator/autopilot/health",
             get(operator::autopilot_health),
         )
+        .route(
+            "/v1/operator/autopilot/state",
+            get(operator::autopilot_state),
+        )
+        .route(
+            "/v1/internal/force-leave/{node}",
+            put(internal::force_leave),
+        )
         .merge(heartbeat_route)
-        .with_state(state)
+        .with_state(state.clone())
         .merge(agent)
         .fallback(not_found)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(remote_dc)
+        .layer(middleware::from_fn(registry_api::query::apply))
+        .layer(middleware::from_fn_with_state(
+            state,
+            index_headers_on_errors,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// Every known read path answers with Consul's `X-Consul-Index`,
+/// `X-Consul-KnownLeader` and `X-Consul-LastContact` on an error too (a bad
+/// `?filter=`, a refused parameter, `No cluster leader`), as Consul's
+/// deferred `setMeta` does whatever the outcome. The known read paths are the
+/// GET routes of Consul's blocking endpoints
+/// ([`registry_api::query::carries_index`]); an unknown path matches no route
+/// (the fallback marks its answer [`UnknownPath`]) and stays a plain 404. A
+/// handler's own headers are kept; the index is the applied one (at least 1,
+/// as Consul's `setIndex` never sends 0).
+async fn index_headers_on_errors(State(st): St, req: Request, next: middleware::Next) -> Response {
+    let read = req.method() == axum::http::Method::GET
+        && registry_api::query::carries_index(req.uri().path());
+    let mut resp = next.run(req).await;
+    if read
+        && !resp.status().is_success()
+        && resp.extensions().get::<UnknownPath>().is_none()
+        && !resp.headers().contains_key("X-Consul-Index")
+    {
+        let index = st.raft.applied_index().max(1);
+        consul_headers(&st, resp.headers_mut(), index);
+    }
+    resp
 }
 
 /// The router for HTTP on the RPC port (`--rpc-addr`), where agents reach
@@ -136,10 +179,19 @@ pub fn rpc_router(state: Arc<AppState>) -> Router {
     let key = state.encrypt.clone();
     let router = data_routes()
         .route("/v1/internal/heartbeat", put(internal::heartbeat))
-        .with_state(state)
+        .route(
+            "/v1/internal/force-leave/{node}",
+            put(internal::force_leave),
+        )
+        .with_state(state.clone())
         .fallback(not_served_on_rpc_port)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(remote_dc)
+        .layer(middleware::from_fn(registry_api::query::apply))
+        .layer(middleware::from_fn_with_state(
+            state,
+            index_headers_on_errors,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY));
     match key {
         // Outermost, so nothing (not even `?dc=` forwarding, which this
@@ -167,18 +219,21 @@ async fn rpc_signature(
     registry_api::auth::require_signature(State(verifier), req, next).await
 }
 
-/// Anything else on the RPC port.
-async fn not_served_on_rpc_port(req: Request) -> HttpError {
-    HttpError(ApiError::Forbidden(format!(
+/// Anything else on the RPC port (a plain answer, like an unknown path's).
+async fn not_served_on_rpc_port(req: Request) -> Response {
+    let mut resp = HttpError(ApiError::Forbidden(format!(
         "{} {} is not served on the RPC port; only the data endpoints agents forward are \
          (use the HTTP port)",
         req.method(),
         req.uri().path()
     )))
+    .into_response();
+    resp.extensions_mut().insert(UnknownPath);
+    resp
 }
 
-/// The catalog, health and status endpoints: served on the HTTP port and,
-/// for agents, on the RPC port.
+/// The catalog, health, status, KV, session and txn endpoints: served on the
+/// HTTP port and, for agents, on the RPC port.
 fn data_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/catalog/register", put(catalog::catalog_register))
@@ -215,14 +270,45 @@ fn data_routes() -> Router<Arc<AppState>> {
         )
         .route("/v1/status/leader", get(status::status_leader))
         .route("/v1/status/peers", get(status::status_peers))
+        // KV, sessions and transactions (issue 14).
+        .route(
+            "/v1/kv/",
+            get(kv::kv_get_root)
+                .put(kv::kv_put_root)
+                .delete(kv::kv_delete_root),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::kv_get).put(kv::kv_put).delete(kv::kv_delete),
+        )
+        .route("/v1/session/create", put(session::session_create))
+        .route("/v1/session/destroy/{id}", put(session::session_destroy))
+        .route("/v1/session/renew/{id}", put(session::session_renew))
+        .route("/v1/session/info/{id}", get(session::session_info))
+        .route("/v1/session/node/{node}", get(session::session_node))
+        .route("/v1/session/list", get(session::session_list))
+        .route("/v1/txn", put(txn::txn))
+        .route("/v1/event/fire/{name}", put(event::event_fire))
+        .route("/v1/event/list", get(event::event_list))
+        .route(
+            "/v1/internal/event/list/{node}",
+            get(event::event_list_for_node),
+        )
 }
 
-async fn not_found(req: Request) -> HttpError {
-    HttpError(ApiError::NotFound(format!(
+/// Marks the answer of a path no route knows (see [`index_headers_on_errors`]).
+#[derive(Clone, Copy)]
+struct UnknownPath;
+
+async fn not_found(req: Request) -> Response {
+    let mut resp = HttpError(ApiError::NotFound(format!(
         "Unsupported path: {} {}",
         req.method(),
         req.uri().path()
     )))
+    .into_response();
+    resp.extensions_mut().insert(UnknownPath);
+    resp
 }
 
 /// Answers a read through [`crate::reads::read`] in the mode and with the
@@ -230,7 +316,7 @@ async fn not_found(req: Request) -> HttpError {
 async fn read<T, F>(st: &AppState, p: &params::ReadParams, key: String, query: F) -> HttpResult
 where
     T: Serialize,
-    F: Fn(&CatalogState) -> (T, u64),
+    F: Fn(&StateStore) -> (T, u64),
 {
     read_then(st, p, key, query, |v| v).await
 }
@@ -246,14 +332,14 @@ async fn read_then<T, U, F, S>(
 ) -> HttpResult
 where
     U: Serialize,
-    F: Fn(&CatalogState) -> (T, u64),
+    F: Fn(&StateStore) -> (T, u64),
     S: Fn(T) -> U,
 {
     let answer: Answer = crate::reads::read(
         &st.raft,
         &st.answers,
         &st.shutdown,
-        p.mode,
+        p.mode_now(&st.raft),
         p.blocking,
         key,
         query,
@@ -271,22 +357,28 @@ fn json_response(st: &AppState, body: impl Into<Body>, index: Option<u64>) -> Re
         HeaderValue::from_static("application/json"),
     );
     if let Some(index) = index {
-        let (known_leader, last_contact) = st.raft.with_status(|s| {
-            let last_contact = match (s.role, s.last_leader_contact) {
-                (Role::Leader, _) => 0,
-                (_, Some(at)) => at.elapsed().as_millis() as u64,
-                (_, None) => 0,
-            };
-            (s.leader_id != 0, last_contact)
-        });
-        h.insert("X-Consul-Index", HeaderValue::from(index));
-        h.insert(
-            "X-Consul-KnownLeader",
-            HeaderValue::from_static(if known_leader { "true" } else { "false" }),
-        );
-        h.insert("X-Consul-LastContact", HeaderValue::from(last_contact));
+        consul_headers(st, h, index);
     }
     resp
+}
+
+/// Consul's `X-Consul-Index`, `X-Consul-KnownLeader` and
+/// `X-Consul-LastContact` (ms) for an answer at `index`.
+fn consul_headers(st: &AppState, h: &mut axum::http::HeaderMap, index: u64) {
+    let (known_leader, last_contact) = st.raft.with_status(|s| {
+        let last_contact = match (s.role, s.last_leader_contact) {
+            (Role::Leader, _) => 0,
+            (_, Some(at)) => at.elapsed().as_millis() as u64,
+            (_, None) => 0,
+        };
+        (s.leader_id != 0, last_contact)
+    });
+    h.insert("X-Consul-Index", HeaderValue::from(index));
+    h.insert(
+        "X-Consul-KnownLeader",
+        HeaderValue::from_static(if known_leader { "true" } else { "false" }),
+    );
+    h.insert("X-Consul-LastContact", HeaderValue::from(last_contact));
 }
 
 fn json<T: Serialize>(st: &AppState, value: &T) -> HttpResult {

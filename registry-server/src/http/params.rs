@@ -1,6 +1,7 @@
 //! The query parameters handlers share: the read parameters (consistency
-//! mode, blocking `?index=`/`?wait=`, tags, `?passing`, `?filter=`,
-//! `?node-meta=`). `?dc=` is not read here: requests for another datacenter
+//! mode with `?max_stale=`, blocking `?index=`/`?wait=`, tags, `?passing`,
+//! `?filter=`, `?node-meta=`). What a parameter gets at all is decided once,
+//! in [`registry_api::query`]. `?dc=` is not read here: requests for another datacenter
 //! never reach a handler (`federation::route_remote_dc`). Must not evaluate
 //! anything (filters are parsed here, evaluated by the handlers).
 
@@ -24,9 +25,31 @@ pub(super) struct ReadParams {
     pub(super) filter: Option<String>,
     /// `?node-meta=key:value`, each one required.
     pub(super) node_meta: NodeMeta,
+    /// `?max_stale=`: a stale read is fine if this server heard from the
+    /// leader within it; otherwise the read goes the default way (Consul
+    /// re-runs such a read on the leader).
+    pub(super) max_stale: Option<std::time::Duration>,
 }
 
 impl ReadParams {
+    /// The mode to read in now: `?max_stale=` turns into a default read on a
+    /// server that last heard from its leader longer ago than that.
+    pub(super) fn mode_now(&self, raft: &crate::raft::RaftHandle) -> Consistency {
+        let Some(max) = self.max_stale else {
+            return self.mode;
+        };
+        let fresh = raft.with_status(|s| match (s.role, s.last_leader_contact) {
+            (crate::raft::Role::Leader, _) => true,
+            (_, Some(at)) => at.elapsed() <= max,
+            (_, None) => false,
+        });
+        if self.mode == Consistency::Stale && !fresh {
+            Consistency::Default
+        } else {
+            self.mode
+        }
+    }
+
     /// The filter parsed against the endpoint's `schema`; a bad one is a 400 with the reason.
     pub(super) fn filter(&self, schema: Schema) -> Result<Option<Filter>, ApiError> {
         self.filter
@@ -54,7 +77,16 @@ pub(super) fn value<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str>
 }
 
 pub(super) fn read_params(q: &[(String, String)]) -> Result<ReadParams, ApiError> {
-    let stale = has(q, "stale");
+    // Consul's `parseConsistency`: a positive `max_stale` allows stale reads.
+    let max_stale = match value(q, "max_stale") {
+        None | Some("") => None,
+        Some(v) => Some(
+            duration::parse(v)
+                .map_err(|_| ApiError::BadRequest(format!("Invalid max_stale value {v:?}")))?,
+        )
+        .filter(|d| !d.is_zero()),
+    };
+    let stale = has(q, "stale") || max_stale.is_some();
     let consistent = has(q, "consistent");
     let mode = match (stale, consistent) {
         (true, true) => {
@@ -97,5 +129,6 @@ pub(super) fn read_params(q: &[(String, String)]) -> Result<ReadParams, ApiError
                 .filter(|(k, _)| k == "node-meta")
                 .map(|(_, v)| v.as_str()),
         ),
+        max_stale,
     })
 }

@@ -159,7 +159,7 @@ impl Liveness {
     /// not (a new node, or one coming back).
     pub async fn heartbeat(&self, raft: &RaftHandle, hb: Heartbeat) -> Result<(), RaftError> {
         self.record(&hb.node, Instant::now());
-        let write = raft.with_applied(|catalog, _| heartbeat_write(catalog, &hb.node, &hb.address));
+        let write = raft.with_applied(|s, _| heartbeat_write(&s.catalog, &hb.node, &hb.address));
         match write {
             Some(req) => self.propose_once(raft, Command::Register, req).await,
             None => Ok(()),
@@ -245,7 +245,7 @@ impl Liveness {
     /// Marks `node` passing again if it is not, and only if it still exists:
     /// it was heard from, but this heartbeat's address is not at hand.
     async fn revive(&self, raft: &RaftHandle, node: &str) {
-        if !raft.with_applied(|catalog, _| needs_revive(catalog, node)) {
+        if !raft.with_applied(|s, _| needs_revive(&s.catalog, node)) {
             return;
         }
         info!(%node, "node heartbeated while being marked critical: marking it passing");
@@ -290,7 +290,7 @@ impl Liveness {
             .retain(|_, at| now.saturating_duration_since(*at) < tuning.node_timeout * 10);
         // Only the nodes agents keep alive: not every check in the catalog,
         // under the lock the Raft thread needs to apply.
-        let passing = raft.with_applied(|catalog, _| catalog.serf_passing_nodes());
+        let passing = raft.with_applied(|s, _| s.catalog.serf_passing_nodes());
         let silent = choose_silent(passing, &self.seen(), since, now, tuning.node_timeout);
         (silent, since)
     }

@@ -1,11 +1,14 @@
-//! Loops that run only on the leader: the liveness reaper ([`liveness`]) and
-//! the servers' own catalog entries ([`servers`]); session TTLs later. They decide from the applied state
-//! (through [`RaftHandle::with_applied`]) and write only through
-//! [`RaftHandle::propose`], each change once ([`ProposeOnce`]); they must not
-//! touch Raft's internals or storage.
+//! Loops that run only on the leader: the liveness reaper ([`liveness`]),
+//! the servers' own catalog entries ([`servers`]), session TTLs
+//! ([`sessions`]) and KV tombstone reaping ([`tombstones`]). They decide
+//! from the applied state (through [`RaftHandle::with_applied`]) and write
+//! only through [`RaftHandle::propose`], each change once ([`ProposeOnce`]);
+//! they must not touch Raft's internals or storage.
 
 pub mod liveness;
 pub mod servers;
+pub mod sessions;
+pub mod tombstones;
 
 use crate::raft::{RaftError, RaftHandle};
 use crate::state::Command;
@@ -34,7 +37,7 @@ impl ProposeOnce {
             return Ok(());
         }
         let result = match cmd() {
-            Ok(cmd) => raft.propose(cmd).await,
+            Ok(cmd) => raft.propose(cmd).await.map(|_| ()),
             Err(e) => Err(e),
         };
         self.lock().remove(&key);

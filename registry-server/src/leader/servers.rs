@@ -256,7 +256,7 @@ async fn reconcile(
         let members = (members.len() == s.voters.len() + s.learners.len()).then_some(members);
         (s.id, s.term, voters, members)
     });
-    let writes = raft.with_applied(|catalog, _| plan(catalog, me, &voters, members.as_ref()));
+    let writes = raft.with_applied(|s, _| plan(&s.catalog, me, &voters, members.as_ref()));
     for write in writes {
         match propose(raft, once, write).await {
             Ok(()) => {}

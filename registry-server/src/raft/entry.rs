@@ -18,8 +18,21 @@ pub(super) struct Envelope {
     pub(super) v: u32,
     /// Request id, to find the waiting caller on the server that proposed it.
     pub(super) id: u64,
+    /// When it was proposed: the proposer's wall clock, ms since the epoch.
+    /// The state machine's only notion of time (lock-delays, session
+    /// renewals), so every replica computes the same outcome; entries
+    /// written before the field existed read as 0.
+    #[serde(default)]
+    pub(super) at: u64,
     /// The command.
     pub(super) cmd: Command,
+}
+
+/// The wall clock in ms since the epoch, as a proposal records it.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What travels in a conf-change entry's context.

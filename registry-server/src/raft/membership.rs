@@ -431,7 +431,7 @@ impl RaftNode {
                 info!(node = %self.me.node, index = e.index, voters = ?cs.voters,
                       learners = ?cs.learners, "configuration changed");
                 self.store.set_conf_state(batch, &cs);
-                Ok(())
+                Ok(crate::state::Outcome::Done)
             }
             Err(err) => {
                 warn!(node = %self.me.node, error = %err, "configuration change rejected");

@@ -1,4 +1,4 @@
-//! The Raft layer: one thread that owns the `RawNode`, the catalog's write
+//! The Raft layer: one thread that owns the `RawNode`, the state machine's write
 //! side and the storage writes ([`node`]), and the [`RaftHandle`] through
 //! which everything else talks to it.
 //!
@@ -25,7 +25,7 @@ mod reads;
 mod snapshots;
 
 use crate::rpc::{PeerInfo, RpcMessage, Transport};
-use crate::state::{CatalogState, Command};
+use crate::state::{Command, Outcome, StateStore};
 use crate::storage::{RaftStore, StorageFailure};
 use node::RaftNode;
 use std::collections::BTreeMap;
@@ -87,8 +87,8 @@ impl RaftTuning {
 
 /// The applied state: written by the Raft thread, read through [`RaftHandle::with_applied`].
 pub(crate) struct Applied {
-    /// The catalog as of `index`.
-    pub catalog: CatalogState,
+    /// Every table as of `index`.
+    pub state: StateStore,
     /// The last applied Raft index.
     pub index: u64,
 }
@@ -179,7 +179,7 @@ impl RaftStatus {
 
 /// State shared between the Raft thread (writer) and [`RaftHandle`]s (readers).
 pub(crate) struct Shared {
-    /// The applied catalog.
+    /// The applied state.
     pub applied: RwLock<Applied>,
     /// The latest Raft status.
     pub status: RwLock<RaftStatus>,
@@ -201,7 +201,7 @@ pub(crate) struct Shared {
 }
 
 /// A waiting caller's answer, by its request id.
-type Reply = (u64, Result<(), RaftError>);
+type Reply = (u64, Result<Outcome, RaftError>);
 
 /// Why a request to the Raft layer failed. The node itself may be fine; a
 /// node that is not is reported by [`RaftError::Broken`] (see [`Fatal`]).
@@ -245,13 +245,13 @@ pub enum RaftError {
 pub enum Event {
     /// A message from another server.
     Rpc(String, RpcMessage),
-    /// Replicate a catalog command; answered once applied. Dropped unproposed
-    /// once `deadline` has passed or the caller has gone.
+    /// Replicate a command; answered with its outcome once applied here.
+    /// Dropped unproposed once `deadline` has passed or the caller has gone.
     Propose {
         /// The command.
         cmd: Box<Command>,
         /// Where the outcome goes.
-        reply: oneshot::Sender<Result<(), RaftError>>,
+        reply: oneshot::Sender<Result<Outcome, RaftError>>,
         /// When the caller stops waiting.
         deadline: Instant,
     },
@@ -263,12 +263,15 @@ pub enum Event {
     ),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
-    /// Remove a server from the configuration.
-    RemovePeer(u64, oneshot::Sender<Result<(), RaftError>>),
+    /// Remove a server from the configuration (answered like a proposal).
+    RemovePeer(u64, oneshot::Sender<Result<Outcome, RaftError>>),
     /// Hand leadership to this voter (or, with `None`, to the most
     /// up-to-date other voter); answered with the chosen voter's id once the
     /// transfer has started (the caller watches the status for its end).
     TransferLeader(Option<u64>, oneshot::Sender<Result<u64, RaftError>>),
+    /// Greet this address (a server's RPC address) from now on, as if it had
+    /// been given with `--retry-join` (`PUT /v1/agent/join/:address`).
+    AddRetryJoin(String),
     /// Nothing to do but look at the status again: the leader has announced
     /// itself (see [`RaftHandle::announce`]), so held reads may go and the
     /// status may name it without waiting for the next tick.
@@ -299,12 +302,15 @@ impl RaftHandle {
     }
 
     /// Replicates `cmd` and waits until it is applied here, for at most
-    /// `propose_timeout`. The Raft thread drops the command unproposed if it
+    /// `propose_timeout`; its outcome as the state machine computed it (a
+    /// KV write's true or false, a transaction's results) on this server,
+    /// whichever server leads: a follower's proposal travels to the leader
+    /// inside Raft and is answered when the follower applies it. The Raft thread drops the command unproposed if it
     /// dequeues it after that, or after the caller went away (this future
     /// dropped, e.g. the HTTP client hung up): a write proposed after its
     /// caller gave up could commit after a later write that the caller (an
     /// agent retrying elsewhere) made meanwhile, and undo it.
-    pub async fn propose(&self, cmd: Command) -> Result<(), RaftError> {
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, RaftError> {
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + self.tuning.propose_timeout;
         self.send(Event::Propose {
@@ -324,7 +330,7 @@ impl RaftHandle {
     pub async fn remove_peer(&self, id: u64) -> Result<(), RaftError> {
         let (tx, rx) = oneshot::channel();
         self.send(Event::RemovePeer(id, tx))?;
-        rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+        rx.await.unwrap_or(Err(RaftError::ShuttingDown)).map(|_| ())
     }
 
     /// Starts handing leadership to `target` (or to the most up-to-date other
@@ -334,6 +340,13 @@ impl RaftHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Event::TransferLeader(target, tx))?;
         rx.await.unwrap_or(Err(RaftError::ShuttingDown))
+    }
+
+    /// Greets `addr` from now on as a retry-join target (at once, then every
+    /// `hello_interval`): a server that is not in a cluster yet joins the one
+    /// it finds there, as with `--retry-join`.
+    pub fn add_retry_join(&self, addr: String) -> Result<(), RaftError> {
+        self.send(Event::AddRetryJoin(addr))
     }
 
     /// The node's timing (the operator endpoints judge contact ages by it).
@@ -347,15 +360,15 @@ impl RaftHandle {
         f(&self.shared.status.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Looks at the applied catalog and its Raft index under the read lock.
+    /// Looks at the applied state and its Raft index under the read lock.
     /// Keep `f` short: the Raft thread waits for this lock to apply.
-    pub fn with_applied<R>(&self, f: impl FnOnce(&CatalogState, u64) -> R) -> R {
+    pub fn with_applied<R>(&self, f: impl FnOnce(&StateStore, u64) -> R) -> R {
         let applied = self
             .shared
             .applied
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        f(&applied.catalog, applied.index)
+        f(&applied.state, applied.index)
     }
 
     /// Called by the leader loop (`leader/servers.rs`) once its own node,
@@ -420,8 +433,8 @@ pub struct RaftNodeSetup {
     pub applied: u64,
     /// Peer address book found on disk.
     pub peers: BTreeMap<u64, PeerInfo>,
-    /// Catalog rebuilt from disk.
-    pub catalog: CatalogState,
+    /// State rebuilt from disk.
+    pub state: StateStore,
     /// Form a cluster once this many servers see each other (0: never bootstrap;
     /// 1: bootstrap alone at once, as `--dev` does).
     pub bootstrap_expect: usize,
@@ -459,7 +472,7 @@ pub fn start(
     let (applied_tx, _) = watch::channel(setup.applied);
     let shared = Arc::new(Shared {
         applied: RwLock::new(Applied {
-            catalog: std::mem::replace(&mut setup.catalog, CatalogState::new("")),
+            state: std::mem::replace(&mut setup.state, StateStore::new("")),
             index: setup.applied,
         }),
         status: RwLock::new(RaftStatus {

@@ -10,12 +10,12 @@
 //! files as further `impl RaftNode` blocks; this file must stay the loop and
 //! the apply, and must not grow their decisions.
 
-use super::entry::{context_request_id, decode_command, ConfContext, Envelope};
+use super::entry::{context_request_id, decode_command, now_ms, ConfContext, Envelope};
 use super::reads::{ignores_vote, ReadWaiter};
 use super::snapshots::SnapshotInFlight;
 use super::{Event, Fatal, RaftError, RaftNodeSetup, RaftTuning, Reply, Role, Shared, EVENT_QUEUE};
 use crate::rpc::{PeerInfo, RpcMessage, Transport};
-use crate::state::CatalogState;
+use crate::state::{Outcome, StateStore};
 use crate::storage::{RaftStore, StorageFailure, StoreBatch};
 use raft::eraftpb::{ConfChangeType, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, ReadOnlyOption, StateRole};
@@ -47,8 +47,9 @@ pub(super) struct RaftNode {
     pub(super) transport: Arc<dyn Transport>,
     pub(super) heartbeats: tokio::sync::mpsc::Sender<crate::rpc::Heartbeat>,
     pub(super) events: Receiver<Event>,
-    /// Writes proposed here, by request id: who waits, and until when.
-    pub(super) pending_writes: HashMap<u64, (oneshot::Sender<Result<(), RaftError>>, Instant)>,
+    /// Writes proposed here, by request id: who waits for the outcome, and
+    /// until when.
+    pub(super) pending_writes: HashMap<u64, (oneshot::Sender<Result<Outcome, RaftError>>, Instant)>,
     /// Agent heartbeats passed to the leader, by request id: who waits for
     /// the leader's ack, and until when.
     pub(super) pending_heartbeats: HashMap<u64, (oneshot::Sender<Result<(), RaftError>>, Instant)>,
@@ -246,6 +247,7 @@ impl RaftNode {
                 let data = match serde_json::to_vec(&Envelope {
                     v: 1,
                     id,
+                    at: now_ms(),
                     cmd: *cmd,
                 }) {
                     Ok(d) => d,
@@ -269,6 +271,14 @@ impl RaftNode {
             Event::Heartbeat(hb, reply) => self.route_heartbeat(hb, reply),
             Event::ReadIndex(reply) => self.queue_read(reply),
             Event::Announced => {}
+            Event::AddRetryJoin(addr) => {
+                if !self.retry_join.contains(&addr) {
+                    info!(node = %self.me.node, target = %addr, "greeting a new retry-join target");
+                    self.retry_join.push(addr);
+                    // Greet at the next turn of the loop rather than a hello interval later.
+                    self.last_hello = None;
+                }
+            }
             Event::TransferLeader(target, reply) => {
                 let _ = reply.send(self.transfer_leader(target));
             }
@@ -514,7 +524,7 @@ impl RaftNode {
         let index = snap.get_metadata().index;
         info!(node = %self.me.node, index, "installing snapshot from the leader");
         let image = RaftStore::decode_snapshot(&snap.data)?;
-        let catalog = CatalogState::from_rows(self.me.datacenter.as_str(), image.rows.clone())
+        let state = StateStore::from_rows(self.me.datacenter.as_str(), image.rows.clone())
             .map_err(|e| Fatal::BadEntry(index, e))?;
         for (id, p) in image.peers {
             if id != self.me.id {
@@ -534,7 +544,7 @@ impl RaftNode {
             .applied
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        applied.catalog = catalog;
+        applied.state = state;
         applied.index = index;
         self.snapshots_installed += 1;
         Ok(())
@@ -564,7 +574,7 @@ impl RaftNode {
                     EntryType::EntryNormal if e.data.is_empty() => {}
                     EntryType::EntryNormal => {
                         let env = decode_command(e)?;
-                        let (result, rows) = applied.catalog.apply(e.index, &env.cmd);
+                        let (result, rows) = applied.state.apply(e.index, env.at, &env.cmd);
                         self.store.apply_rows(
                             batch,
                             e.index,

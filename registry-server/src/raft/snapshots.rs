@@ -12,8 +12,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// The snapshot source handed to storage: an image of the applied catalog
-/// and the address book, memoised.
+/// The snapshot source handed to storage: an image of the applied state
+/// (every table) and the address book, memoised.
 pub(super) fn snapshot_source(
     shared: Arc<Shared>,
     peers: Arc<RwLock<BTreeMap<u64, PeerInfo>>>,
@@ -28,7 +28,7 @@ pub(super) fn snapshot_source(
         let data =
             memo.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .image(applied.index, peers, || applied.catalog.rows());
+                .image(applied.index, peers, || applied.state.rows());
         Some((applied.index, data))
     })
 }

@@ -125,23 +125,17 @@ impl CatalogState {
         Ok(())
     }
 
-    /// Apply one committed command at Raft `index`. Deterministic (no clock, no
-    /// randomness, no I/O). Returns the command's result (Err = rejected: the
-    /// state is unchanged and the change list empty, never half-applied) and the
-    /// rows to persist. A write that changes nothing produces no rows and bumps
-    /// no index, so anti-entropy re-registrations do not wake blocking queries.
+    /// Apply one committed catalog command at Raft `index`, on the catalog
+    /// alone (unit tests and tools; the server applies through
+    /// [`super::StateStore::apply`], which also invalidates the sessions the
+    /// write affects). Deterministic (no clock, no randomness, no I/O).
+    /// Returns the command's result (Err = rejected: the state is unchanged
+    /// and the change list empty, never half-applied) and the rows to
+    /// persist. A write that changes nothing produces no rows and bumps no
+    /// index, so anti-entropy re-registrations do not wake blocking queries.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> (Result<(), String>, Vec<RowChange>) {
-        let planned = match cmd {
-            Command::Register(req) => self.plan_register(index, req),
-            Command::Deregister(req) => self.plan_deregister(index, req),
-            Command::RegisterIfNodeExists(req) if !self.nodes.contains_key(&req.node) => {
-                // Validated all the same, so the outcome does not depend on
-                // whether the node happens to exist.
-                Self::validate_register(&mut req.clone())
-                    .map(|()| WritePlanner::new(self, index).pending)
-            }
-            Command::RegisterIfNodeExists(req) => self.plan_register(index, req),
-        };
+        let mut plan = WritePlanner::new(self, index);
+        let planned = self.plan_command(&mut plan, cmd).map(|()| plan.pending);
         // Everything fallible (checks, encoding) happens before `commit`.
         match planned.and_then(WritePlan::encode) {
             Ok((pending, rows)) => {
@@ -150,6 +144,31 @@ impl CatalogState {
             }
             Err(e) => (Err(e), Vec::new()),
         }
+    }
+
+    /// Plans catalog command `cmd` into `plan` (which may already hold
+    /// writes); `Err` rejects it. A command of another table is an error.
+    pub(super) fn plan_command(
+        &self,
+        plan: &mut WritePlanner<'_>,
+        cmd: &Command,
+    ) -> Result<(), String> {
+        match cmd {
+            Command::Register(req) => self.plan_register(plan, req),
+            Command::Deregister(req) => self.plan_deregister(plan, req),
+            Command::RegisterIfNodeExists(req) if plan.node(&req.node).is_none() => {
+                // Validated all the same, so the outcome does not depend on
+                // whether the node happens to exist.
+                Self::validate_register(&mut req.clone())
+            }
+            Command::RegisterIfNodeExists(req) => self.plan_register(plan, req),
+            other => Err(format!("{} is not a catalog command", other.name())),
+        }
+    }
+
+    /// The datacenter stamped on nodes registered without one.
+    pub(super) fn datacenter(&self) -> &str {
+        &self.datacenter
     }
 
     /// Full image for a Raft snapshot, in key order, in the same format as
@@ -194,6 +213,13 @@ impl CatalogState {
         for (key, value) in rows {
             state.load_row(&key, &value)?;
         }
+        state.finish_load()
+    }
+
+    /// After every row was loaded: the consistency checks of
+    /// [`CatalogState::from_rows`] and the derived indexes.
+    pub(super) fn finish_load(mut self) -> Result<Self, String> {
+        let state = &mut self;
         for (node, id) in state.services.keys() {
             if !state.nodes.contains_key(node.as_str()) {
                 return Err(format!("service {id:?} on unknown node {node:?}"));
@@ -213,7 +239,7 @@ impl CatalogState {
         }
         let serf = state.checks.iter().filter(|(k, c)| is_serf_passing(k, c));
         state.serf_passing = serf.map(|((node, _), _)| node.clone()).collect();
-        Ok(state)
+        Ok(self)
     }
 
     /// All nodes by name; index of the nodes table.
@@ -426,7 +452,7 @@ impl CatalogState {
     }
 
     /// Decode one persisted row into the state.
-    fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+    pub(super) fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let bad = |why: &str| format!("bad catalog row {:?}: {why}", String::from_utf8_lossy(key));
         let key = std::str::from_utf8(key).map_err(|_| bad("key is not UTF-8"))?;
         let pair = |rest| split_pair(rest).ok_or_else(|| bad("no separator"));
@@ -467,8 +493,12 @@ impl CatalogState {
         Ok(())
     }
 
-    /// Every precondition of a register, then its writes, without mutating.
-    fn plan_register(&self, index: u64, req: &RegisterRequest) -> Result<WritePlan, String> {
+    /// Every precondition of a register, then its writes into `plan`.
+    fn plan_register(
+        &self,
+        plan: &mut WritePlanner<'_>,
+        req: &RegisterRequest,
+    ) -> Result<(), String> {
         let mut req = req.clone();
         Self::validate_register(&mut req)?;
         let svc_id = req.service.as_ref().map(|s| s.id.as_str());
@@ -476,15 +506,14 @@ impl CatalogState {
             let sid = &check.service_id;
             if !sid.is_empty()
                 && svc_id != Some(sid.as_str())
-                && !self.services.contains_key(&key_of(&req.node, sid))
+                && plan.service(&req.node, sid).is_none()
             {
                 return Err("Missing service registration".to_string());
             }
         }
-        let mut plan = WritePlanner::new(self, index);
         // Consul's ChangesNode: SkipNodeUpdate leaves an existing node alone,
         // but a missing node is still created (its services need it).
-        if !(req.skip_node_update && self.nodes.contains_key(&req.node)) {
+        if !(req.skip_node_update && plan.node(&req.node).is_some()) {
             let datacenter = match req.datacenter.as_str() {
                 "" => self.datacenter.clone(),
                 dc => dc.to_string(),
@@ -506,13 +535,16 @@ impl CatalogState {
         for check in req.checks {
             plan.put_check(check);
         }
-        Ok(plan.pending)
+        Ok(())
     }
 
     /// A deregister's writes; a missing target plans nothing (a no-op, as in Consul).
-    fn plan_deregister(&self, index: u64, req: &DeregisterRequest) -> Result<WritePlan, String> {
+    fn plan_deregister(
+        &self,
+        plan: &mut WritePlanner<'_>,
+        req: &DeregisterRequest,
+    ) -> Result<(), String> {
         Self::validate_deregister(req)?;
-        let mut plan = WritePlanner::new(self, index);
         if !req.service_id.is_empty() {
             plan.delete_service(&req.node, &req.service_id);
         } else if !req.check_id.is_empty() {
@@ -520,11 +552,11 @@ impl CatalogState {
         } else {
             plan.delete_node(&req.node);
         }
-        Ok(plan.pending)
+        Ok(())
     }
 
     /// Install planned writes and bump the indexes they touched. Cannot fail.
-    fn commit(&mut self, pending: WritePlan) {
+    pub(super) fn commit(&mut self, pending: WritePlan) {
         for (name, node) in pending.nodes {
             match node {
                 Some(node) => self.nodes.insert(name, node),

@@ -1,8 +1,10 @@
 //! The replicated commands: ONE variant table ([`commands!`]) from which the
 //! `Command` enum, its tagged decoder, the fast-path decoder and the list of
 //! variant names are all generated, so a new command is one edit here (plus
-//! its arm in `CatalogState::apply`, which the compiler demands). Owns the
-//! wire form of a log entry's command; must not apply it.
+//! its arm in `StateStore::apply`, which the compiler demands). Owns the
+//! wire form of a log entry's command; must not apply it. The request types
+//! of the KV, session and transaction commands live beside their tables
+//! (`kv.rs`, `session.rs`, `txn.rs`).
 //!
 //! On the wire: `{"Op":"Register", ...the request's fields}` (serde's
 //! internally tagged form). Decoding is written by hand, because serde's
@@ -15,6 +17,11 @@
 //! Commands are in the Raft log forever: variants are only ever added, never
 //! renamed or removed, and a variant's request type only gains optional fields.
 
+use super::kv::{KvOp, TombstoneReap};
+use super::session::{SessionExpiry, SessionId};
+use super::txn::TxnRequest;
+use registry_api::event::UserEvent;
+use registry_api::kv::NewSession;
 use registry_api::{DeregisterRequest, RegisterRequest};
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +97,29 @@ commands! {
     /// between that decision and the apply must stay gone (a plain register
     /// with `SkipNodeUpdate` would recreate it without an address).
     RegisterIfNodeExists(RegisterRequest),
+    /// One KV write of `PUT` or `DELETE /v1/kv/:key` (set, cas, lock,
+    /// unlock, delete, delete-cas, delete-tree); answers true or false.
+    Kv(KvOp),
+    /// `PUT /v1/txn` with at least one write: every operation, applied
+    /// all together or not at all.
+    Txn(TxnRequest),
+    /// `PUT /v1/session/create`, with the ID the receiving server chose.
+    SessionCreate(NewSession),
+    /// `PUT /v1/session/destroy/:id`: invalidates the session.
+    SessionDestroy(SessionId),
+    /// `PUT /v1/session/renew/:id`: records the renewal's time in the
+    /// session (replicated, so it survives a leader change).
+    SessionRenew(SessionId),
+    /// The leader's TTL timer fired: invalidates the session only if it was
+    /// not renewed since the leader looked (a racing renewal wins).
+    SessionExpire(SessionExpiry),
+    /// The leader's tombstone reaper: forgets deletes up to an index old
+    /// enough that no watcher still waits on them, and lock-delays that
+    /// have run out.
+    KvReapTombstones(TombstoneReap),
+    /// `PUT /v1/event/fire/:name`: records a user event, with the ID the
+    /// receiving server chose, in the datacenter's ring (`events.rs`).
+    FireEvent(UserEvent),
 }
 
 impl<'de> Deserialize<'de> for Command {
@@ -159,12 +189,59 @@ mod tests {
             service_id: "web1".into(),
             ..Default::default()
         };
+        let kv = KvOp {
+            verb: super::super::kv::KvVerb::Lock,
+            key: "a/b".into(),
+            value: Some(b"v".to_vec()),
+            flags: 7,
+            index: 0,
+            session: "s1".into(),
+        };
+        let txn = TxnRequest {
+            ops: vec![
+                super::super::txn::TxnOp::Kv(kv.clone()),
+                super::super::txn::TxnOp::Node(super::super::txn::NodeOp {
+                    verb: super::super::txn::CatalogVerb::Set,
+                    node: registry_api::Node {
+                        node: "n1".into(),
+                        address: "10.0.0.1".into(),
+                        ..Default::default()
+                    },
+                }),
+            ],
+        };
         vec![
             Command::Register(register.clone()),
             Command::Deregister(deregister),
             Command::RegisterIfNodeExists(RegisterRequest {
                 skip_node_update: true,
                 ..register
+            }),
+            Command::Kv(kv),
+            Command::Txn(txn),
+            Command::SessionCreate(NewSession {
+                id: "s1".into(),
+                node: "n1".into(),
+                lock_delay: 15_000_000_000,
+                behavior: "release".into(),
+                ttl: "10s".into(),
+                node_checks: vec!["serfHealth".into()],
+                ..Default::default()
+            }),
+            Command::SessionDestroy(SessionId { id: "s1".into() }),
+            Command::SessionRenew(SessionId { id: "s1".into() }),
+            Command::SessionExpire(SessionExpiry {
+                id: "s1".into(),
+                renewed_at: 42,
+            }),
+            Command::KvReapTombstones(TombstoneReap { up_to_index: 9 }),
+            Command::FireEvent(UserEvent {
+                id: "b54fe110-7af5-cafc-d1fb-afc8ba432b1c".into(),
+                name: "deploy".into(),
+                payload: Some(b"v2".to_vec()),
+                service_filter: "web".into(),
+                version: 1,
+                ..Default::default()
             }),
         ]
     }
@@ -193,9 +270,11 @@ mod tests {
             let serde_json::Value::Object(mut o) = serde_json::to_value(&cmd).unwrap() else {
                 unreachable!()
             };
+            // Written by hand: a JSON map sorts its keys, which would put
+            // `Op` first again before `Ops` or `UpToIndex`.
             let op = o.remove("Op").unwrap();
-            o.insert("Op".into(), op);
-            let moved = serde_json::to_vec(&o).unwrap();
+            let rest = serde_json::to_string(&o).unwrap();
+            let moved = format!("{},\"Op\":{op}}}", &rest[..rest.len() - 1]).into_bytes();
             assert!(!moved.starts_with(br#"{"Op":"#));
             assert_eq!(serde_json::from_slice::<Command>(&moved).unwrap(), cmd);
         }

@@ -1,8 +1,9 @@
 //! The write planner: a command's writes computed on top of an unchanged
 //! catalog ([`WritePlanner`]), then encoded as rows ([`WritePlan::encode`])
 //! before anything is installed, so a command is applied whole or not at all.
-//! Named for what it does, not `Txn`: `/v1/txn` (Consul's transactions) will
-//! be a command of its own. Owns the CreateIndex/ModifyIndex stamping and which
+//! Named for what it does, not `Txn`: `/v1/txn` (Consul's transactions,
+//! `txn.rs`) plans its node, service and check operations with it, one
+//! planner for the whole transaction. Owns the CreateIndex/ModifyIndex stamping and which
 //! blocking-query indexes a write moves; must not decide whether a command is
 //! allowed (that is `catalog.rs`, before planning).
 
@@ -73,13 +74,18 @@ impl<'a> WritePlanner<'a> {
         WritePlanner { base, pending }
     }
 
+    /// The catalog the plan is laid over.
+    pub(super) fn base(&self) -> &'a CatalogState {
+        self.base
+    }
+
     /// Current node `name`.
-    fn node(&self, name: &str) -> Option<&Node> {
+    pub(super) fn node(&self, name: &str) -> Option<&Node> {
         current(&self.pending.nodes, &self.base.nodes, &name.to_string())
     }
 
     /// Current instance `id` on `node`.
-    fn service(&self, node: &str, id: &str) -> Option<AgentService> {
+    pub(super) fn service(&self, node: &str, id: &str) -> Option<AgentService> {
         let key = key_of(node, id);
         match self.pending.services.get(&key) {
             Some(planned) => planned.clone(),
@@ -89,12 +95,38 @@ impl<'a> WritePlanner<'a> {
 
     /// Current check `id` on `node`. A committed check reads as it was
     /// committed: with the name and tags of its committed owner.
-    fn check(&self, node: &str, id: &str) -> Option<HealthCheck> {
+    pub(super) fn check(&self, node: &str, id: &str) -> Option<HealthCheck> {
         let key = key_of(node, id);
         match self.pending.checks.get(&key) {
             Some(planned) => planned.clone(),
             None => (self.base.checks.get(&key)).map(|c| self.base.check_to_api(node, id, c)),
         }
+    }
+
+    /// The name of the current node with ID `id`, if any (a scan: only
+    /// transactions that name a node by ID alone ask).
+    pub(super) fn node_name_by_id(&self, id: &str) -> Option<String> {
+        let planned = self.pending.nodes.values().flatten();
+        let committed =
+            (self.base.nodes.values()).filter(|n| !self.pending.nodes.contains_key(&n.node));
+        planned
+            .chain(committed)
+            .find(|n| n.id == id)
+            .map(|n| n.node.clone())
+    }
+
+    /// The datacenter stamped on nodes written without one.
+    pub(super) fn datacenter(&self) -> &str {
+        self.base.datacenter()
+    }
+
+    /// The nodes this plan writes or deletes, and those whose checks it
+    /// writes or deletes: the only ones whose sessions it can invalidate.
+    pub(super) fn touched_nodes(&self) -> std::collections::BTreeSet<&str> {
+        let nodes = self.pending.nodes.keys().map(String::as_str);
+        nodes
+            .chain(self.pending.checks.keys().map(|(n, _)| n.as_str()))
+            .collect()
     }
 
     /// Current instances on `node`, in id order.

@@ -1,9 +1,23 @@
-//! The catalog's row-key layout in RocksDB's `store` column family, and the
-//! small key types the tables share. Owns how a key is spelled; must not know
-//! what a row means (that is `catalog.rs`) or how rows are written (`storage/`).
+//! The row-key layout of every table in RocksDB's `store` column family, and
+//! the small key types the tables share. Owns how a key is spelled; must not
+//! know what a row means (that is `catalog.rs`, `kv.rs`, `session.rs`) or how
+//! rows are written (`storage/`).
 //!
-//! `n/<node>` → Node, `s/<node>\0<service id>` → AgentService,
-//! `c/<node>\0<check id>` → HealthCheck (JSON), `i/<index name>` → decimal.
+//! | prefix | row | value |
+//! |---|---|---|
+//! | `n/<node>` | a node | Node (JSON) |
+//! | `s/<node>\0<service id>` | a service instance | AgentService (JSON) |
+//! | `c/<node>\0<check id>` | a check | HealthCheck (JSON) |
+//! | `i/<index name>` | a catalog blocking-query index | decimal |
+//! | `kv/<key>` | a KV entry | `StoredKv` (JSON, value in base64) |
+//! | `kt/<key>` | a KV tombstone: the key was deleted at that index | decimal |
+//! | `kd/<key>` | a lock-delay: the key cannot be acquired before then | decimal, ms since the epoch |
+//! | `se/<session id>` | a session | `StoredSession` (JSON) |
+//! | `x/<name>` | the other tables' indexes: `x/sessions`, `x/kv-reaped` | decimal |
+//!
+//! No prefix is the start of another (`s/` and `se/` differ in their second
+//! byte), so [`super::StateStore::from_rows`] dispatches on the prefix alone.
+//! KV keys are the rest of the row key, as sent (any UTF-8, `/` included).
 
 use compact_str::CompactString as Str;
 use serde::{de::DeserializeOwned, Serialize};
@@ -167,4 +181,34 @@ pub(super) fn pair_key(prefix: &[u8], node: &str, id: &str) -> Vec<u8> {
 /// Key of index `name`.
 pub(super) fn index_key(name: &str) -> Vec<u8> {
     [b"i/", name.as_bytes()].concat()
+}
+
+/// Prefix of KV entry rows.
+pub(super) const KV_PREFIX: &str = "kv/";
+/// Prefix of KV tombstone rows.
+pub(super) const TOMBSTONE_PREFIX: &str = "kt/";
+/// Prefix of lock-delay rows.
+pub(super) const LOCK_DELAY_PREFIX: &str = "kd/";
+/// Prefix of session rows.
+pub(super) const SESSION_PREFIX: &str = "se/";
+/// Prefix of the KV and session tables' index rows.
+pub(super) const EXTRA_INDEX_PREFIX: &str = "x/";
+/// `x/` name of the sessions table's index.
+pub(super) const SESSIONS_INDEX: &str = "sessions";
+/// `x/` name of the index up to which KV tombstones were reaped.
+pub(super) const KV_REAPED_INDEX: &str = "kv-reaped";
+
+/// Row key `<prefix><name>`.
+pub(super) fn prefixed(prefix: &str, name: &str) -> Vec<u8> {
+    [prefix.as_bytes(), name.as_bytes()].concat()
+}
+
+/// A decimal row value.
+pub(super) fn decimal(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+/// Decode a decimal row value.
+pub(super) fn from_decimal(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }

@@ -4,7 +4,8 @@
 //! - `logs`:  Raft entries, key = index as 8 big-endian bytes (so they sort).
 //! - `meta`:  hard state, conf state, applied index, the (index, term) of the
 //!   last compaction/snapshot, this server's Raft id and the peer address book.
-//! - `store`: the catalog rows produced by [`crate::state::CatalogState::apply`].
+//! - `store`: the state machine's rows (every table, `state/rows.rs`)
+//!   produced by [`crate::state::StateStore::apply`].
 //!
 //! Applying entries writes their rows and the new applied index in the same
 //! RocksDB write batch as the entries and hard state of that Ready, so a crash never

@@ -1,0 +1,127 @@
+//! `/v1/event/*` (<https://developer.hashicorp.com/consul/api-docs/event>):
+//! fire records an event through Raft (`state/events.rs` keeps the
+//! datacenter's last 256); list answers the events meant for one agent (this
+//! server's own, or, on `/v1/internal/event/list/:node`, the agent that asks
+//! for its node) from this server's applied state, as Consul's agent answers
+//! from the events it has seen: no consistency modes, and a blocking wait
+//! that ends when the index differs from the caller's (it is the last event's
+//! ID folded to 64 bits, not a Raft index, so it does not grow). Must not
+//! decide which agent an event is for (`registry_api::event`).
+
+use super::params::{read_params, value};
+use super::{json, json_response, HttpResult, Params, St};
+use crate::state::{Command, StateStore};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use registry_api::event::{event_index, validate_fire, EventTargets, UserEvent};
+use registry_api::Error as ApiError;
+use std::time::Instant;
+
+/// `PUT /v1/event/fire/:name` with `?node=`, `?service=`, `?tag=` (regexes)
+/// and the payload as the body: the recorded event.
+pub(super) async fn event_fire(
+    State(st): St,
+    Path(name): Path<String>,
+    Query(q): Params,
+    body: Bytes,
+) -> HttpResult {
+    let filter = |k| value(&q, k).unwrap_or_default().to_string();
+    let mut event = UserEvent {
+        // Chosen here, before the proposal: every replica records the same ID.
+        id: registry_api::ids::new_uuid(),
+        name,
+        payload: (!body.is_empty()).then(|| body.to_vec()),
+        node_filter: filter("node"),
+        service_filter: filter("service"),
+        tag_filter: filter("tag"),
+        version: 1,
+        ltime: 0,
+    };
+    validate_fire(&event).map_err(ApiError::BadRequest)?;
+    st.raft.propose(Command::FireEvent(event.clone())).await?;
+    // Consul answers with the event as sent, before any agent has seen it:
+    // its Lamport time is not known to the caller yet.
+    event.ltime = 0;
+    json(&st, &event)
+}
+
+/// `GET /v1/event/list` on a server: the events meant for this server's own
+/// agent, `?name=` to keep one name.
+pub(super) async fn event_list(State(st): St, Query(q): Params) -> HttpResult {
+    let node = st.node.clone();
+    list_for(&st, &node, &q).await
+}
+
+/// `GET /v1/internal/event/list/:node`: what `GET /v1/event/list` answers on
+/// the agent of `node` (the standalone agent asks for it: which events are
+/// its own depends on its services, which this server's catalog holds).
+pub(super) async fn event_list_for_node(
+    State(st): St,
+    Path(node): Path<String>,
+    Query(q): Params,
+) -> HttpResult {
+    list_for(&st, &node, &q).await
+}
+
+/// The events for the agent of `node`, oldest first, with the index Consul's
+/// clients expect; with `?index=`, waits until that index differs.
+async fn list_for(st: &super::AppState, node: &str, q: &[(String, String)]) -> HttpResult {
+    let params = read_params(q)?;
+    let name = value(q, "name").filter(|n| !n.is_empty());
+    let deadline = params.blocking.map(|b| Instant::now() + b.wait);
+    let mut changes = st.raft.applied_changes();
+    loop {
+        changes.borrow_and_update();
+        let events = events_for(st, node, name);
+        let index = event_index(events.last().map(|e| e.id.as_str()));
+        let waiting = match (params.blocking, deadline) {
+            (Some(b), Some(deadline)) => {
+                index == b.min_index && Instant::now() < deadline && !st.shutdown.is_cancelled()
+            }
+            _ => false,
+        };
+        if !waiting {
+            let body =
+                serde_json::to_vec(&events).map_err(|e| ApiError::Internal(e.to_string()))?;
+            return Ok(json_response(st, body, Some(index)));
+        }
+        let deadline = deadline.unwrap_or_else(Instant::now);
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = st.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// The recorded events the agent of `node` would have processed (Consul's
+/// `shouldProcessUserEvent`, over that node's services in the catalog),
+/// named `name` if given. Only the copying happens under the applied-state
+/// lock; the filters' regexes are compiled and run after it is released.
+fn events_for(st: &super::AppState, node: &str, name: Option<&str>) -> Vec<UserEvent> {
+    let (events, services) = st.raft.with_applied(|s: &StateStore, _| {
+        let events: Vec<UserEvent> = s
+            .events
+            .events()
+            .filter(|e| name.is_none_or(|n| e.name == n))
+            .cloned()
+            .collect();
+        let (services, _) = s.catalog.node_service_list(node);
+        (events, services.map(|l| l.services).unwrap_or_default())
+    });
+    events
+        .into_iter()
+        .filter(|e| {
+            // Recorded events passed `validate_fire`; one that no longer
+            // compiles (a newer binary's rule) reaches nobody.
+            EventTargets::of(e).is_ok_and(|t| {
+                t.include(
+                    node,
+                    services
+                        .iter()
+                        .map(|s| (s.id.as_str(), s.service.as_str(), s.tags.as_slice())),
+                )
+            })
+        })
+        .collect()
+}

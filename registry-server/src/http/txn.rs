@@ -1,0 +1,166 @@
+//! `PUT /v1/txn` (<https://developer.hashicorp.com/consul/api-docs/txn>):
+//! decodes Consul's body into the `Txn` command's operations, then either
+//! replicates it as one Raft entry (any write: all or nothing) or, with reads
+//! only, answers it from the applied state in the consistency mode asked for
+//! (`?stale`, `?consistent`), without Raft. 200 with `Results`, or 409 with
+//! `Errors` and nothing applied. Must not run an operation itself
+//! (`state/txn.rs` does).
+
+use super::kv::key_of;
+use super::params::read_params;
+use super::{json, json_response, HttpResult, St};
+use crate::state::kv::{KvOp, KvVerb};
+use crate::state::txn::{CatalogVerb, CheckOp, NodeOp, ServiceOp, TxnOp, TxnRequest};
+use crate::state::{Command, Outcome};
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use registry_api::kv::{TxnError, TxnOpBody, TxnResponse, TxnResult, MAX_TXN_OPS};
+use registry_api::Error as ApiError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// `PUT /v1/txn`.
+pub(super) async fn txn(
+    State(st): St,
+    Query(q): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> HttpResult {
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("Failed to parse body: {e}")))?;
+    let bodies: Vec<TxnOpBody> = registry_api::decode::from_value(value).map_err(|e| {
+        let e = e.trim_start_matches("Request decode failed: ");
+        ApiError::BadRequest(format!("Failed to parse body: {e}"))
+    })?;
+    if bodies.len() > MAX_TXN_OPS {
+        return Err(ApiError::TooLarge(format!(
+            "Transaction contains too many operations ({} > {MAX_TXN_OPS})",
+            bodies.len()
+        ))
+        .into());
+    }
+    let ops = match convert(bodies) {
+        Ok(ops) => ops,
+        Err(errors) => return answer(&st, Err(errors)),
+    };
+    if ops.iter().any(TxnOp::is_write) {
+        return match st.raft.propose(Command::Txn(TxnRequest { ops })).await? {
+            Outcome::Txn(result) => answer(&st, result),
+            other => Err(ApiError::Internal(format!(
+                "unexpected outcome of a transaction: {other:?}"
+            ))
+            .into()),
+        };
+    }
+    // Reads only: like any read (but never blocking, as in Consul), and not
+    // cached (the empty key): nobody else asks this exact transaction.
+    let p = read_params(&q)?;
+    let conflict = Arc::new(AtomicBool::new(false));
+    let seen = conflict.clone();
+    let read = crate::reads::read(
+        &st.raft,
+        &st.answers,
+        &st.shutdown,
+        p.mode_now(&st.raft),
+        None,
+        String::new(),
+        move |s| (s.read_txn(&ops), 1),
+        move |result| {
+            seen.store(result.is_err(), Ordering::Relaxed);
+            response_body(result)
+        },
+    )
+    .await?;
+    let mut resp = json_response(&st, read.body, Some(read.index));
+    // Consul sets only these two on a read-only transaction.
+    resp.headers_mut().remove("X-Consul-Index");
+    if conflict.load(Ordering::Relaxed) {
+        *resp.status_mut() = StatusCode::CONFLICT;
+    }
+    Ok(resp)
+}
+
+/// Consul's answer shape: results and `null` errors, or the reverse.
+fn response_body(result: Result<Vec<TxnResult>, Vec<TxnError>>) -> TxnResponse {
+    match result {
+        Ok(results) => TxnResponse {
+            results: Some(results),
+            errors: None,
+        },
+        Err(errors) => TxnResponse {
+            results: None,
+            errors: Some(errors),
+        },
+    }
+}
+
+/// 200 with the results or 409 with the errors.
+fn answer(st: &super::AppState, result: Result<Vec<TxnResult>, Vec<TxnError>>) -> HttpResult {
+    let conflict = result.is_err();
+    let mut resp: Response = json(st, &response_body(result))?;
+    if conflict {
+        *resp.status_mut() = StatusCode::CONFLICT;
+    }
+    Ok(resp)
+}
+
+/// The body's operations as the `Txn` command's, or every operation that
+/// cannot be one (no operation in it, an unknown verb, a bad key) as
+/// Consul's state machine would report them: a 409 with nothing applied.
+fn convert(bodies: Vec<TxnOpBody>) -> Result<Vec<TxnOp>, Vec<TxnError>> {
+    let mut ops = Vec::with_capacity(bodies.len());
+    let mut errors = Vec::new();
+    for (op_index, body) in bodies.into_iter().enumerate() {
+        match convert_one(body) {
+            Ok(op) => ops.push(op),
+            Err(what) => errors.push(TxnError { op_index, what }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(ops)
+    } else {
+        Err(errors)
+    }
+}
+
+/// One operation; an op with several kinds set is the first of KV, Node,
+/// Service, Check (as Consul's `convertOps` reads it).
+fn convert_one(body: TxnOpBody) -> Result<TxnOp, String> {
+    let catalog_verb = |kind: &str, verb: &str| {
+        CatalogVerb::parse(verb).ok_or_else(|| format!("unknown {kind} verb {verb:?}"))
+    };
+    if let Some(kv) = body.kv {
+        let verb =
+            KvVerb::parse(&kv.verb).ok_or_else(|| format!("unknown KV verb {:?}", kv.verb))?;
+        let key = key_of(&kv.key).map_err(|e| e.to_string())?;
+        return Ok(TxnOp::Kv(KvOp {
+            verb,
+            key,
+            value: kv.value,
+            flags: kv.flags,
+            index: kv.index,
+            session: kv.session,
+        }));
+    }
+    if let Some(n) = body.node {
+        let verb = catalog_verb("Node", &n.verb)?;
+        return Ok(TxnOp::Node(NodeOp { verb, node: n.node }));
+    }
+    if let Some(s) = body.service {
+        let verb = catalog_verb("Service", &s.verb)?;
+        return Ok(TxnOp::Service(ServiceOp {
+            verb,
+            node: s.node,
+            service: s.service,
+        }));
+    }
+    if let Some(c) = body.check {
+        let verb = catalog_verb("Check", &c.verb)?;
+        return Ok(TxnOp::Check(CheckOp {
+            verb,
+            check: c.check,
+        }));
+    }
+    Err("no operation specified".into())
+}
