@@ -196,6 +196,35 @@ impl SharedKey {
         hmac::verify(&self.key, &input, &sig.mac).map_err(|_| AuthError::BadMac)
     }
 
+    /// The [`SIGNATURE_HEADER`] of a server's answer to an agent's signed probe
+    /// ([`PROBE_PATH`]): bound to the probe's own signature header (fresh time and nonce), so
+    /// only a holder of the key can make it and no recorded answer fits another probe.
+    pub fn sign_probe_reply(&self, request_signature: &str, body: &[u8]) -> String {
+        self.sign_for(
+            Purpose::ProbeReply,
+            "GET",
+            &probe_reply_scope(request_signature),
+            body,
+        )
+    }
+
+    /// Checks a probe's answer against the signature the probe was sent with
+    /// ([`Self::sign_probe_reply`]).
+    pub fn verify_probe_reply(
+        &self,
+        request_signature: &str,
+        reply_signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        self.verify_for(
+            Purpose::ProbeReply,
+            reply_signature,
+            "GET",
+            &probe_reply_scope(request_signature),
+            body,
+        )
+    }
+
     /// The MAC one side of an RPC handshake sends: over its role (`b"dialer"` or
     /// `b"listener"`), both nonces and the dialer's advertised address. Each side checks the
     /// other's with [`Self::verify_handshake_mac`].
@@ -302,6 +331,9 @@ pub enum Purpose {
     Exchange,
     /// A gateway's answer to an exchange, bound to the request it answers.
     ExchangeReply,
+    /// A server's answer to an agent's probe ([`SharedKey::sign_probe_reply`]), bound to the
+    /// request it answers: what proves to a joining agent that the server holds the key.
+    ProbeReply,
 }
 
 impl Purpose {
@@ -311,6 +343,7 @@ impl Purpose {
             Purpose::Heartbeat => b"heartbeat",
             Purpose::Exchange => b"exchange",
             Purpose::ExchangeReply => b"exchange-reply",
+            Purpose::ProbeReply => b"probe-reply",
         }
     }
 }
@@ -353,6 +386,15 @@ impl SessionKey {
         self.next_seq += 1;
         hmac::verify(&self.key, &input, tag).is_ok()
     }
+}
+
+/// What an agent asks a server before it joins it (`PUT /v1/agent/join`): with a key, a
+/// server signs its answer on this path ([`SharedKey::sign_probe_reply`]).
+pub const PROBE_PATH: &str = "/v1/status/leader";
+
+/// What a probe answer's MAC covers in place of a path: the probe's own signature.
+fn probe_reply_scope(request_signature: &str) -> String {
+    format!("{PROBE_PATH} reply-to {request_signature}")
 }
 
 /// What a request's MAC covers.
@@ -662,6 +704,38 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_reply_is_bound_to_its_probe_and_the_key() {
+        let k = key();
+        let probe = k.sign_request("GET", PROBE_PATH, b"");
+        let reply = k.sign_probe_reply(&probe, b"\"10.0.0.1:8300\"");
+        assert_eq!(
+            k.verify_probe_reply(&probe, Some(&reply), b"\"10.0.0.1:8300\""),
+            Ok(())
+        );
+        let other_probe = k.sign_request("GET", PROBE_PATH, b"");
+        assert_eq!(
+            k.verify_probe_reply(&other_probe, Some(&reply), b"\"10.0.0.1:8300\""),
+            Err(AuthError::BadMac),
+            "a reply recorded for another probe"
+        );
+        assert_eq!(
+            k.verify_probe_reply(&probe, Some(&reply), b"\"\""),
+            Err(AuthError::BadMac),
+            "a changed body"
+        );
+        assert_eq!(
+            key().verify_probe_reply(&probe, Some(&reply), b"\"10.0.0.1:8300\""),
+            Err(AuthError::BadMac),
+            "another key"
+        );
+        assert_eq!(
+            k.verify_probe_reply(&probe, None, b""),
+            Err(AuthError::Missing),
+            "an unsigned answer"
+        );
+    }
+
+    #[test]
     fn a_signature_for_one_purpose_never_passes_for_another() {
         let k = key();
         let all = [
@@ -669,6 +743,7 @@ mod tests {
             Purpose::Heartbeat,
             Purpose::Exchange,
             Purpose::ExchangeReply,
+            Purpose::ProbeReply,
         ];
         for made in all {
             let sig = k.sign_for(made, "PUT", "/v1/internal/heartbeat", b"{}");

@@ -80,7 +80,11 @@ impl<'de> de::Deserializer<'de> for CaseInsensitive {
     ) -> Result<V::Value, Self::Error> {
         match self.0 {
             Value::Object(map) => {
-                let renamed = map.into_iter().map(|(key, value)| {
+                // Go's decoder reads `null` as the field's zero value, and clients send it
+                // (the Go client's txn check operations carry `"ServiceTags": null`): a
+                // field given as `null` is read as absent, so it takes its default.
+                let present = map.into_iter().filter(|(_, value)| !value.is_null());
+                let renamed = present.map(|(key, value)| {
                     let key = if fields.contains(&key.as_str()) {
                         key
                     } else {
@@ -154,5 +158,13 @@ mod tests {
             from_slice(br#"{"Node":"n","Service":null,"Checks":[{"name":"c"}]}"#).unwrap();
         assert!(req.service.is_none());
         assert_eq!(req.checks[0].name, "c");
+        // Lists and maps given as null are empty, as Go reads them.
+        let req: RegisterRequest = from_slice(
+            br#"{"Node":"n","NodeMeta":null,"Service":{"Service":"web","Tags":null,"Meta":null},"Checks":null}"#,
+        )
+        .unwrap();
+        let svc = req.service.unwrap();
+        assert!(svc.tags.is_empty() && svc.meta.is_empty() && req.checks.is_empty());
+        assert!(req.node_meta.is_empty());
     }
 }

@@ -27,6 +27,9 @@ pub enum Error {
     /// Request body over the limit (413).
     #[error("{0}")]
     TooLarge(String),
+    /// A bounded resource is in use to its limit; try again later (429), with the reason.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// No leader is known or reachable (500 `No cluster leader`).
     #[error("No cluster leader")]
     NoLeader,
@@ -44,6 +47,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::TooLarge(_) => 413,
+            Error::TooManyRequests(_) => 429,
             Error::NoLeader | Error::Internal(_) => 500,
         }
     }

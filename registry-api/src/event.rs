@@ -142,9 +142,19 @@ impl EventTargets {
     }
 }
 
-/// Checks a fire before anything is recorded (Consul's `validateUserEventParams`, with a 400
-/// rather than Consul's 500: it is the caller's input that is wrong).
+/// Checks a fire before it is proposed (Consul's `validateUserEventParams`, with a 400
+/// rather than Consul's 500: it is the caller's input that is wrong): [`check_fire_shape`]
+/// and filters that compile.
 pub fn validate_fire(event: &UserEvent) -> Result<(), String> {
+    check_fire_shape(event)?;
+    EventTargets::of(event).map(|_| ())
+}
+
+/// The rules of a fire that do not depend on the regex engine: names, lengths, the payload's
+/// size. The state machine checks only these when it records an event, because whether a
+/// regex compiles under a size limit can change with the regex crate's version, and replicas
+/// on different versions must agree on every entry.
+pub fn check_fire_shape(event: &UserEvent) -> Result<(), String> {
     if event.name.is_empty() {
         return Err("Missing name".into());
     }
@@ -175,7 +185,7 @@ pub fn validate_fire(event: &UserEvent) -> Result<(), String> {
             "Event payload is larger than {MAX_EVENT_PAYLOAD} bytes"
         ));
     }
-    EventTargets::of(event).map(|_| ())
+    Ok(())
 }
 
 #[cfg(test)]

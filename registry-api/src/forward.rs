@@ -49,10 +49,15 @@ pub fn forwarded_request_header(name: &str) -> bool {
 
 /// Whether a response header travels back with an answer: the body's type, `Allow` (a 405's
 /// list of methods), Consul's `X-Consul-*` headers (index, leader, last contact) and its cache
-/// headers `X-Cache` and `Age` (a `?cached` read: Consul's agent answers them).
+/// headers `X-Cache` and `Age` (a `?cached` read: Consul's agent answers them), and the
+/// browser protections `X-Content-Type-Options` and `Content-Security-Policy` that a server
+/// puts on a KV `?raw` answer (Consul's fix of CVE-2020-25864): dropping them on the way back
+/// would undo that fix for every client that reads through an agent or another DC.
 pub fn forwarded_response_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("content-type")
         || name.eq_ignore_ascii_case("allow")
+        || name.eq_ignore_ascii_case("x-content-type-options")
+        || name.eq_ignore_ascii_case("content-security-policy")
         || name.eq_ignore_ascii_case("x-cache")
         || name.eq_ignore_ascii_case("age")
         || starts_with_ignore_case(name, "x-consul-")
@@ -103,6 +108,8 @@ mod tests {
             "X-Consul-Index",
             "x-consul-knownleader",
             "X-Cache",
+            "X-Content-Type-Options",
+            "content-security-policy",
         ] {
             assert!(forwarded_response_header(yes), "{yes}");
         }

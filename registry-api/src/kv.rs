@@ -263,23 +263,28 @@ pub struct SessionCreated {
     pub id: String,
 }
 
-/// One operation of a `PUT /v1/txn` body, as sent: exactly one of the four is set.
+/// One of a transaction's four kinds, KV, node, service or check, as both an operation of
+/// the body ([`TxnOpBody`]) and its result ([`TxnResult`]) carry it (Consul's `api.TxnOp` and
+/// `api.TxnResult` share the field names): one is set, the others are left out.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(default)]
-pub struct TxnOpBody {
-    /// A KV operation.
+pub struct TxnKinds<K, N, S, C> {
+    /// The KV one.
     #[serde(rename = "KV", skip_serializing_if = "Option::is_none")]
-    pub kv: Option<TxnKvBody>,
-    /// A node operation.
+    pub kv: Option<K>,
+    /// The node one.
     #[serde(rename = "Node", skip_serializing_if = "Option::is_none")]
-    pub node: Option<TxnNodeBody>,
-    /// A service operation.
+    pub node: Option<N>,
+    /// The service one.
     #[serde(rename = "Service", skip_serializing_if = "Option::is_none")]
-    pub service: Option<TxnServiceBody>,
-    /// A check operation.
+    pub service: Option<S>,
+    /// The check one.
     #[serde(rename = "Check", skip_serializing_if = "Option::is_none")]
-    pub check: Option<TxnCheckBody>,
+    pub check: Option<C>,
 }
+
+/// One operation of a `PUT /v1/txn` body, as sent: exactly one of the four is set.
+pub type TxnOpBody = TxnKinds<TxnKvBody, TxnNodeBody, TxnServiceBody, TxnCheckBody>;
 
 /// A KV operation of a transaction (Consul's `api.KVTxnOp`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -333,23 +338,9 @@ pub struct TxnCheckBody {
     pub check: HealthCheck,
 }
 
-/// One result of a transaction: what its operation read or wrote.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(default)]
-pub struct TxnResult {
-    /// A KV entry (its value only for `get` and `get-tree`).
-    #[serde(rename = "KV", skip_serializing_if = "Option::is_none")]
-    pub kv: Option<KvPair>,
-    /// A node.
-    #[serde(rename = "Node", skip_serializing_if = "Option::is_none")]
-    pub node: Option<Node>,
-    /// A service instance.
-    #[serde(rename = "Service", skip_serializing_if = "Option::is_none")]
-    pub service: Option<AgentService>,
-    /// A check.
-    #[serde(rename = "Check", skip_serializing_if = "Option::is_none")]
-    pub check: Option<HealthCheck>,
-}
+/// One result of a transaction: what its operation read or wrote (a KV entry has its value
+/// only for `get` and `get-tree`).
+pub type TxnResult = TxnKinds<KvPair, Node, AgentService, HealthCheck>;
 
 /// Why one operation of a transaction failed.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -7,9 +7,12 @@
 //! channel of its own ([`MONITOR_BUFFER`] lines, Consul's monitor buffer). The layer hands each
 //! event to every subscriber whose level admits it with `try_send`: a full channel (a slow
 //! reader) loses the line and counts it, so logging never waits for a reader and memory never
-//! grows with one. With no subscriber the layer's filter disables every event it would not
-//! otherwise see, and the callsite interest cache is rebuilt when the first subscriber comes or
-//! the last goes, so an idle monitor costs nothing on the logging path.
+//! grows with one. At most [`MAX_MONITORS`] read at once; one more is refused
+//! ([`MonitorError`], a 429 from the agent). With no subscriber the layer's filter disables
+//! every event it would not otherwise see, the callsite interest cache is rebuilt when the
+//! first subscriber comes or the last goes, and the layer checks an atomic count before it
+//! builds a line or takes the subscribers' lock, so an idle monitor costs nothing on the
+//! logging path.
 //!
 //! A subscriber is read as a response body ([`MonitorBody`], polled by hyper, no task of its
 //! own): when the client goes, hyper drops the body, which unsubscribes.
@@ -40,6 +43,17 @@ use tracing_subscriber::EnvFilter;
 
 /// Lines a monitor may fall behind by before it loses some (Consul's monitor `BufferSize`).
 pub const MONITOR_BUFFER: usize = 512;
+/// Monitors reading at once, at most: each holds a buffer of [`MONITOR_BUFFER`] lines and
+/// costs every log line a send, so whoever reaches the agent cannot open them without end.
+pub const MAX_MONITORS: usize = 64;
+
+/// Why a monitor could not start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MonitorError {
+    /// [`MAX_MONITORS`] are reading already.
+    #[error("too many monitors: {MAX_MONITORS} are streaming logs already; close one or try again later")]
+    TooMany,
+}
 
 /// Installs the process's logging: lines on stderr filtered by `RUST_LOG` (default `info`),
 /// and the [`LogStream`] the monitor endpoint reads. Called once by each binary's `main`; a
@@ -160,6 +174,9 @@ pub struct LogStream {
     max: AtomicUsize,
     /// Source of subscriber ids.
     next_id: AtomicU64,
+    /// How many subscribers there are: [`LogStream::publish`] looks here first, so that a
+    /// line with nobody to read it never takes the lock.
+    count: AtomicUsize,
 }
 
 /// `max` when nobody listens.
@@ -191,6 +208,7 @@ impl LogStream {
             subscribers: Mutex::new(Vec::new()),
             max: AtomicUsize::new(OFF),
             next_id: AtomicU64::new(1),
+            count: AtomicUsize::new(0),
         })
     }
 
@@ -207,19 +225,31 @@ impl LogStream {
         self.lock().len()
     }
 
-    /// A new monitor reading lines at `level` and more severe, as `json` or text.
-    pub fn subscribe(&'static self, level: MonitorLevel, json: bool) -> MonitorBody {
+    /// A new monitor reading lines at `level` and more severe, as `json` or text; refused
+    /// when [`MAX_MONITORS`] are reading already.
+    pub fn subscribe(
+        &'static self,
+        level: MonitorLevel,
+        json: bool,
+    ) -> Result<MonitorBody, MonitorError> {
         let (tx, rx) = mpsc::channel(MONITOR_BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dropped = Arc::new(AtomicU64::new(0));
-        self.lock().push(Monitor {
-            id,
-            level: level.0,
-            tx,
-            dropped: dropped.clone(),
-        });
+        {
+            let mut subscribers = self.lock();
+            if subscribers.len() >= MAX_MONITORS {
+                return Err(MonitorError::TooMany);
+            }
+            subscribers.push(Monitor {
+                id,
+                level: level.0,
+                tx,
+                dropped: dropped.clone(),
+            });
+            self.count.store(subscribers.len(), Ordering::SeqCst);
+        }
         self.levels_changed();
-        MonitorBody {
+        Ok(MonitorBody {
             rx,
             json,
             guard: Unsubscribe {
@@ -227,7 +257,7 @@ impl LogStream {
                 id,
                 dropped,
             },
-        }
+        })
     }
 
     /// The list, even if a panic elsewhere poisoned the lock (it holds plain data).
@@ -262,6 +292,9 @@ impl LogStream {
 
     /// Hands `line` to every subscriber whose level admits it; a full one loses it.
     fn publish(&self, line: LogLine) {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let line = Arc::new(line);
         let own = own_target(&line.target);
         let index = level_index(&line.level);
@@ -289,7 +322,11 @@ struct Unsubscribe {
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        self.stream.lock().retain(|s| s.id != self.id);
+        {
+            let mut subscribers = self.stream.lock();
+            subscribers.retain(|s| s.id != self.id);
+            self.stream.count.store(subscribers.len(), Ordering::SeqCst);
+        }
         self.stream.levels_changed();
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped > 0 {
@@ -347,6 +384,10 @@ struct StreamLayer {
 
 impl<S: Subscriber> Layer<S> for StreamLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: layer::Context<'_, S>) {
+        // The filter's interest cache can lag the last unsubscribe; nothing is built then.
+        if self.stream.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let meta = event.metadata();
         let mut visitor = Fields::default();
         event.record(&mut visitor);

@@ -150,14 +150,22 @@ async fn serve_one(
     _permit: OwnedSemaphorePermit,
 ) {
     let body_timeout = limits.body_read_timeout;
+    // The caller's address, as axum's `ConnectInfo` (some endpoints are served only to
+    // callers on the same host).
+    let peer = stream.peer_addr().ok();
     let service = TowerToHyperService::new(tower::ServiceExt::map_request(
         router,
         move |req: hyper::Request<hyper::body::Incoming>| {
-            req.map(|body| DeadlineBody {
+            let mut req = req.map(|body| DeadlineBody {
                 inner: body,
                 deadline: Box::pin(tokio::time::sleep(body_timeout)),
                 limit: body_timeout,
-            })
+            });
+            if let Some(peer) = peer {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
+            req
         },
     ));
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -41,6 +41,9 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long [`ServerPool::probe`] waits for a server to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most servers [`ServerPool::add_server`] adds to those the pool started with: every one is
+/// tried in turn by every request that fails over, so joins must not grow the list without end.
+pub const MAX_JOINED_SERVERS: usize = 64;
 /// Longest error body looked at for [`registry_api::error::NO_LEADER`]; the servers' texts
 /// are short, and a large body is some other answer.
 const MAX_ERROR_BODY_SCAN: usize = 4096;
@@ -112,6 +115,12 @@ pub enum PoolError {
     /// A server address that is not a usable base URL.
     #[error("invalid server address {0:?}")]
     InvalidAddress(String),
+    /// A probed address answered without proving the pool's shared key.
+    #[error("{0}: the answer is not signed with this agent's key (--encrypt): not a server of this cluster, or one with another key")]
+    Unproven(String),
+    /// The pool already holds [`MAX_JOINED_SERVERS`] servers added by joins.
+    #[error("this agent already joined {MAX_JOINED_SERVERS} servers, the most it keeps; restart it with the right --retry-join list")]
+    TooManyServers,
 }
 
 /// A server's answer, read in full.
@@ -142,6 +151,8 @@ struct PoolInner {
     servers: std::sync::RwLock<Vec<String>>,
     /// Index of the server that last answered well, tried first.
     preferred: AtomicUsize,
+    /// How many servers the pool started with (the rest came from joins).
+    initial: usize,
     /// One client for all requests, so connections are kept alive between them.
     http: reqwest::Client,
     /// The shared key (`--encrypt`) every request is signed with; `None` sends unsigned
@@ -164,6 +175,7 @@ impl ServerPool {
             .map_err(|e| PoolError::InvalidAddress(e.to_string()))?;
         Ok(ServerPool {
             inner: Arc::new(PoolInner {
+                initial: servers.len(),
                 servers: std::sync::RwLock::new(servers),
                 preferred: AtomicUsize::new(0),
                 http,
@@ -181,6 +193,7 @@ impl ServerPool {
             inner: Arc::new(PoolInner {
                 servers: std::sync::RwLock::new(self.servers()),
                 preferred: AtomicUsize::new(inner.preferred.load(Ordering::Relaxed)),
+                initial: inner.initial,
                 http: inner.http.clone(),
                 key,
             }),
@@ -209,7 +222,8 @@ impl ServerPool {
 
     /// Adds a server (`HOST:PORT`, its RPC address, or a base URL) that every clone of this
     /// pool then uses; returns whether it was new. Consul's agents learn servers the same
-    /// way from a join (`PUT /v1/agent/join/:address`).
+    /// way from a join (`PUT /v1/agent/join/:address`). At most [`MAX_JOINED_SERVERS`] are
+    /// added; more are [`PoolError::TooManyServers`].
     pub fn add_server(&self, addr: &str) -> Result<bool, PoolError> {
         let base = checked_base_url(&forward::base_url(addr))?;
         let mut servers = self
@@ -220,13 +234,19 @@ impl ServerPool {
         if servers.contains(&base) {
             return Ok(false);
         }
+        if servers.len() >= self.inner.initial + MAX_JOINED_SERVERS {
+            return Err(PoolError::TooManyServers);
+        }
         servers.push(base);
         Ok(true)
     }
 
-    /// Asks the server at `addr` (as [`ServerPool::add_server`] takes it) who leads, signed
-    /// like everything the pool sends: `Ok` once it answers 2xx, so that a join is refused for
-    /// an address where no server (or one with another key) answers.
+    /// Asks the server at `addr` (as [`ServerPool::add_server`] takes it, a server's RPC
+    /// address) who leads, signed like everything the pool sends, so that a join is refused
+    /// for an address where no server answers 2xx. With a key, the answer must also carry the
+    /// server's signature over it, bound to this probe ([`SharedKey::verify_probe_reply`]):
+    /// only a server holding the key makes one, so nothing else joins the pool and receives
+    /// the agent's signed requests. Without a key any 2xx is taken (nothing is secret then).
     pub async fn probe(&self, addr: &str) -> Result<(), PoolError> {
         let base = checked_base_url(&forward::base_url(addr))?;
         let req = self
@@ -234,7 +254,7 @@ impl ServerPool {
                 &base,
                 auth::Purpose::Forward,
                 &Method::GET,
-                "/v1/status/leader",
+                auth::PROBE_PATH,
                 &HeaderMap::new(),
                 &Bytes::new(),
                 PROBE_TIMEOUT,
@@ -242,6 +262,11 @@ impl ServerPool {
             .map_err(|e| PoolError::Unreachable {
                 last_error: format!("{base}: {e}"),
             })?;
+        let probe_signature = req
+            .headers()
+            .get(auth::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let resp = self
             .inner
             .http
@@ -251,15 +276,26 @@ impl ServerPool {
                 last_error: format!("{base}: {e}"),
             })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = forward::read_body(resp, MAX_ERROR_BODY_SCAN)
             .await
             .unwrap_or_default();
-        ok_status(PoolResponse {
+        let answer = ok_status(PoolResponse {
             status,
             headers: HeaderMap::new(),
             body: Bytes::from(body),
-        })
-        .map(|_| ())
+        })?;
+        if let (Some(key), Some(probe_signature)) = (&self.inner.key, probe_signature) {
+            let reply_signature = headers
+                .get(auth::SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok());
+            key.verify_probe_reply(&probe_signature, reply_signature, &answer.body)
+                .map_err(|e| {
+                    tracing::warn!(server = %base, error = %e, "join refused: the answer does not prove the shared key");
+                    PoolError::Unproven(base.clone())
+                })?;
+        }
+        Ok(())
     }
 
     /// Sends a request to the server that last answered well, failing over to the others on
@@ -537,6 +573,27 @@ mod tests {
         assert_eq!(t, DEFAULT_WAIT + DEFAULT_WAIT / 16 + slack);
         let t = request_timeout("/v1/catalog/nodes?index=5&wait=1h");
         assert_eq!(t, MAX_WAIT + MAX_WAIT / 16 + slack);
+    }
+
+    #[test]
+    fn joins_add_at_most_64_servers_to_those_given() {
+        let pool = ServerPool::new(vec!["http://10.0.0.1:8300".into()]).unwrap();
+        for i in 0..MAX_JOINED_SERVERS {
+            assert!(pool.add_server(&format!("10.1.0.{i}:8300")).unwrap());
+        }
+        // One already known is no addition.
+        assert!(!pool.add_server("10.1.0.0:8300").unwrap());
+        assert!(matches!(
+            pool.add_server("10.2.0.1:8300"),
+            Err(PoolError::TooManyServers)
+        ));
+        assert_eq!(pool.servers().len(), 1 + MAX_JOINED_SERVERS);
+        // The bound survives setting the key.
+        let keyed = pool.with_key(None);
+        assert!(matches!(
+            keyed.add_server("10.2.0.1:8300"),
+            Err(PoolError::TooManyServers)
+        ));
     }
 
     fn answer(status: u16, body: &str) -> PoolResponse {

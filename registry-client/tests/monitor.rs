@@ -100,3 +100,62 @@ async fn monitor_streams_new_lines_and_ends_with_its_client() {
     agent.stop().await;
     server.stop().await;
 }
+
+/// Issue 21: at most `MAX_MONITORS` monitors stream at once; one more is refused with 429 and
+/// a reason (nothing is subscribed for it), and a place comes free when a monitor goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_are_bounded_and_one_more_is_refused() {
+    use registry_api::logs::{MonitorLevel, MAX_MONITORS};
+    registry_api::logs::install();
+    let stream = LogStream::global();
+    let server = FakeServer::start().await;
+    let agent = start_agent(test_config("mon-cap", &[server.addr])).await;
+    let api = Api::new(agent.http_addr);
+
+    // One through the endpoint, the rest held here.
+    let first = api
+        .http
+        .get(format!("{}/v1/agent/monitor", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let mut held = Vec::new();
+    while stream.subscribers() < MAX_MONITORS {
+        held.push(
+            stream
+                .subscribe(MonitorLevel::parse("info").unwrap(), false)
+                .unwrap(),
+        );
+    }
+    let (code, text) = api.get("/v1/agent/monitor").await;
+    assert_eq!(code, 429, "{text}");
+    assert!(text.contains("too many monitors"), "{text}");
+    assert!(text.contains(&MAX_MONITORS.to_string()), "{text}");
+    assert_eq!(stream.subscribers(), MAX_MONITORS);
+    assert!(stream
+        .subscribe(MonitorLevel::parse("debug").unwrap(), true)
+        .is_err());
+
+    // The endpoint's monitor goes: one may start again.
+    drop(first);
+    wait_until(WAIT, "a place free", || async {
+        (stream.subscribers() < MAX_MONITORS).then_some(())
+    })
+    .await;
+    let again = api
+        .http
+        .get(format!("{}/v1/agent/monitor", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    drop(again);
+    drop(held);
+    wait_until(WAIT, "no monitor left", || async {
+        (stream.subscribers() == 0).then_some(())
+    })
+    .await;
+    agent.stop().await;
+    server.stop().await;
+}

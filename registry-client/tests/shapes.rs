@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use registry_testkit::fakes::shape::assert_shape;
+use registry_testkit::fakes::shape::{agent_service_sample, assert_shape};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -15,26 +15,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn get_value(api: &Api, path: &str) -> Value {
     api.get_json(path).await
-}
-
-/// The sample entry of `GET /v1/agent/services` in Consul's docs (Enterprise's `Namespace`
-/// left out; its `Meta` checked as an object only, its keys being user data).
-fn agent_service_sample() -> Value {
-    json!({
-        "ID": "redis",
-        "Service": "redis",
-        "Tags": [],
-        "TaggedAddresses": {
-            "lan": {"Address": "127.0.0.1", "Port": 8000},
-            "wan": {"Address": "198.51.100.53", "Port": 80}
-        },
-        "Meta": {},
-        "Port": 8000,
-        "Address": "",
-        "EnableTagOverride": false,
-        "Datacenter": "dc1",
-        "Weights": {"Passing": 10, "Warning": 1}
-    })
 }
 
 /// Nomad's check: a service registered with `TaggedAddresses`, `Weights` (and `Kind`,

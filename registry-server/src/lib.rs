@@ -19,7 +19,9 @@
 //! - [`http`]: the routers and one file per endpoint family, with `?dc=`
 //!   forwarding to other datacenters (`http/federation.rs`);
 //! - [`lifecycle`]: a server's part of the agent's leave, join and
-//!   force-leave.
+//!   force-leave;
+//! - [`leader_client`]: requests a server passes to its leader's HTTP port,
+//!   and handing leadership over.
 //!
 //! [`run`] also reloads the embedded agent on `SIGHUP` and returns when the
 //! agent has left (`PUT /v1/agent/leave` stops the process).
@@ -30,6 +32,7 @@
 
 pub mod http;
 pub mod leader;
+pub mod leader_client;
 pub mod lifecycle;
 pub mod raft;
 pub mod reads;
@@ -518,6 +521,7 @@ impl EmbeddedAgent<'_> {
             raft: raft.clone(),
             node: config.node.clone(),
             tcp: matches!(config.transport, TransportKind::Tcp),
+            joined: Default::default(),
         }));
         let stats_raft = raft.clone();
         agent.set_stats_source(Arc::new(move || raft_stats(&stats_raft)));

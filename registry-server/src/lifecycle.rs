@@ -24,7 +24,7 @@
 //! Owns: the order of these steps on a server. Must not touch: Raft's internals (only
 //! [`RaftHandle`]) or the agent's side of them (`registry_client::agent`).
 
-use crate::http::operator::{call_leader, hand_over_leadership};
+use crate::leader_client::{call_leader, hand_over_leadership};
 use crate::raft::{RaftHandle, RaftStatus, Role};
 use crate::state::{CatalogState, Command};
 use axum::http::Method;
@@ -42,7 +42,15 @@ pub struct ServerMembership {
     /// Whether servers reach each other by TCP (addresses are `HOST:PORT`); the in-memory
     /// network of tests names servers freely.
     pub tcp: bool,
+    /// The addresses joins added to the retry-join targets, at most [`MAX_JOINS`]. A std
+    /// lock, held only to look and insert.
+    pub joined: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// Most addresses `PUT /v1/agent/join` adds to a server's retry-join targets: each is
+/// greeted every `hello_interval` for as long as the server runs, so joins must not grow the
+/// list without end.
+pub const MAX_JOINS: usize = 64;
 
 impl ServerLifecycle for ServerMembership {
     fn leave(&self) -> BoxFuture<'_, Result<(), ApiError>> {
@@ -58,7 +66,22 @@ impl ServerLifecycle for ServerMembership {
         } else {
             addr.trim().to_string()
         };
-        self.raft.add_retry_join(addr.clone())?;
+        {
+            let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+            if !joined.contains(&addr) {
+                if joined.len() >= MAX_JOINS {
+                    return Err(registry_client::agent::join_failed(
+                        &addr,
+                        &format!(
+                            "this server already greets {MAX_JOINS} addresses added by joins, \
+                             the most it keeps; give the right ones with --retry-join and restart it"
+                        ),
+                    ));
+                }
+                self.raft.add_retry_join(addr.clone())?;
+                joined.insert(addr.clone());
+            }
+        }
         info!(node = %self.node, target = %addr, "joining: greeting the address as a retry-join target");
         Ok(())
     }

@@ -170,6 +170,37 @@ where
     F: Fn(&StateStore) -> (T, u64),
     S: Fn(T) -> U,
 {
+    let no_probe: Option<fn(&StateStore) -> u64> = None;
+    read_probed(
+        raft, cache, shutdown, mode, blocking, key, no_probe, query, then,
+    )
+    .await
+}
+
+/// [`read`], with an optional `probe`: the index `query` would answer with,
+/// computed without copying the data. A blocking read then evaluates `query`
+/// (which copies every value it answers with, under the applied-state read
+/// lock) and serialises it only once the index moved past `min_index` or
+/// the wait ended, not after every applied entry: a watcher of a large,
+/// quiet KV prefix costs one index lookup per write elsewhere.
+#[allow(clippy::too_many_arguments)]
+pub async fn read_probed<T, U, P, F, S>(
+    raft: &RaftHandle,
+    cache: &AnswerCache,
+    shutdown: &CancellationToken,
+    mode: Consistency,
+    blocking: Option<Blocking>,
+    key: String,
+    probe: Option<P>,
+    query: F,
+    then: S,
+) -> Result<Answer, RaftError>
+where
+    U: Serialize,
+    P: Fn(&StateStore) -> u64,
+    F: Fn(&StateStore) -> (T, u64),
+    S: Fn(T) -> U,
+{
     raft.check_running()?;
     match mode {
         Consistency::Stale => {}
@@ -184,42 +215,50 @@ where
         let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
         Instant::now() + b.wait + jitter
     });
+    // Whether a blocking read must go on waiting with the data at `index`.
+    // Indexes never go back on a server, so "changed" is "greater"; a
+    // lagging follower keeps a watcher waiting rather than answering it with
+    // data older than it has already seen.
+    let keep_waiting = |index: u64| match (blocking, deadline) {
+        (Some(b), Some(deadline)) => {
+            index.max(1) <= b.min_index && Instant::now() < deadline && !shutdown.is_cancelled()
+        }
+        _ => false,
+    };
     loop {
         changes.borrow_and_update();
-        let (answer, fresh) = raft.with_applied(|state, applied| match cache.get(&key, applied) {
-            Some(a) => (Ok(a), None),
-            None => (Err(query(state)), Some(applied)),
-        });
-        // `then` (a client's `?filter=`, which costs per item) and the
-        // serialisation run after the lock is released, so neither holds up
-        // the Raft thread's next apply: `query` only copies out what it needs.
-        let answer = match (answer, fresh) {
-            (Ok(a), _) => a,
-            (Err((value, index)), applied) => {
-                let value = then(value);
-                let body =
-                    serde_json::to_vec(&value).map_err(|e| RaftError::Encode(e.to_string()))?;
-                let a = Answer {
-                    applied: applied.unwrap_or_default(),
-                    index: index.max(1),
-                    body: Bytes::from(body),
-                };
-                cache.put(&key, a.clone());
-                a
-            }
+        let moved = match &probe {
+            Some(probe) => !keep_waiting(raft.with_applied(|state, _| probe(state))),
+            None => true,
         };
-        let index = answer.index;
-        let done = match (blocking, deadline) {
-            (Some(Blocking { min_index: min, .. }), Some(deadline)) => {
-                // Indexes never go back on a server, so "changed" is "greater";
-                // a lagging follower keeps a watcher waiting rather than
-                // answering it with data older than it has already seen.
-                index > min || Instant::now() >= deadline || shutdown.is_cancelled()
+        if moved {
+            let (answer, fresh) =
+                raft.with_applied(|state, applied| match cache.get(&key, applied) {
+                    Some(a) => (Ok(a), None),
+                    None => (Err(query(state)), Some(applied)),
+                });
+            // `then` (a client's `?filter=`, which costs per item) and the
+            // serialisation run after the lock is released, so neither holds
+            // up the Raft thread's next apply: `query` only copies out what
+            // it needs.
+            let answer = match (answer, fresh) {
+                (Ok(a), _) => a,
+                (Err((value, index)), applied) => {
+                    let value = then(value);
+                    let body =
+                        serde_json::to_vec(&value).map_err(|e| RaftError::Encode(e.to_string()))?;
+                    let a = Answer {
+                        applied: applied.unwrap_or_default(),
+                        index: index.max(1),
+                        body: Bytes::from(body),
+                    };
+                    cache.put(&key, a.clone());
+                    a
+                }
+            };
+            if !keep_waiting(answer.index) {
+                return Ok(answer);
             }
-            _ => true,
-        };
-        if done {
-            return Ok(answer);
         }
         let deadline = deadline.unwrap_or_else(Instant::now);
         tokio::select! {

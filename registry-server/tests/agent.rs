@@ -11,22 +11,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-fn agent_config(name: &str, dir: &Path, servers: &[String]) -> ClientConfig {
-    let mut cfg = ClientConfig::new(name);
-    cfg.data_dir = Some(dir.to_path_buf());
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.advertise_addr = "127.0.0.1".into();
-    cfg.retry_join = servers.to_vec();
-    cfg.sync_interval = Duration::from_millis(500);
-    cfg.heartbeat_interval = Duration::from_millis(100);
-    cfg
-}
-
-fn server_addrs(c: &TestCluster) -> Vec<String> {
-    c.running()
-        .into_iter()
-        .map(|i| c.node(i).http_addr.to_string())
-        .collect()
+/// Agent `name` of `c` with its state in `dir`, joined to `servers` (the first is the one
+/// it talks to first).
+fn agent_config(c: &TestCluster, name: &str, dir: &Path, servers: &[String]) -> ClientConfig {
+    ClientConfig {
+        retry_join: servers.to_vec(),
+        ..c.agent_config(name, Some(dir))
+    }
 }
 
 async fn put(url: String, body: &str) -> u16 {
@@ -55,13 +46,13 @@ fn client_of(h: &ClientHandle) -> RegistryClient {
 async fn agents_register_check_forward_and_recover() {
     let mut c = TestCluster::start(3).await;
     c.wait_leader().await;
-    let servers = server_addrs(&c);
+    let servers = c.http_addrs();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Agent A talks to server 0 first (its pool starts with it).
-    let a = registry_client::start(agent_config("host-a", dir_a.path(), &servers))
+    let a = registry_client::start(agent_config(&c, "host-a", dir_a.path(), &servers))
         .await
         .unwrap();
-    let b = registry_client::start(agent_config("host-b", dir_b.path(), &servers[1..]))
+    let b = registry_client::start(agent_config(&c, "host-b", dir_b.path(), &servers[1..]))
         .await
         .unwrap();
     let (ca, cb) = (client_of(&a), client_of(&b));
@@ -207,7 +198,7 @@ async fn agents_register_check_forward_and_recover() {
         "dead agent's services left ?passing after {:?}",
         t0.elapsed()
     );
-    let a = registry_client::start(agent_config("host-a", dir_a.path(), &servers[1..]))
+    let a = registry_client::start(agent_config(&c, "host-a", dir_a.path(), &servers[1..]))
         .await
         .unwrap();
     wait_until(

@@ -124,3 +124,65 @@ async fn a_blocking_query_returns_at_the_end_of_its_wait() {
     assert!(took < Duration::from_secs(3), "returned late: {took:?}");
     c.shutdown().await;
 }
+
+/// Issue 14 item 2: a blocking KV read looks only at the index while it has
+/// not moved: the answer (every value under the prefix, copied under the
+/// applied-state lock) is built once, when the watched prefix changes, not
+/// after every write elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
+    use registry_server::reads::{read_probed, AnswerCache, Blocking, Consistency};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let c = TestCluster::start(1).await;
+    let leader = c.wait_leader().await;
+    let client = c.client(leader);
+    assert!(client.kv_put("quiet/a", "1", &[]).await.unwrap());
+    let raft = c.node(leader).raft.clone();
+    let min_index = raft.with_applied(|s, _| s.kv.prefix_index("quiet/"));
+    let built = Arc::new(AtomicUsize::new(0));
+    let watch = {
+        let (raft, built) = (raft.clone(), built.clone());
+        tokio::spawn(async move {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let blocking = Blocking {
+                min_index,
+                wait: Duration::from_secs(20),
+            };
+            read_probed(
+                &raft,
+                &AnswerCache::default(),
+                &shutdown,
+                Consistency::Stale,
+                Some(blocking),
+                "quiet".to_string(),
+                Some(|s: &registry_server::state::StateStore| s.kv.prefix_index("quiet/")),
+                |s| {
+                    built.fetch_add(1, Ordering::SeqCst);
+                    s.kv.list("quiet/")
+                },
+                |v| v,
+            )
+            .await
+        })
+    };
+    for i in 0..20 {
+        assert!(client.kv_put(&format!("busy/{i}"), "x", &[]).await.unwrap());
+    }
+    assert!(
+        !watch.is_finished(),
+        "writes elsewhere do not answer the watch"
+    );
+    assert_eq!(built.load(Ordering::SeqCst), 0, "nor build its answer");
+    assert!(client.kv_put("quiet/b", "2", &[]).await.unwrap());
+    let answer = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(answer.index > min_index);
+    assert_eq!(built.load(Ordering::SeqCst), 1);
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body.as_array().map(Vec::len), Some(2));
+    c.shutdown().await;
+}

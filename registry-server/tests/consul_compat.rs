@@ -1,12 +1,14 @@
 //! The Consul compatibility suite (issue 21, "Show it"): for every endpoint a server serves
-//! today (the agent endpoints it serves for itself, catalog, health, status, operator, and the
-//! Connect and gateway reads of features we do not have), one request and the sample response
-//! of Consul's API docs (<https://developer.hashicorp.com/consul/api-docs>, the pages named at
-//! each row), checked with [`assert_shape`] for field names, JSON types and presence, never
-//! for values that differ by design (ids, indexes, times, addresses, versions). Each row also
-//! holds the status code Consul answers and whether Consul sets its query headers
-//! (`X-Consul-Index`, `X-Consul-KnownLeader`, `X-Consul-LastContact`: its `setMeta`, which
-//! the catalog and health reads call and the agent, status and operator endpoints do not).
+//! today (the agent endpoints it serves for itself, its lifecycle endpoints, catalog, health,
+//! KV, sessions, transactions, events, status, operator, and the Connect and gateway reads of
+//! features we do not have), one request and the sample response of Consul's API docs
+//! (<https://developer.hashicorp.com/consul/api-docs>, the pages named at each row), checked
+//! with [`assert_shape`] for field names, JSON types and presence, never for values that
+//! differ by design (ids, indexes, times, addresses, versions). Each row also holds the
+//! status code Consul answers and which of its query headers Consul sets ([`Meta`]: its
+//! `setMeta`, which the catalog, health, KV and session reads call and the agent, status,
+//! operator and write endpoints do not; the event list sets only the index, a read-only
+//! transaction only the leader and contact headers).
 //!
 //! How the samples were copied, once for all rows:
 //! - Enterprise-only fields (`Namespace`, `Partition`) are left out: Consul OSS omits them.
@@ -28,7 +30,7 @@
 
 use registry_server::ServerConfig;
 use registry_testkit::cluster::*;
-use registry_testkit::fakes::shape::assert_shape;
+use registry_testkit::fakes::shape::{agent_service_sample, assert_shape};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,13 @@ const NODE: &str = "compat";
 enum Meta {
     /// `X-Consul-Index` (at least 1), `X-Consul-KnownLeader` and `X-Consul-LastContact`.
     Query,
+    /// `X-Consul-Index` (at least 1) alone required: Consul's event list calls `setIndex`
+    /// only (event_endpoint.go), its index the last event's ID folded to 64 bits.
+    Index,
+    /// `X-Consul-KnownLeader` and `X-Consul-LastContact` without `X-Consul-Index`: a
+    /// read-only transaction, which Consul answers with `setLastContact` and
+    /// `setKnownLeader` only (txn_endpoint.go: it does not block, so it has no index).
+    Contact,
     /// None required (Consul's handler does not call `setMeta`).
     None,
 }
@@ -66,6 +75,28 @@ enum Expect {
     /// `[]` with the query headers, and a blocking read at its index waits: a feature we do
     /// not have, answered as Consul with it off. The sample is the docs' for when it is on.
     EmptyList(Value),
+    /// This text alone as `text/plain` that browsers must not sniff: a KV `?raw` read
+    /// (kvs_endpoint.go `KVSGet` sets `Content-Type: text/plain`,
+    /// `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`).
+    Raw(&'static str),
+    /// Exactly this JSON: a write whose answer is its outcome (`true` or `false`), where a
+    /// shape would let either pass.
+    Equal(Value),
+    /// A transaction's answer in the sample's shape, each of the sample's `Results` matched
+    /// with the first result of the same kind (`KV`, `Node`, `Service`, `Check`): a list of
+    /// results differs by kind, and [`assert_shape`] compares a list's first element only.
+    Results(Value),
+    /// An object in the sample's shape whose map at `map` (a JSON pointer) is keyed by ids
+    /// that differ by design (the sample keeps it as `{}`), every entry of it in the shape of
+    /// `entry`.
+    Keyed {
+        /// The docs' sample, the map's keys left out.
+        sample: Value,
+        /// A JSON pointer to the map.
+        map: &'static str,
+        /// The docs' sample of one entry.
+        entry: Value,
+    },
 }
 
 /// One row of the suite: a request and what Consul answers to it.
@@ -74,7 +105,8 @@ struct Case {
     method: &'static str,
     /// The path and query, as a client sends them.
     path: String,
-    /// The request body of a write.
+    /// The request body of a write: JSON, or a string sent as it is (a KV value, an
+    /// event's payload).
     body: Option<Value>,
     /// The status Consul answers.
     status: u16,
@@ -109,6 +141,26 @@ fn put(path: impl Into<String>, body: Option<Value>, expect: Expect, doc: &'stat
         meta: Meta::None,
         expect,
         doc,
+    }
+}
+
+/// A `DELETE` row (Consul's KV deletes answer `true` or `false`).
+fn delete(path: impl Into<String>, expect: Expect, doc: &'static str) -> Case {
+    Case {
+        method: "DELETE",
+        ..put(path, None, expect, doc)
+    }
+}
+
+impl Case {
+    /// The same row with another status.
+    fn status(self, status: u16) -> Case {
+        Case { status, ..self }
+    }
+
+    /// The same row with other query headers.
+    fn meta(self, meta: Meta) -> Case {
+        Case { meta, ..self }
     }
 }
 
@@ -154,8 +206,10 @@ impl Api {
     async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(m, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            req = req.body(body.to_string());
+        match body {
+            Some(Value::String(raw)) => req = req.body(raw.clone()),
+            Some(body) => req = req.body(body.to_string()),
+            None => {}
         }
         let resp = req
             .send()
@@ -180,11 +234,22 @@ impl Api {
 
 /// Asserts that `r` carries Consul's query headers.
 fn assert_query_headers(r: &Reply, what: &str) {
+    assert_index_header(r, what);
+    assert_contact_headers(r, what);
+}
+
+/// Asserts that `r` carries an `X-Consul-Index` of at least 1 (Consul's `setIndex` never
+/// sends 0).
+fn assert_index_header(r: &Reply, what: &str) {
     let index: u64 = r
         .header("x-consul-index")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{what}: no X-Consul-Index in {:?}", r.headers));
     assert!(index >= 1, "{what}: X-Consul-Index {index}");
+}
+
+/// Asserts that `r` carries `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+fn assert_contact_headers(r: &Reply, what: &str) {
     assert!(
         matches!(r.header("x-consul-knownleader"), Some("true" | "false")),
         "{what}: X-Consul-KnownLeader in {:?}",
@@ -204,11 +269,32 @@ async fn check(api: &Api, case: &Case) -> Value {
     let what = format!("{} {} ({})", case.method, case.path, case.doc);
     let r = api.send(case.method, &case.path, case.body.as_ref()).await;
     assert_eq!(r.status, case.status, "{what}: {}", r.text);
-    if let Meta::Query = case.meta {
-        assert_query_headers(&r, &what);
+    match case.meta {
+        Meta::Query => assert_query_headers(&r, &what),
+        Meta::Index => assert_index_header(&r, &what),
+        Meta::Contact => {
+            assert_contact_headers(&r, &what);
+            assert!(
+                r.header("x-consul-index").is_none(),
+                "{what}: Consul sends no X-Consul-Index here: {:?}",
+                r.headers
+            );
+        }
+        Meta::None => {}
     }
     if let Expect::Empty = case.expect {
         assert_eq!(r.text, "", "{what}: Consul answers no body");
+        return Value::Null;
+    }
+    if let Expect::Raw(text) = case.expect {
+        assert_eq!(r.text, text, "{what}");
+        for (name, value) in [
+            ("content-type", "text/plain"),
+            ("x-content-type-options", "nosniff"),
+            ("content-security-policy", "sandbox"),
+        ] {
+            assert_eq!(r.header(name), Some(value), "{what}: {name}");
+        }
         return Value::Null;
     }
     assert!(
@@ -219,7 +305,7 @@ async fn check(api: &Api, case: &Case) -> Value {
     );
     let body = r.json(&what);
     match &case.expect {
-        Expect::Empty => {}
+        Expect::Empty | Expect::Raw(_) => {}
         Expect::Shape(sample) => {
             let empty = match &body {
                 Value::Array(a) => a.is_empty(),
@@ -242,6 +328,39 @@ async fn check(api: &Api, case: &Case) -> Value {
                 .find(|e| e.pointer(pointer).and_then(Value::as_str) == Some(*value))
                 .unwrap_or_else(|| panic!("{what}: no element with {pointer} = {value}: {body}"));
             assert_shape(item, &sample[0], &what);
+        }
+        Expect::Equal(expected) => assert_eq!(&body, expected, "{what}"),
+        Expect::Results(sample) => {
+            let results = body["Results"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{what}: no Results: {body}"));
+            for s in sample["Results"].as_array().into_iter().flatten() {
+                let kind = s
+                    .as_object()
+                    .and_then(|o| o.keys().next())
+                    .unwrap_or_else(|| panic!("{what}: a sample result without a kind: {s}"));
+                let found = results
+                    .iter()
+                    .find(|r| r.get(kind).is_some())
+                    .unwrap_or_else(|| panic!("{what}: no {kind} result: {body}"));
+                assert_shape(found, s, &format!("{what} Results[{kind}]"));
+            }
+            assert_shape(
+                &body,
+                &json!({"Results": [], "Errors": sample["Errors"]}),
+                &what,
+            );
+        }
+        Expect::Keyed { sample, map, entry } => {
+            assert_shape(&body, sample, &what);
+            let entries = body
+                .pointer(map)
+                .and_then(Value::as_object)
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| panic!("{what}: no entries at {map}: {body}"));
+            for (id, e) in entries {
+                assert_shape(e, entry, &format!("{what} {map}/{id}"));
+            }
         }
         Expect::EmptyList(sample) => {
             // A list, as the docs' sample is: with the feature off, an empty one.
@@ -541,6 +660,25 @@ fn catalog_service_sample() -> Value {
     }])
 }
 
+/// The servers' own `consul` service among a node's services, as the catalog.mdx samples of
+/// `/v1/catalog/node/:node` and `/v1/catalog/node-services/:node` list them.
+fn consul_node_service_sample() -> Value {
+    json!({"ID": "consul", "Service": "consul", "Tags": null, "Meta": {}, "Port": 8300})
+}
+
+/// The seed's `redis` among a node's services, as the catalog.mdx samples of
+/// `/v1/catalog/node/:node` and `/v1/catalog/node-services/:node` list it.
+fn redis_node_service_sample() -> Value {
+    json!({
+        "ID": "redis", "Service": "redis",
+        "TaggedAddresses": {
+            "lan": {"Address": "10.1.10.12", "Port": 8000},
+            "wan": {"Address": "198.18.1.2", "Port": 80}
+        },
+        "Tags": ["v1"], "Meta": {}, "Port": 8000
+    })
+}
+
 /// The health.mdx "List Service Instances for Service" sample.
 fn health_service_sample() -> Value {
     json!([{
@@ -626,8 +764,254 @@ fn member_sample() -> Value {
     })
 }
 
-/// Every read a server serves, with the docs' sample of each.
-fn reads() -> Vec<Case> {
+/// kv.mdx "Read Key" (its metadata response): the docs' key `zip`, held by a session. A
+/// key no session holds has no `Session` (Consul's `structs.DirEntry` omits it when empty).
+fn dir_entry_sample() -> Value {
+    json!([{
+        "CreateIndex": 100,
+        "ModifyIndex": 200,
+        "LockIndex": 200,
+        "Key": "zip",
+        "Flags": 0,
+        "Value": "dGVzdA==",
+        "Session": "adf4238a-882b-9ddc-4a9d-5b6758e4159e"
+    }])
+}
+
+/// session.mdx "Read Session", the entry that "List Sessions for Node", "List Sessions" and
+/// "Renew Session" show too.
+fn session_sample() -> Value {
+    json!([{
+        "ID": "adf4238a-882b-9ddc-4a9d-5b6758e4159e",
+        "Name": "test-session",
+        "Node": "raja-laptop-02",
+        "LockDelay": 15000000000u64,
+        "Behavior": "release",
+        "TTL": "30s",
+        "NodeChecks": ["serfHealth"],
+        "ServiceChecks": null,
+        "CreateIndex": 1086449,
+        "ModifyIndex": 1086449
+    }])
+}
+
+/// event.mdx "List Events". "Fire Event" answers the same object; its sample's `Payload` is
+/// `null` and `LTime` 0 (fired without a payload, and no agent has seen it yet).
+fn event_sample() -> Value {
+    json!({
+        "ID": "b54fe110-7af5-cafc-d1fb-afc8ba432b1c",
+        "Name": "deploy",
+        "Payload": "MTYwOTAzMA==",
+        "NodeFilter": "",
+        "ServiceFilter": "",
+        "TagFilter": "",
+        "Version": 1,
+        "LTime": 19
+    })
+}
+
+/// txn.mdx "Create Transaction" sample payload on the docs' node `bar`: a KV `set` of the
+/// docs' value, the node, a service `web1` for its check (the docs delete a `db1` of a node
+/// `foo` the seed does not have), and the check, `set` where the docs `cas` at index 22 (an
+/// index that need not be the check's here).
+fn txn_payload() -> Value {
+    json!([
+        {"KV": {"Verb": "set", "Key": "txn/zip", "Value": "dGVzdA==", "Flags": 0}},
+        {"Node": {"Verb": "set", "Node": {
+            "ID": "67539c9d-b948-ba67-edd4-d07a676d6673",
+            "Node": "bar",
+            "Address": "192.168.0.1",
+            "Datacenter": "dc1",
+            "Meta": {"instance_type": "m2.large"}
+        }}},
+        {"Service": {"Verb": "set", "Node": "bar", "Service": {
+            "ID": "web1", "Service": "web", "Port": 80
+        }}},
+        {"Check": {"Verb": "set", "Check": {
+            "Node": "bar",
+            "CheckID": "service:web1",
+            "Name": "Web HTTP Check",
+            "Status": "critical",
+            "ServiceID": "web1",
+            "ServiceName": "web",
+            // As the docs (and the Go client) send it: null is read as no tags.
+            "ServiceTags": null,
+            "Definition": {"HTTP": "http://localhost:8080", "Interval": "10s"}
+        }}}
+    ])
+}
+
+/// txn.mdx "Create Transaction" sample response's `Results`, its placeholders (`<index>`,
+/// `<flags>`, ...) as numbers and its KV `Value` ("Base64-encoded blob of data, or null")
+/// as `null`.
+fn txn_results_sample() -> Value {
+    json!([
+        {"KV": {
+            "LockIndex": 0,
+            "Key": "txn/zip",
+            "Flags": 0,
+            "Value": null,
+            "CreateIndex": 32,
+            "ModifyIndex": 32
+        }},
+        {"Node": {
+            "ID": "67539c9d-b948-ba67-edd4-d07a676d6673",
+            "Node": "bar",
+            "Address": "192.168.0.1",
+            "Datacenter": "dc1",
+            "TaggedAddresses": null,
+            "Meta": {},
+            "CreateIndex": 32,
+            "ModifyIndex": 32
+        }},
+        {"Check": {
+            "Node": "bar",
+            "CheckID": "service:web1",
+            "Name": "Web HTTP Check",
+            "Status": "critical",
+            "Notes": "",
+            "Output": "",
+            "ServiceID": "web1",
+            "ServiceName": "web",
+            "ServiceTags": null,
+            "CreateIndex": 22,
+            "ModifyIndex": 35
+            // (Not sent: "Definition", the check's definition as registered.)
+        }}
+    ])
+}
+
+/// operator/autopilot.mdx "Read the Autopilot State" without what Consul OSS omits
+/// (`ReadReplicas`, `RedundancyZones`, `Upgrade`: `omitempty` in its `api.AutopilotState`)
+/// and with `Servers` as `{}` (keyed by server ID; see [`autopilot_server_sample`]).
+fn autopilot_state_sample() -> Value {
+    json!({
+        "Healthy": true,
+        "FailureTolerance": 1,
+        "OptimisticFailureTolerance": 4,
+        "Servers": {},
+        "Leader": "5e26a3af-f4fc-4104-a8bb-4da9f19cb278",
+        "Voters": [
+            "5e26a3af-f4fc-4104-a8bb-4da9f19cb278",
+            "10b71f14-4b08-4ae5-840c-f86d39e7d330",
+            "1fd52e5e-2f72-47d3-8cfc-2af760a0c8c2"
+        ]
+    })
+}
+
+/// operator/autopilot.mdx "Server Response Format" without `RedundancyZone` and
+/// `UpgradeVersion` (Enterprise; `omitempty` in Consul's `api.AutopilotServer`).
+fn autopilot_server_sample() -> Value {
+    json!({
+        "ID": "1c3e3278-3f88-4a97-9f6a-1058584e8058",
+        "Name": "node1",
+        "Address": "198.18.0.1:8300",
+        "NodeStatus": "alive",
+        "Version": "1.9.0+ent",
+        "LastContact": "1.321ms",
+        "LastTerm": 4,
+        "LastIndex": 42,
+        "Healthy": true,
+        "StableSince": "2020-08-12T12:13:14Z",
+        "ReadReplica": false,
+        "Status": "voter",
+        "Meta": {},
+        "NodeType": "redundancy-zone-voter"
+    })
+}
+
+/// The session the KV and session rows use: session.mdx "Create Session" sample payload,
+/// for this server's node and its `serfHealth` (the docs' `foobar` and checks `a`, `b`, `c`
+/// are not registered here).
+fn session_create() -> Case {
+    put(
+        "/v1/session/create",
+        Some(json!({
+            "LockDelay": "15s",
+            "Name": "my-service-lock",
+            "Node": NODE,
+            "Checks": ["serfHealth"],
+            "Behavior": "release",
+            "TTL": "30s"
+        })),
+        Expect::Shape(json!({"ID": "adf4238a-882b-9ddc-4a9d-5b6758e4159e"})),
+        "session.mdx",
+    )
+}
+
+/// The KV, transaction and event writes, once the catalog has this server's node and
+/// `session` (its ID) exists.
+fn data_writes(session: &str) -> Vec<Case> {
+    let (kv, txn) = ("kv.mdx", "txn.mdx");
+    vec![
+        // kv.mdx "Create/Update Key": the docs' key `zip` (value `test`, their sample's
+        // `dGVzdA==`) taken by the session; then a CAS at index 0, which only creates: `false`.
+        put(
+            format!("/v1/kv/zip?flags=42&acquire={session}"),
+            Some(json!("test")),
+            Expect::Equal(json!(true)),
+            kv,
+        ),
+        put(
+            "/v1/kv/zip?cas=0",
+            Some(json!("other")),
+            Expect::Equal(json!(false)),
+            kv,
+        ),
+        // The keys of the docs' "Keys Response".
+        put(
+            "/v1/kv/web/bar",
+            Some(json!("b")),
+            Expect::Equal(json!(true)),
+            kv,
+        ),
+        put(
+            "/v1/kv/web/foo",
+            Some(json!("f")),
+            Expect::Equal(json!(true)),
+            kv,
+        ),
+        put(
+            "/v1/kv/web/subdir/baz",
+            Some(json!("z")),
+            Expect::Equal(json!(true)),
+            kv,
+        ),
+        put(
+            "/v1/txn",
+            Some(txn_payload()),
+            Expect::Results(json!({"Results": txn_results_sample(), "Errors": null})),
+            txn,
+        ),
+        // txn.mdx: "a status code of 409 will be returned if it was rolled back", with the
+        // failed operations in `Errors` (the `set` before the failing `get` is not applied:
+        // see the 404 of `txn/never` among the reads).
+        put(
+            "/v1/txn",
+            Some(json!([
+                {"KV": {"Verb": "set", "Key": "txn/never", "Value": "dGVzdA=="}},
+                {"KV": {"Verb": "get", "Key": "txn/missing"}}
+            ])),
+            Expect::Shape(json!({
+                "Results": null,
+                "Errors": [{"OpIndex": 1, "What": "key \"txn/missing\" doesn't exist"}]
+            })),
+            txn,
+        )
+        .status(409),
+        // event.mdx "Fire Event", with the payload of its "List Events" sample.
+        put(
+            "/v1/event/fire/deploy",
+            Some(json!("1609030")),
+            Expect::Shape(event_sample()),
+            "event.mdx",
+        ),
+    ]
+}
+
+/// Every read a server serves, with the docs' sample of each; `session` is the ID of the
+/// session [`session_create`] made.
+fn reads(session: &str) -> Vec<Case> {
     use Meta::{None as Plain, Query};
     let (catalog, health, agent, svc, check) = (
         "catalog.mdx",
@@ -636,6 +1020,7 @@ fn reads() -> Vec<Case> {
         "agent/service.mdx",
         "agent/check.mdx",
     );
+    let (kv, sessions) = ("kv.mdx", "session.mdx");
     vec![
         // Catalog.
         get(
@@ -680,18 +1065,8 @@ fn reads() -> Vec<Case> {
             Expect::Shape(json!({
                 "Node": node_sample(),
                 "Services": {
-                    "consul": {
-                        "ID": "consul", "Service": "consul", "Tags": null, "Meta": {},
-                        "Port": 8300
-                    },
-                    "redis": {
-                        "ID": "redis", "Service": "redis",
-                        "TaggedAddresses": {
-                            "lan": {"Address": "10.1.10.12", "Port": 8000},
-                            "wan": {"Address": "198.18.1.2", "Port": 80}
-                        },
-                        "Tags": ["v1"], "Meta": {}, "Port": 8000
-                    }
+                    "consul": consul_node_service_sample(),
+                    "redis": redis_node_service_sample()
                 }
             })),
             catalog,
@@ -701,17 +1076,7 @@ fn reads() -> Vec<Case> {
             Query,
             Expect::Shape(json!({
                 "Node": node_sample(),
-                "Services": [
-                    {"ID": "consul", "Service": "consul", "Tags": null, "Meta": {}, "Port": 8300},
-                    {
-                        "ID": "redis", "Service": "redis",
-                        "TaggedAddresses": {
-                            "lan": {"Address": "10.1.10.12", "Port": 8000},
-                            "wan": {"Address": "198.18.1.2", "Port": 80}
-                        },
-                        "Tags": ["v1"], "Meta": {}, "Port": 8000
-                    }
-                ]
+                "Services": [consul_node_service_sample(), redis_node_service_sample()]
             })),
             catalog,
         ),
@@ -846,27 +1211,73 @@ fn reads() -> Vec<Case> {
             })),
             "operator/autopilot.mdx",
         ),
+        get(
+            "/v1/operator/autopilot/state",
+            Plain,
+            Expect::Keyed {
+                sample: autopilot_state_sample(),
+                map: "/Servers",
+                entry: autopilot_server_sample(),
+            },
+            "operator/autopilot.mdx",
+        ),
+        // KV.
+        get("/v1/kv/zip", Query, Expect::Shape(dir_entry_sample()), kv),
+        get(
+            "/v1/kv/zi?recurse",
+            Query,
+            Expect::Shape(dir_entry_sample()),
+            kv,
+        ),
+        get(
+            "/v1/kv/web/?keys&separator=/",
+            Query,
+            Expect::Shape(json!(["/web/bar", "/web/foo", "/web/subdir/"])),
+            kv,
+        ),
+        get("/v1/kv/zip?raw", Query, Expect::Raw("test"), kv),
+        // "If no key exists at the given path, a 404 is returned": no body, the query
+        // headers set before it (kvs_endpoint.go `KVSGet`).
+        get("/v1/kv/txn/never", Query, Expect::Empty, kv).status(404),
+        // A read-only transaction: answered like a read, without an index.
+        put(
+            "/v1/txn",
+            Some(json!([{"KV": {"Verb": "get", "Key": "txn/zip"}}])),
+            Expect::Results(json!({"Results": [txn_results_sample()[0]], "Errors": null})),
+            "txn.mdx",
+        )
+        .meta(Meta::Contact),
+        // Sessions.
+        get(
+            format!("/v1/session/info/{session}"),
+            Query,
+            Expect::Shape(session_sample()),
+            sessions,
+        ),
+        get(
+            format!("/v1/session/node/{NODE}"),
+            Query,
+            Expect::Shape(session_sample()),
+            sessions,
+        ),
+        get(
+            "/v1/session/list",
+            Query,
+            Expect::Shape(session_sample()),
+            sessions,
+        ),
+        // Events.
+        get(
+            "/v1/event/list",
+            Meta::Index,
+            Expect::Shape(json!([event_sample()])),
+            "event.mdx",
+        ),
         // The agent the server runs for itself.
         get(
             "/v1/agent/services",
             Plain,
-            Expect::Shape(json!({
-                "redis": {
-                    "ID": "redis",
-                    "Service": "redis",
-                    "Tags": [],
-                    "TaggedAddresses": {
-                        "lan": {"Address": "127.0.0.1", "Port": 8000},
-                        "wan": {"Address": "198.51.100.53", "Port": 80}
-                    },
-                    "Meta": {},
-                    "Port": 8000,
-                    "Address": "",
-                    "EnableTagOverride": false,
-                    "Datacenter": "dc1",
-                    "Weights": {"Passing": 10, "Warning": 1}
-                }
-            })),
+            Expect::Shape(json!({"redis": agent_service_sample()})),
             svc,
         ),
         get(
@@ -892,19 +1303,8 @@ fn reads() -> Vec<Case> {
         get(
             "/v1/agent/checks",
             Plain,
-            Expect::Shape(json!({
-                "service:redis": {
-                    "Node": "foobar",
-                    "CheckID": "service:redis",
-                    "Name": "Service 'redis' check",
-                    "Status": "passing",
-                    "Notes": "",
-                    "Output": "",
-                    "ServiceID": "redis",
-                    "ServiceName": "redis",
-                    "ServiceTags": ["primary"]
-                }
-            })),
+            // agent/check.mdx shows the same check as health.mdx.
+            Expect::Shape(json!({"service:redis": health_check_sample()[1]})),
             check,
         ),
         get(
@@ -999,10 +1399,42 @@ fn host_sample() -> Value {
     })
 }
 
-/// The writes that take the seed away again; afterwards the lists no longer hold it.
-fn teardown() -> Vec<Case> {
+/// The writes that take the seed, [`data_writes`] and `session` away again; afterwards the
+/// lists no longer hold them.
+fn teardown(session: &str) -> Vec<Case> {
     let (agent, check, catalog) = ("agent/service.mdx", "agent/check.mdx", "catalog.mdx");
+    let (kv, sessions) = ("kv.mdx", "session.mdx");
     vec![
+        put(
+            format!("/v1/session/renew/{session}"),
+            None,
+            Expect::Shape(session_sample()),
+            sessions,
+        ),
+        put(
+            format!("/v1/kv/zip?release={session}"),
+            Some(json!("test")),
+            Expect::Equal(json!(true)),
+            kv,
+        ),
+        // kv.mdx "Delete Key": `true`, or with `?cas=` whether the index matched (the key
+        // was written long after index 1).
+        delete("/v1/kv/zip?cas=1", Expect::Equal(json!(false)), kv),
+        delete("/v1/kv/zip", Expect::Equal(json!(true)), kv),
+        delete("/v1/kv/web?recurse", Expect::Equal(json!(true)), kv),
+        delete("/v1/kv/txn?recurse", Expect::Equal(json!(true)), kv),
+        put(
+            format!("/v1/session/destroy/{session}"),
+            None,
+            Expect::Equal(json!(true)),
+            sessions,
+        ),
+        put(
+            "/v1/catalog/deregister",
+            Some(json!({"Datacenter": "dc1", "Node": "bar"})),
+            Expect::Shape(json!(true)),
+            catalog,
+        ),
         put("/v1/agent/check/deregister/mem", None, Expect::Empty, check),
         put(
             "/v1/agent/service/deregister/web-sidecar-proxy",
@@ -1069,8 +1501,22 @@ async fn every_endpoint_answers_in_the_shape_of_consuls_docs() {
     )
     .await;
 
-    for case in reads() {
+    let created = check(&api, &session_create()).await;
+    let session = created["ID"].as_str().unwrap_or_default().to_string();
+    for case in data_writes(&session) {
         check(&api, &case).await;
+    }
+
+    for case in reads(&session) {
+        check(&api, &case).await;
+    }
+    // The autopilot state's `Leader` and `Voters` index its `Servers`.
+    let state = api.get_json("/v1/operator/autopilot/state").await;
+    for id in
+        std::iter::once(&state["Leader"]).chain(state["Voters"].as_array().into_iter().flatten())
+    {
+        let id = id.as_str().unwrap_or_default();
+        assert!(state["Servers"].get(id).is_some(), "{id} not in {state}");
     }
 
     // What was registered comes back as sent, from the agent and from the catalog.
@@ -1142,9 +1588,12 @@ async fn every_endpoint_answers_in_the_shape_of_consuls_docs() {
     assert_eq!(me["DebugConfig"]["NodeName"], NODE);
     assert_eq!(me["Config"]["NodeName"], NODE);
 
-    for case in teardown() {
+    for case in teardown(&session) {
         check(&api, &case).await;
     }
+    assert_eq!(api.get_json("/v1/session/list").await, json!([]));
+    // The root of an empty store lists `[]` (no 404 for the root: kvs_endpoint.go).
+    assert_eq!(api.get_json("/v1/kv/?keys").await, json!([]));
     let checks = api.get_json("/v1/agent/checks").await;
     assert!(checks.get("mem").is_none(), "{checks}");
     let nodes = api.get_json("/v1/catalog/nodes").await;
@@ -1252,4 +1701,83 @@ async fn a_cluster_answers_members_and_leader_transfer_as_consul_does() {
     let now = c.wait_leader().await;
     assert_ne!(c.status(now).id, first_id, "leadership did not move");
     c.shutdown().await;
+}
+
+/// The agent's lifecycle endpoints (agent/index.mdx: reload, join, force-leave, monitor,
+/// leave), on a `--dev` server of their own, as leave stops it. The docs show no sample
+/// response for any: Consul answers the writes with a bare 200 and streams the monitor's log
+/// lines as plain text (agent_endpoint.go `AgentMonitor` sets no `Content-Type`, so Go's
+/// server sniffs its first, empty write: `text/plain; charset=utf-8`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_endpoints_answer_as_consuls_agent_does() {
+    let (server, api) = dev_server().await;
+    // Force-leave needs a member: the server's own node, alive, so it stays.
+    wait_until(WAIT, "the server's node passing", || async {
+        let checks = api.get_json(&format!("/v1/health/node/{NODE}")).await;
+        checks.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "passing")
+        })
+    })
+    .await;
+    let agent = "agent/index.mdx";
+    let rows = [
+        put("/v1/agent/reload", None, Expect::Empty, agent),
+        // Its own RPC address: a server may be among its own join targets.
+        put(
+            format!("/v1/agent/join/{}", server.rpc_addr),
+            None,
+            Expect::Empty,
+            agent,
+        ),
+        put(
+            format!("/v1/agent/force-leave/{NODE}"),
+            None,
+            Expect::Empty,
+            agent,
+        ),
+        put(
+            format!("/v1/agent/force-leave/{NODE}?prune"),
+            None,
+            Expect::Empty,
+            agent,
+        ),
+    ];
+    for case in &rows {
+        check(&api, case).await;
+    }
+    let nodes = api.get_json("/v1/catalog/nodes").await;
+    assert!(
+        nodes
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["Node"] == NODE)),
+        "an alive member was forced out: {nodes}"
+    );
+
+    // The monitor answers its headers at once and then streams until the client goes.
+    let resp = tokio::time::timeout(
+        WAIT,
+        api.http
+            .get(format!("{}/v1/agent/monitor?loglevel=debug", api.base))
+            .send(),
+    )
+    .await
+    .expect("the monitor's headers did not come")
+    .expect("GET /v1/agent/monitor");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(resp.headers().get("x-consul-index").is_none());
+    drop(resp);
+
+    // Leave last: a bare 200, then the server stops.
+    check(&api, &put("/v1/agent/leave", None, Expect::Empty, agent)).await;
+    tokio::time::timeout(WAIT, server.stopped())
+        .await
+        .expect("the server did not stop after leaving");
+    server.stop().await;
 }

@@ -8,23 +8,9 @@
 use registry_api::event::event_index;
 use registry_client::ClientConfig;
 use registry_testkit::cluster::*;
+use registry_testkit::never_within;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-fn agent_config(name: &str, dir: &std::path::Path, servers: &TestCluster) -> ClientConfig {
-    let mut cfg = ClientConfig::new(name);
-    cfg.data_dir = Some(dir.to_path_buf());
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.advertise_addr = "127.0.0.1".into();
-    cfg.retry_join = servers
-        .running()
-        .into_iter()
-        .map(|i| servers.node(i).http_addr.to_string())
-        .collect();
-    cfg.sync_interval = Duration::from_millis(300);
-    cfg.heartbeat_interval = Duration::from_millis(100);
-    cfg
-}
 
 /// A request's status, `X-Consul-Index` and body.
 async fn call(method: reqwest::Method, url: String, body: &str) -> (u16, Option<u64>, String) {
@@ -77,9 +63,11 @@ async fn events_reach_the_agents_they_are_meant_for() {
     let c = TestCluster::start(3).await;
     c.wait_leader().await;
     let dir = tempfile::tempdir().unwrap();
-    let a = registry_client::start(agent_config("host-a", dir.path(), &c))
-        .await
-        .unwrap();
+    let cfg = ClientConfig {
+        sync_interval: Duration::from_millis(300),
+        ..c.agent_config("host-a", Some(dir.path()))
+    };
+    let a = registry_client::start(cfg).await.unwrap();
     let agent = format!("http://{}", a.http_addr);
     let (status, _, body) = call(
         reqwest::Method::PUT,
@@ -159,11 +147,18 @@ async fn events_reach_the_agents_they_are_meant_for() {
             (got, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !watch.is_finished(),
-        "the watch waits while nothing changes"
-    );
+    // An event meant for another agent changes nothing here: no wake. (A
+    // second is many times what a fire takes to reach every server here.)
+    fire(&agent, "not-mine?service=%5Edb%24", "").await;
+    never_within(
+        Duration::from_secs(1),
+        "woken by another agent's event",
+        || {
+            let done = watch.is_finished();
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
     let next = fire(&agent, "next", "").await;
     let ((names, woke_index, _), took) = watch.await.unwrap();
     assert_eq!(names.last().map(String::as_str), Some("next"));

@@ -33,23 +33,16 @@ fn dc(name: &str) -> QueryOptions {
     }
 }
 
+/// An agent of `servers`' datacenter with its state in `dir`, heartbeating every 200 ms.
 fn agent(
     name: &str,
     dir: &std::path::Path,
     servers: &TestCluster,
 ) -> registry_client::ClientConfig {
-    let mut cfg = registry_client::ClientConfig::new(name);
-    cfg.datacenter = servers.dc.clone();
-    cfg.data_dir = Some(dir.to_path_buf());
-    cfg.http_addr = any_port();
-    cfg.retry_join = servers
-        .running()
-        .into_iter()
-        .map(|i| servers.node(i).http_addr.to_string())
-        .collect();
-    cfg.sync_interval = Duration::from_millis(500);
-    cfg.heartbeat_interval = Duration::from_millis(200);
-    cfg
+    registry_client::ClientConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        ..servers.agent_config(name, Some(dir))
+    }
 }
 
 async fn datacenters(c: &RegistryClient) -> Vec<String> {

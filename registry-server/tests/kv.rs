@@ -326,6 +326,15 @@ async fn a_prefix_watch_wakes_for_a_child_and_its_delete_and_not_for_a_sibling()
     c.shutdown().await;
 }
 
+/// The names of the user events a server lists for its own node.
+async fn event_names(server: &RegistryClient) -> Vec<String> {
+    let url = format!("{}/v1/event/list", server.base());
+    let list: Vec<serde_json::Value> = reqwest::get(url).await.unwrap().json().await.unwrap();
+    list.iter()
+        .map(|e| e["Name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_and_sessions_survive_a_full_restart_and_a_snapshot_install() {
     let mut tuning = fast_tuning();
@@ -334,16 +343,34 @@ async fn kv_and_sessions_survive_a_full_restart_and_a_snapshot_install() {
     let mut c = TestCluster::builder(3).tuning(tuning).start().await;
     let leader = c.wait_leader().await;
     let lc = c.client(leader);
-    let session = lc
-        .session_create(&serde_json::json!({"Name": "keeper", "LockDelay": "1s"}))
-        .await
-        .unwrap();
+    // The session is the leader's node's, which its leader loop registers
+    // just after the election (until then: `Missing node registration`).
+    let session = wait_until(
+        Duration::from_secs(10),
+        "a session on the leader's node",
+        || {
+            let lc = lc.clone();
+            async move {
+                lc.session_create(&serde_json::json!({"Name": "keeper", "LockDelay": "1s"}))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
     assert!(lc
         .kv_put("kept/lock", "me", &[("acquire", &session)])
         .await
         .unwrap());
     assert!(lc.kv_put("kept/gone", "x", &[]).await.unwrap());
     assert!(lc.kv_delete("kept/gone", &[]).await.unwrap());
+    // A user event: the ring is part of the state (rows `ev/`) too.
+    let fired = reqwest::Client::new()
+        .put(format!("{}/v1/event/fire/kept", lc.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fired.status().as_u16(), 200);
     // A follower is stopped, then the leader writes past the compaction
     // threshold: the follower can only catch up by snapshot.
     let lagger = (leader + 1) % 3;
@@ -380,6 +407,7 @@ async fn kv_and_sessions_survive_a_full_restart_and_a_snapshot_install() {
     let (_, gone_index) = kv(&lagging, "kept/gone", &[("stale", "")]).await;
     let (_, gone_on_leader) = kv(&lc, "kept/gone", &[]).await;
     assert_eq!(gone_index, gone_on_leader);
+    assert_eq!(event_names(&lagging).await, ["kept"]);
 
     // A full restart, in another order: everything is still there.
     for i in 0..3 {
@@ -407,6 +435,7 @@ async fn kv_and_sessions_survive_a_full_restart_and_a_snapshot_install() {
         .await
         .unwrap();
     assert_eq!(sessions, want_sessions);
+    assert_eq!(event_names(&lc).await, ["kept"]);
     let (held, _) = kv(&lc, "kept/lock", &[]).await;
     assert_eq!(held.unwrap()[0].session, session);
     c.shutdown().await;

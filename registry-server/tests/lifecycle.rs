@@ -20,23 +20,8 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn agent_config(name: &str, servers: &[String]) -> ClientConfig {
-    let mut cfg = ClientConfig::new(name);
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.advertise_addr = "127.0.0.1".into();
-    cfg.retry_join = servers.to_vec();
-    cfg.sync_interval = Duration::from_millis(500);
-    cfg.heartbeat_interval = Duration::from_millis(100);
-    cfg
-}
-
 async fn start_agent(name: &str, c: &TestCluster) -> ClientHandle {
-    let servers: Vec<String> = c
-        .running()
-        .into_iter()
-        .map(|i| c.node(i).http_addr.to_string())
-        .collect();
-    registry_client::start(agent_config(name, &servers))
+    registry_client::start(c.agent_config(name, None))
         .await
         .unwrap()
 }
@@ -66,6 +51,14 @@ async fn put_body(url: &str, body: &str) -> (u16, String) {
     (status, resp.text().await.unwrap_or_default())
 }
 
+/// Registers `service` (a registration body) through the agent at `base`; a 200 or the
+/// test fails.
+async fn register(base: &str, service: &str) {
+    let url = format!("{base}/v1/agent/service/register");
+    let (code, body) = put_body(&url, service).await;
+    assert_eq!(code, 200, "{body}");
+}
+
 /// Whether `node` is in the catalog, as `c` reads it (default mode).
 async fn has_node(c: &RegistryClient, node: &str) -> Option<bool> {
     let (nodes, _): (Vec<Node>, _) = c.get("/v1/catalog/nodes", &Default::default()).await.ok()?;
@@ -82,12 +75,7 @@ async fn an_agent_leaves_its_node_is_gone_and_it_stops() {
     c.wait_leader().await;
     let agent = start_agent("leaver", &c).await;
     let base = format!("http://{}", agent.http_addr);
-    let (code, body) = put_body(
-        &format!("{base}/v1/agent/service/register"),
-        r#"{"Name":"web","Port":80}"#,
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    register(&base, r#"{"Name":"web","Port":80}"#).await;
     let server = c.client(0);
     wait_until(WAIT, "the agent's node is in the catalog", || async {
         has_node(&server, "leaver").await == Some(true)
@@ -300,16 +288,13 @@ async fn force_leave_takes_a_failed_server_out_of_the_configuration() {
 async fn an_agent_without_servers_joins_one_and_registers() {
     let c = TestCluster::start(1).await;
     c.wait_leader().await;
-    let agent = registry_client::start(agent_config("joiner", &[]))
-        .await
-        .unwrap();
+    let cfg = ClientConfig {
+        retry_join: Vec::new(),
+        ..c.agent_config("joiner", None)
+    };
+    let agent = registry_client::start(cfg).await.unwrap();
     let base = format!("http://{}", agent.http_addr);
-    let (code, body) = put_body(
-        &format!("{base}/v1/agent/service/register"),
-        r#"{"Name":"late","Port":81}"#,
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    register(&base, r#"{"Name":"late","Port":81}"#).await;
     // Without a server nothing is forwarded.
     let (code, _) = call(reqwest::Method::GET, &format!("{base}/v1/catalog/nodes")).await;
     assert_eq!(code, 500);

@@ -48,6 +48,13 @@ const fn row(path: &'static str, status: u16, body: &'static str) -> Row {
     }
 }
 
+impl Row {
+    /// The row with `headers` sent too.
+    const fn headers(self, headers: &'static [(&'static str, &'static str)]) -> Row {
+        Row { headers, ..self }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_consul_parameter_is_honoured_or_refused_by_name() {
     let c = TestCluster::start(1).await;
@@ -66,32 +73,31 @@ async fn every_consul_parameter_is_honoured_or_refused_by_name() {
         "Invalid query parameter: \"partition\" - Partitions are a Consul Enterprise feature";
     let rows = [
         // Not Consul's: ignored, as Consul ignores it.
-        row("/v1/catalog/service/web?cachebuster=12345&sampling=1", 200, ""),
+        row(
+            "/v1/catalog/service/web?cachebuster=12345&sampling=1",
+            200,
+            "",
+        ),
         // Namespaces and partitions: the default one is the only one there is.
         row("/v1/catalog/service/web?ns=default", 200, ""),
         row("/v1/catalog/service/web?ns=", 200, ""),
         row("/v1/catalog/service/web?ns=team", 400, ns),
         row("/v1/agent/services?ns=team", 400, ns),
-        Row {
-            path: "/v1/catalog/service/web",
-            headers: &[("X-Consul-Namespace", "team")],
-            status: 400,
-            body: "Invalid header: \"X-Consul-Namespace\" - Namespaces are a Consul Enterprise feature",
-        },
-        Row {
-            path: "/v1/catalog/service/web",
-            headers: &[("X-Consul-Namespace", "default")],
-            status: 200,
-            body: "",
-        },
+        row(
+            "/v1/catalog/service/web",
+            400,
+            "Invalid header: \"X-Consul-Namespace\" - Namespaces are a Consul Enterprise feature",
+        )
+        .headers(&[("X-Consul-Namespace", "team")]),
+        row("/v1/catalog/service/web", 200, "").headers(&[("X-Consul-Namespace", "default")]),
         row("/v1/catalog/service/web?partition=DEFAULT", 200, ""),
         row("/v1/catalog/service/web?partition=p1", 400, part),
-        Row {
-            path: "/v1/catalog/service/web",
-            headers: &[("X-Consul-Partition", "p1")],
-            status: 400,
-            body: "Invalid header: \"X-Consul-Partition\" - Partitions are a Consul Enterprise feature",
-        },
+        row(
+            "/v1/catalog/service/web",
+            400,
+            "Invalid header: \"X-Consul-Partition\" - Partitions are a Consul Enterprise feature",
+        )
+        .headers(&[("X-Consul-Partition", "p1")]),
         // Peering: there are no peers.
         row("/v1/health/service/web?peer=", 200, ""),
         row("/v1/health/service/web?peer=other", 400, "\"peer\""),
@@ -101,18 +107,14 @@ async fn every_consul_parameter_is_honoured_or_refused_by_name() {
         row("/v1/catalog/service/web?token=anything", 200, ""),
         row("/v1/catalog/service/web?merge-central-config", 200, ""),
         row("/v1/catalog/service/web?cached", 200, ""),
-        Row {
-            path: "/v1/catalog/service/web?cached",
-            headers: &[("Cache-Control", "max-age=30, stale-if-error=60")],
-            status: 200,
-            body: "",
-        },
-        Row {
-            path: "/v1/catalog/service/web",
-            headers: &[("Cache-Control", "max-age=soon")],
-            status: 400,
-            body: "Invalid Cache-Control header.",
-        },
+        row("/v1/catalog/service/web?cached", 200, "")
+            .headers(&[("Cache-Control", "max-age=30, stale-if-error=60")]),
+        row(
+            "/v1/catalog/service/web",
+            400,
+            "Invalid Cache-Control header.",
+        )
+        .headers(&[("Cache-Control", "max-age=soon")]),
         row(
             "/v1/catalog/service/web?cached&consistent",
             400,
@@ -120,7 +122,11 @@ async fn every_consul_parameter_is_honoured_or_refused_by_name() {
         ),
         // max_stale: a stale read, checked as Consul checks it.
         row("/v1/catalog/service/web?max_stale=10s", 200, ""),
-        row("/v1/catalog/service/web?max_stale=later", 400, "Invalid max_stale value \"later\""),
+        row(
+            "/v1/catalog/service/web?max_stale=later",
+            400,
+            "Invalid max_stale value \"later\"",
+        ),
         row(
             "/v1/catalog/service/web?max_stale=10s&consistent",
             400,

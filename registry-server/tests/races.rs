@@ -11,15 +11,12 @@ use registry_testkit::cluster::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// An agent whose server list starts with `servers[0]` (its preferred server).
-async fn start_agent(name: &str, dir: &Path, servers: Vec<String>) -> ClientHandle {
-    let mut cfg = ClientConfig::new(name);
-    cfg.data_dir = Some(dir.to_path_buf());
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.advertise_addr = "127.0.0.1".into();
-    cfg.retry_join = servers;
-    cfg.sync_interval = Duration::from_millis(500);
-    cfg.heartbeat_interval = Duration::from_millis(100);
+/// An agent of `c` whose server list starts with server `first` (its preferred server).
+async fn start_agent(c: &TestCluster, name: &str, dir: &Path, first: usize) -> ClientHandle {
+    let cfg = ClientConfig {
+        retry_join: servers_preferring(c, first),
+        ..c.agent_config(name, Some(dir))
+    };
     registry_client::start(cfg).await.unwrap()
 }
 
@@ -67,7 +64,7 @@ async fn an_agent_on_an_isolated_server_stays_passing() {
     let leader = c.wait_leader().await;
     let x = (leader + 1) % 3;
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent("app-iso", dir.path(), servers_preferring(&c, x)).await;
+    let agent = start_agent(&c, "app-iso", dir.path(), x).await;
     let lc = c.client(leader);
     wait_until(Duration::from_secs(10), "app-iso passing", || async {
         (serf_status(&lc, "app-iso", &stale()).await.as_deref() == Some("passing")).then_some(())
@@ -121,7 +118,7 @@ async fn a_server_that_cannot_reach_the_leader_refuses_heartbeats() {
 
     // End to end: an agent preferring x stays passing.
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent("app-oneway", dir.path(), servers_preferring(&c, x)).await;
+    let agent = start_agent(&c, "app-oneway", dir.path(), x).await;
     wait_until(Duration::from_secs(10), "app-oneway passing", || async {
         (serf_status(&lc, "app-oneway", &stale()).await.as_deref() == Some("passing")).then_some(())
     })

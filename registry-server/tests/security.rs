@@ -310,3 +310,211 @@ async fn a_server_forwards_and_signs_only_federated_data_requests() {
     h.stop().await;
     stub.abort();
 }
+
+/// Issue 21, item 1: an agent's force-leave (`/v1/internal/force-leave/:node`)
+/// needs the key's signature on the HTTP port too, as heartbeats do (anyone
+/// reaching 8500 could otherwise force a briefly critical server out of Raft);
+/// the agent's own path still works, as its pool signs what it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_writes_need_the_key_on_both_ports_and_agents_still_force_leave() {
+    let key = SharedKey::from_base64(&generate_key()).unwrap();
+    let (h, _d) = dev_server(Some(&key)).await;
+    let rpc = format!("http://{}", h.rpc_addr);
+    // The server itself is the live node to aim at: a server is what a forged
+    // force-leave would push out of Raft if its health were briefly critical.
+    let url = h.url();
+    wait_until(Duration::from_secs(10), "the server's node passing", || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::get(format!("{url}/v1/health/node/sec"))
+                .await
+                .ok()?;
+            r.text().await.ok()?.contains("\"passing\"").then_some(())
+        }
+    })
+    .await;
+    let path = "/v1/internal/force-leave/sec";
+    for base in [&rpc, &h.url()] {
+        let (status, text) = call("PUT", base, path, "", None).await;
+        assert_eq!(status, 403, "{base}, unsigned: {text}");
+        assert!(text.contains("--encrypt"), "{text}");
+        let wrong = SharedKey::from_base64(&generate_key()).unwrap();
+        let (status, text) = call("PUT", base, path, "", Some(&wrong)).await;
+        assert_eq!(status, 403, "{base}, another key: {text}");
+        let (status, text) = call_for(Purpose::Heartbeat, "PUT", base, path, "", Some(&key)).await;
+        assert_eq!(status, 403, "{base}, heartbeat-signed: {text}");
+        // Signed as a forward (what an agent sends), it reaches the handler:
+        // the node is alive and stays (Consul's force-leave changes nothing).
+        let (status, text) = call("PUT", base, path, "", Some(&key)).await;
+        assert_eq!(status, 200, "{base}, forward-signed: {text}");
+    }
+    // A client agent with the key asks through its own endpoint: its pool
+    // signs, the server answers (200 for the live node, Consul's 500 for an
+    // unknown one, never a 403).
+    let agent = registry_client::start(registry_client::ClientConfig {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        retry_join: vec![h.rpc_addr.to_string()],
+        encrypt: Some(key.clone()),
+        ..registry_client::ClientConfig::new("fl-agent")
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", agent.http_addr);
+    let (status, text) = call("PUT", &base, "/v1/agent/force-leave/sec", "", None).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = call("PUT", &base, "/v1/agent/force-leave/nobody", "", None).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (500, "agent: No node found with name 'nobody'")
+    );
+    agent.stop().await;
+    // The server's embedded agent takes the same path (its caller is on loopback).
+    let (status, text) = call("PUT", &h.url(), "/v1/agent/force-leave/sec", "", None).await;
+    assert_eq!(status, 200, "{text}");
+    h.stop().await;
+}
+
+/// Issue 21, items 2 and 3 on a server: its embedded agent's join works for a
+/// caller on loopback (the peer address reaches the handlers over real TCP),
+/// and joins add at most 64 retry-join targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_takes_at_most_64_joins_from_its_own_host() {
+    let (h, _d) = dev_server(None).await;
+    // Closed loopback ports: the greetings fail at once.
+    for port in 1..=64u16 {
+        let (status, text) = call(
+            "PUT",
+            &h.url(),
+            &format!("/v1/agent/join/127.0.0.1:{port}"),
+            "",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "join {port}: {text}");
+    }
+    // Again: nothing new, still fine.
+    let (status, text) = call("PUT", &h.url(), "/v1/agent/join/127.0.0.1:1", "", None).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = call("PUT", &h.url(), "/v1/agent/join/127.0.0.1:65", "", None).await;
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.starts_with("Failed to join 127.0.0.1:65: ") && text.contains("64"),
+        "{text}"
+    );
+    h.stop().await;
+}
+
+/// A fake "server": answers 200 and a leader's address to anything, and counts
+/// what it is sent.
+async fn fake_server() -> (String, tokio::task::JoinHandle<()>) {
+    let app = axum::Router::new().fallback(|| async { "\"127.0.0.1:8300\"" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
+}
+
+/// Issue 21, item 3 on a client agent: with a key, a join is refused for an
+/// address whose answer does not prove the key (a fake server that answers 200
+/// to anything, a server with another key), and accepted for a real server on
+/// either of its ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_key_joins_only_servers_that_prove_it() {
+    let key = SharedKey::from_base64(&generate_key()).unwrap();
+    let (h, _d) = dev_server(Some(&key)).await;
+    let other = SharedKey::from_base64(&generate_key()).unwrap();
+    let (stranger, _d2) = dev_server(Some(&other)).await;
+    let (fake, fake_task) = fake_server().await;
+    let agent = registry_client::start(registry_client::ClientConfig {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        encrypt: Some(key.clone()),
+        ..registry_client::ClientConfig::new("joiner")
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", agent.http_addr);
+    let (status, text) = call("PUT", &base, &format!("/v1/agent/join/{fake}"), "", None).await;
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.starts_with(&format!("Failed to join {fake}: ")) && text.contains("not signed"),
+        "{text}"
+    );
+    let (status, text) = call(
+        "PUT",
+        &base,
+        &format!("/v1/agent/join/{}", stranger.rpc_addr),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, 500, "a server with another key: {text}");
+    let http_addr = h.url().trim_start_matches("http://").to_owned();
+    let stranger_http = stranger.url().trim_start_matches("http://").to_owned();
+    let (status, text) = call(
+        "PUT",
+        &base,
+        &format!("/v1/agent/join/{stranger_http}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, 500, "another key, HTTP port: {text}");
+    assert!(
+        agent.agent.servers().servers().is_empty(),
+        "nothing joined yet"
+    );
+    for server in [h.rpc_addr.to_string(), http_addr] {
+        let (status, text) =
+            call("PUT", &base, &format!("/v1/agent/join/{server}"), "", None).await;
+        assert_eq!((status, text.as_str()), (200, ""), "join {server}");
+    }
+    assert_eq!(agent.agent.servers().servers().len(), 2);
+    agent.stop().await;
+    fake_task.abort();
+    stranger.stop().await;
+    h.stop().await;
+}
+
+/// Issue 21, item 6: a KV `?raw` answer keeps Consul's CVE-2020-25864
+/// protections (`X-Content-Type-Options: nosniff`, `Content-Security-Policy:
+/// sandbox`) when it comes through an agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_kv_answer_keeps_its_browser_protections_through_an_agent() {
+    let key = SharedKey::from_base64(&generate_key()).unwrap();
+    let (h, _d) = dev_server(Some(&key)).await;
+    let agent = registry_client::start(registry_client::ClientConfig {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        retry_join: vec![h.rpc_addr.to_string()],
+        encrypt: Some(key.clone()),
+        ..registry_client::ClientConfig::new("raw-reader")
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", agent.http_addr);
+    let (status, text) = call("PUT", &base, "/v1/kv/page", "<script>x</script>", None).await;
+    assert_eq!((status, text.as_str()), (200, "true"));
+    for url in [&base, &h.url()] {
+        let resp = reqwest::get(format!("{url}/v1/kv/page?raw")).await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let headers = resp.headers();
+        assert_eq!(
+            headers
+                .get("x-content-type-options")
+                .map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{url}: {headers:?}"
+        );
+        assert_eq!(
+            headers
+                .get("content-security-policy")
+                .map(|v| v.to_str().unwrap()),
+            Some("sandbox"),
+            "{url}: {headers:?}"
+        );
+        assert_eq!(resp.text().await.unwrap(), "<script>x</script>");
+    }
+    agent.stop().await;
+    h.stop().await;
+}

@@ -170,18 +170,9 @@ async fn an_agent_joining_a_cluster_is_in_the_catalog_once_it_names_a_leader() {
     c.wait_leader().await;
     let http = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = registry_client::ClientConfig::new("joiner");
-    cfg.data_dir = Some(dir.path().to_path_buf());
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.advertise_addr = "127.0.0.1".into();
-    cfg.retry_join = c
-        .running()
-        .into_iter()
-        .map(|i| c.node(i).http_addr.to_string())
-        .collect();
-    cfg.sync_interval = Duration::from_millis(500);
-    cfg.heartbeat_interval = Duration::from_millis(100);
-    let agent = registry_client::start(cfg).await.unwrap();
+    let agent = registry_client::start(c.agent_config("joiner", Some(dir.path())))
+        .await
+        .unwrap();
     let base = format!("http://{}", agent.http_addr);
 
     first_leader(&http, &base).await;

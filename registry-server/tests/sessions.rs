@@ -40,6 +40,13 @@ fn keep_alive(c: RegistryClient, node: &'static str, stop: CancellationToken) {
     });
 }
 
+/// `Some(())` once session `id` is gone as `c` reads it; `None` while it exists or `c`
+/// does not answer.
+async fn session_gone(c: &RegistryClient, id: &str) -> Option<()> {
+    let (info, _) = c.session_info(id, &QueryOptions::default()).await.ok()?;
+    info.is_empty().then_some(())
+}
+
 async fn wait_passing(c: &RegistryClient, node: &str) {
     wait_until(Duration::from_secs(10), "serfHealth passing", || async {
         serf_status(c, node, &QueryOptions::default())
@@ -56,7 +63,10 @@ async fn session_endpoints_answer_and_refuse_as_consul() {
     let leader = c.wait_leader().await;
     let f = (leader + 1) % 3;
     let (lc, fc) = (c.client(leader), c.client(f));
-    // Defaults: the answering server's node, serfHealth, 15 s, release.
+    // Defaults: the answering server's node, serfHealth, 15 s, release (so
+    // that node's serfHealth must be passing: the leader writes it just
+    // after it takes office).
+    wait_passing(&fc, &c.names[f]).await;
     let id = fc.session_create(&json!({})).await.unwrap();
     assert!(registry_api::ids::is_uuid(&id), "{id}");
     let (info, meta) = lc
@@ -378,13 +388,7 @@ async fn ttls_expire_on_the_leader_across_a_leader_change_and_renewals_keep_sess
     wait_until(
         Duration::from_secs(15),
         "the unrenewed session to expire",
-        || async {
-            let (info, _) = fc
-                .session_info(&lapsing, &QueryOptions::default())
-                .await
-                .ok()?;
-            info.is_empty().then_some(())
-        },
+        || session_gone(&fc, &lapsing),
     )
     .await;
     eprintln!("expired {:?} after the leader stopped", stopped.elapsed());
@@ -397,13 +401,7 @@ async fn ttls_expire_on_the_leader_across_a_leader_change_and_renewals_keep_sess
     never_within(
         Duration::from_secs(5),
         "the renewed session expired",
-        || async {
-            let (info, _) = fc
-                .session_info(&renewed, &QueryOptions::default())
-                .await
-                .ok()?;
-            info.is_empty().then_some(())
-        },
+        || session_gone(&fc, &renewed),
     )
     .await;
     // Once renewals stop, it lapses too.
@@ -411,13 +409,7 @@ async fn ttls_expire_on_the_leader_across_a_leader_change_and_renewals_keep_sess
     wait_until(
         Duration::from_secs(10),
         "the session to lapse once renewals stop",
-        || async {
-            let (info, _) = fc
-                .session_info(&renewed, &QueryOptions::default())
-                .await
-                .ok()?;
-            info.is_empty().then_some(())
-        },
+        || session_gone(&fc, &renewed),
     )
     .await;
     c.shutdown().await;
@@ -427,20 +419,10 @@ async fn ttls_expire_on_the_leader_across_a_leader_change_and_renewals_keep_sess
 async fn a_session_created_through_an_agent_belongs_to_the_agents_node() {
     let c = TestCluster::start(3).await;
     c.wait_leader().await;
-    let servers: Vec<String> = c
-        .running()
-        .into_iter()
-        .map(|i| c.node(i).http_addr.to_string())
-        .collect();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = registry_client::ClientConfig::new("app-host");
-    cfg.data_dir = Some(dir.path().to_path_buf());
-    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.advertise_addr = "127.0.0.1".into();
-    cfg.retry_join = servers;
-    cfg.sync_interval = Duration::from_millis(500);
-    cfg.heartbeat_interval = Duration::from_millis(100);
-    let agent = registry_client::start(cfg).await.unwrap();
+    let agent = registry_client::start(c.agent_config("app-host", Some(dir.path())))
+        .await
+        .unwrap();
     let ac = RegistryClient::new(format!("http://{}", agent.http_addr));
     wait_passing(&ac, "app-host").await;
     // No Node: the agent's. Body keys in any case.
@@ -485,5 +467,41 @@ async fn a_session_created_through_an_agent_belongs_to_the_agents_node() {
     let (status, _) = put(format!("{}/v1/session/create", ac.base()), "[]").await;
     assert_eq!(status, 400);
     agent.stop().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_time_is_the_leaders_so_a_fast_follower_clock_cannot_cut_a_lock_delay_short() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let f = (leader + 1) % 3;
+    // The follower's clock runs an hour ahead: were its proposals stamped
+    // with it, the lock-delay below would have run out long ago.
+    c.node(f).raft.set_clock_skew(3_600_000);
+    let (lc, fc) = (c.client(leader), c.client(f));
+    // Sessions need their node's serfHealth passing: the leader registers
+    // itself just after it takes office.
+    wait_passing(&fc, &c.names[leader]).await;
+    let s1 = lc
+        .session_create(&json!({"Node": c.names[leader], "LockDelay": "30s"}))
+        .await
+        .unwrap();
+    let s2 = fc
+        .session_create(&json!({"Node": c.names[leader]}))
+        .await
+        .unwrap();
+    assert!(lc
+        .kv_put("skew/lock", "1", &[("acquire", &s1)])
+        .await
+        .unwrap());
+    assert!(lc.session_destroy(&s1).await.unwrap());
+    assert_eq!(holder(&fc, "skew/lock").await.as_deref(), Some(""));
+    assert!(
+        !fc.kv_put("skew/lock", "2", &[("acquire", &s2)])
+            .await
+            .unwrap(),
+        "an acquire through the fast follower is held off by the lock-delay"
+    );
+    assert_eq!(c.wait_leader().await, leader, "no leader change meanwhile");
     c.shutdown().await;
 }

@@ -358,6 +358,10 @@ async fn bad_transactions_get_a_reason_and_apply_nothing() {
             );
         }
     }
+    // The query is checked before a write is proposed (issue 14 item 5).
+    let write = json!([set("conflicting")]).to_string();
+    let (status, _, text) = txn(&lc, "?stale&consistent", &write).await;
+    assert_eq!(status, 400, "{text}");
     assert!(keys(&lc).await.is_empty(), "nothing was applied");
     // 64 operations are fine.
     let ops: Vec<TxnOpBody> = (0..64)

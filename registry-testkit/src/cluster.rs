@@ -1,16 +1,20 @@
 //! Whole clusters of real servers in one process, with real RocksDB in temp dirs and real
 //! HTTP on 127.0.0.1:0, connected by an in-memory network whose links the tests cut and
-//! heal; plus the small fixtures server tests share. `use registry_testkit::cluster::*` is
-//! all a server test needs (it brings [`wait_until`] too).
+//! heal; the configuration of a client agent joined to one; plus the small fixtures server
+//! tests share. `use registry_testkit::cluster::*` is all a server test needs (it brings
+//! [`wait_until`] too).
 //!
-//! Only with the `cluster` feature: it depends on registry-server, so only registry-server's
-//! integration tests (`tests/`) enable it. Test code: panics are its failures.
+//! Only with the `cluster` feature: it depends on registry-server and registry-client, so
+//! only registry-server's integration tests (`tests/`) enable it. Test code: panics are its
+//! failures.
 
 pub use crate::wait::wait_until;
 use registry_api::{AgentService, HealthCheck, QueryOptions, RegisterRequest, RegistryClient};
+use registry_client::ClientConfig;
 use registry_server::raft::RaftTuning;
 use registry_server::rpc::MemNetwork;
 use registry_server::{RaftStatus, Role, ServerConfig, ServerHandle, TransportKind};
+use std::path::Path;
 use std::time::Duration;
 
 /// Raft timing for tests: fast, but with room for a loaded 2-core machine.
@@ -289,6 +293,31 @@ impl TestCluster {
             .into_iter()
             .map(|i| self.node(i).url())
             .collect()
+    }
+
+    /// The HTTP addresses (`host:port`) of the running servers: what a client agent's
+    /// `retry_join` names.
+    pub fn http_addrs(&self) -> Vec<String> {
+        self.running()
+            .into_iter()
+            .map(|i| self.node(i).http_addr.to_string())
+            .collect()
+    }
+
+    /// The configuration of a client agent `name` of this cluster: in its datacenter, joined
+    /// to every running server ([`TestCluster::http_addrs`]), its HTTP API on 127.0.0.1:0,
+    /// its state in `dir` (`None`: none kept), anti-entropy every 500 ms and a heartbeat
+    /// every 100 ms (well inside the 1 s of [`fast_liveness`]). A test changes what it needs
+    /// before `registry_client::start`.
+    pub fn agent_config(&self, name: &str, dir: Option<&Path>) -> ClientConfig {
+        let mut cfg = ClientConfig::new(name);
+        cfg.datacenter = self.dc.clone();
+        cfg.data_dir = dir.map(Path::to_path_buf);
+        cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+        cfg.retry_join = self.http_addrs();
+        cfg.sync_interval = Duration::from_millis(500);
+        cfg.heartbeat_interval = Duration::from_millis(100);
+        cfg
     }
 
     /// Points every running server at these gateways.

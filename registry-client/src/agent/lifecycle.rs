@@ -14,8 +14,10 @@
 //!   still goes out (the HTTP server lets answers in flight finish), then the process stops.
 //!   If the deregistration fails the agent carries on as before and the caller gets a 500.
 //! - **join** (`PUT /v1/agent/join/:address`): the address (a server's RPC address, `:8300`
-//!   when no port is given) must answer as a server; it is then added to the server pool and a
-//!   full sync starts at once.
+//!   when no port is given) must answer 2xx to a probe and, when the agent has a shared key,
+//!   sign that answer with it ([`crate::servers::ServerPool::probe`]); it is then added to the
+//!   server pool (at most [`crate::servers::MAX_JOINED_SERVERS`] joined servers) and a full
+//!   sync starts at once. On a server, [`ServerLifecycle::join`] decides instead.
 //! - **force-leave** (`PUT /v1/agent/force-leave/:node`): forwarded to the servers, which
 //!   decide (`/v1/internal/force-leave/:node`).
 //!

@@ -122,6 +122,10 @@ pub struct Agent {
     full_sync_now: Notify,
     /// A server's part of leave and join; unset on a client agent.
     lifecycle: LifecycleSlot,
+    /// Set once this node and its `serfHealth` were read back from the catalog: until then
+    /// the agent's `/v1/status/leader` names no leader (`http/status.rs`), so that a client
+    /// that waits for a leader and then reads finds this node.
+    in_catalog: std::sync::atomic::AtomicBool,
 }
 
 /// Holds the [`ServerLifecycle`] (a trait object, so `Debug` by hand).
@@ -188,6 +192,7 @@ impl Agent {
             sync_gate: tokio::sync::Mutex::new(()),
             full_sync_now: Notify::new(),
             lifecycle: LifecycleSlot::default(),
+            in_catalog: std::sync::atomic::AtomicBool::new(false),
         });
         agent.load().await?;
         // Counted first: two `lock()` temporaries in one statement would
@@ -250,6 +255,34 @@ impl Agent {
     /// The servers this agent talks to.
     pub fn servers(&self) -> &ServerPool {
         &self.servers
+    }
+
+    /// Whether this node and its `serfHealth` have been seen in the catalog (see the field).
+    pub(crate) fn in_catalog(&self) -> bool {
+        self.in_catalog.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Reads this node's checks from the servers (a default-mode read, so anything read after
+    /// it sees them too) and records whether its `serfHealth` is there and passing.
+    pub(crate) async fn confirm_in_catalog(&self) -> bool {
+        let path = format!(
+            "/v1/health/node/{}",
+            crate::anti_entropy::encode_segment(&self.config.node)
+        );
+        let found = self
+            .servers
+            .get_json::<Vec<registry_api::HealthCheck>>(&path)
+            .await
+            .is_ok_and(|checks| {
+                checks.iter().any(|c| {
+                    c.check_id == registry_api::SERF_HEALTH_ID && c.status == registry_api::PASSING
+                })
+            });
+        if found {
+            self.in_catalog
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        found
     }
 
     /// The state, even if a panic elsewhere poisoned the lock: every update leaves the maps

@@ -11,6 +11,7 @@
 use super::forward::relay;
 use super::HttpResult;
 use crate::agent::Agent;
+use crate::anti_entropy::encode_segment;
 use axum::extract::{Request, State};
 use std::sync::Arc;
 
@@ -20,32 +21,24 @@ pub(super) async fn list(State(agent): State<Arc<Agent>>, req: Request) -> HttpR
     let query: Vec<(String, String)> = req
         .uri()
         .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let mut path = format!(
         "/v1/internal/event/list/{}",
-        utf8_percent_encode_path(&agent.config().node)
+        encode_segment(&agent.config().node)
     );
     let kept: Vec<_> = query.into_iter().filter(|(k, _)| k != "dc").collect();
     if !kept.is_empty() {
         path.push('?');
         path.push_str(
-            &form_urlencoded::Serializer::new(String::new())
+            &url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(kept)
                 .finish(),
         );
     }
     relay(agent.servers(), req, &path).await
-}
-
-/// `node` as one path segment: every byte but unreserved ones percent-encoded.
-fn utf8_percent_encode_path(node: &str) -> String {
-    node.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -77,7 +77,9 @@ pub(super) async fn monitor(Query(q): Params) -> HttpResult<Response> {
     let level =
         MonitorLevel::parse(value(&q, "loglevel").unwrap_or("")).map_err(ApiError::BadRequest)?;
     let json = q.iter().any(|(k, _)| k == "logjson");
-    let body = LogStream::global().subscribe(level, json);
+    let body = LogStream::global()
+        .subscribe(level, json)
+        .map_err(|e| ApiError::TooManyRequests(e.to_string()))?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -9,6 +9,7 @@
 //! - `params`: query and body decoding shared by the handlers;
 //! - `session`: session create, which gets this agent's node before it is forwarded;
 //! - `event`: the event list, which a server answers for this agent's node;
+//! - `status`: the leader, named once this node is in the catalog;
 //! - `forward`: the fallback that proxies everything else to a server.
 //!
 //! Errors become responses in one place for every process, [`registry_api::http_error`]: a
@@ -25,6 +26,7 @@ mod lifecycle;
 mod params;
 mod routes;
 mod session;
+mod status;
 
 use crate::agent::Agent;
 use crate::servers::{PoolError, ServerPool};
@@ -106,6 +108,7 @@ pub fn client_router(agent: Arc<Agent>, servers: ServerPool) -> Router {
     let completed = Router::new()
         .route("/v1/session/create", put(session::create))
         .route("/v1/event/list", get(event::list))
+        .route("/v1/status/leader", get(status::leader))
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent.clone());

@@ -15,6 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use registry_api::event::{event_index, validate_fire, EventTargets, UserEvent};
 use registry_api::Error as ApiError;
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// `PUT /v1/event/fire/:name` with `?node=`, `?service=`, `?tag=` (regexes)
@@ -64,15 +65,28 @@ pub(super) async fn event_list_for_node(
 }
 
 /// The events for the agent of `node`, oldest first, with the index Consul's
-/// clients expect; with `?index=`, waits until that index differs.
+/// clients expect; with `?index=`, waits until that index differs. A wait
+/// looks again after each applied entry, but works out the list again only
+/// when the ring or the services have changed, and compiles each event's
+/// filters once per request.
 async fn list_for(st: &super::AppState, node: &str, q: &[(String, String)]) -> HttpResult {
     let params = read_params(q)?;
     let name = value(q, "name").filter(|n| !n.is_empty());
     let deadline = params.blocking.map(|b| Instant::now() + b.wait);
     let mut changes = st.raft.applied_changes();
+    let mut targets = Targets::new();
+    let mut seen: Option<(Option<u64>, u64)> = None;
+    let mut events = Vec::new();
     loop {
         changes.borrow_and_update();
-        let events = events_for(st, node, name);
+        let now = st.raft.with_applied(|s: &StateStore, _| {
+            let last = s.events.events().next_back().map(|e| e.ltime);
+            (last, s.catalog.services_index())
+        });
+        if seen != Some(now) {
+            events = events_for(st, node, name, &mut targets);
+            seen = Some(now);
+        }
         let index = event_index(events.last().map(|e| e.id.as_str()));
         let waiting = match (params.blocking, deadline) {
             (Some(b), Some(deadline)) => {
@@ -94,11 +108,20 @@ async fn list_for(st: &super::AppState, node: &str, q: &[(String, String)]) -> H
     }
 }
 
+/// Compiled filters by event ID, for one request (at most the ring's size).
+type Targets = HashMap<String, Option<EventTargets>>;
+
 /// The recorded events the agent of `node` would have processed (Consul's
 /// `shouldProcessUserEvent`, over that node's services in the catalog),
 /// named `name` if given. Only the copying happens under the applied-state
-/// lock; the filters' regexes are compiled and run after it is released.
-fn events_for(st: &super::AppState, node: &str, name: Option<&str>) -> Vec<UserEvent> {
+/// lock; the filters are compiled (once each, kept in `targets`) and run
+/// after it is released.
+fn events_for(
+    st: &super::AppState,
+    node: &str,
+    name: Option<&str>,
+    targets: &mut Targets,
+) -> Vec<UserEvent> {
     let (events, services) = st.raft.with_applied(|s: &StateStore, _| {
         let events: Vec<UserEvent> = s
             .events
@@ -109,12 +132,16 @@ fn events_for(st: &super::AppState, node: &str, name: Option<&str>) -> Vec<UserE
         let (services, _) = s.catalog.node_service_list(node);
         (events, services.map(|l| l.services).unwrap_or_default())
     });
+    targets.retain(|id, _| events.iter().any(|e| &e.id == id));
     events
         .into_iter()
         .filter(|e| {
-            // Recorded events passed `validate_fire`; one that no longer
-            // compiles (a newer binary's rule) reaches nobody.
-            EventTargets::of(e).is_ok_and(|t| {
+            // Recorded events' filters compiled when they were fired; one
+            // that no longer does (another regex version) reaches nobody.
+            let t = targets
+                .entry(e.id.clone())
+                .or_insert_with(|| EventTargets::of(e).ok());
+            t.as_ref().is_some_and(|t| {
                 t.include(
                     node,
                     services

@@ -79,7 +79,9 @@ pub(super) async fn kv_get(State(st): St, Path(key): Path<String>, Query(q): Par
             .unwrap_or("")
             .to_string();
         let cache_key = format!("kv-keys\0{key}\0{sep}");
-        let answer = kv_read(&st, &p, cache_key, move |s| {
+        let prefix = key.clone();
+        let probe = move |s: &StateStore| s.kv.prefix_index(&prefix);
+        let answer = kv_read(&st, &p, cache_key, probe, move |s| {
             let (keys, index) = s.kv.keys(&key, &sep);
             // An empty root is `[]`; an empty prefix is a 404.
             let found = !keys.is_empty() || key.is_empty();
@@ -90,7 +92,9 @@ pub(super) async fn kv_get(State(st): St, Path(key): Path<String>, Query(q): Par
     }
     if has(&q, "recurse") {
         let cache_key = format!("kv-tree\0{key}");
-        let answer = kv_read(&st, &p, cache_key, move |s| {
+        let prefix = key.clone();
+        let probe = move |s: &StateStore| s.kv.prefix_index(&prefix);
+        let answer = kv_read(&st, &p, cache_key, probe, move |s| {
             let (list, index) = s.kv.list(&key);
             ((!list.is_empty()).then_some(list), index)
         })
@@ -102,7 +106,9 @@ pub(super) async fn kv_get(State(st): St, Path(key): Path<String>, Query(q): Par
     }
     // `?raw` shares the cached answer of the plain read.
     let cache_key = format!("kv\0{key}");
-    let answer = kv_read(&st, &p, cache_key, move |s| {
+    let one = key.clone();
+    let probe = move |s: &StateStore| s.kv.get_index(&one);
+    let answer = kv_read(&st, &p, cache_key, probe, move |s| {
         let (entry, index) = s.kv.get(&key);
         (entry.map(|e| [e]), index)
     })
@@ -113,25 +119,29 @@ pub(super) async fn kv_get(State(st): St, Path(key): Path<String>, Query(q): Par
     Ok(found_or_404(&st, answer))
 }
 
-/// A KV read through [`crate::reads::read`]: `query` answers `None` for
-/// Consul's 404 (the body is then `null`).
-async fn kv_read<T, F>(
+/// A KV read through [`crate::reads::read_probed`]: `query` answers `None`
+/// for Consul's 404 (the body is then `null`); `probe` is the index `query`
+/// answers with, so a blocking read copies values only once it moved.
+async fn kv_read<T, P, F>(
     st: &super::AppState,
     p: &super::params::ReadParams,
     cache_key: String,
+    probe: P,
     query: F,
 ) -> Result<Answer, crate::raft::RaftError>
 where
     T: serde::Serialize,
+    P: Fn(&StateStore) -> u64,
     F: Fn(&StateStore) -> (Option<T>, u64),
 {
-    crate::reads::read(
+    crate::reads::read_probed(
         &st.raft,
         &st.answers,
         &st.shutdown,
         p.mode_now(&st.raft),
         p.blocking,
         cache_key,
+        Some(probe),
         query,
         |v| v,
     )

@@ -1,7 +1,9 @@
 //! The HTTP API (Consul's v1 API) of a server: the routers and what every
 //! handler shares. Every handler does the same steps, in Consul's order: the
 //! router sends requests for another datacenter to `federation.rs` (before
-//! any handler runs), the RPC port's router checks the shared key, then the
+//! any handler runs), the RPC port's router checks the shared key (the HTTP
+//! port checks it on the `/v1/internal/*` writes agents send, and serves the
+//! embedded agent's membership changes only to its own host), then the
 //! handler validates and either replicates a write through Raft or answers a
 //! read through `crate::reads`. Errors become responses in exactly one
 //! place (`HttpError`, and the `RaftError` mapping below). One file per
@@ -15,7 +17,7 @@ pub mod federation;
 mod health;
 mod internal;
 mod kv;
-pub(crate) mod operator;
+mod operator;
 mod params;
 mod session;
 mod status;
@@ -95,19 +97,8 @@ impl From<RaftError> for HttpError {
 /// endpoints the server serves for itself (DESIGN §4, item 1).
 pub fn router(state: Arc<AppState>, agent: Router) -> Router {
     let remote_dc = middleware::from_fn_with_state(state.clone(), federation::route_remote_dc);
-    // With a key, an agent heartbeat must be signed by it on this port too:
-    // otherwise anyone could keep a dead node "alive".
-    let heartbeat_route = match &state.encrypt {
-        Some(key) => Router::new().route(
-            "/v1/internal/heartbeat",
-            put(internal::heartbeat).route_layer(middleware::from_fn_with_state(
-                Verifier::new(key.clone(), Purpose::Heartbeat),
-                registry_api::auth::require_signature,
-            )),
-        ),
-        None => Router::new().route("/v1/internal/heartbeat", put(internal::heartbeat)),
-    };
-    data_routes()
+    let state_key = state.encrypt.clone();
+    let router = data_routes()
         .route(
             "/v1/operator/raft/configuration",
             get(operator::raft_configuration),
@@ -127,13 +118,9 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
             "/v1/operator/autopilot/state",
             get(operator::autopilot_state),
         )
-        .route(
-            "/v1/internal/force-leave/{node}",
-            put(internal::force_leave),
-        )
-        .merge(heartbeat_route)
+        .merge(signed_internal_writes(&state))
         .with_state(state.clone())
-        .merge(agent)
+        .merge(agent.layer(middleware::from_fn(agent_membership_from_loopback)))
         .fallback(not_found)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(remote_dc)
@@ -142,7 +129,14 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
             state,
             index_headers_on_errors,
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    match &state_key {
+        Some(key) => router.layer(middleware::from_fn_with_state(
+            key.clone(),
+            sign_probe_replies,
+        )),
+        None => router,
+    }
 }
 
 /// Every known read path answers with Consul's `X-Consul-Index`,
@@ -178,11 +172,8 @@ pub fn rpc_router(state: Arc<AppState>) -> Router {
     let remote_dc = middleware::from_fn_with_state(state.clone(), federation::route_remote_dc);
     let key = state.encrypt.clone();
     let router = data_routes()
-        .route("/v1/internal/heartbeat", put(internal::heartbeat))
-        .route(
-            "/v1/internal/force-leave/{node}",
-            put(internal::force_leave),
-        )
+        // Signed by the check on this whole router when there is a key.
+        .merge(internal_writes())
         .with_state(state.clone())
         .fallback(not_served_on_rpc_port)
         .layer(middleware::from_fn(plain_text_errors))
@@ -196,9 +187,87 @@ pub fn rpc_router(state: Arc<AppState>) -> Router {
     match key {
         // Outermost, so nothing (not even `?dc=` forwarding, which this
         // server would sign) happens for a request that is not signed.
-        Some(key) => router.layer(middleware::from_fn_with_state(key, rpc_signature)),
+        Some(key) => router
+            .layer(middleware::from_fn_with_state(
+                key.clone(),
+                sign_probe_replies,
+            ))
+            .layer(middleware::from_fn_with_state(key, rpc_signature)),
         None => router,
     }
+}
+
+/// The `/v1/internal/*` writes agents send to their servers: heartbeats and
+/// the force-leave an agent passes on. Every state-changing internal route
+/// belongs here, so that both routers serve the same list and the HTTP port
+/// gates it ([`signed_internal_writes`]). (`GET
+/// /v1/internal/event/list/:node` is a read, open like `/v1/event/list`.)
+fn internal_writes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/internal/heartbeat", put(internal::heartbeat))
+        .route(
+            "/v1/internal/force-leave/{node}",
+            put(internal::force_leave),
+        )
+}
+
+/// [`internal_writes`] for the HTTP port: with a key, each must be signed by
+/// it there too, for the purpose the RPC port checks ([`rpc_signature`]);
+/// otherwise anyone reaching 8500 could keep a dead node "alive" or force a
+/// server whose `serfHealth` is briefly critical out of the Raft
+/// configuration. Agents sign both (their server pool signs everything it
+/// sends), so they work on either port.
+fn signed_internal_writes(state: &AppState) -> Router<Arc<AppState>> {
+    match &state.encrypt {
+        Some(key) => internal_writes()
+            .route_layer(middleware::from_fn_with_state(key.clone(), rpc_signature)),
+        None => internal_writes(),
+    }
+}
+
+/// The paths of the embedded agent's membership changes (`PUT
+/// /v1/agent/leave`, `/v1/agent/force-leave/:node`, `/v1/agent/join/:address`)
+/// that a server serves only to callers on its own host.
+fn is_agent_membership_change(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::PUT
+        && (path == "/v1/agent/leave"
+            || path.starts_with("/v1/agent/force-leave/")
+            || path.starts_with("/v1/agent/join/"))
+}
+
+/// A server's embedded agent takes membership changes only from loopback
+/// (README, "Security"): a server listens on `0.0.0.0:8500` by default where
+/// Consul's agents listen on `127.0.0.1` (`client_addr`), and a leave takes a
+/// server out of the Raft configuration for good, a force-leave takes a
+/// briefly failed one out, and a join points the server at any address. An
+/// operator runs them on the server's host (`curl localhost:8500/...`, the
+/// CLI), as with Consul; a later ACL issue may allow them to tokens with
+/// `operator:write`/`agent:write`. A request whose peer is unknown is
+/// refused. Client agents (on 127.0.0.1 by default) are not affected.
+async fn agent_membership_from_loopback(req: Request, next: middleware::Next) -> Response {
+    if !is_agent_membership_change(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    // Canonical: a dual-stack listener sees 127.0.0.1 as `::ffff:127.0.0.1`.
+    if peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
+        return next.run(req).await;
+    }
+    tracing::warn!(
+        peer = ?peer,
+        path = %req.uri().path(),
+        "refused a membership change from another host"
+    );
+    HttpError(ApiError::Forbidden(format!(
+        "{} {} is served by a server only to callers on its own host (loopback); \
+         run it there",
+        req.method(),
+        req.uri().path()
+    )))
+    .into_response()
 }
 
 /// The RPC port's signature check: an agent's heartbeat must carry a
@@ -217,6 +286,58 @@ async fn rpc_signature(
     };
     let verifier = Verifier::new(key, purpose);
     registry_api::auth::require_signature(State(verifier), req, next).await
+}
+
+/// Largest probe answer signed (the leader's address as a JSON string).
+const MAX_PROBE_REPLY: usize = 4096;
+
+/// An agent's join probe ([`registry_api::auth::PROBE_PATH`], signed with the
+/// key): its answer is signed too, bound to the probe, so that the agent knows
+/// a holder of the key answered and not whatever listens at an address
+/// (`registry_client::servers::ServerPool::probe`). On both ports, as agents
+/// may join either; a probe whose signature does not verify is answered as
+/// any other request there (refused on the RPC port, unsigned on the HTTP
+/// port).
+async fn sign_probe_replies(
+    State(key): State<Arc<SharedKey>>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    let probe_signature = (req.method() == axum::http::Method::GET
+        && req.uri().path() == registry_api::auth::PROBE_PATH)
+        .then(|| {
+            req.headers()
+                .get(registry_api::auth::SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .flatten()
+        .filter(|sig| {
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .map_or(registry_api::auth::PROBE_PATH, |p| p.as_str());
+            key.verify_request(Some(sig), "GET", path_and_query, b"")
+                .is_ok()
+        });
+    let resp = next.run(req).await;
+    let Some(request_sig) = probe_signature else {
+        return resp;
+    };
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PROBE_REPLY).await else {
+        return HttpError(ApiError::Internal("probe answer too large to sign".into()))
+            .into_response();
+    };
+    if let Ok(v) = HeaderValue::from_str(&key.sign_probe_reply(&request_sig, &bytes)) {
+        parts
+            .headers
+            .insert(registry_api::auth::SIGNATURE_HEADER, v);
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// Anything else on the RPC port (a plain answer, like an unknown path's).
@@ -393,4 +514,82 @@ fn json_headers() -> axum::http::HeaderMap {
         HeaderValue::from_static("application/json"),
     );
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    use tower::ServiceExt as _;
+
+    /// A stand-in for the embedded agent's routes, behind the same rule.
+    fn agent_routes() -> Router {
+        let ok = || async { "ok" };
+        Router::new()
+            .route("/v1/agent/leave", put(ok))
+            .route("/v1/agent/force-leave/{node}", put(ok))
+            .route("/v1/agent/join/{address}", put(ok))
+            .route("/v1/agent/reload", put(ok))
+            .route("/v1/agent/self", get(ok))
+            .layer(middleware::from_fn(agent_membership_from_loopback))
+    }
+
+    async fn status(method: &str, path: &str, peer: Option<&str>) -> u16 {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        if let Some(peer) = peer {
+            let peer: SocketAddr = peer.parse().unwrap();
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        agent_routes().oneshot(req).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn a_server_takes_membership_changes_only_from_its_own_host() {
+        let changes = [
+            "/v1/agent/leave",
+            "/v1/agent/force-leave/web-1",
+            "/v1/agent/join/10.0.0.9:8300",
+        ];
+        for path in changes {
+            for local in [
+                "127.0.0.1:5000",
+                "[::1]:5000",
+                "127.0.0.2:1",
+                "[::ffff:127.0.0.1]:5000",
+            ] {
+                assert_eq!(
+                    status("PUT", path, Some(local)).await,
+                    200,
+                    "{path} {local}"
+                );
+            }
+            for remote in [
+                "10.1.2.3:5000",
+                "[2001:db8::1]:5000",
+                "0.0.0.0:1",
+                "[::ffff:10.1.2.3]:5000",
+            ] {
+                assert_eq!(
+                    status("PUT", path, Some(remote)).await,
+                    403,
+                    "{path} {remote}"
+                );
+            }
+            assert_eq!(status("PUT", path, None).await, 403, "{path}, peer unknown");
+        }
+        // Everything else is as open as before.
+        assert_eq!(
+            status("PUT", "/v1/agent/reload", Some("10.1.2.3:5000")).await,
+            200
+        );
+        assert_eq!(
+            status("GET", "/v1/agent/self", Some("10.1.2.3:5000")).await,
+            200
+        );
+    }
 }

@@ -1,23 +1,22 @@
 //! `/v1/operator/raft/*` and `/v1/operator/autopilot/health|state`: the Raft
 //! configuration, removing a server, handing leadership on, and the leader's
 //! view of every server's health (both autopilot answers are built from one
-//! [`server_views`]). Served on the HTTP port only, never on the RPC port.
-//! Also the one way a server sends a request to its leader's HTTP port
-//! ([`call_leader`]), which a leaving server uses too.
+//! [`server_views`]; the leader-only requests are answered or passed on by one
+//! [`at_leader`]). Served on the HTTP port only, never on the RPC port.
+//! Requests reach the leader through [`crate::leader_client`].
 
 use super::params::value;
-use super::{json, HttpResult, Params, St};
-use crate::raft::{RaftError, RaftStatus, Role};
+use super::{json, AppState, HttpResult, Params, St};
+use crate::leader_client::{call_leader, hand_over_leadership, FORWARDED_HEADER};
+use crate::raft::{RaftStatus, Role};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use registry_api::{duration, Error as ApiError, RaftConfiguration, RaftServer};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-use tracing::{info, warn};
 
 pub(super) async fn raft_configuration(State(st): St) -> HttpResult {
     let s = st.raft.status();
@@ -63,10 +62,6 @@ pub(super) async fn raft_remove_peer(State(st): St, Query(q): Params) -> HttpRes
     st.raft.remove_peer(id).await?;
     Ok(StatusCode::OK.into_response())
 }
-
-/// Marks a request one server passed to its leader, so that a server that is
-/// no longer leader when it arrives answers rather than passing it on again.
-const FORWARDED_HEADER: &str = "x-registry-forwarded-to-leader";
 
 /// Consul's default autopilot `MaxTrailingLogs`: a server this far behind
 /// the leader's log is unhealthy.
@@ -196,13 +191,10 @@ pub(super) async fn raft_transfer_leader(
     headers: HeaderMap,
     uri: Uri,
 ) -> HttpResult {
-    let s = st.raft.status();
-    if !s.in_cluster {
-        return Err(ApiError::NoLeader.into());
-    }
-    if s.role != Role::Leader {
-        return forward_to_leader(&s, Method::PUT, &uri, &headers).await;
-    }
+    let s = match at_leader(&st, Method::PUT, &uri, &headers).await? {
+        AtLeader::Here(s) => s,
+        AtLeader::Answered(answer) => return Ok(answer),
+    };
     let target = match value(&q, "id").filter(|id| !id.is_empty()) {
         Some(id) => Some(
             u64::from_str_radix(id, 16)
@@ -217,40 +209,6 @@ pub(super) async fn raft_transfer_leader(
     };
     hand_over_leadership(&st.raft, target).await?;
     json(&st, &TransferLeaderReply { success: true })
-}
-
-/// Hands leadership from this server (the leader) to `target` (or the most
-/// up-to-date other voter) and waits until another server leads; Consul's
-/// errors when it cannot (no other voter, or no new leader in time).
-pub(crate) async fn hand_over_leadership(
-    raft: &crate::raft::RaftHandle,
-    target: Option<u64>,
-) -> Result<(), ApiError> {
-    let me = raft.with_status(|s| s.id);
-    let to = raft.transfer_leader(target).await.map_err(|e| match e {
-        // Consul's wording: hashicorp/raft's reason behind its own prefix.
-        RaftError::Rejected(reason) => {
-            ApiError::Internal(format!("Error transferring leadership: {reason}"))
-        }
-        e => e.into(),
-    })?;
-    // raft-rs gives up a transfer after an election timeout; wait a little
-    // longer than that for the new leader to win its election.
-    let tuning = raft.tuning();
-    let deadline = Instant::now() + tuning.election_timeout() * 3;
-    loop {
-        let (leader, fatal) = raft.with_status(|s| (s.leader_id, s.fatal.is_some()));
-        if leader != 0 && leader != me {
-            info!(from = me, to, leader, "leadership transferred");
-            return Ok(());
-        }
-        if fatal || Instant::now() >= deadline {
-            return Err(ApiError::Internal(
-                "Error transferring leadership: leadership transfer timeout".into(),
-            ));
-        }
-        tokio::time::sleep(tuning.tick).await;
-    }
 }
 
 /// What the leader knows of one server, for both autopilot answers.
@@ -336,13 +294,10 @@ fn server_id(id: u64) -> String {
 /// 429 when one is unhealthy (as Consul answers). Followers pass it to the
 /// leader.
 pub(super) async fn autopilot_health(State(st): St, headers: HeaderMap, uri: Uri) -> HttpResult {
-    let s = st.raft.status();
-    if !s.in_cluster {
-        return Err(ApiError::NoLeader.into());
-    }
-    if s.role != Role::Leader {
-        return forward_to_leader(&s, Method::GET, &uri, &headers).await;
-    }
+    let s = match at_leader(&st, Method::GET, &uri, &headers).await? {
+        AtLeader::Here(s) => s,
+        AtLeader::Answered(answer) => return Ok(answer),
+    };
     let views = server_views(&s, st.raft.tuning());
     let reply = AutopilotHealth {
         healthy: views.iter().all(|v| v.healthy),
@@ -379,13 +334,10 @@ pub(super) async fn autopilot_health(State(st): St, headers: HeaderMap, uri: Uri
 /// Consul's community edition fills): the same view as the health, keyed by
 /// server id, always 200. Followers pass it to the leader.
 pub(super) async fn autopilot_state(State(st): St, headers: HeaderMap, uri: Uri) -> HttpResult {
-    let s = st.raft.status();
-    if !s.in_cluster {
-        return Err(ApiError::NoLeader.into());
-    }
-    if s.role != Role::Leader {
-        return forward_to_leader(&s, Method::GET, &uri, &headers).await;
-    }
+    let s = match at_leader(&st, Method::GET, &uri, &headers).await? {
+        AtLeader::Here(s) => s,
+        AtLeader::Answered(answer) => return Ok(answer),
+    };
     let views = server_views(&s, st.raft.tuning());
     let tolerance = failure_tolerance(&s, &views);
     let servers = views
@@ -447,6 +399,36 @@ fn stable_since(me: u64, server: u64, healthy: bool) -> SystemTime {
     entry.1
 }
 
+/// Where an operator request that only the leader answers is answered.
+enum AtLeader {
+    /// Here: this server leads (its status).
+    Here(RaftStatus),
+    /// Elsewhere: the leader's answer, passed back as is.
+    Answered(Response),
+}
+
+/// Whether this server answers a leader-only operator request itself: it does
+/// when it leads; outside a cluster the request is `No cluster leader`; on a
+/// follower it is passed to the leader with `method` (as Consul forwards the
+/// RPC) and the leader's answer is the reply.
+async fn at_leader(
+    st: &AppState,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> HttpResult<AtLeader> {
+    let s = st.raft.status();
+    if !s.in_cluster {
+        return Err(ApiError::NoLeader.into());
+    }
+    if s.role != Role::Leader {
+        return forward_to_leader(&s, method, uri, headers)
+            .await
+            .map(AtLeader::Answered);
+    }
+    Ok(AtLeader::Here(s))
+}
+
 /// Passes an operator request to the leader's HTTP port and its answer back.
 /// A request that was already passed on once is answered with `No cluster
 /// leader` instead (leadership moved meanwhile).
@@ -466,92 +448,4 @@ async fn forward_to_leader(
         out.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     Ok(out)
-}
-
-/// The leader's answer to [`call_leader`].
-pub(crate) struct LeaderAnswer {
-    /// Its status.
-    pub(crate) status: StatusCode,
-    /// Its content type, if it gave one.
-    pub(crate) content_type: Option<HeaderValue>,
-    /// Its body.
-    pub(crate) body: axum::body::Bytes,
-}
-
-/// Sends `method path` (with a JSON `body`) to the HTTP port of the leader
-/// that `s` names, marked as passed on once. `No cluster leader` when `s`
-/// names none or names this server.
-pub(crate) async fn call_leader(
-    s: &RaftStatus,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<LeaderAnswer, ApiError> {
-    if s.leader_id == 0 || s.leader_id == s.id {
-        return Err(ApiError::NoLeader);
-    }
-    let Some(leader) = s.peers.get(&s.leader_id) else {
-        return Err(ApiError::NoLeader);
-    };
-    let base = leader_http_base(&leader.http_addr, &leader.rpc_addr).ok_or_else(|| {
-        ApiError::Internal(format!("leader {} has no usable HTTP address", leader.node))
-    })?;
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    let client = CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default()
-    });
-    let mut req = client
-        .request(method, format!("{base}{path}"))
-        .header(FORWARDED_HEADER, "1");
-    if let Some(body) = body {
-        req = req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body);
-    }
-    let resp = req.send().await.map_err(|e| {
-        warn!(leader = %leader.node, error = %e, "could not pass a request to the leader");
-        ApiError::Internal(format!("failed to reach the leader {}: {e}", leader.node))
-    })?;
-    let status = resp.status();
-    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Internal(format!("failed to read the leader's answer: {e}")))?;
-    Ok(LeaderAnswer {
-        status,
-        content_type,
-        body,
-    })
-}
-
-/// `http://host:port` of a server's HTTP port: its advertised HTTP address,
-/// with the RPC address's host when it listens on every interface.
-fn leader_http_base(http_addr: &str, rpc_addr: &str) -> Option<String> {
-    let http: SocketAddr = http_addr.parse().ok()?;
-    if !http.ip().is_unspecified() {
-        return Some(format!("http://{http}"));
-    }
-    let host = rpc_addr.rsplit_once(':').map(|(h, _)| h)?;
-    Some(format!("http://{host}:{}", http.port()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_leader_is_reached_on_its_http_port() {
-        assert_eq!(
-            leader_http_base("127.0.0.1:8500", "10.0.0.1:8300").as_deref(),
-            Some("http://127.0.0.1:8500")
-        );
-        assert_eq!(
-            leader_http_base("0.0.0.0:8500", "10.0.0.1:8300").as_deref(),
-            Some("http://10.0.0.1:8500")
-        );
-    }
 }

@@ -27,6 +27,9 @@ pub(super) async fn txn(
     Query(q): Query<Vec<(String, String)>>,
     body: Bytes,
 ) -> HttpResult {
+    // The query first, for writes too: a bad one (`?stale&consistent`) is a
+    // 400 before anything is proposed, as it is on every read.
+    let p = read_params(&q)?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("Failed to parse body: {e}")))?;
     let bodies: Vec<TxnOpBody> = registry_api::decode::from_value(value).map_err(|e| {
@@ -55,7 +58,6 @@ pub(super) async fn txn(
     }
     // Reads only: like any read (but never blocking, as in Consul), and not
     // cached (the empty key): nobody else asks this exact transaction.
-    let p = read_params(&q)?;
     let conflict = Arc::new(AtomicBool::new(false));
     let seen = conflict.clone();
     let read = crate::reads::read(

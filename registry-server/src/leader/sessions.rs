@@ -4,8 +4,9 @@
 //! Consul's `SessionTTLMultiplier` (2): clients renew at about TTL/2, and the
 //! grace covers a slow renewal or a leader change. Renewals are Raft writes
 //! (`SessionRenew`, recording the entry's time in the session), so the
-//! timers need no state of their own: every scan reads the TTL sessions from
-//! the applied state and computes each deadline as
+//! timers need no state of their own: every scan reads from the applied
+//! state the TTL sessions whose TTL has lapsed (an ordered, derived index of
+//! the sessions table, [`lapsed_until`]) and computes each deadline as
 //! `max(last renewal, this leader's taking office) + multiplier × TTL`. The
 //! second term is why a new leader re-arms every timer in full, as Consul's
 //! `initializeSessionTimers` does: it cannot know what renewals its
@@ -22,6 +23,7 @@ use super::ProposeOnce;
 use crate::raft::{RaftHandle, Role};
 use crate::state::session::SessionExpiry;
 use crate::state::Command;
+use registry_api::kv::SESSION_TTL_MAX;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -78,11 +80,26 @@ pub fn due<'a>(
         .collect()
 }
 
-/// The wall clock, ms since the epoch (renewal times are the proposers').
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// The first characters of session `id`, enough to tell sessions apart in a
+/// log: a whole ID lets whoever reads the logs (`/v1/agent/monitor` streams
+/// them) release or destroy the session's locks, as a token would.
+fn log_prefix(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+/// Which sessions a scan at `now` must look at: those whose last renewal
+/// plus one TTL is at or before the returned time. A session is due when
+/// `max(renewal, office) + multiplier × TTL <= now`, so when
+/// `renewal + TTL <= now + (1 - multiplier) × TTL`: with Consul's multiplier
+/// of 2 only sessions already one TTL unrenewed are read (a healthy client
+/// renews at TTL/2, so there are few); a multiplier below 1 (tests) reads up
+/// to the longest TTL further.
+fn lapsed_until(now: u64, multiplier: f64) -> u64 {
+    if multiplier >= 1.0 {
+        return now;
+    }
+    let slack = (1.0 - multiplier) * SESSION_TTL_MAX.as_millis() as f64;
+    now.saturating_add(slack as u64)
 }
 
 /// Runs on every server until shutdown; acts only while this server leads
@@ -109,16 +126,17 @@ pub async fn run(raft: RaftHandle, tuning: SessionTuning, shutdown: Cancellation
         let since = match office {
             Some((t, at)) if t == term => at,
             _ => {
-                let at = now_ms();
+                let at = raft.now_ms();
                 info!(term, "leading: session TTL timers start in full");
                 office = Some((term, at));
                 at
             }
         };
-        let now = now_ms();
+        let now = raft.now_ms();
+        let until = lapsed_until(now, tuning.ttl_multiplier);
         let expired = raft.with_applied(|s, _| {
             due(
-                s.sessions.ttl_sessions(),
+                s.sessions.ttl_sessions_lapsed(until),
                 since,
                 now,
                 tuning.ttl_multiplier,
@@ -128,7 +146,7 @@ pub async fn run(raft: RaftHandle, tuning: SessionTuning, shutdown: Cancellation
         for (id, renewed_at) in expired {
             let (raft, once) = (raft.clone(), once.clone());
             proposals.spawn(async move {
-                info!(session = %id, "session TTL expired: invalidating it");
+                info!(session = %log_prefix(&id), "session TTL expired: invalidating it");
                 let key = id.clone();
                 let cmd = Command::SessionExpire(SessionExpiry { id, renewed_at });
                 if let Err(e) = once.propose(&raft, key, move || Ok(cmd)).await {
@@ -159,5 +177,21 @@ mod tests {
         assert!(fresh(69_999).is_empty());
         assert_eq!(fresh(70_000).len(), 2);
         assert_eq!(fresh(110_000).len(), 3);
+    }
+
+    #[test]
+    fn a_scan_reads_sessions_a_ttl_unrenewed_or_more_with_a_short_multiplier() {
+        assert_eq!(lapsed_until(50_000, 2.0), 50_000);
+        assert_eq!(lapsed_until(50_000, 1.0), 50_000);
+        // Due at renewal + 0.5 × TTL: up to half the longest TTL further.
+        let half_max = SESSION_TTL_MAX.as_millis() as u64 / 2;
+        assert_eq!(lapsed_until(50_000, 0.5), 50_000 + half_max);
+    }
+
+    #[test]
+    fn logs_name_a_session_by_a_prefix_only() {
+        let id = "0b3b6f4e-55a1-4f35-a3a2-5a4a6b2cfe10";
+        assert_eq!(log_prefix(id), "0b3b6f4e");
+        assert_eq!(log_prefix("é"), "é");
     }
 }

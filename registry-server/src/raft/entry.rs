@@ -1,7 +1,8 @@
 //! What a Raft log entry carries: a normal entry holds an [`Envelope`] (a
 //! versioned command with the proposer's request id, which also rides in the
-//! entry's context), a conf-change entry a [`ConfContext`]. Owns the encoding
-//! of entries; must not apply them.
+//! entry's context, and the leader's time), a conf-change entry a
+//! [`ConfContext`]. Owns the encoding of entries and the one wall clock of
+//! the server ([`now_ms`]); must not apply them.
 
 use super::Fatal;
 use crate::rpc::PeerInfo;
@@ -18,21 +19,47 @@ pub(super) struct Envelope {
     pub(super) v: u32,
     /// Request id, to find the waiting caller on the server that proposed it.
     pub(super) id: u64,
-    /// When it was proposed: the proposer's wall clock, ms since the epoch.
-    /// The state machine's only notion of time (lock-delays, session
-    /// renewals), so every replica computes the same outcome; entries
-    /// written before the field existed read as 0.
+    /// When it was appended to the log: the leader's wall clock, ms since
+    /// the epoch (the proposer stamps it, and the leader restamps every
+    /// normal entry it appends, see [`restamp`]). The state machine's only
+    /// notion of time (lock-delays, session renewals), so every replica
+    /// computes the same outcome and a follower's clock skew does not move
+    /// it; entries written before the field existed read as 0.
     #[serde(default)]
     pub(super) at: u64,
     /// The command.
     pub(super) cmd: Command,
 }
 
-/// The wall clock in ms since the epoch, as a proposal records it.
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
+/// The wall clock in ms since the epoch: the one clock of this server (log
+/// entries' time, session TTLs, lock-delays), offset by `skew_ms` (0 but in
+/// tests, see `RaftHandle::set_clock_skew`).
+pub(super) fn now_ms(skew_ms: i64) -> u64 {
+    let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as u64);
+    wall.saturating_add_signed(skew_ms)
+}
+
+/// Sets a normal entry's time to `at`, the leader's clock, keeping its
+/// request id and command. Consul stamps time on the leader, so lock-delays
+/// and session renewals never depend on the clock of the server a client
+/// happened to reach. An entry that does not decode is left alone: applying
+/// it fails the same way on every replica ([`decode_command`]).
+pub(super) fn restamp(e: &mut Entry, at: u64) {
+    if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+        return;
+    }
+    let Ok(mut env) = serde_json::from_slice::<Envelope>(&e.data) else {
+        return;
+    };
+    if env.at == at {
+        return;
+    }
+    env.at = at;
+    if let Ok(data) = serde_json::to_vec(&env) {
+        e.data = data.into();
+    }
 }
 
 /// What travels in a conf-change entry's context.
@@ -86,5 +113,50 @@ pub(super) fn decode_conf_change(e: &Entry) -> Result<(AnyConfChange, Vec<u8>), 
         let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(bad)?;
         let ctx = e.context.to_vec();
         Ok((AnyConfChange::V2(cc), ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::session::SessionId;
+
+    fn entry(env: &Envelope) -> Entry {
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryNormal);
+        e.index = 7;
+        e.data = serde_json::to_vec(env).unwrap().into();
+        e.context = env.id.to_be_bytes().to_vec().into();
+        e
+    }
+
+    #[test]
+    fn restamping_sets_the_leaders_time_and_keeps_the_request_id_and_command() {
+        let cmd = Command::SessionRenew(SessionId {
+            id: "s1".to_string(),
+        });
+        let mut e = entry(&Envelope {
+            v: 1,
+            id: 42,
+            // A follower whose clock runs an hour ahead.
+            at: 5_000_000,
+            cmd: cmd.clone(),
+        });
+        restamp(&mut e, 1_400_000);
+        let env = decode_command(&e).unwrap();
+        assert_eq!((env.v, env.id, env.at), (1, 42, 1_400_000));
+        assert_eq!(env.cmd, cmd);
+        assert_eq!(context_request_id(&e), Some(42));
+        // Entries that are not commands are left as they are.
+        let mut empty = Entry::default();
+        restamp(&mut empty, 9);
+        assert!(empty.data.is_empty());
+    }
+
+    #[test]
+    fn the_clock_skew_offsets_the_wall_clock_both_ways() {
+        let (behind, now, ahead) = (now_ms(-60_000), now_ms(0), now_ms(60_000));
+        assert!(now - behind >= 59_000 && now - behind <= 61_000);
+        assert!(ahead - now >= 59_000 && ahead - now <= 61_000);
     }
 }

@@ -29,7 +29,7 @@ use crate::state::{Command, Outcome, StateStore};
 use crate::storage::{RaftStore, StorageFailure};
 use node::RaftNode;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -198,6 +198,16 @@ pub(crate) struct Shared {
     pub announce_gated: bool,
     /// The last term in which this server, leading, announced itself.
     pub announced_term: AtomicU64,
+    /// Ms added to this server's wall clock: 0 but in tests, which skew one
+    /// server's clock to show that log time is the leader's.
+    pub clock_skew_ms: AtomicI64,
+}
+
+impl Shared {
+    /// This server's wall clock (ms since the epoch).
+    pub fn now_ms(&self) -> u64 {
+        entry::now_ms(self.clock_skew_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// A waiting caller's answer, by its request id.
@@ -293,6 +303,18 @@ pub struct RaftHandle {
 }
 
 impl RaftHandle {
+    /// This server's wall clock, ms since the epoch: what the leader stamps
+    /// on log entries and what the leader loops compare them with.
+    pub fn now_ms(&self) -> u64 {
+        self.shared.now_ms()
+    }
+
+    /// Test hook: runs this server's clock `ms` ahead (negative: behind).
+    #[doc(hidden)]
+    pub fn set_clock_skew(&self, ms: i64) {
+        self.shared.clock_skew_ms.store(ms, Ordering::Relaxed);
+    }
+
     fn send(&self, ev: Event) -> Result<(), RaftError> {
         match self.tx.try_send(ev) {
             Ok(()) => Ok(()),
@@ -484,6 +506,7 @@ pub fn start(
         lease: std::sync::Mutex::new(None),
         announce_gated: setup.announce_gated,
         announced_term: AtomicU64::new(0),
+        clock_skew_ms: AtomicI64::new(0),
     });
     let peers_for_snap = Arc::new(RwLock::new(setup.peers.clone()));
     setup.store.set_snapshot_source(snapshots::snapshot_source(

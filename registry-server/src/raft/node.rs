@@ -10,7 +10,7 @@
 //! files as further `impl RaftNode` blocks; this file must stay the loop and
 //! the apply, and must not grow their decisions.
 
-use super::entry::{context_request_id, decode_command, now_ms, ConfContext, Envelope};
+use super::entry::{context_request_id, decode_command, restamp, ConfContext, Envelope};
 use super::reads::{ignores_vote, ReadWaiter};
 use super::snapshots::SnapshotInFlight;
 use super::{Event, Fatal, RaftError, RaftNodeSetup, RaftTuning, Reply, Role, Shared, EVENT_QUEUE};
@@ -244,10 +244,12 @@ impl RaftNode {
                     return Ok(());
                 }
                 let id = self.request_id();
+                // The leader's clock: on a follower, the leader restamps it
+                // when the forwarded proposal arrives (`handle_rpc`).
                 let data = match serde_json::to_vec(&Envelope {
                     v: 1,
                     id,
-                    at: now_ms(),
+                    at: self.shared.now_ms(),
                     cmd: *cmd,
                 }) {
                     Ok(d) => d,
@@ -343,9 +345,17 @@ impl RaftNode {
                     debug!(node = %self.me.node, from = from_id, "ignoring a vote request just after start");
                     return Ok(());
                 }
-                let Some(m) = self.hold_read_index(m) else {
+                let Some(mut m) = self.hold_read_index(m) else {
                     return Ok(());
                 };
+                if m.get_msg_type() == MessageType::MsgPropose && self.is_leader() {
+                    // A follower's proposals carry the follower's clock; log
+                    // time is the leader's (see `entry::restamp`).
+                    let at = self.shared.now_ms();
+                    for e in m.mut_entries().iter_mut() {
+                        restamp(e, at);
+                    }
+                }
                 let is_leader_msg = matches!(
                     m.get_msg_type(),
                     MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot

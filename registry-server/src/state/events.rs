@@ -7,7 +7,7 @@
 //! decide which agent an event is for (`registry_api::event`).
 
 use super::rows::RowChange;
-use registry_api::event::{validate_fire, UserEvent, MAX_EVENTS};
+use registry_api::event::{check_fire_shape, UserEvent, MAX_EVENTS};
 use std::collections::VecDeque;
 
 /// Row-key prefix of an event: `ev/<LTime, 20 decimal digits>`, so that key
@@ -24,15 +24,17 @@ pub struct EventTable {
 impl EventTable {
     /// Plans recording `event`, fired by the entry at `index` (its LTime):
     /// the event as it will be kept, and the rows that keep it and drop the
-    /// oldest past the bound. A fire that breaks the rules is refused: they
-    /// are checked before the proposal too, so this only catches an entry
-    /// from an older binary with other rules.
+    /// oldest past the bound. A fire whose shape breaks the rules is refused
+    /// (they are checked before the proposal too, so this only catches an
+    /// entry from a binary with other rules); its filters are not compiled
+    /// here, as that outcome may differ between regex crate versions
+    /// (`registry_api::event::check_fire_shape`).
     pub(super) fn plan(
         &self,
         index: u64,
         event: &UserEvent,
     ) -> Result<(UserEvent, Vec<RowChange>), String> {
-        validate_fire(event)?;
+        check_fire_shape(event)?;
         let mut event = event.clone();
         event.ltime = index;
         event.version = 1;

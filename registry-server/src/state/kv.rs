@@ -7,7 +7,7 @@
 //! in one Raft entry, so that a transaction's later operations see its
 //! earlier ones and nothing is installed until the whole entry succeeded
 //! ([`KvTable::commit`]). Pure like the rest of `state/`: time comes in as
-//! the entry's `at` (the proposer's clock), never from a clock here. Owns the
+//! the entry's `at` (the leader's clock), never from a clock here. Owns the
 //! KV rows and their rules; must not decide anything about sessions beyond
 //! asking whether one exists (`session.rs`).
 //!
@@ -28,17 +28,20 @@
 //! change is at least W, which is above any index a watcher could have been
 //! given before it, so the watcher wakes, however late it looks. The cost is
 //! one spurious wake of watchers of quiet prefixes per reap (their index
-//! jumps to R), which is why the leader reaps only every few minutes and
-//! only deletes older than 15 minutes (`leader/tombstones.rs`).
+//! jumps to R), which is why the leader reaps at most once per tombstone
+//! TTL (15 minutes), each time every delete older than that
+//! (`leader/tombstones.rs`).
 
 use super::rows::{
-    decimal, from_decimal, from_json, prefixed, to_json, RowChange, EXTRA_INDEX_PREFIX, KV_PREFIX,
+    decimal, extra_index_change, extra_index_row, from_decimal, from_json, group_insert,
+    group_remove, json_rows, prefixed, put_rows, Groups, RowChange, EXTRA_INDEX_PREFIX, KV_PREFIX,
     KV_REAPED_INDEX, LOCK_DELAY_PREFIX, TOMBSTONE_PREFIX,
 };
 use super::session::SessionView;
+use super::{current, current_group};
 use registry_api::kv::{base64_value, KvPair, MAX_KEY_LEN, MAX_LOCK_DELAY};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// A KV operation's verb (Consul's `api.KVOp`): the writes of `/v1/kv` and
@@ -189,7 +192,23 @@ pub struct KvTable {
     reaped: u64,
     /// Keys held by each session. Derived, not persisted: invalidating a
     /// session must not scan every key.
-    held: BTreeMap<String, BTreeSet<String>>,
+    held: Groups,
+    /// `tombstones` ordered by index. Derived, not persisted: the leader's
+    /// reaper and a reap read only the tombstones due, not all of them.
+    tombstones_by_index: ByValue,
+    /// `lock_delays` ordered by time. Derived, not persisted, for the same
+    /// reason.
+    lock_delays_by_time: ByValue,
+}
+
+/// A map's `(value, key)` pairs in value order, beside the map: its entries
+/// at or below a value are a prefix.
+type ByValue = std::collections::BTreeSet<(u64, String)>;
+
+/// The `(value, key)` pairs of `by_value` at or below `max`, in value order:
+/// a prefix, so reading them costs what they are, not the whole map.
+fn up_to(by_value: &ByValue, max: u64) -> impl Iterator<Item = &(u64, String)> {
+    by_value.iter().take_while(move |(v, _)| *v <= max)
 }
 
 /// The entries of `map` under `prefix`, in key order.
@@ -240,6 +259,15 @@ impl KvTable {
         (keys, self.prefix_index(prefix))
     }
 
+    /// The index [`KvTable::get`] answers with, without copying the entry
+    /// (a blocking read's probe, `reads::read_probed`).
+    pub fn get_index(&self, key: &str) -> u64 {
+        match self.entries.get(key) {
+            Some(e) => e.modify_index.max(1),
+            None => self.absent_index(key),
+        }
+    }
+
     /// The index of a read of `key` when it does not exist: its delete, or
     /// the reap floor (at least 1).
     fn absent_index(&self, key: &str) -> u64 {
@@ -247,9 +275,11 @@ impl KvTable {
         deleted.max(self.reaped).max(1)
     }
 
-    /// The index of a read of everything under `prefix`: the highest change
-    /// there (entry or tombstone), at least the reap floor and 1.
-    fn prefix_index(&self, prefix: &str) -> u64 {
+    /// The index of a read of everything under `prefix` (what
+    /// [`KvTable::list`] and [`KvTable::keys`] answer with, without copying
+    /// anything): the highest change there (entry or tombstone), at least the
+    /// reap floor and 1.
+    pub fn prefix_index(&self, prefix: &str) -> u64 {
         let entries = under(&self.entries, prefix).map(|(_, e)| e.modify_index);
         let deletes = under(&self.tombstones, prefix).map(|(_, i)| *i);
         entries
@@ -273,7 +303,7 @@ impl KvTable {
     /// The lowest index of a tombstone still kept, if any (the leader's
     /// reaper proposes a reap only when one is old enough).
     pub fn oldest_tombstone(&self) -> Option<u64> {
-        self.tombstones.values().copied().min()
+        self.tombstones_by_index.first().map(|(index, _)| *index)
     }
 
     /// The index up to which tombstones were reaped.
@@ -284,7 +314,9 @@ impl KvTable {
     /// Whether a lock-delay runs out at or before `at` (ms): a reap would
     /// clear it.
     pub fn has_lock_delay_until(&self, at: u64) -> bool {
-        self.lock_delays.values().any(|until| *until <= at)
+        self.lock_delays_by_time
+            .first()
+            .is_some_and(|(until, _)| *until <= at)
     }
 
     /// Decode one of this table's rows (`prefix` is the row's prefix,
@@ -295,23 +327,27 @@ impl KvTable {
         name: &str,
         value: &[u8],
     ) -> Result<(), String> {
-        let number = || from_decimal(value).ok_or_else(|| "not a number".to_string());
         match prefix {
             KV_PREFIX => {
                 let entry: StoredKv = from_json(value)?;
                 if !entry.session.is_empty() {
-                    let keys = self.held.entry(entry.session.clone()).or_default();
-                    keys.insert(name.to_string());
+                    group_insert(&mut self.held, &entry.session, name);
                 }
                 self.entries.insert(name.to_string(), entry);
             }
             TOMBSTONE_PREFIX => {
-                self.tombstones.insert(name.to_string(), number()?);
+                let planned = BTreeMap::from([(name.to_string(), Some(from_decimal(value)?))]);
+                apply_indexed(&mut self.tombstones, &mut self.tombstones_by_index, planned);
             }
             LOCK_DELAY_PREFIX => {
-                self.lock_delays.insert(name.to_string(), number()?);
+                let planned = BTreeMap::from([(name.to_string(), Some(from_decimal(value)?))]);
+                apply_indexed(
+                    &mut self.lock_delays,
+                    &mut self.lock_delays_by_time,
+                    planned,
+                );
             }
-            EXTRA_INDEX_PREFIX if name == KV_REAPED_INDEX => self.reaped = number()?,
+            EXTRA_INDEX_PREFIX if name == KV_REAPED_INDEX => self.reaped = from_decimal(value)?,
             _ => return Err("not a KV row".into()),
         }
         Ok(())
@@ -319,21 +355,12 @@ impl KvTable {
 
     /// This table's rows, in no particular order (the caller sorts).
     pub(super) fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let entries = self.entries.iter().filter_map(|(k, e)| {
-            // Encoding a string-and-number struct cannot fail; were it to,
-            // apply would have rejected the write holding it.
-            Some((prefixed(KV_PREFIX, k), to_json(e).ok()?))
-        });
+        let entries = json_rows(KV_PREFIX, &self.entries);
         let tombstones =
             (self.tombstones.iter()).map(|(k, i)| (prefixed(TOMBSTONE_PREFIX, k), decimal(*i)));
         let delays = (self.lock_delays.iter())
             .map(|(k, until)| (prefixed(LOCK_DELAY_PREFIX, k), decimal(*until)));
-        let reaped = (self.reaped > 0).then(|| {
-            (
-                prefixed(EXTRA_INDEX_PREFIX, KV_REAPED_INDEX),
-                decimal(self.reaped),
-            )
-        });
+        let reaped = extra_index_row(KV_REAPED_INDEX, self.reaped);
         entries
             .chain(tombstones)
             .chain(delays)
@@ -345,36 +372,46 @@ impl KvTable {
     pub(super) fn commit(&mut self, plan: KvPlan) {
         for (key, entry) in plan.entries {
             if let Some(old) = self.entries.remove(&key) {
-                if let Some(keys) = self.held.get_mut(&old.session) {
-                    keys.remove(&key);
-                    if keys.is_empty() {
-                        self.held.remove(&old.session);
-                    }
-                }
+                group_remove(&mut self.held, &old.session, &key);
             }
             if let Some(entry) = entry {
                 if !entry.session.is_empty() {
-                    let keys = self.held.entry(entry.session.clone()).or_default();
-                    keys.insert(key.clone());
+                    group_insert(&mut self.held, &entry.session, &key);
                 }
                 self.entries.insert(key, entry);
             }
         }
-        apply_planned(&mut self.tombstones, plan.tombstones);
-        apply_planned(&mut self.lock_delays, plan.lock_delays);
+        let (tombstones, delays) = (plan.tombstones, plan.lock_delays);
+        apply_indexed(
+            &mut self.tombstones,
+            &mut self.tombstones_by_index,
+            tombstones,
+        );
+        apply_indexed(&mut self.lock_delays, &mut self.lock_delays_by_time, delays);
         if let Some(reaped) = plan.reaped {
             self.reaped = reaped;
         }
     }
 }
 
-/// Upserts (`Some`) and deletions (`None`) into `map`.
-fn apply_planned<V>(map: &mut BTreeMap<String, V>, planned: BTreeMap<String, Option<V>>) {
+/// Upserts (`Some`) and deletions (`None`) into `map`, keeping `by_value`
+/// its `(value, key)` pairs.
+fn apply_indexed(
+    map: &mut BTreeMap<String, u64>,
+    by_value: &mut ByValue,
+    planned: BTreeMap<String, Option<u64>>,
+) {
     for (k, v) in planned {
-        match v {
-            Some(v) => map.insert(k, v),
+        let old = match v {
+            Some(v) => {
+                by_value.insert((v, k.clone()));
+                map.insert(k.clone(), v)
+            }
             None => map.remove(&k),
         };
+        if let Some(old) = old.filter(|old| Some(*old) != v) {
+            by_value.remove(&(old, k));
+        }
     }
 }
 
@@ -395,12 +432,7 @@ pub(super) struct KvPlan {
 impl KvPlan {
     /// Append the rows of these writes.
     pub(super) fn encode(&self, rows: &mut Vec<RowChange>) -> Result<(), String> {
-        for (key, entry) in &self.entries {
-            let value = entry.as_ref().map(to_json).transpose();
-            let value = value.map_err(|e| format!("cannot encode KV row: {e}"))?;
-            let key = prefixed(KV_PREFIX, key);
-            rows.push(RowChange { key, value });
-        }
+        put_rows(rows, "KV", &self.entries, |key| prefixed(KV_PREFIX, key))?;
         for (prefix, map) in [
             (TOMBSTONE_PREFIX, &self.tombstones),
             (LOCK_DELAY_PREFIX, &self.lock_delays),
@@ -411,9 +443,7 @@ impl KvPlan {
             }
         }
         if let Some(reaped) = self.reaped {
-            let key = prefixed(EXTRA_INDEX_PREFIX, KV_REAPED_INDEX);
-            let value = Some(decimal(reaped));
-            rows.push(RowChange { key, value });
+            rows.push(extra_index_change(KV_REAPED_INDEX, reaped));
         }
         Ok(())
     }
@@ -439,10 +469,7 @@ impl<'a> KvView<'a> {
 
     /// The current entry at `key`.
     pub(super) fn get(&self, key: &str) -> Option<&StoredKv> {
-        match self.plan.entries.get(key) {
-            Some(planned) => planned.as_ref(),
-            None => self.base.entries.get(key),
-        }
+        current(&self.plan.entries, &self.base.entries, key)
     }
 
     /// The current entries under `prefix`, in key order.
@@ -458,25 +485,15 @@ impl<'a> KvView<'a> {
 
     /// The current lock-delay of `key` (ms since the epoch).
     fn lock_delay(&self, key: &str) -> Option<u64> {
-        match self.plan.lock_delays.get(key) {
-            Some(planned) => *planned,
-            None => self.base.lock_delays.get(key).copied(),
-        }
+        current(&self.plan.lock_delays, &self.base.lock_delays, key).copied()
     }
 
     /// The keys `session` currently holds, in key order.
     pub(super) fn held_by(&self, session: &str) -> Vec<String> {
-        let base = self.base.held.get(session).into_iter().flatten();
-        let planned =
-            self.plan.entries.iter().filter_map(|(k, e)| {
-                (e.as_ref().is_some_and(|e| e.session == session)).then_some(k)
-            });
-        let candidates: BTreeSet<&String> = base.chain(planned).collect();
-        candidates
-            .into_iter()
-            .filter(|k| self.get(k).is_some_and(|e| e.session == session))
-            .cloned()
-            .collect()
+        let (base, planned) = (&self.base.entries, &self.plan.entries);
+        current_group(&self.base.held, planned, base, session, |e| {
+            e.session == session
+        })
     }
 
     /// Writes `entry` at `key` at Raft `index`, keeping the key's
@@ -535,19 +552,15 @@ impl<'a> KvView<'a> {
 
     /// Forgets tombstones at or below `up_to` and lock-delays that ran out at
     /// or before `at`; raises the reap floor.
-    pub(super) fn reap(&mut self, up_to: u64, at: u64) {
-        for (key, index) in &self.base.tombstones {
-            if *index <= up_to {
-                self.plan.tombstones.insert(key.clone(), None);
-            }
+    pub(super) fn reap(&mut self, max_index: u64, at: u64) {
+        for (_, key) in up_to(&self.base.tombstones_by_index, max_index) {
+            self.plan.tombstones.insert(key.clone(), None);
         }
-        for (key, until) in &self.base.lock_delays {
-            if *until <= at {
-                self.plan.lock_delays.insert(key.clone(), None);
-            }
+        for (_, key) in up_to(&self.base.lock_delays_by_time, at) {
+            self.plan.lock_delays.insert(key.clone(), None);
         }
-        if up_to > self.base.reaped {
-            self.plan.reaped = Some(up_to);
+        if max_index > self.base.reaped {
+            self.plan.reaped = Some(max_index);
         }
     }
 }
@@ -732,4 +745,54 @@ pub(super) fn apply_op(
             }
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 item 4: tombstones by index and lock-delays by time, derived
+    /// beside their maps, answer the reaper from their first entries and
+    /// stay in step through upserts, removals, reaps and loads.
+    #[test]
+    fn tombstones_and_lock_delays_are_ordered_for_the_reaper() {
+        let mut t = KvTable::default();
+        let plan = KvPlan {
+            tombstones: BTreeMap::from([("a".into(), Some(30)), ("b".into(), Some(10))]),
+            lock_delays: BTreeMap::from([("x".into(), Some(5_000)), ("y".into(), Some(9_000))]),
+            ..Default::default()
+        };
+        t.commit(plan);
+        assert_eq!(t.oldest_tombstone(), Some(10));
+        assert!(!t.has_lock_delay_until(4_999));
+        assert!(t.has_lock_delay_until(5_000));
+        // A key deleted again moves; a reap takes only what is due.
+        let plan = KvPlan {
+            tombstones: BTreeMap::from([("b".into(), Some(40))]),
+            ..Default::default()
+        };
+        t.commit(plan);
+        assert_eq!(t.oldest_tombstone(), Some(30));
+        let mut view = KvView::new(&t);
+        view.reap(30, 5_000);
+        let plan = view.plan;
+        t.commit(plan);
+        assert_eq!(t.oldest_tombstone(), Some(40));
+        assert_eq!(t.reaped(), 30);
+        assert!(!t.has_lock_delay_until(8_999));
+        assert!(t.has_lock_delay_until(9_000));
+        assert_eq!(t.tombstones.len(), t.tombstones_by_index.len());
+        assert_eq!(t.lock_delays.len(), t.lock_delays_by_time.len());
+        let mut loaded = KvTable::default();
+        for (key, value) in t.rows() {
+            let key = String::from_utf8(key).unwrap();
+            let cut = if key.starts_with(EXTRA_INDEX_PREFIX) {
+                2
+            } else {
+                3
+            };
+            loaded.load_row(&key[..cut], &key[cut..], &value).unwrap();
+        }
+        assert_eq!(loaded, t);
+    }
 }

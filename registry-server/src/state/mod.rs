@@ -1,5 +1,5 @@
 //! The replicated state machine, pure: [`StateStore::apply`] takes a
-//! committed command with its Raft index and its time (the proposer's clock,
+//! committed command with its Raft index and its time (the leader's clock,
 //! carried in the log entry) and returns the outcome and the rows to persist.
 //! It reads no clock, draws no random number and does no I/O, so every
 //! replica that applies the same log holds the same state.
@@ -40,6 +40,8 @@ use registry_api::kv::{NewSession, SessionEntry, TxnError, TxnResult};
 use registry_api::CRITICAL;
 use rows::{EXTRA_INDEX_PREFIX, KV_PREFIX, LOCK_DELAY_PREFIX, SESSION_PREFIX, TOMBSTONE_PREFIX};
 use session::{SessionExpiry, StoredSession};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What an applied command answers its proposer with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +82,7 @@ impl StateStore {
     }
 
     /// Apply one committed command at Raft `index`, proposed at `at` (ms
-    /// since the epoch, the proposer's clock; 0 in entries written before
+    /// since the epoch, the leader's clock; 0 in entries written before
     /// the field existed). Returns the outcome (`Err` = rejected: nothing
     /// changed and no rows, never half-applied) and the rows to persist.
     pub fn apply(
@@ -143,6 +145,7 @@ impl StateStore {
                     LOCK_DELAY_PREFIX,
                     SESSION_PREFIX,
                     EXTRA_INDEX_PREFIX,
+                    events::EVENT_PREFIX,
                 ]
                 .into_iter()
                 .find_map(|p| Some((p, k.strip_prefix(p)?)))
@@ -374,6 +377,42 @@ impl<'a> Scratch<'a> {
             rows,
         ))
     }
+}
+
+/// The value at `key` as a Raft entry sees it while it is planned: the
+/// entry's planned write (`None`: a delete) if any, else the committed one.
+/// Every table's view reads through this.
+fn current<'a, K, Q, V>(
+    planned: &'a BTreeMap<K, Option<V>>,
+    base: &'a BTreeMap<K, V>,
+    key: &Q,
+) -> Option<&'a V>
+where
+    K: Ord + Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    planned
+        .get(key)
+        .map_or_else(|| base.get(key), Option::as_ref)
+}
+
+/// The keys of `owner`'s group as a Raft entry sees them while it is planned:
+/// of the committed group (`groups`) and of the entry's planned writes, those
+/// whose current value `belongs` to it, in key order.
+fn current_group<V>(
+    groups: &rows::Groups,
+    planned: &BTreeMap<String, Option<V>>,
+    base: &BTreeMap<String, V>,
+    owner: &str,
+    belongs: impl Fn(&V) -> bool,
+) -> Vec<String> {
+    let committed = groups.get(owner).into_iter().flatten();
+    let candidates: BTreeSet<&String> = committed.chain(planned.keys()).collect();
+    candidates
+        .into_iter()
+        .filter(|k| current(planned, base, k.as_str()).is_some_and(&belongs))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

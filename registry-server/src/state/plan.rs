@@ -8,13 +8,13 @@
 //! allowed (that is `catalog.rs`, before planning).
 
 use super::catalog::CatalogState;
+use super::current;
 use super::rows::{
-    index_key, key_of, node_key, node_range, pair_key, to_json, NodeKey, RowChange, CHECKS, NODES,
+    index_key, key_of, node_key, node_range, pair_key, put_rows, NodeKey, RowChange, CHECKS, NODES,
     SERVICES, SERVICE_INDEX_PREFIX,
 };
 use compact_str::CompactString as Str;
 use registry_api::{AgentService, HealthCheck, Node};
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Writes planned for one command, detached from the state so they can be
@@ -36,9 +36,13 @@ impl WritePlan {
     /// The rows for these writes, one per key.
     pub(super) fn encode(self) -> Result<(WritePlan, Vec<RowChange>), String> {
         let mut rows = Vec::new();
-        put_rows(&mut rows, &self.nodes, |n| node_key(n))?;
-        put_rows(&mut rows, &self.services, |(n, id)| pair_key(b"s/", n, id))?;
-        put_rows(&mut rows, &self.checks, |(n, id)| pair_key(b"c/", n, id))?;
+        put_rows(&mut rows, "catalog", &self.nodes, |n| node_key(n))?;
+        put_rows(&mut rows, "catalog", &self.services, |(n, id)| {
+            pair_key(b"s/", n, id)
+        })?;
+        put_rows(&mut rows, "catalog", &self.checks, |(n, id)| {
+            pair_key(b"c/", n, id)
+        })?;
         for name in &self.bumped {
             let value = Some(self.index.to_string().into_bytes());
             rows.push(RowChange {
@@ -81,7 +85,7 @@ impl<'a> WritePlanner<'a> {
 
     /// Current node `name`.
     pub(super) fn node(&self, name: &str) -> Option<&Node> {
-        current(&self.pending.nodes, &self.base.nodes, &name.to_string())
+        current(&self.pending.nodes, &self.base.nodes, name)
     }
 
     /// Current instance `id` on `node`.
@@ -259,17 +263,6 @@ impl<'a> WritePlanner<'a> {
     }
 }
 
-/// The value at `key`: the planned write if any, else the committed one.
-fn current<'a, K: Ord, V>(
-    planned: &'a BTreeMap<K, Option<V>>,
-    base: &'a BTreeMap<K, V>,
-    key: &K,
-) -> Option<&'a V> {
-    planned
-        .get(key)
-        .map_or_else(|| base.get(key), Option::as_ref)
-}
-
 /// The committed values on `node` (`base`, by id) with the planned writes on
 /// it laid over them, in id order.
 fn current_on<'a, V: Clone>(
@@ -316,18 +309,4 @@ fn stamp<T: Indexed>(new: &mut T, old: Option<&T>, index: u64) -> bool {
     }
     *new.indexes().1 = index;
     true
-}
-
-/// Append one row per planned write.
-fn put_rows<K, V: Serialize>(
-    rows: &mut Vec<RowChange>,
-    writes: &BTreeMap<K, Option<V>>,
-    key: impl Fn(&K) -> Vec<u8>,
-) -> Result<(), String> {
-    for (k, v) in writes {
-        let value = v.as_ref().map(to_json).transpose();
-        let value = value.map_err(|e| format!("cannot encode catalog row: {e}"))?;
-        rows.push(RowChange { key: key(k), value });
-    }
-    Ok(())
 }

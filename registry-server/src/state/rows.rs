@@ -1,7 +1,8 @@
-//! The row-key layout of every table in RocksDB's `store` column family, and
-//! the small key types the tables share. Owns how a key is spelled; must not
-//! know what a row means (that is `catalog.rs`, `kv.rs`, `session.rs`) or how
-//! rows are written (`storage/`).
+//! The row-key layout of every table in RocksDB's `store` column family, the
+//! small key types the tables share, and the row encoding every table does the
+//! same way (JSON and decimal values, index rows, planned writes as row
+//! writes). Owns how a key is spelled; must not know what a row means (that is
+//! `catalog.rs`, `kv.rs`, `session.rs`) or how rows are written (`storage/`).
 //!
 //! | prefix | row | value |
 //! |---|---|---|
@@ -209,6 +210,72 @@ pub(super) fn decimal(n: u64) -> Vec<u8> {
 }
 
 /// Decode a decimal row value.
-pub(super) fn from_decimal(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.parse().ok()
+pub(super) fn from_decimal(value: &[u8]) -> Result<u64, String> {
+    let n = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+    n.ok_or_else(|| "not a number".to_string())
+}
+
+/// The rows of a full image of `map`'s values as JSON, keyed `<prefix><map key>`.
+/// Encoding a stored value (strings, numbers, lists of them) cannot fail; were it
+/// to, apply would have rejected the write holding it, so it is left out.
+pub(super) fn json_rows<'a, V: Serialize>(
+    prefix: &'a str,
+    map: &'a BTreeMap<String, V>,
+) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + 'a {
+    map.iter()
+        .filter_map(move |(k, v)| Some((prefixed(prefix, k), to_json(v).ok()?)))
+}
+
+/// The `x/<name>` row of a table's index in a full image; none while the index
+/// is 0 (never set).
+pub(super) fn extra_index_row(name: &str, index: u64) -> Option<(Vec<u8>, Vec<u8>)> {
+    (index > 0).then(|| (prefixed(EXTRA_INDEX_PREFIX, name), decimal(index)))
+}
+
+/// The row write that sets the `x/<name>` index of a table.
+pub(super) fn extra_index_change(name: &str, index: u64) -> RowChange {
+    RowChange {
+        key: prefixed(EXTRA_INDEX_PREFIX, name),
+        value: Some(decimal(index)),
+    }
+}
+
+/// Appends one row write per planned write of `writes` (`Some`: the value as JSON;
+/// `None`: a delete), at the key `key` spells. A value that cannot be encoded
+/// rejects the whole entry; `table` names the table in that error.
+pub(super) fn put_rows<K, V: Serialize>(
+    rows: &mut Vec<RowChange>,
+    table: &str,
+    writes: &BTreeMap<K, Option<V>>,
+    key: impl Fn(&K) -> Vec<u8>,
+) -> Result<(), String> {
+    for (k, v) in writes {
+        let value = v.as_ref().map(to_json).transpose();
+        let value = value.map_err(|e| format!("cannot encode {table} row: {e}"))?;
+        rows.push(RowChange { key: key(k), value });
+    }
+    Ok(())
+}
+
+/// Keys grouped by their owner (the keys a session holds, the sessions of a
+/// node): derived from the rows, never persisted, so that a lookup by owner
+/// does not scan a table.
+pub(super) type Groups = BTreeMap<String, BTreeSet<String>>;
+
+/// Adds `key` to `owner`'s group.
+pub(super) fn group_insert(groups: &mut Groups, owner: &str, key: &str) {
+    groups
+        .entry(owner.to_string())
+        .or_default()
+        .insert(key.to_string());
+}
+
+/// Takes `key` out of `owner`'s group, and the group out once it is empty.
+pub(super) fn group_remove(groups: &mut Groups, owner: &str, key: &str) {
+    if let Some(keys) = groups.get_mut(owner) {
+        keys.remove(key);
+        if keys.is_empty() {
+            groups.remove(owner);
+        }
+    }
 }

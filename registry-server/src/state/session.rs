@@ -12,15 +12,17 @@
 //! table itself.
 
 use super::rows::{
-    decimal, from_decimal, from_json, prefixed, to_json, RowChange, EXTRA_INDEX_PREFIX,
-    SESSIONS_INDEX, SESSION_PREFIX,
+    extra_index_change, extra_index_row, from_decimal, from_json, group_insert, group_remove,
+    json_rows, prefixed, put_rows, Groups, RowChange, EXTRA_INDEX_PREFIX, SESSIONS_INDEX,
+    SESSION_PREFIX,
 };
+use super::{current, current_group};
 use registry_api::kv::{
     NewSession, ServiceCheck, SessionEntry, BEHAVIOR_DELETE, BEHAVIOR_RELEASE, SESSION_TTL_MAX,
     SESSION_TTL_MIN,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The `SessionDestroy` and `SessionRenew` commands.
@@ -154,7 +156,12 @@ pub struct SessionTable {
     index: u64,
     /// Session IDs by node. Derived, not persisted: a catalog write looks
     /// only at the sessions of the nodes it touched.
-    by_node: BTreeMap<String, BTreeSet<String>>,
+    by_node: Groups,
+    /// The sessions with a TTL by (last renewal + TTL, ID), each with its
+    /// TTL in ms (parsed once, at load or commit). Derived, not persisted:
+    /// the leader's once-a-second scan reads only the sessions whose TTL has
+    /// lapsed, in deadline order, not every session.
+    by_ttl_deadline: BTreeMap<(u64, String), u64>,
 }
 
 impl SessionTable {
@@ -196,10 +203,35 @@ impl SessionTable {
     /// The sessions with a TTL: (ID, TTL in ms, last renewal in ms since the
     /// epoch), for the leader's timers.
     pub fn ttl_sessions(&self) -> impl Iterator<Item = (&str, u64, u64)> {
-        self.sessions.iter().filter_map(|(id, s)| {
-            let ttl = s.ttl_ms();
-            (ttl > 0).then_some((id.as_str(), ttl, s.renewed_at))
-        })
+        self.ttl_sessions_lapsed(u64::MAX)
+    }
+
+    /// The sessions with a TTL whose last renewal plus one TTL is at or
+    /// before `until` (ms since the epoch), in that order: (ID, TTL in ms,
+    /// last renewal). Reads only those.
+    pub fn ttl_sessions_lapsed(&self, until: u64) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.by_ttl_deadline
+            .iter()
+            .take_while(move |((lapse, _), _)| *lapse <= until)
+            .map(|((lapse, id), ttl)| (id.as_str(), *ttl, lapse - ttl))
+    }
+
+    /// Adds or removes session `id` to or from the derived indexes.
+    fn index(&mut self, id: &str, s: &StoredSession, add: bool) {
+        if add {
+            group_insert(&mut self.by_node, &s.node, id);
+        } else {
+            group_remove(&mut self.by_node, &s.node, id);
+        }
+        let ttl = s.ttl_ms();
+        if ttl > 0 {
+            let key = (s.renewed_at.saturating_add(ttl), id.to_string());
+            if add {
+                self.by_ttl_deadline.insert(key, ttl);
+            } else {
+                self.by_ttl_deadline.remove(&key);
+            }
+        }
     }
 
     /// Decode one of this table's rows.
@@ -212,13 +244,13 @@ impl SessionTable {
         match prefix {
             SESSION_PREFIX => {
                 let s: StoredSession = from_json(value)?;
-                let ids = self.by_node.entry(s.node.clone()).or_default();
-                ids.insert(name.to_string());
+                if let Some(old) = self.sessions.remove(name) {
+                    self.index(name, &old, false);
+                }
+                self.index(name, &s, true);
                 self.sessions.insert(name.to_string(), s);
             }
-            EXTRA_INDEX_PREFIX if name == SESSIONS_INDEX => {
-                self.index = from_decimal(value).ok_or("not a number")?;
-            }
+            EXTRA_INDEX_PREFIX if name == SESSIONS_INDEX => self.index = from_decimal(value)?,
             _ => return Err("not a session row".into()),
         }
         Ok(())
@@ -226,16 +258,8 @@ impl SessionTable {
 
     /// This table's rows, in no particular order.
     pub(super) fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let sessions = self
-            .sessions
-            .iter()
-            .filter_map(|(id, s)| Some((prefixed(SESSION_PREFIX, id), to_json(s).ok()?)));
-        let index = (self.index > 0).then(|| {
-            (
-                prefixed(EXTRA_INDEX_PREFIX, SESSIONS_INDEX),
-                decimal(self.index),
-            )
-        });
+        let sessions = json_rows(SESSION_PREFIX, &self.sessions);
+        let index = extra_index_row(SESSIONS_INDEX, self.index);
         sessions.chain(index).collect()
     }
 
@@ -243,16 +267,10 @@ impl SessionTable {
     pub(super) fn commit(&mut self, plan: SessionPlan) {
         for (id, session) in plan.sessions {
             if let Some(old) = self.sessions.remove(&id) {
-                if let Some(ids) = self.by_node.get_mut(&old.node) {
-                    ids.remove(&id);
-                    if ids.is_empty() {
-                        self.by_node.remove(&old.node);
-                    }
-                }
+                self.index(&id, &old, false);
             }
             if let Some(s) = session {
-                let ids = self.by_node.entry(s.node.clone()).or_default();
-                ids.insert(id.clone());
+                self.index(&id, &s, true);
                 self.sessions.insert(id, s);
             }
         }
@@ -274,19 +292,11 @@ pub(super) struct SessionPlan {
 impl SessionPlan {
     /// Append the rows of these writes.
     pub(super) fn encode(&self, rows: &mut Vec<RowChange>) -> Result<(), String> {
-        for (id, s) in &self.sessions {
-            let value = s.as_ref().map(to_json).transpose();
-            let value = value.map_err(|e| format!("cannot encode session row: {e}"))?;
-            rows.push(RowChange {
-                key: prefixed(SESSION_PREFIX, id),
-                value,
-            });
-        }
+        put_rows(rows, "session", &self.sessions, |id| {
+            prefixed(SESSION_PREFIX, id)
+        })?;
         if let Some(index) = self.index {
-            rows.push(RowChange {
-                key: prefixed(EXTRA_INDEX_PREFIX, SESSIONS_INDEX),
-                value: Some(decimal(index)),
-            });
+            rows.push(extra_index_change(SESSIONS_INDEX, index));
         }
         Ok(())
     }
@@ -311,10 +321,7 @@ impl<'a> SessionView<'a> {
 
     /// Current session `id`.
     pub(super) fn get(&self, id: &str) -> Option<&StoredSession> {
-        match self.plan.sessions.get(id) {
-            Some(planned) => planned.as_ref(),
-            None => self.base.sessions.get(id),
-        }
+        current(&self.plan.sessions, &self.base.sessions, id)
     }
 
     /// Whether session `id` currently exists.
@@ -324,14 +331,8 @@ impl<'a> SessionView<'a> {
 
     /// The current sessions of `node`, in ID order.
     pub(super) fn on_node(&self, node: &str) -> Vec<String> {
-        let base = self.base.by_node.get(node).into_iter().flatten();
-        let planned = self.plan.sessions.keys();
-        let candidates: BTreeSet<&String> = base.chain(planned).collect();
-        candidates
-            .into_iter()
-            .filter(|id| self.get(id).is_some_and(|s| s.node == node))
-            .cloned()
-            .collect()
+        let (base, planned) = (&self.base.sessions, &self.plan.sessions);
+        current_group(&self.base.by_node, planned, base, node, |s| s.node == node)
     }
 
     /// Creates session `id` at Raft `index`.
@@ -359,6 +360,47 @@ impl<'a> SessionView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14 item 4: the leader's scan reads only the sessions whose TTL
+    /// lapsed, earliest first; renewals move a session, removals and loads
+    /// keep the derived index in step with the sessions.
+    #[test]
+    fn the_ttl_index_reads_only_lapsed_sessions_in_deadline_order() {
+        let mut t = SessionTable::default();
+        let mk = |ttl: &str, renewed_at| StoredSession {
+            node: "n1".into(),
+            ttl: ttl.into(),
+            renewed_at,
+            ..Default::default()
+        };
+        let mut v = SessionView::new(&t);
+        v.create("b", mk("30s", 0), 1);
+        v.create("a", mk("10s", 1_000), 2);
+        v.create("none", mk("", 0), 3);
+        let plan = v.plan;
+        t.commit(plan);
+        assert_eq!(t.ttl_sessions_lapsed(10_999).count(), 0);
+        let lapsed: Vec<_> = t.ttl_sessions_lapsed(30_000).collect();
+        assert_eq!(lapsed, vec![("a", 10_000, 1_000), ("b", 30_000, 0)]);
+        let mut v = SessionView::new(&t);
+        v.renew("a", 40_000);
+        v.remove("b", 4);
+        let plan = v.plan;
+        t.commit(plan);
+        let all: Vec<_> = t.ttl_sessions().collect();
+        assert_eq!(all, vec![("a", 10_000, 40_000)]);
+        let mut loaded = SessionTable::default();
+        for (key, value) in t.rows() {
+            let key = String::from_utf8(key).unwrap();
+            let cut = if key.starts_with(EXTRA_INDEX_PREFIX) {
+                2
+            } else {
+                3
+            };
+            loaded.load_row(&key[..cut], &key[cut..], &value).unwrap();
+        }
+        assert_eq!(loaded, t);
+    }
 
     fn new_session() -> NewSession {
         NewSession {

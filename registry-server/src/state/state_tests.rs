@@ -496,6 +496,15 @@ fn rows_rebuild_the_same_state_and_reaping_keeps_indexes_from_going_back() {
         Command::SessionDestroy(SessionId { id: "s1".into() }),
     );
     log.kv(0, KvVerb::Lock, "r/other", "1", 0, "s2");
+    log.apply(
+        2_000,
+        Command::FireEvent(registry_api::event::UserEvent {
+            id: "b54fe110-7af5-cafc-d1fb-afc8ba432b1c".into(),
+            name: "deploy".into(),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(log.state.events.events().count(), 1);
     let rows = log.state.rows();
     assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "key order");
     let rebuilt = StateStore::from_rows("dc1", rows).unwrap();

@@ -1,8 +1,29 @@
 //! Comparing an answer with a sample response from Consul's API docs: field names, JSON types
-//! and presence, not values (ids, indexes and times differ by design). Used by the
-//! compatibility tests of the agent and the server.
+//! and presence, not values (ids, indexes and times differ by design); and the samples that
+//! both the agent's and the server's compatibility tests check. Used by those tests.
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// The sample entry of `GET /v1/agent/services` in Consul's docs (agent/service.mdx, "List
+/// Services"; Enterprise's `Namespace` left out; its `Meta` checked as an object only, its
+/// keys being user data).
+pub fn agent_service_sample() -> Value {
+    json!({
+        "ID": "redis",
+        "Service": "redis",
+        "Tags": [],
+        "TaggedAddresses": {
+            "lan": {"Address": "127.0.0.1", "Port": 8000},
+            "wan": {"Address": "198.51.100.53", "Port": 80}
+        },
+        "Meta": {},
+        "Port": 8000,
+        "Address": "",
+        "EnableTagOverride": false,
+        "Datacenter": "dc1",
+        "Weights": {"Passing": 10, "Warning": 1}
+    })
+}
 
 /// Every field of `sample` is in `actual` with the same JSON type, recursively (the first
 /// element of an array stands for all; a `null` in the sample allows anything). Extra fields
