@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release binaries the benchmark drives, then runs it.
 #   scripts/bench.sh          full benchmark (make bench, ~10 minutes)
-#   scripts/bench.sh --quick  everyday variant (make bench-quick, a minute or two)
+#   scripts/bench.sh --quick  everyday variant (make bench-quick, about 2.5 minutes once built)
 # Extra arguments go to registry-bench (see `registry-bench --help`).
 #
 # The binaries are built exactly as scripts/lab-images.sh builds the lab's (same --target and

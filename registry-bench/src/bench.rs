@@ -1,10 +1,10 @@
-//! The run, step by step: machine facts, clusters up, measurements 1-4 against
-//! both systems, a fresh cluster for 5-6, then the report.
+//! The run, step by step: machine facts, clusters up, measurements 1, 2 and 7
+//! against both systems, 3-4 on ours, a fresh cluster for 5-6, then the report.
 
 use crate::cluster::{self, EtcdCluster, Federation, RegistryCluster};
-use crate::load::Op;
+use crate::load::{Load, Op, Stop};
 use crate::procs::raise_fd_limit;
-use crate::report::{self, Context, Results};
+use crate::report::{self, Context, KvCells, Results};
 use crate::scenarios;
 use anyhow::{bail, Context as _, Result};
 use std::path::PathBuf;
@@ -25,6 +25,8 @@ pub struct Plan {
     runs: usize,
     register_clients: Vec<usize>,
     lookup_clients: usize,
+    /// Client counts of the KV rows (measurement 7).
+    kv_clients: Vec<usize>,
     /// Watcher counts of the fan-out.
     pub watchers: Vec<usize>,
     /// Measurements to run; empty: all.
@@ -59,6 +61,7 @@ impl Plan {
             runs: 3,
             register_clients: vec![1, 64, 256],
             lookup_clients: 64,
+            kv_clients: vec![1, 64],
             watchers: if quick {
                 vec![1_000]
             } else {
@@ -121,6 +124,99 @@ fn command_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Measurement 7: each KV row of ours beside its etcd counterpart, at every client count,
+/// cells alternating within each run.
+async fn kv(
+    plan: &Plan,
+    urls: &[String],
+    etcd_urls: &[String],
+    ours: &mut RegistryCluster,
+    etcd: &mut EtcdCluster,
+) -> Result<Vec<KvCells>> {
+    scenarios::setup_kv(urls, etcd_urls).await?;
+    let key = scenarios::KV_KEY.to_string();
+    let tree = scenarios::KV_TREE;
+    let get = |query: &'static str| Op::KvGet {
+        key: key.clone(),
+        query,
+        expect: 1,
+    };
+    let recurse = Op::KvGet {
+        key: tree.to_string(),
+        query: "?recurse",
+        expect: scenarios::KV_TREE_KEYS,
+    };
+    let range = |serializable| Op::EtcdRange {
+        key_b64: crate::load::b64(key.as_bytes()),
+        range_end_b64: None,
+        serializable,
+        expect: 1,
+    };
+    // etcd's range_end for a prefix: the prefix with its last byte plus one ('/' + 1 = '0').
+    let end = format!("{}0", tree.trim_end_matches('/'));
+    let prefix = Op::EtcdRange {
+        key_b64: crate::load::b64(tree.as_bytes()),
+        range_end_b64: Some(crate::load::b64(end.as_bytes())),
+        serializable: false,
+        expect: scenarios::KV_TREE_KEYS,
+    };
+    let seq = Arc::new(AtomicU64::new(0));
+    // A single client goes round all three members of each system, request by request: pinned
+    // to member 0 it would measure whichever role that member happens to have (answering on the
+    // leader, or forwarding from a follower), and the two systems need not draw the same.
+    let cell = |op: Op, bases: &[String], clients: usize| {
+        crate::load::run(Load {
+            op,
+            bases: bases.to_vec(),
+            clients,
+            stop: Stop::For(plan.load),
+            seq: seq.clone(),
+            rotate: clients == 1,
+        })
+    };
+    let mut out: Vec<KvCells> = (plan.kv_clients.iter())
+        .map(|&clients| KvCells {
+            clients,
+            ..Default::default()
+        })
+        .collect();
+    for run in 0..plan.runs {
+        for cells in out.iter_mut() {
+            let c = cells.clients;
+            let (put, etcd_put) = (
+                Op::KvPut { key: key.clone() },
+                Op::EtcdKvPut { key: key.clone() },
+            );
+            cells.put.push(cell(put, urls, c).await?);
+            cells.etcd_put.push(cell(etcd_put, etcd_urls, c).await?);
+            cells.get.push(cell(get(""), urls, c).await?);
+            cells.get_stale.push(cell(get("?stale"), urls, c).await?);
+            cells.etcd_get.push(cell(range(false), etcd_urls, c).await?);
+            let serializable = cell(range(true), etcd_urls, c).await?;
+            cells.etcd_get_serializable.push(serializable);
+            cells.recurse.push(cell(recurse.clone(), urls, c).await?);
+            let etcd_prefix = cell(prefix.clone(), etcd_urls, c).await?;
+            cells.etcd_prefix.push(etcd_prefix);
+            ours.check_alive()?;
+            etcd.check_alive()?;
+            let last = |v: &[crate::load::RunStats]| v.last().map_or(0.0, |x| x.ops_per_s);
+            eprintln!(
+                "  run {} {c:>3} clients: put {:.0}/s | etcd {:.0}/s; get {:.0}/s, stale {:.0}/s | etcd lin {:.0}/s, ser {:.0}/s; recurse {:.0}/s | etcd prefix {:.0}/s",
+                run + 1,
+                last(&cells.put),
+                last(&cells.etcd_put),
+                last(&cells.get),
+                last(&cells.get_stale),
+                last(&cells.etcd_get),
+                last(&cells.etcd_get_serializable),
+                last(&cells.recurse),
+                last(&cells.etcd_prefix),
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the whole benchmark.
 pub async fn run(plan: Plan) -> Result<()> {
     let started = Instant::now();
@@ -159,7 +255,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         ..Default::default()
     };
 
-    if ["register", "lookup", "xdc", "fanout"]
+    if ["register", "lookup", "kv", "xdc", "fanout"]
         .iter()
         .any(|w| plan.wants(w))
     {
@@ -241,7 +337,9 @@ pub async fn run(plan: Plan) -> Result<()> {
             ours.check_alive()?;
             let range = |serializable| Op::EtcdRange {
                 key_b64: key.clone(),
+                range_end_b64: None,
                 serializable,
+                expect: 1,
             };
             let es = scenarios::read(range(true), &etcd_urls, lc, plan.load, false).await?;
             let el = scenarios::read(range(false), &etcd_urls, lc, plan.load, false).await?;
@@ -260,6 +358,10 @@ pub async fn run(plan: Plan) -> Result<()> {
             r.lookup_consistent.push(c);
             r.etcd_serializable.push(es);
             r.etcd_linearizable.push(el);
+        }
+        if plan.wants("kv") {
+            step("7. KV vs etcd: put, get, recurse");
+            r.kv = kv(&plan, &urls, &etcd_urls, &mut ours, &mut etcd).await?;
         }
         // etcd is done; stop it so it does not share the CPUs with what follows.
         drop(etcd);

@@ -42,13 +42,45 @@ pub enum Op {
         /// Extra query parameters, starting with `&` (or empty).
         query: &'static str,
     },
-    /// etcd `POST /v3/kv/range` of one key.
+    /// etcd `POST /v3/kv/range` of one key, or of a prefix.
     EtcdRange {
-        /// The key, base64.
+        /// The key (or the prefix), base64.
         key_b64: String,
+        /// For a prefix: etcd's `range_end`, base64 (the prefix with its last byte plus one).
+        range_end_b64: Option<String>,
         /// `serializable: true` (local read) or linearizable.
         serializable: bool,
+        /// Keys the answer must hold.
+        expect: usize,
     },
+    /// `PUT /v1/kv/:key` of a new value ([`kv_value`]) each time.
+    KvPut {
+        /// The key.
+        key: String,
+    },
+    /// etcd `POST /v3/kv/put` of the same key and value as [`Op::KvPut`].
+    EtcdKvPut {
+        /// The key.
+        key: String,
+    },
+    /// `GET /v1/kv/:key` plus `query` (`?stale`, `?recurse`...).
+    KvGet {
+        /// The key (or prefix).
+        key: String,
+        /// Query string, starting with `?` (or empty).
+        query: &'static str,
+        /// Entries the answer must hold.
+        expect: usize,
+    },
+}
+
+/// Bytes of every value the KV rows write and read.
+pub const KV_VALUE_LEN: usize = 128;
+
+/// Value number `n` of the KV rows: [`KV_VALUE_LEN`] ASCII bytes, different for every `n`,
+/// the same for both systems.
+pub fn kv_value(n: u64) -> Vec<u8> {
+    format!("{n:0>KV_VALUE_LEN$}").into_bytes()
 }
 
 /// When a load stops.
@@ -235,14 +267,33 @@ async fn request(http: &reqwest::Client, base: &str, op: &Op, n: u64) -> Result<
         }
         Op::EtcdRange {
             key_b64,
+            range_end_b64,
             serializable,
+            ..
         } => {
-            let body = serde_json::json!({"key": key_b64, "serializable": serializable});
+            let mut body = serde_json::json!({"key": key_b64, "serializable": serializable});
+            if let Some(end) = range_end_b64 {
+                body["range_end"] = Value::String(end.clone());
+            }
             http.post(format!("{base}/v3/kv/range"))
                 .json(&body)
                 .send()
                 .await
         }
+        Op::KvPut { key } => {
+            http.put(format!("{base}/v1/kv/{key}"))
+                .body(kv_value(n))
+                .send()
+                .await
+        }
+        Op::EtcdKvPut { key } => {
+            let body = serde_json::json!({"key": b64(key.as_bytes()), "value": b64(&kv_value(n))});
+            http.post(format!("{base}/v3/kv/put"))
+                .json(&body)
+                .send()
+                .await
+        }
+        Op::KvGet { key, query, .. } => http.get(format!("{base}/v1/kv/{key}{query}")).send().await,
     }
     .map_err(|e| format!("transport: {}", crate::scenarios::error_chain(&e)))?;
     let status = resp.status();
@@ -255,13 +306,14 @@ async fn request(http: &reqwest::Client, base: &str, op: &Op, n: u64) -> Result<
     }
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("json: {e}"))?;
     let ok = match op {
-        Op::Register { .. } => v == Value::Bool(true),
-        Op::EtcdPut { .. } => v.get("header").is_some(),
+        Op::Register { .. } | Op::KvPut { .. } => v == Value::Bool(true),
+        Op::EtcdPut { .. } | Op::EtcdKvPut { .. } => v.get("header").is_some(),
         Op::Lookup { .. } => v.as_array().is_some_and(|a| !a.is_empty()),
-        Op::EtcdRange { .. } => v
+        Op::KvGet { expect, .. } => v.as_array().is_some_and(|a| a.len() == *expect),
+        Op::EtcdRange { expect, .. } => v
             .get("kvs")
             .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty()),
+            .is_some_and(|a| a.len() == *expect),
     };
     if ok {
         Ok(())
@@ -311,6 +363,13 @@ mod tests {
         assert_eq!(b64(b"fo"), "Zm8=");
         assert_eq!(b64(b"foo"), "Zm9v");
         assert_eq!(b64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn kv_values_are_fixed_length_and_distinct() {
+        assert_eq!(kv_value(0).len(), KV_VALUE_LEN);
+        assert_eq!(kv_value(u64::MAX).len(), KV_VALUE_LEN);
+        assert_ne!(kv_value(1), kv_value(2));
     }
 
     #[test]

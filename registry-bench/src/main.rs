@@ -18,7 +18,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The everyday variant (a minute or two): shorter loads, 1,000 watchers,
+    /// The everyday variant (about 2.5 minutes): shorter loads, 1,000 watchers,
     /// 10,000 instances for memory and recovery.
     #[arg(long)]
     quick: bool,
@@ -34,7 +34,7 @@ struct Args {
     /// Keep the data dirs and logs after the run (their path is printed).
     #[arg(long)]
     keep: bool,
-    /// Run only these measurements (comma-separated: register, lookup, fanout, xdc,
+    /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc,
     /// memory), e.g. to profile one; the section written is then partial.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,

@@ -1,4 +1,4 @@
-//! The results table (stdout and BENCHMARKS.md) and the targets of issue 6.
+//! The results table (stdout and BENCHMARKS.md) and the targets of issues 6 and 14.
 
 use crate::load::RunStats;
 use crate::scenarios::{FanoutRun, MemPoint, RecoveryRun};
@@ -40,6 +40,71 @@ pub struct Results {
     pub memory: Vec<MemPoint>,
     /// Measurement 6.
     pub recovery: Vec<RecoveryRun>,
+    /// Measurement 7, one entry per client count.
+    pub kv: Vec<KvCells>,
+}
+
+/// Measurement 7 (KV beside etcd) at one client count: every cell's runs.
+#[derive(Default)]
+pub struct KvCells {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// `PUT /v1/kv/bench/k`.
+    pub put: Vec<RunStats>,
+    /// etcd put of the same key.
+    pub etcd_put: Vec<RunStats>,
+    /// `GET /v1/kv/bench/k` (default consistency).
+    pub get: Vec<RunStats>,
+    /// `GET /v1/kv/bench/k?stale`.
+    pub get_stale: Vec<RunStats>,
+    /// etcd linearizable range of the key.
+    pub etcd_get: Vec<RunStats>,
+    /// etcd serializable range of the key.
+    pub etcd_get_serializable: Vec<RunStats>,
+    /// `GET /v1/kv/bench-tree/?recurse` (1,000 keys, default consistency).
+    pub recurse: Vec<RunStats>,
+    /// etcd linearizable range of the same prefix.
+    pub etcd_prefix: Vec<RunStats>,
+}
+
+/// One row of measurement 7: its label in the table, its short name in the per-run list,
+/// ours, etcd.
+type KvRow<'a> = (String, String, &'a [RunStats], &'a [RunStats]);
+
+impl KvCells {
+    /// The rows of the table, each ours beside its etcd counterpart.
+    fn rows(&self) -> [KvRow<'_>; 4] {
+        let c = self.clients;
+        let clients = format!("{c} client{}", if c == 1 { "" } else { "s" });
+        [
+            (
+                format!("KV put `PUT /v1/kv/k`, {clients} / etcd put"),
+                format!("kv put {c}"),
+                &self.put,
+                &self.etcd_put,
+            ),
+            (
+                format!("KV get `GET /v1/kv/k` default, {clients} / etcd linearizable range"),
+                format!("kv get default {c} (etcd linearizable)"),
+                &self.get,
+                &self.etcd_get,
+            ),
+            (
+                format!("KV get `GET /v1/kv/k?stale`, {clients} / etcd serializable range"),
+                format!("kv get ?stale {c} (etcd serializable)"),
+                &self.get_stale,
+                &self.etcd_get_serializable,
+            ),
+            (
+                format!(
+                    "KV `?recurse` of 1,000 keys (default), {clients} / etcd linearizable prefix range"
+                ),
+                format!("kv recurse {c} (etcd prefix range)"),
+                &self.recurse,
+                &self.etcd_prefix,
+            ),
+        ]
+    }
 }
 
 /// Where and what was run.
@@ -297,12 +362,23 @@ pub fn table(r: &Results) -> String {
             ms(median_d(r.recovery.iter().map(|x| x.http_up)))
         );
     }
+    for cells in &r.kv {
+        for (what, _, ours, etcd) in cells.rows() {
+            let _ = writeln!(
+                t,
+                "| 7 | {what} | {} | {} | {} |",
+                cell(ours),
+                cell(etcd),
+                ratio(ours, etcd)
+            );
+        }
+    }
     t
 }
 
-/// Issue 6's targets with PASS/MISS.
+/// The targets of issues 6 and 14 with PASS/MISS.
 pub fn targets(r: &Results) -> String {
-    let mut t = String::from("| Target (issue 6) | Measured | Result |\n|---|---|---|\n");
+    let mut t = String::from("| Target | Measured | Result |\n|---|---|---|\n");
     let verdict = |ok: bool| if ok { "PASS" } else { "**MISS**" };
     let find = |c: usize| r.register.iter().find(|(n, _, _)| *n == c);
     if let Some((_, o, e)) = find(64) {
@@ -336,6 +412,33 @@ pub fn targets(r: &Results) -> String {
             thousands(o.round() as u64),
             thousands(e.round() as u64),
             verdict(ratio >= 3.0)
+        );
+    }
+    if !r.kv.is_empty() {
+        let rows: Vec<(String, f64)> = (r.kv.iter())
+            .flat_map(|cells| cells.rows())
+            .filter(|(_, _, o, e)| !o.is_empty() && !e.is_empty())
+            .map(|(what, _, o, e)| (what, agg(o).ops / agg(e).ops.max(1e-9)))
+            .collect();
+        let behind: Vec<String> = (rows.iter())
+            .filter(|(_, x)| *x < 1.0)
+            .map(|(what, x)| format!("{} {x:.2}×", truncate(what, 60)))
+            .collect();
+        let worst = rows.iter().map(|(_, x)| *x).fold(f64::INFINITY, f64::min);
+        let measured = if behind.is_empty() {
+            format!("lowest ratio {worst:.2}× over {} rows", rows.len())
+        } else {
+            format!(
+                "behind on {} of {} rows: {}",
+                behind.len(),
+                rows.len(),
+                behind.join("; ")
+            )
+        };
+        let _ = writeln!(
+            t,
+            "| KV (issue 14): every row of 7 ≥ etcd's throughput | {measured} | {} |",
+            verdict(behind.is_empty())
         );
     }
     match r.fanout.iter().find(|(n, _)| *n == 10_000) {
@@ -416,6 +519,12 @@ pub fn raw_runs(r: &Results) -> String {
     line(&mut t, "lookup ?consistent", &r.lookup_consistent);
     line(&mut t, "etcd serializable range", &r.etcd_serializable);
     line(&mut t, "etcd linearizable range", &r.etcd_linearizable);
+    for cells in &r.kv {
+        for (_, short, o, e) in cells.rows() {
+            line(&mut t, &format!("{short} ours"), o);
+            line(&mut t, &format!("{short} etcd"), e);
+        }
+    }
     line(&mut t, "cross-DC ?dc=dc2", &r.xdc_remote);
     line(&mut t, "local lookup in dc2", &r.xdc_local);
     t

@@ -106,6 +106,79 @@ pub async fn setup_lookups(ours: &[String], etcd: &[String]) -> Result<String> {
     Ok(key)
 }
 
+/// The key of measurement 7's single-key rows.
+pub const KV_KEY: &str = "bench/k";
+/// The prefix of measurement 7's recurse row (with the `/`).
+pub const KV_TREE: &str = "bench-tree/";
+/// Keys under [`KV_TREE`].
+pub const KV_TREE_KEYS: usize = 1_000;
+
+/// Sets up measurement 7 in both systems: [`KV_KEY`] and [`KV_TREE_KEYS`] keys under
+/// [`KV_TREE`], with the same values ([`load::kv_value`]); waits until every one of our
+/// servers holds them all in its own state (`?stale`), so that no read row starts on a
+/// server still catching up.
+pub async fn setup_kv(ours: &[String], etcd: &[String]) -> Result<()> {
+    let mut keys = vec![KV_KEY.to_string()];
+    keys.extend((0..KV_TREE_KEYS).map(|i| format!("{KV_TREE}key-{i:04}")));
+    let keys = Arc::new(keys);
+    // 16 writers per system: 1,001 sequential round trips would take a few seconds.
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let (keys, our, their) = (keys.clone(), ours[0].clone(), etcd[0].clone());
+        tasks.spawn(async move {
+            let http = http_client()?;
+            for (i, key) in keys.iter().enumerate().skip(w).step_by(16) {
+                let value = load::kv_value(i as u64);
+                let r = http
+                    .put(format!("{our}/v1/kv/{key}"))
+                    .body(value.clone())
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("PUT /v1/kv/{key}: {}", r.status());
+                }
+                let body = serde_json::json!({"key": load::b64(key.as_bytes()), "value": load::b64(&value)});
+                let r = http
+                    .post(format!("{their}/v3/kv/put"))
+                    .json(&body)
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("etcd put of {key}: {}", r.status());
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let http = http_client()?;
+    for u in ours {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = format!("{u}/v1/kv/{KV_TREE}?recurse&stale");
+            let held = match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v.as_array().map(Vec::len))
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            if held == KV_TREE_KEYS {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{u} holds {held} of the {KV_TREE_KEYS} KV keys after 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
 /// A read load over `bases` with `clients` clients.
 pub async fn read(
     op: Op,

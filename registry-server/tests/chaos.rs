@@ -1,27 +1,79 @@
 //! Randomized fault schedules against a 3-server cluster, with a history
 //! checker: writes and default/`?consistent` reads must be linearizable (so no
 //! acknowledged write is lost), `?stale` reads from one server never go
-//! backwards, and there are never two leaders in one term.
+//! backwards, there are never two leaders in one term, and a KV lock taken
+//! with sessions never has two holders.
 //!
-//! Clients register (each time a new `Meta.v`), deregister and read 8 keys
-//! (service instances) through all three servers. Faults, drawn from the
-//! seed every 200-600 ms: isolate a server, cut a link both ways or one way,
-//! drop 30% of a link's messages, delay a link, kill a server (stop; its
-//! RocksDB stays) and restart it from disk, slow a server's disk (every synced
-//! write 20-150 ms late), and heal everything.
+//! **Catalog and KV registers.** Clients register (each time a new `Meta.v`),
+//! deregister and read 8 service instances, and write, delete and read 8 KV
+//! keys `chaos/k<i>`, through all three servers. KV writes are plain `PUT`s,
+//! `PUT ?cas=<ModifyIndex>` (the index of the client's last read of the key,
+//! or 0 when that read found none), `DELETE` and `DELETE ?cas=`; every value
+//! is new. The checker (`registry_testkit::history`) models each key as a
+//! register with a compare-and-set: a CAS that answered `true` must linearize
+//! while the value whose index it named was current, that is after that
+//! write and before any other (an update never lost, never applied to a
+//! value that was already replaced); one that answered `false` must
+//! linearize where that value was not current (a write that came between
+//! explains it, one whose answer never came included); a CAS whose answer
+//! never came may have taken effect or not. Indexes become values through
+//! the reads: every `(ModifyIndex, value)` a read returned is recorded, and
+//! two values at one index of a key (or one value at two) is a failure by
+//! itself.
+//!
+//! **The lock.** Three clients loop as Consul's leader-election recipe does:
+//! create a session (TTL 10 s, which these servers lapse after 0.1 TTL = 1 s
+//! unrenewed, [`TTL_MULTIPLIER`]; `LockDelay` 1 s; no checks, so only the TTL
+//! or the servers can end it), renew it every 300 ms, `PUT
+//! chaos/lock?acquire=`, and while holding: confirm with a read of the lock
+//! (its `LockIndex` names the acquisition), read `chaos/lock-data` and write
+//! it back with `?cas=` plus a segment naming the holder and `LockIndex`;
+//! then release, or now and then walk away without releasing (a crashed
+//! holder), so that lock-delay has to protect its last writes; a session it
+//! stops renewing is watched until the servers drop it. A client acts
+//! only before its lease ends: one effective TTL after it sent the last
+//! renewal that was answered (the servers stamp a renewal with the leader's
+//! clock when it is appended, after the client sent it, and expire a session
+//! one effective TTL after that stamp at the earliest); after any renewal
+//! error it stops renewing and lets the session lapse. `registry_testkit::locks` checks, each of which a
+//! broken server fails: one session per `LockIndex` and no re-hold without a
+//! new one, along the `ModifyIndex`es reads saw (never two sessions at
+//! overlapping index ranges); no hold begins before the previous holder sent
+//! its release or, without one, before its lease end plus the lock-delay (no
+//! holder acting on the lock after its session was invalidated plus
+//! lock-delay); no session found gone before its lease end; and along
+//! `lock-data`'s final value, an append-only log under CAS, the writers'
+//! `LockIndex`es never go down, each has one writer, the one that held it,
+//! and every write answered `true` is there.
+//!
+//! That these checks can fail was tried, not assumed: with the sessions'
+//! `LockDelay` set to 0 while the check expects 1 s, the fixed regression
+//! seed fails ("inside the lock-delay"); with the clients' lease 1.5 times
+//! the servers' TTL, seed 3 fails ("gone ... before its lease ended"); with
+//! a CAS's `false` recorded as `true`, seed 1 fails the linearizability
+//! check on a KV key.
+//!
+//! Faults, drawn from the seed every 200-600 ms: isolate a server, cut a link
+//! both ways or one way, drop 30% of a link's messages, delay a link, kill a
+//! server (stop; its RocksDB stays) and restart it from disk, slow a
+//! server's disk (every synced write 20-150 ms late), and heal everything.
 //!
 //! `make test` runs the fixed seeds below; `make chaos` runs fresh seeds for a
 //! while (`CHAOS_SEEDS=random CHAOS_RUNS=n`). A failure prints the seed and the
 //! smallest part of the failing key's history that still has no
-//! linearization; a seed that failed once belongs in `FIXED_SEEDS`.
+//! linearization, or the lock property that broke; a seed that failed once
+//! belongs in `FIXED_SEEDS`.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use registry_api::client::ClientError;
 use registry_api::{
     AgentService, DeregisterRequest, QueryOptions, RegisterRequest, RegistryClient,
 };
+use registry_server::leader::sessions::SessionTuning;
 use registry_testkit::cluster::*;
 use registry_testkit::history::{self, Kind, Op};
+use registry_testkit::locks::{self, Gone, Hold, LockHistory, LockObservation, Segment};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,16 +88,53 @@ const FIXED_SEEDS: &[u64] = &[1, 2, 3];
 ///   deregistrations of unknown outcome for minutes; unknown writes that no
 ///   later read can have seen are now dropped first.
 const REGRESSION_SEEDS: &[(u64, u64)] = &[(2680179603692032791, 8)];
+/// Service instances, and KV keys, each.
 const KEYS: u32 = 8;
+/// History keys of the KV keys start here (below: service instances).
+const KV_KEY_BASE: u32 = 100;
 const CLIENTS: usize = 4;
+/// Clients taking the lock.
+const LOCKERS: usize = 3;
+const LOCK_KEY: &str = "chaos/lock";
+const DATA_KEY: &str = "chaos/lock-data";
+/// The node the lock sessions belong to (registered by the test; no agent).
+const LOCK_NODE: &str = "chaos-lockers";
+/// The sessions' TTL as sent (the API's shortest).
+const SESSION_TTL_MS: u64 = 10_000;
+/// The servers lapse a session after this many TTLs unrenewed (1 s): short,
+/// so that in a few seconds of faults sessions lapse, locks are freed by
+/// invalidation and lock-delay is put to work several times.
+const TTL_MULTIPLIER: f64 = 0.1;
+/// The sessions' lock-delay.
+const LOCK_DELAY_MS: u64 = 1_000;
+/// How often a lock client renews its session.
+const RENEW_EVERY: Duration = Duration::from_millis(300);
 
 struct Recorder {
+    /// Time zero of the register history.
     start: Instant,
+    /// The register history (catalog and KV keys).
     ops: Mutex<Vec<Op>>,
     /// (server, key) -> last `?stale` index seen.
     stale: Mutex<BTreeMap<(usize, u32), u64>>,
+    /// What reads of KV keys returned with which `ModifyIndex`.
+    kv_index: Mutex<KvIndexes>,
+    /// What the lock clients saw.
+    locks: Mutex<LockHistory>,
+    /// What the lock clients' requests came to (for the summary line: a
+    /// seed whose lock clients never got anywhere checks little).
+    lock_events: Mutex<BTreeMap<&'static str, usize>>,
     /// Violations found while running.
     problems: Mutex<Vec<String>>,
+}
+
+/// CAS indexes become values through these, so each must be a function.
+#[derive(Default)]
+struct KvIndexes {
+    /// (KV key, ModifyIndex) -> the value reads returned at it.
+    by_index: BTreeMap<(u32, u64), u64>,
+    /// (KV key, value) -> the ModifyIndex reads returned it with.
+    by_value: BTreeMap<(u32, u64), u64>,
 }
 
 impl Recorder {
@@ -55,6 +144,42 @@ impl Recorder {
     fn problem(&self, p: String) {
         self.problems.lock().unwrap().push(p);
     }
+    fn push(&self, op: Op) {
+        self.ops.lock().unwrap().push(op);
+    }
+    /// Records that a read of KV key `key` returned `value` at `modify_index`.
+    fn kv_seen(&self, key: u32, value: u64, modify_index: u64) {
+        let mut maps = self.kv_index.lock().unwrap();
+        let v = *maps.by_index.entry((key, modify_index)).or_insert(value);
+        let m = *maps.by_value.entry((key, value)).or_insert(modify_index);
+        drop(maps);
+        if v != value || m != modify_index {
+            self.problem(format!(
+                "{}: value {value} at ModifyIndex {modify_index}, but also {v} at {modify_index} \
+                 or {value} at {m}",
+                key_name(key)
+            ));
+        }
+    }
+    fn lock_event(&self, what: &'static str) {
+        *self.lock_events.lock().unwrap().entry(what).or_default() += 1;
+    }
+}
+
+/// A history key as a reader of a failure wants it.
+fn key_name(key: u32) -> String {
+    match key.checked_sub(KV_KEY_BASE) {
+        Some(i) => format!("KV key chaos/k{i}"),
+        None => format!("service k{key}"),
+    }
+}
+
+/// The wall clock in ms since the epoch: the clock the servers stamp
+/// session renewals and lock-delays with.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn write_req(key: u32, value: u64) -> RegisterRequest {
@@ -90,6 +215,32 @@ async fn read(c: &RegistryClient, key: u32, opts: &QueryOptions) -> Option<(Opti
     Some((v, meta.index))
 }
 
+/// A read of KV key `key`: its value and `ModifyIndex` (None: absent) and
+/// the answer's `X-Consul-Index`; None when the read failed. A value the
+/// test never writes is a problem.
+async fn kv_read(
+    c: &RegistryClient,
+    rec: &Recorder,
+    key: u32,
+    opts: &QueryOptions,
+) -> Option<(Option<(u64, u64)>, u64)> {
+    let (list, meta) = c.kv_get(&format!("chaos/k{key}"), opts, &[]).await.ok()?;
+    let Some(entry) = list.and_then(|l| l.into_iter().next()) else {
+        return Some((None, meta.index));
+    };
+    let value = entry.value.as_deref().unwrap_or_default();
+    match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+        Some(v) => Some((Some((v, entry.modify_index)), meta.index)),
+        None => {
+            rec.problem(format!(
+                "chaos/k{key} holds {:?}, which no client wrote",
+                String::from_utf8_lossy(value)
+            ));
+            None
+        }
+    }
+}
+
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -97,6 +248,7 @@ fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// One client of the registers: catalog and KV operations at random.
 async fn client_loop(id: usize, seed: u64, urls: Vec<String>, rec: Arc<Recorder>, until: Instant) {
     let mut rng = StdRng::seed_from_u64(seed ^ ((id as u64 + 1) * 0x9e37_79b9));
     let clients: Vec<RegistryClient> = urls
@@ -104,73 +256,587 @@ async fn client_loop(id: usize, seed: u64, urls: Vec<String>, rec: Arc<Recorder>
         .map(|u| RegistryClient::with_http(u.clone(), http_client()))
         .collect();
     let mut seq = 0u64;
+    // KV key -> (value, ModifyIndex) as this client last read it (None: absent).
+    let mut known: BTreeMap<u32, Option<(u64, u64)>> = BTreeMap::new();
     while Instant::now() < until {
-        let key = rng.random_range(0..KEYS);
         let server = rng.random_range(0..clients.len());
         let c = &clients[server];
-        match rng.random_range(0..10) {
-            0..=3 => {
-                // Mostly registrations (each a new value), sometimes a deregistration.
-                let value = if rng.random_range(0..4) == 0 {
-                    None
-                } else {
-                    seq += 1;
-                    Some((id as u64 + 1) * 1_000_000 + seq)
-                };
-                let invoke = rec.now();
-                let result = match value {
-                    Some(v) => c.catalog_register(&write_req(key, v), None).await,
-                    None => c.catalog_deregister(&dereg_req(key), None).await,
-                };
-                let complete = matches!(result, Ok(true)).then(|| rec.now());
-                rec.ops.lock().unwrap().push(Op {
-                    client: id,
-                    key,
-                    kind: Kind::Write(value),
-                    invoke,
-                    complete,
-                });
-            }
-            4..=7 => {
-                let opts = QueryOptions {
-                    consistent: rng.random_bool(0.5),
-                    ..Default::default()
-                };
-                let invoke = rec.now();
-                if let Some((v, _)) = read(c, key, &opts).await {
-                    let complete = Some(rec.now());
-                    rec.ops.lock().unwrap().push(Op {
-                        client: id,
-                        key,
-                        kind: Kind::Read(v),
-                        invoke,
-                        complete,
-                    });
-                }
-            }
-            _ => {
-                if let Some((_, index)) = read(c, key, &stale()).await {
-                    let mut seen = rec.stale.lock().unwrap();
-                    let last = seen.entry((server, key)).or_insert(0);
-                    if index < *last {
-                        rec.problem(format!("stale read on server {server} key {key} went back from index {last} to {index}"));
-                    }
-                    *last = index.max(*last);
-                }
-            }
+        if rng.random_bool(0.5) {
+            catalog_op(id, &mut rng, c, server, &rec, &mut seq).await;
+        } else {
+            kv_op(id, &mut rng, c, server, &rec, &mut seq, &mut known).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
     }
 }
 
+async fn catalog_op(
+    id: usize,
+    rng: &mut StdRng,
+    c: &RegistryClient,
+    server: usize,
+    rec: &Recorder,
+    seq: &mut u64,
+) {
+    let key = rng.random_range(0..KEYS);
+    match rng.random_range(0..10) {
+        0..=3 => {
+            // Mostly registrations (each a new value), sometimes a deregistration.
+            let value = if rng.random_range(0..4) == 0 {
+                None
+            } else {
+                *seq += 1;
+                Some((id as u64 + 1) * 1_000_000 + *seq)
+            };
+            let invoke = rec.now();
+            let result = match value {
+                Some(v) => c.catalog_register(&write_req(key, v), None).await,
+                None => c.catalog_deregister(&dereg_req(key), None).await,
+            };
+            let complete = matches!(result, Ok(true)).then(|| rec.now());
+            rec.push(Op {
+                client: id,
+                key,
+                kind: Kind::Write(value),
+                invoke,
+                complete,
+            });
+        }
+        4..=7 => {
+            let opts = QueryOptions {
+                consistent: rng.random_bool(0.5),
+                ..Default::default()
+            };
+            let invoke = rec.now();
+            if let Some((v, _)) = read(c, key, &opts).await {
+                let complete = Some(rec.now());
+                rec.push(Op {
+                    client: id,
+                    key,
+                    kind: Kind::Read(v),
+                    invoke,
+                    complete,
+                });
+            }
+        }
+        _ => {
+            if let Some((_, index)) = read(c, key, &stale()).await {
+                stale_index(rec, server, key, index);
+            }
+        }
+    }
+}
+
+/// `?stale` reads of one key on one server never go backwards.
+fn stale_index(rec: &Recorder, server: usize, key: u32, index: u64) {
+    let mut seen = rec.stale.lock().unwrap();
+    let last = seen.entry((server, key)).or_insert(0);
+    if index < *last {
+        let name = key_name(key);
+        rec.problem(format!(
+            "stale read on server {server} of {name} went back from index {last} to {index}"
+        ));
+    }
+    *last = index.max(*last);
+}
+
+async fn kv_op(
+    id: usize,
+    rng: &mut StdRng,
+    c: &RegistryClient,
+    server: usize,
+    rec: &Recorder,
+    seq: &mut u64,
+    known: &mut BTreeMap<u32, Option<(u64, u64)>>,
+) {
+    let key = rng.random_range(0..KEYS);
+    let hkey = KV_KEY_BASE + key;
+    let name = format!("chaos/k{key}");
+    let mut fresh = || {
+        *seq += 1;
+        (id as u64 + 1) * 1_000_000 + *seq
+    };
+    let op = |kind, invoke, complete| Op {
+        client: id,
+        key: hkey,
+        kind,
+        invoke,
+        complete,
+    };
+    match rng.random_range(0..10) {
+        0..=1 => {
+            let v = fresh();
+            let invoke = rec.now();
+            let result = c.kv_put(&name, v.to_string(), &[]).await;
+            if matches!(result, Ok(false)) {
+                rec.problem(format!("a plain PUT of {name} answered false"));
+            }
+            let complete = matches!(result, Ok(true)).then(|| rec.now());
+            rec.push(op(Kind::Write(Some(v)), invoke, complete));
+        }
+        2 => match known.get(&key).copied().flatten() {
+            Some((v, m)) if rng.random_bool(0.5) => {
+                let invoke = rec.now();
+                let result = c.kv_delete(&name, &[("cas", &m.to_string())]).await;
+                rec.push(cas_op(id, hkey, Some(v), None, invoke, result, rec));
+            }
+            _ => {
+                let invoke = rec.now();
+                let result = c.kv_delete(&name, &[]).await;
+                let complete = matches!(result, Ok(true)).then(|| rec.now());
+                rec.push(op(Kind::Write(None), invoke, complete));
+            }
+        },
+        3..=4 => {
+            let v = fresh();
+            cas_put(id, c, rec, key, known.get(&key).copied().flatten(), v).await;
+        }
+        5..=8 => {
+            let opts = QueryOptions {
+                consistent: rng.random_bool(0.5),
+                ..Default::default()
+            };
+            let invoke = rec.now();
+            let Some((entry, _)) = kv_read(c, rec, key, &opts).await else {
+                return;
+            };
+            rec.push(op(Kind::Read(entry.map(|e| e.0)), invoke, Some(rec.now())));
+            if let Some((v, m)) = entry {
+                rec.kv_seen(hkey, v, m);
+            }
+            known.insert(key, entry);
+            // Read-modify-write, as consul-template's users and Patroni do.
+            if rng.random_bool(0.5) {
+                let v = fresh();
+                cas_put(id, c, rec, key, entry, v).await;
+            }
+        }
+        _ => {
+            if let Some((_, index)) = kv_read(c, rec, key, &stale()).await {
+                stale_index(rec, server, hkey, index);
+            }
+        }
+    }
+}
+
+/// `PUT chaos/k<key>?cas=` with new value `v`, from `last` (the value and
+/// ModifyIndex a read returned; None: absent, `?cas=0`).
+async fn cas_put(
+    id: usize,
+    c: &RegistryClient,
+    rec: &Recorder,
+    key: u32,
+    last: Option<(u64, u64)>,
+    v: u64,
+) {
+    let index = last.map_or(0, |(_, m)| m).to_string();
+    let invoke = rec.now();
+    let result = c
+        .kv_put(&format!("chaos/k{key}"), v.to_string(), &[("cas", &index)])
+        .await;
+    let expect = last.map(|(value, _)| value);
+    rec.push(cas_op(
+        id,
+        KV_KEY_BASE + key,
+        expect,
+        Some(v),
+        invoke,
+        result,
+        rec,
+    ));
+}
+
+/// The history operation of a CAS that answered `result`.
+fn cas_op(
+    client: usize,
+    key: u32,
+    expect: Option<u64>,
+    new: Option<u64>,
+    invoke: u64,
+    result: Result<bool, ClientError>,
+    rec: &Recorder,
+) -> Op {
+    let (kind, complete) = match result {
+        Ok(true) => (Kind::Cas { expect, new }, Some(rec.now())),
+        Ok(false) => (Kind::CasFailed { expect, new }, Some(rec.now())),
+        Err(_) => (Kind::Cas { expect, new }, None),
+    };
+    Op {
+        client,
+        key,
+        kind,
+        invoke,
+        complete,
+    }
+}
+
+/// A lock client's current session.
+struct LockSession {
+    /// Its ID.
+    id: String,
+    /// This client and session, as the data chain names them.
+    holder: String,
+    /// One effective TTL after the last answered renewal (or the create) was sent.
+    lease_end: u64,
+    /// False after a renewal failed: the client then lets the session lapse,
+    /// so the lease never rests on a renewal sent after one whose outcome it
+    /// does not know (the argument needs no assumption about the order in
+    /// which renewals apply), and the lapses put lock-delay to work.
+    renewable: bool,
+    /// When the last renewal was sent.
+    last_renew: Instant,
+}
+
+/// Whether the server still had the session.
+enum Renewal {
+    /// Renewed, not due, or unknown: the lease says how long it lasts.
+    Kept,
+    /// The servers answered that it no longer exists.
+    Gone,
+}
+
+/// How a hold ended, for the client's session.
+enum HoldEnd {
+    /// Released; the session goes on.
+    Released,
+    /// The session is lost, lapsed, or walked away from: make a new one.
+    Dropped,
+}
+
+/// An answer that says the request was never sent (nothing can apply).
+fn never_sent(e: &ClientError) -> bool {
+    matches!(e, ClientError::Transport(t) if t.is_connect())
+}
+
+/// Records that the servers just said `s` no longer exists.
+fn record_gone(rec: &Recorder, s: &LockSession) {
+    rec.locks.lock().unwrap().gone.push(Gone {
+        holder: s.holder.clone(),
+        seen_at: wall_ms(),
+        lease_end: s.lease_end,
+    });
+}
+
+/// Renews `s` if it is due (and still renewable).
+async fn renew_if_due(
+    c: &RegistryClient,
+    s: &mut LockSession,
+    rec: &Recorder,
+    ttl_ms: u64,
+) -> Renewal {
+    if !s.renewable || s.last_renew.elapsed() < RENEW_EVERY {
+        return Renewal::Kept;
+    }
+    s.last_renew = Instant::now();
+    let sent = wall_ms();
+    match c.session_renew(&s.id).await {
+        Ok(_) => s.lease_end = s.lease_end.max(sent + ttl_ms),
+        Err(e) if e.status() == Some(404) => {
+            record_gone(rec, s);
+            return Renewal::Gone;
+        }
+        Err(e) if never_sent(&e) => {}
+        Err(_) => {
+            rec.lock_event("renewal failed");
+            s.renewable = false;
+        }
+    }
+    Renewal::Kept
+}
+
+/// Reads the lock key (default consistency) and records what it showed;
+/// `Ok(None)`: no such key; `Err`: the read failed.
+async fn read_lock(c: &RegistryClient, rec: &Recorder) -> Result<Option<LockObservation>, ()> {
+    let (list, _) = c
+        .kv_get(LOCK_KEY, &QueryOptions::default(), &[])
+        .await
+        .map_err(|_| ())?;
+    let Some(e) = list.and_then(|l| l.into_iter().next()) else {
+        return Ok(None);
+    };
+    let o = LockObservation {
+        modify_index: e.modify_index,
+        lock_index: e.lock_index,
+        session: e.session,
+    };
+    rec.locks.lock().unwrap().observations.push(o.clone());
+    Ok(Some(o))
+}
+
+/// One client taking the lock, over and over, with sessions.
+async fn lock_loop(
+    id: usize,
+    seed: u64,
+    urls: Vec<String>,
+    rec: Arc<Recorder>,
+    until: Instant,
+    ttl_ms: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ ((id as u64 + 101) * 0x9e37_79b9));
+    let clients: Vec<RegistryClient> = urls
+        .iter()
+        .map(|u| RegistryClient::with_http(u.clone(), http_client()))
+        .collect();
+    let mut made = 0;
+    let mut writes = 0u64;
+    let mut session: Option<LockSession> = None;
+    let mut expiries = tokio::task::JoinSet::new();
+    while Instant::now() < until {
+        let c = &clients[rng.random_range(0..clients.len())];
+        let Some(s) = session.as_mut() else {
+            let sent = wall_ms();
+            let body = serde_json::json!({
+                "Name": "chaos-lock", "Node": LOCK_NODE, "NodeChecks": [],
+                "TTL": format!("{}s", SESSION_TTL_MS / 1000),
+                "LockDelay": format!("{LOCK_DELAY_MS}ms"),
+            });
+            match c.session_create(&body).await {
+                Ok(sid) => {
+                    made += 1;
+                    let holder = format!("{id}.{made}");
+                    let mut locks = rec.locks.lock().unwrap();
+                    locks.sessions.insert(holder.clone(), sid.clone());
+                    drop(locks);
+                    session = Some(LockSession {
+                        id: sid,
+                        holder,
+                        lease_end: sent + ttl_ms,
+                        renewable: true,
+                        last_renew: Instant::now(),
+                    });
+                }
+                Err(_) => {
+                    rec.lock_event("create failed");
+                    pause(&mut rng, 50..150).await;
+                }
+            }
+            continue;
+        };
+        if wall_ms() >= s.lease_end {
+            watch_expiry(&mut expiries, c.clone(), s, rec.clone(), until);
+            session = None;
+            continue;
+        }
+        if let Renewal::Gone = renew_if_due(c, s, &rec, ttl_ms).await {
+            session = None;
+            continue;
+        }
+        let start = match c
+            .kv_put(LOCK_KEY, s.holder.clone(), &[("acquire", &s.id)])
+            .await
+        {
+            Ok(true) => Some(wall_ms()),
+            Ok(false) => {
+                rec.lock_event("acquire refused");
+                // Held, or in its lock-delay. Look now and then: every
+                // reading is one more point for the index check.
+                if rng.random_bool(0.3) {
+                    let _ = read_lock(c, &rec).await;
+                }
+                pause(&mut rng, 20..100).await;
+                None
+            }
+            Err(ClientError::Status { status: 400, body }) if body.contains("invalid session") => {
+                rec.lock_event("session gone");
+                record_gone(&rec, s);
+                session = None;
+                continue;
+            }
+            // No answer: it may have applied. Believe it only once a read
+            // shows this session holding the lock.
+            Err(_) => {
+                rec.lock_event("acquire failed");
+                match read_lock(c, &rec).await {
+                    Ok(Some(o)) if o.session == s.id => Some(wall_ms()),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(start) = start {
+            let end = hold(
+                &mut rng,
+                &clients,
+                s,
+                start,
+                &rec,
+                ttl_ms,
+                &mut writes,
+                until,
+            )
+            .await;
+            if let HoldEnd::Dropped = end {
+                watch_expiry(&mut expiries, c.clone(), s, rec.clone(), until);
+                session = None;
+            }
+        }
+    }
+    while expiries.join_next().await.is_some() {}
+}
+
+/// Watches a session its client stopped renewing until the servers say it
+/// is gone, and records when: never before its lease end (a server that
+/// expired sessions early fails here even when nobody took the lock).
+fn watch_expiry(
+    tasks: &mut tokio::task::JoinSet<()>,
+    c: RegistryClient,
+    s: &LockSession,
+    rec: Arc<Recorder>,
+    until: Instant,
+) {
+    let (id, holder, lease_end) = (s.id.clone(), s.holder.clone(), s.lease_end);
+    tasks.spawn(async move {
+        while Instant::now() < until {
+            if let Ok((info, _)) = c.session_info(&id, &QueryOptions::default()).await {
+                if info.is_empty() {
+                    let seen_at = wall_ms();
+                    let gone = Gone {
+                        holder,
+                        seen_at,
+                        lease_end,
+                    };
+                    rec.locks.lock().unwrap().gone.push(gone);
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+/// Acts as the lock's holder from `start` for a few rounds (each: renew if
+/// due, confirm with a read of the lock, append to the data chain under
+/// `?cas=`), then releases it or walks away; records the hold.
+#[allow(clippy::too_many_arguments)]
+async fn hold(
+    rng: &mut StdRng,
+    clients: &[RegistryClient],
+    s: &mut LockSession,
+    start: u64,
+    rec: &Recorder,
+    ttl_ms: u64,
+    writes: &mut u64,
+    until: Instant,
+) -> HoldEnd {
+    let mut h = Hold {
+        holder: s.holder.clone(),
+        session: s.id.clone(),
+        lock_index: None,
+        start,
+        released: None,
+        lease_end: s.lease_end,
+    };
+    let mut end = None;
+    for _ in 0..rng.random_range(1..=4) {
+        let c = &clients[rng.random_range(0..clients.len())];
+        if wall_ms() >= s.lease_end {
+            rec.lock_event("lapsed");
+            end = Some(HoldEnd::Dropped);
+            break;
+        }
+        if Instant::now() >= until {
+            break;
+        }
+        if let Renewal::Gone = renew_if_due(c, s, rec, ttl_ms).await {
+            rec.lock_event("lost");
+            end = Some(HoldEnd::Dropped);
+            break;
+        }
+        match read_lock(c, rec).await {
+            Ok(Some(o)) if o.session == s.id => h.lock_index = Some(o.lock_index),
+            Ok(_) => {
+                // Not ours any more: only an invalidation can do that.
+                record_gone(rec, s);
+                rec.lock_event("lost");
+                end = Some(HoldEnd::Dropped);
+                break;
+            }
+            Err(()) => continue,
+        }
+        let Some(lock_index) = h.lock_index else {
+            continue;
+        };
+        let Ok((list, _)) = c.kv_get(DATA_KEY, &QueryOptions::default(), &[]).await else {
+            continue;
+        };
+        let (value, index) = match list.and_then(|l| l.into_iter().next()) {
+            Some(e) => (e.value.unwrap_or_default(), e.modify_index),
+            None => (Vec::new(), 0),
+        };
+        let segment = Segment {
+            holder: s.holder.clone(),
+            lock_index,
+            n: *writes,
+        };
+        *writes += 1;
+        // Act only while the lease runs: this is the moment that counts.
+        if wall_ms() >= s.lease_end {
+            continue;
+        }
+        let mut body = value;
+        body.extend_from_slice(segment.encode().as_bytes());
+        let index = index.to_string();
+        if let Ok(true) = c.kv_put(DATA_KEY, body, &[("cas", &index)]).await {
+            rec.locks.lock().unwrap().acked.push(segment);
+        }
+        pause(rng, 0..30).await;
+    }
+    h.lease_end = s.lease_end;
+    let end = match end {
+        Some(end) => end,
+        None if rng.random_bool(0.9) => {
+            h.released = Some(wall_ms());
+            let c = &clients[rng.random_range(0..clients.len())];
+            let _ = c.kv_put(LOCK_KEY, "", &[("release", &s.id)]).await;
+            rec.lock_event("released");
+            HoldEnd::Released
+        }
+        None => {
+            // A crashed holder: no release, no renewal; the session lapses
+            // and lock-delay covers whatever it had in flight.
+            rec.lock_event("walked away");
+            HoldEnd::Dropped
+        }
+    };
+    rec.locks.lock().unwrap().holds.push(h);
+    end
+}
+
+async fn pause(rng: &mut StdRng, ms: std::ops::Range<u64>) {
+    tokio::time::sleep(Duration::from_millis(rng.random_range(ms))).await;
+}
+
 /// Runs one seed; returns the faults injected, or the failure.
 async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> {
-    let mut c = TestCluster::builder(3).agents(false).start().await;
-    c.wait_leader().await;
+    let mut c = TestCluster::builder(3)
+        .agents(false)
+        .sessions(SessionTuning {
+            scan_interval: Duration::from_millis(50),
+            ttl_multiplier: TTL_MULTIPLIER,
+        })
+        .start()
+        .await;
+    let leader = c.wait_leader().await;
+    // The lock sessions' node, registered before any fault.
+    let lc = c.client(leader);
+    let node = RegisterRequest {
+        node: LOCK_NODE.into(),
+        address: "10.0.0.2".into(),
+        ..Default::default()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the lock node registered",
+        || async { lc.catalog_register(&node, None).await.ok().filter(|ok| *ok) },
+    )
+    .await;
+    let ttl_ms = (SESSION_TTL_MS as f64 * c.sessions.ttl_multiplier) as u64;
     let rec = Arc::new(Recorder {
         start: Instant::now(),
         ops: Mutex::new(Vec::new()),
         stale: Mutex::new(BTreeMap::new()),
+        kv_index: Mutex::default(),
+        locks: Mutex::default(),
+        lock_events: Mutex::default(),
         problems: Mutex::new(Vec::new()),
     });
     let urls: Vec<String> = (0..3).map(|i| c.node(i).url()).collect();
@@ -178,6 +844,16 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
     let mut clients = tokio::task::JoinSet::new();
     for id in 0..CLIENTS {
         clients.spawn(client_loop(id, seed, urls.clone(), rec.clone(), until));
+    }
+    for id in 0..LOCKERS {
+        clients.spawn(lock_loop(
+            id,
+            seed,
+            urls.clone(),
+            rec.clone(),
+            until,
+            ttl_ms,
+        ));
     }
     // Leader sampler: never two leaders in one term.
     let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> = Arc::default();
@@ -277,21 +953,41 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
     // Final linearizable reads of every key join the history: every
     // acknowledged write must still be there.
     let lc = c.client(leader);
+    let consistent = QueryOptions {
+        consistent: true,
+        ..Default::default()
+    };
     for key in 0..KEYS {
-        let opts = QueryOptions {
-            consistent: true,
-            ..Default::default()
-        };
         let invoke = rec.now();
-        let (v, _) = read(&lc, key, &opts).await.ok_or("final read failed")?;
-        rec.ops.lock().unwrap().push(Op {
+        let (v, _) = read(&lc, key, &consistent)
+            .await
+            .ok_or("final read failed")?;
+        rec.push(Op {
             client: 99,
             key,
             kind: Kind::Read(v),
             invoke,
             complete: Some(rec.now()),
         });
+        let invoke = rec.now();
+        let (entry, _) =
+            (kv_read(&lc, &rec, key, &consistent).await).ok_or("final KV read failed")?;
+        rec.push(Op {
+            client: 99,
+            key: KV_KEY_BASE + key,
+            kind: Kind::Read(entry.map(|e| e.0)),
+            invoke,
+            complete: Some(rec.now()),
+        });
     }
+    // The lock's last state, and the data chain's final value.
+    let (lock, data) = (
+        lc.kv_get(LOCK_KEY, &consistent, &[]).await,
+        lc.kv_get(DATA_KEY, &consistent, &[]).await,
+    );
+    let (Ok((lock, _)), Ok((data, _))) = (lock, data) else {
+        return Err(format!("seed {seed}: the final reads of the lock failed"));
+    };
     stop_sampler.cancel();
     let _ = sampler.0.await;
     c.shutdown().await;
@@ -305,14 +1001,15 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
     let ops = rec.ops.lock().unwrap().clone();
     let acked = ops
         .iter()
-        .filter(|o| matches!(o.kind, Kind::Write(_)) && o.complete.is_some())
+        .filter(|o| o.kind.is_write() && o.complete.is_some())
         .count();
     let (result, undecided) = history::check_report(&ops);
     if let Err((key, hist)) = result {
         let small = history::shrink(&hist);
         let mut text = format!(
-            "key {key} has no linearization; the smallest failing part of its history \
+            "{} has no linearization; the smallest failing part of its history \
              ({} of {} operations):\n",
+            key_name(key),
             small.len(),
             hist.len()
         );
@@ -321,6 +1018,27 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
         }
         problems.push(text);
     }
+
+    let mut locks = rec.locks.lock().unwrap().clone();
+    if let Some(e) = lock.and_then(|l| l.into_iter().next()) {
+        locks.observations.push(LockObservation {
+            modify_index: e.modify_index,
+            lock_index: e.lock_index,
+            session: e.session,
+        });
+    }
+    let value = data
+        .and_then(|l| l.into_iter().next())
+        .and_then(|e| e.value);
+    match locks::parse_chain(&String::from_utf8_lossy(&value.unwrap_or_default())) {
+        Ok(chain) => locks.chain = chain,
+        Err(e) => problems.push(format!("chaos/lock-data: {e}")),
+    }
+    if locks.holds.is_empty() {
+        problems
+            .push("no lock client ever held the lock: the lock property was not exercised".into());
+    }
+    problems.extend(locks::check(&locks, LOCK_DELAY_MS));
     if !problems.is_empty() {
         return Err(format!(
             "seed {seed}: {}\nfaults: {faults:?}",
@@ -331,9 +1049,16 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
         0 => String::new(),
         n => format!(" ({n} key(s) undecided within the search budget: {undecided:?})"),
     };
+    let events = rec.lock_events.lock().unwrap().clone();
     eprintln!(
-        "seed {seed}: {} operations ({acked} acknowledged writes){undecided}, {} faults: {faults:?}",
+        "seed {seed}: {} operations ({acked} acknowledged writes){undecided}; lock: {} holds, \
+         {events:?}, {} sessions, {} data writes acknowledged, {} in the chain; \
+         {} faults: {faults:?}",
         ops.len(),
+        locks.holds.len(),
+        locks.sessions.len(),
+        locks.acked.len(),
+        locks.chain.len(),
         faults.len()
     );
     Ok(faults)

@@ -3,6 +3,8 @@
 //!
 //! - [`wait`]: the one bounded wait ([`wait_until`]) and its negative ([`never_within`]).
 //! - [`history`]: a recorded history of client operations and the linearizability checker.
+//! - [`locks`]: a recorded history of clients taking a KV lock with sessions, and the checks
+//!   that no two held it at once (registry-server's chaos test).
 //! - `cluster` (feature `cluster`): a `TestCluster` of real servers in one process, built
 //!   with `TestCluster::builder`, and the fixtures server tests share.
 //! - `fakes` (feature `fakes`): a fake registry server (`fakes::catalog`), a fake datacenter
@@ -19,6 +21,7 @@ pub mod cluster;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod history;
+pub mod locks;
 pub mod wait;
 
 pub use wait::{never_within, wait_until};
