@@ -1039,6 +1039,15 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
             .push("no lock client ever held the lock: the lock property was not exercised".into());
     }
     problems.extend(locks::check(&locks, LOCK_DELAY_MS));
+    // A key the search gave up on is not checked: a run that decides too few
+    // keys proves nothing and must not pass.
+    let keys = ops.iter().map(|o| o.key).collect::<BTreeSet<_>>().len();
+    if undecided.len() * 2 > keys {
+        problems.push(format!(
+            "{} of {keys} keys undecided within the search budget: the history was not checked",
+            undecided.len()
+        ));
+    }
     if !problems.is_empty() {
         return Err(format!(
             "seed {seed}: {}\nfaults: {faults:?}",

@@ -126,7 +126,14 @@ pub struct Agent {
     /// the agent's `/v1/status/leader` names no leader (`http/status.rs`), so that a client
     /// that waits for a leader and then reads finds this node.
     in_catalog: std::sync::atomic::AtomicBool,
+    /// When the agent started: the gate above opens by itself [`IN_CATALOG_GATE_MAX`] later,
+    /// so that a registration that never lands cannot hide the leader for good.
+    started: std::time::Instant,
 }
+
+/// How long after start an agent's `/v1/status/leader` may wait for its node to be in the
+/// catalog before it names the leader anyway (heartbeats register it within a second or two).
+const IN_CATALOG_GATE_MAX: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Holds the [`ServerLifecycle`] (a trait object, so `Debug` by hand).
 #[derive(Default)]
@@ -193,6 +200,7 @@ impl Agent {
             full_sync_now: Notify::new(),
             lifecycle: LifecycleSlot::default(),
             in_catalog: std::sync::atomic::AtomicBool::new(false),
+            started: std::time::Instant::now(),
         });
         agent.load().await?;
         // Counted first: two `lock()` temporaries in one statement would
@@ -257,13 +265,17 @@ impl Agent {
         &self.servers
     }
 
-    /// Whether this node and its `serfHealth` have been seen in the catalog (see the field).
+    /// Whether this node and its `serfHealth` have been seen in the catalog, or the agent has
+    /// waited for that long enough (see the fields).
     pub(crate) fn in_catalog(&self) -> bool {
         self.in_catalog.load(std::sync::atomic::Ordering::Acquire)
+            || self.started.elapsed() >= IN_CATALOG_GATE_MAX
     }
 
     /// Reads this node's checks from the servers (a default-mode read, so anything read after
-    /// it sees them too) and records whether its `serfHealth` is there and passing.
+    /// it sees them too) and records whether its `serfHealth` is there, in any state: a node
+    /// the servers hold critical is registered all the same, and hiding the leader from its
+    /// clients would not make it pass.
     pub(crate) async fn confirm_in_catalog(&self) -> bool {
         let path = format!(
             "/v1/health/node/{}",
@@ -274,9 +286,9 @@ impl Agent {
             .get_json::<Vec<registry_api::HealthCheck>>(&path)
             .await
             .is_ok_and(|checks| {
-                checks.iter().any(|c| {
-                    c.check_id == registry_api::SERF_HEALTH_ID && c.status == registry_api::PASSING
-                })
+                checks
+                    .iter()
+                    .any(|c| c.check_id == registry_api::SERF_HEALTH_ID)
             });
         if found {
             self.in_catalog

@@ -29,6 +29,15 @@ fn is_forwarded(path: &str) -> bool {
         && !path.starts_with("/v1/internal/")
 }
 
+/// `path` as the HTTP client will send it: dot segments (`..`, `%2e%2e`) resolved. The pool
+/// signs the path it sends, so the rule must be checked on that one too: `/v1/kv/%2e%2e/internal/x`
+/// is `/v1/internal/x` on the wire. Empty (so never forwarded) if it does not parse.
+fn sent_path(path: &str) -> String {
+    reqwest::Url::parse(&format!("http://server{path}"))
+        .map(|u| u.path().to_owned())
+        .unwrap_or_default()
+}
+
 /// Only the headers [`forwarded_request_header`] lets through; a caller's signature is never
 /// among them, as the pool signs what it sends with this agent's own key.
 fn forwarded_request_headers(headers: &HeaderMap) -> HeaderMap {
@@ -45,7 +54,7 @@ fn forwarded_request_headers(headers: &HeaderMap) -> HeaderMap {
 /// [`forwarded_response_header`] lets through and the body; a path that is not forwarded is
 /// `404 Unsupported path`.
 pub(super) async fn forward(State(servers): State<ServerPool>, req: Request) -> HttpResult {
-    if !is_forwarded(req.uri().path()) {
+    if !is_forwarded(req.uri().path()) || !is_forwarded(&sent_path(req.uri().path())) {
         return Err(ApiError::NotFound(format!(
             "Unsupported path: {} {}",
             req.method(),
@@ -108,6 +117,27 @@ pub(super) async fn relay(servers: &ServerPool, req: Request, path_and_query: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_judged_as_sent() {
+        for (raw, sent) in [
+            (
+                "/v1/kv/%2e%2e/internal/force-leave/x",
+                "/v1/internal/force-leave/x",
+            ),
+            ("/v1/kv/../agent/leave", "/v1/agent/leave"),
+            ("/v1/kv/%2E%2e/%2e%2E/v1/agent/self", "/v1/agent/self"),
+            ("/v1/kv/a/./b", "/v1/kv/a/b"),
+        ] {
+            assert_eq!(sent_path(raw), sent, "{raw}");
+            assert!(is_forwarded(raw));
+        }
+        assert!(!is_forwarded(&sent_path(
+            "/v1/kv/%2e%2e/internal/force-leave/x"
+        )));
+        assert!(!is_forwarded(&sent_path("/v1/kv/../agent/leave")));
+        assert!(is_forwarded(&sent_path("/v1/kv/a/./b")));
+    }
 
     #[test]
     fn only_the_servers_public_api_is_forwarded() {
