@@ -42,24 +42,48 @@ pub(super) fn now_ms(skew_ms: i64) -> u64 {
 }
 
 /// Sets a normal entry's time to `at`, the leader's clock, keeping its
-/// request id and command. Consul stamps time on the leader, so lock-delays
-/// and session renewals never depend on the clock of the server a client
-/// happened to reach. An entry that does not decode is left alone: applying
-/// it fails the same way on every replica ([`decode_command`]).
+/// request id and its command's bytes as they are. Consul stamps time on the
+/// leader, so lock-delays and session renewals never depend on the clock of
+/// the server a client happened to reach.
+///
+/// Only the envelope's head (`{"v":..,"id":..,"at":..` before `,"cmd":`,
+/// the order serde writes [`Envelope`] in) is rewritten: the command is not
+/// decoded and encoded again, so a field this binary does not know (a newer
+/// follower's) is not dropped, and the command keeps its `Op`-first form for
+/// the fast decoder. An entry of any other form is left alone: applying it
+/// decides the same way on every replica ([`decode_command`]).
 pub(super) fn restamp(e: &mut Entry, at: u64) {
     if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
         return;
     }
-    let Ok(mut env) = serde_json::from_slice::<Envelope>(&e.data) else {
-        return;
-    };
-    if env.at == at {
-        return;
-    }
-    env.at = at;
-    if let Ok(data) = serde_json::to_vec(&env) {
+    if let Some(data) = restamped(&e.data, at) {
         e.data = data.into();
     }
+}
+
+/// `data` with its envelope's time set to `at`, or `None` when its head is
+/// not the `v`, `id` and optional `at` numbers this binary writes.
+fn restamped(data: &[u8], at: u64) -> Option<Vec<u8>> {
+    const CMD: &[u8] = b",\"cmd\":";
+    let cmd_at = data.windows(CMD.len()).position(|w| w == CMD)?;
+    let head = std::str::from_utf8(&data[..cmd_at])
+        .ok()?
+        .strip_prefix('{')?;
+    let (mut v, mut id) = (None, None);
+    for field in head.split(',') {
+        let (key, value) = field.split_once(':')?;
+        match key {
+            "\"v\"" => v = Some(value.parse::<u32>().ok()?),
+            "\"id\"" => id = Some(value.parse::<u64>().ok()?),
+            "\"at\"" => {
+                value.parse::<u64>().ok()?;
+            }
+            _ => return None,
+        }
+    }
+    let mut out = format!("{{\"v\":{},\"id\":{},\"at\":{at}", v?, id?).into_bytes();
+    out.extend_from_slice(&data[cmd_at..]);
+    Some(out)
 }
 
 /// What travels in a conf-change entry's context.
@@ -151,6 +175,35 @@ mod tests {
         let mut empty = Entry::default();
         restamp(&mut empty, 9);
         assert!(empty.data.is_empty());
+    }
+
+    /// The command's bytes are kept as they are: a field this binary does not
+    /// know survives, and an envelope from before `at` gains one.
+    #[test]
+    fn restamping_rewrites_only_the_envelopes_head() {
+        let cmd = br#"{"Op":"SessionRenew","ID":"s1","NewerField":[1,2]}"#;
+        for head in [r#"{"v":1,"id":42,"at":5000000"#, r#"{"v":1,"id":42"#] {
+            let mut e = Entry::default();
+            e.set_entry_type(EntryType::EntryNormal);
+            let mut data = head.as_bytes().to_vec();
+            data.extend_from_slice(b",\"cmd\":");
+            data.extend_from_slice(cmd);
+            data.push(b'}');
+            e.data = data.into();
+            restamp(&mut e, 1_400_000);
+            let mut want = br#"{"v":1,"id":42,"at":1400000,"cmd":"#.to_vec();
+            want.extend_from_slice(cmd);
+            want.push(b'}');
+            assert_eq!(&e.data[..], &want[..], "{head}");
+            assert_eq!(decode_command(&e).unwrap().at, 1_400_000);
+        }
+        // A head of another form (a field this binary does not know) is left alone.
+        let odd = br#"{"v":1,"id":42,"x":"y","cmd":{"Op":"SessionRenew","ID":"s1"}}"#;
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryNormal);
+        e.data = odd.to_vec().into();
+        restamp(&mut e, 9);
+        assert_eq!(&e.data[..], &odd[..]);
     }
 
     #[test]
