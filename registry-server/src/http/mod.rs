@@ -229,10 +229,13 @@ fn signed_internal_writes(state: &AppState) -> Router<Arc<AppState>> {
 /// /v1/agent/leave`, `/v1/agent/force-leave/:node`, `/v1/agent/join/:address`)
 /// that a server serves only to callers on its own host.
 fn is_agent_membership_change(method: &axum::http::Method, path: &str) -> bool {
-    method == axum::http::Method::PUT
+    (method == axum::http::Method::PUT
         && (path == "/v1/agent/leave"
             || path.starts_with("/v1/agent/force-leave/")
-            || path.starts_with("/v1/agent/join/"))
+            || path.starts_with("/v1/agent/join/")))
+        // The monitor streams the server's own logs, and its 64 places would
+        // otherwise be anyone's to fill (found by review).
+        || (method == axum::http::Method::GET && path == "/v1/agent/monitor")
 }
 
 /// A server's embedded agent takes membership changes only from loopback
@@ -532,6 +535,7 @@ mod tests {
             .route("/v1/agent/join/{address}", put(ok))
             .route("/v1/agent/reload", put(ok))
             .route("/v1/agent/self", get(ok))
+            .route("/v1/agent/monitor", get(ok))
             .layer(middleware::from_fn(agent_membership_from_loopback))
     }
 
@@ -582,6 +586,15 @@ mod tests {
             }
             assert_eq!(status("PUT", path, None).await, 403, "{path}, peer unknown");
         }
+        // The monitor (the server's own logs) likewise.
+        assert_eq!(
+            status("GET", "/v1/agent/monitor", Some("10.1.2.3:5000")).await,
+            403
+        );
+        assert_eq!(
+            status("GET", "/v1/agent/monitor", Some("127.0.0.1:5000")).await,
+            200
+        );
         // Everything else is as open as before.
         assert_eq!(
             status("PUT", "/v1/agent/reload", Some("10.1.2.3:5000")).await,
