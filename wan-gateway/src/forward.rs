@@ -211,6 +211,15 @@ impl Forwarder {
     ) -> Result<Answer, GatewayError> {
         for addr in addrs {
             match self.send(&format!("http://{addr}"), req).await {
+                // A 503 is a refusal before anything was done: the gateway is stopping
+                // (its kept-alive connections answer so until they close) or full, or a
+                // server behind it is past its connection bound. Another gateway of that DC
+                // may answer; with none left it is the DC that cannot be reached (Consul's
+                // 500), not this one gateway's state.
+                Ok(answer) if answer.status == StatusCode::SERVICE_UNAVAILABLE => {
+                    tracing::info!(gateway = %addr, path = %req.path_and_query, "gateway refused (503); trying the next");
+                    on_failure(addr);
+                }
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     tracing::info!(gateway = %addr, path = %req.path_and_query, error = %e, "gateway unreachable");
@@ -272,6 +281,44 @@ fn may_retry(e: &SendError, req: &OutboundRequest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gateway on 127.0.0.1:0 that answers every request with `status`.
+    async fn gateway_answering(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let app = axum::Router::new().fallback(move || async move {
+            (StatusCode::from_u16(status).unwrap(), "from the gateway")
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// A 503 (a stopping or full gateway) moves on to the next gateway; with none left it
+    /// is the DC that is unreachable. Any other status is an answer.
+    #[tokio::test]
+    async fn a_refusing_gateway_is_passed_over() {
+        let fwd = Forwarder::new(&[], None).unwrap();
+        let req = OutboundRequest::new(
+            Method::GET,
+            "/v1/catalog/services".into(),
+            None,
+            &HeaderMap::new(),
+            Bytes::new(),
+            1,
+        );
+        let (refusing, answering) = (gateway_answering(503).await, gateway_answering(404).await);
+        let mut failed = Vec::new();
+        let answer = fwd
+            .to_gateways(&[refusing.clone(), answering], &req, |a| {
+                failed.push(a.to_string())
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert_eq!(failed, [refusing.clone()]);
+        let none = fwd.to_gateways(&[refusing], &req, |_| {}).await;
+        assert!(matches!(none, Err(GatewayError::Unreachable)), "{none:?}");
+    }
 
     #[test]
     fn only_the_headers_that_matter_travel_and_hops_are_counted() {
