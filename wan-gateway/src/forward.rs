@@ -315,7 +315,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
-        assert_eq!(failed, [refusing.clone()]);
+        assert_eq!(failed, std::slice::from_ref(&refusing));
         let none = fwd.to_gateways(&[refusing], &req, |_| {}).await;
         assert!(matches!(none, Err(GatewayError::Unreachable)), "{none:?}");
     }
