@@ -60,7 +60,19 @@ async fn assert_stays_passing(leader: &RegistryClient, node: &str, how_long: Dur
 /// believed in a leader, and agents did not move on error statuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_on_an_isolated_server_stays_passing() {
-    let c = TestCluster::builder(3).agents(false).start().await;
+    // The isolated server refuses a heartbeat once the leader has not
+    // acknowledged it for `heartbeat_ack_timeout`; at the default 1 s that
+    // alone used the whole 1 s node timeout of `fast_liveness`, and the node
+    // went critical on a loaded machine before the agent could move on.
+    let tuning = RaftTuning {
+        heartbeat_ack_timeout: Duration::from_millis(300),
+        ..fast_tuning()
+    };
+    let c = TestCluster::builder(3)
+        .agents(false)
+        .tuning(tuning)
+        .start()
+        .await;
     let leader = c.wait_leader().await;
     let x = (leader + 1) % 3;
     let dir = tempfile::tempdir().unwrap();
