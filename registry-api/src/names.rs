@@ -105,6 +105,16 @@ pub fn check_datacenter(dc: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The `?dc=` a query string names, if any and not empty: the one reading of it for the
+/// server (is this request for another datacenter?), the gateway (which datacenter to route
+/// to) and the agent.
+pub fn requested_dc(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "dc")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +184,12 @@ mod tests {
             assert!(check_datacenter(bad).is_err(), "{bad:?}");
         }
         assert!(check_datacenter(&"d".repeat(MAX_DC_LEN)).is_ok());
+    }
+
+    #[test]
+    fn finds_the_requested_dc() {
+        assert_eq!(requested_dc(Some("a=1&dc=dc2")), Some("dc2".into()));
+        assert_eq!(requested_dc(Some("dc=")), None);
+        assert_eq!(requested_dc(None), None);
     }
 }

@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 /// How many instances of `service` `base` holds in its own state (`?stale`); 0 on error.
 pub async fn stale_instances(http: &reqwest::Client, base: &str, service: &str) -> usize {
-    let url = format!("{base}/v1/catalog/service/{service}?stale");
-    match http.get(&url).send().await {
+    array_len(http, &format!("{base}/v1/catalog/service/{service}?stale")).await
+}
+
+/// The length of the JSON array `url` answers with; 0 on an error or anything else.
+async fn array_len(http: &reqwest::Client, url: &str) -> usize {
+    match http.get(url).send().await {
         Ok(r) if r.status().is_success() => r
             .json::<serde_json::Value>()
             .await
@@ -157,16 +161,7 @@ pub async fn setup_kv(ours: &[String], etcd: &[String]) -> Result<()> {
     for u in ours {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let url = format!("{u}/v1/kv/{KV_TREE}?recurse&stale");
-            let held = match http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v.as_array().map(Vec::len))
-                    .unwrap_or(0),
-                _ => 0,
-            };
+            let held = array_len(&http, &format!("{u}/v1/kv/{KV_TREE}?recurse&stale")).await;
             if held == KV_TREE_KEYS {
                 break;
             }

@@ -186,14 +186,7 @@ impl Gateway {
             return Err(GatewayError::NoPathToDc);
         }
         let query = url.query();
-        let dc = query
-            .and_then(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "dc")
-                    .map(|(_, v)| v.into_owned())
-            })
-            .filter(|dc| !dc.is_empty())
-            .unwrap_or_else(|| self.dc.clone());
+        let dc = registry_api::names::requested_dc(query).unwrap_or_else(|| self.dc.clone());
         let _permit = self
             .in_flight
             .clone()

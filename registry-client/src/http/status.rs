@@ -27,10 +27,8 @@ pub(super) async fn leader(State(agent): State<Arc<Agent>>, req: Request) -> Htt
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/v1/status/leader".into());
-    let other_dc = req.uri().query().is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .any(|(k, v)| k == "dc" && !v.is_empty() && v != agent.config().datacenter.as_str())
-    });
+    let other_dc = registry_api::names::requested_dc(req.uri().query())
+        .is_some_and(|dc| dc != agent.config().datacenter);
     let answer = relay(agent.servers(), req, &path_and_query).await?;
     if other_dc || agent.in_catalog() || answer.status() != StatusCode::OK {
         return Ok(answer);

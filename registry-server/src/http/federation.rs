@@ -180,15 +180,6 @@ async fn into_response(resp: reqwest::Response) -> Response {
     }
 }
 
-/// The `?dc=` named in a query string, if any and not empty.
-fn requested_dc(query: Option<&str>) -> Option<String> {
-    let query = query?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "dc")
-        .map(|(_, v)| v.into_owned())
-        .filter(|v| !v.is_empty())
-}
-
 /// Middleware: requests for another datacenter go to a gateway; everything
 /// else goes on to the local handlers.
 pub async fn route_remote_dc(
@@ -200,7 +191,7 @@ pub async fn route_remote_dc(
     if path.starts_with("/v1/agent/") || path.starts_with("/v1/internal/") {
         return next.run(req).await;
     }
-    let Some(dc) = requested_dc(req.uri().query()) else {
+    let Some(dc) = registry_api::names::requested_dc(req.uri().query()) else {
         return next.run(req).await;
     };
     if dc == st.datacenter {
@@ -250,17 +241,5 @@ pub async fn route_remote_dc(
     {
         Ok(resp) => resp,
         Err(e) => HttpError(e).into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_requested_dc() {
-        assert_eq!(requested_dc(Some("a=1&dc=dc2")), Some("dc2".into()));
-        assert_eq!(requested_dc(Some("dc=")), None);
-        assert_eq!(requested_dc(None), None);
     }
 }
