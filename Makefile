@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO := scripts/cargo.sh
 NEXTEST_PROFILE ?= $(if $(CI),ci,default)
 
-.PHONY: all build release test fmt fmt-check lint run-dev clean rocksdb chaos
+.PHONY: all build release test fmt fmt-check lint run-dev clean rocksdb chaos prometheus-check
 
 all: build
 
@@ -31,6 +31,9 @@ fmt-check:
 lint: ## Formatting and clippy with warnings as errors
 	cargo fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+prometheus-check: ## Prometheus (Debian's package, installed if missing) scrapes a --dev server's metrics and reports it up
+	@scripts/prometheus-check.sh
 
 run-dev: ## One server in --dev mode on 127.0.0.1:8500
 	$(CARGO) run --release -p registry-server -- --dev

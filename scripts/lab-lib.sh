@@ -126,12 +126,7 @@ service_passing() {
   [[ "$CODE" == 200 ]] && [[ "$(json 'len(j)' <<<"$BODY")" -ge 1 ]] 2>/dev/null
 }
 
-register_demo() { # AGENT_URL: the demo service, checked over HTTP against the agent itself
-  http PUT "$1/v1/agent/service/register" '{
-    "ID": "demo", "Name": "demo", "Port": 8500, "Tags": ["lab"],
-    "Meta": {"what": "demo service of the two-datacenter lab"},
-    "Check": {"Name": "agent answers", "HTTP": "http://127.0.0.1:8500/v1/agent/self",
-              "Interval": "5s", "Timeout": "2s"}
-  }'
+demo_registered() { # AGENT_URL: the demo service, which the agent reads from its --config-dir
+  http GET "$1/v1/agent/service/demo"
   [[ "$CODE" == 200 ]]
 }

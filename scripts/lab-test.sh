@@ -4,7 +4,8 @@
 # "N passed, M failed"; exits 1 when anything failed.
 #
 #   1. a service registered with an HTTP check via the dc1 agent is read healthy via the dc2 agent
-#      with ?dc=dc1, and the reverse;
+#      with ?dc=dc1, and the reverse; the agents' DNS (host ports 8600 and 9600) answers
+#      `dig @127.0.0.1 -p 8600 demo.service.dc2.consul SRV` through the gateways;
 #   2. docker kill the dc1 leader: a new leader within LAB_FAILOVER_BOUND s, nothing lost, writes
 #      accepted; docker start it: it rejoins (3 peers, follows the new leader, has the new writes);
 #   3. docker network disconnect one dc1 follower from dc1-lan: the other two serve reads and
@@ -76,6 +77,14 @@ rejoined() { # URL OWN_ADDR LEADER NODE : 3 peers, follows LEADER, has NODE (sta
   [[ "$(leader_of "$1")" == "$3" && "$3" != "$2" ]] || return 1
   has_node "$1" "$4" stale
 }
+# dns_srv PORT NAME : the agent whose DNS is on host PORT answers NAME's SRV query with an
+# instance on port 8500 (the demo service) and its target's address (dig on the host).
+dns_srv() {
+  BODY="$(dig @127.0.0.1 -p "$1" "$2" SRV +time=2 +tries=1 2>&1)"
+  CODE="$(grep -o 'status: [A-Z]*' <<<"$BODY" | head -1)"
+  [[ "$CODE" == "status: NOERROR" ]] && grep -Eq 'IN[[:space:]]+SRV[[:space:]]+1 [0-9]+ 8500 ' <<<"$BODY" &&
+    grep -Eq 'IN[[:space:]]+A[[:space:]]+10\.81\.' <<<"$BODY"
+}
 remote_unreachable() { # AGENT NAME DC
   http GET "$1/v1/catalog/service/$2?dc=$3"
   [[ "$CODE" == 500 && "$BODY" == *"Remote DC has no server currently reachable"* ]]
@@ -97,6 +106,13 @@ check "lab-web passing, read via the dc2 agent with ?dc=dc1" "$WAIT" passing_in 
 check "register lab-api (HTTP check) via the dc2 agent" 10 register_service "$DC2_AGENT" lab-api
 check "lab-api passing in dc2, read via the dc2 agent" "$WAIT" passing_in "$DC2_AGENT" lab-api dc2
 check "lab-api passing, read via the dc1 agent with ?dc=dc2" "$WAIT" passing_in "$DC1_AGENT" lab-api dc2
+if command -v dig >/dev/null; then
+  check "DNS: dig @127.0.0.1 -p 8600 demo.service.dc2.consul SRV (dc1 agent, through the gateways)" \
+    "$WAIT" dns_srv 8600 demo.service.dc2.consul
+  check "DNS: dig @127.0.0.1 -p 9600 demo.service.consul SRV (dc2 agent)" "$WAIT" dns_srv 9600 demo.service.consul
+else
+  fail "DNS: dig is not installed (apt-get install dnsutils)"
+fi
 
 # ---- 2. leader failover -------------------------------------------------------------------------
 title "2. kill the dc1 leader"
@@ -216,8 +232,8 @@ agent_has() { # AGENT ID...
   [[ "$CODE" == 200 ]] || return 1
   for id in "$@"; do [[ "$(json "'$id' in j" <<<"$BODY")" == true ]] || return 1; done
 }
-check "dc1 agent still has demo and lab-web (from its data dir)" "$WAIT" agent_has "$DC1_AGENT" demo lab-web
-check "dc2 agent still has demo and lab-api (from its data dir)" "$WAIT" agent_has "$DC2_AGENT" demo lab-api
+check "dc1 agent still has demo (config dir) and lab-web (data dir)" "$WAIT" agent_has "$DC1_AGENT" demo lab-web
+check "dc2 agent still has demo (config dir) and lab-api (data dir)" "$WAIT" agent_has "$DC2_AGENT" demo lab-api
 check "demo and lab-web passing in dc1" "$WAIT" passing_in "$DC1_AGENT" lab-web dc1
 check "  (demo)" "$WAIT" passing_in "$DC1_AGENT" demo dc1
 check "demo and lab-api passing in dc2" "$WAIT" passing_in "$DC2_AGENT" lab-api dc2

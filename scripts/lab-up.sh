@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts the two-datacenter lab (images must exist: scripts/lab-images.sh) and waits until it is
 # healthy: both DCs have a leader that all three servers agree on, both agents answer, and the
-# demo service (registered here on each agent, persisted in the agent's volume) passes its HTTP
-# check. Prints the time from `docker compose up` to healthy. Exit 1 if that takes over
+# demo service (docker/agent-config/demo.json, which each agent reads from its --config-dir)
+# passes its HTTP check. Prints the time from `docker compose up` to healthy. Exit 1 if that takes over
 # LAB_UP_TIMEOUT seconds (default 120).
 set -euo pipefail
 source "$(dirname "$0")/lab-lib.sh"
@@ -27,8 +27,8 @@ step "dc1: leader, all 3 servers agree" dc_has_leader dc1
 step "dc2: leader, all 3 servers agree" dc_has_leader dc2
 step "dc1 agent answers (127.0.0.1:8500)" agent_answers "$DC1_AGENT"
 step "dc2 agent answers (127.0.0.1:9500)" agent_answers "$DC2_AGENT"
-step "dc1: demo service registered" register_demo "$DC1_AGENT"
-step "dc2: demo service registered" register_demo "$DC2_AGENT"
+step "dc1: demo service (from config dir)" demo_registered "$DC1_AGENT"
+step "dc2: demo service (from config dir)" demo_registered "$DC2_AGENT"
 step "dc1: demo passing its HTTP check" service_passing "$DC1_AGENT" demo
 step "dc2: demo passing its HTTP check" service_passing "$DC2_AGENT" demo
 echo "lab healthy $(elapsed) s after 'compose up' (leaders in both DCs, agents answering, demo services passing)"

@@ -264,3 +264,142 @@ impl RegistryClient {
             .0)
     }
 }
+
+/// Consul's header for an ACL token.
+pub const TOKEN_HEADER: &str = "X-Consul-Token";
+
+impl RegistryClient {
+    /// A client for `base` that sends `token` (when given) as `X-Consul-Token` on every
+    /// request, as Consul's CLI does with `-token`. Fails on a token that cannot be a header.
+    pub fn with_token(base: impl Into<String>, token: Option<&str>) -> Result<Self, String> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(token)
+                .map_err(|_| "the token is not a valid header value".to_string())?;
+            value.set_sensitive(true);
+            headers.insert(TOKEN_HEADER, value);
+        }
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self::with_http(base, http))
+    }
+
+    /// Sends `method` to `path` with `query` and an optional raw body; the reply once it is a
+    /// 2xx, its status and plain-text body as the error otherwise.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut req = self.http.request(method, self.url(path)).query(query);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        Self::check(req.send().await?).await
+    }
+
+    /// `GET /v1/agent/members`.
+    pub async fn agent_members(&self) -> Result<Vec<crate::agent::AgentMember>, ClientError> {
+        Ok(self
+            .get("/v1/agent/members", &QueryOptions::default())
+            .await?
+            .0)
+    }
+
+    /// `GET /v1/catalog/datacenters`.
+    pub async fn catalog_datacenters(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .get("/v1/catalog/datacenters", &QueryOptions::default())
+            .await?
+            .0)
+    }
+
+    /// `GET /v1/catalog/services`: service name -> tags.
+    pub async fn catalog_services(
+        &self,
+        opts: &QueryOptions,
+    ) -> Result<(std::collections::BTreeMap<String, Vec<String>>, QueryMeta), ClientError> {
+        self.get("/v1/catalog/services", opts).await
+    }
+
+    /// `PUT /v1/agent/service/register`.
+    pub async fn agent_service_register(
+        &self,
+        reg: &crate::agent::ServiceRegistration,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(reg).map_err(|e| ClientError::Status {
+            status: 0,
+            body: e.to_string(),
+        })?;
+        self.send(
+            reqwest::Method::PUT,
+            "/v1/agent/service/register",
+            &[],
+            Some(body.into()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/service/deregister/:id`.
+    pub async fn agent_service_deregister(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/agent/service/deregister/{}", path_segment(id));
+        self.send(reqwest::Method::PUT, &path, &[], None).await?;
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/reload`: re-reads the agent's configuration files.
+    pub async fn agent_reload(&self) -> Result<(), ClientError> {
+        self.send(reqwest::Method::PUT, "/v1/agent/reload", &[], None)
+            .await?;
+        Ok(())
+    }
+
+    /// `DELETE /v1/operator/raft/peer?id=` or `?address=` (`query` says which).
+    pub async fn raft_remove_peer(&self, query: &[(&str, &str)]) -> Result<(), ClientError> {
+        self.send(
+            reqwest::Method::DELETE,
+            "/v1/operator/raft/peer",
+            query,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/operator/raft/transfer-leader[?id=]`: Consul's `{"Success": bool}`.
+    pub async fn raft_transfer_leader(&self, id: Option<&str>) -> Result<bool, ClientError> {
+        let query: Vec<(&str, &str)> = id.map(|id| vec![("id", id)]).unwrap_or_default();
+        let resp = self
+            .send(
+                reqwest::Method::POST,
+                "/v1/operator/raft/transfer-leader",
+                &query,
+                None,
+            )
+            .await?;
+        let reply: serde_json::Value = resp.json().await?;
+        Ok(reply
+            .get("Success")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false))
+    }
+}
+
+/// `s` escaped for one path segment (ids may hold `/`, `?`, `#`, spaces).
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -555,3 +555,36 @@ mod tests {
         assert!(with_default_node(b"[]", "a").is_err());
     }
 }
+
+/// One entry of `kv export` / `kv import` (Consul's `kvExportEntry`,
+/// <https://developer.hashicorp.com/consul/commands/kv/export>): lower-case keys and the value
+/// in base64 (`""` for none).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct KvExportEntry {
+    /// The full key.
+    pub key: String,
+    /// The key's flags.
+    pub flags: u64,
+    /// The value, base64.
+    pub value: String,
+}
+
+impl KvExportEntry {
+    /// The export form of `pair`.
+    pub fn from_pair(pair: &KvPair) -> Self {
+        KvExportEntry {
+            key: pair.key.clone(),
+            flags: pair.flags,
+            value: base64::engine::general_purpose::STANDARD
+                .encode(pair.value.as_deref().unwrap_or_default()),
+        }
+    }
+
+    /// The value's bytes; the error names the key.
+    pub fn value_bytes(&self) -> Result<Vec<u8>, String> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.value)
+            .map_err(|e| format!("{}: the value is not base64: {e}", self.key))
+    }
+}

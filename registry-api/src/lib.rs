@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod auth;
 pub mod client;
+pub mod config_file;
 pub mod decode;
 pub mod duration;
 pub mod error;
@@ -21,12 +22,16 @@ pub mod kv;
 pub mod limits;
 #[cfg(feature = "serve")]
 pub mod logs;
+#[cfg(feature = "serve")]
+pub mod metrics;
 pub mod names;
 #[cfg(feature = "serve")]
 pub mod process;
 pub mod query;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod service_def;
+pub mod snapshot;
 pub mod types;
 
 pub use agent::*;

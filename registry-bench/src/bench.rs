@@ -415,6 +415,11 @@ pub async fn run(plan: Plan) -> Result<()> {
         r.recovery = recovery;
     }
 
+    if plan.wants("dns") {
+        step("8. DNS: SRV lookups, ours vs NSD serving the same records");
+        r.dns = Some(crate::dns::run(&bin, &root, plan.load, plan.runs).await?);
+    }
+
     let cx = Context {
         machine: cx_machine,
         ours_version: command_line("git", &["describe", "--always", "--dirty", "--tags"]),

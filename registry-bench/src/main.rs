@@ -5,6 +5,7 @@
 
 mod bench;
 mod cluster;
+mod dns;
 mod load;
 mod procs;
 mod report;
@@ -35,7 +36,7 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc,
-    /// memory), e.g. to profile one; the section written is then partial.
+    /// memory, dns), e.g. to profile one; the section written is then partial.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Watcher counts for the fan-out (default 1000,10000; quick: 1000).

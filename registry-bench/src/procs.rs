@@ -51,6 +51,9 @@ impl Proc {
             .with_context(|| format!("open {}", self.spec.log.display()))?;
         let mut cmd = Command::new(&self.spec.program);
         cmd.args(&self.spec.args)
+            // Many servers on one host: each takes a free DNS port unless its
+            // arguments name one (a flag wins over the variable).
+            .env("REGISTRY_DNS_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -42,6 +42,8 @@ pub struct Results {
     pub recovery: Vec<RecoveryRun>,
     /// Measurement 7, one entry per client count.
     pub kv: Vec<KvCells>,
+    /// Measurement 8 (DNS beside NSD), when it ran.
+    pub dns: Option<crate::dns::DnsResults>,
 }
 
 /// Measurement 7 (KV beside etcd) at one client count: every cell's runs.
@@ -554,6 +556,9 @@ pub fn section(r: &Results, cx: &Context) -> String {
         cx.wall.as_secs_f64()
     );
     s.push_str(&table(r));
+    if let Some(dns) = &r.dns {
+        s.push_str(&crate::dns::table(dns));
+    }
     s.push('\n');
     s.push_str(&targets(r));
     s.push_str("\n<details><summary>Per-run figures (p50/p99/ops per s)</summary>\n\n");

@@ -13,6 +13,7 @@
 //! http/           the agent's HTTP API: routers, routes, params, forward
 //! anti_entropy.rs keeps the catalog equal to the local state
 //! servers.rs      the server pool: failover, signing
+//! dns.rs          the DNS interface's backend: the servers answer (stale reads)
 //! ```
 //!
 //! Start-up, in order: build the server pool from `--retry-join` (signing with the shared
@@ -30,7 +31,10 @@
 pub mod agent;
 pub mod anti_entropy;
 pub mod checks;
+pub mod dns;
+mod file_settings;
 pub mod http;
+pub mod metrics;
 pub mod servers;
 
 pub use agent::{Agent, AgentConfig, BoxFuture, ServerLifecycle};
@@ -76,6 +80,13 @@ pub struct ClientConfig {
     /// The cluster's shared key (`--encrypt`): every request to the servers is signed with
     /// it. `None` sends unsigned requests, which servers with a key refuse.
     pub encrypt: Option<SharedKey>,
+    /// Configuration files and directories (`--config-file`, `--config-dir`): the agent
+    /// registers their services at start and re-reads them on reload.
+    pub config_sources: registry_api::config_file::ConfigSources,
+    /// The DNS interface (`--dns-addr` and friends), answered by the servers; `None` runs
+    /// none (the default here, as tests start many agents in one process; `main` gives
+    /// Consul's 127.0.0.1:8600).
+    pub dns: Option<registry_dns::DnsConfig>,
 }
 
 impl ClientConfig {
@@ -94,6 +105,8 @@ impl ClientConfig {
             sync_interval: defaults.sync_interval,
             heartbeat_interval: defaults.heartbeat_interval,
             encrypt: None,
+            config_sources: Default::default(),
+            dns: None,
         }
     }
 }
@@ -102,6 +115,8 @@ impl ClientConfig {
 pub struct ClientHandle {
     /// The address the HTTP API listens on.
     pub http_addr: SocketAddr,
+    /// The DNS interface's bound address (UDP and TCP), when it runs.
+    pub dns_addr: Option<SocketAddr>,
     /// The agent.
     pub agent: Arc<Agent>,
     /// Stops everything.
@@ -157,6 +172,7 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
         sync_interval: config.sync_interval,
         heartbeat_interval: config.heartbeat_interval,
         encrypt: config.encrypt.clone(),
+        config_sources: config.config_sources.clone(),
     };
     let (agent, mut tasks) = Agent::start(agent_config, servers.clone(), shutdown.clone()).await?;
 
@@ -172,6 +188,25 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
     };
     let http_addr = listener.local_addr()?;
     tracing::info!(node = %config.node, addr = %http_addr, "HTTP API listening");
+    let dns_addr = match &config.dns {
+        Some(dns) => {
+            let backend = Arc::new(dns::AgentDns::new(servers.clone()));
+            match registry_dns::start(dns, &config.datacenter, backend, shutdown.clone()).await {
+                Ok(server) => {
+                    tasks.extend(server.tasks);
+                    Some(server.addr)
+                }
+                Err(e) => {
+                    shutdown.cancel();
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
     let app = client_router(agent.clone(), servers);
     tasks.push(tokio::spawn(registry_api::serve::serve(
         listener,
@@ -181,6 +216,7 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
     )));
     Ok(ClientHandle {
         http_addr,
+        dns_addr,
         agent,
         shutdown,
         tasks,

@@ -38,6 +38,18 @@ struct Args {
     /// request to the servers. Without it the servers must run without a key too.
     #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
     encrypt: Option<String>,
+    /// A configuration file in Consul's format, JSON or HCL (*.hcl): services and settings
+    /// (flags win over it); repeatable. `SIGHUP` or `PUT /v1/agent/reload` re-reads its services.
+    #[arg(long, env = "REGISTRY_CONFIG_FILE", value_delimiter = ',')]
+    config_file: Vec<PathBuf>,
+    /// A directory of configuration files (its *.json and *.hcl, in lexical order; later files
+    /// win); repeatable.
+    #[arg(long, env = "REGISTRY_CONFIG_DIR", value_delimiter = ',')]
+    config_dir: Vec<PathBuf>,
+    /// The DNS interface (--dns-addr, --domain, --alt-domain, --recursors, --dns-ttl,
+    /// --dns-only-passing), answered by the servers with stale reads.
+    #[command(flatten)]
+    dns: registry_dns::DnsFlags,
     /// What to do instead of running the agent.
     #[command(subcommand)]
     command: Option<Command>,
@@ -57,7 +69,9 @@ const EXIT_USAGE: i32 = 2;
 async fn main() -> anyhow::Result<()> {
     // Lines on stderr, and the stream `GET /v1/agent/monitor` reads.
     registry_api::logs::install();
-    let a = Args::parse();
+    // Parsed through the matches so that configuration files fill only the flags not given.
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let a = <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(Command::Keygen) = a.command {
         println!("{}", registry_api::auth::generate_key());
         return Ok(());
@@ -84,6 +98,28 @@ async fn main() -> anyhow::Result<()> {
     config.retry_join = a.retry_join;
     config.dev = a.dev;
     config.encrypt = encrypt;
+    config.dns = match a.dns.config() {
+        Ok(dns) => dns,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    config.config_sources = registry_api::config_file::ConfigSources {
+        files: a.config_file,
+        dirs: a.config_dir,
+    };
+    let given = |id: &str| {
+        use clap::parser::ValueSource;
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    if let Err(e) = config.apply_file_settings(&given) {
+        eprintln!("error: configuration: {e}");
+        std::process::exit(EXIT_USAGE);
+    }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -136,6 +136,8 @@ async fn an_embedded_agent_signs_with_the_key_of_its_config() {
 fn binary() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_registry-client"));
     cmd.env_remove("REGISTRY_ENCRYPT");
+    // DNS on a free port: parallel tests must not fight over 8600.
+    cmd.env("REGISTRY_DNS_ADDR", "127.0.0.1:0");
     cmd
 }
 

@@ -14,8 +14,12 @@
 //! - [`rpc`]: server-to-server messages and their transports (TCP, in-memory);
 //! - [`reads`]: consistency modes, blocking waits, the shared-answer cache,
 //!   for every interface that reads (HTTP now, DNS next);
+//! - [`metrics`]: what a server measures (Raft, catalog sizes, requests,
+//!   snapshots), rendered by its embedded agent's `/v1/agent/metrics`;
 //! - [`leader`]: loops that run only on the leader (the liveness reaper, the
 //!   servers' own node and `consul` service, session TTLs, KV tombstones);
+//! - [`dns`]: the DNS interface's backend (`registry-dns` does the rest),
+//!   reading through [`reads`] as HTTP does;
 //! - [`http`]: the routers and one file per endpoint family, with `?dc=`
 //!   forwarding to other datacenters (`http/federation.rs`);
 //! - [`lifecycle`]: a server's part of the agent's leave, join and
@@ -30,10 +34,13 @@
 // itself does; struct literals would add noise for no safety.
 #![allow(clippy::field_reassign_with_default)]
 
+pub mod dns;
+mod file_settings;
 pub mod http;
 pub mod leader;
 pub mod leader_client;
 pub mod lifecycle;
+pub mod metrics;
 pub mod raft;
 pub mod reads;
 pub mod rpc;
@@ -115,6 +122,13 @@ pub struct ServerConfig {
     /// RPC port, agent heartbeats and requests to the gateways. `None` leaves
     /// them open (and the server says so at start).
     pub encrypt: Option<registry_api::auth::SharedKey>,
+    /// The DNS interface (`--dns-addr` and friends); `None` runs none (the
+    /// default here, as tests start many servers in one process; `main`
+    /// gives Consul's 127.0.0.1:8600).
+    pub dns: Option<registry_dns::DnsConfig>,
+    /// Configuration files and directories (`--config-file`, `--config-dir`): settings for
+    /// `main`, services for the embedded agent (registered at start, re-read on reload).
+    pub config_sources: registry_api::config_file::ConfigSources,
 }
 
 impl ServerConfig {
@@ -142,6 +156,8 @@ impl ServerConfig {
             http_limits: registry_api::serve::ServeLimits::default(),
             disk_faults: storage::DiskFaults::default(),
             encrypt: None,
+            dns: None,
+            config_sources: Default::default(),
         }
     }
 
@@ -179,6 +195,8 @@ pub struct ServerHandle {
     pub raft: RaftHandle,
     /// The HTTP layer's state (gateway routes).
     app: Arc<http::AppState>,
+    /// The bound DNS address (UDP and TCP), when DNS runs.
+    dns_addr: Option<SocketAddr>,
     /// The embedded agent (none when `ServerConfig::agent` is off).
     agent: Option<Arc<registry_client::Agent>>,
     shutdown: CancellationToken,
@@ -193,6 +211,11 @@ impl ServerHandle {
     /// Replaces this server's WAN gateways (`--wan-gateway`).
     pub fn set_wan_gateways(&self, gateways: &[String]) {
         self.app.wan.set(gateways);
+    }
+
+    /// The DNS interface's bound address (UDP and TCP), when it runs.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
     }
 
     /// Base URL of the HTTP API.
@@ -263,6 +286,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     info!(node = %config.node, applied = recovered.applied, keys = state.kv.len(),
           sessions = state.sessions.len(), "state loaded");
 
+    // This server's own registry: tests run many servers in one process.
+    let metrics = metrics::ServerMetrics::new();
     let (tx, rx) = raft::event_channel();
     let rpc = start_transport(&config, deliver_to(tx.clone()), &shutdown).await?;
     tasks.extend(rpc.accept);
@@ -296,9 +321,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         // The servers' own catalog entries come with the embedded agent:
         // without it a test wants a catalog holding only what it wrote.
         announce_gated: config.agent,
+        metrics: metrics.raft.clone(),
     };
     let (raft, raft_thread) = raft::start(setup, tx, rx, shutdown.clone())?;
     info!(node = %config.node, id = recovered.node_id, "raft node started");
+    metrics.collect_from(&raft);
 
     tasks.push(tokio::spawn(leader::liveness::run(
         Arc::new(leader::liveness::Liveness::default()),
@@ -339,6 +366,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         };
         let (agent, agent_tasks) = agent.start(&config, &raft, &shutdown).await?;
         tasks.extend(agent_tasks);
+        // The agent's `/v1/agent/metrics` shows the server's too, as a Consul server's does.
+        agent.metrics().include(&metrics.registry);
         (registry_client::agent_router(agent.clone()), Some(agent))
     } else {
         (axum::Router::new(), None)
@@ -352,7 +381,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         wan: http::federation::WanRoute::new(&config.wan_gateways, config.encrypt.clone()),
         answers: Default::default(),
         encrypt: config.encrypt.clone().map(Arc::new),
+        metrics: metrics.clone(),
     });
+    let dns_addr = match &config.dns {
+        Some(dns) => {
+            let backend = Arc::new(dns::ServerDns::new(app.clone()));
+            let server =
+                registry_dns::start(dns, &config.datacenter, backend, shutdown.clone()).await?;
+            tasks.extend(server.tasks);
+            Some(server.addr)
+        }
+        None => None,
+    };
     let router = http::router(app.clone(), agent_routes);
     // One bound for the HTTP port and HTTP on the RPC port together.
     let gate = registry_api::serve::ConnGate::new(config.http_limits.clone());
@@ -379,6 +419,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         id: recovered.node_id,
         raft,
         app,
+        dns_addr,
         agent,
         shutdown,
         tasks,
@@ -514,6 +555,7 @@ impl EmbeddedAgent<'_> {
             heartbeat_interval: config.agent_heartbeat_interval,
             // Its heartbeats must be signed even on this server's own HTTP port.
             encrypt: config.encrypt.clone(),
+            config_sources: config.config_sources.clone(),
         };
         let (agent, tasks) =
             registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;

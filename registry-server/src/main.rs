@@ -50,6 +50,18 @@ struct Args {
     /// they are open to anyone who reaches the ports.
     #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
     encrypt: Option<String>,
+    /// A configuration file in Consul's format, JSON or HCL (*.hcl): settings, and services
+    /// for this server's agent (flags win over it); repeatable. `SIGHUP` re-reads its services.
+    #[arg(long, env = "REGISTRY_CONFIG_FILE", value_delimiter = ',')]
+    config_file: Vec<PathBuf>,
+    /// A directory of configuration files (its *.json and *.hcl, in lexical order; later files
+    /// win); repeatable.
+    #[arg(long, env = "REGISTRY_CONFIG_DIR", value_delimiter = ',')]
+    config_dir: Vec<PathBuf>,
+    /// The DNS interface (--dns-addr, --domain, --alt-domain, --recursors, --dns-ttl,
+    /// --dns-only-passing).
+    #[command(flatten)]
+    dns: registry_dns::DnsFlags,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -75,7 +87,10 @@ async fn main() -> anyhow::Result<()> {
     // As Go raises it for Consul: the soft open-file limit up to the hard one
     // (each HTTP connection, blocking queries above all, holds a descriptor).
     registry_api::serve::raise_fd_limit();
-    let args = Args::parse();
+    // Parsed through the matches so that configuration files fill only the flags not given.
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let args =
+        <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(Command::Keygen) = args.command {
         println!("{}", registry_api::auth::generate_key());
         return Ok(());
@@ -113,6 +128,28 @@ async fn main() -> anyhow::Result<()> {
         Some(Ok(key)) => Some(key),
         Some(Err(e)) => {
             eprintln!("registry-server: --encrypt: {e}");
+            std::process::exit(2);
+        }
+    };
+    config.config_sources = registry_api::config_file::ConfigSources {
+        files: args.config_file,
+        dirs: args.config_dir,
+    };
+    let given = |id: &str| {
+        use clap::parser::ValueSource;
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    if let Err(e) = config.apply_file_settings(&given) {
+        eprintln!("registry-server: configuration: {e}");
+        std::process::exit(2);
+    }
+    config.dns = match args.dns.config() {
+        Ok(dns) => dns,
+        Err(e) => {
+            eprintln!("registry-server: {e}");
             std::process::exit(2);
         }
     };

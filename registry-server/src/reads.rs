@@ -146,6 +146,24 @@ impl AnswerCache {
     }
 }
 
+/// A read for an interface that does not answer in JSON (DNS): waits for the
+/// consistency `mode` asks for, then evaluates `query` against the applied
+/// state and its applied index. No blocking and no shared-answer cache: the
+/// caller keeps its own.
+pub async fn read_value<T>(
+    raft: &RaftHandle,
+    mode: Consistency,
+    query: impl FnOnce(&StateStore, u64) -> T,
+) -> Result<T, RaftError> {
+    raft.check_running()?;
+    match mode {
+        Consistency::Stale => {}
+        Consistency::Default => raft.default_barrier().await?,
+        Consistency::Consistent => raft.linearizable_barrier().await?,
+    }
+    Ok(raft.with_applied(query))
+}
+
 /// Answers a read: waits for the consistency `mode` asks for, then evaluates
 /// `query` against the applied state, re-evaluating it after each applied
 /// change while it is a `blocking` query whose index has not moved past

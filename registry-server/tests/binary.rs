@@ -34,6 +34,8 @@ async fn start_dev() -> (Kill, RegistryClient) {
         let child = Command::new(env!("CARGO_BIN_EXE_registry-server"))
             .args(["--dev", "--http-addr", &format!("127.0.0.1:{http}")])
             .args(["--rpc-addr", &format!("127.0.0.1:{rpc}")])
+            // DNS on a free port: parallel tests must not fight over 8600.
+            .args(["--dns-addr", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()

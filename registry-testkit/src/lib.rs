@@ -9,6 +9,8 @@
 //!   with `TestCluster::builder`, and the fixtures server tests share.
 //! - `fakes` (feature `fakes`): a fake registry server (`fakes::catalog`), a fake datacenter
 //!   (`fakes::dc`), an HTTP check target, a server with one fixed answer, a dead address.
+//! - `dns` (feature `dns`): DNS queries through hickory's client over UDP and TCP, and raw
+//!   datagrams for the malformed ones.
 //!
 //! Owns: test helpers used by more than one test binary or crate. Must not touch: product
 //! code; no product crate may depend on this one (it is `publish = false`). A helper that
@@ -18,6 +20,8 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+#[cfg(feature = "dns")]
+pub mod dns;
 #[cfg(feature = "fakes")]
 pub mod fakes;
 pub mod history;

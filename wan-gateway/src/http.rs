@@ -41,6 +41,8 @@ pub struct Gateway {
     /// The shared key (`--encrypt`): when set, every request must be signed with it, and
     /// exchange replies are signed with it.
     pub key: Option<Arc<SharedKey>>,
+    /// This gateway's metrics.
+    pub metrics: crate::metrics::GatewayMetrics,
 }
 
 /// The router of one gateway.
@@ -69,7 +71,17 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )),
         None => data,
     };
-    membership.merge(data).with_state(gateway)
+    // Read-only and unsigned, as Consul serves it: a scraper holds no key.
+    let metrics = Router::new().route("/v1/agent/metrics", get(metrics));
+    membership.merge(metrics).merge(data).with_state(gateway)
+}
+
+/// `GET /v1/agent/metrics`: this gateway's metrics.
+async fn metrics(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Query(q): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    gw.metrics.registry.response(&q)
 }
 
 /// `GET /v1/catalog/datacenters`: the local DC first, then the others by RTT.
@@ -208,10 +220,13 @@ impl Gateway {
             body,
             hops,
         );
-        tokio::select! {
+        let started = Instant::now();
+        let answer = tokio::select! {
             answer = self.route(&dc, &out) => answer,
             _ = self.shutdown.cancelled() => Err(GatewayError::ShuttingDown),
-        }
+        };
+        self.metrics.record(&dc, started, &answer);
+        answer
     }
 
     /// Sends `out` to this DC's servers or to a gateway of `dc`.
@@ -265,6 +280,7 @@ mod tests {
             in_flight: Arc::new(Semaphore::new(0)),
             shutdown: CancellationToken::new(),
             key: None,
+            metrics: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -55,6 +55,7 @@ pub mod forward;
 pub mod gossip;
 pub mod http;
 pub mod members;
+pub mod metrics;
 
 use anyhow::Context as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -257,6 +258,7 @@ async fn start_with(
         in_flight: Arc::new(Semaphore::new(forward::MAX_IN_FLIGHT)),
         shutdown: shutdown.clone(),
         key: config.encrypt.clone().map(Arc::new),
+        metrics: Default::default(),
     });
     tracing::info!(dc = %config.datacenter, servers = ?config.servers, "forwarding to servers");
 

@@ -3,11 +3,12 @@
 //! out. A server's embedded agent does the server's part of leave and join through
 //! [`ServerLifecycle`], which the server installs.
 //!
-//! - **reload** (`PUT /v1/agent/reload`, `SIGHUP`): there are no configuration files yet, so
-//!   what is reloadable today is the running state built from the definitions: every check
-//!   runner is restarted from its definition (keeping its status; an interval check runs again
-//!   within a second) and a full anti-entropy sync starts at once. Configuration files will
-//!   be re-read here too once they exist.
+//! - **reload** (`PUT /v1/agent/reload`, `SIGHUP`): the configuration files are read again
+//!   and their services added, changed and removed (`config_files`; a broken file fails the
+//!   reload with `<file>:<line>:<col>: <reason>` and changes nothing); then every check runner
+//!   is restarted from its definition (keeping its status; an interval check runs again
+//!   within a second) and a full anti-entropy sync starts at once. Settings other than
+//!   services take effect at the next start.
 //! - **leave** (`PUT /v1/agent/leave`): syncing and heartbeats stop (an anti-entropy pass in
 //!   flight is waited for), the node is deregistered from the catalog through the servers
 //!   (its services and checks go with it), then the agent's shutdown token fires: the answer
@@ -74,6 +75,11 @@ impl Agent {
 
     /// `PUT /v1/agent/reload` and `SIGHUP`: see the module docs for what is reloaded.
     pub async fn reload(&self) -> Result<(), ApiError> {
+        // Consul answers a failed reload with a 500 and the reason.
+        let files = self
+            .apply_config_files()
+            .await
+            .map_err(|e| ApiError::Internal(format!("Failed reloading config: {e}")))?;
         let restarted = {
             let mut st = self.lock();
             let ids: Vec<String> = st
@@ -100,11 +106,12 @@ impl Agent {
                     if let Some(old) = check.runner.take() {
                         old.stop();
                     }
-                    check.runner = Some(crate::checks::CheckRunner::start(
+                    check.runner = Some(crate::checks::CheckRunner::start_counted(
                         id.clone(),
                         spec,
                         check.check.status.clone(),
                         self.updates_tx.clone(),
+                        Some(self.metrics.check_runs.clone()),
                     ));
                     restarted += 1;
                 }
@@ -115,6 +122,9 @@ impl Agent {
         tracing::info!(
             node = %self.config.node,
             checks = restarted,
+            added = files.added.len(),
+            changed = files.changed.len(),
+            removed = files.removed.len(),
             "reloaded: check runners restarted from their definitions, full anti-entropy sync started"
         );
         Ok(())

@@ -14,6 +14,8 @@
 //! - `persistence`: `services.json` and `checks.json`, written atomically and read back
 //!   leniently;
 //! - `heartbeat`: telling the servers this node is alive;
+//! - `config_files`: the services defined in configuration files, applied at start and on
+//!   reload;
 //! - `lifecycle`: reload, leave, join and force-leave (a server adds its part through
 //!   [`ServerLifecycle`]).
 //!
@@ -21,6 +23,7 @@
 //! [`crate::http`]) or the catalog's contents other than through the syncer.
 
 mod check_results;
+mod config_files;
 mod heartbeat;
 mod lifecycle;
 mod maintenance;
@@ -28,6 +31,7 @@ mod persistence;
 mod registration;
 mod state;
 
+pub use config_files::ConfigFilesApplied;
 pub use lifecycle::{join_failed, BoxFuture, ServerLifecycle, DEFAULT_SERVER_PORT};
 pub use maintenance::{NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX};
 pub use registration::SCRIPT_CHECKS_DISABLED;
@@ -71,6 +75,9 @@ pub struct AgentConfig {
     /// The cluster's shared key (`--encrypt`): when set, [`Agent::start`] makes the server
     /// pool sign every request with it (unless the pool was given a key already).
     pub encrypt: Option<SharedKey>,
+    /// Configuration files and directories (`--config-file`, `--config-dir`): their service
+    /// definitions are registered at start and re-read on every reload ([`config_files`]).
+    pub config_sources: registry_api::config_file::ConfigSources,
 }
 
 impl AgentConfig {
@@ -87,6 +94,7 @@ impl AgentConfig {
             sync_interval: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(2),
             encrypt: None,
+            config_sources: Default::default(),
         }
     }
 }
@@ -120,6 +128,10 @@ pub struct Agent {
     sync_gate: tokio::sync::Mutex<()>,
     /// Asks the syncer for a full sync now (reload, join).
     full_sync_now: Notify,
+    /// Held while configuration files are applied, so that two reloads (SIGHUP and
+    /// `PUT /v1/agent/reload`) never interleave their changes (an async lock: held across
+    /// the registrations).
+    config_files_lock: tokio::sync::Mutex<()>,
     /// A server's part of leave and join; unset on a client agent.
     lifecycle: LifecycleSlot,
     /// Set once this node and its `serfHealth` were read back from the catalog: until then
@@ -129,6 +141,9 @@ pub struct Agent {
     /// When the agent started: the gate above opens by itself [`IN_CATALOG_GATE_MAX`] later,
     /// so that a registration that never lands cannot hide the leader for good.
     started: std::time::Instant,
+    /// This agent's metrics (`/v1/agent/metrics`; a server's embedded agent includes the
+    /// server's).
+    pub(crate) metrics: crate::metrics::AgentMetrics,
 }
 
 /// How long after start an agent's `/v1/status/leader` may wait for its node to be in the
@@ -198,11 +213,18 @@ impl Agent {
             leaving: std::sync::atomic::AtomicBool::new(false),
             sync_gate: tokio::sync::Mutex::new(()),
             full_sync_now: Notify::new(),
+            config_files_lock: tokio::sync::Mutex::new(()),
             lifecycle: LifecycleSlot::default(),
             in_catalog: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
+            metrics: crate::metrics::AgentMetrics::new(),
         });
         agent.load().await?;
+        // A broken configuration file stops the start, as it stops Consul's.
+        agent
+            .apply_config_files()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         // Counted first: two `lock()` temporaries in one statement would
         // deadlock (they live until the statement ends).
         let (services, checks) = {

@@ -172,9 +172,20 @@ impl Agent {
         };
         let (services, checks): (PersistedServices, PersistedChecks) = {
             let st = self.lock();
+            // Services from configuration files (and their checks) are read from the files
+            // at every start, so a definition removed from them does not come back.
+            let from_files = |id: &str| st.file_services.contains_key(id);
             (
-                st.services.values().map(|s| s.service.clone()).collect(),
-                st.checks.values().map(|c| c.definition.clone()).collect(),
+                st.services
+                    .values()
+                    .filter(|s| !from_files(&s.service.id))
+                    .map(|s| s.service.clone())
+                    .collect(),
+                st.checks
+                    .values()
+                    .filter(|c| !from_files(&c.definition.service_id))
+                    .map(|c| c.definition.clone())
+                    .collect(),
             )
         };
         let result = async {

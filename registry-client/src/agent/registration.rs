@@ -30,6 +30,64 @@ impl Agent {
         reg: ServiceRegistration,
         replace_existing_checks: bool,
     ) -> Result<(), ApiError> {
+        let (id, service, prepared) = self.prepare_service(&reg)?;
+        let ids: BTreeSet<String> = prepared.iter().map(|p| p.check.check_id.clone()).collect();
+
+        let _persist = self.persist_lock.lock().await;
+        {
+            let mut st = self.lock();
+            if let Some(other) = prepared
+                .iter()
+                .filter_map(|p| st.checks.get(&p.check.check_id))
+                .find(|c| !c.check.service_id.is_empty() && c.check.service_id != id)
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "Check ID {:?} belongs to service {:?}",
+                    other.check.check_id, other.check.service_id
+                )));
+            }
+            let generation = st.bump();
+            let changed = st.services.get(&id).map(|s| &s.service) != Some(&service);
+            if changed {
+                st.services.insert(
+                    id.clone(),
+                    LocalService {
+                        service,
+                        in_sync: false,
+                        generation,
+                    },
+                );
+            }
+            st.deleted_services.remove(&id);
+            if replace_existing_checks {
+                let stale: Vec<String> = st
+                    .checks
+                    .values()
+                    .filter(|c| c.check.service_id == id)
+                    .filter(|c| !c.check.check_id.starts_with(SERVICE_MAINTENANCE_PREFIX))
+                    .filter(|c| !ids.contains(c.check.check_id.as_str()))
+                    .map(|c| c.check.check_id.clone())
+                    .collect();
+                for check_id in stale {
+                    remove_check(&mut st, &check_id);
+                }
+            }
+            for p in prepared {
+                self.install_check(&mut st, p);
+            }
+        }
+        self.persist().await?;
+        tracing::info!(node = %self.config.node, service = %id, "service registered");
+        self.wake_syncer();
+        Ok(())
+    }
+
+    /// Validates a service registration whole (the service and every check) without changing
+    /// anything: its instance id, the service as stored and its checks ready to install.
+    pub(super) fn prepare_service(
+        &self,
+        reg: &ServiceRegistration,
+    ) -> Result<(String, AgentService, Vec<PreparedCheck>), ApiError> {
         if reg.name.is_empty() {
             return Err(ApiError::BadRequest("Missing service name".into()));
         }
@@ -92,54 +150,7 @@ impl Agent {
                 "Duplicate check ID in registration".into(),
             ));
         }
-
-        let _persist = self.persist_lock.lock().await;
-        {
-            let mut st = self.lock();
-            if let Some(other) = prepared
-                .iter()
-                .filter_map(|p| st.checks.get(&p.check.check_id))
-                .find(|c| !c.check.service_id.is_empty() && c.check.service_id != id)
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "Check ID {:?} belongs to service {:?}",
-                    other.check.check_id, other.check.service_id
-                )));
-            }
-            let generation = st.bump();
-            let changed = st.services.get(&id).map(|s| &s.service) != Some(&service);
-            if changed {
-                st.services.insert(
-                    id.clone(),
-                    LocalService {
-                        service,
-                        in_sync: false,
-                        generation,
-                    },
-                );
-            }
-            st.deleted_services.remove(&id);
-            if replace_existing_checks {
-                let stale: Vec<String> = st
-                    .checks
-                    .values()
-                    .filter(|c| c.check.service_id == id)
-                    .filter(|c| !c.check.check_id.starts_with(SERVICE_MAINTENANCE_PREFIX))
-                    .filter(|c| !ids.contains(c.check.check_id.as_str()))
-                    .map(|c| c.check.check_id.clone())
-                    .collect();
-                for check_id in stale {
-                    remove_check(&mut st, &check_id);
-                }
-            }
-            for p in prepared {
-                self.install_check(&mut st, p);
-            }
-        }
-        self.persist().await?;
-        tracing::info!(node = %self.config.node, service = %id, "service registered");
-        self.wake_syncer();
-        Ok(())
+        Ok((id, service, prepared))
     }
 
     /// `PUT /v1/agent/service/deregister/:id`: removes the service and its checks.
@@ -353,11 +364,12 @@ impl Agent {
             }
         }
         let runner = p.spec.map(|spec| {
-            CheckRunner::start(
+            CheckRunner::start_counted(
                 id.clone(),
                 spec,
                 p.check.status.clone(),
                 self.updates_tx.clone(),
+                Some(self.metrics.check_runs.clone()),
             )
         });
         let critical_since = (p.check.status == CRITICAL).then(Instant::now);

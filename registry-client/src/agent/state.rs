@@ -29,6 +29,10 @@ pub(crate) struct LocalState {
     pub(crate) deleted_checks: BTreeSet<String>,
     /// Whether the catalog's node entry matches this agent.
     pub(crate) node_in_sync: bool,
+    /// Services defined in configuration files, by instance id, as last applied: a reload
+    /// adds, changes and removes these only, and they are not persisted (the files are their
+    /// record, as in Consul).
+    pub(crate) file_services: BTreeMap<String, registry_api::ServiceRegistration>,
     /// Source of generations.
     next_generation: u64,
 }

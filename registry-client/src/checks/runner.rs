@@ -10,6 +10,7 @@ use super::outbox::Outbox;
 use super::spec::{CheckKind, CheckSpec};
 use super::ttl::{run_ttl_check, truncate_ttl_output, TtlReport};
 use super::Probe;
+use registry_api::metrics::{Counter, Family};
 use registry_api::types::{CheckStatus, CRITICAL, PASSING, WARNING};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -67,6 +68,18 @@ impl CheckRunner {
         initial_status: String,
         updates: mpsc::Sender<CheckUpdate>,
     ) -> CheckRunner {
+        Self::start_counted(check_id, spec, initial_status, updates, None)
+    }
+
+    /// [`CheckRunner::start`], counting every run of an interval check in `runs` by the
+    /// check's type and the run's result (the agent's `consul.agent.checks.runs`).
+    pub fn start_counted(
+        check_id: String,
+        spec: CheckSpec,
+        initial_status: String,
+        updates: mpsc::Sender<CheckUpdate>,
+        runs: Option<Family<Counter>>,
+    ) -> CheckRunner {
         let shutdown = CancellationToken::new();
         let outbox = Outbox::new(check_id.clone(), updates, initial_status);
         let (ttl_reports, task) = match spec.kind {
@@ -77,7 +90,7 @@ impl CheckRunner {
             }
             _ => (
                 None,
-                tokio::spawn(run_interval_check(spec, outbox, shutdown.clone())),
+                tokio::spawn(run_interval_check(spec, outbox, runs, shutdown.clone())),
             ),
         };
         CheckRunner {
@@ -138,7 +151,18 @@ impl Drop for CheckRunner {
 }
 
 /// The task of an HTTP, TCP or gRPC check: run, apply thresholds, publish, wait, repeat.
-async fn run_interval_check(spec: CheckSpec, mut outbox: Outbox, shutdown: CancellationToken) {
+async fn run_interval_check(
+    spec: CheckSpec,
+    mut outbox: Outbox,
+    runs: Option<Family<Counter>>,
+    shutdown: CancellationToken,
+) {
+    let kind = match spec.kind {
+        CheckKind::Http { .. } => "http",
+        CheckKind::Tcp { .. } => "tcp",
+        CheckKind::Grpc { .. } => "grpc",
+        CheckKind::Ttl { .. } => "ttl",
+    };
     let probe = Probe::new(&spec);
     let timeout = spec.effective_timeout();
     let interval = spec.interval.max(MIN_RUNNER_INTERVAL);
@@ -162,6 +186,9 @@ async fn run_interval_check(spec: CheckSpec, mut outbox: Outbox, shutdown: Cance
                     },
                 };
                 tracing::debug!(check = %outbox.check_id(), status = raw_status, "check ran");
+                if let Some(runs) = &runs {
+                    runs.with(&[kind, raw_status]).inc();
+                }
                 let status = match thresholds.observe(raw_status) {
                     Some(status) => status.to_owned(),
                     // Below a threshold the status holds but the output is news.

@@ -76,10 +76,14 @@ pub(super) async fn forward(State(servers): State<ServerPool>, req: Request) -> 
 /// the answer back as [`forward`] does.
 pub(super) async fn relay(servers: &ServerPool, req: Request, path_and_query: &str) -> HttpResult {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::TooLarge(format!(
-            "Request body too large, max size: {MAX_BODY} bytes"
-        ))
+    // A snapshot restore carries an archive, not a KV value.
+    let limit = if parts.uri.path() == "/v1/snapshot" {
+        registry_api::snapshot::MAX_ARCHIVE
+    } else {
+        MAX_BODY
+    };
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::TooLarge(format!("Request body too large, max size: {limit} bytes"))
     })?;
     let sent = servers
         .send(

@@ -6,6 +6,7 @@
 //! - `routes`: the agent endpoints' handlers;
 //! - `info`: version, host, and local health by service id and name;
 //! - `lifecycle`: reload, leave, force-leave, join and monitor;
+//! - `metrics`: `/v1/agent/metrics` (a server's with its agent's);
 //! - `params`: query and body decoding shared by the handlers;
 //! - `session`: session create, which gets this agent's node before it is forwarded;
 //! - `event`: the event list, which a server answers for this agent's node;
@@ -23,6 +24,7 @@ mod event;
 mod forward;
 mod info;
 mod lifecycle;
+mod metrics;
 mod params;
 mod routes;
 mod session;
@@ -88,6 +90,7 @@ pub fn agent_router(agent: Arc<Agent>) -> Router {
         .route("/v1/agent/force-leave/{node}", put(lifecycle::force_leave))
         .route("/v1/agent/join/{address}", put(lifecycle::join))
         .route("/v1/agent/monitor", get(lifecycle::monitor))
+        .route("/v1/agent/metrics", get(metrics::metrics))
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)
@@ -112,8 +115,14 @@ pub fn client_router(agent: Arc<Agent>, servers: ServerPool) -> Router {
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent.clone());
+    let requests = agent.client_request_metrics();
     agent_router(agent)
         .layer(middleware::from_fn(registry_api::query::apply))
         .merge(completed)
+        // Timed by route template (bounded); forwarded requests are the servers' to time.
+        .route_layer(middleware::from_fn_with_state(
+            requests,
+            registry_api::metrics::track_requests,
+        ))
         .merge(forward)
 }

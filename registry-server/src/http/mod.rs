@@ -20,6 +20,7 @@ mod kv;
 mod operator;
 mod params;
 mod session;
+mod snapshot;
 mod status;
 mod txn;
 
@@ -57,6 +58,9 @@ pub struct AppState {
     /// The shared key (`--encrypt`): required on the RPC port's HTTP side and
     /// on agent heartbeats.
     pub encrypt: Option<Arc<registry_api::auth::SharedKey>>,
+    /// This server's metrics (requests, snapshots; the Raft thread's are in
+    /// the same registry).
+    pub metrics: crate::metrics::ServerMetrics,
 }
 
 type St = State<Arc<AppState>>;
@@ -119,8 +123,14 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
             get(operator::autopilot_state),
         )
         .merge(signed_internal_writes(&state))
+        .merge(snapshot_routes())
         .with_state(state.clone())
         .merge(agent.layer(middleware::from_fn(agent_membership_from_loopback)))
+        // Timed by route template (bounded), after routing: every route above.
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics.http.clone(),
+            registry_api::metrics::track_requests,
+        ))
         .fallback(not_found)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(remote_dc)
@@ -174,7 +184,13 @@ pub fn rpc_router(state: Arc<AppState>) -> Router {
     let router = data_routes()
         // Signed by the check on this whole router when there is a key.
         .merge(internal_writes())
+        // Agents forward `/v1/snapshot` like every other request (see `snapshot.rs`).
+        .merge(snapshot_routes())
         .with_state(state.clone())
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics.rpc.clone(),
+            registry_api::metrics::track_requests,
+        ))
         .fallback(not_served_on_rpc_port)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(remote_dc)
@@ -418,6 +434,17 @@ fn data_routes() -> Router<Arc<AppState>> {
             "/v1/internal/event/list/{node}",
             get(event::event_list_for_node),
         )
+}
+
+/// `GET|PUT /v1/snapshot`, the restore with a body limit of its own (an archive, not a KV
+/// value): larger is a 413 before anything is read into memory.
+fn snapshot_routes() -> Router<Arc<AppState>> {
+    Router::new().route(
+        "/v1/snapshot",
+        get(snapshot::save)
+            .put(snapshot::restore)
+            .layer(DefaultBodyLimit::max(registry_api::snapshot::MAX_ARCHIVE)),
+    )
 }
 
 /// Marks the answer of a path no route knows (see [`index_headers_on_errors`]).

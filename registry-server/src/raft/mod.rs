@@ -201,6 +201,8 @@ pub(crate) struct Shared {
     /// Ms added to this server's wall clock: 0 but in tests, which skew one
     /// server's clock to show that log time is the leader's.
     pub clock_skew_ms: AtomicI64,
+    /// The Raft thread's metrics (also recorded by the snapshot source).
+    pub metrics: Arc<crate::metrics::RaftMetrics>,
 }
 
 impl Shared {
@@ -471,6 +473,8 @@ pub struct RaftNodeSetup {
     /// A leader waits for [`RaftHandle::announce`] before it names itself and
     /// answers linearizable reads (true when `leader/servers.rs` runs).
     pub announce_gated: bool,
+    /// Where the Raft thread records its timings and counts.
+    pub metrics: Arc<crate::metrics::RaftMetrics>,
 }
 
 /// Capacity of the event channel; a full channel answers "overloaded" at once
@@ -507,6 +511,7 @@ pub fn start(
         announce_gated: setup.announce_gated,
         announced_term: AtomicU64::new(0),
         clock_skew_ms: AtomicI64::new(0),
+        metrics: setup.metrics.clone(),
     });
     let peers_for_snap = Arc::new(RwLock::new(setup.peers.clone()));
     setup.store.set_snapshot_source(snapshots::snapshot_source(

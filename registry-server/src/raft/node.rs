@@ -496,8 +496,10 @@ impl RaftNode {
         // messages that acknowledge them leave; applied rows need not be, as
         // they are rebuilt from the log after a crash.
         let sync = rd.must_sync() || !rd.entries().is_empty();
+        let stored = Instant::now();
         self.store.commit(batch, sync)?;
         if sync {
+            self.shared.metrics.store_logs.since(stored);
             self.syncs += 1;
             self.entries_synced += rd.entries().len() as u64;
         }
@@ -531,6 +533,7 @@ impl RaftNode {
     }
 
     fn install_snapshot(&mut self, snap: raft::eraftpb::Snapshot) -> Result<(), Fatal> {
+        let started = Instant::now();
         let index = snap.get_metadata().index;
         info!(node = %self.me.node, index, "installing snapshot from the leader");
         let image = RaftStore::decode_snapshot(&snap.data)?;
@@ -557,6 +560,7 @@ impl RaftNode {
         applied.state = state;
         applied.index = index;
         self.snapshots_installed += 1;
+        self.shared.metrics.fsm_restore.since(started);
         Ok(())
     }
 
@@ -570,6 +574,8 @@ impl RaftNode {
             return Ok(());
         }
         let mut peers_changed = false;
+        let started = Instant::now();
+        let leading = self.is_leader();
         {
             // Through a clone of the Arc, so that conf changes (which need
             // `&mut self`) apply under the same lock.
@@ -584,6 +590,9 @@ impl RaftNode {
                     EntryType::EntryNormal if e.data.is_empty() => {}
                     EntryType::EntryNormal => {
                         let env = decode_command(e)?;
+                        if leading {
+                            self.shared.metrics.apply.inc();
+                        }
                         let (result, rows) = applied.state.apply(e.index, env.at, &env.cmd);
                         self.store.apply_rows(
                             batch,
@@ -605,12 +614,20 @@ impl RaftNode {
         if peers_changed {
             self.store_peers(batch);
         }
+        self.shared.metrics.fsm_apply.since(started);
         Ok(())
     }
 
     fn finish_apply(&mut self, replies: Vec<Reply>) {
+        let now = Instant::now();
         for (id, result) in replies {
-            if let Some((tx, _)) = self.pending_writes.remove(&id) {
+            if let Some((tx, deadline)) = self.pending_writes.remove(&id) {
+                // Every waiter's deadline is its proposal's time plus the propose timeout.
+                let proposed = deadline.checked_sub(self.tuning.propose_timeout);
+                if let Some(proposed) = proposed {
+                    (self.shared.metrics.commit_time)
+                        .record(now.saturating_duration_since(proposed));
+                }
                 let _ = tx.send(result);
             }
         }
@@ -665,6 +682,9 @@ impl RaftNode {
             .unwrap_or_else(|e| e.into_inner());
         if st.leader_id != r.leader_id || st.term != r.term {
             info!(node = %self.me.node, term = r.term, leader = r.leader_id, "leadership changed");
+        }
+        if st.role != role {
+            self.shared.metrics.role_changed(role);
         }
         st.id = self.me.id;
         st.role = role;

@@ -28,7 +28,12 @@ pub(super) fn snapshot_source(
         let data =
             memo.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .image(applied.index, peers, || applied.state.rows());
+                .image(applied.index, peers, || {
+                    let started = std::time::Instant::now();
+                    let rows = applied.state.rows();
+                    shared.metrics.snapshot_create.since(started);
+                    rows
+                });
         Some((applied.index, data))
     })
 }

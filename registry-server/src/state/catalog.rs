@@ -171,6 +171,35 @@ impl CatalogState {
         &self.datacenter
     }
 
+    /// Sizes for the metrics: (nodes, service names, service instances, checks).
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        let names = self.by_name.len();
+        (
+            self.nodes.len(),
+            names,
+            self.services.len(),
+            self.checks.len(),
+        )
+    }
+
+    /// A restore at `index` (`restore.rs`): every row modified at `index`
+    /// (created at most then), every blocking-query index at `index`.
+    pub(super) fn restamp(&mut self, index: u64) {
+        for n in self.nodes.values_mut() {
+            (n.create_index, n.modify_index) = (n.create_index.min(index), index);
+        }
+        for s in self.services.values_mut() {
+            (s.create_index, s.modify_index) = (s.create_index.min(index), index);
+        }
+        for c in self.checks.values_mut() {
+            (c.create_index, c.modify_index) = (c.create_index.min(index), index);
+        }
+        for name in [NODES, SERVICES, CHECKS] {
+            self.indexes.insert(name.into(), index);
+        }
+        self.indexes.values_mut().for_each(|i| *i = index);
+    }
+
     /// Full image for a Raft snapshot, in key order, in the same format as
     /// [`RowChange`]: `n/<node>` → Node, `s/<node>\0<service id>` → AgentService,
     /// `c/<node>\0<check id>` → HealthCheck (JSON), `i/<index name>` → decimal.

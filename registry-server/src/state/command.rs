@@ -18,6 +18,7 @@
 //! renamed or removed, and a variant's request type only gains optional fields.
 
 use super::kv::{KvOp, TombstoneReap};
+use super::restore::RestoreRequest;
 use super::session::{SessionExpiry, SessionId};
 use super::txn::TxnRequest;
 use registry_api::event::UserEvent;
@@ -120,6 +121,9 @@ commands! {
     /// `PUT /v1/event/fire/:name`: records a user event, with the ID the
     /// receiving server chose, in the datacenter's ring (`events.rs`).
     FireEvent(UserEvent),
+    /// `PUT /v1/snapshot`: replaces every table with a snapshot archive's
+    /// rows, every index raised to the entry's (`restore.rs`).
+    Restore(RestoreRequest),
 }
 
 impl<'de> Deserialize<'de> for Command {
@@ -242,6 +246,9 @@ mod tests {
                 service_filter: "web".into(),
                 version: 1,
                 ..Default::default()
+            }),
+            Command::Restore(RestoreRequest {
+                archive: Some(vec![0x1f, 0x8b, 0, 0xff]),
             }),
         ]
     }

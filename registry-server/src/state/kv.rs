@@ -295,6 +295,18 @@ impl KvTable {
         self.entries.len()
     }
 
+    /// A restore at `index` (`restore.rs`): every entry modified at `index`
+    /// (created at most then), and the tombstones folded into the reap floor
+    /// at `index`, so every read answers at least `index`.
+    pub(super) fn restamp(&mut self, index: u64) {
+        for e in self.entries.values_mut() {
+            (e.create_index, e.modify_index) = (e.create_index.min(index), index);
+        }
+        self.tombstones.clear();
+        self.tombstones_by_index.clear();
+        self.reaped = index;
+    }
+
     /// Whether the table holds no key.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -6,8 +6,9 @@
 //!
 //! One state, several tables, a file each: `catalog.rs` (nodes, services,
 //! checks; its write planner `plan.rs`), `kv.rs` (keys, tombstones,
-//! lock-delays), `session.rs` (sessions), and `txn.rs` (transactions over
-//! all of them); their commands in `command.rs`, their row keys in
+//! lock-delays), `session.rs` (sessions), `txn.rs` (transactions over
+//! all of them), and `restore.rs` (a snapshot archive replacing them
+//! all); their commands in `command.rs`, their row keys in
 //! `rows.rs`. A command is planned on a [`Scratch`] view (the tables with
 //! the entry's writes so far laid over them), encoded, and only then
 //! committed to every table at once: a rejected command or a failed
@@ -23,6 +24,7 @@ pub mod command;
 pub mod events;
 pub mod kv;
 mod plan;
+pub mod restore;
 mod rows;
 pub mod session;
 mod stored;
@@ -91,6 +93,13 @@ impl StateStore {
         at: u64,
         cmd: &Command,
     ) -> (Result<Outcome, String>, Vec<RowChange>) {
+        if let Command::Restore(req) = cmd {
+            // Replaces every table at once (`restore.rs`), never planned with other writes.
+            return match self.apply_restore(index, at, req) {
+                Ok(rows) => (Ok(Outcome::Done), rows),
+                Err(e) => (Err(e), Vec::new()),
+            };
+        }
         let mut scratch = Scratch::new(self, index, at);
         let outcome = match scratch.plan(cmd) {
             Ok(outcome) => outcome,
@@ -267,6 +276,8 @@ impl<'a> Scratch<'a> {
                 self.event = Some(self.events.plan(self.index, event)?);
                 Outcome::Done
             }
+            // `StateStore::apply` applies a restore whole, before any scratch exists.
+            Command::Restore(_) => return Err("a restore cannot be part of another write".into()),
         })
     }
 

@@ -195,6 +195,18 @@ impl SessionTable {
         self.sessions.len()
     }
 
+    /// A restore at `index` and time `at` (`restore.rs`): every session
+    /// modified at `index` (created at most then) and renewed at `at`, the
+    /// table's index at `index`. The derived indexes are rebuilt by the
+    /// caller.
+    pub(super) fn restamp(&mut self, index: u64, at: u64) {
+        for s in self.sessions.values_mut() {
+            (s.create_index, s.modify_index) = (s.create_index.min(index), index);
+            s.renewed_at = at;
+        }
+        self.index = index;
+    }
+
     /// Whether there is no session.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
