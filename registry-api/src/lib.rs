@@ -27,6 +27,7 @@ pub mod process;
 pub mod query;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod tls;
 pub mod types;
 
 pub use agent::*;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// The HTTP client every simulated client uses: reqwest with keep-alive.
 pub fn http_client() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(registry_api::tls::client_builder(None)
         .pool_max_idle_per_host(usize::MAX)
         // Below the servers' 30 s idle close (both systems get the same client).
         .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)

@@ -38,6 +38,11 @@ struct Args {
     /// request to the servers. Without it the servers must run without a key too.
     #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
     encrypt: Option<String>,
+    /// HTTPS API listen address (Consul's port 8501); needs --cert-file and --key-file.
+    #[arg(long, env = "REGISTRY_HTTPS_ADDR")]
+    https_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: registry_api::tls::flags::TlsFlags,
     /// What to do instead of running the agent.
     #[command(subcommand)]
     command: Option<Command>,
@@ -48,6 +53,9 @@ struct Args {
 enum Command {
     /// Prints a new shared key for --encrypt (32 random bytes, base64) and exits.
     Keygen,
+    /// Makes a CA and certificates for TLS (as `consul tls`), in the current directory.
+    #[command(subcommand)]
+    Tls(registry_api::tls::flags::TlsCommand),
 }
 
 /// Exit code for a configuration error, as clap uses for bad flags.
@@ -58,10 +66,26 @@ async fn main() -> anyhow::Result<()> {
     // Lines on stderr, and the stream `GET /v1/agent/monitor` reads.
     registry_api::logs::install();
     let a = Args::parse();
-    if let Some(Command::Keygen) = a.command {
-        println!("{}", registry_api::auth::generate_key());
-        return Ok(());
+    match &a.command {
+        Some(Command::Keygen) => {
+            println!("{}", registry_api::auth::generate_key());
+            return Ok(());
+        }
+        Some(Command::Tls(command)) => {
+            std::process::exit(registry_api::tls::flags::run_command(command))
+        }
+        None => {}
     }
+    let tls = match a
+        .tls
+        .load(registry_api::tls::DEFAULT_DOMAIN, a.https_addr.is_some())
+    {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
     // The key's text never reaches a log line: only the reason it was refused.
     let encrypt = match a.encrypt.as_deref().map(SharedKey::from_base64).transpose() {
         Ok(key) => key,
@@ -84,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
     config.retry_join = a.retry_join;
     config.dev = a.dev;
     config.encrypt = encrypt;
+    config.tls = tls;
+    config.https_addr = a.https_addr;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

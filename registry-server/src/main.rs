@@ -50,6 +50,11 @@ struct Args {
     /// they are open to anyone who reaches the ports.
     #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
     encrypt: Option<String>,
+    /// HTTPS API listen address (Consul's port 8501); needs --cert-file and --key-file.
+    #[arg(long, env = "REGISTRY_HTTPS_ADDR")]
+    https_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: registry_api::tls::flags::TlsFlags,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -59,6 +64,9 @@ struct Args {
 enum Command {
     /// Print a new random key for --encrypt and exit.
     Keygen,
+    /// Make a CA and certificates for TLS (as `consul tls`), in the current directory.
+    #[command(subcommand)]
+    Tls(registry_api::tls::flags::TlsCommand),
 }
 
 /// mimalloc instead of glibc's malloc: at 100,000 instances the catalog (in
@@ -76,9 +84,15 @@ async fn main() -> anyhow::Result<()> {
     // (each HTTP connection, blocking queries above all, holds a descriptor).
     registry_api::serve::raise_fd_limit();
     let args = Args::parse();
-    if let Some(Command::Keygen) = args.command {
-        println!("{}", registry_api::auth::generate_key());
-        return Ok(());
+    match &args.command {
+        Some(Command::Keygen) => {
+            println!("{}", registry_api::auth::generate_key());
+            return Ok(());
+        }
+        Some(Command::Tls(command)) => {
+            std::process::exit(registry_api::tls::flags::run_command(command))
+        }
+        None => {}
     }
     let mut config = ServerConfig::new(
         args.node
@@ -113,6 +127,17 @@ async fn main() -> anyhow::Result<()> {
         Some(Ok(key)) => Some(key),
         Some(Err(e)) => {
             eprintln!("registry-server: --encrypt: {e}");
+            std::process::exit(2);
+        }
+    };
+    config.https_addr = args.https_addr;
+    config.tls = match args
+        .tls
+        .load(registry_api::tls::DEFAULT_DOMAIN, args.https_addr.is_some())
+    {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("registry-server: {e}");
             std::process::exit(2);
         }
     };

@@ -9,6 +9,8 @@
 //!   with `TestCluster::builder`, and the fixtures server tests share.
 //! - `fakes` (feature `fakes`): a fake registry server (`fakes::catalog`), a fake datacenter
 //!   (`fakes::dc`), an HTTP check target, a server with one fixed answer, a dead address.
+//! - `pki` (feature `pki`): a private CA and server/client certificates in a temp dir, and
+//!   the TLS settings that use them.
 //!
 //! Owns: test helpers used by more than one test binary or crate. Must not touch: product
 //! code; no product crate may depend on this one (it is `publish = false`). A helper that
@@ -22,6 +24,8 @@ pub mod cluster;
 pub mod fakes;
 pub mod history;
 pub mod locks;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod wait;
 
 pub use wait::{never_within, wait_until};

@@ -71,6 +71,8 @@ pub struct AgentConfig {
     /// The cluster's shared key (`--encrypt`): when set, [`Agent::start`] makes the server
     /// pool sign every request with it (unless the pool was given a key already).
     pub encrypt: Option<SharedKey>,
+    /// TLS (`--ca-file`, ...): its certificates are read again on reload.
+    pub tls: Option<std::sync::Arc<registry_api::tls::Tls>>,
 }
 
 impl AgentConfig {
@@ -87,6 +89,7 @@ impl AgentConfig {
             sync_interval: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(2),
             encrypt: None,
+            tls: None,
         }
     }
 }
