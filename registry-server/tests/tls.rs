@@ -439,3 +439,127 @@ async fn served_names(pki: &TestPki, addr: std::net::SocketAddr) -> Vec<String> 
     let certs = stream.get_ref().1.peer_certificates().unwrap();
     registry_api::tls::dns_names(&certs[0])
 }
+
+fn gateway(
+    dc: &str,
+    servers: Vec<String>,
+    join: Vec<String>,
+    tls: Arc<Tls>,
+) -> wan_gateway::GatewayConfig {
+    let mut cfg = wan_gateway::GatewayConfig::new(dc);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.servers = servers;
+    cfg.retry_join_wan = join;
+    cfg.gossip_interval = Duration::from_millis(100);
+    cfg.dead_after = Duration::from_secs(1);
+    cfg.tls = Some(tls);
+    cfg
+}
+
+/// A one-server datacenter with strict TLS.
+async fn tls_server(pki: &TestPki, dc: &str, dir: &tempfile::TempDir) -> ServerHandle {
+    let port = free_ports(1)[0];
+    let tls = pki.load_strict(&pki.cert(Role::Server, dc));
+    let c = config(
+        &format!("{dc}-solo"),
+        dc,
+        dir,
+        port,
+        &[format!("127.0.0.1:{port}")],
+        tls,
+    );
+    registry_server::start(c).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datacenters_federate_through_tls_gateways_and_a_foreign_ca_is_kept_out() {
+    let pki = TestPki::new();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s1 = tls_server(&pki, "dc1", &d1).await;
+    let s2 = tls_server(&pki, "dc2", &d2).await;
+    // Gateways carry their DC's server certificate.
+    let gw1 = wan_gateway::start(gateway(
+        "dc1",
+        vec![https_url(&s1)],
+        vec![],
+        pki.load_strict(&pki.cert(Role::Server, "dc1")),
+    ))
+    .await
+    .unwrap();
+    let gw1_addr = gw1.addr.to_string();
+    let gw2 = wan_gateway::start(gateway(
+        "dc2",
+        vec![https_url(&s2)],
+        vec![gw1_addr.clone()],
+        pki.load_strict(&pki.cert(Role::Server, "dc2")),
+    ))
+    .await
+    .unwrap();
+    assert!(gw1.url().starts_with("https://"));
+    s1.set_wan_gateways(&[gw1.url()]);
+    s2.set_wan_gateways(&[gw2.url()]);
+    let c1 = https_client(&pki, &pki.cert(Role::Client, "dc1"), "dc1");
+    let c2 = https_client(&pki, &pki.cert(Role::Client, "dc2"), "dc2");
+    wait_until(Duration::from_secs(20), "a write in dc2", || async {
+        put_key(&c2, &s2, "fed", "from-dc2").await.then_some(())
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "dc2's key read from dc1 through TLS gateways",
+        || async {
+            let url = format!("{}/v1/kv/fed?raw&dc=dc2", https_url(&s1));
+            let resp = c1.get(&url).send().await.ok()?;
+            (resp.text().await.ok()? == "from-dc2").then_some(())
+        },
+    )
+    .await;
+    // Two more gateways ask gw1 to join at the same time: one of this federation (dc4),
+    // one with a certificate from another CA (dc3). Only dc4 ever appears.
+    let other = TestPki::new();
+    let foreign = wan_gateway::start(gateway(
+        "dc3",
+        vec![],
+        vec![gw1_addr.clone()],
+        other.load_strict(&other.cert(Role::Server, "dc3")),
+    ))
+    .await
+    .unwrap();
+    let fellow = wan_gateway::start(gateway(
+        "dc4",
+        vec![],
+        vec![gw1_addr.clone()],
+        pki.load_strict(&pki.cert(Role::Server, "dc4")),
+    ))
+    .await
+    .unwrap();
+    let dcs = |c: reqwest::Client| {
+        let url = format!("{}/v1/catalog/datacenters", https_url(&s1));
+        async move {
+            get_json(&c, &url)
+                .await
+                .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+                .unwrap_or_default()
+        }
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "dc4 in dc1's datacenters",
+        || async {
+            dcs(c1.clone())
+                .await
+                .contains(&"dc4".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    // Several more exchange rounds for the foreign gateway, which keeps trying.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = dcs(c1.clone()).await;
+    assert!(!seen.contains(&"dc3".to_string()), "{seen:?}");
+    for g in [foreign, fellow, gw2, gw1] {
+        g.stop().await;
+    }
+    s1.stop().await;
+    s2.stop().await;
+}
