@@ -345,7 +345,7 @@ async fn a_reload_swaps_the_certificate_under_load_without_a_failed_request() {
     wait_until(Duration::from_secs(20), "a leader", || async {
         let c = https_client(&pki, &client_files, "dc1");
         let v = get_json(&c, &url).await?;
-        (v.as_str()? != "").then_some(())
+        (!v.as_str()?.is_empty()).then_some(())
     })
     .await;
     // Load: clients that each open new connections (no keep-alive), so every request has
