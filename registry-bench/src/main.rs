@@ -9,6 +9,7 @@ mod load;
 mod procs;
 mod report;
 mod scenarios;
+mod tls_cost;
 mod watch;
 
 use clap::Parser;
@@ -34,7 +35,7 @@ struct Args {
     /// Keep the data dirs and logs after the run (their path is printed).
     #[arg(long)]
     keep: bool,
-    /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc,
+    /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc, tls,
     /// memory), e.g. to profile one; the section written is then partial.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
