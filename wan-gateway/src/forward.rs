@@ -104,7 +104,7 @@ pub struct Forwarder {
     /// The client for other gateways (and the exchange loop); over TLS any certificate of
     /// the federation's CA is accepted (a gateway of another federation is refused).
     wan: reqwest::Client,
-    /// Gateways are dialled as `https://host:port` (`--verify-outgoing`).
+    /// Gateways are dialled as `https://host:port` (any TLS setting).
     https: bool,
     /// This DC's servers' base URLs. A std lock: it is held only to clone the `Arc`, never across
     /// an await, and replaced whole by [`Forwarder::set_servers`].
@@ -161,7 +161,9 @@ impl Forwarder {
         Ok(Forwarder {
             http,
             wan,
-            https: tls.is_some_and(|t| t.settings().dials_tls()),
+            // A federation that uses TLS uses it on every gateway: one with any TLS setting
+            // dials the others over it (their certificates checked against the CA).
+            https: tls.is_some(),
             servers: RwLock::new(Arc::new(servers.iter().map(|s| base_url(s)).collect())),
             preferred: AtomicUsize::new(0),
             key,
