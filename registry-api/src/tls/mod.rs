@@ -351,16 +351,41 @@ fn check_validity(path: &Path, cert: &CertificateDer<'_>) -> Result<(), TlsError
 /// system's roots. `http://` URLs work either way.
 pub fn client_builder(tls: Option<(&Arc<Tls>, Expect)>) -> reqwest::ClientBuilder {
     // reqwest asks rustls for the process's default provider when it makes its own
-    // configuration (here: a client without `tls`); installing it twice is harmless.
+    // configuration; installing it twice is harmless.
     let _ =
         rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
     #[allow(clippy::disallowed_methods)]
     let builder = reqwest::Client::builder();
-    match tls.map(|(tls, expect)| tls.client_config(expect)) {
-        Some(Ok(config)) => builder.tls_backend_preconfigured(config),
+    let config = match tls.map(|(tls, expect)| tls.client_config(expect)) {
+        Some(Ok(config)) => Some(config),
         // Only an impossible protocol-version set fails; reqwest then reports its own error.
-        Some(Err(_)) | None => builder,
+        Some(Err(_)) => None,
+        None => system_roots_config(),
+    };
+    match config {
+        Some(config) => builder.tls_backend_preconfigured(config),
+        None => builder,
     }
+}
+
+/// The configuration of a client without our TLS: the system's roots, read once per
+/// process. reqwest would read and parse the whole system bundle again for every client
+/// it builds (tens of milliseconds), and tests and tools build many.
+fn system_roots_config() -> Option<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Option<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let verifier = rustls_platform_verifier::Verifier::new(provider()).ok()?;
+            let mut config = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .ok()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(config)
+        })
+        .clone()
 }
 
 /// A client with no TLS of ours and default settings (tests, the CLI without TLS flags).
