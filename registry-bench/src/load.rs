@@ -39,12 +39,14 @@ pub fn http_client() -> Result<reqwest::Client> {
     let expect = registry_api::tls::Expect::Server {
         datacenter: "dc1".into(),
     };
-    Ok(registry_api::tls::client_builder(TRUSTED.get().map(|t| (t, expect)))
-        .pool_max_idle_per_host(usize::MAX)
-        // Below the servers' 30 s idle close (both systems get the same client).
-        .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
-        .timeout(Duration::from_secs(30))
-        .build()?)
+    Ok(
+        registry_api::tls::client_builder(TRUSTED.get().map(|t| (t, expect)))
+            .pool_max_idle_per_host(usize::MAX)
+            // Below the servers' 30 s idle close (both systems get the same client).
+            .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
+            .timeout(Duration::from_secs(30))
+            .build()?,
+    )
 }
 
 /// One kind of request.

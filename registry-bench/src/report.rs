@@ -214,8 +214,16 @@ fn tls_table(t: &crate::tls_cost::TlsCost) -> String {
         "| # | Benchmark (same machine, same run) | TLS | plain HTTP | TLS/plain |\n|---|---|---|---|---|\n",
     );
     for (what, tls, plain) in [
-        (format!("register, {c} clients"), &t.register_tls, &t.register_plain),
-        (format!("`?stale` lookup, {c} clients"), &t.stale_tls, &t.stale_plain),
+        (
+            format!("register, {c} clients"),
+            &t.register_tls,
+            &t.register_plain,
+        ),
+        (
+            format!("`?stale` lookup, {c} clients"),
+            &t.stale_tls,
+            &t.stale_plain,
+        ),
     ] {
         let _ = writeln!(
             s,

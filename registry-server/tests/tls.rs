@@ -287,18 +287,34 @@ async fn an_agent_certificate_cannot_act_as_a_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_reaches_its_servers_over_tls() {
+async fn an_agent_reaches_its_servers_over_tls_and_serves_https() {
     let pki = TestPki::new();
     let cluster = tls_cluster(&pki, "dc1").await;
     let tls = pki.load_strict(&pki.cert(Role::Client, "dc1"));
     let agent = registry_client::start(registry_client::ClientConfig {
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        https_addr: Some("127.0.0.1:0".parse().unwrap()),
         retry_join: cluster.addrs.clone(),
         tls: Some(tls),
         ..registry_client::ClientConfig::new("tls-agent")
     })
     .await
     .unwrap();
+    // The agent's own HTTPS API, with its client.dc1.consul certificate (a caller that
+    // trusts the CA and shows a certificate of its own).
+    let caller = pki.load_strict(&pki.cert(Role::Client, "dc1"));
+    let https = client_builder(Some((&caller, Expect::SignedByCa)))
+        .build()
+        .unwrap();
+    let resp = https
+        .get(format!(
+            "https://{}/v1/agent/self",
+            agent.https_addr.unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let plain = registry_api::tls::plain_client();
     let local = format!("http://{}", agent.http_addr);
     let resp = plain
