@@ -485,10 +485,11 @@ async fn start_transport(
                 config.rpc_addr,
                 config.advertise.clone().unwrap_or_default(),
                 config.encrypt.clone(),
-                config.tls.clone().map(|tls| rpc::RpcTls {
-                    tls,
-                    datacenter: config.datacenter.clone(),
-                }),
+                config
+                    .tls
+                    .clone()
+                    .map(|tls| rpc::RpcTls::new(tls, &config.datacenter))
+                    .transpose()?,
                 deliver,
                 tokio::runtime::Handle::current(),
                 shutdown.clone(),

@@ -150,7 +150,10 @@ async fn a_tls_cluster_forms_serves_https_and_fails_over() {
     let pki = TestPki::new();
     let mut cluster = tls_cluster(&pki, "dc1").await;
     let client = https_client(&pki, &pki.cert(Role::Client, "dc1"), "dc1");
-    let leader = cluster.leader().expect("a leader");
+    let leader = wait_until(Duration::from_secs(20), "a leader", || async {
+        cluster.leader()
+    })
+    .await;
     // A write through a follower's HTTPS port is forwarded to the leader over TLS RPC.
     let follower = (0..3).find(|&i| i != leader).unwrap();
     assert!(

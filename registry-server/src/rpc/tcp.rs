@@ -87,15 +87,36 @@ pub struct TcpTransport {
 #[derive(Clone)]
 pub struct RpcTls {
     /// The live TLS configuration (reloaded on SIGHUP).
-    pub tls: Arc<Tls>,
+    tls: Arc<Tls>,
     /// Our datacenter: peers speaking Raft must be its servers.
-    pub datacenter: String,
+    datacenter: String,
+    /// Accepts inbound TLS (one configuration for the transport's life: it looks the
+    /// current certificate up on every handshake).
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Dials peers over TLS, checked as servers of `datacenter` (`--verify-outgoing`).
+    connector: Option<tokio_rustls::TlsConnector>,
 }
 
 impl RpcTls {
-    /// Whether we dial peers over TLS (`--verify-outgoing`).
-    fn dials(&self) -> bool {
-        self.tls.settings().dials_tls()
+    /// TLS for the RPC port of a server of `datacenter`.
+    pub fn new(tls: Arc<Tls>, datacenter: &str) -> Result<RpcTls, registry_api::tls::TlsError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
+        let connector = if tls.settings().dials_tls() {
+            let expect = Expect::Server {
+                datacenter: datacenter.to_string(),
+            };
+            Some(tokio_rustls::TlsConnector::from(Arc::new(
+                tls.client_config(expect)?,
+            )))
+        } else {
+            None
+        };
+        Ok(RpcTls {
+            tls,
+            datacenter: datacenter.to_string(),
+            acceptor,
+            connector,
+        })
     }
 }
 
@@ -200,13 +221,7 @@ impl Transport for TcpTransport {
             let me = Dialer {
                 advertise: self.advertise.clone(),
                 key: self.key.clone(),
-                tls: self.tls.as_ref().filter(|t| t.dials()).and_then(|t| {
-                    let expect = Expect::Server {
-                        datacenter: t.datacenter.clone(),
-                    };
-                    let config = t.tls.client_config(expect).ok()?;
-                    Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
-                }),
+                tls: self.tls.as_ref().and_then(|t| t.connector.clone()),
             };
             let task = self.runtime.spawn(run_writer(to.clone(), me, rx, stop));
             peers.insert(to, PeerWriter { queue, task });
@@ -358,13 +373,8 @@ async fn serve_tls(
     pending: tokio::sync::OwnedSemaphorePermit,
     http: Option<HttpHandoff>,
 ) -> io::Result<()> {
-    let acceptor = tls
-        .tls
-        .server_config()
-        .map(tokio_rustls::TlsAcceptor::from)
-        .map_err(|e| invalid_data(e.to_string()))?;
     let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let stream = acceptor.accept(stream).await?;
+        let stream = tls.acceptor.accept(stream).await?;
         let mut input = BufReader::new(stream);
         // The first byte inside TLS says HTTP or our framing, as outside it.
         let first = tokio::io::AsyncBufReadExt::fill_buf(&mut input)
