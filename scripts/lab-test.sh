@@ -12,7 +12,8 @@
 #   4. docker stop dc1's gateway: dc2 asking ?dc=dc1 gets 500 "Remote DC has no server currently
 #      reachable"; docker start it: cross-DC lookups recover;
 #   5. docker compose down (volumes kept) and up -d: every registration is still there;
-#   6. the shared key: a server container with another key, pointed at dc1's servers, never
+#   6. the shared key: a server container with another key (and the lab's certificates, so that
+#      TLS lets it through), pointed at dc1's servers, never
 #      joins (the servers log the refused handshake), and an agent with another key gets 403 for
 #      everything it forwards, while unsigned requests to a server's RPC port and to a gateway
 #      are refused too;
@@ -234,12 +235,19 @@ title "6. containers with the wrong key are refused"
 wrong_key="$(new_key)"
 intruders=(lab-intruder-server lab-intruder-agent)
 docker rm -f "${intruders[@]}" >/dev/null 2>&1 || true
-docker run -d --name lab-intruder-server --network "$DC1_LAN" --ip 10.81.1.91 \
+# With the lab's certificates, so that TLS lets them through and the key is what refuses them.
+docker run -d --name lab-intruder-server --network "$DC1_LAN" --ip 10.81.1.91 -v "$LAB_TLS:/tls:ro" \
+  -e REGISTRY_CA_FILE=/tls/consul-agent-ca.pem -e REGISTRY_CERT_FILE=/tls/dc1-server-consul-0.pem \
+  -e REGISTRY_KEY_FILE=/tls/dc1-server-consul-0-key.pem -e REGISTRY_VERIFY_INCOMING=true \
+  -e REGISTRY_VERIFY_OUTGOING=true -e REGISTRY_VERIFY_SERVER_HOSTNAME=true \
   -e REGISTRY_ENCRYPT="$wrong_key" -e REGISTRY_NODE=intruder -e REGISTRY_DATACENTER=dc1 \
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_ADVERTISE=10.81.1.91:8300 \
   -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
   registry-server:lab >/dev/null
 docker run -d --name lab-intruder-agent --network "$DC1_LAN" --ip 10.81.1.92 -p 127.0.0.1:8599:8500 \
+  -v "$LAB_TLS:/tls:ro" -e REGISTRY_CA_FILE=/tls/consul-agent-ca.pem \
+  -e REGISTRY_CERT_FILE=/tls/dc1-client-consul-0.pem -e REGISTRY_KEY_FILE=/tls/dc1-client-consul-0-key.pem \
+  -e REGISTRY_VERIFY_OUTGOING=true -e REGISTRY_VERIFY_SERVER_HOSTNAME=true \
   -e REGISTRY_ENCRYPT="$wrong_key" -e REGISTRY_NODE=intruder-app -e REGISTRY_DATACENTER=dc1 \
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_HTTP_ADDR=0.0.0.0:8500 -e REGISTRY_ADVERTISE=10.81.1.92 \
   -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
