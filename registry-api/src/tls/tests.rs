@@ -284,3 +284,28 @@ fn generated_files_carry_consuls_names_and_are_never_overwritten() {
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
+
+#[tokio::test]
+async fn a_tool_checks_the_name_it_dialled_or_the_one_it_was_given() {
+    let pki = Pki::new();
+    let server = load(pki.settings(pki.cert(Role::Server, "dc1")));
+    let mut tool = pki.settings(pki.cert(Role::Client, "dc1"));
+    tool.verify_server_hostname = false;
+    let tool = load(tool);
+    // The test dials "127.0.0.1", which the server certificate names.
+    handshake(&server, &tool, Expect::Name(None)).await.unwrap();
+    handshake(
+        &server,
+        &tool,
+        Expect::Name(Some("server.dc1.consul".into())),
+    )
+    .await
+    .unwrap();
+    assert!(handshake(
+        &server,
+        &tool,
+        Expect::Name(Some("server.dc2.consul".into()))
+    )
+    .await
+    .is_err());
+}

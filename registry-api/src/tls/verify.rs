@@ -26,6 +26,9 @@ pub enum Expect {
     /// Any certificate signed by the CA (links where the peer's datacenter is not known,
     /// e.g. a gateway reached by address before it said which DC it serves).
     SignedByCa,
+    /// A tool's view (the CLI, curl): the name dialled, or the one given
+    /// (`-tls-server-name`), always checked, as any HTTPS client checks it.
+    Name(Option<String>),
 }
 
 /// Our current certificate, for both sides of a handshake.
@@ -122,7 +125,7 @@ impl ServerCertVerifier for PeerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _dialled: &ServerName<'_>,
+        dialled: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
@@ -138,12 +141,19 @@ impl ServerCertVerifier for PeerVerifier {
             now,
             super::provider().signature_verification_algorithms.all,
         )?;
-        if self.tls.settings.verify_server_hostname {
-            if let Expect::Server { datacenter } = &self.expect {
+        match &self.expect {
+            Expect::Server { datacenter } if self.tls.settings.verify_server_hostname => {
                 let name = ServerName::try_from(self.tls.server_name(datacenter))
                     .map_err(|e| Error::General(e.to_string()))?;
                 verify_server_name(&parsed, &name)?;
             }
+            Expect::Name(Some(name)) => {
+                let name = ServerName::try_from(name.as_str())
+                    .map_err(|e| Error::General(e.to_string()))?;
+                verify_server_name(&parsed, &name)?;
+            }
+            Expect::Name(None) => verify_server_name(&parsed, dialled)?,
+            Expect::Server { .. } | Expect::SignedByCa => {}
         }
         Ok(ServerCertVerified::assertion())
     }
