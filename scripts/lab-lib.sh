@@ -27,6 +27,34 @@ if [[ -z "${REGISTRY_LAB_ENCRYPT:-}" ]]; then
 fi
 export REGISTRY_LAB_ENCRYPT
 
+# The lab's TLS files (docker-compose.yml mounts .lab/tls read-only at /tls): a CA, a server
+# certificate per DC (its servers and its gateway: server.<dc>.consul), a client certificate per
+# DC (its agent) and a second dc1 client certificate for the host's curl. Made once per clone
+# with the image's own `tls` subcommand (Consul's file names); git-ignored, never committed.
+LAB_TLS="$LAB_ROOT/.lab/tls"
+# make_pki DIR ROLE... : a new CA in DIR and one certificate per "server|client:dc".
+make_pki() {
+  local dir="$1" spec; shift
+  mkdir -p "$dir"
+  docker run --rm --user 0 -v "$dir:/out" -w /out registry-server:lab tls ca create >/dev/null
+  for spec in "$@"; do
+    docker run --rm --user 0 -v "$dir:/out" -w /out registry-server:lab \
+      tls cert create "--${spec%%:*}" --dc "${spec##*:}" >/dev/null
+  done
+  # The containers run as 10001:10001 (docker/Dockerfile.build); the keys stay mode 0600.
+  chown -R 10001:10001 "$dir" 2>/dev/null || chmod 0644 "$dir"/*-key.pem
+}
+ensure_lab_tls() {
+  [[ -s "$LAB_TLS/dc1-client-consul-1.pem" ]] && return 0
+  rm -rf "$LAB_TLS"
+  make_pki "$LAB_TLS" server:dc1 server:dc2 client:dc1 client:dc2 client:dc1
+}
+# curl as a client of the lab's CA with the host's own certificate (HTTPS ports 8511, 9511).
+tls_curl() {
+  curl -s --max-time 5 --cacert "$LAB_TLS/consul-agent-ca.pem" \
+    --cert "$LAB_TLS/dc1-client-consul-1.pem" --key "$LAB_TLS/dc1-client-consul-1-key.pem" "$@"
+}
+
 # Host ports (see docker-compose.yml): agents, and each server's HTTP API.
 DC1_AGENT=http://127.0.0.1:8500
 DC2_AGENT=http://127.0.0.1:9500

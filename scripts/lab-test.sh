@@ -13,10 +13,15 @@
 #   4. docker stop dc1's gateway: dc2 asking ?dc=dc1 gets 500 "Remote DC has no server currently
 #      reachable"; docker start it: cross-DC lookups recover;
 #   5. docker compose down (volumes kept) and up -d: every registration is still there;
-#   6. the shared key: a server container with another key, pointed at dc1's servers, never
+#   6. the shared key: a server container with another key (and the lab's certificates, so that
+#      TLS lets it through), pointed at dc1's servers, never
 #      joins (the servers log the refused handshake), and an agent with another key gets 403 for
 #      everything it forwards, while unsigned requests to a server's RPC port and to a gateway
-#      are refused too.
+#      are refused too;
+#   7. TLS: curl --cacert with a client certificate reads a server's HTTPS port (and ?dc=dc2
+#      through the TLS gateways), without one the handshake is refused; a server container with
+#      the right key but a certificate of another CA never joins, and an agent with the right key
+#      but no certificate (plaintext) gets nothing from the servers and never enters the catalog.
 #
 # Every wait is a poll with a deadline (wait_for in lab-lib.sh); no sleep is taken as proof.
 # Servers are reached through their published host ports (127.0.0.1:8501-8503 dc1,
@@ -246,12 +251,19 @@ title "6. containers with the wrong key are refused"
 wrong_key="$(new_key)"
 intruders=(lab-intruder-server lab-intruder-agent)
 docker rm -f "${intruders[@]}" >/dev/null 2>&1 || true
-docker run -d --name lab-intruder-server --network "$DC1_LAN" --ip 10.81.1.91 \
+# With the lab's certificates, so that TLS lets them through and the key is what refuses them.
+docker run -d --name lab-intruder-server --network "$DC1_LAN" --ip 10.81.1.91 -v "$LAB_TLS:/tls:ro" \
+  -e REGISTRY_CA_FILE=/tls/consul-agent-ca.pem -e REGISTRY_CERT_FILE=/tls/dc1-server-consul-0.pem \
+  -e REGISTRY_KEY_FILE=/tls/dc1-server-consul-0-key.pem -e REGISTRY_VERIFY_INCOMING=true \
+  -e REGISTRY_VERIFY_OUTGOING=true -e REGISTRY_VERIFY_SERVER_HOSTNAME=true \
   -e REGISTRY_ENCRYPT="$wrong_key" -e REGISTRY_NODE=intruder -e REGISTRY_DATACENTER=dc1 \
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_ADVERTISE=10.81.1.91:8300 \
   -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
   registry-server:lab >/dev/null
 docker run -d --name lab-intruder-agent --network "$DC1_LAN" --ip 10.81.1.92 -p 127.0.0.1:8599:8500 \
+  -v "$LAB_TLS:/tls:ro" -e REGISTRY_CA_FILE=/tls/consul-agent-ca.pem \
+  -e REGISTRY_CERT_FILE=/tls/dc1-client-consul-0.pem -e REGISTRY_KEY_FILE=/tls/dc1-client-consul-0-key.pem \
+  -e REGISTRY_VERIFY_OUTGOING=true -e REGISTRY_VERIFY_SERVER_HOSTNAME=true \
   -e REGISTRY_ENCRYPT="$wrong_key" -e REGISTRY_NODE=intruder-app -e REGISTRY_DATACENTER=dc1 \
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_HTTP_ADDR=0.0.0.0:8500 -e REGISTRY_ADVERTISE=10.81.1.92 \
   -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
@@ -282,6 +294,52 @@ check "an agent with the wrong key gets 403 for what it forwards" "$WAIT" agent_
 not_in_catalog() { ! has_node http://127.0.0.1:8501 intruder-app; }
 if not_in_catalog; then pass "its node is not in dc1's catalog"; else fail "intruder-app registered itself in dc1"; fi
 docker rm -f "${intruders[@]}" >/dev/null 2>&1 || true
+
+# ---- 7. TLS ---------------------------------------------------------------------------------
+title "7. TLS: curl --cacert, and containers without a valid certificate"
+https_leader() { local out; out="$(tls_curl https://127.0.0.1:8511/v1/status/leader)" && [[ "$out" == *10.81.1.1* ]]; }
+check "curl --cacert + client certificate: dc1-server1's HTTPS API (127.0.0.1:8511) names the leader" "$WAIT" https_leader
+https_xdc() {
+  local out
+  out="$(tls_curl "https://127.0.0.1:8511/v1/health/service/demo?dc=dc2&passing")" &&
+    [[ "$(json 'len(j)' <<<"$out")" -ge 1 ]] 2>/dev/null
+}
+check "?dc=dc2 over HTTPS is answered through the TLS gateways" "$WAIT" https_xdc
+no_cert_refused() { ! curl -s --max-time 5 --cacert "$LAB_TLS/consul-agent-ca.pem" https://127.0.0.1:8511/v1/status/leader >/dev/null; }
+check "without a client certificate the HTTPS port refuses the handshake" 5 no_cert_refused
+rogue_pki="$(mktemp -d)"
+make_pki "$rogue_pki" server:dc1
+rogues=(lab-rogue-server lab-plain-agent)
+docker rm -f "${rogues[@]}" >/dev/null 2>&1 || true
+docker run -d --name lab-rogue-server --network "$DC1_LAN" --ip 10.81.1.93 -v "$rogue_pki:/tls:ro" \
+  -e REGISTRY_ENCRYPT="$REGISTRY_LAB_ENCRYPT" -e REGISTRY_NODE=rogue -e REGISTRY_DATACENTER=dc1 \
+  -e REGISTRY_DATA_DIR=/data -e REGISTRY_ADVERTISE=10.81.1.93:8300 \
+  -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
+  -e REGISTRY_CA_FILE=/tls/consul-agent-ca.pem -e REGISTRY_CERT_FILE=/tls/dc1-server-consul-0.pem \
+  -e REGISTRY_KEY_FILE=/tls/dc1-server-consul-0-key.pem -e REGISTRY_VERIFY_INCOMING=true \
+  -e REGISTRY_VERIFY_OUTGOING=true -e REGISTRY_VERIFY_SERVER_HOSTNAME=true \
+  registry-server:lab >/dev/null
+docker run -d --name lab-plain-agent --network "$DC1_LAN" --ip 10.81.1.94 -p 127.0.0.1:8598:8500 \
+  -e REGISTRY_ENCRYPT="$REGISTRY_LAB_ENCRYPT" -e REGISTRY_NODE=plain-app -e REGISTRY_DATACENTER=dc1 \
+  -e REGISTRY_DATA_DIR=/data -e REGISTRY_HTTP_ADDR=0.0.0.0:8500 -e REGISTRY_ADVERTISE=10.81.1.94 \
+  -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
+  registry-client:lab >/dev/null
+rogue_refused() { docker logs lab-rogue-server 2>&1 | grep -q "TLS handshake failed"; }
+check "the server with another CA's certificate fails the TLS handshake with dc1 (its log says so)" "$WAIT" rogue_refused
+rogue_absent() { # 15 s of dc1's Raft configuration without it
+  local until=$((SECONDS + 15))
+  while ((SECONDS < until)); do
+    http GET http://127.0.0.1:8501/v1/operator/raft/configuration
+    [[ "$CODE" == 200 && "$BODY" != *10.81.1.93* ]] || return 1
+    sleep 1
+  done
+}
+if rogue_absent; then pass "it is not in dc1's Raft configuration (watched 15 s)"; else fail "a server of another CA joined dc1: $BODY"; fi
+plain_refused() { http GET http://127.0.0.1:8598/v1/catalog/services; [[ "$CODE" =~ ^5 ]]; }
+check "an agent without a certificate gets no answer from the servers (5xx for what it forwards)" "$WAIT" plain_refused
+if ! has_node http://127.0.0.1:8501 plain-app; then pass "its node is not in dc1's catalog"; else fail "plain-app registered itself in dc1"; fi
+docker rm -f "${rogues[@]}" >/dev/null 2>&1 || true
+rm -rf "$rogue_pki"
 
 printf '\n%d passed, %d failed (lab-test took %d s)\n' "$passed" "$failed" "$((SECONDS - t_start))"
 ((failed == 0))

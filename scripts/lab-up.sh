@@ -8,6 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/lab-lib.sh"
 limit="${LAB_UP_TIMEOUT:-120}"
 
+ensure_lab_tls
 t0="$(date +%s.%N)"
 compose up -d --remove-orphans
 elapsed() { python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')"; }

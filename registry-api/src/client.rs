@@ -121,7 +121,7 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// A client for `base` (scheme, host and port, no trailing slash needed).
     pub fn new(base: impl Into<String>) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder(None)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .unwrap_or_default();
@@ -279,7 +279,7 @@ impl RegistryClient {
             value.set_sensitive(true);
             headers.insert(TOKEN_HEADER, value);
         }
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder(None)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .default_headers(headers)
             .build()

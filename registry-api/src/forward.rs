@@ -69,9 +69,17 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
 
 /// `host:port` -> `http://host:port`; a URL keeps its scheme; a trailing `/` goes.
 pub fn base_url(raw: &str) -> String {
+    base_url_over(raw, false)
+}
+
+/// [`base_url`], with `https://` for a bare `host:port` when `tls` (a process that dials
+/// its peers over TLS, `--verify-outgoing`).
+pub fn base_url_over(raw: &str, tls: bool) -> String {
     let trimmed = raw.trim().trim_end_matches('/');
     if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
         trimmed.to_owned()
+    } else if tls {
+        format!("https://{trimmed}")
     } else {
         format!("http://{trimmed}")
     }
@@ -123,6 +131,11 @@ mod tests {
         assert_eq!(base_url("10.0.0.1:8500"), "http://10.0.0.1:8500");
         assert_eq!(base_url(" http://a:1/ "), "http://a:1");
         assert_eq!(base_url("https://a:1"), "https://a:1");
+        assert_eq!(
+            base_url_over("10.0.0.1:8300", true),
+            "https://10.0.0.1:8300"
+        );
+        assert_eq!(base_url_over("http://a:1", true), "http://a:1");
     }
 
     #[test]

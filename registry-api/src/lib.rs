@@ -32,6 +32,7 @@ pub mod query;
 pub mod serve;
 pub mod service_def;
 pub mod snapshot;
+pub mod tls;
 pub mod types;
 
 pub use agent::*;

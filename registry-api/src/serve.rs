@@ -18,7 +18,9 @@
 //!   one more is accepted, answered `503` with a plain-text reason, and
 //!   closed, so a flood is refused cleanly and the server stays up;
 //! - the listen backlog is 4096 (the kernel caps it at `somaxconn`), not
-//!   tokio's 1024, so bursts of thousands of connects are not dropped.
+//!   tokio's 1024, so bursts of thousands of connects are not dropped;
+//! - an HTTPS listener ([`serve_tls`]) finishes the TLS handshake within the
+//!   header-read timeout, under the same connection bound, before HTTP starts.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,7 +28,7 @@ use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -128,31 +130,89 @@ impl ConnGate {
     /// response in flight, if any, for at most a second).
     pub fn serve_connection(&self, stream: TcpStream, router: Router, shutdown: CancellationToken) {
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        self.serve_stream(stream, peer, router, shutdown);
+    }
+
+    /// [`ConnGate::serve_connection`] for any byte stream (a TLS connection), whose caller
+    /// was `peer`.
+    pub fn serve_stream<S>(
+        &self,
+        stream: S,
+        peer: Option<SocketAddr>,
+        router: Router,
+        shutdown: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tokio::spawn(refuse(stream, self.limits.max_connections));
             return;
         };
         tokio::spawn(serve_one(
             stream,
+            peer,
             router,
             self.limits.clone(),
             shutdown,
             permit,
         ));
     }
+
+    /// Serves one accepted connection over TLS: the handshake must finish within the
+    /// header-read timeout, and counts against the bound like the HTTP that follows.
+    pub fn serve_tls_connection(
+        &self,
+        stream: TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        router: Router,
+        shutdown: CancellationToken,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            // No TLS yet, so no readable refusal: close.
+            return;
+        };
+        let limits = self.limits.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(tls)) => serve_one(tls, peer, router, limits, shutdown, permit).await,
+                Ok(Err(error)) => log_refused_handshake(peer, &error),
+                Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+            }
+        });
+    }
 }
 
-async fn serve_one(
-    stream: TcpStream,
+/// Handshakes that fail (no certificate, another CA, plain HTTP on the HTTPS port) are
+/// logged at warn now and then, the rest at debug, so a scanner cannot flood the log.
+pub fn log_refused_handshake(peer: Option<SocketAddr>, error: &std::io::Error) {
+    static LOG: crate::auth::RateLimitedLog = crate::auth::RateLimitedLog::new(10_000);
+    if LOG.allow() {
+        tracing::warn!(?peer, %error, "TLS handshake refused (more are logged at debug for a while)");
+    } else {
+        tracing::debug!(?peer, %error, "TLS handshake refused");
+    }
+}
+
+async fn serve_one<S>(
+    stream: S,
+    peer: Option<SocketAddr>,
     router: Router,
     limits: ServeLimits,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let body_timeout = limits.body_read_timeout;
     // The caller's address, as axum's `ConnectInfo` (some endpoints are served only to
     // callers on the same host).
-    let peer = stream.peer_addr().ok();
     let service = TowerToHyperService::new(tower::ServiceExt::map_request(
         router,
         move |req: hyper::Request<hyper::body::Incoming>| {
@@ -232,7 +292,7 @@ where
 }
 
 /// Answers a connection over the bound with 503 and closes it.
-async fn refuse(mut stream: TcpStream, limit: usize) {
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, limit: usize) {
     let body = format!("Too many open connections (limit {limit}); try again later\n");
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
@@ -259,6 +319,40 @@ pub async fn serve(
 ) {
     let gate = ConnGate::new(limits);
     serve_with_gate(listener, router, gate, shutdown).await
+}
+
+/// [`serve_with_gate`] over TLS (the HTTPS API): `config` decides the certificate shown
+/// and whether callers must show one.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    gate: ConnGate,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, _)) => gate.serve_tls_connection(
+                stream,
+                acceptor.clone(),
+                router.clone(),
+                shutdown.clone(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    gate.drain(DRAIN_LIMIT).await;
 }
 
 /// [`serve`] with a gate shared with other listeners. Once `shutdown` fires it waits (at most

@@ -6,6 +6,7 @@ use crate::load::{Load, Op, Stop};
 use crate::procs::raise_fd_limit;
 use crate::report::{self, Context, KvCells, Results};
 use crate::scenarios;
+use crate::tls_cost;
 use anyhow::{bail, Context as _, Result};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -396,6 +397,11 @@ pub async fn run(plan: Plan) -> Result<()> {
             ours.check_alive()?;
             r.fanout.push((n, runs));
         }
+    }
+
+    if plan.wants("tls") {
+        step("9. TLS cost: two fresh 3-server clusters, plain and mutual TLS");
+        r.tls = Some(tls_cost::measure(&bin, &root, plan.runs, plan.load).await?);
     }
 
     if plan.wants("memory") {

@@ -21,6 +21,20 @@ pub struct Server {
     pub proc: Proc,
 }
 
+/// The files of a TLS cluster (measurement 9).
+pub struct TlsFiles {
+    /// The CA certificate.
+    pub ca: std::path::PathBuf,
+    /// Every server's certificate (`server.dc1.consul`).
+    pub cert: std::path::PathBuf,
+    /// Its key.
+    pub key: std::path::PathBuf,
+    /// The load's client certificate.
+    pub client_cert: std::path::PathBuf,
+    /// Its key.
+    pub client_key: std::path::PathBuf,
+}
+
 /// Three registry servers forming one datacenter with `--bootstrap-expect 3`.
 pub struct RegistryCluster {
     /// The servers, in start order.
@@ -31,7 +45,23 @@ impl RegistryCluster {
     /// Starts 3 servers of `dc` under `root`, joined over TCP; `gateway` is given as
     /// `--wan-gateway` to each.
     pub fn start(bin: &Path, root: &Path, tag: &str, gateway: Option<&str>) -> Result<Self> {
-        let ports = free_ports(6)?;
+        Self::start_with(bin, root, tag, gateway, None)
+    }
+
+    /// [`RegistryCluster::start`] with mutual TLS among the servers and an HTTPS API,
+    /// which [`RegistryCluster::urls`] then names.
+    pub fn start_tls(bin: &Path, root: &Path, tag: &str, tls: &TlsFiles) -> Result<Self> {
+        Self::start_with(bin, root, tag, None, Some(tls))
+    }
+
+    fn start_with(
+        bin: &Path,
+        root: &Path,
+        tag: &str,
+        gateway: Option<&str>,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self> {
+        let ports = free_ports(9)?;
         let rpcs: Vec<String> = (0..3)
             .map(|i| format!("127.0.0.1:{}", ports[3 + i]))
             .collect();
@@ -62,6 +92,21 @@ impl RegistryCluster {
                 args.push("--wan-gateway".into());
                 args.push(g.to_string());
             }
+            if let Some(tls) = tls {
+                args.extend([
+                    "--https-addr".into(),
+                    format!("127.0.0.1:{}", ports[6 + i]),
+                    "--ca-file".into(),
+                    tls.ca.display().to_string(),
+                    "--cert-file".into(),
+                    tls.cert.display().to_string(),
+                    "--key-file".into(),
+                    tls.key.display().to_string(),
+                    "--verify-incoming".into(),
+                    "--verify-outgoing".into(),
+                    "--verify-server-hostname".into(),
+                ]);
+            }
             let proc = Proc::start(ProcSpec {
                 name: node.clone(),
                 program: bin.join("registry-server"),
@@ -70,7 +115,10 @@ impl RegistryCluster {
             })?;
             servers.push(Server {
                 node,
-                http: format!("http://127.0.0.1:{}", ports[i]),
+                http: match tls {
+                    None => format!("http://127.0.0.1:{}", ports[i]),
+                    Some(_) => format!("https://127.0.0.1:{}", ports[6 + i]),
+                },
                 rpc: rpcs[i].clone(),
                 data_dir,
                 proc,

@@ -10,14 +10,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The TLS configuration of the bench's clients, once measurement 9 has made its CA: they
+/// trust it and show its client certificate to `https://` servers (plain `http://` bases
+/// are not affected).
+static TRUSTED: std::sync::OnceLock<Arc<registry_api::tls::Tls>> = std::sync::OnceLock::new();
+
+/// Makes every client made from now on trust `files`' CA and show its client certificate.
+pub fn trust(files: &crate::cluster::TlsFiles) -> Result<()> {
+    let tls = registry_api::tls::Tls::load(
+        registry_api::tls::TlsSettings {
+            ca_file: Some(files.ca.clone()),
+            cert_file: Some(files.client_cert.clone()),
+            key_file: Some(files.client_key.clone()),
+            verify_outgoing: true,
+            verify_server_hostname: true,
+            domain: "consul".into(),
+            ..Default::default()
+        },
+        false,
+    )?
+    .ok_or_else(|| anyhow::anyhow!("no TLS settings"))?;
+    let _ = TRUSTED.set(tls);
+    Ok(())
+}
+
 /// The HTTP client every simulated client uses: reqwest with keep-alive.
 pub fn http_client() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(usize::MAX)
-        // Below the servers' 30 s idle close (both systems get the same client).
-        .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
-        .timeout(Duration::from_secs(30))
-        .build()?)
+    let expect = registry_api::tls::Expect::Server {
+        datacenter: "dc1".into(),
+    };
+    Ok(
+        registry_api::tls::client_builder(TRUSTED.get().map(|t| (t, expect)))
+            .pool_max_idle_per_host(usize::MAX)
+            // Below the servers' 30 s idle close (both systems get the same client).
+            .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
+            .timeout(Duration::from_secs(30))
+            .build()?,
+    )
 }
 
 /// One kind of request.

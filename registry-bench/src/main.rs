@@ -10,6 +10,7 @@ mod load;
 mod procs;
 mod report;
 mod scenarios;
+mod tls_cost;
 mod watch;
 
 use clap::Parser;
@@ -35,7 +36,7 @@ struct Args {
     /// Keep the data dirs and logs after the run (their path is printed).
     #[arg(long)]
     keep: bool,
-    /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc,
+    /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc, tls,
     /// memory, dns), e.g. to profile one; the section written is then partial.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,

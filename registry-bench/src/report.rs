@@ -44,6 +44,8 @@ pub struct Results {
     pub kv: Vec<KvCells>,
     /// Measurement 8 (DNS beside NSD), when it ran.
     pub dns: Option<crate::dns::DnsResults>,
+    /// Measurement 9: TLS against plain HTTP.
+    pub tls: Option<crate::tls_cost::TlsCost>,
 }
 
 /// Measurement 7 (KV beside etcd) at one client count: every cell's runs.
@@ -204,6 +206,36 @@ fn cell(runs: &[RunStats]) -> String {
             truncate(&first, 80)
         );
     }
+    s
+}
+
+/// Measurement 9's table: TLS beside plain HTTP, and the cost as a ratio.
+fn tls_table(t: &crate::tls_cost::TlsCost) -> String {
+    let c = crate::tls_cost::CLIENTS;
+    let mut s = String::from(
+        "| # | Benchmark (same machine, same run) | TLS | plain HTTP | TLS/plain |\n|---|---|---|---|---|\n",
+    );
+    for (what, tls, plain) in [
+        (
+            format!("register, {c} clients"),
+            &t.register_tls,
+            &t.register_plain,
+        ),
+        (
+            format!("`?stale` lookup, {c} clients"),
+            &t.stale_tls,
+            &t.stale_plain,
+        ),
+    ] {
+        let _ = writeln!(
+            s,
+            "| 9 | {what} (mutual TLS, verify-server-hostname) | {} | {} | {} |",
+            cell(tls),
+            cell(plain),
+            ratio(tls, plain)
+        );
+    }
+    s.push_str("\nGoal (issue [11]): TLS costs under 15 % throughput (ops/s ratio above 0.85x).\n");
     s
 }
 
@@ -560,6 +592,10 @@ pub fn section(r: &Results, cx: &Context) -> String {
         s.push_str(&crate::dns::table(dns));
     }
     s.push('\n');
+    if let Some(tls) = &r.tls {
+        s.push_str(&tls_table(tls));
+        s.push('\n');
+    }
     s.push_str(&targets(r));
     s.push_str("\n<details><summary>Per-run figures (p50/p99/ops per s)</summary>\n\n");
     s.push_str(&raw_runs(r));

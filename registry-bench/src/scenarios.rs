@@ -75,10 +75,8 @@ pub async fn register(
     .await
 }
 
-/// Sets up measurement 2: `lookup-svc` with 3 passing instances, visible on every
-/// server; etcd gets one key holding exactly the JSON our default lookup returns, so
-/// both answer with the same payload.
-pub async fn setup_lookups(ours: &[String], etcd: &[String]) -> Result<String> {
+/// `lookup-svc` with 3 passing instances, visible in every server's own state.
+pub async fn setup_lookup_service(ours: &[String]) -> Result<()> {
     let http = http_client()?;
     for i in 0..3 {
         register_instance(&http, &ours[0], "lookup-svc", i).await?;
@@ -92,6 +90,15 @@ pub async fn setup_lookups(ours: &[String], etcd: &[String]) -> Result<String> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    Ok(())
+}
+
+/// Sets up measurement 2: `lookup-svc` with 3 passing instances, visible on every
+/// server; etcd gets one key holding exactly the JSON our default lookup returns, so
+/// both answer with the same payload.
+pub async fn setup_lookups(ours: &[String], etcd: &[String]) -> Result<String> {
+    setup_lookup_service(ours).await?;
+    let http = http_client()?;
     let body = http
         .get(format!("{}/v1/health/service/lookup-svc?passing", ours[0]))
         .send()

@@ -87,6 +87,10 @@ pub struct ClientConfig {
     /// none (the default here, as tests start many agents in one process; `main` gives
     /// Consul's 127.0.0.1:8600).
     pub dns: Option<registry_dns::DnsConfig>,
+    /// TLS: the servers are dialled over it (`--verify-outgoing`) and the HTTPS API uses it.
+    pub tls: Option<Arc<registry_api::tls::Tls>>,
+    /// HTTPS API listen address (`--https-addr`; needs `tls` with a certificate).
+    pub https_addr: Option<SocketAddr>,
 }
 
 impl ClientConfig {
@@ -107,6 +111,8 @@ impl ClientConfig {
             encrypt: None,
             config_sources: Default::default(),
             dns: None,
+            tls: None,
+            https_addr: None,
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct ClientHandle {
     pub http_addr: SocketAddr,
     /// The DNS interface's bound address (UDP and TCP), when it runs.
     pub dns_addr: Option<SocketAddr>,
+    /// The address the HTTPS API listens on, when `--https-addr` is set.
+    pub https_addr: Option<SocketAddr>,
     /// The agent.
     pub agent: Arc<Agent>,
     /// Stops everything.
@@ -152,7 +160,12 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
     if retry_join.is_empty() {
         tracing::warn!(node = %config.node, "no servers given (--retry-join): the agent cannot sync or forward");
     }
-    let servers = ServerPool::from_retry_join(&retry_join)?.with_key(config.encrypt.clone());
+    let servers = ServerPool::from_retry_join(&retry_join)?
+        .with_key(config.encrypt.clone())
+        .with_tls(config.tls.as_ref(), &config.datacenter)?;
+    if config.https_addr.is_some() && config.tls.is_none() {
+        anyhow::bail!("--https-addr needs --cert-file and --key-file");
+    }
     if config.encrypt.is_none() {
         // As Consul warns when gossip encryption is off.
         tracing::warn!(
@@ -173,6 +186,7 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
         heartbeat_interval: config.heartbeat_interval,
         encrypt: config.encrypt.clone(),
         config_sources: config.config_sources.clone(),
+        tls: config.tls.clone(),
     };
     let (agent, mut tasks) = Agent::start(agent_config, servers.clone(), shutdown.clone()).await?;
 
@@ -208,15 +222,34 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
         None => None,
     };
     let app = client_router(agent.clone(), servers);
-    tasks.push(tokio::spawn(registry_api::serve::serve(
+    let gate = registry_api::serve::ConnGate::new(registry_api::serve::ServeLimits::default());
+    let https_addr = match (config.https_addr, &config.tls) {
+        (Some(addr), Some(tls)) => {
+            let listener = registry_api::serve::bind(addr)
+                .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(node = %config.node, addr = %bound, "HTTPS API listening");
+            tasks.push(tokio::spawn(registry_api::serve::serve_tls(
+                listener,
+                app.clone(),
+                gate.clone(),
+                tls.server_config()?,
+                shutdown.clone(),
+            )));
+            Some(bound)
+        }
+        _ => None,
+    };
+    tasks.push(tokio::spawn(registry_api::serve::serve_with_gate(
         listener,
         app,
-        registry_api::serve::ServeLimits::default(),
+        gate,
         shutdown.clone(),
     )));
     Ok(ClientHandle {
         http_addr,
         dns_addr,
+        https_addr,
         agent,
         shutdown,
         tasks,

@@ -50,6 +50,11 @@ struct Args {
     /// --dns-only-passing), answered by the servers with stale reads.
     #[command(flatten)]
     dns: registry_dns::DnsFlags,
+    /// HTTPS API listen address (Consul's port 8501); needs --cert-file and --key-file.
+    #[arg(long, env = "REGISTRY_HTTPS_ADDR")]
+    https_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: registry_api::tls::flags::TlsFlags,
     /// What to do instead of running the agent.
     #[command(subcommand)]
     command: Option<Command>,
@@ -60,6 +65,9 @@ struct Args {
 enum Command {
     /// Prints a new shared key for --encrypt (32 random bytes, base64) and exits.
     Keygen,
+    /// Makes a CA and certificates for TLS (as `consul tls`), in the current directory.
+    #[command(subcommand)]
+    Tls(registry_api::tls::flags::TlsCommand),
 }
 
 /// Exit code for a configuration error, as clap uses for bad flags.
@@ -72,10 +80,23 @@ async fn main() -> anyhow::Result<()> {
     // Parsed through the matches so that configuration files fill only the flags not given.
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let a = <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Some(Command::Keygen) = a.command {
-        println!("{}", registry_api::auth::generate_key());
-        return Ok(());
+    match &a.command {
+        Some(Command::Keygen) => {
+            println!("{}", registry_api::auth::generate_key());
+            return Ok(());
+        }
+        Some(Command::Tls(command)) => {
+            std::process::exit(registry_api::tls::flags::run_command(command))
+        }
+        None => {}
     }
+    let tls = match a.tls.load(&a.dns.domain, a.https_addr.is_some()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
     // The key's text never reaches a log line: only the reason it was refused.
     let encrypt = match a.encrypt.as_deref().map(SharedKey::from_base64).transpose() {
         Ok(key) => key,
@@ -120,6 +141,8 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("error: configuration: {e}");
         std::process::exit(EXIT_USAGE);
     }
+    config.tls = tls;
+    config.https_addr = a.https_addr;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -158,6 +158,8 @@ struct PoolInner {
     /// The shared key (`--encrypt`) every request is signed with; `None` sends unsigned
     /// requests (the servers then accept them only if they have no key either).
     key: Option<SharedKey>,
+    /// Bare `host:port` servers are dialled as `https://` (`--verify-outgoing`).
+    https: bool,
 }
 
 impl ServerPool {
@@ -168,7 +170,7 @@ impl ServerPool {
             .iter()
             .map(|raw| checked_base_url(raw))
             .collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
+        let http = registry_api::tls::client_builder(None)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
             .build()
@@ -180,8 +182,56 @@ impl ServerPool {
                 preferred: AtomicUsize::new(0),
                 http,
                 key: None,
+                https: false,
             }),
         })
+    }
+
+    /// This pool, over TLS (`--verify-outgoing`): servers named by `host:port` are dialled
+    /// as `https://`, their certificate checked as a server of `datacenter`'s (with
+    /// `--verify-server-hostname`: named `server.<dc>.<domain>`), ours shown. Without
+    /// `tls`, or when it does not dial over TLS, the pool is unchanged. Set before handing
+    /// the pool out, as [`ServerPool::with_key`].
+    pub fn with_tls(
+        self,
+        tls: Option<&Arc<registry_api::tls::Tls>>,
+        datacenter: &str,
+    ) -> Result<ServerPool, PoolError> {
+        let Some(tls) = tls.filter(|t| t.settings().dials_tls()) else {
+            return Ok(self);
+        };
+        let expect = registry_api::tls::Expect::Server {
+            datacenter: datacenter.to_string(),
+        };
+        let http = registry_api::tls::client_builder(Some((tls, expect)))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
+            .build()
+            .map_err(|e| PoolError::InvalidAddress(e.to_string()))?;
+        let inner = &self.inner;
+        let servers = self
+            .servers()
+            .into_iter()
+            .map(|base| match base.strip_prefix("http://") {
+                Some(rest) => format!("https://{rest}"),
+                None => base,
+            })
+            .collect();
+        Ok(ServerPool {
+            inner: Arc::new(PoolInner {
+                servers: std::sync::RwLock::new(servers),
+                preferred: AtomicUsize::new(inner.preferred.load(Ordering::Relaxed)),
+                initial: inner.initial,
+                http,
+                key: inner.key.clone(),
+                https: true,
+            }),
+        })
+    }
+
+    /// The base URL of a server given as `host:port` (or a URL).
+    fn base_of(&self, addr: &str) -> Result<String, PoolError> {
+        checked_base_url(&forward::base_url_over(addr, self.inner.https))
     }
 
     /// This pool, signing every request with `key` from now on (`None`: unsigned). Clones
@@ -196,6 +246,7 @@ impl ServerPool {
                 initial: inner.initial,
                 http: inner.http.clone(),
                 key,
+                https: inner.https,
             }),
         }
     }
@@ -225,7 +276,7 @@ impl ServerPool {
     /// way from a join (`PUT /v1/agent/join/:address`). At most [`MAX_JOINED_SERVERS`] are
     /// added; more are [`PoolError::TooManyServers`].
     pub fn add_server(&self, addr: &str) -> Result<bool, PoolError> {
-        let base = checked_base_url(&forward::base_url(addr))?;
+        let base = self.base_of(addr)?;
         let mut servers = self
             .inner
             .servers
@@ -248,7 +299,7 @@ impl ServerPool {
     /// only a server holding the key makes one, so nothing else joins the pool and receives
     /// the agent's signed requests. Without a key any 2xx is taken (nothing is secret then).
     pub async fn probe(&self, addr: &str) -> Result<(), PoolError> {
-        let base = checked_base_url(&forward::base_url(addr))?;
+        let base = self.base_of(addr)?;
         let req = self
             .build_request(
                 &base,

@@ -279,7 +279,7 @@ async fn sighup_rereads_the_config_dir() {
     let child = Kill(child);
     // Until the binary listens, a read finds nothing.
     let url = format!("http://127.0.0.1:{port}/v1/agent/services");
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let services = || async {
         let Ok(resp) = http.get(&url).send().await else {
             return Vec::new();

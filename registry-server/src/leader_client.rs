@@ -84,7 +84,7 @@ pub async fn call_leader(
     })?;
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     let client = CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
+        registry_api::tls::client_builder(None)
             .timeout(LEADER_TIMEOUT)
             .build()
             .unwrap_or_default()

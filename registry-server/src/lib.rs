@@ -129,6 +129,11 @@ pub struct ServerConfig {
     /// Configuration files and directories (`--config-file`, `--config-dir`): settings for
     /// `main`, services for the embedded agent (registered at start, re-read on reload).
     pub config_sources: registry_api::config_file::ConfigSources,
+    /// TLS (`--ca-file`, `--cert-file`, ...): the RPC port, the HTTPS API, and the
+    /// calls to gateways and the leader. `None`: plaintext only.
+    pub tls: Option<Arc<registry_api::tls::Tls>>,
+    /// HTTPS API listen address (`--https-addr`; needs `tls` with a certificate).
+    pub https_addr: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -158,6 +163,8 @@ impl ServerConfig {
             encrypt: None,
             dns: None,
             config_sources: Default::default(),
+            tls: None,
+            https_addr: None,
         }
     }
 
@@ -173,6 +180,9 @@ impl ServerConfig {
         }
         if self.dev && self.bootstrap_expect > 1 {
             return Err("--dev runs a single server; --bootstrap-expect must be 1 or unset".into());
+        }
+        if self.https_addr.is_some() && self.tls.is_none() {
+            return Err("--https-addr needs --cert-file and --key-file".into());
         }
         if self.bootstrap_expect == 0 && self.retry_join.is_empty() && !self.dev {
             return Err(
@@ -193,10 +203,14 @@ pub struct ServerHandle {
     pub id: u64,
     /// The Raft node, for status in tests.
     pub raft: RaftHandle,
+    /// Bound HTTPS address, when `--https-addr` is set.
+    pub https_addr: Option<SocketAddr>,
     /// The HTTP layer's state (gateway routes).
     app: Arc<http::AppState>,
     /// The bound DNS address (UDP and TCP), when DNS runs.
     dns_addr: Option<SocketAddr>,
+    /// The TCP transport (none on the in-memory network).
+    tcp: Option<Arc<TcpTransport>>,
     /// The embedded agent (none when `ServerConfig::agent` is off).
     agent: Option<Arc<registry_client::Agent>>,
     shutdown: CancellationToken,
@@ -216,6 +230,12 @@ impl ServerHandle {
     /// The DNS interface's bound address (UDP and TCP), when it runs.
     pub fn dns_addr(&self) -> Option<SocketAddr> {
         self.dns_addr
+    }
+
+    /// Inbound RPC connections refused so far: a wrong `--encrypt` key, a failed TLS
+    /// handshake, or a certificate that may not speak Raft.
+    pub fn refused_rpc_handshakes(&self) -> u64 {
+        self.tcp.as_ref().map_or(0, |t| t.refused_handshakes())
     }
 
     /// Base URL of the HTTP API.
@@ -292,6 +312,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let rpc = start_transport(&config, deliver_to(tx.clone()), &shutdown).await?;
     tasks.extend(rpc.accept);
     let rpc_addr = rpc.addr;
+    let tcp = rpc.tcp.clone();
     info!(node = %config.node, rpc = %rpc_addr, "transport ready");
 
     let listener = registry_api::serve::bind(config.http_addr)?;
@@ -378,7 +399,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         datacenter: config.datacenter.clone(),
         node: config.node.clone(),
         shutdown: shutdown.clone(),
-        wan: http::federation::WanRoute::new(&config.wan_gateways, config.encrypt.clone()),
+        wan: http::federation::WanRoute::new(
+            &config.wan_gateways,
+            config.encrypt.clone(),
+            config.tls.as_ref(),
+            &config.datacenter,
+        ),
         answers: Default::default(),
         encrypt: config.encrypt.clone().map(Arc::new),
         metrics: metrics.clone(),
@@ -401,10 +427,26 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         // RPC port answers HTTP too, but only what agents need.
         let router = http::rpc_router(app.clone());
         let (stop, gate) = (shutdown.clone(), gate.clone());
-        t.set_http_handoff(Arc::new(move |stream| {
-            gate.serve_connection(stream, router.clone(), stop.clone());
+        t.set_http_handoff(Arc::new(move |handed: rpc::HandedOver| {
+            gate.serve_stream(handed.io, Some(handed.peer), router.clone(), stop.clone());
         }));
     }
+    let https_addr = match (&config.https_addr, &config.tls) {
+        (Some(addr), Some(tls)) => {
+            let listener = registry_api::serve::bind(*addr)?;
+            let bound = listener.local_addr()?;
+            tasks.push(tokio::spawn(registry_api::serve::serve_tls(
+                listener,
+                router.clone(),
+                gate.clone(),
+                tls.server_config()?,
+                shutdown.clone(),
+            )));
+            info!(node = %config.node, https = %bound, "HTTPS API listening");
+            Some(bound)
+        }
+        _ => None,
+    };
     tasks.push(tokio::spawn(registry_api::serve::serve_with_gate(
         listener,
         router,
@@ -415,6 +457,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
 
     Ok(ServerHandle {
         http_addr,
+        https_addr,
+        tcp,
         rpc_addr,
         id: recovered.node_id,
         raft,
@@ -482,6 +526,11 @@ async fn start_transport(
                 config.rpc_addr,
                 config.advertise.clone().unwrap_or_default(),
                 config.encrypt.clone(),
+                config
+                    .tls
+                    .clone()
+                    .map(|tls| rpc::RpcTls::new(tls, &config.datacenter))
+                    .transpose()?,
                 deliver,
                 tokio::runtime::Handle::current(),
                 shutdown.clone(),
@@ -556,6 +605,7 @@ impl EmbeddedAgent<'_> {
             // Its heartbeats must be signed even on this server's own HTTP port.
             encrypt: config.encrypt.clone(),
             config_sources: config.config_sources.clone(),
+            tls: config.tls.clone(),
         };
         let (agent, tasks) =
             registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;

@@ -62,6 +62,11 @@ struct Args {
     /// --dns-only-passing).
     #[command(flatten)]
     dns: registry_dns::DnsFlags,
+    /// HTTPS API listen address (Consul's port 8501); needs --cert-file and --key-file.
+    #[arg(long, env = "REGISTRY_HTTPS_ADDR")]
+    https_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: registry_api::tls::flags::TlsFlags,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -71,6 +76,9 @@ struct Args {
 enum Command {
     /// Print a new random key for --encrypt and exit.
     Keygen,
+    /// Make a CA and certificates for TLS (as `consul tls`), in the current directory.
+    #[command(subcommand)]
+    Tls(registry_api::tls::flags::TlsCommand),
 }
 
 /// mimalloc instead of glibc's malloc: at 100,000 instances the catalog (in
@@ -91,9 +99,15 @@ async fn main() -> anyhow::Result<()> {
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let args =
         <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Some(Command::Keygen) = args.command {
-        println!("{}", registry_api::auth::generate_key());
-        return Ok(());
+    match &args.command {
+        Some(Command::Keygen) => {
+            println!("{}", registry_api::auth::generate_key());
+            return Ok(());
+        }
+        Some(Command::Tls(command)) => {
+            std::process::exit(registry_api::tls::flags::run_command(command))
+        }
+        None => {}
     }
     let mut config = ServerConfig::new(
         args.node
@@ -146,6 +160,15 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("registry-server: configuration: {e}");
         std::process::exit(2);
     }
+    config.https_addr = args.https_addr;
+    // Certificates are named under the DNS domain (server.<dc>.<domain>), as Consul's are.
+    config.tls = match args.tls.load(&args.dns.domain, args.https_addr.is_some()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("registry-server: {e}");
+            std::process::exit(2);
+        }
+    };
     config.dns = match args.dns.config() {
         Ok(dns) => dns,
         Err(e) => {

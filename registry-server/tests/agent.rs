@@ -21,7 +21,7 @@ fn agent_config(c: &TestCluster, name: &str, dir: &Path, servers: &[String]) -> 
 }
 
 async fn put(url: String, body: &str) -> u16 {
-    reqwest::Client::new()
+    registry_api::tls::plain_client()
         .put(url)
         .body(body.to_string())
         .send()

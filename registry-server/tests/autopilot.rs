@@ -13,7 +13,11 @@ const WAIT: Duration = Duration::from_secs(15);
 /// machine may see an election): `No cluster leader` is a 500, any other error fails.
 async fn state(c: &TestCluster, i: usize) -> Option<Value> {
     let url = format!("{}/v1/operator/autopilot/state", c.node(i).url());
-    let resp = reqwest::get(&url).await.unwrap();
+    let resp = registry_api::tls::plain_client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
     if status == 500 && body == "No cluster leader" {

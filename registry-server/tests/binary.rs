@@ -148,7 +148,7 @@ async fn read_until(resp: &mut reqwest::Response, needle: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_leave_exits_zero() {
     let (mut guard, client) = start_dev().await;
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let base = client.base().to_string();
     let me: serde_json::Value = http
         .get(format!("{base}/v1/agent/self"))

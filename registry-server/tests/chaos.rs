@@ -242,7 +242,7 @@ async fn kv_read(
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    registry_api::tls::client_builder(None)
         .timeout(Duration::from_secs(3))
         .build()
         .unwrap()

@@ -361,7 +361,7 @@ async fn a_new_server_joins_as_learner_is_promoted_and_can_be_removed() {
 
     // Operator removal by address.
     let leader = c.wait_leader().await;
-    let resp = reqwest::Client::new()
+    let resp = registry_api::tls::plain_client()
         .delete(format!(
             "{}/v1/operator/raft/peer?address=s4",
             c.node(leader).url()

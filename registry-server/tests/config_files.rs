@@ -59,7 +59,7 @@ async fn dev_server_reads_its_config_dir_and_reloads_it() {
     let (http_port, rpc_port) = (free_port(), free_port());
     let _guard = Kill(server(conf.path(), http_port, rpc_port).spawn().unwrap());
     let base = format!("http://127.0.0.1:{http_port}");
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     registry_testkit::wait_until(WAIT, "the server's agent has web from the file", || async {
         services(&http, &base).await == ["web"]
     })

@@ -24,7 +24,11 @@ async fn server(limits: ServeLimits) -> (ServerHandle, tempfile::TempDir) {
     wait_until(Duration::from_secs(10), "a leader", || {
         let url = url.clone();
         async move {
-            let r = reqwest::get(format!("{url}/v1/status/leader")).await.ok()?;
+            let r = registry_api::tls::plain_client()
+                .get(format!("{url}/v1/status/leader"))
+                .send()
+                .await
+                .ok()?;
             let body = r.text().await.ok()?;
             (body.len() > 2).then_some(())
         }
@@ -120,7 +124,9 @@ async fn slow_and_idle_connections_time_out_but_blocking_queries_do_not() {
 
     // A blocking query whose head arrived is answered after its wait, well
     // past the header timeout.
-    let index = reqwest::get(format!("{}/v1/catalog/services", h.url()))
+    let index = registry_api::tls::plain_client()
+        .get(format!("{}/v1/catalog/services", h.url()))
+        .send()
         .await
         .unwrap()
         .headers()["x-consul-index"]
@@ -225,7 +231,11 @@ async fn connections_past_the_bound_get_a_plain_503_and_the_server_goes_on() {
     wait_until(Duration::from_secs(10), "service after the flood", || {
         let url = url.clone();
         async move {
-            let r = reqwest::get(format!("{url}/v1/status/leader")).await.ok()?;
+            let r = registry_api::tls::plain_client()
+                .get(format!("{url}/v1/status/leader"))
+                .send()
+                .await
+                .ok()?;
             r.status().is_success().then_some(())
         }
     })

@@ -199,7 +199,7 @@ impl Api {
     fn new(base: String) -> Api {
         Api {
             base,
-            http: reqwest::Client::new(),
+            http: registry_api::tls::plain_client(),
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// A request's status, `X-Consul-Index` and body.
 async fn call(method: reqwest::Method, url: String, body: &str) -> (u16, Option<u64>, String) {
-    let resp = reqwest::Client::new()
+    let resp = registry_api::tls::plain_client()
         .request(method, &url)
         .body(body.to_string())
         .send()

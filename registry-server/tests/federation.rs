@@ -100,7 +100,7 @@ async fn two_datacenters_answer_each_other_through_their_gateways() {
     .await;
 
     // Register through dc1's agent; read through dc2's agent with ?dc=dc1.
-    let put = reqwest::Client::new()
+    let put = registry_api::tls::plain_client()
         .put(format!("{}/v1/agent/service/register", c1.base()))
         .body(r#"{"Name":"web","Port":80,"Check":{"TTL":"30s","Status":"passing"}}"#)
         .send()
@@ -164,7 +164,7 @@ async fn two_datacenters_answer_each_other_through_their_gateways() {
 
     // A user event fired into dc2 from dc1's agent is dc2's: listed by dc2's
     // agent, not by dc1's.
-    let fired = reqwest::Client::new()
+    let fired = registry_api::tls::plain_client()
         .put(format!("{}/v1/event/fire/deploy?dc=dc2", c1.base()))
         .body("v2")
         .send()
@@ -175,8 +175,14 @@ async fn two_datacenters_answer_each_other_through_their_gateways() {
     let listed = |c: &RegistryClient| {
         let url = format!("{}/v1/event/list?name=deploy", c.base());
         async move {
-            let list: Vec<serde_json::Value> =
-                reqwest::get(url).await.unwrap().json().await.unwrap();
+            let list: Vec<serde_json::Value> = registry_api::tls::plain_client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             list.iter()
                 .map(|e| e["ID"].as_str().unwrap_or_default().to_string())
                 .collect::<Vec<_>>()

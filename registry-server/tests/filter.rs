@@ -48,7 +48,7 @@ async fn seeded() -> (TestCluster, Api) {
     let leader = c.wait_leader().await;
     let api = Api {
         base: c.node(leader).url(),
-        http: reqwest::Client::new(),
+        http: registry_api::tls::plain_client(),
     };
     api.put(
         "/v1/catalog/register",

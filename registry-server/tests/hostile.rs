@@ -138,7 +138,7 @@ async fn malformed_input_never_gets_a_5xx() {
     let c = TestCluster::start(1).await;
     c.wait_leader().await;
     let base = c.node(0).url();
-    let http = reqwest::Client::builder()
+    let http = registry_api::tls::client_builder(None)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();

@@ -45,7 +45,7 @@ async fn one_server() -> (TestCluster, Api) {
     let leader = c.wait_leader().await;
     let api = Api {
         base: c.node(leader).url(),
-        http: reqwest::Client::new(),
+        http: registry_api::tls::plain_client(),
     };
     (c, api)
 }

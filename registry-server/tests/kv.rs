@@ -16,7 +16,7 @@ async fn call(
     url: String,
     body: impl Into<reqwest::Body>,
 ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let resp = reqwest::Client::new()
+    let resp = registry_api::tls::plain_client()
         .request(method, url)
         .body(body)
         .timeout(Duration::from_secs(20))
@@ -329,7 +329,14 @@ async fn a_prefix_watch_wakes_for_a_child_and_its_delete_and_not_for_a_sibling()
 /// The names of the user events a server lists for its own node.
 async fn event_names(server: &RegistryClient) -> Vec<String> {
     let url = format!("{}/v1/event/list", server.base());
-    let list: Vec<serde_json::Value> = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let list: Vec<serde_json::Value> = registry_api::tls::plain_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     list.iter()
         .map(|e| e["Name"].as_str().unwrap_or_default().to_string())
         .collect()
@@ -365,7 +372,7 @@ async fn kv_and_sessions_survive_a_full_restart_and_a_snapshot_install() {
     assert!(lc.kv_put("kept/gone", "x", &[]).await.unwrap());
     assert!(lc.kv_delete("kept/gone", &[]).await.unwrap());
     // A user event: the ring is part of the state (rows `ev/`) too.
-    let fired = reqwest::Client::new()
+    let fired = registry_api::tls::plain_client()
         .put(format!("{}/v1/event/fire/kept", lc.base()))
         .send()
         .await

@@ -27,7 +27,7 @@ async fn start_agent(name: &str, c: &TestCluster) -> ClientHandle {
 }
 
 async fn call(method: reqwest::Method, url: &str) -> (u16, String) {
-    let resp = reqwest::Client::new()
+    let resp = registry_api::tls::plain_client()
         .request(method.clone(), url)
         .send()
         .await
@@ -41,7 +41,7 @@ async fn put(url: &str) -> (u16, String) {
 }
 
 async fn put_body(url: &str, body: &str) -> (u16, String) {
-    let resp = reqwest::Client::new()
+    let resp = registry_api::tls::plain_client()
         .put(url)
         .body(body.to_string())
         .send()

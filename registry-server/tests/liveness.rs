@@ -133,7 +133,7 @@ async fn a_new_leader_does_not_fail_nodes_it_has_not_heard_from_yet() {
 async fn heartbeat_input_is_validated() {
     let c = TestCluster::start(1).await;
     c.wait_leader().await;
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let url = format!("{}/v1/internal/heartbeat", c.node(0).url());
     let r = http.put(&url).body("{").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
@@ -159,7 +159,7 @@ async fn two_thousand_heartbeating_nodes_are_tracked_and_failed_together() {
     let c = TestCluster::builder(3).agents(false).start().await;
     let leader = c.wait_leader().await;
     let follower = c.client((leader + 1) % 3);
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let nodes: Vec<String> = (0..2000).map(|i| format!("agent-{i:04}")).collect();
     let beat_all = |round: usize| {
         let http = http.clone();

@@ -10,7 +10,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    registry_api::tls::client_builder(None)
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()

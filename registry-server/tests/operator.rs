@@ -31,7 +31,7 @@ async fn health(http: &reqwest::Client, c: &TestCluster, i: usize) -> (u16, Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transfer_leader_moves_leadership_and_answers_success() {
     let c = TestCluster::start(3).await;
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let first = c.wait_leader().await;
     let first_id = c.status(first).id;
 
@@ -78,7 +78,7 @@ async fn transfer_leader_moves_leadership_and_answers_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_leader_without_another_voter_is_an_error() {
     let c = TestCluster::start(1).await;
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     c.wait_leader().await;
     let url = format!("{}/v1/operator/raft/transfer-leader", c.node(0).url());
     let (status, body) = call(&http, reqwest::Method::PUT, &url).await;
@@ -107,7 +107,7 @@ async fn transfer_leader_without_another_voter_is_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn autopilot_health_lists_every_server_and_sees_one_stop() {
     let mut c = TestCluster::start(3).await;
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let leader = c.wait_leader().await;
     let leader_id = format!("{:016x}", c.status(leader).id);
     let follower = (leader + 1) % 3;

@@ -18,7 +18,7 @@ struct Answer {
 }
 
 async fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = reqwest::Client::new().get(format!("{base}{path}"));
+    let mut req = registry_api::tls::plain_client().get(format!("{base}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

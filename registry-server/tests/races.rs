@@ -175,7 +175,7 @@ async fn a_write_whose_caller_gave_up_is_not_proposed_late() {
     // The agent's register reaches the stalled server; it gives up after 1 s.
     let impatient = RegistryClient::with_http(
         c.node(slow).url(),
-        reqwest::Client::builder()
+        registry_api::tls::client_builder(None)
             .timeout(Duration::from_secs(1))
             .build()
             .unwrap(),

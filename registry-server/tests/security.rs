@@ -40,7 +40,11 @@ fn config(
 
 /// The voters' RPC addresses as `/v1/status/peers` lists them.
 async fn peers(h: &ServerHandle) -> Vec<String> {
-    match reqwest::get(format!("{}/v1/status/peers", h.url())).await {
+    match registry_api::tls::plain_client()
+        .get(format!("{}/v1/status/peers", h.url()))
+        .send()
+        .await
+    {
         Ok(r) => r.json().await.unwrap_or_default(),
         Err(_) => Vec::new(),
     }
@@ -86,13 +90,14 @@ async fn only_servers_with_the_key_form_and_join_the_cluster() {
         let p = peers(first).await;
         assert_eq!(p.len(), 3, "membership changed: {p:?}");
         assert!(!p.contains(&addrs[3]), "the intruder joined: {p:?}");
-        let conf: serde_json::Value =
-            reqwest::get(format!("{}/v1/operator/raft/configuration", first.url()))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let conf: serde_json::Value = registry_api::tls::plain_client()
+            .get(format!("{}/v1/operator/raft/configuration", first.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert!(
             !conf.to_string().contains(&addrs[3]),
             "the intruder is in the configuration (as a learner?): {conf}"
@@ -123,7 +128,11 @@ async fn dev_server(key: Option<&SharedKey>) -> (ServerHandle, tempfile::TempDir
     wait_until(Duration::from_secs(10), "a leader", || {
         let url = url.clone();
         async move {
-            let r = reqwest::get(format!("{url}/v1/status/leader")).await.ok()?;
+            let r = registry_api::tls::plain_client()
+                .get(format!("{url}/v1/status/leader"))
+                .send()
+                .await
+                .ok()?;
             (r.text().await.ok()?.len() > 2).then_some(())
         }
     })
@@ -149,7 +158,7 @@ async fn call_for(
     body: &str,
     key: Option<&SharedKey>,
 ) -> (u16, String) {
-    let client = reqwest::Client::new();
+    let client = registry_api::tls::plain_client();
     let mut req = client
         .request(method.parse().unwrap(), format!("{url}{path}"))
         .body(body.to_owned());
@@ -326,7 +335,9 @@ async fn internal_writes_need_the_key_on_both_ports_and_agents_still_force_leave
     wait_until(Duration::from_secs(10), "the server's node passing", || {
         let url = url.clone();
         async move {
-            let r = reqwest::get(format!("{url}/v1/health/node/sec"))
+            let r = registry_api::tls::plain_client()
+                .get(format!("{url}/v1/health/node/sec"))
+                .send()
                 .await
                 .ok()?;
             r.text().await.ok()?.contains("\"passing\"").then_some(())
@@ -496,7 +507,11 @@ async fn a_raw_kv_answer_keeps_its_browser_protections_through_an_agent() {
     let (status, text) = call("PUT", &base, "/v1/kv/page", "<script>x</script>", None).await;
     assert_eq!((status, text.as_str()), (200, "true"));
     for url in [&base, &h.url()] {
-        let resp = reqwest::get(format!("{url}/v1/kv/page?raw")).await.unwrap();
+        let resp = registry_api::tls::plain_client()
+            .get(format!("{url}/v1/kv/page?raw"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{url}");
         let headers = resp.headers();
         assert_eq!(

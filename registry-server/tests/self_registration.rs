@@ -84,7 +84,7 @@ async fn a_dev_server_is_in_its_catalog_as_soon_as_it_names_a_leader() {
     cfg.http_addr = "127.0.0.1:0".parse().unwrap();
     cfg.rpc_addr = "127.0.0.1:0".parse().unwrap();
     let server = registry_server::start(cfg).await.unwrap();
-    let (base, http) = (server.url(), reqwest::Client::new());
+    let (base, http) = (server.url(), registry_api::tls::plain_client());
     let rpc_port: u64 = server
         .rpc_addr
         .rsplit_once(':')
@@ -120,7 +120,7 @@ async fn a_dev_server_is_in_its_catalog_as_soon_as_it_names_a_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_lists_every_voter_as_consul_once_a_leader_is_named() {
     let c = TestCluster::start(3).await;
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let base = c.node(0).url();
     // Server 0 may be a follower: it names the leader on first contact, and
     // its reads wait (ReadIndex) until the leader has announced itself.
@@ -168,7 +168,7 @@ async fn a_cluster_lists_every_voter_as_consul_once_a_leader_is_named() {
 async fn an_agent_joining_a_cluster_is_in_the_catalog_once_it_names_a_leader() {
     let c = TestCluster::start(3).await;
     c.wait_leader().await;
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let dir = tempfile::tempdir().unwrap();
     let agent = registry_client::start(c.agent_config("joiner", Some(dir.path())))
         .await
@@ -200,7 +200,7 @@ async fn an_agent_joining_a_cluster_is_in_the_catalog_once_it_names_a_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_removed_from_the_raft_configuration_loses_its_consul_service() {
     let mut c = TestCluster::start(3).await;
-    let http = reqwest::Client::new();
+    let http = registry_api::tls::plain_client();
     let leader = c.wait_leader().await;
     let base = c.node(leader).url();
     let consul_nodes = || async {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 async fn put(url: String, body: &str) -> (u16, String) {
-    let resp = reqwest::Client::new()
+    let resp = registry_api::tls::plain_client()
         .put(url)
         .body(body.to_string())
         .timeout(Duration::from_secs(10))
@@ -86,7 +86,9 @@ async fn session_endpoints_answer_and_refuse_as_consul() {
     assert_eq!(info, [want]);
     let (status, body) = (
         200,
-        reqwest::get(format!("{}/v1/session/info/{id}", lc.base()))
+        registry_api::tls::plain_client()
+            .get(format!("{}/v1/session/info/{id}", lc.base()))
+            .send()
             .await
             .unwrap()
             .text()

@@ -17,7 +17,7 @@ async fn txn(
     query: &str,
     body: &str,
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let resp = reqwest::Client::new()
+    let resp = registry_api::tls::plain_client()
         .put(format!("{}/v1/txn{query}", c.base()))
         .body(body.to_string())
         .timeout(Duration::from_secs(10))

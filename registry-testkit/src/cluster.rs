@@ -338,7 +338,7 @@ impl TestCluster {
 /// Sends an agent heartbeat for `node` through `c` (unsigned: test clusters run without a
 /// key); the HTTP status, or 0 when nothing answered within 5 s.
 pub async fn heartbeat(c: &RegistryClient, node: &str) -> u16 {
-    reqwest::Client::new()
+    registry_api::tls::plain_client()
         .put(format!("{}/v1/internal/heartbeat", c.base()))
         .timeout(Duration::from_secs(5))
         .body(format!(

@@ -11,6 +11,8 @@
 //!   (`fakes::dc`), an HTTP check target, a server with one fixed answer, a dead address.
 //! - `dns` (feature `dns`): DNS queries through hickory's client over UDP and TCP, and raw
 //!   datagrams for the malformed ones.
+//! - `pki` (feature `pki`): a private CA and server/client certificates in a temp dir, and
+//!   the TLS settings that use them.
 //!
 //! Owns: test helpers used by more than one test binary or crate. Must not touch: product
 //! code; no product crate may depend on this one (it is `publish = false`). A helper that
@@ -26,6 +28,8 @@ pub mod dns;
 pub mod fakes;
 pub mod history;
 pub mod locks;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod wait;
 
 pub use wait::{never_within, wait_until};

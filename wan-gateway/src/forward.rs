@@ -19,6 +19,7 @@ use registry_api::forward::{
     BodyError, MAX_ANSWER,
 };
 use registry_api::limits::{forward_timeout, Hop};
+use registry_api::tls::{Expect, Tls};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -97,9 +98,14 @@ pub struct Answer {
 /// The shared client and this DC's server list.
 #[derive(Debug)]
 pub struct Forwarder {
-    /// One client for servers and gateways alike: connections are kept alive and reused, so a
-    /// forwarded request costs no handshake.
+    /// The client for this DC's servers: connections are kept alive and reused, so a
+    /// forwarded request costs no handshake. Over TLS it expects `server.<dc>.<domain>`.
     http: reqwest::Client,
+    /// The client for other gateways (and the exchange loop); over TLS any certificate of
+    /// the federation's CA is accepted (a gateway of another federation is refused).
+    wan: reqwest::Client,
+    /// Gateways are dialled as `https://host:port` (any TLS setting).
+    https: bool,
     /// This DC's servers' base URLs. A std lock: it is held only to clone the `Arc`, never across
     /// an await, and replaced whole by [`Forwarder::set_servers`].
     servers: RwLock<Arc<Vec<String>>>,
@@ -135,23 +141,39 @@ impl From<BodyError> for SendError {
 impl Forwarder {
     /// A forwarder for the given servers (`http://host:port` or bare `host:port`) that signs what
     /// it sends with `key`, if any.
-    pub fn new(servers: &[String], key: Option<SharedKey>) -> Result<Forwarder, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()?;
+    pub fn new(
+        servers: &[String],
+        key: Option<SharedKey>,
+        tls: Option<&Arc<Tls>>,
+        datacenter: &str,
+    ) -> Result<Forwarder, reqwest::Error> {
+        let client = |expect: Expect| {
+            registry_api::tls::client_builder(tls.map(|t| (t, expect)))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
+                .tcp_nodelay(true)
+                .build()
+        };
+        let http = client(Expect::Server {
+            datacenter: datacenter.to_string(),
+        })?;
+        let wan = client(Expect::SignedByCa)?;
         Ok(Forwarder {
             http,
+            wan,
+            // A federation that uses TLS uses it on every gateway: one with any TLS setting
+            // dials the others over it (their certificates checked against the CA).
+            https: tls.is_some(),
             servers: RwLock::new(Arc::new(servers.iter().map(|s| base_url(s)).collect())),
             preferred: AtomicUsize::new(0),
             key,
         })
     }
 
-    /// The shared client (the gossip loop uses it too).
-    pub fn client(&self) -> &reqwest::Client {
-        &self.http
+    /// The client for other gateways (the exchange loop uses it too), and whether it dials
+    /// them over TLS.
+    pub fn wan_client(&self) -> (&reqwest::Client, bool) {
+        (&self.wan, self.https)
     }
 
     /// Replaces this DC's server list.
@@ -181,7 +203,7 @@ impl Forwarder {
         let first = self.preferred.load(Ordering::Relaxed) % servers.len();
         for attempt in 0..servers.len() {
             let i = (first + attempt) % servers.len();
-            match self.send(&servers[i], req).await {
+            match self.send(&self.http, &servers[i], req).await {
                 Ok(answer) => {
                     if attempt > 0 {
                         tracing::info!(server = %servers[i], "failed over to another server");
@@ -210,7 +232,8 @@ impl Forwarder {
         mut on_failure: impl FnMut(&str),
     ) -> Result<Answer, GatewayError> {
         for addr in addrs {
-            match self.send(&format!("http://{addr}"), req).await {
+            let base = registry_api::forward::base_url_over(addr, self.https);
+            match self.send(&self.wan, &base, req).await {
                 // A 503 is a refusal before anything was done: the gateway is stopping
                 // (its kept-alive connections answer so until they close) or full, or a
                 // server behind it is past its connection bound. Another gateway of that DC
@@ -234,7 +257,12 @@ impl Forwarder {
     }
 
     /// One attempt against one base URL, reading the whole answer within the hop's limit.
-    async fn send(&self, base: &str, req: &OutboundRequest) -> Result<Answer, SendError> {
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        req: &OutboundRequest,
+    ) -> Result<Answer, SendError> {
         let url = reqwest::Url::parse(&format!("{base}{}", req.path_and_query))?;
         let mut headers = req.headers.clone();
         // Signed over the path and query exactly as the URL will put them on the wire.
@@ -245,8 +273,7 @@ impl Forwarder {
             &auth::wire_path_and_query(&url),
             &req.body,
         );
-        let resp = self
-            .http
+        let resp = client
             .request(req.method.clone(), url)
             .headers(headers)
             .body(req.body.clone())
@@ -297,7 +324,7 @@ mod tests {
     /// is the DC that is unreachable. Any other status is an answer.
     #[tokio::test]
     async fn a_refusing_gateway_is_passed_over() {
-        let fwd = Forwarder::new(&[], None).unwrap();
+        let fwd = Forwarder::new(&[], None, None, "dc1").unwrap();
         let req = OutboundRequest::new(
             Method::GET,
             "/v1/catalog/services".into(),

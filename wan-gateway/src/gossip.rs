@@ -66,6 +66,7 @@ pub fn lock(members: &Mutex<MemberTable>) -> std::sync::MutexGuard<'_, MemberTab
 pub async fn run(
     members: Arc<Mutex<MemberTable>>,
     client: reqwest::Client,
+    https: bool,
     key: Option<SharedKey>,
     retry_join: Vec<String>,
     interval: Duration,
@@ -133,6 +134,7 @@ pub async fn run(
             let handle = exchanges.spawn(exchange(
                 members.clone(),
                 client.clone(),
+                https,
                 key.clone(),
                 addr.clone(),
                 view.clone(),
@@ -163,18 +165,19 @@ enum ExchangeError {
     Invalid(String),
 }
 
-/// Sends our view to `addr` and returns its reply, checked.
+/// Sends our view to the gateway at `base` (`http(s)://host:port`) and returns its reply,
+/// checked.
 async fn send_view(
     client: &reqwest::Client,
     key: Option<&SharedKey>,
-    addr: &str,
+    base: &str,
     view: &WanView,
 ) -> Result<WanView, ExchangeError> {
     let body =
         serde_json::to_vec(view).map_err(|e| ExchangeError::Invalid(format!("encoding: {e}")))?;
     let signature = key.map(|k| k.sign_for(Purpose::Exchange, "POST", EXCHANGE_PATH, &body));
     let mut req = client
-        .post(format!("http://{addr}{EXCHANGE_PATH}"))
+        .post(format!("{base}{EXCHANGE_PATH}"))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .timeout(EXCHANGE_TIMEOUT)
         .body(body);
@@ -223,12 +226,14 @@ async fn send_view(
 async fn exchange(
     members: Arc<Mutex<MemberTable>>,
     client: reqwest::Client,
+    https: bool,
     key: Option<SharedKey>,
     addr: String,
     view: WanView,
 ) -> Outcome {
     let started = Instant::now();
-    let result = send_view(&client, key.as_ref(), &addr, &view).await;
+    let base = registry_api::forward::base_url_over(&addr, https);
+    let result = send_view(&client, key.as_ref(), &base, &view).await;
     let now = Instant::now();
     let mut table = lock(&members);
     match result {

@@ -275,7 +275,7 @@ mod tests {
                     reconnect_timeout: Duration::from_secs(3600),
                 },
             ))),
-            forwarder: Forwarder::new(&[], None).unwrap(),
+            forwarder: Forwarder::new(&[], None, None, "dc1").unwrap(),
             // No permit left: every forwarded request is over the bound.
             in_flight: Arc::new(Semaphore::new(0)),
             shutdown: CancellationToken::new(),
@@ -288,7 +288,7 @@ mod tests {
         let serve = axum::serve(listener, router(gateway))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let server = tokio::spawn(async move { serve.await });
-        let client = reqwest::Client::new();
+        let client = registry_api::tls::plain_client();
         let resp = client
             .get(format!("http://{addr}/v1/catalog/nodes"))
             .send()

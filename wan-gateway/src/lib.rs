@@ -101,6 +101,10 @@ pub struct GatewayConfig {
     /// The federation's shared key (`--encrypt`); `None` leaves WAN traffic unauthenticated.
     /// Its `Debug` prints no key material.
     pub encrypt: Option<SharedKey>,
+    /// TLS: with a certificate the gateway serves only TLS on `listen` (mutual with
+    /// `--verify-incoming`); with `--verify-outgoing` it dials gateways and servers over it.
+    /// Gateways carry their DC's server certificate (`server.<dc>.<domain>`).
+    pub tls: Option<Arc<registry_api::tls::Tls>>,
 }
 
 impl GatewayConfig {
@@ -116,6 +120,7 @@ impl GatewayConfig {
             dead_after: Duration::from_secs(5),
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             encrypt: None,
+            tls: None,
         }
     }
 
@@ -168,6 +173,10 @@ fn default_advertise(bound: SocketAddr) -> String {
 pub struct GatewayHandle {
     /// The bound address.
     pub addr: SocketAddr,
+    /// Whether it serves TLS (then [`GatewayHandle::url`] is `https://`).
+    serves_tls: bool,
+    /// TLS, reloaded on SIGHUP by [`run`].
+    tls: Option<Arc<registry_api::tls::Tls>>,
     /// State shared with the handlers.
     gateway: Arc<http::Gateway>,
     /// Stops every task of this gateway.
@@ -182,9 +191,10 @@ pub struct GatewayHandle {
 }
 
 impl GatewayHandle {
-    /// `http://addr`.
+    /// `http://addr` (`https://` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.serves_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Replaces this DC's server list (in-process tests start gateways and servers in either
@@ -248,9 +258,15 @@ async fn start_with(
         reconnect_timeout: config.reconnect_timeout,
     };
     let members = Arc::new(Mutex::new(members::MemberTable::new(me, liveness)));
-    let forwarder = forward::Forwarder::new(&config.servers, config.encrypt.clone())
-        .context("building the HTTP client")?;
-    let client = forwarder.client().clone();
+    let forwarder = forward::Forwarder::new(
+        &config.servers,
+        config.encrypt.clone(),
+        config.tls.as_ref(),
+        &config.datacenter,
+    )
+    .context("building the HTTP client")?;
+    let (client, https) = forwarder.wan_client();
+    let client = client.clone();
     let gateway = Arc::new(http::Gateway {
         dc: config.datacenter.clone(),
         members: members.clone(),
@@ -264,17 +280,35 @@ async fn start_with(
 
     let app = http::router(gateway.clone());
     let server_stop = shutdown.clone();
-    let server = tokio::spawn(registry_api::serve::serve(
-        listener,
-        app,
-        registry_api::serve::ServeLimits::default(),
-        server_stop,
-    ));
+    let gate = registry_api::serve::ConnGate::new(registry_api::serve::ServeLimits::default());
+    let serves_tls = config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.settings().cert_file.is_some());
+    let server = match config.tls.as_ref().filter(|_| serves_tls) {
+        Some(tls) => {
+            tracing::info!(dc = %config.datacenter, verify_incoming = tls.settings().verify_incoming, "serving TLS");
+            tokio::spawn(registry_api::serve::serve_tls(
+                listener,
+                app,
+                gate,
+                tls.server_config()?,
+                server_stop,
+            ))
+        }
+        None => tokio::spawn(registry_api::serve::serve_with_gate(
+            listener,
+            app,
+            gate,
+            server_stop,
+        )),
+    };
 
     tracing::info!(dc = %config.datacenter, join = ?config.retry_join_wan, "joining the WAN");
     let gossip = tokio::spawn(gossip::run(
         members,
         client,
+        https,
         config.encrypt.clone(),
         config.retry_join_wan.clone(),
         config.gossip_interval,
@@ -282,6 +316,8 @@ async fn start_with(
     ));
     Ok(GatewayHandle {
         addr,
+        serves_tls,
+        tls: config.tls.clone(),
         gateway,
         _stop_on_drop: shutdown.clone().drop_guard(),
         shutdown,
@@ -293,7 +329,20 @@ async fn start_with(
 /// Serves until `shutdown` fires, then stops every task and waits for them.
 pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handle = start_with(config, shutdown.child_token()).await?;
-    shutdown.cancelled().await;
+    let mut hangups = registry_api::process::hangups();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = registry_api::process::next_hangup(&mut hangups) => {
+                if let Some(tls) = &handle.tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: TLS reload failed; the running certificates stay"),
+                    }
+                }
+            }
+        }
+    }
     handle.stop().await;
     Ok(())
 }

@@ -58,6 +58,8 @@ struct Args {
     /// duration).
     #[arg(long, env = "REGISTRY_RECONNECT_TIMEOUT", default_value = "72h", value_parser = parse_duration)]
     reconnect_timeout: Duration,
+    #[command(flatten)]
+    tls: registry_api::tls::flags::TlsFlags,
 }
 
 /// Subcommands.
@@ -65,6 +67,9 @@ struct Args {
 enum Command {
     /// Print a new shared key for --encrypt (32 random bytes, base64) and exit.
     Keygen,
+    /// Make a CA and certificates for TLS (as `consul tls`), in the current directory.
+    #[command(subcommand)]
+    Tls(registry_api::tls::flags::TlsCommand),
 }
 
 /// Parses a Go duration (`500ms`, `1m30s`).
@@ -77,9 +82,15 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    if let Some(Command::Keygen) = a.command {
-        println!("{}", registry_api::auth::generate_key());
-        return ExitCode::SUCCESS;
+    match &a.command {
+        Some(Command::Keygen) => {
+            println!("{}", registry_api::auth::generate_key());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Tls(command)) => {
+            return ExitCode::from(registry_api::tls::flags::run_command(command) as u8)
+        }
+        None => {}
     }
     // The same log setup as the server and the agent (stderr, `RUST_LOG`, default info).
     registry_api::logs::install();
@@ -100,6 +111,13 @@ fn main() -> ExitCode {
         dead_after: a.dead_after,
         reconnect_timeout: a.reconnect_timeout,
         encrypt,
+        tls: match a.tls.load(registry_api::tls::DEFAULT_DOMAIN, false) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
         ..GatewayConfig::new(a.datacenter)
     };
     if let Err(e) = config.validate() {

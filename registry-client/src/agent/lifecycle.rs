@@ -75,6 +75,14 @@ impl Agent {
 
     /// `PUT /v1/agent/reload` and `SIGHUP`: see the module docs for what is reloaded.
     pub async fn reload(&self) -> Result<(), ApiError> {
+        // Certificates first: a broken file fails the reload before anything changed, and
+        // the running TLS configuration stays (new connections use new files only if all
+        // of them are good).
+        if let Some(tls) = &self.config.tls {
+            tls.reload()
+                .map_err(|e| ApiError::Internal(format!("reloading TLS: {e}")))?;
+            tracing::info!(node = %self.config.node, "TLS certificates reloaded");
+        }
         // Consul answers a failed reload with a 500 and the reason.
         let files = self
             .apply_config_files()

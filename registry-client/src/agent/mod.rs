@@ -78,6 +78,8 @@ pub struct AgentConfig {
     /// Configuration files and directories (`--config-file`, `--config-dir`): their service
     /// definitions are registered at start and re-read on every reload ([`config_files`]).
     pub config_sources: registry_api::config_file::ConfigSources,
+    /// TLS (`--ca-file`, ...): its certificates are read again on reload.
+    pub tls: Option<std::sync::Arc<registry_api::tls::Tls>>,
 }
 
 impl AgentConfig {
@@ -95,6 +97,7 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_secs(2),
             encrypt: None,
             config_sources: Default::default(),
+            tls: None,
         }
     }
 }

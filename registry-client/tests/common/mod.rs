@@ -40,7 +40,7 @@ impl Api {
     pub fn new(addr: SocketAddr) -> Api {
         Api {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: registry_api::tls::plain_client(),
         }
     }
 

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use registry_api::error::NO_PATH_TO_DC;
 use registry_api::federated::{self, Refusal};
 use registry_api::forward::{
-    base_url, forwarded_request_header, forwarded_response_header, may_retry_elsewhere, read_body,
-    MAX_ANSWER,
+    base_url_over, forwarded_request_header, forwarded_response_header, may_retry_elsewhere,
+    read_body, MAX_ANSWER,
 };
 use registry_api::limits::{forward_timeout, query_of, Hop, HOPS_HEADER, MAX_BODY};
 use registry_api::Error as ApiError;
@@ -36,27 +36,43 @@ pub struct WanRoute {
     http: reqwest::Client,
     /// The shared key: gateways accept only requests signed with it.
     key: Option<registry_api::auth::SharedKey>,
+    /// Bare `host:port` gateways are dialled as `https://` (`--verify-outgoing`).
+    https: bool,
 }
 
 impl WanRoute {
-    /// Routes through `gateways` (URLs or `host:port`).
-    pub fn new(gateways: &[String], key: Option<registry_api::auth::SharedKey>) -> Self {
-        let http = reqwest::Client::builder()
+    /// Routes through `gateways` (URLs or `host:port`). With `tls`, `https://` gateways
+    /// must show a certificate of this DC's servers (`server.<dc>.<domain>` under
+    /// `--verify-server-hostname`), and ours is shown to them.
+    pub fn new(
+        gateways: &[String],
+        key: Option<registry_api::auth::SharedKey>,
+        tls: Option<&std::sync::Arc<registry_api::tls::Tls>>,
+        datacenter: &str,
+    ) -> Self {
+        let expect = registry_api::tls::Expect::Server {
+            datacenter: datacenter.to_string(),
+        };
+        let http = registry_api::tls::client_builder(tls.map(|t| (t, expect)))
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
             .build()
             .unwrap_or_default();
+        let https = tls.is_some_and(|t| t.settings().dials_tls());
         Self {
-            gateways: RwLock::new(gateways.iter().map(|g| base_url(g)).collect()),
+            gateways: RwLock::new(gateways.iter().map(|g| base_url_over(g, https)).collect()),
             http,
             key,
+            https,
         }
     }
 
     /// Replaces the gateway list.
     pub fn set(&self, gateways: &[String]) {
-        *self.gateways.write().unwrap_or_else(|e| e.into_inner()) =
-            gateways.iter().map(|g| base_url(g)).collect();
+        *self.gateways.write().unwrap_or_else(|e| e.into_inner()) = gateways
+            .iter()
+            .map(|g| base_url_over(g, self.https))
+            .collect();
     }
 
     fn list(&self) -> Vec<String> {

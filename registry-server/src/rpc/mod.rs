@@ -15,7 +15,7 @@ pub mod transport;
 mod transport_tests;
 
 pub use mem::{MemNetwork, MemTransport};
-pub use tcp::{HttpHandoff, TcpTransport};
+pub use tcp::{HandedOver, HttpHandoff, RpcTls, TcpTransport};
 pub use transport::{Deliver, Transport};
 
 use raft::eraftpb::Message;

@@ -1,6 +1,8 @@
 //! [`TcpTransport`]: the RPC port (`--rpc-addr`) in production. Length-prefixed frames, large
-//! messages in chunks, a key-proving handshake (`--encrypt`), one writer task per peer, and the
-//! hand-off of HTTP connections (agents reach servers on this port). Must not interpret messages:
+//! messages in chunks, a key-proving handshake (`--encrypt`), TLS when configured (a
+//! connection whose first byte is a TLS handshake's; mutual, and only a `server.<dc>.<domain>`
+//! certificate may speak Raft under `--verify-server-hostname`), one writer task per peer,
+//! and the hand-off of HTTP connections (agents reach servers on this port). Must not interpret messages:
 //! it delivers them to a [`Deliver`] and nothing more.
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use tracing::{debug, trace, warn};
 use super::transport::{lock, Deliver, Transport};
 use crate::rpc::{self, RpcMessage};
 use registry_api::auth::{self, SessionKey, SharedKey, NONCE_LEN};
+use registry_api::tls::{Expect, Tls};
 
 /// Largest accepted frame. A message above it (a snapshot of a large catalog) is sent as a
 /// sequence of [`TAG_CHUNK`] frames and reassembled, so no one frame makes the reader buffer
@@ -76,10 +79,61 @@ pub struct TcpTransport {
     /// Where inbound connections that speak HTTP instead of our framing go
     /// (agents reach servers on the RPC port, as `--retry-join` names it).
     http: Mutex<Option<HttpHandoff>>,
+    /// TLS on this port, when configured.
+    tls: Option<RpcTls>,
+}
+
+/// TLS on the RPC port: who we are and whom we accept.
+#[derive(Clone)]
+pub struct RpcTls {
+    /// The live TLS configuration (reloaded on SIGHUP).
+    tls: Arc<Tls>,
+    /// Our datacenter: peers speaking Raft must be its servers.
+    datacenter: String,
+    /// Accepts inbound TLS (one configuration for the transport's life: it looks the
+    /// current certificate up on every handshake).
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Dials peers over TLS, checked as servers of `datacenter` (`--verify-outgoing`).
+    connector: Option<tokio_rustls::TlsConnector>,
+}
+
+impl RpcTls {
+    /// TLS for the RPC port of a server of `datacenter`.
+    pub fn new(tls: Arc<Tls>, datacenter: &str) -> Result<RpcTls, registry_api::tls::TlsError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
+        let connector = if tls.settings().dials_tls() {
+            let expect = Expect::Server {
+                datacenter: datacenter.to_string(),
+            };
+            Some(tokio_rustls::TlsConnector::from(Arc::new(
+                tls.client_config(expect)?,
+            )))
+        } else {
+            None
+        };
+        Ok(RpcTls {
+            tls,
+            datacenter: datacenter.to_string(),
+            acceptor,
+            connector,
+        })
+    }
+}
+
+/// A byte stream handed over to HTTP: plain TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// An inbound RPC-port connection that turned out to be HTTP, and who sent it.
+pub struct HandedOver {
+    /// The connection (its first bytes not yet consumed).
+    pub io: Box<dyn Io>,
+    /// The caller.
+    pub peer: SocketAddr,
 }
 
 /// Takes over an inbound RPC-port connection that turned out to be HTTP.
-pub type HttpHandoff = Arc<dyn Fn(TcpStream) + Send + Sync>;
+pub type HttpHandoff = Arc<dyn Fn(HandedOver) + Send + Sync>;
 
 /// The outbound side of one destination.
 struct PeerWriter {
@@ -99,6 +153,7 @@ impl TcpTransport {
         listen: SocketAddr,
         advertise: String,
         key: Option<SharedKey>,
+        tls: Option<RpcTls>,
         deliver: Deliver,
         runtime: tokio::runtime::Handle,
         shutdown: CancellationToken,
@@ -124,6 +179,7 @@ impl TcpTransport {
             shutdown,
             peers: Mutex::new(HashMap::new()),
             http: Mutex::new(None),
+            tls,
         });
         debug!(listen = %bound, advertise = %transport.advertise, "RPC transport listening");
         let accept = runtime.spawn(accept_loop(Arc::clone(&transport), listener, deliver));
@@ -165,6 +221,7 @@ impl Transport for TcpTransport {
             let me = Dialer {
                 advertise: self.advertise.clone(),
                 key: self.key.clone(),
+                tls: self.tls.as_ref().and_then(|t| t.connector.clone()),
             };
             let task = self.runtime.spawn(run_writer(to.clone(), me, rx, stop));
             peers.insert(to, PeerWriter { queue, task });
@@ -197,6 +254,7 @@ async fn accept_loop(transport: Arc<TcpTransport>, listener: TcpListener, delive
                         key: transport.key.clone(),
                         refused: transport.refused.clone(),
                         pending: pending.clone(),
+                        tls: transport.tls.clone(),
                     };
                     readers.spawn(run_reader(stream, peer, auth, deliver.clone(), shutdown.clone(), http));
                 }
@@ -239,6 +297,10 @@ const MAX_PENDING_HANDSHAKES: usize = 256;
 static REFUSAL_LOG: registry_api::auth::RateLimitedLog =
     registry_api::auth::RateLimitedLog::new(10_000);
 
+/// First byte of a TLS connection (a handshake record, RFC 8446 5.1): never the first byte of
+/// our framing (0, the high byte of a small length) nor of HTTP (a method's letter).
+const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+
 /// Reads one inbound connection until it closes, misbehaves, or shutdown.
 async fn run_reader(
     stream: TcpStream,
@@ -252,32 +314,104 @@ async fn run_reader(
         debug!(%peer, "too many inbound RPC connections in their handshake; closing one");
         return;
     };
-    if let Some(handoff) = http {
+    let first = if http.is_some() || auth.tls.is_some() {
         let mut first = [0u8; 1];
         let peeked = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(PEEK_TIMEOUT, stream.peek(&mut first)) => r,
         };
         match peeked {
-            Ok(Ok(1)) if first[0] != 0 => {
-                drop(pending);
-                handoff(stream);
-                return;
-            }
-            Ok(Ok(_)) => {}
+            Ok(Ok(1)) => Some(first[0]),
             // Silent or broken: nothing to serve.
             _ => return,
         }
-    }
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        result = read_connection(stream, &auth, &deliver, pending) => match result {
-            Ok(()) => trace!(%peer, "inbound RPC connection closed"),
-            Err(error) if REFUSAL_LOG.allow() => {
-                warn!(%peer, %error, "closing inbound RPC connection (more are logged at debug for a while)")
+    } else {
+        None
+    };
+    let result = match (first, &auth.tls) {
+        (Some(TLS_HANDSHAKE_BYTE), Some(tls)) => {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = serve_tls(stream, peer, tls, &auth, &deliver, pending, http) => r,
             }
-            Err(error) => debug!(%peer, %error, "closing inbound RPC connection"),
+        }
+        (_, Some(tls)) if tls.tls.settings().verify_incoming => Err(invalid_data(
+            "a plaintext connection on the RPC port, which requires TLS (--verify-incoming)",
+        )),
+        (Some(byte), _) if byte != 0 => {
+            let Some(handoff) = http else { return };
+            drop(pending);
+            handoff(HandedOver {
+                io: Box::new(stream),
+                peer,
+            });
+            return;
+        }
+        _ => tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = read_connection(stream, &auth, &deliver, pending) => r,
         },
+    };
+    match result {
+        Ok(()) => trace!(%peer, "inbound RPC connection closed"),
+        Err(error) if REFUSAL_LOG.allow() => {
+            warn!(%peer, %error, "closing inbound RPC connection (more are logged at debug for a while)")
+        }
+        Err(error) => debug!(%peer, %error, "closing inbound RPC connection"),
+    }
+}
+
+/// An inbound TLS connection: the handshake (a certificate from the caller under
+/// `--verify-incoming`), then HTTP or our framing, as its first byte says. Raft traffic only
+/// from a server of our datacenter's certificate under `--verify-server-hostname`.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &RpcTls,
+    auth: &Inbound,
+    deliver: &Deliver,
+    pending: tokio::sync::OwnedSemaphorePermit,
+    http: Option<HttpHandoff>,
+) -> io::Result<()> {
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let stream = tls.acceptor.accept(stream).await?;
+        let mut input = BufReader::new(stream);
+        // The first byte inside TLS says HTTP or our framing, as outside it.
+        let first = tokio::io::AsyncBufReadExt::fill_buf(&mut input)
+            .await?
+            .first()
+            .copied();
+        Ok::<_, io::Error>((input, first))
+    })
+    .await
+    .map_err(|_| invalid_data("TLS handshake timed out"))?;
+    let (input, first) = accepted.map_err(|e| {
+        auth.refused.fetch_add(1, Ordering::Relaxed);
+        invalid_data(format!("TLS handshake failed: {e}"))
+    })?;
+    match first {
+        None => Ok(()),
+        Some(0) => {
+            let certs = input.get_ref().get_ref().1.peer_certificates();
+            if !tls.tls.peer_is_server(certs, &tls.datacenter) {
+                auth.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(invalid_data(format!(
+                    "a caller without a certificate for {} tried to speak Raft \
+                     (--verify-server-hostname)",
+                    tls.tls.server_name(&tls.datacenter)
+                )));
+            }
+            read_connection(input, auth, deliver, pending).await
+        }
+        Some(_) => {
+            let Some(handoff) = http else { return Ok(()) };
+            drop(pending);
+            handoff(HandedOver {
+                io: Box::new(input),
+                peer,
+            });
+            Ok(())
+        }
     }
 }
 
@@ -295,8 +429,8 @@ async fn run_reader(
 /// injected into, changed in or replayed within an authenticated connection either (nor a
 /// handshake relayed to borrow one). Without a key the MACs are empty and anything goes (the
 /// server warned at start).
-async fn read_connection(
-    stream: TcpStream,
+async fn read_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     auth: &Inbound,
     deliver: &Deliver,
     pending: tokio::sync::OwnedSemaphorePermit,
@@ -407,6 +541,8 @@ struct Inbound {
     refused: Arc<AtomicU64>,
     /// Places for connections still in their handshake ([`MAX_PENDING_HANDSHAKES`]).
     pending: Arc<tokio::sync::Semaphore>,
+    /// TLS on this port, if configured.
+    tls: Option<RpcTls>,
 }
 
 /// Who we are on outbound connections.
@@ -415,6 +551,8 @@ struct Dialer {
     advertise: String,
     /// The shared key, if any.
     key: Option<SharedKey>,
+    /// Dials over TLS when set (`--verify-outgoing`).
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// One writer per destination: a persistent connection, re-established on the next message after a failure.
@@ -440,7 +578,20 @@ async fn write_to_peer(to: &str, me: &Dialer, queue: &mut mpsc::Receiver<RpcMess
         let error = match connect(to).await {
             Ok(stream) => {
                 backoff = BACKOFF_MIN;
-                match write_connection(stream, me, first, queue).await {
+                let written = match &me.tls {
+                    None => {
+                        let (read, write) = stream.into_split();
+                        write_connection(read, write, me, first, queue).await
+                    }
+                    Some(connector) => match dial_tls(connector, to, stream).await {
+                        Ok(tls) => {
+                            let (read, write) = tokio::io::split(tls);
+                            write_connection(read, write, me, first, queue).await
+                        }
+                        Err(error) => Err(error),
+                    },
+                };
+                match written {
                     Ok(()) => return,
                     Err(error) => error,
                 }
@@ -475,16 +626,40 @@ async fn connect(to: &str) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// The TLS handshake with a peer we dialled, within [`HANDSHAKE_TIMEOUT`]; a refused
+/// certificate is `InvalidData` (logged at warn, as a wrong key is).
+async fn dial_tls(
+    connector: &tokio_rustls::TlsConnector,
+    to: &str,
+    stream: TcpStream,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let host = to.rsplit_once(':').map_or(to, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = registry_api::tls::dial_name(host);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream)).await {
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(error)) => Err(invalid_data(format!("TLS handshake failed: {error}"))),
+    }
+}
+
 /// Writes the preamble and then messages until the connection fails (`Err`) or the queue
 /// closes (`Ok`). Frames are buffered and flushed only when the queue is momentarily empty, so a
 /// burst of appends goes out in a few segments.
-async fn write_connection(
-    stream: TcpStream,
+async fn write_connection<R, W>(
+    peer_read: R,
+    peer_write: W,
     me: &Dialer,
     first: RpcMessage,
     queue: &mut mpsc::Receiver<RpcMessage>,
-) -> io::Result<()> {
-    let (peer_read, peer_write) = stream.into_split();
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut peer_read = BufReader::new(peer_read);
     let mut out = BufWriter::new(peer_write);
     let mut session = tokio::time::timeout(

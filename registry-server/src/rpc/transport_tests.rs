@@ -94,6 +94,7 @@ async fn keyed_node(
         listen.parse().unwrap(),
         advertise.to_owned(),
         key.cloned(),
+        None,
         inbox.deliver(),
         Handle::current(),
         shutdown.clone(),

@@ -29,7 +29,7 @@ pub async fn gateway(dc: &str, servers: &[&FakeServer], join: &[&GatewayHandle])
 
 /// A plain client for the tests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    registry_api::tls::plain_client()
 }
 
 /// `GET /v1/catalog/datacenters` of a gateway.

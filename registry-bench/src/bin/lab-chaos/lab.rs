@@ -50,7 +50,7 @@ impl Lab {
             dc2_agent: "http://127.0.0.1:9500".into(),
             dc1_lan: format!("{project}_dc1-lan"),
             dc1_gateway: "dc1-gateway".into(),
-            http: reqwest::Client::builder()
+            http: registry_api::tls::client_builder(None)
                 .timeout(Duration::from_secs(1))
                 .build()?,
         })

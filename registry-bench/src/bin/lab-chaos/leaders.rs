@@ -59,7 +59,7 @@ pub async fn run(
     log: Arc<Mutex<LeaderLog>>,
     stop: watch::Receiver<bool>,
 ) {
-    let http = match reqwest::Client::builder()
+    let http = match registry_api::tls::client_builder(None)
         .timeout(Duration::from_secs(1))
         .build()
     {
