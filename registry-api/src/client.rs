@@ -272,6 +272,16 @@ impl RegistryClient {
     /// A client for `base` that sends `token` (when given) as `X-Consul-Token` on every
     /// request, as Consul's CLI does with `-token`. Fails on a token that cannot be a header.
     pub fn with_token(base: impl Into<String>, token: Option<&str>) -> Result<Self, String> {
+        Self::with_token_tls(base, token, None)
+    }
+
+    /// [`RegistryClient::with_token`] over TLS: `https://` bases are checked and shown a
+    /// certificate as `tls` says (the CLI's `-ca-file`, `-client-cert`, `-tls-server-name`).
+    pub fn with_token_tls(
+        base: impl Into<String>,
+        token: Option<&str>,
+        tls: Option<(&std::sync::Arc<crate::tls::Tls>, crate::tls::Expect)>,
+    ) -> Result<Self, String> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token.filter(|t| !t.is_empty()) {
             let mut value = reqwest::header::HeaderValue::from_str(token)
@@ -279,7 +289,7 @@ impl RegistryClient {
             value.set_sensitive(true);
             headers.insert(TOKEN_HEADER, value);
         }
-        let http = crate::tls::client_builder(None)
+        let http = crate::tls::client_builder(tls)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .default_headers(headers)
             .build()

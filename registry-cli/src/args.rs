@@ -39,6 +39,21 @@ pub struct Global {
     /// Output: human tables or JSON.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// CA certificate (PEM) an https:// agent's certificate must chain to; default
+    /// REGISTRY_CACERT, then CONSUL_CACERT.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) shown to an agent that requires one (--verify-incoming);
+    /// default REGISTRY_CLIENT_CERT, then CONSUL_CLIENT_CERT.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key; default REGISTRY_CLIENT_KEY, then CONSUL_CLIENT_KEY.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub client_key: Option<std::path::PathBuf>,
+    /// Name the agent's certificate must carry, instead of the host dialled (e.g.
+    /// server.dc1.consul); default REGISTRY_TLS_SERVER_NAME, then CONSUL_TLS_SERVER_NAME.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 /// Output formats.
@@ -76,6 +91,9 @@ pub enum Command {
     Snapshot(cmd::snapshot::SnapshotCmd),
     /// Asks the agent to re-read its configuration files.
     Reload,
+    /// Makes a CA and certificates for TLS (as `consul tls`), in the current directory.
+    #[command(subcommand)]
+    Tls(registry_api::tls::flags::TlsCommand),
 }
 
 /// The long flags of `command` and its subcommands, each with whether it takes a value.

@@ -1,6 +1,6 @@
 //! `registry`: Consul's command line over the registry's HTTP API
 //! (<https://developer.hashicorp.com/consul/commands>): `members`, `catalog`, `services`,
-//! `kv`, `lock`, `watch`, `operator raft`, `snapshot`, `reload`.
+//! `kv`, `lock`, `watch`, `operator raft`, `snapshot`, `reload`, `tls`.
 //!
 //! Flags are spelled as Consul spells them, with one dash (`-http-addr`, `-recurse`), or as
 //! clap does, with two (`--http-addr`): a single-dash long flag is rewritten before parsing
@@ -114,6 +114,10 @@ fn main() {
 
 /// Runs the command; the process's exit code.
 async fn run(cli: Cli) -> i32 {
+    if let Command::Tls(command) = &cli.command {
+        // Files only: no agent to ask.
+        return registry_api::tls::flags::run_command(command);
+    }
     let ctx = match cmd::Ctx::new(&cli.global) {
         Ok(ctx) => ctx,
         Err(Failure(text)) => {
@@ -131,6 +135,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Operator(a) => cmd::operator::run(&ctx, a).await,
         Command::Snapshot(a) => cmd::snapshot::run(&ctx, a).await,
         Command::Reload => cmd::services::reload(&ctx).await,
+        Command::Tls(_) => Ok(0),
     };
     match result {
         Ok(code) => code,

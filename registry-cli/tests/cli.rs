@@ -727,3 +727,83 @@ async fn snapshot_save_inspect_and_restore() {
     assert!(err.starts_with("Error opening snapshot file:"), "{err}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_makes_certificates_and_talks_https_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_dir = |args: &[&str]| {
+        let mut cmd = command(args);
+        cmd.current_dir(dir.path());
+        output(cmd)
+    };
+    for args in [
+        &["tls", "ca", "create"][..],
+        &["tls", "cert", "create", "-server", "-dc", "dc1"][..],
+        &["tls", "cert", "create", "-client", "-dc", "dc1"][..],
+    ] {
+        let out = in_dir(args).await;
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        assert!(out.stdout.contains("==> Saved"), "{out:?}");
+    }
+    let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let tls = registry_api::tls::Tls::load(
+        registry_api::tls::TlsSettings {
+            ca_file: Some(p("consul-agent-ca.pem").into()),
+            cert_file: Some(p("dc1-server-consul-0.pem").into()),
+            key_file: Some(p("dc1-server-consul-0-key.pem").into()),
+            verify_incoming: true,
+            verify_outgoing: true,
+            domain: "consul".into(),
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let mut config = registry_server::ServerConfig::new("tls-cli");
+    config.dev = true;
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.https_addr = Some("127.0.0.1:0".parse().unwrap());
+    config.rpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.tls = tls;
+    let server = registry_server::start(config).await.unwrap();
+    let https = format!("https://{}", server.https_addr.unwrap());
+    let with_cert = [
+        "-ca-file",
+        &p("consul-agent-ca.pem"),
+        "-client-cert",
+        &p("dc1-client-consul-0.pem"),
+        "-client-key",
+        &p("dc1-client-consul-0-key.pem"),
+    ];
+    wait_until(WAIT, "members over HTTPS", || async {
+        let mut args = with_cert.to_vec();
+        args.extend(["members", "-format", "json"]);
+        let out = registry(&https, &args).await;
+        (out.code == 0 && out.stdout.contains("tls-cli")).then_some(())
+    })
+    .await;
+    // Dialled as 127.0.0.1 (in the certificate), or checked for server.dc1.consul.
+    let mut args = with_cert.to_vec();
+    args.extend([
+        "-tls-server-name",
+        "server.dc1.consul",
+        "catalog",
+        "datacenters",
+    ]);
+    assert!(ok(&https, &args).await.contains("dc1"));
+    let mut args = with_cert.to_vec();
+    args.extend([
+        "-tls-server-name",
+        "server.dc2.consul",
+        "catalog",
+        "datacenters",
+    ]);
+    fails(&https, &args).await;
+    // Without a client certificate the server refuses the handshake.
+    fails(&https, &["-ca-file", &p("consul-agent-ca.pem"), "members"]).await;
+    // A file that is not there is a usage error naming it.
+    let out = registry(&https, &["-ca-file", &p("nope.pem"), "members"]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("nope.pem"), "{out:?}");
+    server.stop().await;
+}

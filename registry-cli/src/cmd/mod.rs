@@ -54,6 +54,34 @@ pub fn base_url(addr: &str) -> Result<String, String> {
     Ok(format!("http://{addr}"))
 }
 
+/// The TLS files the flags and the environment name (Consul's `CONSUL_CACERT`,
+/// `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`), read and checked now; `None` without any.
+fn tls_settings(
+    global: &Global,
+) -> Result<Option<std::sync::Arc<registry_api::tls::Tls>>, Failure> {
+    let path = |flag: &Option<std::path::PathBuf>, vars: &[&str]| {
+        flag.clone()
+            .or_else(|| env_first(vars).map(std::path::PathBuf::from))
+    };
+    let settings = registry_api::tls::TlsSettings {
+        ca_file: path(&global.ca_file, &["REGISTRY_CACERT", "CONSUL_CACERT"]),
+        cert_file: path(
+            &global.client_cert,
+            &["REGISTRY_CLIENT_CERT", "CONSUL_CLIENT_CERT"],
+        ),
+        key_file: path(
+            &global.client_key,
+            &["REGISTRY_CLIENT_KEY", "CONSUL_CLIENT_KEY"],
+        ),
+        verify_outgoing: true,
+        ..Default::default()
+    };
+    if !settings.is_configured() {
+        return Ok(None);
+    }
+    registry_api::tls::Tls::load(settings, false).map_err(|e| Failure(format!("Error: TLS: {e}")))
+}
+
 impl Ctx {
     /// The context the global flags and the environment describe (an error here is a usage
     /// error).
@@ -68,8 +96,19 @@ impl Ctx {
             .token
             .clone()
             .or_else(|| env_first(&["REGISTRY_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"]));
-        let client = RegistryClient::with_token(base, token.as_deref())
-            .map_err(|e| Failure(format!("Error: -token: {e}")))?;
+        let tls = tls_settings(global)?;
+        let expect = registry_api::tls::Expect::Name(
+            global
+                .tls_server_name
+                .clone()
+                .or_else(|| env_first(&["REGISTRY_TLS_SERVER_NAME", "CONSUL_TLS_SERVER_NAME"])),
+        );
+        let client = RegistryClient::with_token_tls(
+            base,
+            token.as_deref(),
+            tls.as_ref().map(|t| (t, expect)),
+        )
+        .map_err(|e| Failure(format!("Error: -token: {e}")))?;
         Ok(Ctx {
             client,
             dc: global.datacenter.clone(),
