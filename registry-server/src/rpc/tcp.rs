@@ -456,11 +456,19 @@ async fn read_connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         write_frame(input.get_mut(), &answer).await?;
         input.get_mut().flush().await?;
-        let proof = read_frame(&mut input, MAX_HANDSHAKE_FRAME)
-            .await?
-            .ok_or_else(|| invalid_data(
+        let closed = || {
+            invalid_data(
                 "the peer closed the connection during the handshake (does it hold this cluster's key?)",
-            ))?;
+            )
+        };
+        // Over TLS a peer that hangs up ends the stream without close_notify: the same
+        // refusal as a plain close, and said the same way.
+        let proof = match read_frame(&mut input, MAX_HANDSHAKE_FRAME).await {
+            Ok(Some(proof)) => proof,
+            Ok(None) => return Err(closed()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(closed()),
+            Err(e) => return Err(e),
+        };
         let mut session = None;
         if let Some(key) = key {
             if !key.verify_handshake_mac(b"dialer", dialer_nonce, &listener_nonce, addr, &proof) {
