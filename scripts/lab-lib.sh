@@ -41,12 +41,16 @@ make_pki() {
     docker run --rm --user 0 -v "$dir:/out" -w /out registry-server:lab \
       tls cert create "--${spec%%:*}" --dc "${spec##*:}" >/dev/null
   done
+  # The CA's key signs nothing at run time: it leaves the mounted directory (DIR.ca-key/),
+  # so no container can mint certificates.
+  mkdir -p "$dir.ca-key" && chmod 0700 "$dir.ca-key"
+  mv "$dir/consul-agent-ca-key.pem" "$dir.ca-key/"
   # The containers run as 10001:10001 (docker/Dockerfile.build); the keys stay mode 0600.
   chown -R 10001:10001 "$dir" 2>/dev/null || chmod 0644 "$dir"/*-key.pem
 }
 ensure_lab_tls() {
   [[ -s "$LAB_TLS/dc1-client-consul-1.pem" ]] && return 0
-  rm -rf "$LAB_TLS"
+  rm -rf "$LAB_TLS" "$LAB_TLS.ca-key"
   make_pki "$LAB_TLS" server:dc1 server:dc2 client:dc1 client:dc2 client:dc1
 }
 # curl as a client of the lab's CA with the host's own certificate (HTTPS ports 8511, 9511).

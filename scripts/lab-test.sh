@@ -339,7 +339,7 @@ plain_refused() { http GET http://127.0.0.1:8598/v1/catalog/services; [[ "$CODE"
 check "an agent without a certificate gets no answer from the servers (5xx for what it forwards)" "$WAIT" plain_refused
 if ! has_node http://127.0.0.1:8501 plain-app; then pass "its node is not in dc1's catalog"; else fail "plain-app registered itself in dc1"; fi
 docker rm -f "${rogues[@]}" >/dev/null 2>&1 || true
-rm -rf "$rogue_pki"
+rm -rf "$rogue_pki" "$rogue_pki.ca-key"
 
 printf '\n%d passed, %d failed (lab-test took %d s)\n' "$passed" "$failed" "$((SECONDS - t_start))"
 ((failed == 0))

@@ -244,6 +244,22 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         let bad = |reason: String| invalid(line, col, format!("{key}: {reason}"));
         match key.to_ascii_lowercase().as_str() {
             "service" | "services" => {}
+            // Security settings are flags only for now: silently ignoring them would start a
+            // server without the TLS or ACLs its operator wrote down.
+            k if k == "tls"
+                || k == "acl"
+                || k.starts_with("verify_")
+                || k == "ca_file"
+                || k == "ca_path"
+                || k == "cert_file"
+                || k == "key_file" =>
+            {
+                return Err(bad(
+                    "TLS and ACL settings are not read from configuration files yet; give them as \
+                     flags (--ca-file, --verify-incoming, ...)"
+                        .into(),
+                ))
+            }
             "node_name" => settings.node_name = Some(string(value).map_err(bad)?),
             "datacenter" => settings.datacenter = Some(string(value).map_err(bad)?),
             "data_dir" => settings.data_dir = Some(string(value).map_err(bad)?.into()),

@@ -370,6 +370,7 @@ async fn a_reload_swaps_the_certificate_under_load_without_a_failed_request() {
     // Load: clients that each open new connections (no keep-alive), so every request has
     // a handshake, and handshakes keep happening across the reload.
     let stop = tokio_util::sync::CancellationToken::new();
+    let answered = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut load = Vec::new();
     for _ in 0..4 {
         let client = client_builder(Some((
@@ -382,12 +383,15 @@ async fn a_reload_swaps_the_certificate_under_load_without_a_failed_request() {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-        let (url, stop) = (url.clone(), stop.clone());
+        let (url, stop, answered) = (url.clone(), stop.clone(), answered.clone());
         load.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.is_cancelled() {
                 match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) if r.status() == 200 => {
+                        ok += 1;
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Ok(r) => failed.push(r.status().to_string()),
                     Err(e) => failed.push(e.to_string()),
                 }
@@ -409,7 +413,13 @@ async fn a_reload_swaps_the_certificate_under_load_without_a_failed_request() {
         },
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let count = || answered.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(10),
+        "the load running before the reload",
+        || async { (count() >= 20).then_some(()) },
+    )
+    .await;
     let tmp_cert = files.cert.with_extension("new");
     let tmp_key = files.key.with_extension("new");
     std::fs::write(&tmp_cert, &new.cert).unwrap();
@@ -423,7 +433,13 @@ async fn a_reload_swaps_the_certificate_under_load_without_a_failed_request() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_reload = count();
+    wait_until(
+        Duration::from_secs(10),
+        "the load running after the reload",
+        || async { (count() >= at_reload + 20).then_some(()) },
+    )
+    .await;
     stop.cancel();
     let mut total = 0;
     for task in load {
@@ -572,7 +588,9 @@ async fn datacenters_federate_through_tls_gateways_and_a_foreign_ca_is_kept_out(
         },
     )
     .await;
-    // Several more exchange rounds for the foreign gateway, which keeps trying.
+    // The foreign gateway started first and exchanges on the same 100 ms interval, so by
+    // the time dc4 is listed it has tried as often; a few more rounds for good measure
+    // (its attempts fail in the TLS handshake, which nothing here counts).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = dcs(c1.clone()).await;
     assert!(!seen.contains(&"dc3".to_string()), "{seen:?}");

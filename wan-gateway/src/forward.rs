@@ -15,8 +15,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use registry_api::auth::{self, SharedKey};
 use registry_api::forward::{
-    base_url, forwarded_request_header, forwarded_response_header, may_retry_elsewhere, read_body,
-    BodyError, MAX_ANSWER,
+    base_url_over, forwarded_request_header, forwarded_response_header, may_retry_elsewhere,
+    read_body, BodyError, MAX_ANSWER,
 };
 use registry_api::limits::{forward_timeout, Hop};
 use registry_api::tls::{Expect, Tls};
@@ -106,6 +106,9 @@ pub struct Forwarder {
     wan: reqwest::Client,
     /// Gateways are dialled as `https://host:port` (any TLS setting).
     https: bool,
+    /// This DC's servers named by a bare `host:port` are dialled as `https://`
+    /// (`--verify-outgoing`).
+    servers_https: bool,
     /// This DC's servers' base URLs. A std lock: it is held only to clone the `Arc`, never across
     /// an await, and replaced whole by [`Forwarder::set_servers`].
     servers: RwLock<Arc<Vec<String>>>,
@@ -164,7 +167,13 @@ impl Forwarder {
             // A federation that uses TLS uses it on every gateway: one with any TLS setting
             // dials the others over it (their certificates checked against the CA).
             https: tls.is_some(),
-            servers: RwLock::new(Arc::new(servers.iter().map(|s| base_url(s)).collect())),
+            servers: RwLock::new(Arc::new(
+                servers
+                    .iter()
+                    .map(|s| base_url_over(s, tls.is_some_and(|t| t.settings().dials_tls())))
+                    .collect(),
+            )),
+            servers_https: tls.is_some_and(|t| t.settings().dials_tls()),
             preferred: AtomicUsize::new(0),
             key,
         })
@@ -178,7 +187,12 @@ impl Forwarder {
 
     /// Replaces this DC's server list.
     pub fn set_servers(&self, servers: &[String]) {
-        let list = Arc::new(servers.iter().map(|s| base_url(s)).collect());
+        let list = Arc::new(
+            servers
+                .iter()
+                .map(|s| base_url_over(s, self.servers_https))
+                .collect(),
+        );
         // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is whole.
         *self.servers.write().unwrap_or_else(|e| e.into_inner()) = list;
     }

@@ -123,6 +123,10 @@ struct Material {
     client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
+/// Certificates read for a reload and not installed yet ([`Tls::prepare_reload`]).
+#[derive(Debug)]
+pub struct PreparedReload(Material);
+
 /// The live TLS configuration of one process: the settings and what the files hold now.
 #[derive(Debug)]
 pub struct Tls {
@@ -161,9 +165,20 @@ impl Tls {
     /// Reads the files again; on any error the running configuration stays as it was.
     /// New connections use the new certificate and CA; existing ones are not touched.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let material = read_material(&self.settings)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(material);
+        let prepared = self.prepare_reload()?;
+        self.install(prepared);
         Ok(())
+    }
+
+    /// The first half of [`Tls::reload`]: the files read and checked, nothing changed yet
+    /// (so a reload of several things can check them all before changing any).
+    pub fn prepare_reload(&self) -> Result<PreparedReload, TlsError> {
+        Ok(PreparedReload(read_material(&self.settings)?))
+    }
+
+    /// The second half: new handshakes use what [`Tls::prepare_reload`] read.
+    pub fn install(&self, prepared: PreparedReload) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(prepared.0);
     }
 
     /// The settings.

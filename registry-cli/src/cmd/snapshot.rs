@@ -99,8 +99,17 @@ async fn save(ctx: &Ctx, file: &Path) -> CmdResult {
     temp.push(".tmp");
     let temp = PathBuf::from(temp);
     let written = async {
-        tokio::fs::write(&temp, &bytes).await?;
-        tokio::fs::File::open(&temp).await?.sync_all().await?;
+        // The archive holds every KV value: readable by its owner only, and never written
+        // through a file (or symlink) that is already there.
+        use tokio::io::AsyncWriteExt;
+        let mut out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .await?;
+        out.write_all(&bytes).await?;
+        out.sync_all().await?;
         tokio::fs::rename(&temp, file).await
     }
     .await;

@@ -75,19 +75,26 @@ impl Agent {
 
     /// `PUT /v1/agent/reload` and `SIGHUP`: see the module docs for what is reloaded.
     pub async fn reload(&self) -> Result<(), ApiError> {
-        // Certificates first: a broken file fails the reload before anything changed, and
-        // the running TLS configuration stays (new connections use new files only if all
-        // of them are good).
-        if let Some(tls) = &self.config.tls {
-            tls.reload()
-                .map_err(|e| ApiError::Internal(format!("reloading TLS: {e}")))?;
-            tracing::info!(node = %self.config.node, "TLS certificates reloaded");
-        }
-        // Consul answers a failed reload with a 500 and the reason.
+        // Certificates are read and checked first and installed only once the configuration
+        // files have been applied: a broken certificate or file fails the reload with the
+        // running TLS configuration in place (new connections use new files only if all of
+        // them are good). Consul answers a failed reload with a 500 and the reason.
+        let tls = match &self.config.tls {
+            Some(tls) => Some((
+                tls,
+                tls.prepare_reload()
+                    .map_err(|e| ApiError::Internal(format!("Failed reloading TLS: {e}")))?,
+            )),
+            None => None,
+        };
         let files = self
             .apply_config_files()
             .await
             .map_err(|e| ApiError::Internal(format!("Failed reloading config: {e}")))?;
+        if let Some((tls, prepared)) = tls {
+            tls.install(prepared);
+            tracing::info!(node = %self.config.node, "TLS certificates reloaded");
+        }
         let restarted = {
             let mut st = self.lock();
             let ids: Vec<String> = st

@@ -69,6 +69,15 @@ pub(super) async fn save(State(st): St, Query(q): Params) -> HttpResult {
 /// `PUT /v1/snapshot`: restores the archive in the body (at most
 /// [`registry_api::snapshot::MAX_ARCHIVE`] bytes; more is a 413).
 pub(super) async fn restore(State(st): St, body: Bytes) -> HttpResult {
+    // One restore at a time per server: each expands its archive (up to 1 GiB of rows)
+    // before anything is proposed, so parallel ones would only multiply that memory.
+    static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _turn = ONE_AT_A_TIME.try_acquire().map_err(|_| {
+        super::ApiError::TooManyRequests(
+            "another snapshot restore is in progress on this server; try again when it is done"
+                .into(),
+        )
+    })?;
     let started = Instant::now();
     let req = RestoreRequest {
         archive: Some(body.to_vec()),

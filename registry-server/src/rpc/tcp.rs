@@ -338,6 +338,14 @@ async fn run_reader(
         (_, Some(tls)) if tls.tls.settings().verify_incoming => Err(invalid_data(
             "a plaintext connection on the RPC port, which requires TLS (--verify-incoming)",
         )),
+        // Raft only from a server's certificate: plaintext framing shows none.
+        (Some(0), Some(tls)) if tls.tls.settings().verify_server_hostname => {
+            auth.refused.fetch_add(1, Ordering::Relaxed);
+            Err(invalid_data(
+                "plaintext Raft traffic on the RPC port, which takes it only over TLS from a \
+                 server's certificate (--verify-server-hostname)",
+            ))
+        }
         (Some(byte), _) if byte != 0 => {
             let Some(handoff) = http else { return };
             drop(pending);
