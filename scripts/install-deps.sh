@@ -8,6 +8,8 @@ if ! ldconfig -p | grep -q 'libclang\(-[0-9.]*\)\?\.so'; then missing+=(libclang
 if ! command -v g++ >/dev/null; then missing+=(g++); fi
 # dig, for the DNS test that runs the built server (registry-server/tests/dns.rs).
 if ! command -v dig >/dev/null; then missing+=(dnsutils); fi
+# curl, for the HTTPS test that runs the built server (registry-server/tests/tls_binary.rs).
+if ! command -v curl >/dev/null; then missing+=(curl); fi
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} with apt-get..." >&2
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
