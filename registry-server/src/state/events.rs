@@ -61,6 +61,24 @@ impl EventTable {
         }
     }
 
+    /// A snapshot restore at `index` (`state/restore.rs`): the events keep their order and
+    /// take the LTimes up to `index` (the newest `index` itself), so every LTime is at most
+    /// the restore's and later fires, stamped with later indexes, sort after them on every
+    /// server, restarted or not. Events that would need an LTime below 1 are dropped (only
+    /// a restore at an index smaller than the ring can cause that).
+    pub(super) fn restamp(&mut self, index: u64) {
+        let keep = usize::try_from(index)
+            .unwrap_or(usize::MAX)
+            .min(self.ring.len());
+        while self.ring.len() > keep {
+            self.ring.pop_front();
+        }
+        let n = self.ring.len() as u64;
+        for (i, event) in self.ring.iter_mut().enumerate() {
+            event.ltime = index - (n - 1 - i as u64);
+        }
+    }
+
     /// The events, oldest first.
     pub fn events(&self) -> impl DoubleEndedIterator<Item = &UserEvent> {
         self.ring.iter()
@@ -137,6 +155,34 @@ mod tests {
         assert_eq!(back, t);
         let image: Vec<_> = t.rows();
         assert_eq!(image, rows.into_iter().collect::<Vec<_>>());
+    }
+
+    /// A restore gives the events LTimes ending at its index, in their order, so a fire
+    /// after it sorts last on a server that rebuilds the ring from rows as well.
+    #[test]
+    fn a_restore_restamps_the_ring_below_its_index() {
+        let mut t = EventTable::default();
+        for (i, ltime) in [900u64, 950, 999].into_iter().enumerate() {
+            let (event, _) = t.plan(ltime, &fire(&format!("e{i}"))).unwrap();
+            t.commit(event);
+        }
+        t.restamp(50);
+        let ltimes: Vec<u64> = t.events().map(|e| e.ltime).collect();
+        assert_eq!(ltimes, [48, 49, 50]);
+        let names: Vec<&str> = t.events().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["e0", "e1", "e2"]);
+        let (later, _) = t.plan(51, &fire("after")).unwrap();
+        t.commit(later);
+        let mut back = EventTable::default();
+        for (k, v) in t.rows() {
+            let key = String::from_utf8(k).unwrap();
+            back.load_row(key.strip_prefix(EVENT_PREFIX).unwrap(), &v)
+                .unwrap();
+        }
+        assert_eq!(back, t, "rows rebuild the same order");
+        t.restamp(2);
+        let ltimes: Vec<u64> = t.events().map(|e| e.ltime).collect();
+        assert_eq!(ltimes, [1, 2], "no LTime below 1");
     }
 
     #[test]

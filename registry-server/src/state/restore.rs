@@ -65,6 +65,7 @@ fn restamped(
     state.catalog.restamp(index);
     state.kv.restamp(index);
     state.sessions.restamp(index, at);
+    state.events.restamp(index);
     let rows = state.rows();
     let state = StateStore::from_rows(datacenter, rows.clone())?;
     Ok((state, rows))
