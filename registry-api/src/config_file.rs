@@ -32,6 +32,43 @@ pub struct ConfigSources {
     pub dirs: Vec<PathBuf>,
 }
 
+/// `--config-file` and `--config-dir`, as the server and the agent take them.
+#[cfg(feature = "serve")]
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConfigFlags {
+    /// A configuration file in Consul's format, JSON or HCL (*.hcl): services and settings
+    /// (flags win over it); repeatable. `SIGHUP` or `PUT /v1/agent/reload` re-reads its
+    /// services.
+    #[arg(long, env = "REGISTRY_CONFIG_FILE", value_delimiter = ',')]
+    pub config_file: Vec<PathBuf>,
+    /// A directory of configuration files (its *.json and *.hcl, in lexical order; later
+    /// files win); repeatable.
+    #[arg(long, env = "REGISTRY_CONFIG_DIR", value_delimiter = ',')]
+    pub config_dir: Vec<PathBuf>,
+}
+
+#[cfg(feature = "serve")]
+impl ConfigFlags {
+    /// The sources these flags name.
+    pub fn sources(&self) -> ConfigSources {
+        ConfigSources {
+            files: self.config_file.clone(),
+            dirs: self.config_dir.clone(),
+        }
+    }
+}
+
+/// Whether the flag with clap id `id` was given on the command line or in the environment
+/// (then it wins over the configuration files; a default does not).
+#[cfg(feature = "serve")]
+pub fn given_by_user(matches: &clap::ArgMatches, id: &str) -> bool {
+    use clap::parser::ValueSource;
+    matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
 impl ConfigSources {
     /// Whether no file or directory was given.
     pub fn is_empty(&self) -> bool {

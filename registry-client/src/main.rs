@@ -38,14 +38,9 @@ struct Args {
     /// request to the servers. Without it the servers must run without a key too.
     #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
     encrypt: Option<String>,
-    /// A configuration file in Consul's format, JSON or HCL (*.hcl): services and settings
-    /// (flags win over it); repeatable. `SIGHUP` or `PUT /v1/agent/reload` re-reads its services.
-    #[arg(long, env = "REGISTRY_CONFIG_FILE", value_delimiter = ',')]
-    config_file: Vec<PathBuf>,
-    /// A directory of configuration files (its *.json and *.hcl, in lexical order; later files
-    /// win); repeatable.
-    #[arg(long, env = "REGISTRY_CONFIG_DIR", value_delimiter = ',')]
-    config_dir: Vec<PathBuf>,
+    /// Configuration files (--config-file, --config-dir).
+    #[command(flatten)]
+    config: registry_api::config_file::ConfigFlags,
     /// The DNS interface (--dns-addr, --domain, --alt-domain, --recursors, --dns-ttl,
     /// --dns-only-passing), answered by the servers with stale reads.
     #[command(flatten)]
@@ -126,17 +121,8 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_USAGE);
         }
     };
-    config.config_sources = registry_api::config_file::ConfigSources {
-        files: a.config_file,
-        dirs: a.config_dir,
-    };
-    let given = |id: &str| {
-        use clap::parser::ValueSource;
-        matches!(
-            matches.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
-    };
+    config.config_sources = a.config.sources();
+    let given = |id: &str| registry_api::config_file::given_by_user(&matches, id);
     if let Err(e) = config.apply_file_settings(&given) {
         eprintln!("error: configuration: {e}");
         std::process::exit(EXIT_USAGE);

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use registry_api::config_file::ConfigSources;
 use registry_api::AgentServiceInfo;
+use registry_testkit::process::Kill;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -322,16 +323,6 @@ async fn sighup_rereads_the_config_dir() {
         services().await == ["db"]
     })
     .await;
-}
-
-/// Kills the child process when the test ends, passing or not.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The lab's demo definition (docker/agent-config, mounted into the lab's agents) loads and

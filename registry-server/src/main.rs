@@ -50,14 +50,9 @@ struct Args {
     /// they are open to anyone who reaches the ports.
     #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
     encrypt: Option<String>,
-    /// A configuration file in Consul's format, JSON or HCL (*.hcl): settings, and services
-    /// for this server's agent (flags win over it); repeatable. `SIGHUP` re-reads its services.
-    #[arg(long, env = "REGISTRY_CONFIG_FILE", value_delimiter = ',')]
-    config_file: Vec<PathBuf>,
-    /// A directory of configuration files (its *.json and *.hcl, in lexical order; later files
-    /// win); repeatable.
-    #[arg(long, env = "REGISTRY_CONFIG_DIR", value_delimiter = ',')]
-    config_dir: Vec<PathBuf>,
+    /// Configuration files (--config-file, --config-dir).
+    #[command(flatten)]
+    config: registry_api::config_file::ConfigFlags,
     /// The DNS interface (--dns-addr, --domain, --alt-domain, --recursors, --dns-ttl,
     /// --dns-only-passing).
     #[command(flatten)]
@@ -145,17 +140,8 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    config.config_sources = registry_api::config_file::ConfigSources {
-        files: args.config_file,
-        dirs: args.config_dir,
-    };
-    let given = |id: &str| {
-        use clap::parser::ValueSource;
-        matches!(
-            matches.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
-    };
+    config.config_sources = args.config.sources();
+    let given = |id: &str| registry_api::config_file::given_by_user(&matches, id);
     if let Err(e) = config.apply_file_settings(&given) {
         eprintln!("registry-server: configuration: {e}");
         std::process::exit(2);

@@ -4,24 +4,9 @@
 //! and `PUT /v1/agent/leave` makes it exit 0.
 
 use registry_api::{QueryOptions, RegistryClient};
+use registry_testkit::process::{free_port, Kill};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `registry-server --dev` on free ports and waits until it leads.
 /// Ports are picked free but can be taken by another test before the child

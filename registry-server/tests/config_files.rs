@@ -4,28 +4,12 @@
 //! start stops the server with exit code 2.
 
 use registry_api::{AgentSelf, AgentServiceInfo, RegistryClient};
+use registry_testkit::process::{free_port, Kill};
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child when the test ends, passing or not.
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn server(dir: &std::path::Path, http: u16, rpc: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_registry-server"));

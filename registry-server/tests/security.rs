@@ -6,17 +6,8 @@
 use registry_api::auth::{generate_key, Purpose, SharedKey, SIGNATURE_HEADER};
 use registry_server::{ServerConfig, ServerHandle};
 use registry_testkit::cluster::{fast_tuning, wait_until};
+use registry_testkit::process::free_ports;
 use std::time::{Duration, Instant};
-
-/// Free loopback ports, reserved by binding and released at once.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
 
 fn config(
     node: &str,

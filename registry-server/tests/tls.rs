@@ -9,18 +9,9 @@ use registry_api::tls::{client_builder, Expect, Tls};
 use registry_server::{ServerConfig, ServerHandle};
 use registry_testkit::cluster::{fast_tuning, wait_until};
 use registry_testkit::pki::{CertFiles, TestPki};
+use registry_testkit::process::free_ports;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Free loopback ports, reserved by binding and released at once.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
 
 fn config(
     node: &str,

@@ -3,27 +3,12 @@
 //! `--verify-incoming`, `curl --cacert` with a client certificate gets answers and without
 //! one is refused, and settings that cannot work stop the server at start with a reason.
 
+use registry_testkit::process::{free_port, Kill};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-server");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN)

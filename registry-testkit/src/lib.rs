@@ -11,6 +11,8 @@
 //!   (`fakes::dc`), an HTTP check target, a server with one fixed answer, a dead address.
 //! - `dns` (feature `dns`): DNS queries through hickory's client over UDP and TCP, and raw
 //!   datagrams for the malformed ones.
+//! - [`process`]: free loopback ports and a kill-on-drop child, for tests of the built
+//!   binaries.
 //! - `pki` (feature `pki`): a private CA and server/client certificates in a temp dir, and
 //!   the TLS settings that use them.
 //!
@@ -30,6 +32,7 @@ pub mod history;
 pub mod locks;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod process;
 pub mod wait;
 
 pub use wait::{never_within, wait_until};
