@@ -41,14 +41,14 @@ run-dev: ## One server in --dev mode on 127.0.0.1:8500
 clean:
 	cargo clean
 
-# ---- The two-datacenter lab (docker-compose.yml; README "The two-datacenter lab") -----------
+# ---- The lab (docker-compose.yml; README "The lab: docker compose up") ---------------------
 # No container registry is needed: static-pie binaries go into FROM-scratch images.
 .PHONY: images lab lab-down lab-test lab-chaos
 
 images: ## Static release binaries + FROM-scratch images registry-server:lab, registry-client:lab, wan-gateway:lab
 	@scripts/lab-images.sh
 
-lab: images ## Build the images, start the two-DC lab, wait until healthy (prints the time it took)
+lab: images ## Build the images, docker compose up (dc1 + dc2; LAB_PROFILES=dc3 adds dc3), wait until healthy (prints the time it took)
 	@scripts/lab-up.sh
 
 lab-down: ## Stop the lab; remove its containers, networks and volumes

@@ -10,6 +10,9 @@ if ! command -v g++ >/dev/null; then missing+=(g++); fi
 if ! command -v dig >/dev/null; then missing+=(dnsutils); fi
 # curl, for the HTTPS test that runs the built server (registry-server/tests/tls_binary.rs).
 if ! command -v curl >/dev/null; then missing+=(curl); fi
+# Chromium and its WebDriver, for the web UI's browser test (registry-server/tests/ui.rs).
+if [[ ! -x /usr/bin/chromium ]]; then missing+=(chromium); fi
+if [[ ! -x /usr/bin/chromedriver ]]; then missing+=(chromium-driver); fi
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} with apt-get..." >&2
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi

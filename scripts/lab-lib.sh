@@ -1,4 +1,4 @@
-# Shared by scripts/lab-*.sh (sourced, not run). Bash + curl + python3 only.
+# Shared by scripts/lab-*.sh (sourced, not run). Bash + curl + python3 + docker only.
 
 LAB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LAB_PROJECT="${COMPOSE_PROJECT_NAME:-registry-lab}"
@@ -14,25 +14,16 @@ else
 fi
 compose() { "${LAB_COMPOSE[@]}" -p "$LAB_PROJECT" -f "$LAB_ROOT/docker-compose.yml" "$@"; }
 
-# The lab's shared key (--encrypt, REGISTRY_ENCRYPT in docker-compose.yml): made once per clone,
-# kept out of git in .lab/encrypt.key, so that every script (and a `docker compose` by hand
-# after `export REGISTRY_LAB_ENCRYPT="$(cat .lab/encrypt.key)"`) uses the same one.
-new_key() { python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'; }
-if [[ -z "${REGISTRY_LAB_ENCRYPT:-}" ]]; then
-  if [[ ! -s "$LAB_ROOT/.lab/encrypt.key" ]]; then
-    mkdir -p "$LAB_ROOT/.lab"
-    (umask 077 && new_key >"$LAB_ROOT/.lab/encrypt.key")
-  fi
-  REGISTRY_LAB_ENCRYPT="$(cat "$LAB_ROOT/.lab/encrypt.key")"
-fi
-export REGISTRY_LAB_ENCRYPT
-
-# The lab's TLS files (docker-compose.yml mounts .lab/tls read-only at /tls): a CA, a server
-# certificate per DC (its servers and its gateway: server.<dc>.consul), a client certificate per
-# DC (its agent) and a second dc1 client certificate for the host's curl. Made once per clone
-# with the image's own `tls` subcommand (Consul's file names); git-ignored, never committed.
+# The lab's secrets (docker-compose.yml): the one-shot service lab-init (`registry-server init`)
+# writes the shared key and the TLS files into the volume lab-secrets, which every container
+# mounts read-only at /lab; nothing on the host is needed to start the lab. For the host's own
+# HTTPS calls (tls_curl) and the test's extra containers, the CA certificate and the host's
+# client certificate are copied out into .lab/tls (git-ignored) after `up` (export_lab_tls).
+LAB_SECRETS_VOLUME="${LAB_PROJECT}_lab-secrets"
 LAB_TLS="$LAB_ROOT/.lab/tls"
-# make_pki DIR ROLE... : a new CA in DIR and one certificate per "server|client:dc".
+new_key() { python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'; }
+# make_pki DIR ROLE... : a new CA in DIR and one certificate per "server|client:dc" (the
+# test's certificates of ANOTHER CA); the CA key is moved out of DIR (DIR.ca-key/).
 make_pki() {
   local dir="$1" spec; shift
   mkdir -p "$dir"
@@ -41,17 +32,21 @@ make_pki() {
     docker run --rm --user 0 -v "$dir:/out" -w /out registry-server:lab \
       tls cert create "--${spec%%:*}" --dc "${spec##*:}" >/dev/null
   done
-  # The CA's key signs nothing at run time: it leaves the mounted directory (DIR.ca-key/),
-  # so no container can mint certificates.
   mkdir -p "$dir.ca-key" && chmod 0700 "$dir.ca-key"
   mv "$dir/consul-agent-ca-key.pem" "$dir.ca-key/"
   # The containers run as 10001:10001 (docker/Dockerfile.build); the keys stay mode 0600.
   chown -R 10001:10001 "$dir" 2>/dev/null || chmod 0644 "$dir"/*-key.pem
 }
-ensure_lab_tls() {
-  [[ -s "$LAB_TLS/dc1-client-consul-1.pem" ]] && return 0
-  rm -rf "$LAB_TLS" "$LAB_TLS.ca-key"
-  make_pki "$LAB_TLS" server:dc1 server:dc2 client:dc1 client:dc2 client:dc1
+# export_lab_tls: the CA certificate and the host's client certificate (dc1-client-consul-1,
+# which lab-init makes with --extra-client dc1) from the volume, through a running container.
+export_lab_tls() {
+  local f
+  rm -rf "$LAB_TLS"
+  mkdir -p "$LAB_TLS" && chmod 0700 "$LAB_TLS"
+  for f in consul-agent-ca.pem dc1-client-consul-1.pem dc1-client-consul-1-key.pem; do
+    docker cp "dc1-server1:/lab/tls/$f" "$LAB_TLS/$f" >/dev/null || return 1
+  done
+  chmod 0600 "$LAB_TLS"/*-key.pem
 }
 # curl as a client of the lab's CA with the host's own certificate (HTTPS ports 8511, 9511).
 tls_curl() {
@@ -62,28 +57,27 @@ tls_curl() {
 # Host ports (see docker-compose.yml): agents, and each server's HTTP API.
 DC1_AGENT=http://127.0.0.1:8500
 DC2_AGENT=http://127.0.0.1:9500
-dc_servers() { # dc1|dc2 -> the three servers' host URLs
+DC3_AGENT=http://127.0.0.1:7500
+dc_servers() { # dc1|dc2|dc3 -> the three servers' host URLs
   case "$1" in
     dc1) echo http://127.0.0.1:8501 http://127.0.0.1:8502 http://127.0.0.1:8503 ;;
     dc2) echo http://127.0.0.1:9501 http://127.0.0.1:9502 http://127.0.0.1:9503 ;;
+    dc3) echo http://127.0.0.1:7501 http://127.0.0.1:7502 http://127.0.0.1:7503 ;;
   esac
 }
-# A server's LAN IP (as in its advertised RPC address) -> container name and host URL.
-ip_to_container() { # 10.81.1.12 -> dc1-server2
-  local ip="$1" n dc
-  dc="dc${ip#10.81.}"; dc="${dc%%.*}"
-  n="${ip##*.}"
-  echo "$dc-server$((n - 10))"
-}
+# Servers advertise their service name: a leader "dc1-server2:8300" is container dc1-server2.
+addr_to_container() { echo "${1%:*}"; } # dc1-server2:8300 -> dc1-server2
 container_url() { # dc1-server2 -> http://127.0.0.1:8502
   local c="$1" dc i
   dc="${c%%-*}"; i="${c##*server}"
-  if [[ "$dc" == dc1 ]]; then echo "http://127.0.0.1:$((8500 + i))"; else echo "http://127.0.0.1:$((9500 + i))"; fi
+  case "$dc" in
+    dc1) echo "http://127.0.0.1:$((8500 + i))" ;;
+    dc2) echo "http://127.0.0.1:$((9500 + i))" ;;
+    dc3) echo "http://127.0.0.1:$((7500 + i))" ;;
+  esac
 }
-container_ip() { # dc1-server2 -> 10.81.1.12
-  local c="$1" dc i
-  dc="${c%%-*}"; i="${c##*server}"
-  echo "10.81.${dc#dc}.$((10 + i))"
+container_ip() { # CONTAINER NETWORK -> its IP on that network ("" if not attached)
+  docker inspect -f "{{with index .NetworkSettings.Networks \"$2\"}}{{.IPAddress}}{{end}}" "$1" 2>/dev/null
 }
 
 # http METHOD URL [BODY] -> sets CODE and BODY (CODE=000 when nothing answered).
@@ -162,3 +156,21 @@ demo_registered() { # AGENT_URL: the demo service, which the agent reads from it
   http GET "$1/v1/agent/service/demo"
   [[ "$CODE" == 200 ]]
 }
+
+# Docker's view (the containers' healthchecks, docker-compose.yml): every running container of
+# the lab that has a healthcheck reports healthy, and there is at least one. Sets BODY to the
+# ones that do not (for the failure message).
+all_containers_healthy() {
+  local c status bad="" n=0
+  CODE=docker
+  for c in $(docker ps -q --filter "label=com.docker.compose.project=$LAB_PROJECT"); do
+    status="$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$c" 2>/dev/null)"
+    [[ "$status" == none ]] && continue
+    n=$((n + 1))
+    [[ "$status" == healthy ]] || bad+="$(docker inspect -f '{{.Name}}' "$c" | tr -d /)=$status "
+  done
+  BODY="${bad:-all $n healthy}"
+  [[ $n -gt 0 && -z "$bad" ]]
+}
+# health_of CONTAINER -> Docker's health status (healthy, starting, unhealthy)
+health_of() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }

@@ -21,11 +21,22 @@
 #   7. TLS: curl --cacert with a client certificate reads a server's HTTPS port (and ?dc=dc2
 #      through the TLS gateways), without one the handshake is refused; a server container with
 #      the right key but a certificate of another CA never joins, and an agent with the right key
-#      but no certificate (plaintext) gets nothing from the servers and never enters the catalog.
+#      but no certificate (plaintext) gets nothing from the servers and never enters the catalog;
+#   8. names, not IPs: dc1-server2 is stopped, another container takes its IP, and it starts
+#      again with a new one: the others reach it by name (it follows the leader and has the
+#      writes made meanwhile), and `compose up -d --force-recreate` of it does the same;
+#   9. the third datacenter (compose --profile dc3 up -d, on the running lab): its containers
+#      turn healthy, and from dc1 `?dc=dc3` is answered although dc3's gateway joined only dc2's
+#      (federation is transitive);
+#  10. TODO(ui): the web UI's demo service page in headless Chromium (ui_in_chromium below).
+#
+# Before 1, the Docker healthchecks (the binaries' `health` subcommands) of every container must
+# say healthy (docker inspect), as `docker compose up` from a clean state left them.
 #
 # Every wait is a poll with a deadline (wait_for in lab-lib.sh); no sleep is taken as proof.
 # Servers are reached through their published host ports (127.0.0.1:8501-8503 dc1,
-# 9501-9503 dc2): the images are FROM scratch, so there is no shell to `docker exec` into.
+# 9501-9503 dc2, 7501-7503 dc3): the images are FROM scratch, so there is no shell to
+# `docker exec` into. Servers advertise their names: a leader is "dc1-server2:8300".
 set -uo pipefail
 source "$(dirname "$0")/lab-lib.sh"
 
@@ -98,6 +109,30 @@ running() { [[ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" == t
 
 # ---- 0. the lab is up ---------------------------------------------------------------------------
 title "0. the lab is up"
+check "Docker healthchecks: every container healthy (docker inspect)" "$WAIT" all_containers_healthy
+for c in dc1-server1 dc1-server2 dc1-server3 dc1-gateway dc1-app dc2-server1 dc2-server2 dc2-server3 dc2-gateway dc2-app; do
+  h="$(health_of "$c")"
+  if [[ "$h" == healthy ]]; then pass "$c: healthy"; else fail "$c: health '$h'"; fi
+done
+init_done() { [[ "$(docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' lab-init 2>/dev/null)" == "exited 0" ]]; }
+if init_done; then pass "lab-init made the secrets and exited 0"; else fail "lab-init: $(docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' lab-init 2>&1)"; fi
+# The shared key is in the secrets volume only: in no container's environment, and in no log.
+key_file="$(mktemp)"
+if docker cp dc1-server1:/lab/encrypt.key "$key_file" 2>/dev/null && [[ -s "$key_file" ]]; then
+  lab_key="$(tr -d '[:space:]' <"$key_file")"
+  leaked=""
+  for c in lab-init $(docker ps --format '{{.Names}}' --filter "label=com.docker.compose.project=$LAB_PROJECT"); do
+    if docker logs "$c" 2>&1 | grep -qF "$lab_key" ||
+      docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$c" | grep -qF "$lab_key"; then
+      leaked+="$c "
+    fi
+  done
+  if [[ -z "$leaked" ]]; then pass "the shared key is in no container's log or environment"; else fail "the shared key shows in: $leaked"; fi
+  unset lab_key
+else
+  fail "no shared key in the secrets volume (/lab/encrypt.key)"
+fi
+rm -f "$key_file"
 check "dc1 has a leader" "$WAIT" dc_has_leader dc1
 check "dc2 has a leader" "$WAIT" dc_has_leader dc2
 check "dc1 agent answers on 127.0.0.1:8500" "$WAIT" agent_answers "$DC1_AGENT"
@@ -126,7 +161,7 @@ old_leader="$(leader_of http://127.0.0.1:8501)"
 if [[ -z "$old_leader" ]]; then
   fail "no dc1 leader to kill"
 else
-  victim="$(ip_to_container "${old_leader%:*}")"
+  victim="$(addr_to_container "$old_leader")"
   survivors=()
   for c in dc1-server1 dc1-server2 dc1-server3; do [[ "$c" == "$victim" ]] || survivors+=("$(container_url "$c")"); done
   echo "        leader is $old_leader ($victim); survivors ${survivors[*]}"
@@ -170,14 +205,15 @@ leader="$(leader_of http://127.0.0.1:8501)"
 [[ -n "$leader" ]] || leader="$(leader_of http://127.0.0.1:8502)"
 cut=""
 for c in dc1-server1 dc1-server2 dc1-server3; do
-  if [[ "$(container_ip "$c"):8300" != "$leader" ]]; then cut="$c"; break; fi
+  if [[ "$c:8300" != "$leader" ]]; then cut="$c"; break; fi
 done
 if [[ -z "$leader" || -z "$cut" ]]; then
   fail "no dc1 leader/follower found (leader: '$leader')"
 else
   others=()
   for c in dc1-server1 dc1-server2 dc1-server3; do [[ "$c" == "$cut" ]] || others+=("$(container_url "$c")"); done
-  echo "        leader $leader; cutting $cut ($(container_ip "$cut")); the others: ${others[*]}"
+  cut_ip="$(container_ip "$cut" "$DC1_LAN")"
+  echo "        leader $leader; cutting $cut ($cut_ip); the others: ${others[*]}"
   if docker network disconnect "$DC1_LAN" "$cut"; then
     pass "docker network disconnect $DC1_LAN $cut"
     unreachable() { HTTP_TIMEOUT=1 http GET "$1/v1/status/leader"; [[ "$CODE" == 000 ]]; }
@@ -186,11 +222,12 @@ else
     check "read lab-ext-partition from ${others[0]}" 10 has_node "${others[0]}" lab-ext-partition
     check "read lab-ext-partition from ${others[1]}" 10 has_node "${others[1]}" lab-ext-partition
     check "the dc1 agent serves reads and writes" 10 catalog_write "$DC1_AGENT" lab-ext-partition-agent
-    if docker network connect --ip "$(container_ip "$cut")" "$DC1_LAN" "$cut"; then
-      pass "docker network connect --ip $(container_ip "$cut") $DC1_LAN $cut"
+    # The same IP, so that the published port (bound to it) works again; a new IP is section 8.
+    if docker network connect --ip "$cut_ip" "$DC1_LAN" "$cut"; then
+      pass "docker network connect --ip $cut_ip $DC1_LAN $cut"
       check "$cut caught up: ?stale read on it shows the writes it missed" "$WAIT" \
         has_node "$(container_url "$cut")" lab-ext-partition-agent stale
-      check "$cut follows the leader again" "$WAIT" rejoined "$(container_url "$cut")" "$(container_ip "$cut"):8300" \
+      check "$cut follows the leader again" "$WAIT" rejoined "$(container_url "$cut")" "$cut:8300" \
         "$(leader_of "${others[0]}")" lab-ext-partition
       now="$(leader_of "${others[0]}")"
       echo "        leader after reconnecting: $now ($([[ "$now" == "$leader" ]] && echo unchanged || echo changed))"
@@ -252,21 +289,21 @@ wrong_key="$(new_key)"
 intruders=(lab-intruder-server lab-intruder-agent)
 docker rm -f "${intruders[@]}" >/dev/null 2>&1 || true
 # With the lab's certificates, so that TLS lets them through and the key is what refuses them.
-docker run -d --name lab-intruder-server --network "$DC1_LAN" --ip 10.81.1.91 -v "$LAB_TLS:/tls:ro" \
-  -e REGISTRY_CA_FILE=/tls/consul-agent-ca.pem -e REGISTRY_CERT_FILE=/tls/dc1-server-consul-0.pem \
-  -e REGISTRY_KEY_FILE=/tls/dc1-server-consul-0-key.pem -e REGISTRY_VERIFY_INCOMING=true \
+docker run -d --name lab-intruder-server --network "$DC1_LAN" --ip 10.81.1.91 -v "$LAB_SECRETS_VOLUME:/lab:ro" \
+  -e REGISTRY_CA_FILE=/lab/tls/consul-agent-ca.pem -e REGISTRY_CERT_FILE=/lab/tls/dc1-server-consul-0.pem \
+  -e REGISTRY_KEY_FILE=/lab/tls/dc1-server-consul-0-key.pem -e REGISTRY_VERIFY_INCOMING=true \
   -e REGISTRY_VERIFY_OUTGOING=true -e REGISTRY_VERIFY_SERVER_HOSTNAME=true \
   -e REGISTRY_ENCRYPT="$wrong_key" -e REGISTRY_NODE=intruder -e REGISTRY_DATACENTER=dc1 \
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_ADVERTISE=10.81.1.91:8300 \
-  -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
+  -e REGISTRY_RETRY_JOIN=dc1-server1:8300,dc1-server2:8300,dc1-server3:8300 \
   registry-server:lab >/dev/null
 docker run -d --name lab-intruder-agent --network "$DC1_LAN" --ip 10.81.1.92 -p 127.0.0.1:8599:8500 \
-  -v "$LAB_TLS:/tls:ro" -e REGISTRY_CA_FILE=/tls/consul-agent-ca.pem \
-  -e REGISTRY_CERT_FILE=/tls/dc1-client-consul-0.pem -e REGISTRY_KEY_FILE=/tls/dc1-client-consul-0-key.pem \
+  -v "$LAB_SECRETS_VOLUME:/lab:ro" -e REGISTRY_CA_FILE=/lab/tls/consul-agent-ca.pem \
+  -e REGISTRY_CERT_FILE=/lab/tls/dc1-client-consul-0.pem -e REGISTRY_KEY_FILE=/lab/tls/dc1-client-consul-0-key.pem \
   -e REGISTRY_VERIFY_OUTGOING=true -e REGISTRY_VERIFY_SERVER_HOSTNAME=true \
   -e REGISTRY_ENCRYPT="$wrong_key" -e REGISTRY_NODE=intruder-app -e REGISTRY_DATACENTER=dc1 \
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_HTTP_ADDR=0.0.0.0:8500 -e REGISTRY_ADVERTISE=10.81.1.92 \
-  -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
+  -e REGISTRY_RETRY_JOIN=dc1-server1:8300,dc1-server2:8300,dc1-server3:8300 \
   registry-client:lab >/dev/null
 intruder_refused() { # the intruder's own log: dc1's servers could not prove the key it has
   docker logs lab-intruder-server 2>&1 | grep -q "does not hold this cluster's key"
@@ -297,7 +334,7 @@ docker rm -f "${intruders[@]}" >/dev/null 2>&1 || true
 
 # ---- 7. TLS ---------------------------------------------------------------------------------
 title "7. TLS: curl --cacert, and containers without a valid certificate"
-https_leader() { local out; out="$(tls_curl https://127.0.0.1:8511/v1/status/leader)" && [[ "$out" == *10.81.1.1* ]]; }
+https_leader() { local out; out="$(tls_curl https://127.0.0.1:8511/v1/status/leader)" && [[ "$out" == *dc1-server* ]]; }
 check "curl --cacert + client certificate: dc1-server1's HTTPS API (127.0.0.1:8511) names the leader" "$WAIT" https_leader
 https_xdc() {
   local out
@@ -311,18 +348,21 @@ rogue_pki="$(mktemp -d)"
 make_pki "$rogue_pki" server:dc1
 rogues=(lab-rogue-server lab-plain-agent)
 docker rm -f "${rogues[@]}" >/dev/null 2>&1 || true
+# The lab's key (from the secrets volume), but certificates of another CA.
 docker run -d --name lab-rogue-server --network "$DC1_LAN" --ip 10.81.1.93 -v "$rogue_pki:/tls:ro" \
-  -e REGISTRY_ENCRYPT="$REGISTRY_LAB_ENCRYPT" -e REGISTRY_NODE=rogue -e REGISTRY_DATACENTER=dc1 \
+  -v "$LAB_SECRETS_VOLUME:/lab:ro" -e REGISTRY_ENCRYPT_FILE=/lab/encrypt.key \
+  -e REGISTRY_NODE=rogue -e REGISTRY_DATACENTER=dc1 \
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_ADVERTISE=10.81.1.93:8300 \
-  -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
+  -e REGISTRY_RETRY_JOIN=dc1-server1:8300,dc1-server2:8300,dc1-server3:8300 \
   -e REGISTRY_CA_FILE=/tls/consul-agent-ca.pem -e REGISTRY_CERT_FILE=/tls/dc1-server-consul-0.pem \
   -e REGISTRY_KEY_FILE=/tls/dc1-server-consul-0-key.pem -e REGISTRY_VERIFY_INCOMING=true \
   -e REGISTRY_VERIFY_OUTGOING=true -e REGISTRY_VERIFY_SERVER_HOSTNAME=true \
   registry-server:lab >/dev/null
 docker run -d --name lab-plain-agent --network "$DC1_LAN" --ip 10.81.1.94 -p 127.0.0.1:8598:8500 \
-  -e REGISTRY_ENCRYPT="$REGISTRY_LAB_ENCRYPT" -e REGISTRY_NODE=plain-app -e REGISTRY_DATACENTER=dc1 \
+  -v "$LAB_SECRETS_VOLUME:/lab:ro" -e REGISTRY_ENCRYPT_FILE=/lab/encrypt.key \
+  -e REGISTRY_NODE=plain-app -e REGISTRY_DATACENTER=dc1 \
   -e REGISTRY_DATA_DIR=/data -e REGISTRY_HTTP_ADDR=0.0.0.0:8500 -e REGISTRY_ADVERTISE=10.81.1.94 \
-  -e REGISTRY_RETRY_JOIN=10.81.1.11:8300,10.81.1.12:8300,10.81.1.13:8300 \
+  -e REGISTRY_RETRY_JOIN=dc1-server1:8300,dc1-server2:8300,dc1-server3:8300 \
   registry-client:lab >/dev/null
 rogue_refused() { docker logs lab-rogue-server 2>&1 | grep -q "TLS handshake failed"; }
 check "the server with another CA's certificate fails the TLS handshake with dc1 (its log says so)" "$WAIT" rogue_refused
@@ -340,6 +380,97 @@ check "an agent without a certificate gets no answer from the servers (5xx for w
 if ! has_node http://127.0.0.1:8501 plain-app; then pass "its node is not in dc1's catalog"; else fail "plain-app registered itself in dc1"; fi
 docker rm -f "${rogues[@]}" >/dev/null 2>&1 || true
 rm -rf "$rogue_pki" "$rogue_pki.ca-key"
+
+# ---- 8. names, not IPs -------------------------------------------------------------------
+title "8. a server comes back with a new IP: the others find it by name"
+# follows_cluster URL NODE : 3 peers, the same leader as dc1-server1 or dc1-server3 sees, and
+# NODE in its own state (a stale read: what it has applied).
+follows_cluster() {
+  local l
+  l="$(leader_of http://127.0.0.1:8501)"; [[ -n "$l" ]] || l="$(leader_of http://127.0.0.1:8503)"
+  http GET "$1/v1/status/peers"
+  [[ "$CODE" == 200 && "$(json 'len(j)' <<<"$BODY")" == 3 ]] || return 1
+  [[ -n "$l" && "$(leader_of "$1")" == "$l" ]] || return 1
+  has_node "$1" "$2" stale
+}
+is_healthy() { [[ "$(health_of "$1")" == healthy ]]; }
+moved=dc1-server2
+moved_url="$(container_url "$moved")"
+old_ip="$(container_ip "$moved" "$DC1_LAN")"
+if [[ -z "$old_ip" ]]; then
+  fail "$moved has no address on $DC1_LAN"
+else
+  docker stop "$moved" >/dev/null
+  # Another container takes its address, so that it cannot get it back.
+  docker rm -f lab-ip-taker >/dev/null 2>&1 || true
+  if docker run -d --name lab-ip-taker --network "$DC1_LAN" --ip "$old_ip" registry-client:lab >/dev/null; then
+    pass "$moved stopped; lab-ip-taker holds its address $old_ip"
+  else
+    fail "could not start a container on $old_ip"
+  fi
+  check "write lab-ext-while-moved accepted by the two others" "$WAIT" catalog_write http://127.0.0.1:8501 lab-ext-while-moved
+  docker start "$moved" >/dev/null
+  new_ip="$(container_ip "$moved" "$DC1_LAN")"
+  if [[ -n "$new_ip" && "$new_ip" != "$old_ip" ]]; then
+    pass "$moved started again with a new IP: $old_ip -> $new_ip"
+  else
+    fail "$moved did not get a new IP (was $old_ip, now '$new_ip')"
+  fi
+  check "$moved (new IP) in the cluster by name: 3 peers, same leader, has lab-ext-while-moved" "$WAIT" \
+    follows_cluster "$moved_url" lab-ext-while-moved
+  check "$moved healthy again (its healthcheck)" "$WAIT" is_healthy "$moved"
+  check "a write through $moved reaches the others" "$WAIT" catalog_write "$moved_url" lab-ext-via-moved
+  check "  (read on dc1-server3)" "$WAIT" has_node http://127.0.0.1:8503 lab-ext-via-moved
+  docker rm -f lab-ip-taker >/dev/null 2>&1 || true
+  ip_before="$(container_ip "$moved" "$DC1_LAN")"
+  if compose up -d --no-deps --force-recreate "$moved" >/dev/null 2>&1; then
+    pass "compose up -d --no-deps --force-recreate $moved (IP $ip_before -> $(container_ip "$moved" "$DC1_LAN"))"
+  else
+    fail "compose up -d --force-recreate $moved"
+  fi
+  check "write lab-ext-after-recreate" "$WAIT" catalog_write http://127.0.0.1:8501 lab-ext-after-recreate
+  check "recreated $moved in the cluster by name, has lab-ext-after-recreate" "$WAIT" \
+    follows_cluster "$moved_url" lab-ext-after-recreate
+  check "recreated $moved healthy (its healthcheck)" "$WAIT" is_healthy "$moved"
+  check "the dc1 agent still reads and writes" "$WAIT" catalog_write "$DC1_AGENT" lab-ext-agent-after-moves
+fi
+
+# ---- 9. the third datacenter ------------------------------------------------------------
+title "9. dc3 (--profile dc3), joined through dc2's gateway only"
+t0=$SECONDS
+if compose --profile dc3 up -d >/dev/null 2>&1; then
+  pass "compose --profile dc3 up -d on the running lab ($((SECONDS - t0)) s)"
+else
+  fail "compose --profile dc3 up -d"
+fi
+for c in dc3-server1 dc3-server2 dc3-server3 dc3-gateway dc3-app; do
+  check "$c healthy (its healthcheck)" 180 is_healthy "$c"
+done
+joins_only_dc2() {
+  BODY="$(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' dc3-gateway | grep '^REGISTRY_RETRY_JOIN_WAN=')"
+  [[ "$BODY" == "REGISTRY_RETRY_JOIN_WAN=dc2-gateway:8302" ]]
+}
+if joins_only_dc2; then pass "dc3-gateway's only WAN join target is dc2-gateway:8302"; else fail "dc3-gateway joins: $BODY"; fi
+check "dc3 has a leader" "$WAIT" dc_has_leader dc3
+check "dc3: demo passing via the dc3 agent" "$WAIT" passing_in "$DC3_AGENT" demo dc3
+knows_dc3() {
+  http GET "$DC1_AGENT/v1/catalog/datacenters"
+  [[ "$CODE" == 200 && "$(json '"dc3" in j' <<<"$BODY")" == true ]]
+}
+check "dc1 lists dc3 in /v1/catalog/datacenters (learned through dc2's gateway)" 60 knows_dc3
+check "from dc1: demo passing in dc3 (?dc=dc3)" 60 passing_in "$DC1_AGENT" demo dc3
+check "from dc3: lab-web passing in dc1 (?dc=dc1)" "$WAIT" passing_in "$DC3_AGENT" lab-web dc1
+
+# ---- 10. the web UI in a browser ---------------------------------------------------------
+title "10. the web UI"
+# TODO(ui): fill in once the web UI (issue 19, --ui, REGISTRY_UI=true in docker-compose.yml)
+# has landed: load http://127.0.0.1:8500/ui/ (the demo service's page) in headless Chromium
+# against this lab, assert on the DOM (demo listed, its check passing, dc1/dc2/dc3 in the
+# datacenter switcher), save a screenshot under target/, and pass/fail through `check`.
+ui_in_chromium() {
+  printf '  TODO  the UI in headless Chromium (not written yet; see ui_in_chromium)\n'
+}
+ui_in_chromium
 
 printf '\n%d passed, %d failed (lab-test took %d s)\n' "$passed" "$failed" "$((SECONDS - t_start))"
 ((failed == 0))

@@ -1,38 +1,77 @@
 #!/usr/bin/env bash
-# Starts the two-datacenter lab (images must exist: scripts/lab-images.sh) and waits until it is
-# healthy: both DCs have a leader that all three servers agree on, both agents answer, and the
-# demo service (docker/agent-config/demo.json, which each agent reads from its --config-dir)
-# passes its HTTP check. Prints the time from `docker compose up` to healthy. Exit 1 if that takes over
-# LAB_UP_TIMEOUT seconds (default 120).
+# Starts the lab (`docker compose up -d`; images must exist: scripts/lab-images.sh, or Compose
+# builds them where base images can be pulled) and waits until it is healthy: every
+# container's Docker healthcheck says healthy (the binaries' `health` subcommands), both DCs
+# have a leader that all three servers agree on, both agents answer, and the demo service
+# (docker/agent-config/demo.json, which each agent reads from its --config-dir) passes its HTTP
+# check. Prints the time from `up` to healthy. Exit 1 if that takes over LAB_UP_TIMEOUT seconds
+# (default 120).
+#
+# The steps, in order (each a function below, so that one can be added, e.g. an ACL bootstrap
+# once the lab runs with ACLs on: between wait_healthy and register_checks):
+#   start          compose up -d: lab-init makes the secrets, the servers start after it
+#   wait_healthy   Docker healthchecks, leaders, agents
+#   export_tls     the CA and the host's client certificate to .lab/tls (for tls_curl)
+#   demo_ready     the demo services registered from the config dir and passing
+#
+#   LAB_PROFILES="dc3" scripts/lab-up.sh    also the third datacenter (compose --profile dc3)
 set -euo pipefail
 source "$(dirname "$0")/lab-lib.sh"
 limit="${LAB_UP_TIMEOUT:-120}"
+profiles=()
+for p in ${LAB_PROFILES:-}; do profiles+=(--profile "$p"); done
 
-ensure_lab_tls
 t0="$(date +%s.%N)"
-compose up -d --remove-orphans
 elapsed() { python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')"; }
-printf '  %-46s after %5s s\n' "containers created and started" "$(elapsed)"
-
 step() { # DESC CMD...
   local desc="$1"; shift
   if wait_for "$limit" "$@"; then
-    printf '  %-46s after %5s s\n' "$desc" "$(elapsed)"
+    printf '  %-52s after %5s s\n' "$desc" "$(elapsed)"
   else
-    printf '  %-46s NOT within %s s\n' "$desc" "$limit" >&2
+    printf '  %-52s NOT within %s s\n' "$desc" "$limit" >&2
     echo "the lab is not healthy; logs: ${LAB_COMPOSE[*]} -p $LAB_PROJECT logs" >&2
     exit 1
   fi
 }
-step "dc1: leader, all 3 servers agree" dc_has_leader dc1
-step "dc2: leader, all 3 servers agree" dc_has_leader dc2
-step "dc1 agent answers (127.0.0.1:8500)" agent_answers "$DC1_AGENT"
-step "dc2 agent answers (127.0.0.1:9500)" agent_answers "$DC2_AGENT"
-step "dc1: demo service (from config dir)" demo_registered "$DC1_AGENT"
-step "dc2: demo service (from config dir)" demo_registered "$DC2_AGENT"
-step "dc1: demo passing its HTTP check" service_passing "$DC1_AGENT" demo
-step "dc2: demo passing its HTTP check" service_passing "$DC2_AGENT" demo
-echo "lab healthy $(elapsed) s after 'compose up' (leaders in both DCs, agents answering, demo services passing)"
+dcs="dc1 dc2"
+[[ " ${LAB_PROFILES:-} " == *" dc3 "* ]] && dcs="dc1 dc2 dc3"
+agent_of() { case "$1" in dc1) echo "$DC1_AGENT" ;; dc2) echo "$DC2_AGENT" ;; dc3) echo "$DC3_AGENT" ;; esac; }
+
+start() {
+  # Compose returns once every container is created and started, which with depends_on
+  # conditions means after lab-init completed and the servers turned healthy.
+  compose "${profiles[@]}" up -d --remove-orphans
+  printf '  %-52s after %5s s\n' "compose up returned (secrets made, containers started)" "$(elapsed)"
+}
+
+wait_healthy() {
+  step "Docker healthchecks: every container healthy" all_containers_healthy
+  local dc
+  for dc in $dcs; do
+    step "$dc: leader, all 3 servers agree" dc_has_leader "$dc"
+    step "$dc agent answers ($(agent_of "$dc"))" agent_answers "$(agent_of "$dc")"
+  done
+}
+
+export_tls() {
+  export_lab_tls
+  printf '  %-52s after %5s s\n' "CA + host client certificate in .lab/tls" "$(elapsed)"
+}
+
+demo_ready() {
+  local dc
+  for dc in $dcs; do
+    step "$dc: demo service (from config dir)" demo_registered "$(agent_of "$dc")"
+    step "$dc: demo passing its HTTP check" service_passing "$(agent_of "$dc")" demo
+  done
+}
+
+start
+wait_healthy
+export_tls
+demo_ready
+echo "lab healthy $(elapsed) s after 'compose up' (healthchecks, leaders in $dcs, agents answering, demo services passing)"
+echo "  UI: http://127.0.0.1:8500/ui/   DNS: dig @127.0.0.1 -p 8600 demo.service.dc2.consul SRV"
 
 # Cross-DC routing is informative here (lab-test.sh checks it properly).
 if wait_for "${LAB_WAN_TIMEOUT:-30}" service_passing "$DC2_AGENT" demo dc=dc1 &&

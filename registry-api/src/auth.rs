@@ -87,6 +87,22 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
     out
 }
 
+/// The key's text from `--encrypt`, or read from `--encrypt-file` (a file such as
+/// `registry-server init` writes; clap keeps the two flags exclusive). Errors name the file,
+/// never its contents.
+pub fn key_text(
+    encrypt: Option<String>,
+    encrypt_file: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    match (encrypt, encrypt_file) {
+        (Some(text), _) => Ok(Some(text)),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| format!("--encrypt-file {}: {e}", path.display())),
+        (None, None) => Ok(None),
+    }
+}
+
 /// A new key, base64-encoded: 32 random bytes (what `keygen` prints).
 pub fn generate_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(random::<32>())

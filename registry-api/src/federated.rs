@@ -20,6 +20,11 @@ const QUERY: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE"];
 /// `PUT /v1/txn`.
 const PUT_ONLY: &[&str] = &["PUT"];
 
+/// The web UI's summaries: the only `/v1/internal/` paths that are client reads (Consul takes
+/// `?dc=` on them and its agents pass them on), so the one internal family that agents forward
+/// and that crosses datacenters.
+pub const UI_SUMMARIES: &[&str] = &["/v1/internal/ui/services", "/v1/internal/ui/nodes"];
+
 /// Why a request is not forwarded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -49,6 +54,9 @@ fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
         ("query", _) => Some(QUERY),
         ("txn", None) => Some(PUT_ONLY),
         ("status", Some("leader" | "peers")) => Some(READ),
+        // The web UI's summaries: reads of the same catalog and health data as
+        // `/v1/health/*`. No other internal path crosses.
+        ("internal", Some(_)) if UI_SUMMARIES.contains(&path) => Some(READ),
         _ => None,
     }
 }
@@ -109,7 +117,11 @@ mod tests {
             ("GET", "/v1/agent/self", Err(Path)),
             ("GET", "/v1/agent/metrics", Err(Path)),
             ("PUT", "/v1/internal/heartbeat", Err(Path)),
-            ("GET", "/v1/internal/ui/services", Err(Path)),
+            ("GET", "/v1/internal/ui/services", Ok(())),
+            ("GET", "/v1/internal/ui/nodes", Ok(())),
+            ("PUT", "/v1/internal/ui/nodes", m(READ)),
+            ("GET", "/v1/internal/ui/metrics-proxy/x", Err(Path)),
+            ("GET", "/v1/internal/ui/services/x", Err(Path)),
             ("PUT", "/v1/acl/bootstrap", Err(Path)),
             ("GET", "/v1/acl/tokens", Err(Path)),
             ("GET", "/v1/snapshot", Err(Path)),

@@ -16,8 +16,12 @@ pub mod federated;
 pub mod filter;
 pub mod forward;
 #[cfg(feature = "serve")]
+pub mod health;
+#[cfg(feature = "serve")]
 pub mod http_error;
 pub mod ids;
+#[cfg(feature = "serve")]
+pub mod init;
 pub mod kv;
 pub mod limits;
 #[cfg(feature = "serve")]
@@ -28,6 +32,8 @@ pub mod names;
 #[cfg(feature = "serve")]
 pub mod process;
 pub mod query;
+#[cfg(feature = "resolve")]
+pub mod resolve;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod service_def;

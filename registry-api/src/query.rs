@@ -285,6 +285,8 @@ pub fn carries_index(path: &str) -> bool {
         "/v1/config/",
     ];
     path != "/v1/catalog/datacenters" && PREFIXES.iter().any(|p| path.starts_with(p))
+        // The web UI's summaries (Consul's `UIServices` and `UINodes` set the meta too).
+        || crate::federated::UI_SUMMARIES.contains(&path)
 }
 
 /// Go's `json.MarshalIndent(v, "", "    ")` plus a newline, on an already serialised JSON
@@ -502,6 +504,8 @@ mod tests {
             "/v1/health/state/any",
             "/v1/kv/a/b",
             "/v1/session/list",
+            "/v1/internal/ui/services",
+            "/v1/internal/ui/nodes",
         ] {
             assert!(carries_index(yes), "{yes}");
         }

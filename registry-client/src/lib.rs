@@ -53,6 +53,9 @@ use tokio_util::sync::CancellationToken;
 /// Where `--dev` looks for a server when no `--retry-join` is given: a local
 /// `registry-server --dev` (its RPC port, which also answers HTTP).
 pub const DEV_SERVER: &str = "127.0.0.1:8300";
+/// How long a start waits for an `--advertise` name to resolve (a container's own hostname
+/// is in its /etc/hosts at once; a DNS name may take a moment).
+const ADVERTISE_RESOLVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The agent's configuration (DESIGN §3).
 #[derive(Clone, Debug)]
@@ -91,6 +94,8 @@ pub struct ClientConfig {
     pub tls: Option<Arc<registry_api::tls::Tls>>,
     /// HTTPS API listen address (`--https-addr`; needs `tls` with a certificate).
     pub https_addr: Option<SocketAddr>,
+    /// Serve the web UI at `/ui/` (`--ui`, on with `--dev`; `registry-ui`).
+    pub ui: bool,
 }
 
 impl ClientConfig {
@@ -113,6 +118,7 @@ impl ClientConfig {
             dns: None,
             tls: None,
             https_addr: None,
+            ui: false,
         }
     }
 }
@@ -175,11 +181,17 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
     }
     tracing::info!(node = %config.node, servers = ?servers.servers(), signed = servers.signs_requests(), "server pool");
 
+    // A name (the container's hostname) becomes the address it stands for, once, at start.
+    let advertise_addr =
+        registry_api::resolve::advertise_ip(&config.advertise_addr, ADVERTISE_RESOLVE_LIMIT)
+            .await
+            .map_err(|e| anyhow::anyhow!("--advertise: {e}"))?
+            .to_string();
     let agent_config = AgentConfig {
         node: config.node.clone(),
         node_id: config.node_id.clone(),
         datacenter: config.datacenter.clone(),
-        advertise_addr: config.advertise_addr.clone(),
+        advertise_addr,
         data_dir: config.data_dir.clone(),
         server: false,
         sync_interval: config.sync_interval,
@@ -222,6 +234,12 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
         None => None,
     };
     let app = client_router(agent.clone(), servers);
+    // The web UI beside the API (`GET /` and `/ui/...`), on HTTP and HTTPS alike.
+    let app = if config.ui {
+        app.merge(registry_ui::router())
+    } else {
+        app
+    };
     let gate = registry_api::serve::ConnGate::new(registry_api::serve::ServeLimits::default());
     let https_addr = match (config.https_addr, &config.tls) {
         (Some(addr), Some(tls)) => {

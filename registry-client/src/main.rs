@@ -24,7 +24,8 @@ struct Args {
     /// HTTP API listen address.
     #[arg(long, env = "REGISTRY_HTTP_ADDR", default_value = "127.0.0.1:8500")]
     http_addr: SocketAddr,
-    /// This node's address as registered in the catalog.
+    /// This node's address as registered in the catalog: an IP, or a name (such as the
+    /// container's hostname) resolved to one at start.
     #[arg(long, env = "REGISTRY_ADVERTISE", default_value = "127.0.0.1")]
     advertise: String,
     /// A server's RPC address HOST:PORT (repeatable).
@@ -34,10 +35,16 @@ struct Args {
     /// (127.0.0.1:8300).
     #[arg(long, env = "REGISTRY_DEV")]
     dev: bool,
+    /// Serve the web UI at /ui/ (on with --dev).
+    #[arg(long, env = "REGISTRY_UI")]
+    ui: bool,
     /// The cluster's shared key (base64; `registry-client keygen` makes one): signs every
     /// request to the servers. Without it the servers must run without a key too.
     #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
     encrypt: Option<String>,
+    /// A file holding the shared key, instead of --encrypt (`registry-server init` writes one).
+    #[arg(long, env = "REGISTRY_ENCRYPT_FILE", conflicts_with = "encrypt")]
+    encrypt_file: Option<PathBuf>,
     /// Configuration files (--config-file, --config-dir).
     #[command(flatten)]
     config: registry_api::config_file::ConfigFlags,
@@ -63,6 +70,9 @@ enum Command {
     /// Makes a CA and certificates for TLS (as `consul tls`), in the current directory.
     #[command(subcommand)]
     Tls(registry_api::tls::flags::TlsCommand),
+    /// Asks the agent running with the same flags whether it answers (GET /v1/agent/self):
+    /// exits 0 if so, 1 if not, with the reason on stderr (container healthchecks).
+    Health,
 }
 
 /// Exit code for a configuration error, as clap uses for bad flags.
@@ -83,6 +93,14 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Tls(command)) => {
             std::process::exit(registry_api::tls::flags::run_command(command))
         }
+        Some(Command::Health) => {
+            let probe = registry_api::health::Probe {
+                addr: a.http_addr,
+                tls: None,
+                expect: registry_api::health::Expectation::AgentAnswers,
+            };
+            std::process::exit(probe.report().await)
+        }
         None => {}
     }
     let tls = match a.tls.load(&a.dns.domain, a.https_addr.is_some()) {
@@ -93,7 +111,14 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     // The key's text never reaches a log line: only the reason it was refused.
-    let encrypt = match a.encrypt.as_deref().map(SharedKey::from_base64).transpose() {
+    let encrypt = match registry_api::auth::key_text(a.encrypt.clone(), a.encrypt_file.as_deref()) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let encrypt = match encrypt.as_deref().map(SharedKey::from_base64).transpose() {
         Ok(key) => key,
         Err(e) => {
             eprintln!("error: --encrypt: {e}");
@@ -113,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
     config.advertise_addr = a.advertise;
     config.retry_join = a.retry_join;
     config.dev = a.dev;
+    config.ui = a.ui || a.dev;
     config.encrypt = encrypt;
     config.dns = match a.dns.config() {
         Ok(dns) => dns,
@@ -122,7 +148,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     config.config_sources = a.config.sources();
-    let given = |id: &str| registry_api::config_file::given_by_user(&matches, id);
+    // A key from --encrypt-file wins over a configuration file's, as one from --encrypt does.
+    let given = |id: &str| {
+        registry_api::config_file::given_by_user(&matches, id)
+            || (id == "encrypt"
+                && registry_api::config_file::given_by_user(&matches, "encrypt_file"))
+    };
     if let Err(e) = config.apply_file_settings(&given) {
         eprintln!("error: configuration: {e}");
         std::process::exit(EXIT_USAGE);

@@ -134,6 +134,8 @@ pub struct ServerConfig {
     pub tls: Option<Arc<registry_api::tls::Tls>>,
     /// HTTPS API listen address (`--https-addr`; needs `tls` with a certificate).
     pub https_addr: Option<SocketAddr>,
+    /// Serve the web UI at `/ui/` (`--ui`, on with `--dev`; `registry-ui`).
+    pub ui: bool,
 }
 
 impl ServerConfig {
@@ -165,6 +167,7 @@ impl ServerConfig {
             config_sources: Default::default(),
             tls: None,
             https_addr: None,
+            ui: false,
         }
     }
 
@@ -420,6 +423,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         None => None,
     };
     let router = http::router(app.clone(), agent_routes);
+    // The web UI beside the API (`GET /` and `/ui/...`), on HTTP and HTTPS alike.
+    let router = if config.ui {
+        router.merge(registry_ui::router())
+    } else {
+        router
+    };
     // One bound for the HTTP port and HTTP on the RPC port together.
     let gate = registry_api::serve::ConnGate::new(config.http_limits.clone());
     if let Some(t) = &rpc.tcp {

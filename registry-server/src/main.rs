@@ -44,12 +44,18 @@ struct Args {
     /// unless --data-dir is given, HTTP on 127.0.0.1:8500.
     #[arg(long, env = "REGISTRY_DEV")]
     dev: bool,
+    /// Serve the web UI at /ui/ (on with --dev).
+    #[arg(long, env = "REGISTRY_UI")]
+    ui: bool,
     /// The cluster's shared key: 16, 24 or 32 random bytes in base64 (make one with
     /// `registry-server keygen`). The same key on every server, agent and gateway of the
     /// federation authenticates server RPC, agent heartbeats and gateway traffic; without it
     /// they are open to anyone who reaches the ports.
     #[arg(long, env = "REGISTRY_ENCRYPT", hide_env_values = true)]
     encrypt: Option<String>,
+    /// A file holding the shared key, instead of --encrypt (`registry-server init` writes one).
+    #[arg(long, env = "REGISTRY_ENCRYPT_FILE", conflicts_with = "encrypt")]
+    encrypt_file: Option<PathBuf>,
     /// Configuration files (--config-file, --config-dir).
     #[command(flatten)]
     config: registry_api::config_file::ConfigFlags,
@@ -74,6 +80,12 @@ enum Command {
     /// Make a CA and certificates for TLS (as `consul tls`), in the current directory.
     #[command(subcommand)]
     Tls(registry_api::tls::flags::TlsCommand),
+    /// Ask the server running with the same flags whether it is healthy (answers, knows a
+    /// leader): exit 0 if so, 1 if not, with the reason on stderr (container healthchecks).
+    Health,
+    /// Make the shared key and a CA's certificates for the given datacenters in --dir, if not
+    /// there yet (the lab's init container); the CA key is not kept.
+    Init(registry_api::init::InitArgs),
 }
 
 /// mimalloc instead of glibc's malloc: at 100,000 instances the catalog (in
@@ -102,6 +114,17 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Tls(command)) => {
             std::process::exit(registry_api::tls::flags::run_command(command))
         }
+        Some(Command::Health) => {
+            let probe = registry_api::health::Probe {
+                addr: args
+                    .http_addr
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8500))),
+                tls: None,
+                expect: registry_api::health::Expectation::KnowsLeader,
+            };
+            std::process::exit(probe.report().await)
+        }
+        Some(Command::Init(init)) => std::process::exit(registry_api::init::run_command(init)),
         None => {}
     }
     let mut config = ServerConfig::new(
@@ -111,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
     config.datacenter = args.datacenter;
     config.data_dir = args.data_dir;
     config.dev = args.dev;
+    config.ui = args.ui || args.dev;
     config.http_addr = args.http_addr.unwrap_or_else(|| {
         if args.dev {
             SocketAddr::from(([127, 0, 0, 1], 8500))
@@ -128,8 +152,15 @@ async fn main() -> anyhow::Result<()> {
     config.retry_join = args.retry_join;
     config.wan_gateways = args.wan_gateway;
     config.transport = TransportKind::Tcp;
-    config.encrypt = match args
-        .encrypt
+    let encrypt =
+        match registry_api::auth::key_text(args.encrypt.clone(), args.encrypt_file.as_deref()) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("registry-server: {e}");
+                std::process::exit(2);
+            }
+        };
+    config.encrypt = match encrypt
         .as_deref()
         .map(registry_api::auth::SharedKey::from_base64)
     {
@@ -141,7 +172,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     config.config_sources = args.config.sources();
-    let given = |id: &str| registry_api::config_file::given_by_user(&matches, id);
+    // A key from --encrypt-file wins over a configuration file's, as one from --encrypt does.
+    let given = |id: &str| {
+        registry_api::config_file::given_by_user(&matches, id)
+            || (id == "encrypt"
+                && registry_api::config_file::given_by_user(&matches, "encrypt_file"))
+    };
     if let Err(e) = config.apply_file_settings(&given) {
         eprintln!("registry-server: configuration: {e}");
         std::process::exit(2);

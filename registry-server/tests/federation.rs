@@ -124,6 +124,21 @@ async fn two_datacenters_answer_each_other_through_their_gateways() {
     );
     let (cat, _) = c2.catalog_service("web", &dc("dc1")).await.unwrap();
     assert_eq!(cat.len(), 1);
+    // The web UI's summary of dc1, asked of dc2's agent (issue 19).
+    let ui: serde_json::Value = registry_api::tls::plain_client()
+        .get(format!("{}/v1/internal/ui/services?dc=dc1", c2.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let web = ui.as_array().unwrap().iter().find(|s| s["Name"] == "web");
+    assert_eq!(
+        web.map(|w| (&w["Datacenter"], &w["InstanceCount"])),
+        Some((&"dc1".into(), &1.into())),
+        "{ui}"
+    );
     // And not in dc2 itself.
     assert!(c2
         .catalog_service("web", &QueryOptions::default())

@@ -47,6 +47,14 @@ struct Args {
         value_name = "KEY"
     )]
     encrypt: Option<String>,
+    /// A file holding the shared key, instead of --encrypt (`registry-server init` writes one).
+    #[arg(
+        long,
+        env = "REGISTRY_ENCRYPT_FILE",
+        conflicts_with = "encrypt",
+        value_name = "FILE"
+    )]
+    encrypt_file: Option<std::path::PathBuf>,
     /// Time between membership exchanges with every known gateway (Go duration).
     #[arg(long, env = "REGISTRY_GOSSIP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     gossip_interval: Duration,
@@ -70,6 +78,10 @@ enum Command {
     /// Make a CA and certificates for TLS (as `consul tls`), in the current directory.
     #[command(subcommand)]
     Tls(registry_api::tls::flags::TlsCommand),
+    /// Ask the gateway running with the same flags whether it answers (GET /v1/agent/metrics,
+    /// over TLS when it serves TLS): exit 0 if so, 1 if not, with the reason on stderr
+    /// (container healthchecks).
+    Health,
 }
 
 /// Parses a Go duration (`500ms`, `1m30s`).
@@ -90,12 +102,20 @@ fn main() -> ExitCode {
         Some(Command::Tls(command)) => {
             return ExitCode::from(registry_api::tls::flags::run_command(command) as u8)
         }
+        Some(Command::Health) => return health(&a),
         None => {}
     }
     // The same log setup as the server and the agent (stderr, `RUST_LOG`, default info).
     registry_api::logs::install();
     // The key is read here, not by clap, so that no error message ever quotes it.
-    let encrypt = match a.encrypt.as_deref().map(SharedKey::from_base64).transpose() {
+    let encrypt = match registry_api::auth::key_text(a.encrypt.clone(), a.encrypt_file.as_deref()) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let encrypt = match encrypt.as_deref().map(SharedKey::from_base64).transpose() {
         Ok(key) => key,
         Err(e) => {
             eprintln!("error: --encrypt / REGISTRY_ENCRYPT: {e}");
@@ -144,6 +164,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wan-gateway health`: asks the gateway listening on --listen, over TLS with its own
+/// certificate when it serves TLS (it does when --cert-file is given), as the gateway does.
+fn health(a: &Args) -> ExitCode {
+    let tls = match a.tls.load(registry_api::tls::DEFAULT_DOMAIN, false) {
+        Ok(tls) => tls.filter(|t| t.settings().cert_file.is_some()),
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let probe = registry_api::health::Probe {
+        addr: a.listen,
+        tls,
+        expect: registry_api::health::Expectation::GatewayAnswers,
+    };
+    ExitCode::from(probe.report_blocking() as u8)
 }
 
 /// Runs the gateway until Ctrl-C or SIGTERM.

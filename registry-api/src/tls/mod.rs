@@ -371,6 +371,9 @@ pub fn client_builder(tls: Option<(&Arc<Tls>, Expect)>) -> reqwest::ClientBuilde
         rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
     #[allow(clippy::disallowed_methods)]
     let builder = reqwest::Client::builder();
+    // Names through the pure-Rust resolver (crate::resolve): the static binaries' glibc cannot.
+    #[cfg(feature = "resolve")]
+    let builder = builder.dns_resolver(Arc::new(crate::resolve::HttpResolver));
     let config = match tls.map(|(tls, expect)| tls.client_config(expect)) {
         Some(Ok(config)) => Some(config),
         // Only an impossible protocol-version set fails; reqwest then reports its own error.

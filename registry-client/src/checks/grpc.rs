@@ -25,7 +25,6 @@ use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 /// Largest gRPC health response body read; the real message is a few bytes.
 const GRPC_MAX_RESPONSE: usize = 64 * 1024;
@@ -100,7 +99,8 @@ impl GrpcProbe {
 
     /// Connects and makes the call; returns the serving status.
     async fn call(&self) -> Result<u64, String> {
-        let tcp = TcpStream::connect(self.server.as_str())
+        // Names through the pure-Rust resolver (the static binary's glibc cannot resolve).
+        let tcp = registry_api::resolve::connect(&self.server, super::DIAL_BOUND)
             .await
             .map_err(|e| format!("dial tcp {}: {e}", self.server))?;
         match &self.tls {

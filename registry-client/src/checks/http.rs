@@ -6,7 +6,7 @@
 //! thresholds ([`super::runner`]) or certificate policy ([`super::tls`]).
 
 use super::tls::tls_client_config;
-use super::{error_chain, AbortOnDrop, OUTPUT_MAX_SIZE};
+use super::{error_chain, AbortOnDrop, DIAL_BOUND, OUTPUT_MAX_SIZE};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
@@ -183,8 +183,9 @@ impl HttpProbe {
             .port_or_known_default()
             .ok_or_else(|| "missing port in URL".to_owned())?;
         let (tcp, server_name) = match host {
+            // A name through the pure-Rust resolver: the static binary's glibc cannot resolve.
             url::Host::Domain(name) => (
-                TcpStream::connect((name, port)).await,
+                registry_api::resolve::connect(&format!("{name}:{port}"), DIAL_BOUND).await,
                 ServerName::try_from(name.to_owned())
                     .map_err(|e| format!("invalid host {name:?}: {e}")),
             ),

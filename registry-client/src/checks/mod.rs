@@ -39,6 +39,9 @@ use tokio::task::JoinHandle;
 
 /// Most output kept from an HTTP body or a TTL update (Consul's `DefaultBufSize`, 4 KiB).
 pub const OUTPUT_MAX_SIZE: usize = 4 * 1024;
+/// Longest wait for one address of a check's target to accept the connection; the check's
+/// own timeout, which covers the whole run, is usually shorter.
+const DIAL_BOUND: Duration = Duration::from_secs(30);
 
 /// One kind of probe, ready to run.
 enum Probe {

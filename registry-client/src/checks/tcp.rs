@@ -5,7 +5,6 @@
 
 use registry_api::types::{CRITICAL, PASSING};
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// A TCP check's target.
 pub(super) struct TcpProbe {
@@ -17,7 +16,8 @@ impl TcpProbe {
     /// One connect; the connection is closed at once.
     pub(super) async fn run(&self) -> (&'static str, String) {
         let addr = &self.addr;
-        match TcpStream::connect(addr.as_str()).await {
+        // Names through the pure-Rust resolver (the static binary's glibc cannot resolve).
+        match registry_api::resolve::connect(addr, super::DIAL_BOUND).await {
             Ok(_) => (PASSING, format!("TCP connect {addr}: Success")),
             Err(e) => (CRITICAL, format!("dial tcp {addr}: {e}")),
         }

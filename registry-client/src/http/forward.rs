@@ -22,11 +22,13 @@ use registry_api::Error as ApiError;
 
 /// Whether a path is the servers' public API that this agent passes on: `/v1/...`, except the
 /// agent endpoints (they would describe a server's agent, not this one) and `/v1/internal/...`
-/// (the servers' own traffic, such as heartbeats, which only the agent itself sends).
+/// (the servers' own traffic, such as heartbeats, which only the agent itself sends), but for
+/// the web UI's two summaries, which are reads like the catalog's (Consul's agents serve them).
 fn is_forwarded(path: &str) -> bool {
     path.starts_with("/v1/")
         && !path.starts_with("/v1/agent/")
-        && !path.starts_with("/v1/internal/")
+        && (!path.starts_with("/v1/internal/")
+            || registry_api::federated::UI_SUMMARIES.contains(&path))
 }
 
 /// `path` as the HTTP client will send it: dot segments (`..`, `%2e%2e`) resolved. The pool
@@ -145,13 +147,21 @@ mod tests {
 
     #[test]
     fn only_the_servers_public_api_is_forwarded() {
-        for yes in ["/v1/kv/a", "/v1/catalog/services", "/v1/status/leader"] {
+        for yes in [
+            "/v1/kv/a",
+            "/v1/catalog/services",
+            "/v1/status/leader",
+            "/v1/internal/ui/services",
+            "/v1/internal/ui/nodes",
+        ] {
             assert!(is_forwarded(yes), "{yes}");
         }
         for no in [
             "/v1/agent/self",
             "/v1/agent/nonsense",
             "/v1/internal/heartbeat",
+            "/v1/internal/ui/nodes/../../heartbeat",
+            "/v1/internal/ui/metrics-proxy/x",
             "/",
             "/metrics",
             "/v1",

@@ -204,7 +204,12 @@ pub async fn route_remote_dc(
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if path.starts_with("/v1/agent/") || path.starts_with("/v1/internal/") {
+    // The agent's and the servers' own endpoints are this server's; of the internal ones
+    // only the web UI's summaries are reads another DC answers.
+    if path.starts_with("/v1/agent/")
+        || (path.starts_with("/v1/internal/")
+            && !registry_api::federated::UI_SUMMARIES.contains(&path))
+    {
         return next.run(req).await;
     }
     let Some(dc) = registry_api::names::requested_dc(req.uri().query()) else {

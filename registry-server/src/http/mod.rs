@@ -23,6 +23,7 @@ mod session;
 mod snapshot;
 mod status;
 mod txn;
+mod ui;
 
 use crate::raft::{RaftError, RaftHandle, Role};
 use crate::reads::{Answer, AnswerCache};
@@ -434,6 +435,9 @@ fn data_routes() -> Router<Arc<AppState>> {
             "/v1/internal/event/list/{node}",
             get(event::event_list_for_node),
         )
+        // The web UI's summaries (issue 19), reads like the catalog's.
+        .route("/v1/internal/ui/services", get(ui::ui_services))
+        .route("/v1/internal/ui/nodes", get(ui::ui_nodes))
 }
 
 /// `GET|PUT /v1/snapshot`, the restore with a body limit of its own (an archive, not a KV

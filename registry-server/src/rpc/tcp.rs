@@ -634,10 +634,11 @@ async fn write_to_peer(to: &str, me: &Dialer, queue: &mut mpsc::Receiver<RpcMess
 }
 
 /// Connects with a timeout and disables Nagle: Raft heartbeats are small and latency-sensitive.
+/// A name (`dc1-server1:8300`) is resolved afresh on every dial (registry_api::resolve), so a
+/// peer that came back with a new address is found; one that does not resolve yet is a
+/// connection error like any other, retried with the writer's backoff.
 async fn connect(to: &str) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let stream = registry_api::resolve::connect(to, CONNECT_TIMEOUT).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

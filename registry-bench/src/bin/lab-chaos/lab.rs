@@ -13,8 +13,9 @@ pub struct Server {
     pub name: String,
     /// Its HTTP API through the published host port (`http://127.0.0.1:8502`).
     pub url: String,
-    /// Its fixed address on dc1-lan: given to `docker network connect --ip`, and
-    /// matched against the leader's advertised RPC address. Never connected to.
+    /// Its address on dc1-lan when this process started (Docker's choice, read with
+    /// `docker inspect`): given back with `docker network connect --ip` after a
+    /// disconnect, so that its published port works again. Never connected to.
     pub lan_ip: String,
 }
 
@@ -32,23 +33,50 @@ pub struct Lab {
     http: reqwest::Client,
 }
 
+impl Server {
+    /// Whether `host`, from an advertised RPC address, is this server: the lab's servers
+    /// advertise their name (`dc1-server2:8300`); an IP is matched too.
+    fn is(&self, host: &str) -> bool {
+        host == self.name || host == self.lan_ip
+    }
+}
+
+/// A container's address on `network`, as Docker reports it.
+fn lan_ip_of(container: &str, network: &str) -> anyhow::Result<String> {
+    let format = format!(
+        "{{{{with index .NetworkSettings.Networks \"{network}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}"
+    );
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", &format, container])
+        .output()?;
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || ip.is_empty() {
+        anyhow::bail!("{container} has no address on {network} (is the lab up?)");
+    }
+    Ok(ip)
+}
+
 /// How long any one `docker` command may take before it counts as failed.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Lab {
     /// The lab of Compose project `project`.
     pub fn new(project: &str) -> anyhow::Result<Self> {
+        let dc1_lan = format!("{project}_dc1-lan");
         let servers = (1..=3)
-            .map(|i| Server {
-                name: format!("dc1-server{i}"),
-                url: format!("http://127.0.0.1:{}", 8500 + i),
-                lan_ip: format!("10.81.1.{}", 10 + i),
+            .map(|i| {
+                let name = format!("dc1-server{i}");
+                Ok(Server {
+                    lan_ip: lan_ip_of(&name, &dc1_lan)?,
+                    url: format!("http://127.0.0.1:{}", 8500 + i),
+                    name,
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             servers,
             dc2_agent: "http://127.0.0.1:9500".into(),
-            dc1_lan: format!("{project}_dc1-lan"),
+            dc1_lan,
             dc1_gateway: "dc1-gateway".into(),
             http: registry_api::tls::client_builder(None)
                 .timeout(Duration::from_secs(1))
@@ -91,8 +119,8 @@ impl Lab {
     pub async fn leader(&self) -> Option<usize> {
         for i in 0..self.servers.len() {
             if let Some(addr) = self.leader_seen_by(i).await {
-                let ip = addr.split(':').next().unwrap_or_default();
-                if let Some(l) = self.servers.iter().position(|s| s.lan_ip == ip) {
+                let host = addr.split(':').next().unwrap_or_default();
+                if let Some(l) = self.servers.iter().position(|s| s.is(host)) {
                     return Some(l);
                 }
             }
@@ -111,8 +139,8 @@ impl Lab {
             }
             if let Some(Some(first)) = seen.first() {
                 if !first.is_empty() && seen.iter().all(|s| s.as_ref() == Some(first)) {
-                    let ip = first.split(':').next().unwrap_or_default();
-                    return self.servers.iter().position(|s| s.lan_ip == ip);
+                    let host = first.split(':').next().unwrap_or_default();
+                    return self.servers.iter().position(|s| s.is(host));
                 }
             }
             if Instant::now() >= deadline {
