@@ -7,7 +7,10 @@
 //! DC or a node (agent, operator, ACL, snapshot and internal endpoints) is not federated: an
 //! agent registration is an SSRF (its HTTP check's output is readable in `/v1/health/checks`),
 //! a Raft peer removal or a forged heartbeat would let anyone on the WAN change a remote cluster.
-//! ACL replication will get its own path when it comes.
+//! The ACL endpoints are the exception Consul makes too: a secondary datacenter sends its ACL
+//! writes to the primary and its leader replicates from `/v1/internal/acl/replication` there;
+//! every one of them needs a token with `acl` rights in the primary (and answers 401 with ACLs
+//! off).
 
 /// Reads.
 const READ: &[&str] = &["GET", "HEAD"];
@@ -49,6 +52,8 @@ fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
         ("query", _) => Some(QUERY),
         ("txn", None) => Some(PUT_ONLY),
         ("status", Some("leader" | "peers")) => Some(READ),
+        ("acl", Some(m)) if !m.is_empty() => Some(KV),
+        ("internal", Some("acl/replication")) => Some(READ),
         _ => None,
     }
 }
