@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod agent;
 pub mod anti_entropy;
 pub mod checks;
@@ -91,6 +92,10 @@ pub struct ClientConfig {
     pub tls: Option<Arc<registry_api::tls::Tls>>,
     /// HTTPS API listen address (`--https-addr`; needs `tls` with a certificate).
     pub https_addr: Option<SocketAddr>,
+    /// `--acl-enabled` ([`AgentConfig::acl_enabled`]).
+    pub acl_enabled: bool,
+    /// `--acl-agent-token` ([`AgentConfig::acl_agent_token`]).
+    pub acl_agent_token: Option<acl::SecretToken>,
 }
 
 impl ClientConfig {
@@ -113,6 +118,8 @@ impl ClientConfig {
             dns: None,
             tls: None,
             https_addr: None,
+            acl_enabled: false,
+            acl_agent_token: None,
         }
     }
 }
@@ -187,6 +194,8 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
         encrypt: config.encrypt.clone(),
         config_sources: config.config_sources.clone(),
         tls: config.tls.clone(),
+        acl_enabled: config.acl_enabled,
+        acl_agent_token: config.acl_agent_token.clone(),
     };
     let (agent, mut tasks) = Agent::start(agent_config, servers.clone(), shutdown.clone()).await?;
 
