@@ -15,6 +15,9 @@ pub enum Error {
     /// Malformed or invalid input (400).
     #[error("{0}")]
     BadRequest(String),
+    /// ACLs are off and the request needs them (401, Consul's `ACL support disabled`).
+    #[error("{0}")]
+    Unauthorized(String),
     /// A token was denied (403).
     #[error("{0}")]
     Forbidden(String),
@@ -43,6 +46,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::BadRequest(_) => 400,
+            Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,

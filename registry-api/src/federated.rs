@@ -7,7 +7,10 @@
 //! DC or a node (agent, operator, ACL, snapshot and internal endpoints) is not federated: an
 //! agent registration is an SSRF (its HTTP check's output is readable in `/v1/health/checks`),
 //! a Raft peer removal or a forged heartbeat would let anyone on the WAN change a remote cluster.
-//! ACL replication will get its own path when it comes.
+//! The ACL endpoints are the exception Consul makes too: a secondary datacenter sends its ACL
+//! writes to the primary and its leader replicates from `/v1/internal/acl/replication` there;
+//! every one of them needs a token with `acl` rights in the primary (and answers 401 with ACLs
+//! off).
 
 /// Reads.
 const READ: &[&str] = &["GET", "HEAD"];
@@ -57,6 +60,8 @@ fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
         // The web UI's summaries: reads of the same catalog and health data as
         // `/v1/health/*`. No other internal path crosses.
         ("internal", Some(_)) if UI_SUMMARIES.contains(&path) => Some(READ),
+        ("acl", Some(m)) if !m.is_empty() => Some(KV),
+        ("internal", Some("acl/replication")) => Some(READ),
         _ => None,
     }
 }
@@ -122,8 +127,14 @@ mod tests {
             ("PUT", "/v1/internal/ui/nodes", m(READ)),
             ("GET", "/v1/internal/ui/metrics-proxy/x", Err(Path)),
             ("GET", "/v1/internal/ui/services/x", Err(Path)),
-            ("PUT", "/v1/acl/bootstrap", Err(Path)),
-            ("GET", "/v1/acl/tokens", Err(Path)),
+            // ACL endpoints cross: a secondary's writes go to the primary (tokens decide).
+            ("PUT", "/v1/acl/bootstrap", Ok(())),
+            ("GET", "/v1/acl/tokens", Ok(())),
+            ("POST", "/v1/acl/token", m(KV)),
+            ("GET", "/v1/acl", Err(Path)),
+            ("GET", "/v1/internal/acl/replication", Ok(())),
+            ("PUT", "/v1/internal/acl/replication", m(READ)),
+            ("GET", "/v1/internal/acl/authority", Err(Path)),
             ("GET", "/v1/snapshot", Err(Path)),
             ("PUT", "/v1/snapshot", Err(Path)),
             ("GET", "/v1/status/other", Err(Path)),

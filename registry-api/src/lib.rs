@@ -4,6 +4,7 @@
 //! (<https://developer.hashicorp.com/consul/api-docs>), so that existing Consul
 //! tooling can talk to us unchanged.
 
+pub mod acl;
 pub mod agent;
 pub mod auth;
 pub mod client;

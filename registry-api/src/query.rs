@@ -122,8 +122,8 @@ pub const POLICY: &[Rule] = &[
     },
     Rule {
         name: "token",
-        outcome: Outcome::HonouredAsIs,
-        why: "ACLs are off, so every token may do everything (as in Consul without ACLs)",
+        outcome: Outcome::Honoured,
+        why: "the request's ACL token when there is no X-Consul-Token or Authorization: Bearer header (with ACLs off, every token may do everything, as in Consul)",
     },
     Rule {
         name: "pretty",

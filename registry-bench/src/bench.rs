@@ -1,6 +1,7 @@
 //! The run, step by step: machine facts, clusters up, measurements 1, 2 and 7
 //! against both systems, 3-4 on ours, a fresh cluster for 5-6, then the report.
 
+use crate::acl_cost;
 use crate::cluster::{self, EtcdCluster, Federation, RegistryCluster};
 use crate::load::{Load, Op, Stop};
 use crate::procs::raise_fd_limit;
@@ -173,6 +174,7 @@ async fn kv(
             stop: Stop::For(plan.load),
             seq: seq.clone(),
             rotate: clients == 1,
+            token: None,
         })
     };
     let mut out: Vec<KvCells> = (plan.kv_clients.iter())
@@ -402,6 +404,11 @@ pub async fn run(plan: Plan) -> Result<()> {
     if plan.wants("tls") {
         step("9. TLS cost: two fresh 3-server clusters, plain and mutual TLS");
         r.tls = Some(tls_cost::measure(&bin, &root, plan.runs, plan.load).await?);
+    }
+
+    if plan.wants("acl") {
+        step("10. ACL cost: two fresh 3-server clusters, ACLs off and on (default deny)");
+        r.acl = Some(acl_cost::measure(&bin, &root, plan.runs, plan.load).await?);
     }
 
     if plan.wants("memory") {

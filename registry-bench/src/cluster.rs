@@ -1,7 +1,7 @@
 //! Starting the clusters under test on loopback, each member with its own data
 //! dir on the real disk (so every fsync is real), and waiting until they serve.
 
-use crate::load::http_client;
+use crate::load::{http_client, http_client_with_token};
 use crate::procs::{free_ports, Proc, ProcSpec};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -39,19 +39,28 @@ pub struct TlsFiles {
 pub struct RegistryCluster {
     /// The servers, in start order.
     pub servers: Vec<Server>,
+    /// With ACLs on (measurement 10): the initial management token, which
+    /// [`RegistryCluster::wait_ready`] writes and reads with. `None`: ACLs off.
+    pub management_token: Option<String>,
 }
 
 impl RegistryCluster {
     /// Starts 3 servers of `dc` under `root`, joined over TCP; `gateway` is given as
     /// `--wan-gateway` to each.
     pub fn start(bin: &Path, root: &Path, tag: &str, gateway: Option<&str>) -> Result<Self> {
-        Self::start_with(bin, root, tag, gateway, None)
+        Self::start_with(bin, root, tag, gateway, None, None)
     }
 
     /// [`RegistryCluster::start`] with mutual TLS among the servers and an HTTPS API,
     /// which [`RegistryCluster::urls`] then names.
     pub fn start_tls(bin: &Path, root: &Path, tag: &str, tls: &TlsFiles) -> Result<Self> {
-        Self::start_with(bin, root, tag, None, Some(tls))
+        Self::start_with(bin, root, tag, None, Some(tls), None)
+    }
+
+    /// [`RegistryCluster::start`] with ACLs on, default deny, and `management` as the initial
+    /// management token (which the leader installs once it leads).
+    pub fn start_acl(bin: &Path, root: &Path, tag: &str, management: &str) -> Result<Self> {
+        Self::start_with(bin, root, tag, None, None, Some(management))
     }
 
     fn start_with(
@@ -60,6 +69,7 @@ impl RegistryCluster {
         tag: &str,
         gateway: Option<&str>,
         tls: Option<&TlsFiles>,
+        management: Option<&str>,
     ) -> Result<Self> {
         let ports = free_ports(9)?;
         let rpcs: Vec<String> = (0..3)
@@ -107,6 +117,21 @@ impl RegistryCluster {
                     "--verify-server-hostname".into(),
                 ]);
             }
+            // On the command line, not in the environment: a bench token, made for this run
+            // on loopback, and Proc restarts a server with exactly its arguments.
+            if let Some(token) = management {
+                args.extend([
+                    "--acl-enabled".into(),
+                    "--acl-default-policy".into(),
+                    "deny".into(),
+                    "--acl-initial-management-token".into(),
+                    token.to_string(),
+                    // Consul's agent token: the embedded agent's own catalog updates stay
+                    // allowed under default deny, so both clusters do the same background work.
+                    "--acl-agent-token".into(),
+                    token.to_string(),
+                ]);
+            }
             let proc = Proc::start(ProcSpec {
                 name: node.clone(),
                 program: bin.join("registry-server"),
@@ -124,7 +149,10 @@ impl RegistryCluster {
                 proc,
             });
         }
-        Ok(RegistryCluster { servers })
+        Ok(RegistryCluster {
+            servers,
+            management_token: management.map(str::to_string),
+        })
     }
 
     /// Base URLs of the servers.
@@ -133,10 +161,11 @@ impl RegistryCluster {
     }
 
     /// Waits until every server knows the leader and a write made through each
-    /// server is visible in every server's local (`?stale`) state.
+    /// server is visible in every server's local (`?stale`) state (with ACLs on, until the
+    /// leader has installed the management token too: the write is made with it).
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let http = http_client()?;
+        let http = http_client_with_token(self.management_token.as_deref())?;
         for i in 0..self.servers.len() {
             let url = format!("{}/v1/status/leader", self.servers[i].http);
             loop {

@@ -4,6 +4,7 @@
 //! both pay the same client costs (HTTP/1.1, JSON encoding and decoding).
 
 use anyhow::Result;
+use registry_api::acl::TOKEN_HEADER;
 use registry_api::types::{AgentService, HealthCheck, RegisterRequest};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,17 +37,31 @@ pub fn trust(files: &crate::cluster::TlsFiles) -> Result<()> {
 
 /// The HTTP client every simulated client uses: reqwest with keep-alive.
 pub fn http_client() -> Result<reqwest::Client> {
+    http_client_with_token(None)
+}
+
+/// [`http_client`] that sends `token` as `X-Consul-Token` on every request (measurement 10's
+/// ACL cluster); with `None` it is exactly [`http_client`]. A default header rather than one
+/// per request, so that [`request`] stays the same code for every measurement.
+pub fn http_client_with_token(token: Option<&str>) -> Result<reqwest::Client> {
     let expect = registry_api::tls::Expect::Server {
         datacenter: "dc1".into(),
     };
-    Ok(
-        registry_api::tls::client_builder(TRUSTED.get().map(|t| (t, expect)))
-            .pool_max_idle_per_host(usize::MAX)
-            // Below the servers' 30 s idle close (both systems get the same client).
-            .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
-            .timeout(Duration::from_secs(30))
-            .build()?,
-    )
+    let mut builder = registry_api::tls::client_builder(TRUSTED.get().map(|t| (t, expect)))
+        .pool_max_idle_per_host(usize::MAX)
+        // Below the servers' 30 s idle close (both systems get the same client).
+        .pool_idle_timeout(registry_api::client::POOL_IDLE_TIMEOUT)
+        .timeout(Duration::from_secs(30));
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(token)?;
+        // Kept out of reqwest's Debug output, as tokens are out of every log.
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        let name = reqwest::header::HeaderName::from_bytes(TOKEN_HEADER.as_bytes())?;
+        headers.insert(name, value);
+        builder = builder.default_headers(headers);
+    }
+    Ok(builder.build()?)
 }
 
 /// One kind of request.
@@ -135,6 +150,8 @@ pub struct Load {
     pub seq: Arc<AtomicU64>,
     /// Rotate each client over all `bases` request by request instead of pinning it.
     pub rotate: bool,
+    /// ACL token every client sends (`X-Consul-Token`); `None`: no header, as before ACLs.
+    pub token: Option<String>,
 }
 
 /// What one run of a load measured.
@@ -161,7 +178,7 @@ pub async fn run(load: Load) -> Result<RunStats> {
     let barrier = Arc::new(tokio::sync::Barrier::new(load.clients));
     let mut tasks = Vec::with_capacity(load.clients);
     for c in 0..load.clients {
-        let http = http_client()?;
+        let http = http_client_with_token(load.token.as_deref())?;
         let load = load.clone();
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {

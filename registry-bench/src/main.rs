@@ -3,6 +3,7 @@
 //! to BENCHMARKS.md). Every child process is killed when the run ends, fails or is
 //! interrupted.
 
+mod acl_cost;
 mod bench;
 mod cluster;
 mod dns;
@@ -37,7 +38,7 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc, tls,
-    /// memory, dns), e.g. to profile one; the section written is then partial.
+    /// acl, memory, dns), e.g. to profile one; the section written is then partial.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Watcher counts for the fan-out (default 1000,10000; quick: 1000).

@@ -46,6 +46,8 @@ pub struct Results {
     pub dns: Option<crate::dns::DnsResults>,
     /// Measurement 9: TLS against plain HTTP.
     pub tls: Option<crate::tls_cost::TlsCost>,
+    /// Measurement 10: ACLs on (default deny, a non-management token) against ACLs off.
+    pub acl: Option<crate::acl_cost::AclCost>,
 }
 
 /// Measurement 7 (KV beside etcd) at one client count: every cell's runs.
@@ -236,6 +238,54 @@ fn tls_table(t: &crate::tls_cost::TlsCost) -> String {
         );
     }
     s.push_str("\nGoal (issue [11]): TLS costs under 15 % throughput (ops/s ratio above 0.85x).\n");
+    s
+}
+
+/// Measurement 10's table: ACLs on beside ACLs off, the cost as a ratio, and the goal.
+fn acl_table(a: &crate::acl_cost::AclCost) -> String {
+    let c = crate::acl_cost::CLIENTS;
+    let mut s = String::from(
+        "| # | Benchmark (same machine, same run) | ACLs on | ACLs off | on/off |\n|---|---|---|---|---|\n",
+    );
+    let rows = [
+        (
+            format!("register, {c} clients"),
+            &a.register_on,
+            &a.register_off,
+        ),
+        (
+            format!("`?stale` lookup, {c} clients"),
+            &a.stale_on,
+            &a.stale_off,
+        ),
+    ];
+    for (what, on, off) in &rows {
+        let _ = writeln!(
+            s,
+            "| 10 | {what} (default deny, non-management token) | {} | {} | {} |",
+            cell(on),
+            cell(off),
+            ratio(on, off)
+        );
+    }
+    let goal = crate::acl_cost::GOAL_RATIO;
+    let verdicts: Vec<String> = rows
+        .iter()
+        .filter(|(_, on, off)| !on.is_empty() && !off.is_empty())
+        .map(|(what, on, off)| {
+            let x = agg(on).ops / agg(off).ops.max(1e-9);
+            if x >= goal {
+                format!("{what} {x:.2}x: met")
+            } else {
+                format!("{what} {x:.2}x: **missed by {:.2}x**", goal - x)
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nGoal (issue [12]): ACL resolution costs under 10 % throughput (ops/s ratio on/off at least {goal:.2}x): {}.",
+        verdicts.join("; ")
+    );
     s
 }
 
@@ -561,6 +611,12 @@ pub fn raw_runs(r: &Results) -> String {
     }
     line(&mut t, "cross-DC ?dc=dc2", &r.xdc_remote);
     line(&mut t, "local lookup in dc2", &r.xdc_local);
+    if let Some(a) = &r.acl {
+        line(&mut t, "register 64 ACLs off", &a.register_off);
+        line(&mut t, "register 64 ACLs on", &a.register_on);
+        line(&mut t, "?stale lookup 64 ACLs off", &a.stale_off);
+        line(&mut t, "?stale lookup 64 ACLs on", &a.stale_on);
+    }
     t
 }
 
@@ -596,6 +652,10 @@ pub fn section(r: &Results, cx: &Context) -> String {
         s.push_str(&tls_table(tls));
         s.push('\n');
     }
+    if let Some(acl) = &r.acl {
+        s.push_str(&acl_table(acl));
+        s.push('\n');
+    }
     s.push_str(&targets(r));
     s.push_str("\n<details><summary>Per-run figures (p50/p99/ops per s)</summary>\n\n");
     s.push_str(&raw_runs(r));
@@ -617,4 +677,35 @@ pub fn write_section(path: &Path, quick: bool, section: &str) -> Result<()> {
     };
     std::fs::write(path, new)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(ops: &[f64]) -> Vec<RunStats> {
+        (ops.iter())
+            .map(|&ops_per_s| RunStats {
+                ops_per_s,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_acl_goal_line_says_met_or_the_gap_on_the_median_ratio() {
+        let a = crate::acl_cost::AclCost {
+            register_off: runs(&[1000.0, 1000.0, 1000.0]),
+            register_on: runs(&[950.0, 100.0, 990.0]),
+            stale_off: runs(&[1000.0, 1000.0, 1000.0]),
+            stale_on: runs(&[800.0, 900.0, 700.0]),
+        };
+        let t = acl_table(&a);
+        assert!(t.contains("register, 64 clients 0.95x: met"), "{t}");
+        assert!(
+            t.contains("lookup, 64 clients 0.80x: **missed by 0.10x**"),
+            "{t}"
+        );
+        assert_eq!(t.matches("| 10 |").count(), 2, "{t}");
+    }
 }

@@ -71,13 +71,19 @@ pub async fn register(
         stop: Stop::For(secs),
         seq: seq.clone(),
         rotate: false,
+        token: None,
     })
     .await
 }
 
 /// `lookup-svc` with 3 passing instances, visible in every server's own state.
 pub async fn setup_lookup_service(ours: &[String]) -> Result<()> {
-    let http = http_client()?;
+    setup_lookup_service_as(ours, None).await
+}
+
+/// [`setup_lookup_service`] with `token` on every request (a cluster with ACLs on).
+pub async fn setup_lookup_service_as(ours: &[String], token: Option<&str>) -> Result<()> {
+    let http = load::http_client_with_token(token)?;
     for i in 0..3 {
         register_instance(&http, &ours[0], "lookup-svc", i).await?;
     }
@@ -196,6 +202,7 @@ pub async fn read(
         stop: Stop::For(secs),
         seq: Arc::new(AtomicU64::new(0)),
         rotate,
+        token: None,
     })
     .await
 }
@@ -389,6 +396,7 @@ pub async fn memory_and_recovery(
             stop: Stop::Count(target),
             seq: seq.clone(),
             rotate: false,
+            token: None,
         })
         .await?;
         // Each client takes one number past the limit before it stops.
@@ -448,6 +456,7 @@ pub async fn memory_and_recovery(
             stop: Stop::Count(from + missed_writes),
             seq: seq.clone(),
             rotate: false,
+            token: None,
         })
         .await?;
         seq.store(from + missed_writes, Ordering::Relaxed);

@@ -89,6 +89,9 @@ pub enum Command {
     /// Saves, restores and inspects snapshots of the servers' state.
     #[command(subcommand)]
     Snapshot(cmd::snapshot::SnapshotCmd),
+    /// ACL bootstrap, policies, roles and tokens (as `consul acl`).
+    #[command(subcommand)]
+    Acl(cmd::acl::AclCmd),
     /// Asks the agent to re-read its configuration files.
     Reload,
     /// Makes a CA and certificates for TLS (as `consul tls`), in the current directory.

@@ -134,6 +134,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Watch(a) => cmd::watch::run(&ctx, a).await,
         Command::Operator(a) => cmd::operator::run(&ctx, a).await,
         Command::Snapshot(a) => cmd::snapshot::run(&ctx, a).await,
+        Command::Acl(a) => cmd::acl::run(&ctx, a).await,
         Command::Reload => cmd::services::reload(&ctx).await,
         Command::Tls(_) => Ok(0),
     };

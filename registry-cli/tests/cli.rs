@@ -807,3 +807,83 @@ async fn tls_makes_certificates_and_talks_https_with_a_client_certificate() {
     assert!(out.stderr.contains("nope.pem"), "{out:?}");
     server.stop().await;
 }
+
+/// `registry acl ...` against a server with ACLs on (default deny): bootstrap once, a
+/// policy from a file, a token for it, `token read -self` with that token, its limits, and a
+/// delete by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_bootstrap_policy_and_token() {
+    let c = TestCluster::builder(1)
+        .agents(false)
+        .acl(registry_server::acl::AclConfig {
+            enabled: true,
+            default_policy: registry_server::acl::AclDefault(
+                registry_api::acl::DefaultPolicy::Deny,
+            ),
+            ..Default::default()
+        })
+        .start()
+        .await;
+    c.wait_leader().await;
+    let a = addr(&c, 0);
+    let boot = ok(&a, &["acl", "bootstrap", "-format", "json"]).await;
+    let boot: Value = serde_json::from_str(&boot).unwrap();
+    let mgmt = boot["SecretID"].as_str().unwrap().to_string();
+    let again = fails(&a, &["acl", "bootstrap"]).await;
+    assert!(again.contains("ACL bootstrap no longer allowed"), "{again}");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("web.hcl");
+    std::fs::write(
+        &rules,
+        "service \"web\" {\n  policy = \"write\"\n}\nnode_prefix \"\" {\n  policy = \"write\"\n}\n",
+    )
+    .unwrap();
+    let rules_arg = format!("@{}", rules.display());
+    let policy = ok(
+        &a,
+        &[
+            "-token", &mgmt, "acl", "policy", "create", "-name", "web", "-rules", &rules_arg,
+        ],
+    )
+    .await;
+    assert!(policy.contains("Name:         web"), "{policy}");
+    let listed = ok(&a, &["-token", &mgmt, "acl", "policy", "list"]).await;
+    assert!(
+        listed.contains("global-management") && listed.contains("web"),
+        "{listed}"
+    );
+    let token = ok(
+        &a,
+        &[
+            "-token",
+            &mgmt,
+            "acl",
+            "token",
+            "create",
+            "-description",
+            "web app",
+            "-policy-name",
+            "web",
+            "-format",
+            "json",
+        ],
+    )
+    .await;
+    let token: Value = serde_json::from_str(&token).unwrap();
+    let secret = token["SecretID"].as_str().unwrap().to_string();
+    let own = ok(&a, &["-token", &secret, "acl", "token", "read", "-self"]).await;
+    assert!(
+        own.contains("SecretID:         ") && own.contains("web app"),
+        "{own}"
+    );
+    // Without acl rights the token cannot list tokens.
+    let denied = fails(&a, &["-token", &secret, "acl", "token", "list"]).await;
+    assert!(denied.contains("Permission denied"), "{denied}");
+    let deleted = ok(
+        &a,
+        &["-token", &mgmt, "acl", "policy", "delete", "-name", "web"],
+    )
+    .await;
+    assert!(deleted.contains("deleted successfully"), "{deleted}");
+    c.shutdown().await;
+}

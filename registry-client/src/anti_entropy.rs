@@ -16,6 +16,12 @@
 //! holds the agent's sync gate and does nothing once a leave has begun, so that no pass
 //! re-registers a node that is leaving.
 //!
+//! With ACLs, each write carries a token, as Consul's `agent/local/state.go` does: the node
+//! (and the node checks registered without a token) with the agent's token, each service
+//! (with its checks) with the token it was registered with, falling back to the agent's; a
+//! service's write does not touch the node (`SkipNodeUpdate`), so a service's token needs no
+//! `node:write`. The catalog's refusal of one entry (a 403) is logged and the others go on.
+//!
 //! The `serfHealth` check belongs to the servers and is never removed. Entries are compared
 //! without `CreateIndex`/`ModifyIndex`, so a catalog that is in sync causes no writes.
 //!
@@ -58,9 +64,13 @@ pub struct AntiEntropy {
 }
 
 /// One write the syncer makes, with the generations of the entries it carries so that only
-/// entries unchanged since are marked in sync afterwards.
+/// entries unchanged since are marked in sync afterwards, and the token it carries (Consul
+/// syncs each local service with the token it was registered with, and the node with the
+/// agent's: `agent/local/state.go`). `None`: the agent's token, read when it is sent.
 enum Write {
-    /// Register the node with one service and its checks, or with the node-level checks.
+    /// Register the node with its node-level checks, or one service and its checks (then
+    /// without changing the node: `SkipNodeUpdate`, so that a service's token needs no
+    /// `node:write`).
     Register {
         /// The body (boxed: it is much larger than the other variants).
         request: Box<RegisterRequest>,
@@ -68,11 +78,13 @@ enum Write {
         service: Option<(String, u64)>,
         /// Checks carried, with their generations.
         checks: Vec<(String, u64)>,
+        /// The token sent.
+        token: Option<String>,
     },
-    /// Remove a service (with its checks) from the catalog.
-    DeregisterService(String),
-    /// Remove a check from the catalog.
-    DeregisterCheck(String),
+    /// Remove a service (with its checks) from the catalog, with its token.
+    DeregisterService(String, Option<String>),
+    /// Remove a check from the catalog, with its token.
+    DeregisterCheck(String, Option<String>),
 }
 
 impl AntiEntropy {
@@ -160,11 +172,16 @@ impl AntiEntropy {
         let node = &self.agent.config().node;
         let servers = self.agent.servers();
         let path = encode_segment(node);
+        let token = self.agent.agent_token();
         let remote: Option<NodeServiceList> = servers
-            .get_json(&format!("/v1/catalog/node-services/{path}"))
+            .get_json_as(
+                &format!("/v1/catalog/node-services/{path}"),
+                token.as_deref(),
+            )
             .await?;
-        let remote_checks: Vec<HealthCheck> =
-            servers.get_json(&format!("/v1/health/node/{path}")).await?;
+        let remote_checks: Vec<HealthCheck> = servers
+            .get_json_as(&format!("/v1/health/node/{path}"), token.as_deref())
+            .await?;
         {
             let mut st = self.agent.lock();
             mark_differences(&mut st, self.agent.config(), remote, remote_checks);
@@ -189,34 +206,57 @@ impl AntiEntropy {
         };
         let servers: &ServerPool = self.agent.servers();
         let config = self.agent.config();
+        // The agent's token, read once per pass (`PUT /v1/agent/token/agent` changes it).
+        let agent_token = self.agent.agent_token();
+        let token_for = |t: &Option<String>| t.clone().or_else(|| agent_token.clone());
         for write in writes {
             match write {
-                Write::DeregisterService(id) => {
+                Write::DeregisterService(id, token) => {
                     let req = DeregisterRequest {
                         node: config.node.clone(),
                         service_id: id.clone(),
                         ..Default::default()
                     };
-                    servers.put_json("/v1/catalog/deregister", &req).await?;
-                    tracing::info!(node = %config.node, service = %id, "deregistered service from the catalog");
-                    self.agent.lock().deleted_services.remove(&id);
+                    let sent = servers
+                        .put_json_as("/v1/catalog/deregister", &req, token_for(&token).as_deref())
+                        .await;
+                    if deregistered(sent, config, "a service's deregistration")? {
+                        tracing::info!(node = %config.node, service = %id, "deregistered service from the catalog");
+                    }
+                    let mut st = self.agent.lock();
+                    st.deleted_services.remove(&id);
+                    st.deleted_service_tokens.remove(&id);
                 }
-                Write::DeregisterCheck(id) => {
+                Write::DeregisterCheck(id, token) => {
                     let req = DeregisterRequest {
                         node: config.node.clone(),
                         check_id: id.clone(),
                         ..Default::default()
                     };
-                    servers.put_json("/v1/catalog/deregister", &req).await?;
-                    tracing::info!(node = %config.node, check = %id, "deregistered check from the catalog");
-                    self.agent.lock().deleted_checks.remove(&id);
+                    let sent = servers
+                        .put_json_as("/v1/catalog/deregister", &req, token_for(&token).as_deref())
+                        .await;
+                    if deregistered(sent, config, "a check's deregistration")? {
+                        tracing::info!(node = %config.node, check = %id, "deregistered check from the catalog");
+                    }
+                    let mut st = self.agent.lock();
+                    st.deleted_checks.remove(&id);
+                    st.deleted_check_tokens.remove(&id);
                 }
                 Write::Register {
                     request,
                     service,
                     checks,
+                    token,
                 } => {
-                    match servers.put_json("/v1/catalog/register", &request).await {
+                    let sent = servers
+                        .put_json_as(
+                            "/v1/catalog/register",
+                            &request,
+                            token_for(&token).as_deref(),
+                        )
+                        .await;
+                    match sent {
                         // The catalog refused this one entry (Consul logs and
                         // goes on): others must still sync.
                         Err(PoolError::Status { status, body }) if status.is_client_error() => {
@@ -232,7 +272,9 @@ impl AntiEntropy {
                         "synced to the catalog"
                     );
                     let mut st = self.agent.lock();
-                    st.node_in_sync = true;
+                    if !request.skip_node_update {
+                        st.node_in_sync = true;
+                    }
                     if let Some((id, generation)) = service {
                         if let Some(s) = st.services.get_mut(&id) {
                             if s.generation == generation {
@@ -251,6 +293,24 @@ impl AntiEntropy {
             }
         }
         Ok(())
+    }
+}
+
+/// A deregistration's outcome: `Ok(true)` done, `Ok(false)` refused by the catalog (a 4xx,
+/// such as a token without the right: logged and given up, as Consul gives up a denied
+/// removal, so that one entry cannot hold up the others), `Err` for the syncer to retry.
+fn deregistered(
+    sent: Result<(), PoolError>,
+    config: &crate::agent::AgentConfig,
+    what: &str,
+) -> Result<bool, PoolError> {
+    match sent {
+        Ok(()) => Ok(true),
+        Err(PoolError::Status { status, body }) if status.is_client_error() => {
+            tracing::warn!(node = %config.node, %status, reason = %body, "catalog refused {what}; giving it up");
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -333,31 +393,46 @@ fn mark_differences(
     st.deleted_checks.extend(unknown_checks);
 }
 
-/// The writes that bring the catalog in line: removals first, then one register per service
-/// that is out of sync (or has a check that is), then the node with its node-level checks.
+/// The writes that bring the catalog in line: removals first, then the node with the
+/// node-level checks that sync with the agent's token, then one register per service that is
+/// out of sync (or has a check that is), then the node-level checks registered with tokens of
+/// their own, one register per token.
 fn plan_writes(st: &LocalState, config: &crate::agent::AgentConfig) -> Vec<Write> {
     let mut writes: Vec<Write> = Vec::new();
-    writes.extend(
-        st.deleted_services
-            .iter()
-            .cloned()
-            .map(Write::DeregisterService),
-    );
+    writes.extend(st.deleted_services.iter().map(|id| {
+        Write::DeregisterService(id.clone(), st.deleted_service_tokens.get(id).cloned())
+    }));
     writes.extend(
         st.deleted_checks
             .iter()
             .filter(|id| !st.checks.contains_key(*id))
-            .cloned()
-            .map(Write::DeregisterCheck),
+            .map(|id| Write::DeregisterCheck(id.clone(), st.deleted_check_tokens.get(id).cloned())),
     );
-    let node_request = || RegisterRequest {
+    let node_request = |skip_node_update: bool| RegisterRequest {
         id: config.node_id.clone(),
         node: config.node.clone(),
         address: config.advertise_addr.clone(),
         datacenter: config.datacenter.clone(),
+        skip_node_update,
         ..Default::default()
     };
-    let mut node_synced = false;
+    // Node-level checks by the token they sync with (`None`: the agent's).
+    let mut node_checks: BTreeMap<Option<&String>, Vec<&crate::agent::LocalCheck>> =
+        BTreeMap::new();
+    for c in st.checks.values().filter(|c| c.check.service_id.is_empty()) {
+        node_checks.entry(c.token.as_ref()).or_default().push(c);
+    }
+    let agent_checks = node_checks.remove(&None).unwrap_or_default();
+    if !st.node_in_sync || agent_checks.iter().any(|c| !c.in_sync) {
+        let mut request = node_request(false);
+        request.checks = agent_checks.iter().map(|c| wire_check(&c.check)).collect();
+        writes.push(Write::Register {
+            request: Box::new(request),
+            service: None,
+            checks: generations(&agent_checks),
+            token: None,
+        });
+    }
     for (id, local) in &st.services {
         let checks: Vec<_> = st
             .checks
@@ -367,38 +442,38 @@ fn plan_writes(st: &LocalState, config: &crate::agent::AgentConfig) -> Vec<Write
         if local.in_sync && checks.iter().all(|c| c.in_sync) {
             continue;
         }
-        let mut request = node_request();
+        let mut request = node_request(true);
         request.service = Some(local.service.clone());
         request.checks = checks.iter().map(|c| wire_check(&c.check)).collect();
         writes.push(Write::Register {
             request: Box::new(request),
             service: Some((id.clone(), local.generation)),
-            checks: checks
-                .iter()
-                .map(|c| (c.check.check_id.clone(), c.generation))
-                .collect(),
+            checks: generations(&checks),
+            token: local.token.clone(),
         });
-        node_synced = true;
     }
-    let node_checks: Vec<_> = st
-        .checks
-        .values()
-        .filter(|c| c.check.service_id.is_empty())
-        .collect();
-    let node_dirty = !st.node_in_sync && !node_synced;
-    if node_dirty || node_checks.iter().any(|c| !c.in_sync) {
-        let mut request = node_request();
-        request.checks = node_checks.iter().map(|c| wire_check(&c.check)).collect();
+    for (token, checks) in node_checks {
+        if checks.iter().all(|c| c.in_sync) {
+            continue;
+        }
+        let mut request = node_request(true);
+        request.checks = checks.iter().map(|c| wire_check(&c.check)).collect();
         writes.push(Write::Register {
             request: Box::new(request),
             service: None,
-            checks: node_checks
-                .iter()
-                .map(|c| (c.check.check_id.clone(), c.generation))
-                .collect(),
+            checks: generations(&checks),
+            token: token.cloned(),
         });
     }
     writes
+}
+
+/// The ids and generations of `checks`.
+fn generations(checks: &[&crate::agent::LocalCheck]) -> Vec<(String, u64)> {
+    checks
+        .iter()
+        .map(|c| (c.check.check_id.clone(), c.generation))
+        .collect()
 }
 
 /// A check as sent to the catalog (the catalog fills in the service's name and tags).

@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod agent;
 pub mod anti_entropy;
 pub mod checks;
@@ -96,6 +97,10 @@ pub struct ClientConfig {
     pub https_addr: Option<SocketAddr>,
     /// Serve the web UI at `/ui/` (`--ui`, on with `--dev`; `registry-ui`).
     pub ui: bool,
+    /// `--acl-enabled` ([`AgentConfig::acl_enabled`]).
+    pub acl_enabled: bool,
+    /// `--acl-agent-token` ([`AgentConfig::acl_agent_token`]).
+    pub acl_agent_token: Option<acl::SecretToken>,
 }
 
 impl ClientConfig {
@@ -119,6 +124,8 @@ impl ClientConfig {
             tls: None,
             https_addr: None,
             ui: false,
+            acl_enabled: false,
+            acl_agent_token: None,
         }
     }
 }
@@ -199,6 +206,8 @@ pub async fn start(config: ClientConfig) -> anyhow::Result<ClientHandle> {
         encrypt: config.encrypt.clone(),
         config_sources: config.config_sources.clone(),
         tls: config.tls.clone(),
+        acl_enabled: config.acl_enabled,
+        acl_agent_token: config.acl_agent_token.clone(),
     };
     let (agent, mut tasks) = Agent::start(agent_config, servers.clone(), shutdown.clone()).await?;
 

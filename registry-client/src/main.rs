@@ -57,6 +57,15 @@ struct Args {
     https_addr: Option<SocketAddr>,
     #[command(flatten)]
     tls: registry_api::tls::flags::TlsFlags,
+    /// The cluster has ACLs on: a token this agent cannot resolve (no server answers) is
+    /// refused, never taken as ACLs off (Consul's agent `acl.enabled`).
+    #[arg(long, env = "REGISTRY_ACL_ENABLED")]
+    acl_enabled: bool,
+    /// The agent's own token (Consul's `acl.tokens.agent`): its anti-entropy, heartbeats and
+    /// reads carry it, and services registered without a token sync with it. Implies
+    /// --acl-enabled. `PUT /v1/agent/token/agent` replaces it until a restart.
+    #[arg(long, env = "REGISTRY_ACL_AGENT_TOKEN", hide_env_values = true)]
+    acl_agent_token: Option<String>,
     /// What to do instead of running the agent.
     #[command(subcommand)]
     command: Option<Command>,
@@ -160,6 +169,11 @@ async fn main() -> anyhow::Result<()> {
     }
     config.tls = tls;
     config.https_addr = a.https_addr;
+    config.acl_enabled = a.acl_enabled;
+    config.acl_agent_token = a
+        .acl_agent_token
+        .filter(|t| !t.is_empty())
+        .map(registry_client::acl::SecretToken);
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -507,19 +507,39 @@ impl ServerPool {
     /// GET `path` and decode a JSON answer; an error status is [`PoolError::Status`].
     /// A 5xx answer sends the request on to the next server.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, PoolError> {
-        let resp = self
-            .send_opts(
-                Method::GET,
-                path,
-                HeaderMap::new(),
-                Bytes::new(),
-                None,
-                true,
-                FailOver::ServerError,
-            )
-            .await?;
+        self.get_json_as(path, None).await
+    }
+
+    /// [`ServerPool::get_json`] carrying `token` (`X-Consul-Token`; `None`: the anonymous
+    /// token).
+    pub async fn get_json_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<T, PoolError> {
+        let resp = self.get_with_token(path, token, None).await?;
         let resp = ok_status(resp)?;
         serde_json::from_slice(&resp.body).map_err(|e| PoolError::Decode(e.to_string()))
+    }
+
+    /// GET `path` carrying `token`, any answer returned as it is (a 5xx sends the request on
+    /// to the next server first); `per_server` replaces the usual time limit.
+    pub async fn get_with_token(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        per_server: Option<Duration>,
+    ) -> Result<PoolResponse, PoolError> {
+        self.send_opts(
+            Method::GET,
+            path,
+            token_headers(token),
+            Bytes::new(),
+            per_server,
+            true,
+            FailOver::ServerError,
+        )
+        .await
     }
 
     /// PUT `body` as JSON to `path`; an error status is [`PoolError::Status`].
@@ -528,7 +548,17 @@ impl ServerPool {
     /// its state): these fail over on any transport error and on any 5xx; a 4xx is the
     /// catalog refusing the entry and is returned.
     pub async fn put_json<T: Serialize>(&self, path: &str, body: &T) -> Result<(), PoolError> {
-        self.put_json_opts(path, body, None, FailOver::ServerError)
+        self.put_json_as(path, body, None).await
+    }
+
+    /// [`ServerPool::put_json`] carrying `token` (`X-Consul-Token`).
+    pub async fn put_json_as<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+        token: Option<&str>,
+    ) -> Result<(), PoolError> {
+        self.put_json_opts(path, body, None, FailOver::ServerError, token)
             .await
     }
 
@@ -543,7 +573,18 @@ impl ServerPool {
         body: &T,
         per_server: Option<Duration>,
     ) -> Result<(), PoolError> {
-        self.put_json_opts(path, body, per_server, FailOver::NotSuccess)
+        self.put_json_within_as(path, body, per_server, None).await
+    }
+
+    /// [`ServerPool::put_json_within`] carrying `token` (`X-Consul-Token`).
+    pub async fn put_json_within_as<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+        per_server: Option<Duration>,
+        token: Option<&str>,
+    ) -> Result<(), PoolError> {
+        self.put_json_opts(path, body, per_server, FailOver::NotSuccess, token)
             .await
     }
 
@@ -553,9 +594,10 @@ impl ServerPool {
         body: &T,
         per_server: Option<Duration>,
         fail_over: FailOver,
+        token: Option<&str>,
     ) -> Result<(), PoolError> {
         let body = serde_json::to_vec(body).map_err(|e| PoolError::Decode(e.to_string()))?;
-        let mut headers = HeaderMap::new();
+        let mut headers = token_headers(token);
         headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
@@ -573,6 +615,19 @@ impl ServerPool {
             .await?;
         ok_status(resp).map(|_| ())
     }
+}
+
+/// Headers carrying `token` as `X-Consul-Token` (none for `None`, or for a token that is not
+/// a valid header value: the request then goes as the anonymous token, which is refused
+/// rather than allowed).
+pub fn token_headers(token: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(v) = token.and_then(|t| http::HeaderValue::from_str(t).ok()) {
+        let mut v = v;
+        v.set_sensitive(true);
+        headers.insert(registry_api::acl::TOKEN_HEADER, v);
+    }
+    headers
 }
 
 /// A server's base URL, checked: `http(s)://host[:port]`, no trailing slash.

@@ -34,6 +34,7 @@
 // itself does; struct literals would add noise for no safety.
 #![allow(clippy::field_reassign_with_default)]
 
+pub mod acl;
 pub mod dns;
 mod file_settings;
 pub mod http;
@@ -136,6 +137,8 @@ pub struct ServerConfig {
     pub https_addr: Option<SocketAddr>,
     /// Serve the web UI at `/ui/` (`--ui`, on with `--dev`; `registry-ui`).
     pub ui: bool,
+    /// ACLs (`--acl-*`, `--primary-datacenter`).
+    pub acl: acl::AclConfig,
 }
 
 impl ServerConfig {
@@ -168,6 +171,7 @@ impl ServerConfig {
             tls: None,
             https_addr: None,
             ui: false,
+            acl: acl::AclConfig::default(),
         }
     }
 
@@ -183,6 +187,10 @@ impl ServerConfig {
         }
         if self.dev && self.bootstrap_expect > 1 {
             return Err("--dev runs a single server; --bootstrap-expect must be 1 or unset".into());
+        }
+        if let Some(primary) = &self.acl.primary_datacenter {
+            registry_api::names::check_datacenter(primary)
+                .map_err(|e| format!("--primary-datacenter {primary:?}: {e}"))?;
         }
         if self.https_addr.is_some() && self.tls.is_none() {
             return Err("--https-addr needs --cert-file and --key-file".into());
@@ -397,6 +405,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         (axum::Router::new(), None)
     };
 
+    let acl_resolver = Arc::new(acl::AclResolver::new(
+        config.acl.clone(),
+        &config.datacenter,
+    ));
     let app = Arc::new(http::AppState {
         raft: raft.clone(),
         datacenter: config.datacenter.clone(),
@@ -411,7 +423,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         answers: Default::default(),
         encrypt: config.encrypt.clone().map(Arc::new),
         metrics: metrics.clone(),
+        acl: acl_resolver.clone(),
     });
+    tasks.push(tokio::spawn(leader::acl::run(
+        app.clone(),
+        shutdown.clone(),
+    )));
     let dns_addr = match &config.dns {
         Some(dns) => {
             let backend = Arc::new(dns::ServerDns::new(app.clone()));
@@ -615,6 +632,12 @@ impl EmbeddedAgent<'_> {
             encrypt: config.encrypt.clone(),
             config_sources: config.config_sources.clone(),
             tls: config.tls.clone(),
+            acl_enabled: config.acl.enabled,
+            acl_agent_token: config
+                .acl
+                .agent_token
+                .clone()
+                .map(registry_client::acl::SecretToken),
         };
         let (agent, tasks) =
             registry_client::Agent::start(agent_config, pool, shutdown.clone()).await?;

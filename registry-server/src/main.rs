@@ -68,8 +68,40 @@ struct Args {
     https_addr: Option<SocketAddr>,
     #[command(flatten)]
     tls: registry_api::tls::flags::TlsFlags,
+    #[command(flatten)]
+    acl: AclFlags,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// ACLs (Consul's `acl` block and `primary_datacenter`). Tokens are secrets: their values
+/// are never shown by --help or logged.
+#[derive(clap::Args)]
+struct AclFlags {
+    /// Enforce ACL tokens on every endpoint (X-Consul-Token, Authorization: Bearer, ?token=).
+    #[arg(long, env = "REGISTRY_ACL_ENABLED")]
+    acl_enabled: bool,
+    /// What a request whose token has no rule for it may do: allow or deny.
+    #[arg(long, env = "REGISTRY_ACL_DEFAULT_POLICY", default_value = "allow")]
+    acl_default_policy: registry_api::acl::DefaultPolicy,
+    /// A management token the primary datacenter's leader installs at start (Consul's
+    /// acl.tokens.initial_management); `PUT /v1/acl/bootstrap` is then refused.
+    #[arg(
+        long,
+        env = "REGISTRY_ACL_INITIAL_MANAGEMENT_TOKEN",
+        hide_env_values = true
+    )]
+    acl_initial_management_token: Option<String>,
+    /// The token this server's own agent uses for its anti-entropy and heartbeats.
+    #[arg(long, env = "REGISTRY_ACL_AGENT_TOKEN", hide_env_values = true)]
+    acl_agent_token: Option<String>,
+    /// In a secondary datacenter: the token (acl = "write" in the primary) its leader
+    /// replicates the primary's tokens, policies and roles with.
+    #[arg(long, env = "REGISTRY_ACL_REPLICATION_TOKEN", hide_env_values = true)]
+    acl_replication_token: Option<String>,
+    /// The datacenter that holds the authoritative tokens and policies (default: this one).
+    #[arg(long, env = "REGISTRY_PRIMARY_DATACENTER")]
+    primary_datacenter: Option<String>,
 }
 
 /// Subcommands (without one, the server runs).
@@ -182,6 +214,14 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("registry-server: configuration: {e}");
         std::process::exit(2);
     }
+    config.acl = registry_server::acl::AclConfig {
+        enabled: args.acl.acl_enabled,
+        default_policy: registry_server::acl::AclDefault(args.acl.acl_default_policy),
+        initial_management: args.acl.acl_initial_management_token,
+        agent_token: args.acl.acl_agent_token,
+        replication_token: args.acl.acl_replication_token,
+        primary_datacenter: args.acl.primary_datacenter,
+    };
     config.https_addr = args.https_addr;
     // Certificates are named under the DNS domain (server.<dc>.<domain>), as Consul's are.
     config.tls = match args.tls.load(&args.dns.domain, args.https_addr.is_some()) {

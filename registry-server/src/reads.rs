@@ -44,6 +44,9 @@ pub struct Answer {
     pub index: u64,
     /// The JSON body.
     pub body: Bytes,
+    /// ACLs left out items the token may not read (Consul's
+    /// `X-Consul-Results-Filtered-By-ACLs`).
+    pub acl_filtered: bool,
 }
 
 /// Answers by query, each with the applied index of the state it was computed
@@ -170,8 +173,11 @@ pub async fn read_value<T>(
 /// `min_index`. `query` returns the value and the index of the data it
 /// covers, so a watcher of one service is not answered because another one
 /// changed. `key` names the query in `cache` (its raw form will do: equal
-/// keys must mean equal answers at one applied index); an empty key is never
-/// cached (a read-only transaction, which nobody else asks).
+/// keys must mean equal answers at one applied index, so a token whose
+/// answers ACLs filter must be part of it); an empty key is never cached (a
+/// read-only transaction, which nobody else asks). `then` runs after the
+/// applied-state lock is released and answers the value to send and whether
+/// ACLs left anything out.
 #[allow(clippy::too_many_arguments)]
 pub async fn read<T, U, F, S>(
     raft: &RaftHandle,
@@ -186,7 +192,7 @@ pub async fn read<T, U, F, S>(
 where
     U: Serialize,
     F: Fn(&StateStore) -> (T, u64),
-    S: Fn(T) -> U,
+    S: Fn(T) -> (U, bool),
 {
     let no_probe: Option<fn(&StateStore) -> u64> = None;
     read_probed(
@@ -217,7 +223,7 @@ where
     U: Serialize,
     P: Fn(&StateStore) -> u64,
     F: Fn(&StateStore) -> (T, u64),
-    S: Fn(T) -> U,
+    S: Fn(T) -> (U, bool),
 {
     raft.check_running()?;
     match mode {
@@ -262,13 +268,14 @@ where
             let answer = match (answer, fresh) {
                 (Ok(a), _) => a,
                 (Err((value, index)), applied) => {
-                    let value = then(value);
+                    let (value, acl_filtered) = then(value);
                     let body =
                         serde_json::to_vec(&value).map_err(|e| RaftError::Encode(e.to_string()))?;
                     let a = Answer {
                         applied: applied.unwrap_or_default(),
                         index: index.max(1),
                         body: Bytes::from(body),
+                        acl_filtered,
                     };
                     cache.put(&key, a.clone());
                     a
@@ -301,6 +308,7 @@ mod tests {
             applied,
             index: applied,
             body: body.clone(),
+            acl_filtered: false,
         };
         // Answers for an older state, as many as the bound holds.
         for i in 0..(2 * ANSWER_CACHE_BYTES / ANSWER_CACHE_MAX_BODY) {
@@ -331,6 +339,7 @@ mod tests {
                     applied: 1,
                     index: 1,
                     body: body.clone(),
+                    acl_filtered: false,
                 },
             );
             assert!(
@@ -347,6 +356,7 @@ mod tests {
                 applied: 2,
                 index: 2,
                 body: Bytes::from_static(b"[]"),
+                acl_filtered: false,
             },
         );
         assert!(cache.get(&long, 2).is_none());
@@ -360,6 +370,7 @@ mod tests {
                     applied,
                     index: applied,
                     body: Bytes::from_static(b"{}"),
+                    acl_filtered: false,
                 },
             );
         }

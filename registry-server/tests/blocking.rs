@@ -161,7 +161,7 @@ async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
                     built.fetch_add(1, Ordering::SeqCst);
                     s.kv.list("quiet/")
                 },
-                |v| v,
+                |v| (v, false),
             )
             .await
         })

@@ -241,19 +241,32 @@ async fn kv_read(
     }
 }
 
-fn http_client() -> reqwest::Client {
+/// A client with a 3 s timeout that sends `token` (the ACL seed's) on every request.
+fn http_client(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert("X-Consul-Token", t.parse().unwrap());
+    }
     registry_api::tls::client_builder(None)
         .timeout(Duration::from_secs(3))
+        .default_headers(headers)
         .build()
         .unwrap()
 }
 
 /// One client of the registers: catalog and KV operations at random.
-async fn client_loop(id: usize, seed: u64, urls: Vec<String>, rec: Arc<Recorder>, until: Instant) {
+async fn client_loop(
+    id: usize,
+    seed: u64,
+    urls: Vec<String>,
+    token: Option<String>,
+    rec: Arc<Recorder>,
+    until: Instant,
+) {
     let mut rng = StdRng::seed_from_u64(seed ^ ((id as u64 + 1) * 0x9e37_79b9));
     let clients: Vec<RegistryClient> = urls
         .iter()
-        .map(|u| RegistryClient::with_http(u.clone(), http_client()))
+        .map(|u| RegistryClient::with_http(u.clone(), http_client(token.as_deref())))
         .collect();
     let mut seq = 0u64;
     // KV key -> (value, ModifyIndex) as this client last read it (None: absent).
@@ -568,6 +581,7 @@ async fn lock_loop(
     id: usize,
     seed: u64,
     urls: Vec<String>,
+    token: Option<String>,
     rec: Arc<Recorder>,
     until: Instant,
     ttl_ms: u64,
@@ -575,7 +589,7 @@ async fn lock_loop(
     let mut rng = StdRng::seed_from_u64(seed ^ ((id as u64 + 101) * 0x9e37_79b9));
     let clients: Vec<RegistryClient> = urls
         .iter()
-        .map(|u| RegistryClient::with_http(u.clone(), http_client()))
+        .map(|u| RegistryClient::with_http(u.clone(), http_client(token.as_deref())))
         .collect();
     let mut made = 0;
     let mut writes = 0u64;
@@ -805,19 +819,165 @@ async fn pause(rng: &mut StdRng, ms: std::ops::Range<u64>) {
     tokio::time::sleep(Duration::from_millis(rng.random_range(ms))).await;
 }
 
-/// Runs one seed; returns the faults injected, or the failure.
-async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> {
-    let mut c = TestCluster::builder(3)
+/// The ACL seed's management token.
+const ACL_MANAGEMENT: &str = "chaos-management-0000-0000-000000000001";
+
+/// The rules of the ACL seed's clients: everything they do, and nothing under
+/// `forbidden` (which [`intruder_loop`] keeps trying).
+const ACL_RULES: &str = r#"
+    key_prefix "" { policy = "write" }
+    key_prefix "forbidden/" { policy = "deny" }
+    service_prefix "" { policy = "write" }
+    service_prefix "forbidden" { policy = "deny" }
+    node_prefix "" { policy = "write" }
+    session_prefix "" { policy = "write" }
+"#;
+
+/// With ACLs on (default deny): makes the clients' policy and token with the management
+/// token, through any server that answers, and returns the token's secret.
+async fn acl_token(urls: &[String]) -> String {
+    let http = http_client(Some(ACL_MANAGEMENT));
+    wait_until(Duration::from_secs(20), "the chaos token", || async {
+        for u in urls {
+            let policy = http
+                .put(format!("{u}/v1/acl/policy"))
+                .body(serde_json::json!({"Name": "chaos", "Rules": ACL_RULES}).to_string())
+                .send()
+                .await
+                .ok()?;
+            // A retry after an unknown outcome finds the policy made.
+            if !(policy.status().is_success() || policy.status().as_u16() == 400) {
+                continue;
+            }
+            let token = http
+                .put(format!("{u}/v1/acl/token"))
+                .body(r#"{"Policies":[{"Name":"chaos"}]}"#)
+                .send()
+                .await
+                .ok()?;
+            if token.status().is_success() {
+                let v: serde_json::Value = token.json().await.ok()?;
+                return v["SecretID"].as_str().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// The ACL seed's check that a leader change never lets a denied write through and never
+/// denies an allowed one: with the clients' token, writes under `forbidden` must never
+/// succeed, and writes under `allowed` must never be refused with a 403 (faults may make
+/// either fail otherwise). Returns how many of each were tried.
+async fn intruder_loop(
+    urls: Vec<String>,
+    token: String,
+    rec: Arc<Recorder>,
+    until: Instant,
+) -> (usize, usize) {
+    let http = http_client(Some(&token));
+    let (mut denied, mut allowed) = (0, 0);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let u = &urls[(n % urls.len() as u64) as usize];
+        let attempts = [
+            (
+                format!("{u}/v1/kv/forbidden/k{n}"),
+                String::from("x"),
+                false,
+            ),
+            (
+                format!("{u}/v1/catalog/register"),
+                format!(
+                    r#"{{"Node":"chaos-intruder","Address":"10.0.0.9","Service":{{"Service":"forbidden-{n}"}}}}"#
+                ),
+                false,
+            ),
+            (format!("{u}/v1/kv/allowed/k{n}"), String::from("y"), true),
+        ];
+        for (url, body, ok) in attempts {
+            let Ok(resp) = http.put(&url).body(body).send().await else {
+                continue;
+            };
+            let status = resp.status().as_u16();
+            if ok {
+                allowed += 1;
+                if status == 403 {
+                    rec.problem(format!("an allowed write was denied: PUT {url}"));
+                }
+            } else {
+                denied += 1;
+                if resp.status().is_success() {
+                    rec.problem(format!("a denied write went through: PUT {url}"));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (denied, allowed)
+}
+
+/// After an ACL seed: nothing under `forbidden` exists (read with the management token
+/// from the leader).
+async fn nothing_forbidden(url: &str) -> Result<(), String> {
+    let http = http_client(Some(ACL_MANAGEMENT));
+    let keys = http
+        .get(format!("{url}/v1/kv/forbidden/?keys&consistent"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if keys.status().as_u16() != 404 {
+        return Err(format!("keys under forbidden/ exist: {}", keys.status()));
+    }
+    let services: serde_json::Value = http
+        .get(format!("{url}/v1/catalog/services?consistent"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let bad: Vec<&String> = services
+        .as_object()
+        .map(|o| o.keys().filter(|k| k.starts_with("forbidden")).collect())
+        .unwrap_or_default();
+    if !bad.is_empty() {
+        return Err(format!("denied services registered: {bad:?}"));
+    }
+    Ok(())
+}
+
+/// Runs one seed; returns the faults injected, or the failure. With `acl`, the cluster
+/// enforces ACLs (default deny), every client uses a token allowed what it does, and an
+/// intruder loop checks that what the token is denied never gets through ([`intruder_loop`]).
+async fn run_seed(seed: u64, duration: Duration, acl: bool) -> Result<Vec<String>, String> {
+    let mut builder = TestCluster::builder(3)
         .agents(false)
         .sessions(SessionTuning {
             scan_interval: Duration::from_millis(50),
             ttl_multiplier: TTL_MULTIPLIER,
-        })
-        .start()
-        .await;
+        });
+    if acl {
+        builder = builder.acl(registry_server::acl::AclConfig {
+            enabled: true,
+            default_policy: registry_server::acl::AclDefault(
+                registry_api::acl::DefaultPolicy::Deny,
+            ),
+            initial_management: Some(ACL_MANAGEMENT.into()),
+            ..Default::default()
+        });
+    }
+    let mut c = builder.start().await;
     let leader = c.wait_leader().await;
+    let urls: Vec<String> = (0..3).map(|i| c.node(i).url()).collect();
+    let token = if acl {
+        Some(acl_token(&urls).await)
+    } else {
+        None
+    };
     // The lock sessions' node, registered before any fault.
-    let lc = c.client(leader);
+    let lc = RegistryClient::with_http(c.node(leader).url(), http_client(token.as_deref()));
     let node = RegisterRequest {
         node: LOCK_NODE.into(),
         address: "10.0.0.2".into(),
@@ -839,22 +999,32 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
         lock_events: Mutex::default(),
         problems: Mutex::new(Vec::new()),
     });
-    let urls: Vec<String> = (0..3).map(|i| c.node(i).url()).collect();
     let until = Instant::now() + duration;
     let mut clients = tokio::task::JoinSet::new();
     for id in 0..CLIENTS {
-        clients.spawn(client_loop(id, seed, urls.clone(), rec.clone(), until));
+        clients.spawn(client_loop(
+            id,
+            seed,
+            urls.clone(),
+            token.clone(),
+            rec.clone(),
+            until,
+        ));
     }
     for id in 0..LOCKERS {
         clients.spawn(lock_loop(
             id,
             seed,
             urls.clone(),
+            token.clone(),
             rec.clone(),
             until,
             ttl_ms,
         ));
     }
+    let intruder = token
+        .clone()
+        .map(|t| tokio::spawn(intruder_loop(urls.clone(), t, rec.clone(), until)));
     // Leader sampler: never two leaders in one term.
     let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> = Arc::default();
     let stop_sampler = tokio_util::sync::CancellationToken::new();
@@ -941,6 +1111,13 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
         faults.push(fault);
     }
     while clients.join_next().await.is_some() {}
+    let intruded = match intruder {
+        Some(task) => Some(
+            task.await
+                .map_err(|e| format!("seed {seed}: intruder: {e}"))?,
+        ),
+        None => None,
+    };
     c.net.heal_all();
     for d in &c.disks {
         d.set_write_delay(Duration::ZERO);
@@ -952,7 +1129,12 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
     let leader = c.wait_leader().await;
     // Final linearizable reads of every key join the history: every
     // acknowledged write must still be there.
-    let lc = c.client(leader);
+    let lc = RegistryClient::with_http(c.node(leader).url(), http_client(token.as_deref()));
+    let forbidden = if acl {
+        nothing_forbidden(&c.node(leader).url()).await.err()
+    } else {
+        None
+    };
     let consistent = QueryOptions {
         consistent: true,
         ..Default::default()
@@ -993,6 +1175,13 @@ async fn run_seed(seed: u64, duration: Duration) -> Result<Vec<String>, String> 
     c.shutdown().await;
 
     let mut problems = rec.problems.lock().unwrap().clone();
+    problems.extend(forbidden);
+    if let Some((denied, allowed)) = intruded {
+        if denied == 0 || allowed == 0 {
+            problems.push("the ACL intruder got no answer: nothing was checked".into());
+        }
+        eprintln!("seed {seed} (ACLs on): {denied} denied and {allowed} allowed writes tried");
+    }
     for (term, ids) in leaders.lock().unwrap().iter() {
         if ids.len() > 1 {
             problems.push(format!("two leaders in term {term}: {ids:?}"));
@@ -1103,10 +1292,18 @@ async fn fault_schedules_keep_the_history_linearizable() {
     let mut failures = Vec::new();
     for (seed, secs) in runs {
         eprintln!("seed {seed}: {secs} s of faults");
-        if let Err(e) = run_seed(seed, Duration::from_secs(secs)).await {
+        if let Err(e) = run_seed(seed, Duration::from_secs(secs), false).await {
             eprintln!("{e}");
             failures.push(e);
         }
+    }
+    // One seed with ACLs on (issue [12]): a leader change never lets a denied write through
+    // and never denies an allowed one; the history checks hold as without ACLs.
+    let acl_seed = seeds().first().copied().unwrap_or(1);
+    eprintln!("seed {acl_seed} with ACLs: {secs} s of faults");
+    if let Err(e) = run_seed(acl_seed, Duration::from_secs(secs), true).await {
+        eprintln!("{e}");
+        failures.push(format!("(ACLs on) {e}"));
     }
     assert!(
         failures.is_empty(),

@@ -100,9 +100,17 @@ pub struct ClusterBuilder {
     sessions: registry_server::leader::sessions::SessionTuning,
     /// KV tombstone reaping timing.
     tombstones: registry_server::leader::tombstones::TombstoneTuning,
+    /// ACL settings.
+    acl: registry_server::acl::AclConfig,
 }
 
 impl ClusterBuilder {
+    /// ACL settings for every server (default: ACLs off).
+    pub fn acl(mut self, acl: registry_server::acl::AclConfig) -> Self {
+        self.acl = acl;
+        self
+    }
+
     /// KV tombstone reaping for every server (default: production's, 15 minutes).
     pub fn tombstones(
         mut self,
@@ -152,6 +160,7 @@ impl ClusterBuilder {
             dc: self.dc,
             sessions: self.sessions,
             tombstones: self.tombstones,
+            acl: self.acl,
         };
         for i in 0..n {
             let h = registry_server::start(c.config(i)).await.unwrap();
@@ -183,6 +192,8 @@ pub struct TestCluster {
     pub tombstones: registry_server::leader::tombstones::TombstoneTuning,
     /// Each server's disk (slow it down with `set_write_delay`); kept across restarts.
     pub disks: Vec<registry_server::storage::DiskFaults>,
+    /// ACL settings used for every server.
+    pub acl: registry_server::acl::AclConfig,
 }
 
 impl TestCluster {
@@ -201,6 +212,7 @@ impl TestCluster {
             dc: "dc1".to_string(),
             sessions: Default::default(),
             tombstones: Default::default(),
+            acl: Default::default(),
         }
     }
 
@@ -222,6 +234,7 @@ impl TestCluster {
         cfg.agent_heartbeat_interval = Duration::from_millis(100);
         cfg.transport = TransportKind::Mem(self.net.clone());
         cfg.disk_faults = self.disks[i].clone();
+        cfg.acl = self.acl.clone();
         cfg
     }
 

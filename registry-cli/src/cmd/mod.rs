@@ -4,6 +4,7 @@
 //! Owns: turning the global flags and the environment into a client. Must not touch: output
 //! formatting (`output`) or argv (`args`).
 
+pub mod acl;
 pub mod catalog;
 pub mod kv;
 pub mod lock;

@@ -72,7 +72,7 @@ impl Agent {
             if unchanged {
                 continue;
             }
-            self.register_service(reg.clone(), true)
+            self.register_service(reg.clone(), true, None)
                 .await
                 .map_err(|e| {
                     ApiError::Internal(format!(

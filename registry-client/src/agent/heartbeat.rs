@@ -39,12 +39,15 @@ impl Agent {
             // One round tries every server in turn until one takes the heartbeat: an error
             // answer (a server that cannot reach a leader) counts as a failure, like no
             // answer, and the pool then prefers the server that took it.
+            // Read each round: `PUT /v1/agent/token/agent` may have changed it.
+            let token = self.agent_token();
             let sent = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.servers.put_json_within(
+                r = self.servers.put_json_within_as(
                     "/v1/internal/heartbeat",
                     &body,
                     Some(self.config.heartbeat_interval.max(Duration::from_secs(1))),
+                    token.as_deref(),
                 ) => r,
             };
             match sent {

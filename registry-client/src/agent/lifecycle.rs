@@ -28,7 +28,7 @@
 use super::Agent;
 use crate::anti_entropy::encode_segment;
 use crate::servers::PoolError;
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use registry_api::{DeregisterRequest, Error as ApiError};
 use std::future::Future;
 use std::pin::Pin;
@@ -174,7 +174,11 @@ impl Agent {
             ..Default::default()
         };
         self.servers
-            .put_json("/v1/catalog/deregister", &req)
+            .put_json_as(
+                "/v1/catalog/deregister",
+                &req,
+                self.agent_token().as_deref(),
+            )
             .await
             .map_err(|e| ApiError::Internal(format!("failed to leave the cluster: {e}")))
     }
@@ -200,15 +204,26 @@ impl Agent {
         Ok(())
     }
 
-    /// `PUT /v1/agent/force-leave/:node[?prune]`: the servers' answer, passed back.
-    pub async fn force_leave(&self, node: &str, prune: bool) -> Result<(), ApiError> {
+    /// `PUT /v1/agent/force-leave/:node[?prune]`: the servers' answer, passed back. `token`
+    /// is the request's: the servers judge it too (`operator:write`).
+    pub async fn force_leave(
+        &self,
+        node: &str,
+        prune: bool,
+        token: Option<&str>,
+    ) -> Result<(), ApiError> {
         let mut path = format!("/v1/internal/force-leave/{}", encode_segment(node));
         if prune {
             path.push_str("?prune");
         }
         let resp = self
             .servers
-            .send(Method::PUT, &path, HeaderMap::new(), Default::default())
+            .send(
+                Method::PUT,
+                &path,
+                crate::servers::token_headers(token),
+                Default::default(),
+            )
             .await
             .map_err(|e: PoolError| ApiError::Internal(e.to_string()))?;
         if resp.status.is_success() {

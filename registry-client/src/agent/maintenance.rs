@@ -91,7 +91,7 @@ impl Agent {
                 }
                 let same = st.checks.get(&id).map(|c| &c.definition) == Some(&p.definition);
                 if !same {
-                    self.install_check(&mut st, p);
+                    self.install_check(&mut st, p, None);
                 }
                 !same
             } else {

@@ -35,7 +35,7 @@ pub use config_files::ConfigFilesApplied;
 pub use lifecycle::{join_failed, BoxFuture, ServerLifecycle, DEFAULT_SERVER_PORT};
 pub use maintenance::{NODE_MAINTENANCE_ID, SERVICE_MAINTENANCE_PREFIX};
 pub use registration::SCRIPT_CHECKS_DISABLED;
-pub(crate) use state::LocalState;
+pub(crate) use state::{LocalCheck, LocalState};
 
 use crate::anti_entropy::AntiEntropy;
 use crate::checks::CheckUpdate;
@@ -80,6 +80,13 @@ pub struct AgentConfig {
     pub config_sources: registry_api::config_file::ConfigSources,
     /// TLS (`--ca-file`, ...): its certificates are read again on reload.
     pub tls: Option<std::sync::Arc<registry_api::tls::Tls>>,
+    /// `--acl-enabled`: the operator says the cluster has ACLs on, so a token the agent
+    /// cannot resolve (no server answers) is refused rather than taken as ACLs off
+    /// ([`crate::acl`]). A server's agent ignores it: the server resolves its requests.
+    pub acl_enabled: bool,
+    /// `--acl-agent-token`: what the agent's own requests to the servers carry (Consul's
+    /// `acl.tokens.agent`); given, it also means ACLs are on, as `acl_enabled`.
+    pub acl_agent_token: Option<crate::acl::SecretToken>,
 }
 
 impl AgentConfig {
@@ -98,6 +105,8 @@ impl AgentConfig {
             encrypt: None,
             config_sources: Default::default(),
             tls: None,
+            acl_enabled: false,
+            acl_agent_token: None,
         }
     }
 }
@@ -147,6 +156,11 @@ pub struct Agent {
     /// This agent's metrics (`/v1/agent/metrics`; a server's embedded agent includes the
     /// server's).
     pub(crate) metrics: crate::metrics::AgentMetrics,
+    /// The agent's own tokens (`agent`, `default`), changed by `PUT /v1/agent/token/:type`.
+    tokens: crate::acl::AgentTokens,
+    /// Resolves request tokens through the servers (the standalone agent's auth step; a
+    /// server's agent has the server's).
+    acl: crate::acl::AclResolver,
 }
 
 /// How long after start an agent's `/v1/status/leader` may wait for its node to be in the
@@ -203,9 +217,17 @@ impl Agent {
             _ => servers,
         };
         let (updates_tx, updates_rx) = mpsc::channel(CHECK_UPDATES_CAPACITY);
+        let tokens =
+            crate::acl::AgentTokens::new(config.acl_agent_token.as_ref().map(|t| t.0.clone()));
+        let acl = crate::acl::AclResolver::new(
+            servers.clone(),
+            config.acl_enabled || config.acl_agent_token.is_some(),
+        );
         let agent = Arc::new(Agent {
             config,
             servers,
+            tokens,
+            acl,
             state: Mutex::new(LocalState::default()),
             sync_wake: Notify::new(),
             updates_tx,
@@ -290,6 +312,21 @@ impl Agent {
         &self.servers
     }
 
+    /// The agent's own tokens.
+    pub fn tokens(&self) -> &crate::acl::AgentTokens {
+        &self.tokens
+    }
+
+    /// The standalone agent's token resolver.
+    pub fn acl(&self) -> &crate::acl::AclResolver {
+        &self.acl
+    }
+
+    /// The token the agent's own requests carry now (`agent`).
+    pub(crate) fn agent_token(&self) -> Option<String> {
+        self.tokens.agent()
+    }
+
     /// Whether this node and its `serfHealth` have been seen in the catalog, or the agent has
     /// waited for that long enough (see the fields).
     pub(crate) fn in_catalog(&self) -> bool {
@@ -308,7 +345,7 @@ impl Agent {
         );
         let found = self
             .servers
-            .get_json::<Vec<registry_api::HealthCheck>>(&path)
+            .get_json_as::<Vec<registry_api::HealthCheck>>(&path, self.agent_token().as_deref())
             .await
             .is_ok_and(|checks| {
                 checks

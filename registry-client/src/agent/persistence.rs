@@ -16,6 +16,22 @@ use std::path::{Path, PathBuf};
 type PersistedServices = Vec<AgentService>;
 /// On-disk form of `checks.json`.
 type PersistedChecks = Vec<CheckRegistration>;
+/// On-disk form of `tokens.json` (mode 0600): the tokens services and checks were
+/// registered with, apart from the definitions so that only this file holds secrets.
+type PersistedTokens = Vec<PersistedToken>;
+
+/// One entry of `tokens.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PersistedToken {
+    /// `service` or `check`.
+    kind: String,
+    /// The service's instance id or the check's id.
+    #[serde(rename = "ID")]
+    id: String,
+    /// The token. Never logged.
+    token: String,
+}
 
 /// The temporary file [`write_atomically`] writes before renaming it over `path`: in the
 /// same directory, because a rename is atomic only within one file system.
@@ -31,20 +47,37 @@ fn temp_path(path: &Path) -> PathBuf {
 /// can leave the rename on disk but not the data (a zero-length file on ext4 and XFS);
 /// without the directory's, the rename itself may be lost.
 async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically_as(path, bytes, false).await
+}
+
+/// [`write_atomically`]; `private`: the file is readable by its owner only (0600), from its
+/// creation on, as it holds secrets.
+async fn write_atomically_as(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     let path = path.to_owned();
     let bytes = bytes.to_vec();
     // std::fs on the blocking pool: tokio::fs runs each call there anyway, and fsyncing a
     // directory needs a plain File.
-    tokio::task::spawn_blocking(move || write_atomically_blocking(&path, &bytes))
+    tokio::task::spawn_blocking(move || write_atomically_blocking(&path, &bytes, private))
         .await
         .map_err(std::io::Error::other)?
 }
 
-/// The blocking body of [`write_atomically`].
-fn write_atomically_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// The blocking body of [`write_atomically_as`].
+fn write_atomically_blocking(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = temp_path(path);
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        // The mode applies only to a file this call creates: a leftover must go first.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
@@ -132,6 +165,12 @@ fn parse_entries<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, Optio
 /// file that held anything is kept beside it as `<name>.corrupt` for a look by hand, since
 /// the next change of state overwrites it.
 async fn read_entries<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    read_entries_as(path, true).await
+}
+
+/// [`read_entries`]; `keep_copy: false` keeps no `.corrupt` copy (a file of secrets is not
+/// copied where its mode would not protect it).
+async fn read_entries_as<T: serde::de::DeserializeOwned>(path: &Path, keep_copy: bool) -> Vec<T> {
     let bytes = match tokio::fs::read(path).await {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
@@ -144,7 +183,7 @@ async fn read_entries<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     let (entries, damage) = parse_entries(&bytes);
     if let Some(damage) = damage {
         let mut kept_copy = None;
-        if !bytes.is_empty() && matches!(damage, Damage::Torn { .. }) {
+        if keep_copy && !bytes.is_empty() && matches!(damage, Damage::Torn { .. }) {
             let mut name = path.file_name().unwrap_or_default().to_os_string();
             name.push(".corrupt");
             let copy = path.with_file_name(name);
@@ -170,22 +209,34 @@ impl Agent {
         let Some(dir) = &self.config.data_dir else {
             return Ok(());
         };
-        let (services, checks): (PersistedServices, PersistedChecks) = {
+        let (services, checks, tokens): (PersistedServices, PersistedChecks, PersistedTokens) = {
             let st = self.lock();
             // Services from configuration files (and their checks) are read from the files
             // at every start, so a definition removed from them does not come back.
             let from_files = |id: &str| st.file_services.contains_key(id);
+            let services = st.services.values().filter(|s| !from_files(&s.service.id));
+            let checks = st
+                .checks
+                .values()
+                .filter(|c| !from_files(&c.definition.service_id));
+            let service_tokens = services.clone().filter_map(|s| {
+                Some(PersistedToken {
+                    kind: "service".into(),
+                    id: s.service.id.clone(),
+                    token: s.token.clone()?,
+                })
+            });
+            let check_tokens = checks.clone().filter_map(|c| {
+                Some(PersistedToken {
+                    kind: "check".into(),
+                    id: c.check.check_id.clone(),
+                    token: c.token.clone()?,
+                })
+            });
             (
-                st.services
-                    .values()
-                    .filter(|s| !from_files(&s.service.id))
-                    .map(|s| s.service.clone())
-                    .collect(),
-                st.checks
-                    .values()
-                    .filter(|c| !from_files(&c.definition.service_id))
-                    .map(|c| c.definition.clone())
-                    .collect(),
+                services.map(|s| s.service.clone()).collect(),
+                checks.map(|c| c.definition.clone()).collect(),
+                service_tokens.chain(check_tokens).collect(),
             )
         };
         let result = async {
@@ -197,6 +248,12 @@ impl Agent {
             write_atomically(
                 &dir.join("checks.json"),
                 &serde_json::to_vec_pretty(&checks)?,
+            )
+            .await?;
+            write_atomically_as(
+                &dir.join("tokens.json"),
+                &serde_json::to_vec_pretty(&tokens)?,
+                true,
             )
             .await
         }
@@ -216,10 +273,19 @@ impl Agent {
         };
         let services_path = dir.join("services.json");
         let checks_path = dir.join("checks.json");
+        let tokens_path = dir.join("tokens.json");
         remove_leftover_temp(&services_path).await;
         remove_leftover_temp(&checks_path).await;
+        remove_leftover_temp(&tokens_path).await;
         let services: PersistedServices = read_entries(&services_path).await;
         let checks: PersistedChecks = read_entries(&checks_path).await;
+        let tokens: PersistedTokens = read_entries_as(&tokens_path, false).await;
+        let token_of = |kind: &str, id: &str| {
+            tokens
+                .iter()
+                .find(|t| t.kind == kind && t.id == id)
+                .map(|t| t.token.clone())
+        };
         let _persist = self.persist_lock.lock().await;
         let mut st = self.lock();
         for service in services {
@@ -228,12 +294,14 @@ impl Agent {
                 continue;
             }
             let generation = st.bump();
+            let token = token_of("service", &service.id);
             st.services.insert(
                 service.id.clone(),
                 LocalService {
                     service,
                     in_sync: false,
                     generation,
+                    token,
                 },
             );
         }
@@ -244,7 +312,7 @@ impl Agent {
                 continue;
             }
             match self.prepare_check(def) {
-                Ok(p) => self.install_check(&mut st, p),
+                Ok(p) => self.install_check(&mut st, p, token_of("check", &id)),
                 Err(e) => {
                     tracing::warn!(check = %id, error = %e, "skipping invalid persisted check")
                 }

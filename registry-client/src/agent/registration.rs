@@ -24,11 +24,13 @@ pub const SCRIPT_CHECKS_DISABLED: &str = "Scripts are disabled on this agent; to
 
 impl Agent {
     /// `PUT /v1/agent/service/register`. The whole registration, every check included, is
-    /// validated before anything changes.
+    /// validated before anything changes. `token` (the request's) is what the service and
+    /// its checks are synced with from then on (`None`: the agent's token).
     pub async fn register_service(
         &self,
         reg: ServiceRegistration,
         replace_existing_checks: bool,
+        token: Option<String>,
     ) -> Result<(), ApiError> {
         let (id, service, prepared) = self.prepare_service(&reg)?;
         let ids: BTreeSet<String> = prepared.iter().map(|p| p.check.check_id.clone()).collect();
@@ -55,9 +57,14 @@ impl Agent {
                         service,
                         in_sync: false,
                         generation,
+                        token: token.clone(),
                     },
                 );
+            } else if let Some(s) = st.services.get_mut(&id) {
+                // The same service registered with another token syncs with that one now.
+                s.token = token.clone();
             }
+            st.deleted_service_tokens.remove(&id);
             st.deleted_services.remove(&id);
             if replace_existing_checks {
                 let stale: Vec<String> = st
@@ -73,7 +80,7 @@ impl Agent {
                 }
             }
             for p in prepared {
-                self.install_check(&mut st, p);
+                self.install_check(&mut st, p, token.clone());
             }
         }
         self.persist().await?;
@@ -190,6 +197,21 @@ impl Agent {
             .map(|s| AgentServiceInfo::new(&s.service, &self.config.datacenter))
     }
 
+    /// The name of the service local check `id` belongs to: `Some(None)` for a node check,
+    /// `None` for an unknown check (for the handlers' ACL step).
+    pub fn check_service_name(&self, id: &str) -> Option<Option<String>> {
+        let st = self.lock();
+        let check = st.checks.get(id)?;
+        if check.check.service_id.is_empty() {
+            return Some(None);
+        }
+        // A check whose service is gone is judged by its service id (Consul's fallback).
+        Some(Some(st.services.get(&check.check.service_id).map_or_else(
+            || check.check.service_id.clone(),
+            |s| s.service.service.clone(),
+        )))
+    }
+
     /// `GET /v1/agent/checks`, with `Node`, `ServiceName` and `ServiceTags` filled in.
     pub fn checks(&self) -> BTreeMap<String, HealthCheck> {
         let st = self.lock();
@@ -199,8 +221,12 @@ impl Agent {
             .collect()
     }
 
-    /// `PUT /v1/agent/check/register`.
-    pub async fn register_check(&self, mut def: CheckRegistration) -> Result<(), ApiError> {
+    /// `PUT /v1/agent/check/register`; `token` as for [`Agent::register_service`].
+    pub async fn register_check(
+        &self,
+        mut def: CheckRegistration,
+        token: Option<String>,
+    ) -> Result<(), ApiError> {
         if def.name.is_empty() {
             return Err(ApiError::BadRequest("Missing check name".into()));
         }
@@ -218,7 +244,7 @@ impl Agent {
                     "ServiceID {sid:?} does not exist"
                 )));
             }
-            self.install_check(&mut st, p);
+            self.install_check(&mut st, p, token);
         }
         self.persist().await?;
         tracing::info!(node = %self.config.node, check = %check_id, "check registered");
@@ -352,11 +378,20 @@ impl Agent {
     /// Puts a prepared check in place, starting its runner. A re-registration with the same
     /// definition keeps the running check and its status, so re-registering a service does
     /// not reset its health (Consul keeps the status of a re-registered check too).
-    pub(super) fn install_check(&self, st: &mut LocalState, p: PreparedCheck) {
+    pub(super) fn install_check(
+        &self,
+        st: &mut LocalState,
+        p: PreparedCheck,
+        token: Option<String>,
+    ) {
         let id = p.check.check_id.clone();
         st.deleted_checks.remove(&id);
-        if st.checks.get(&id).map(|c| &c.definition) == Some(&p.definition) {
-            return;
+        st.deleted_check_tokens.remove(&id);
+        if let Some(c) = st.checks.get_mut(&id) {
+            if c.definition == p.definition {
+                c.token = token;
+                return;
+            }
         }
         if let Some(old) = st.checks.remove(&id) {
             if let Some(runner) = &old.runner {
@@ -384,6 +419,7 @@ impl Agent {
                 critical_since,
                 in_sync: false,
                 generation,
+                token,
             },
         );
     }

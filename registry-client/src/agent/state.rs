@@ -27,6 +27,11 @@ pub(crate) struct LocalState {
     pub(crate) deleted_services: BTreeSet<String>,
     /// Checks removed locally that the catalog may still hold.
     pub(crate) deleted_checks: BTreeSet<String>,
+    /// The tokens of removed services that had one, by instance id: their deregistration
+    /// carries it (in memory only; after a restart the agent token removes them).
+    pub(crate) deleted_service_tokens: BTreeMap<String, String>,
+    /// The tokens of removed checks that had one, by check id.
+    pub(crate) deleted_check_tokens: BTreeMap<String, String>,
     /// Whether the catalog's node entry matches this agent.
     pub(crate) node_in_sync: bool,
     /// Services defined in configuration files, by instance id, as last applied: a reload
@@ -54,6 +59,9 @@ pub(crate) struct LocalService {
     pub(crate) in_sync: bool,
     /// Changes whenever the service changes.
     pub(crate) generation: u64,
+    /// The token it was registered with, which its syncs carry (Consul keeps one per local
+    /// service); `None`: the agent's token. Never logged.
+    pub(crate) token: Option<String>,
 }
 
 /// A local check.
@@ -73,6 +81,9 @@ pub(crate) struct LocalCheck {
     pub(crate) in_sync: bool,
     /// Changes whenever the check changes.
     pub(crate) generation: u64,
+    /// The token it was registered with. A node check's syncs carry it (`None`: the agent's
+    /// token); a service's checks travel with their service, under the service's token.
+    pub(crate) token: Option<String>,
 }
 
 /// A check definition validated and ready to install.
@@ -114,15 +125,23 @@ pub(super) fn remove_check(st: &mut LocalState, id: &str) -> bool {
         runner.stop();
     }
     st.deleted_checks.insert(id.to_owned());
+    match check.token {
+        Some(token) => st.deleted_check_tokens.insert(id.to_owned(), token),
+        None => st.deleted_check_tokens.remove(id),
+    };
     true
 }
 
 /// Removes a service and its checks; returns whether it existed. The catalog drops a
 /// service's checks with it, so only the service needs deregistering there.
 pub(super) fn remove_service(st: &mut LocalState, id: &str) -> bool {
-    if st.services.remove(id).is_none() {
+    let Some(service) = st.services.remove(id) else {
         return false;
-    }
+    };
+    match service.token {
+        Some(token) => st.deleted_service_tokens.insert(id.to_owned(), token),
+        None => st.deleted_service_tokens.remove(id),
+    };
     let owned: Vec<String> = st
         .checks
         .values()
@@ -136,6 +155,7 @@ pub(super) fn remove_service(st: &mut LocalState, id: &str) -> bool {
             }
         }
         st.deleted_checks.remove(&check_id);
+        st.deleted_check_tokens.remove(&check_id);
     }
     st.deleted_services.insert(id.to_owned());
     true

@@ -14,6 +14,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Resource, Scalar};
 use registry_api::{PASSING, WARNING};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -56,11 +58,16 @@ fn wants_text(headers: &HeaderMap, q: &[(String, String)]) -> bool {
 /// as text (see [`wants_text`]) the aggregated status, or the not-found reason.
 pub(super) async fn health_by_id(
     State(agent): St,
+    auth: Authorized,
     Path(id): Path<String>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> HttpResult {
     let text = wants_text(&headers, &q);
+    // `service:read` on the instance's service (an unknown id is the 404 below).
+    if let Some(svc) = agent.service(&id) {
+        auth.require(Resource::Service, &svc.service, Access::Read)?;
+    }
     let entry = agent.service(&id).and_then(|svc| {
         agent
             .health_by_service_name(&svc.service)
@@ -86,10 +93,12 @@ pub(super) async fn health_by_id(
 /// aggregated status, or `ServiceName <name> Not Found`.
 pub(super) async fn health_by_name(
     State(agent): St,
+    auth: Authorized,
     Path(name): Path<String>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> HttpResult {
+    auth.require(Resource::Service, &name, Access::Read)?;
     let text = wants_text(&headers, &q);
     let entries = agent.health_by_service_name(&name);
     // Consul's loop: the first instance sets code and status, a worse one replaces them.
@@ -149,8 +158,9 @@ fn plain(code: StatusCode, body: String) -> Response {
 
 /// `GET /v1/agent/host`: Consul's `{Memory, CPU, Host, Disk, CollectionTime, Errors}` with
 /// gopsutil's field names. What `/proc` does not give cheaply (disk usage: it needs
-/// `statvfs`) is present and zero, and named in `Errors`.
-pub(super) async fn host(State(agent): St) -> HttpResult {
+/// `statvfs`) is present and zero, and named in `Errors`. Needs `operator:read` (Consul's).
+pub(super) async fn host(State(agent): St, auth: Authorized) -> HttpResult {
+    auth.require_scalar(Scalar::Operator, Access::Read)?;
     let data_dir = agent.config().data_dir.clone();
     let info = tokio::task::spawn_blocking(move || collect_host(data_dir.as_deref()))
         .await

@@ -10,6 +10,7 @@
 //! monitor's response. Must not touch: the steps themselves, or the log stream's plumbing
 //! ([`registry_api::logs`]).
 
+use super::acl::{require_agent, RequestToken};
 use super::params::value;
 use super::HttpResult;
 use crate::agent::Agent;
@@ -17,6 +18,8 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Scalar};
 use registry_api::logs::{LogStream, MonitorLevel};
 use registry_api::Error as ApiError;
 use std::sync::Arc;
@@ -30,14 +33,17 @@ type Params = Query<Vec<(String, String)>>;
 const WAN_REFUSED: &str = "WAN membership is the WAN gateways' (wan-gateway --retry-join-wan): \
                            agents and servers join and leave the LAN only";
 
-/// `PUT /v1/agent/reload`: 200 and an empty body once reloaded.
-pub(super) async fn reload(State(agent): St) -> HttpResult {
+/// `PUT /v1/agent/reload`: 200 and an empty body once reloaded. Reload, leave and join need
+/// `agent:write` on this node; force-leave, `operator:write` (Consul's rules).
+pub(super) async fn reload(State(agent): St, auth: Authorized) -> HttpResult {
+    require_agent(&agent, &auth, Access::Write)?;
     agent.reload().await?;
     Ok(StatusCode::OK.into_response())
 }
 
 /// `PUT /v1/agent/leave`: 200 and an empty body, then the process stops.
-pub(super) async fn leave(State(agent): St) -> HttpResult {
+pub(super) async fn leave(State(agent): St, auth: Authorized) -> HttpResult {
+    require_agent(&agent, &auth, Access::Write)?;
     agent.leave().await?;
     Ok(StatusCode::OK.into_response())
 }
@@ -45,24 +51,29 @@ pub(super) async fn leave(State(agent): St) -> HttpResult {
 /// `PUT /v1/agent/force-leave/:node[?prune][?wan]`.
 pub(super) async fn force_leave(
     State(agent): St,
+    auth: Authorized,
+    RequestToken(token): RequestToken,
     Path(node): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
+    auth.require_scalar(Scalar::Operator, Access::Write)?;
     if q.iter().any(|(k, _)| k == "wan") {
         return Err(ApiError::BadRequest(WAN_REFUSED.into()).into());
     }
     // Consul reads `prune` by presence (`_, prune := query["prune"]`).
     let prune = q.iter().any(|(k, _)| k == "prune");
-    agent.force_leave(&node, prune).await?;
+    agent.force_leave(&node, prune, token.as_deref()).await?;
     Ok(StatusCode::OK.into_response())
 }
 
 /// `PUT /v1/agent/join/:address[?wan]`.
 pub(super) async fn join(
     State(agent): St,
+    auth: Authorized,
     Path(address): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
+    require_agent(&agent, &auth, Access::Write)?;
     // Consul reads `wan` by value (`query.Get("wan") != ""`): an empty one is the LAN.
     if value(&q, "wan").is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::BadRequest(WAN_REFUSED.into()).into());
@@ -72,8 +83,13 @@ pub(super) async fn join(
 }
 
 /// `GET /v1/agent/monitor[?loglevel=][&logjson]`: this process's log lines as they happen,
-/// streamed until the client goes (see [`registry_api::logs`]).
-pub(super) async fn monitor(Query(q): Params) -> HttpResult<Response> {
+/// streamed until the client goes (see [`registry_api::logs`]). Needs `agent:read`.
+pub(super) async fn monitor(
+    State(agent): St,
+    auth: Authorized,
+    Query(q): Params,
+) -> HttpResult<Response> {
+    require_agent(&agent, &auth, Access::Read)?;
     let level =
         MonitorLevel::parse(value(&q, "loglevel").unwrap_or("")).map_err(ApiError::BadRequest)?;
     let json = q.iter().any(|(k, _)| k == "logjson");

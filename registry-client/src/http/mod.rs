@@ -3,6 +3,8 @@
 //! forwarding of every other request to a server.
 //!
 //! - this file: the two routers;
+//! - `acl`: the standalone agent's auth step, the `default` token, the rights the handlers
+//!   share and `PUT /v1/agent/token/:type`;
 //! - `routes`: the agent endpoints' handlers;
 //! - `info`: version, host, and local health by service id and name;
 //! - `lifecycle`: reload, leave, force-leave, join and monitor;
@@ -20,6 +22,7 @@
 //! state's rules (they are in [`crate::agent`]) or server failover (that is
 //! [`crate::servers`]).
 
+mod acl;
 mod event;
 mod forward;
 mod info;
@@ -51,7 +54,9 @@ impl From<PoolError> for HttpError {
 /// What a handler returns: a response, or an error that [`HttpError`] turns into one.
 type HttpResult<T = Response> = Result<T, HttpError>;
 
-/// Router with only the agent endpoints; a server in `--dev` mode merges it into its own.
+/// Router with only the agent endpoints; a server merges it into its own. It has no auth
+/// step of its own: each router it is part of resolves tokens first (the server's, or
+/// [`client_router`]'s), and a handler without one refuses ([`registry_api::acl::extract`]).
 pub fn agent_router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/agent/service/register", put(routes::service_register))
@@ -91,6 +96,7 @@ pub fn agent_router(agent: Arc<Agent>) -> Router {
         .route("/v1/agent/join/{address}", put(lifecycle::join))
         .route("/v1/agent/monitor", get(lifecycle::monitor))
         .route("/v1/agent/metrics", get(metrics::metrics))
+        .route("/v1/agent/token/{kind}", put(acl::set_token))
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)
@@ -116,7 +122,7 @@ pub fn client_router(agent: Arc<Agent>, servers: ServerPool) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent.clone());
     let requests = agent.client_request_metrics();
-    agent_router(agent)
+    agent_router(agent.clone())
         .layer(middleware::from_fn(registry_api::query::apply))
         .merge(completed)
         // Timed by route template (bounded); forwarded requests are the servers' to time.
@@ -124,5 +130,13 @@ pub fn client_router(agent: Arc<Agent>, servers: ServerPool) -> Router {
             requests,
             registry_api::metrics::track_requests,
         ))
+        // The auth step, for this agent's routes only: the servers judge what is forwarded.
+        .route_layer(middleware::from_fn_with_state(
+            agent.clone(),
+            acl::authenticate,
+        ))
         .merge(forward)
+        // Outermost: the `default` token is the one of every request without one, forwarded
+        // or not.
+        .layer(middleware::from_fn_with_state(agent, acl::default_token))
 }

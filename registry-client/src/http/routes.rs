@@ -2,9 +2,17 @@
 //! shape the answer as Consul does. A new endpoint family (metrics, reload, tokens) gets a
 //! file of its own beside this one.
 //!
+//! Every handler that reads or changes anything takes the request's [`Authorized`] and asks it
+//! first (Consul's rules, `agent/agent_endpoint.go`): nothing changes for a denied request,
+//! and lists leave out what the token may not read, saying so in
+//! `X-Consul-Results-Filtered-By-ACLs`.
+//!
 //! Owns: request and response shapes of `/v1/agent/...`. Must not touch: the local state's
 //! rules (the [`Agent`] methods enforce them).
 
+use super::acl::{
+    mark_filtered, require_agent, require_check_write, require_service_write, RequestToken,
+};
 use super::params::{body, enable_param, flag, required_body, value};
 use super::HttpResult;
 use crate::agent::Agent;
@@ -13,6 +21,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Resource};
 use registry_api::filter::{schemas, Filter, Schema};
 use registry_api::{
     AgentMember, AgentSelf, AgentSelfConfig, CatalogService, CheckRegistration, CheckStatus,
@@ -40,29 +50,57 @@ type Params = Query<Vec<(String, String)>>;
 
 // Services.
 
+/// `PUT /v1/agent/service/register`: `service:write` on the service (its checks are its
+/// own, so the same right covers them), and on the service an existing instance of that id
+/// belongs to (Consul's `vetServiceRegister`). The request's token is kept with the service:
+/// anti-entropy syncs it with that token.
 pub(super) async fn service_register(
     State(agent): St,
+    auth: Authorized,
+    RequestToken(token): RequestToken,
     Query(q): Params,
     bytes: Bytes,
 ) -> HttpResult {
     let replace = flag(&q, "replace-existing-checks")?;
     let reg: ServiceRegistration = required_body(&bytes)?;
-    agent.register_service(reg, replace).await?;
+    // A nameless registration is the agent's 400, whatever the token.
+    if !reg.name.is_empty() {
+        auth.require(Resource::Service, &reg.name, Access::Write)?;
+        let id = if reg.id.is_empty() {
+            &reg.name
+        } else {
+            &reg.id
+        };
+        if let Some(existing) = agent.service(id).filter(|e| e.service != reg.name) {
+            auth.require(Resource::Service, &existing.service, Access::Write)?;
+        }
+    }
+    agent.register_service(reg, replace, token).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-pub(super) async fn service_deregister(State(agent): St, Path(id): Path<String>) -> HttpResult {
+/// `PUT /v1/agent/service/deregister/:id`: `service:write` on the instance's service.
+pub(super) async fn service_deregister(
+    State(agent): St,
+    auth: Authorized,
+    Path(id): Path<String>,
+) -> HttpResult {
+    require_service_write(&agent, &auth, &id)?;
     agent.deregister_service(&id).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-/// `GET /v1/agent/services`, with Consul's `?filter=` over each service.
-pub(super) async fn services(State(agent): St, Query(q): Params) -> HttpResult {
+/// `GET /v1/agent/services`, with Consul's `?filter=` over each service; only the services
+/// the token may read (`service:read`).
+pub(super) async fn services(State(agent): St, auth: Authorized, Query(q): Params) -> HttpResult {
     let mut services = agent.services();
+    let total = services.len();
+    services.retain(|_, s| auth.allows(Resource::Service, &s.service, Access::Read));
+    let filtered = services.len() < total;
     if let Some(f) = filter(&q, schemas::AGENT_SERVICE)? {
         services.retain(|_, s| f.matches_item(s));
     }
-    Ok(Json(services).into_response())
+    Ok(mark_filtered(Json(services).into_response(), filtered))
 }
 
 /// `?filter=` parsed against the endpoint's selectors; a bad one is a 400 with the reason,
@@ -78,10 +116,15 @@ fn filter(q: &[(String, String)], schema: Schema) -> Result<Option<Filter>, ApiE
 /// sends as `X-Consul-ContentHash` (agent/service.mdx, "Get Service Configuration"). The
 /// hash is of the answer itself, so it changes exactly when what a client reads changes.
 /// Hash-based blocking (`?hash=`) is not served.
-pub(super) async fn service(State(agent): St, Path(id): Path<String>) -> HttpResult {
+pub(super) async fn service(
+    State(agent): St,
+    auth: Authorized,
+    Path(id): Path<String>,
+) -> HttpResult {
     let svc = agent
         .service(&id)
         .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+    auth.require(Resource::Service, &svc.service, Access::Read)?;
     let mut body = serde_json::to_value(&svc).map_err(|e| ApiError::Internal(e.to_string()))?;
     let hash = content_hash(&body);
     if let serde_json::Value::Object(fields) = &mut body {
@@ -104,54 +147,98 @@ fn content_hash(value: &serde_json::Value) -> String {
 
 // Checks.
 
-/// `GET /v1/agent/checks`, with Consul's `?filter=` over each check.
-pub(super) async fn checks(State(agent): St, Query(q): Params) -> HttpResult {
+/// `GET /v1/agent/checks`, with Consul's `?filter=` over each check; only the checks the
+/// token may read: a service's by `service:read` on it, a node check by `node:read`.
+pub(super) async fn checks(State(agent): St, auth: Authorized, Query(q): Params) -> HttpResult {
     let mut checks = agent.checks();
+    let total = checks.len();
+    checks.retain(|_, c| {
+        if c.service_id.is_empty() {
+            auth.allows(Resource::Node, &c.node, Access::Read)
+        } else if c.service_name.is_empty() {
+            auth.allows(Resource::Service, &c.service_id, Access::Read)
+        } else {
+            auth.allows(Resource::Service, &c.service_name, Access::Read)
+        }
+    });
+    let filtered = checks.len() < total;
     if let Some(f) = filter(&q, schemas::HEALTH_CHECK)? {
         checks.retain(|_, c| f.matches_item(c));
     }
-    Ok(Json(checks).into_response())
+    Ok(mark_filtered(Json(checks).into_response(), filtered))
 }
 
-pub(super) async fn check_register(State(agent): St, bytes: Bytes) -> HttpResult {
+/// `PUT /v1/agent/check/register`: `service:write` on the service it belongs to, or
+/// `node:write` on this node for a node check (Consul's `vetCheckRegister`). The request's
+/// token is kept with the check, as with a service.
+pub(super) async fn check_register(
+    State(agent): St,
+    auth: Authorized,
+    RequestToken(token): RequestToken,
+    bytes: Bytes,
+) -> HttpResult {
     let def: CheckRegistration = required_body(&bytes)?;
-    agent.register_check(def).await?;
+    if def.service_id.is_empty() {
+        auth.require(Resource::Node, &agent.config().node, Access::Write)?;
+    } else if let Some(svc) = agent.service(&def.service_id) {
+        auth.require(Resource::Service, &svc.service, Access::Write)?;
+    } else {
+        // An unknown service: the agent's 400, but only to a token that could write its id.
+        auth.require(Resource::Service, &def.service_id, Access::Write)?;
+    }
+    agent.register_check(def, token).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-pub(super) async fn check_deregister(State(agent): St, Path(id): Path<String>) -> HttpResult {
+/// `PUT /v1/agent/check/deregister/:id`: the right to change the check.
+pub(super) async fn check_deregister(
+    State(agent): St,
+    auth: Authorized,
+    Path(id): Path<String>,
+) -> HttpResult {
+    require_check_write(&agent, &auth, &id)?;
     agent.deregister_check(&id).await?;
     Ok(StatusCode::OK.into_response())
 }
 
-/// `pass`, `warn` and `fail` take the output from `?note=`.
-fn ttl_note(agent: &Agent, id: &str, status: &str, q: &[(String, String)]) -> HttpResult {
+/// `pass`, `warn` and `fail` take the output from `?note=`; the right to change the check.
+fn ttl_note(
+    agent: &Agent,
+    auth: &Authorized,
+    id: &str,
+    status: &str,
+    q: &[(String, String)],
+) -> HttpResult {
+    require_check_write(agent, auth, id)?;
     agent.update_ttl(id, status, value(q, "note").unwrap_or(""))?;
     Ok(StatusCode::OK.into_response())
 }
 
 pub(super) async fn check_pass(
     State(agent): St,
+    auth: Authorized,
     Path(id): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
-    ttl_note(&agent, &id, PASSING, &q)
+    ttl_note(&agent, &auth, &id, PASSING, &q)
 }
 
 pub(super) async fn check_warn(
     State(agent): St,
+    auth: Authorized,
     Path(id): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
-    ttl_note(&agent, &id, WARNING, &q)
+    ttl_note(&agent, &auth, &id, WARNING, &q)
 }
 
 pub(super) async fn check_fail(
     State(agent): St,
+    auth: Authorized,
     Path(id): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
-    ttl_note(&agent, &id, CRITICAL, &q)
+    ttl_note(&agent, &auth, &id, CRITICAL, &q)
 }
 
 /// Body of `PUT /v1/agent/check/update/:id`.
@@ -166,6 +253,7 @@ struct CheckUpdateBody {
 
 pub(super) async fn check_update(
     State(agent): St,
+    auth: Authorized,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> HttpResult {
@@ -176,26 +264,36 @@ pub(super) async fn check_update(
             ApiError::BadRequest(format!("Invalid check status: '{}'", update.status)).into(),
         );
     }
+    require_check_write(&agent, &auth, &id)?;
     agent.update_ttl(&id, &update.status, &update.output)?;
     Ok(StatusCode::OK.into_response())
 }
 
 // Maintenance.
 
-pub(super) async fn node_maintenance(State(agent): St, Query(q): Params) -> HttpResult {
+/// `PUT /v1/agent/maintenance`: `node:write` on this node.
+pub(super) async fn node_maintenance(
+    State(agent): St,
+    auth: Authorized,
+    Query(q): Params,
+) -> HttpResult {
     let enable = enable_param(&q)?;
+    auth.require(Resource::Node, &agent.config().node, Access::Write)?;
     agent
         .set_node_maintenance(enable, value(&q, "reason").unwrap_or(""))
         .await?;
     Ok(StatusCode::OK.into_response())
 }
 
+/// `PUT /v1/agent/service/maintenance/:id`: `service:write` on the instance's service.
 pub(super) async fn service_maintenance(
     State(agent): St,
+    auth: Authorized,
     Path(id): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
     let enable = enable_param(&q)?;
+    require_service_write(&agent, &auth, &id)?;
     agent
         .set_service_maintenance(&id, enable, value(&q, "reason").unwrap_or(""))
         .await?;
@@ -251,7 +349,8 @@ fn member_tags(dc: &str, node_id: &str, server_port: Option<u16>) -> Meta {
 /// settings clients read), `Coord` (the origin: we measure no round-trip times), `Member`,
 /// `Stats`, `Meta` (node metadata: none is configurable here, so `{}`) and `xDS` (`null`: no
 /// Connect).
-pub(super) async fn agent_self(State(agent): St) -> HttpResult {
+pub(super) async fn agent_self(State(agent): St, auth: Authorized) -> HttpResult {
+    require_agent(&agent, &auth, Access::Read)?;
     let config = agent.config();
     let mut debug = serde_json::Map::new();
     let mut put = |k: &str, v: serde_json::Value| {
@@ -301,7 +400,7 @@ pub(super) async fn agent_self(State(agent): St) -> HttpResult {
 /// Nodes without it were registered through the catalog API, not by an agent, and are not
 /// members (as in Consul). `?wan=` (the WAN pool: every DC's servers) is a 400: the WAN
 /// here is the gateways'.
-pub(super) async fn members(State(agent): St, Query(q): Params) -> HttpResult {
+pub(super) async fn members(State(agent): St, auth: Authorized, Query(q): Params) -> HttpResult {
     // Consul reads `wan` by value (`query.Get("wan") != ""`).
     if value(&q, "wan").is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::BadRequest(
@@ -312,13 +411,17 @@ pub(super) async fn members(State(agent): St, Query(q): Params) -> HttpResult {
         .into());
     }
     let servers = agent.servers();
-    let nodes: Vec<Node> = servers.get_json("/v1/catalog/nodes").await?;
-    let checks: Vec<HealthCheck> = servers.get_json("/v1/health/state/any").await?;
+    // Read with the agent's token; the request's token filters the members below (Consul
+    // lists its gossip members filtered by `node:read`).
+    let token = agent.agent_token();
+    let token = token.as_deref();
+    let nodes: Vec<Node> = servers.get_json_as("/v1/catalog/nodes", token).await?;
+    let checks: Vec<HealthCheck> = servers.get_json_as("/v1/health/state/any", token).await?;
     // Servers are the nodes of the `consul` service; its port is their RPC port. Best
     // effort: the two reads above reached the servers, so a failure here is a server that
     // does not list itself (an older one), whose members are then shown without roles.
     let consul: Vec<CatalogService> = servers
-        .get_json(&format!("/v1/catalog/service/{CONSUL_SERVICE}"))
+        .get_json_as(&format!("/v1/catalog/service/{CONSUL_SERVICE}"), token)
         .await
         .unwrap_or_else(|e| {
             tracing::debug!(error = %e, "members: the consul service could not be read");
@@ -365,5 +468,8 @@ pub(super) async fn members(State(agent): St, Query(q): Params) -> HttpResult {
         // Until the servers have seen our first heartbeat we are still a member, alive.
         None => members.push(self_member(&agent)),
     }
-    Ok(Json(members).into_response())
+    let total = members.len();
+    members.retain(|m| auth.allows(Resource::Node, &m.name, Access::Read));
+    let filtered = members.len() < total;
+    Ok(mark_filtered(Json(members).into_response(), filtered))
 }

@@ -13,6 +13,8 @@ use super::{json, json_response, HttpResult, Params, St};
 use crate::state::{Command, StateStore};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Authz, Resource};
 use registry_api::event::{event_index, validate_fire, EventTargets, UserEvent};
 use registry_api::Error as ApiError;
 use std::collections::HashMap;
@@ -22,6 +24,7 @@ use std::time::Instant;
 /// and the payload as the body: the recorded event.
 pub(super) async fn event_fire(
     State(st): St,
+    auth: Authorized,
     Path(name): Path<String>,
     Query(q): Params,
     body: Bytes,
@@ -39,6 +42,7 @@ pub(super) async fn event_fire(
         ltime: 0,
     };
     validate_fire(&event).map_err(ApiError::BadRequest)?;
+    auth.require(Resource::Event, &event.name, Access::Write)?;
     st.raft.propose(Command::FireEvent(event.clone())).await?;
     // Consul answers with the event as sent, before any agent has seen it:
     // its Lamport time is not known to the caller yet.
@@ -48,9 +52,9 @@ pub(super) async fn event_fire(
 
 /// `GET /v1/event/list` on a server: the events meant for this server's own
 /// agent, `?name=` to keep one name.
-pub(super) async fn event_list(State(st): St, Query(q): Params) -> HttpResult {
+pub(super) async fn event_list(State(st): St, auth: Authorized, Query(q): Params) -> HttpResult {
     let node = st.node.clone();
-    list_for(&st, &node, &q).await
+    list_for(&st, &auth, &node, &q).await
 }
 
 /// `GET /v1/internal/event/list/:node`: what `GET /v1/event/list` answers on
@@ -58,10 +62,11 @@ pub(super) async fn event_list(State(st): St, Query(q): Params) -> HttpResult {
 /// its own depends on its services, which this server's catalog holds).
 pub(super) async fn event_list_for_node(
     State(st): St,
+    auth: Authorized,
     Path(node): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
-    list_for(&st, &node, &q).await
+    list_for(&st, &auth, &node, &q).await
 }
 
 /// The events for the agent of `node`, oldest first, with the index Consul's
@@ -69,7 +74,12 @@ pub(super) async fn event_list_for_node(
 /// looks again after each applied entry, but works out the list again only
 /// when the ring or the services have changed, and compiles each event's
 /// filters once per request.
-async fn list_for(st: &super::AppState, node: &str, q: &[(String, String)]) -> HttpResult {
+async fn list_for(
+    st: &super::AppState,
+    auth: &Authz,
+    node: &str,
+    q: &[(String, String)],
+) -> HttpResult {
     let params = read_params(q)?;
     let name = value(q, "name").filter(|n| !n.is_empty());
     let deadline = params.blocking.map(|b| Instant::now() + b.wait);
@@ -95,9 +105,21 @@ async fn list_for(st: &super::AppState, node: &str, q: &[(String, String)]) -> H
             _ => false,
         };
         if !waiting {
-            let body =
-                serde_json::to_vec(&events).map_err(|e| ApiError::Internal(e.to_string()))?;
-            return Ok(json_response(st, body, Some(index)));
+            // Consul's `filterEvents`: the events whose name the token may read (the index is
+            // still the last event's, as Consul's agent computes it before filtering).
+            let mut shown = events.clone();
+            let dropped = super::acl_retain(auth, &mut shown, |e| {
+                auth.allows(Resource::Event, &e.name, Access::Read)
+            });
+            let body = serde_json::to_vec(&shown).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut resp = json_response(st, body, Some(index));
+            if dropped {
+                resp.headers_mut().insert(
+                    registry_api::acl::FILTERED_HEADER,
+                    axum::http::HeaderValue::from_static("true"),
+                );
+            }
+            return Ok(resp);
         }
         let deadline = deadline.unwrap_or_else(Instant::now);
         tokio::select! {

@@ -1,16 +1,18 @@
 //! `/v1/health/*`: the health reads.
 
-use super::catalog::{filtered, meta_ok};
+use super::catalog::{filtered, meta_ok, node_and_service};
 use super::params::read_params;
 use super::{read_then, HttpResult, Params, St};
 use crate::state::CatalogState;
 use axum::extract::{Path, Query, State};
+use registry_api::acl::extract::Authorized;
 use registry_api::filter::{schemas, NodeMeta};
-use registry_api::{Error as ApiError, HealthCheck};
+use registry_api::{Error as ApiError, HealthCheck, ServiceEntry};
 use std::collections::BTreeSet;
 
 pub(super) async fn health_service(
     State(st): St,
+    auth: Authorized,
     Path(name): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
@@ -23,8 +25,10 @@ pub(super) async fn health_service(
         "health-service\0{name}\0{tags:?}\0{passing}{}",
         p.key_suffix()
     );
+    let acl = auth.0.clone();
     read_then(
         &st,
+        &auth,
         &p,
         key,
         move |s| {
@@ -33,13 +37,16 @@ pub(super) async fn health_service(
             list.retain(|e| meta_ok(&meta, &e.node.meta));
             (list, index)
         },
-        filtered(filter),
+        filtered(filter, move |e: &ServiceEntry| {
+            node_and_service(&acl, &e.node.node, &e.service.service)
+        }),
     )
     .await
 }
 
 pub(super) async fn health_checks(
     State(st): St,
+    auth: Authorized,
     Path(name): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
@@ -47,8 +54,10 @@ pub(super) async fn health_checks(
     let filter = p.filter(schemas::HEALTH_CHECK)?;
     let meta = p.node_meta.clone();
     let key = format!("checks\0{name}{}", p.key_suffix());
+    let acl = auth.0.clone();
     read_then(
         &st,
+        &auth,
         &p,
         key,
         move |s| {
@@ -57,31 +66,39 @@ pub(super) async fn health_checks(
             retain_checks(c, &mut checks, &meta);
             (checks, index)
         },
-        filtered(filter),
+        filtered(filter, move |c: &HealthCheck| {
+            node_and_service(&acl, &c.node, &c.service_name)
+        }),
     )
     .await
 }
 
 pub(super) async fn health_node(
     State(st): St,
+    auth: Authorized,
     Path(node): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
     let p = read_params(&q)?;
     let filter = p.filter(schemas::HEALTH_CHECK)?;
     let key = format!("health-node\0{node}{}", p.key_suffix());
+    let acl = auth.0.clone();
     read_then(
         &st,
+        &auth,
         &p,
         key,
         move |s| s.catalog.node_checks(&node),
-        filtered(filter),
+        filtered(filter, move |c: &HealthCheck| {
+            node_and_service(&acl, &c.node, &c.service_name)
+        }),
     )
     .await
 }
 
 pub(super) async fn health_state(
     State(st): St,
+    auth: Authorized,
     Path(state): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
@@ -93,8 +110,10 @@ pub(super) async fn health_state(
     let filter = p.filter(schemas::HEALTH_CHECK)?;
     let meta = p.node_meta.clone();
     let key = format!("state\0{state}{}", p.key_suffix());
+    let acl = auth.0.clone();
     read_then(
         &st,
+        &auth,
         &p,
         key,
         move |s| {
@@ -103,7 +122,9 @@ pub(super) async fn health_state(
             retain_checks(c, &mut checks, &meta);
             (checks, index)
         },
-        filtered(filter),
+        filtered(filter, move |c: &HealthCheck| {
+            node_and_service(&acl, &c.node, &c.service_name)
+        }),
     )
     .await
 }

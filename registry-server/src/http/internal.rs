@@ -8,14 +8,19 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Resource};
 use registry_api::{decode, Error as ApiError};
 
 /// `PUT /v1/internal/heartbeat`: an agent says it is alive (see `leader/liveness.rs`).
-pub(super) async fn heartbeat(State(st): St, body: Bytes) -> HttpResult {
+pub(super) async fn heartbeat(State(st): St, auth: Authorized, body: Bytes) -> HttpResult {
     let hb: crate::rpc::Heartbeat = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
     if hb.node.is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()).into());
     }
+    // The agent's own token (`--acl-agent-token`) speaks for its node, as Consul's agent
+    // token does for its coordinate and member updates.
+    auth.require(Resource::Node, &hb.node, Access::Write)?;
     if !hb.datacenter.is_empty() && hb.datacenter != st.datacenter {
         return Err(ApiError::BadRequest(format!(
             "agent of datacenter {:?} heartbeating to datacenter {:?}",
@@ -33,9 +38,11 @@ pub(super) async fn heartbeat(State(st): St, body: Bytes) -> HttpResult {
 /// `PUT /v1/agent/force-leave/:node` asks of the servers.
 pub(super) async fn force_leave(
     State(st): St,
+    auth: Authorized,
     Path(node): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
+    auth.require_scalar(registry_api::acl::Scalar::Operator, Access::Write)?;
     let prune = q.iter().any(|(k, _)| k == "prune");
     crate::lifecycle::force_leave(&st.raft, &node, prune).await?;
     Ok(StatusCode::OK.into_response())

@@ -14,6 +14,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Authz, Resource};
 use registry_api::kv::{KvPair, MAX_KEY_LEN};
 use registry_api::Error as ApiError;
 
@@ -54,22 +56,31 @@ fn conflicting(q: &[(String, String)], flags: &[&str]) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/kv/` (the root: only with `?recurse` or `?keys`).
-pub(super) async fn kv_get_root(st: St, q: Query<Vec<(String, String)>>) -> HttpResult {
-    kv_get(st, Path(String::new()), q).await
+pub(super) async fn kv_get_root(
+    st: St,
+    auth: Authorized,
+    q: Query<Vec<(String, String)>>,
+) -> HttpResult {
+    kv_get(st, auth, Path(String::new()), q).await
 }
 
 /// `PUT /v1/kv/` (always `Missing key name`, as in Consul).
-pub(super) async fn kv_put_root(st: St, q: Params, body: Bytes) -> HttpResult {
-    kv_put(st, Path(String::new()), q, body).await
+pub(super) async fn kv_put_root(st: St, auth: Authorized, q: Params, body: Bytes) -> HttpResult {
+    kv_put(st, auth, Path(String::new()), q, body).await
 }
 
 /// `DELETE /v1/kv/` (the whole store with `?recurse`).
-pub(super) async fn kv_delete_root(st: St, q: Params) -> HttpResult {
-    kv_delete(st, Path(String::new()), q).await
+pub(super) async fn kv_delete_root(st: St, auth: Authorized, q: Params) -> HttpResult {
+    kv_delete(st, auth, Path(String::new()), q).await
 }
 
 /// `GET /v1/kv/:key`.
-pub(super) async fn kv_get(State(st): St, Path(key): Path<String>, Query(q): Params) -> HttpResult {
+pub(super) async fn kv_get(
+    State(st): St,
+    auth: Authorized,
+    Path(key): Path<String>,
+    Query(q): Params,
+) -> HttpResult {
     let key = key_of(&key)?;
     let p = read_params(&q)?;
     if has(&q, "keys") {
@@ -81,12 +92,28 @@ pub(super) async fn kv_get(State(st): St, Path(key): Path<String>, Query(q): Par
         let cache_key = format!("kv-keys\0{key}\0{sep}");
         let prefix = key.clone();
         let probe = move |s: &StateStore| s.kv.prefix_index(&prefix);
-        let answer = kv_read(&st, &p, cache_key, probe, move |s| {
-            let (keys, index) = s.kv.keys(&key, &sep);
-            // An empty root is `[]`; an empty prefix is a 404.
-            let found = !keys.is_empty() || key.is_empty();
-            (found.then_some(keys), index)
-        })
+        let acl = auth.0.clone();
+        let root = key.is_empty();
+        let answer = kv_read(
+            &st,
+            &auth,
+            &p,
+            cache_key,
+            probe,
+            move |s| {
+                let (keys, index) = s.kv.keys(&key, &sep);
+                (Some(keys), index)
+            },
+            move |keys: Option<Vec<String>>| {
+                let mut keys = keys.unwrap_or_default();
+                let dropped = super::acl_retain(&acl, &mut keys, |k| {
+                    acl.allows(Resource::Key, k, Access::Read)
+                });
+                // An empty root is `[]`; an empty prefix is a 404.
+                let found = !keys.is_empty() || root;
+                (found.then_some(keys), dropped)
+            },
+        )
         .await?;
         return Ok(found_or_404(&st, answer));
     }
@@ -94,24 +121,48 @@ pub(super) async fn kv_get(State(st): St, Path(key): Path<String>, Query(q): Par
         let cache_key = format!("kv-tree\0{key}");
         let prefix = key.clone();
         let probe = move |s: &StateStore| s.kv.prefix_index(&prefix);
-        let answer = kv_read(&st, &p, cache_key, probe, move |s| {
-            let (list, index) = s.kv.list(&key);
-            ((!list.is_empty()).then_some(list), index)
-        })
+        let acl = auth.0.clone();
+        let answer = kv_read(
+            &st,
+            &auth,
+            &p,
+            cache_key,
+            probe,
+            move |s| {
+                let (list, index) = s.kv.list(&key);
+                (Some(list), index)
+            },
+            move |list: Option<Vec<KvPair>>| {
+                let mut list = list.unwrap_or_default();
+                let dropped = super::acl_retain(&acl, &mut list, |e| {
+                    acl.allows(Resource::Key, &e.key, Access::Read)
+                });
+                ((!list.is_empty()).then_some(list), dropped)
+            },
+        )
         .await?;
         return Ok(found_or_404(&st, answer));
     }
     if key.is_empty() {
         return Err(ApiError::BadRequest("Missing key name".into()).into());
     }
+    auth.require(Resource::Key, &key, Access::Read)?;
     // `?raw` shares the cached answer of the plain read.
     let cache_key = format!("kv\0{key}");
     let one = key.clone();
     let probe = move |s: &StateStore| s.kv.get_index(&one);
-    let answer = kv_read(&st, &p, cache_key, probe, move |s| {
-        let (entry, index) = s.kv.get(&key);
-        (entry.map(|e| [e]), index)
-    })
+    let answer = kv_read(
+        &st,
+        &Authz::disabled(),
+        &p,
+        cache_key,
+        probe,
+        move |s| {
+            let (entry, index) = s.kv.get(&key);
+            (entry.map(|e| [e]), index)
+        },
+        |v| (v, false),
+    )
     .await?;
     if has(&q, "raw") && answer.body.as_ref() != b"null" {
         return raw(&st, &answer);
@@ -119,20 +170,26 @@ pub(super) async fn kv_get(State(st): St, Path(key): Path<String>, Query(q): Par
     Ok(found_or_404(&st, answer))
 }
 
-/// A KV read through [`crate::reads::read_probed`]: `query` answers `None`
-/// for Consul's 404 (the body is then `null`); `probe` is the index `query`
-/// answers with, so a blocking read copies values only once it moved.
-async fn kv_read<T, P, F>(
+/// A KV read through [`crate::reads::read_probed`]: `then` answers `None`
+/// for Consul's 404 (the body is then `null`) after the ACL step (keys the
+/// token may not read are left out); `probe` is the index `query` answers
+/// with, so a blocking read copies values only once it moved. `authz` keys the
+/// shared answers (disabled: an answer that is the same for every token).
+#[allow(clippy::too_many_arguments)]
+async fn kv_read<T, U, P, F, S>(
     st: &super::AppState,
+    authz: &Authz,
     p: &super::params::ReadParams,
     cache_key: String,
     probe: P,
     query: F,
+    then: S,
 ) -> Result<Answer, crate::raft::RaftError>
 where
-    T: serde::Serialize,
+    U: serde::Serialize,
     P: Fn(&StateStore) -> u64,
-    F: Fn(&StateStore) -> (Option<T>, u64),
+    F: Fn(&StateStore) -> (T, u64),
+    S: Fn(T) -> (Option<U>, bool),
 {
     crate::reads::read_probed(
         &st.raft,
@@ -140,10 +197,10 @@ where
         &st.shutdown,
         p.mode_now(&st.raft),
         p.blocking,
-        cache_key,
+        super::acl_key(cache_key, authz),
         Some(probe),
         query,
-        |v| v,
+        then,
     )
     .await
 }
@@ -152,7 +209,7 @@ where
 /// read found nothing (its body is `null`).
 fn found_or_404(st: &super::AppState, answer: Answer) -> Response {
     if answer.body.as_ref() != b"null" {
-        return json_response(st, answer.body, Some(answer.index));
+        return super::answer_response(st, answer);
     }
     let mut resp = json_response(st, Body::empty(), Some(answer.index));
     *resp.status_mut() = StatusCode::NOT_FOUND;
@@ -188,6 +245,7 @@ fn raw(st: &super::AppState, answer: &Answer) -> HttpResult {
 /// answers 413 above 512 KiB before this runs, and nothing is stored).
 pub(super) async fn kv_put(
     State(st): St,
+    auth: Authorized,
     Path(key): Path<String>,
     Query(q): Params,
     body: Bytes,
@@ -217,12 +275,14 @@ pub(super) async fn kv_put(
         op.verb = KvVerb::Unlock;
         op.session = session.to_string();
     }
+    auth.require(Resource::Key, &op.key, Access::Write)?;
     answer_bool(&st, st.raft.propose(Command::Kv(op)).await?)
 }
 
 /// `DELETE /v1/kv/:key`.
 pub(super) async fn kv_delete(
     State(st): St,
+    auth: Authorized,
     Path(key): Path<String>,
     Query(q): Params,
 ) -> HttpResult {
@@ -244,6 +304,11 @@ pub(super) async fn kv_delete(
     if let Some(cas) = number(&q, "cas")? {
         op.verb = KvVerb::DeleteCas;
         op.index = cas;
+    }
+    if op.verb == KvVerb::DeleteTree {
+        auth.require_key_write_prefix(&op.key)?;
+    } else {
+        auth.require(Resource::Key, &op.key, Access::Write)?;
     }
     answer_bool(&st, st.raft.propose(Command::Kv(op)).await?)
 }

@@ -10,6 +10,7 @@
 //! endpoint family; handlers must not lock Raft's state (they go through
 //! `RaftHandle` and `crate::reads`).
 
+mod acl;
 mod catalog;
 mod event;
 mod features_off;
@@ -35,6 +36,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::Router;
+use registry_api::acl::Authz;
 use registry_api::auth::{Purpose, SharedKey, Verifier};
 use registry_api::limits::MAX_BODY;
 use registry_api::Error as ApiError;
@@ -62,6 +64,8 @@ pub struct AppState {
     /// This server's metrics (requests, snapshots; the Raft thread's are in
     /// the same registry).
     pub metrics: crate::metrics::ServerMetrics,
+    /// ACLs: the settings and the token resolver (the auth step, [`authenticate`]).
+    pub acl: Arc<crate::acl::AclResolver>,
 }
 
 type St = State<Arc<AppState>>;
@@ -125,6 +129,7 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
         )
         .merge(signed_internal_writes(&state))
         .merge(snapshot_routes())
+        .merge(acl_routes(&state))
         .with_state(state.clone())
         .merge(agent.layer(middleware::from_fn(agent_membership_from_loopback)))
         // Timed by route template (bounded), after routing: every route above.
@@ -134,6 +139,7 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
         ))
         .fallback(not_found)
         .layer(middleware::from_fn(plain_text_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(remote_dc)
         .layer(middleware::from_fn(registry_api::query::apply))
         .layer(middleware::from_fn_with_state(
@@ -187,6 +193,7 @@ pub fn rpc_router(state: Arc<AppState>) -> Router {
         .merge(internal_writes())
         // Agents forward `/v1/snapshot` like every other request (see `snapshot.rs`).
         .merge(snapshot_routes())
+        .merge(acl_routes(&state))
         .with_state(state.clone())
         .route_layer(middleware::from_fn_with_state(
             state.metrics.rpc.clone(),
@@ -194,6 +201,7 @@ pub fn rpc_router(state: Arc<AppState>) -> Router {
         ))
         .fallback(not_served_on_rpc_port)
         .layer(middleware::from_fn(plain_text_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(remote_dc)
         .layer(middleware::from_fn(registry_api::query::apply))
         .layer(middleware::from_fn_with_state(
@@ -440,6 +448,47 @@ fn data_routes() -> Router<Arc<AppState>> {
         .route("/v1/internal/ui/nodes", get(ui::ui_nodes))
 }
 
+/// `/v1/acl/*` and the internal ACL reads (`acl.rs`), served on both ports (agents forward
+/// them); in a secondary datacenter the writes go to the primary.
+fn acl_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/token", put(acl::token_create))
+        .route("/v1/acl/token/self", get(acl::token_self))
+        .route(
+            "/v1/acl/token/{accessor}",
+            get(acl::token_read)
+                .put(acl::token_update)
+                .delete(acl::token_delete),
+        )
+        .route("/v1/acl/token/{accessor}/clone", put(acl::token_clone))
+        .route("/v1/acl/tokens", get(acl::token_list))
+        .route("/v1/acl/policy", put(acl::policy_create))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl::policy_read)
+                .put(acl::policy_update)
+                .delete(acl::policy_delete),
+        )
+        .route("/v1/acl/policy/name/{name}", get(acl::policy_read_by_name))
+        .route("/v1/acl/policies", get(acl::policy_list))
+        .route("/v1/acl/role", put(acl::role_create))
+        .route(
+            "/v1/acl/role/{id}",
+            get(acl::role_read)
+                .put(acl::role_update)
+                .delete(acl::role_delete),
+        )
+        .route("/v1/acl/role/name/{name}", get(acl::role_read_by_name))
+        .route("/v1/acl/roles", get(acl::role_list))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            acl::writes_to_primary,
+        ))
+        .route("/v1/internal/acl/authority", get(acl::authority))
+        .route("/v1/internal/acl/replication", get(acl::replication))
+}
+
 /// `GET|PUT /v1/snapshot`, the restore with a body limit of its own (an archive, not a KV
 /// value): larger is a 413 before anything is read into memory.
 fn snapshot_routes() -> Router<Arc<AppState>> {
@@ -467,19 +516,31 @@ async fn not_found(req: Request) -> Response {
 }
 
 /// Answers a read through [`crate::reads::read`] in the mode and with the
-/// blocking terms `p` asks for, as a JSON response with Consul's headers.
-async fn read<T, F>(st: &AppState, p: &params::ReadParams, key: String, query: F) -> HttpResult
+/// blocking terms `p` asks for, as a JSON response with Consul's headers. For
+/// a read whose ACL step was decided before it (a `require`), or that filters
+/// nothing; `authz` still keys the shared answers.
+async fn read<T, F>(
+    st: &AppState,
+    authz: &Authz,
+    p: &params::ReadParams,
+    key: String,
+    query: F,
+) -> HttpResult
 where
     T: Serialize,
     F: Fn(&StateStore) -> (T, u64),
 {
-    read_then(st, p, key, query, |v| v).await
+    read_then(st, authz, p, key, query, |v| (v, false)).await
 }
 
-/// [`read`] with a step on the copied-out value (a `?filter=`) that runs after
-/// the applied-state lock is released.
+/// [`read`] with a step on the copied-out value that runs after the
+/// applied-state lock is released: the ACL filter (what the token may not read
+/// is left out) and a `?filter=`; it answers the value and whether ACLs left
+/// anything out (Consul's `X-Consul-Results-Filtered-By-ACLs`). The token is
+/// part of the shared answers' key whenever ACLs filter its answers.
 async fn read_then<T, U, F, S>(
     st: &AppState,
+    authz: &Authz,
     p: &params::ReadParams,
     key: String,
     query: F,
@@ -488,7 +549,7 @@ async fn read_then<T, U, F, S>(
 where
     U: Serialize,
     F: Fn(&StateStore) -> (T, u64),
-    S: Fn(T) -> U,
+    S: Fn(T) -> (U, bool),
 {
     let answer: Answer = crate::reads::read(
         &st.raft,
@@ -496,12 +557,52 @@ where
         &st.shutdown,
         p.mode_now(&st.raft),
         p.blocking,
-        key,
+        acl_key(key, authz),
         query,
         then,
     )
     .await?;
-    Ok(json_response(st, answer.body, Some(answer.index)))
+    Ok(answer_response(st, answer))
+}
+
+/// `key` for the shared answers of `authz`'s token.
+fn acl_key(key: String, authz: &Authz) -> String {
+    match authz.cache_key() {
+        "" => key,
+        accessor => format!("{key}\0acl\0{accessor}"),
+    }
+}
+
+/// A read's answer as a JSON response with Consul's headers.
+fn answer_response(st: &AppState, answer: Answer) -> Response {
+    let mut resp = json_response(st, answer.body, Some(answer.index));
+    if answer.acl_filtered {
+        resp.headers_mut().insert(
+            registry_api::acl::FILTERED_HEADER,
+            HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+/// The ACL step of a list: keeps the items `allowed` says the token may read;
+/// true when it left any out.
+fn acl_retain<T>(authz: &Authz, items: &mut Vec<T>, allowed: impl Fn(&T) -> bool) -> bool {
+    if authz.allows_all() {
+        return false;
+    }
+    let before = items.len();
+    items.retain(allowed);
+    items.len() != before
+}
+
+/// The auth step, on every router: resolves the request's token once
+/// ([`crate::acl::AclResolver`]) and leaves the outcome for the handlers
+/// (`registry_api::acl::extract::Authorized`). Inside the `?dc=` routing, so a
+/// request for another datacenter is resolved there, from its replica.
+async fn authenticate(State(st): St, mut req: Request, next: middleware::Next) -> Response {
+    st.acl.resolve_request(&st.raft, &mut req);
+    next.run(req).await
 }
 
 fn json_response(st: &AppState, body: impl Into<Body>, index: Option<u64>) -> Response {

@@ -12,13 +12,16 @@ use crate::raft::{RaftStatus, Role};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Scalar};
 use registry_api::{duration, Error as ApiError, RaftConfiguration, RaftServer};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-pub(super) async fn raft_configuration(State(st): St) -> HttpResult {
+pub(super) async fn raft_configuration(State(st): St, auth: Authorized) -> HttpResult {
+    auth.require_scalar(Scalar::Operator, Access::Read)?;
     let s = st.raft.status();
     if !s.in_cluster {
         return Err(ApiError::NoLeader.into());
@@ -40,7 +43,12 @@ pub(super) async fn raft_configuration(State(st): St) -> HttpResult {
     json(&st, &RaftConfiguration { servers, index })
 }
 
-pub(super) async fn raft_remove_peer(State(st): St, Query(q): Params) -> HttpResult {
+pub(super) async fn raft_remove_peer(
+    State(st): St,
+    auth: Authorized,
+    Query(q): Params,
+) -> HttpResult {
+    auth.require_scalar(Scalar::Operator, Access::Write)?;
     let s = st.raft.status();
     let id = match (value(&q, "id"), value(&q, "address")) {
         (Some(id), _) if !id.is_empty() => u64::from_str_radix(id, 16)
@@ -187,10 +195,12 @@ struct ServerHealth {
 /// leader, as Consul forwards the RPC.
 pub(super) async fn raft_transfer_leader(
     State(st): St,
+    auth: Authorized,
     Query(q): Params,
     headers: HeaderMap,
     uri: Uri,
 ) -> HttpResult {
+    auth.require_scalar(Scalar::Operator, Access::Write)?;
     let s = match at_leader(&st, Method::PUT, &uri, &headers).await? {
         AtLeader::Here(s) => s,
         AtLeader::Answered(answer) => return Ok(answer),
@@ -293,7 +303,13 @@ fn server_id(id: u64) -> String {
 /// `GET /v1/operator/autopilot/health`: the leader's view of every server,
 /// 429 when one is unhealthy (as Consul answers). Followers pass it to the
 /// leader.
-pub(super) async fn autopilot_health(State(st): St, headers: HeaderMap, uri: Uri) -> HttpResult {
+pub(super) async fn autopilot_health(
+    State(st): St,
+    auth: Authorized,
+    headers: HeaderMap,
+    uri: Uri,
+) -> HttpResult {
+    auth.require_scalar(Scalar::Operator, Access::Read)?;
     let s = match at_leader(&st, Method::GET, &uri, &headers).await? {
         AtLeader::Here(s) => s,
         AtLeader::Answered(answer) => return Ok(answer),
@@ -333,7 +349,13 @@ pub(super) async fn autopilot_health(State(st): St, headers: HeaderMap, uri: Uri
 /// `GET /v1/operator/autopilot/state` (Consul's `AutopilotState`, the fields
 /// Consul's community edition fills): the same view as the health, keyed by
 /// server id, always 200. Followers pass it to the leader.
-pub(super) async fn autopilot_state(State(st): St, headers: HeaderMap, uri: Uri) -> HttpResult {
+pub(super) async fn autopilot_state(
+    State(st): St,
+    auth: Authorized,
+    headers: HeaderMap,
+    uri: Uri,
+) -> HttpResult {
+    auth.require_scalar(Scalar::Operator, Access::Read)?;
     let s = match at_leader(&st, Method::GET, &uri, &headers).await? {
         AtLeader::Here(s) => s,
         AtLeader::Answered(answer) => return Ok(answer),

@@ -24,12 +24,15 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use registry_api::acl::extract::Authorized;
 use registry_api::snapshot::{write_archive, SnapshotHeader};
 use registry_api::Error as ApiError;
 use std::time::{Instant, SystemTime};
 
 /// `GET /v1/snapshot`: the archive, `Content-Type: application/x-gzip`.
-pub(super) async fn save(State(st): St, Query(q): Params) -> HttpResult {
+pub(super) async fn save(State(st): St, auth: Authorized, Query(q): Params) -> HttpResult {
+    // A snapshot holds every secret (KV, tokens): management only, as in Consul.
+    auth.require_management()?;
     let started = Instant::now();
     let p: ReadParams = read_params(&q)?;
     st.raft.check_running()?;
@@ -68,7 +71,8 @@ pub(super) async fn save(State(st): St, Query(q): Params) -> HttpResult {
 
 /// `PUT /v1/snapshot`: restores the archive in the body (at most
 /// [`registry_api::snapshot::MAX_ARCHIVE`] bytes; more is a 413).
-pub(super) async fn restore(State(st): St, body: Bytes) -> HttpResult {
+pub(super) async fn restore(State(st): St, auth: Authorized, body: Bytes) -> HttpResult {
+    auth.require_management()?;
     // One restore at a time per server: each expands its archive (up to 1 GiB of rows)
     // before anything is proposed, so parallel ones would only multiply that memory.
     static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);

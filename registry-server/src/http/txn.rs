@@ -16,6 +16,8 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Authz, Resource};
 use registry_api::kv::{TxnError, TxnOpBody, TxnResponse, TxnResult, MAX_TXN_OPS};
 use registry_api::Error as ApiError;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +26,7 @@ use std::sync::Arc;
 /// `PUT /v1/txn`.
 pub(super) async fn txn(
     State(st): St,
+    auth: Authorized,
     Query(q): Query<Vec<(String, String)>>,
     body: Bytes,
 ) -> HttpResult {
@@ -47,6 +50,9 @@ pub(super) async fn txn(
         Ok(ops) => ops,
         Err(errors) => return answer(&st, Err(errors)),
     };
+    if let Err(errors) = vet(&auth, &ops) {
+        return answer(&st, Err(errors));
+    }
     if ops.iter().any(TxnOp::is_write) {
         return match st.raft.propose(Command::Txn(TxnRequest { ops })).await? {
             Outcome::Txn(result) => answer(&st, result),
@@ -70,7 +76,7 @@ pub(super) async fn txn(
         move |s| (s.read_txn(&ops), 1),
         move |result| {
             seen.store(result.is_err(), Ordering::Relaxed);
-            response_body(result)
+            (response_body(result), false)
         },
     )
     .await?;
@@ -81,6 +87,60 @@ pub(super) async fn txn(
         *resp.status_mut() = StatusCode::CONFLICT;
     }
     Ok(resp)
+}
+
+/// The ACL step (Consul's `vetTxnOp` per operation): every operation the
+/// token may not do is an error of the answer, as Consul reports it, and
+/// nothing is applied. Reads need read, writes write on what they touch; a
+/// tree read needs read on its prefix and a tree delete write on everything
+/// under it (`key_write_prefix`).
+fn vet(auth: &Authz, ops: &[TxnOp]) -> Result<(), Vec<TxnError>> {
+    if auth.allows_all() {
+        return Ok(());
+    }
+    let access = |write: bool| if write { Access::Write } else { Access::Read };
+    let errors: Vec<TxnError> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(op_index, op)| {
+            let denied = match op {
+                TxnOp::Kv(kv) if kv.verb == KvVerb::DeleteTree => {
+                    auth.require_key_write_prefix(&kv.key)
+                }
+                TxnOp::Kv(kv) => auth.require(Resource::Key, &kv.key, access(kv.verb.is_write())),
+                TxnOp::Node(n) => auth.require(
+                    Resource::Node,
+                    &n.node.node,
+                    access(n.verb != CatalogVerb::Get),
+                ),
+                TxnOp::Service(s) => auth.require(
+                    Resource::Service,
+                    &s.service.service,
+                    access(s.verb != CatalogVerb::Get),
+                ),
+                TxnOp::Check(c) if c.check.service_name.is_empty() => auth.require(
+                    Resource::Node,
+                    &c.check.node,
+                    access(c.verb != CatalogVerb::Get),
+                ),
+                TxnOp::Check(c) => auth.require(
+                    Resource::Service,
+                    &c.check.service_name,
+                    access(c.verb != CatalogVerb::Get),
+                ),
+            }
+            .err()?;
+            Some(TxnError {
+                op_index,
+                what: denied.to_string(),
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Consul's answer shape: results and `null` errors, or the reverse.

@@ -9,9 +9,11 @@
 //! once it moved past the client's, so a watcher costs an index lookup per write elsewhere.
 
 use super::params::{read_params, ReadParams};
-use super::{json_response, HttpResult, Params, St};
+use super::{acl_key, acl_retain, answer_response, HttpResult, Params, St};
 use crate::state::StateStore;
 use axum::extract::{Query, State};
+use registry_api::acl::extract::Authorized;
+use registry_api::acl::{Access, Authz, Resource};
 use registry_api::{AgentService, Error as ApiError, HealthCheck, CRITICAL, PASSING, WARNING};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,25 +103,57 @@ fn ui_read_params(q: &[(String, String)]) -> Result<ReadParams, ApiError> {
 
 /// `GET /v1/internal/ui/services`: every service with its instance count, nodes, tags and
 /// check counts, sorted by name.
-pub(super) async fn ui_services(State(st): St, Query(q): Params) -> HttpResult {
+pub(super) async fn ui_services(State(st): St, auth: Authorized, Query(q): Params) -> HttpResult {
     let p = ui_read_params(&q)?;
     let key = format!("ui-services{}", p.key_suffix());
-    read_catalog(&st, &p, key, service_summaries).await
+    let acl = auth.0.clone();
+    // The services the token may read, each with only the nodes it may read.
+    let then = move |mut list: Vec<ServiceSummary>| {
+        let mut dropped = acl_retain(&acl, &mut list, |s| {
+            acl.allows(Resource::Service, &s.name, Access::Read)
+        });
+        for s in &mut list {
+            dropped |= acl_retain(&acl, &mut s.nodes, |n| {
+                acl.allows(Resource::Node, n, Access::Read)
+            });
+        }
+        (list, dropped)
+    };
+    read_catalog(&st, &auth, &p, key, service_summaries, then).await
 }
 
 /// `GET /v1/internal/ui/nodes`: every node with its services and checks, by name.
-pub(super) async fn ui_nodes(State(st): St, Query(q): Params) -> HttpResult {
+pub(super) async fn ui_nodes(State(st): St, auth: Authorized, Query(q): Params) -> HttpResult {
     let p = ui_read_params(&q)?;
     let key = format!("ui-nodes{}", p.key_suffix());
-    read_catalog(&st, &p, key, node_dump).await
+    let acl = auth.0.clone();
+    // The nodes the token may read, each with only the services (and their checks) it may read.
+    let then = move |mut list: Vec<NodeInfo>| {
+        let mut dropped = acl_retain(&acl, &mut list, |n| {
+            acl.allows(Resource::Node, &n.node, Access::Read)
+        });
+        for n in &mut list {
+            dropped |= acl_retain(&acl, &mut n.services, |s| {
+                acl.allows(Resource::Service, &s.service, Access::Read)
+            });
+            dropped |= acl_retain(&acl, &mut n.checks, |c| {
+                c.service_name.is_empty()
+                    || acl.allows(Resource::Service, &c.service_name, Access::Read)
+            });
+        }
+        (list, dropped)
+    };
+    read_catalog(&st, &auth, &p, key, node_dump, then).await
 }
 
 /// A read over the whole catalog, probed on the catalog's latest index.
 async fn read_catalog<T: Serialize>(
     st: &super::AppState,
+    authz: &Authz,
     p: &ReadParams,
     key: String,
     query: fn(&StateStore) -> (T, u64),
+    then: impl Fn(T) -> (T, bool),
 ) -> HttpResult {
     let answer = crate::reads::read_probed(
         &st.raft,
@@ -127,13 +161,13 @@ async fn read_catalog<T: Serialize>(
         &st.shutdown,
         p.mode_now(&st.raft),
         p.blocking,
-        key,
+        acl_key(key, authz),
         Some(catalog_index),
         query,
-        |v| v,
+        then,
     )
     .await?;
-    Ok(json_response(st, answer.body, Some(answer.index)))
+    Ok(answer_response(st, answer))
 }
 
 /// The index of the latest change to nodes, services or checks (at least 1).

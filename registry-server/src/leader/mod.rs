@@ -1,10 +1,12 @@
-//! Loops that run only on the leader: the liveness reaper ([`liveness`]),
+//! Loops that run only on the leader: the ACL bootstrap and replication
+//! ([`acl`]), the liveness reaper ([`liveness`]),
 //! the servers' own catalog entries ([`servers`]), session TTLs
 //! ([`sessions`]) and KV tombstone reaping ([`tombstones`]). They decide
 //! from the applied state (through [`RaftHandle::with_applied`]) and write
 //! only through [`RaftHandle::propose`], each change once ([`ProposeOnce`]);
 //! they must not touch Raft's internals or storage.
 
+pub mod acl;
 pub mod liveness;
 pub mod servers;
 pub mod sessions;

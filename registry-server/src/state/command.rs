@@ -17,6 +17,10 @@
 //! Commands are in the Raft log forever: variants are only ever added, never
 //! renamed or removed, and a variant's request type only gains optional fields.
 
+use super::acl::{
+    AclBootstrapRequest, AclDeleteRequest, AclPolicySetRequest, AclReplicateRequest,
+    AclRoleSetRequest, AclTokenSetRequest,
+};
 use super::kv::{KvOp, TombstoneReap};
 use super::restore::RestoreRequest;
 use super::session::{SessionExpiry, SessionId};
@@ -124,6 +128,24 @@ commands! {
     /// `PUT /v1/snapshot`: replaces every table with a snapshot archive's
     /// rows, every index raised to the entry's (`restore.rs`).
     Restore(RestoreRequest),
+    /// `PUT /v1/acl/bootstrap`, or the leader installing the initial management token
+    /// (`acl.rs`).
+    AclBootstrap(AclBootstrapRequest),
+    /// A token create or update.
+    AclTokenSet(AclTokenSetRequest),
+    /// A token delete.
+    AclTokenDelete(AclDeleteRequest),
+    /// A policy create or update.
+    AclPolicySet(AclPolicySetRequest),
+    /// A policy delete.
+    AclPolicyDelete(AclDeleteRequest),
+    /// A role create or update.
+    AclRoleSet(AclRoleSetRequest),
+    /// A role delete.
+    AclRoleDelete(AclDeleteRequest),
+    /// A secondary datacenter's leader installing the primary's policies, roles and global
+    /// tokens.
+    AclReplicate(AclReplicateRequest),
 }
 
 impl<'de> Deserialize<'de> for Command {
@@ -250,6 +272,43 @@ mod tests {
             Command::Restore(RestoreRequest {
                 archive: Some(vec![0x1f, 0x8b, 0, 0xff]),
             }),
+            Command::AclBootstrap(AclBootstrapRequest {
+                token: registry_api::acl::AclToken {
+                    accessor_id: "a".into(),
+                    secret_id: "s".into(),
+                    ..Default::default()
+                },
+                from_config: true,
+            }),
+            Command::AclTokenSet(AclTokenSetRequest {
+                token: registry_api::acl::AclToken {
+                    accessor_id: "a".into(),
+                    expiration_ttl: Some("1h".into()),
+                    ..Default::default()
+                },
+                create: true,
+            }),
+            Command::AclTokenDelete(AclDeleteRequest { id: "a".into() }),
+            Command::AclPolicySet(AclPolicySetRequest {
+                policy: registry_api::acl::AclPolicy {
+                    id: "p".into(),
+                    name: "web".into(),
+                    rules: "service \"web\" { policy = \"write\" }".into(),
+                    ..Default::default()
+                },
+                create: false,
+            }),
+            Command::AclPolicyDelete(AclDeleteRequest { id: "p".into() }),
+            Command::AclRoleSet(AclRoleSetRequest {
+                role: registry_api::acl::AclRole {
+                    id: "r".into(),
+                    name: "ops".into(),
+                    ..Default::default()
+                },
+                create: true,
+            }),
+            Command::AclRoleDelete(AclDeleteRequest { id: "r".into() }),
+            Command::AclReplicate(AclReplicateRequest::default()),
         ]
     }
 

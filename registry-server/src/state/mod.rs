@@ -19,6 +19,7 @@
 //! lock-delays. Storage (`storage/`) persists the rows; Raft (`raft/`)
 //! decides the order.
 
+pub mod acl;
 pub mod catalog;
 pub mod command;
 pub mod events;
@@ -30,6 +31,7 @@ pub mod session;
 mod stored;
 pub mod txn;
 
+pub use acl::AclTable;
 pub use catalog::CatalogState;
 pub use command::Command;
 pub use events::EventTable;
@@ -70,6 +72,8 @@ pub struct StateStore {
     pub sessions: SessionTable,
     /// The recent user events.
     pub events: EventTable,
+    /// ACL tokens, policies and roles.
+    pub acl: AclTable,
 }
 
 impl StateStore {
@@ -80,6 +84,7 @@ impl StateStore {
             kv: KvTable::default(),
             sessions: SessionTable::default(),
             events: EventTable::default(),
+            acl: AclTable::default(),
         }
     }
 
@@ -133,6 +138,7 @@ impl StateStore {
         rows.extend(self.kv.rows());
         rows.extend(self.sessions.rows());
         rows.extend(self.events.rows());
+        rows.extend(self.acl.rows());
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
     }
@@ -159,6 +165,13 @@ impl StateStore {
                 .into_iter()
                 .find_map(|p| Some((p, k.strip_prefix(p)?)))
             });
+            if let Some(rest) = text.and_then(|k| k.strip_prefix(acl::ACL_PREFIX)) {
+                state
+                    .acl
+                    .load_row(rest, &value)
+                    .map_err(|e| format!("bad row {text:?}: {e}"))?;
+                continue;
+            }
             let loaded = match split {
                 Some((p @ SESSION_PREFIX, name)) => state.sessions.load_row(p, name, &value),
                 Some((events::EVENT_PREFIX, name)) => state.events.load_row(name, &value),
@@ -185,6 +198,7 @@ impl StateStore {
         if let Some(event) = plans.event {
             self.events.commit(event);
         }
+        self.acl.commit(plans.acl);
     }
 }
 
@@ -198,6 +212,8 @@ struct Plans {
     sessions: session::SessionPlan,
     /// A fired user event, as it will be kept.
     event: Option<registry_api::event::UserEvent>,
+    /// The ACL tables'.
+    acl: acl::AclPlan,
 }
 
 /// The state as one Raft entry sees it while it is planned: every table with
@@ -219,6 +235,10 @@ struct Scratch<'a> {
     events: &'a EventTable,
     /// A user event this entry fires, with its rows.
     event: Option<(registry_api::event::UserEvent, Vec<RowChange>)>,
+    /// The ACL tables.
+    acl: &'a AclTable,
+    /// This entry's ACL change.
+    acl_plan: acl::AclPlan,
 }
 
 impl<'a> Scratch<'a> {
@@ -232,6 +252,8 @@ impl<'a> Scratch<'a> {
             sessions: session::SessionView::new(&state.sessions),
             events: &state.events,
             event: None,
+            acl: &state.acl,
+            acl_plan: acl::AclPlan::default(),
         }
     }
 
@@ -276,9 +298,24 @@ impl<'a> Scratch<'a> {
                 self.event = Some(self.events.plan(self.index, event)?);
                 Outcome::Done
             }
+            Command::AclBootstrap(r) => self.plan_acl(acl::AclCommand::Bootstrap(r))?,
+            Command::AclTokenSet(r) => self.plan_acl(acl::AclCommand::TokenSet(r))?,
+            Command::AclTokenDelete(r) => self.plan_acl(acl::AclCommand::TokenDelete(&r.id))?,
+            Command::AclPolicySet(r) => self.plan_acl(acl::AclCommand::PolicySet(r))?,
+            Command::AclPolicyDelete(r) => self.plan_acl(acl::AclCommand::PolicyDelete(&r.id))?,
+            Command::AclRoleSet(r) => self.plan_acl(acl::AclCommand::RoleSet(r))?,
+            Command::AclRoleDelete(r) => self.plan_acl(acl::AclCommand::RoleDelete(&r.id))?,
+            Command::AclReplicate(r) => self.plan_acl(acl::AclCommand::Replicate(r))?,
             // `StateStore::apply` applies a restore whole, before any scratch exists.
             Command::Restore(_) => return Err("a restore cannot be part of another write".into()),
         })
+    }
+
+    /// Plans an ACL write (one per entry: ACL commands are never part of a transaction).
+    fn plan_acl(&mut self, cmd: acl::AclCommand<'_>) -> Result<Outcome, String> {
+        let (plan, outcome) = self.acl.plan(self.index, self.at, &cmd)?;
+        self.acl_plan = plan;
+        Ok(outcome)
     }
 
     /// Creates a session (Consul's `sessionCreateTxn`): its node must exist
@@ -374,6 +411,7 @@ impl<'a> Scratch<'a> {
         let (catalog, mut rows) = self.catalog.pending.encode()?;
         self.kv.plan.encode(&mut rows)?;
         self.sessions.plan.encode(&mut rows)?;
+        self.acl_plan.encode(self.acl, &mut rows)?;
         let event = self.event.map(|(event, event_rows)| {
             rows.extend(event_rows);
             event
@@ -384,6 +422,7 @@ impl<'a> Scratch<'a> {
                 kv: self.kv.plan,
                 sessions: self.sessions.plan,
                 event,
+                acl: self.acl_plan,
             },
             rows,
         ))

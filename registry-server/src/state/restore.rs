@@ -66,6 +66,7 @@ fn restamped(
     state.kv.restamp(index);
     state.sessions.restamp(index, at);
     state.events.restamp(index);
+    state.acl.restamp(index);
     let rows = state.rows();
     let state = StateStore::from_rows(datacenter, rows.clone())?;
     Ok((state, rows))
@@ -95,6 +96,7 @@ pub fn table_counts(rows: &Rows) -> BTreeMap<String, u64> {
             p if p == LOCK_DELAY_PREFIX => "kv-lock-delays",
             p if p == SESSION_PREFIX => "sessions",
             p if p == super::events::EVENT_PREFIX => "events",
+            p if p == super::acl::ACL_PREFIX => "acl",
             other => other.trim_end_matches('/'),
         };
         *counts.entry(name.to_string()).or_insert(0) += 1;
