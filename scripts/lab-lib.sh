@@ -81,13 +81,18 @@ container_ip() { # CONTAINER NETWORK -> its IP on that network ("" if not attach
 }
 
 # http METHOD URL [BODY] -> sets CODE and BODY (CODE=000 when nothing answered).
+# http METHOD URL [DATA]: sets CODE and BODY. Sends LAB_TOKEN (the lab's management token, once
+# acl_setup has run) as X-Consul-Token, unless it is empty; the header goes in a file descriptor,
+# never on curl's command line, where `ps` would show it.
 http() {
   local method="$1" url="$2" data="${3-}" tmp
+  local -a auth=()
+  [[ -n "${LAB_TOKEN:-}" ]] && auth=(-H @<(printf 'X-Consul-Token: %s\n' "$LAB_TOKEN"))
   tmp="$(mktemp)"
   if [[ -n "$data" ]]; then
-    CODE="$(curl -s -o "$tmp" -w '%{http_code}' --max-time "${HTTP_TIMEOUT:-5}" -X "$method" --data-binary "$data" "$url" 2>/dev/null)" || true
+    CODE="$(curl -s -o "$tmp" -w '%{http_code}' --max-time "${HTTP_TIMEOUT:-5}" "${auth[@]}" -X "$method" --data-binary "$data" "$url" 2>/dev/null)" || true
   else
-    CODE="$(curl -s -o "$tmp" -w '%{http_code}' --max-time "${HTTP_TIMEOUT:-5}" -X "$method" "$url" 2>/dev/null)" || true
+    CODE="$(curl -s -o "$tmp" -w '%{http_code}' --max-time "${HTTP_TIMEOUT:-5}" "${auth[@]}" -X "$method" "$url" 2>/dev/null)" || true
   fi
   [[ -n "$CODE" ]] || CODE=000
   BODY="$(cat "$tmp")"
@@ -145,7 +150,7 @@ dc_has_leader() { # every server of the DC that answers agrees on one non-empty 
     first="$l"
   done
 }
-agent_answers() { http GET "$1/v1/agent/self"; [[ "$CODE" == 200 ]]; }
+agent_answers() { http GET "$1/v1/agent/self"; [[ "$CODE" == 200 || ( "$CODE" == 403 && -z "${LAB_TOKEN:-}" ) ]]; } # 403: ACLs, no token yet
 # service_passing AGENT_URL NAME [QUERY] : at least one passing instance of NAME
 service_passing() {
   http GET "$1/v1/health/service/$2?passing${3:+&$3}"
@@ -174,3 +179,81 @@ all_containers_healthy() {
 }
 # health_of CONTAINER -> Docker's health status (healthy, starting, unhealthy)
 health_of() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
+
+# ---- ACLs (the lab runs with --acl-enabled and default deny: docker-compose.yml) -------------
+# acl_setup DC...: once per lab, bootstraps dc1 (PUT /v1/acl/bootstrap) and keeps the
+# management token in .lab/acl/management.token (0600, git-ignored); makes the lab's policies
+# (anonymous-read: what DNS, the UI and health checks read without a token; replication;
+# demo-service) and one token per agent (its node identity + demo-service) and per server's own
+# agent (its node identity), kept in .lab/acl/; then hands them out with
+# PUT /v1/agent/token/{agent,replication} to the given DCs' agents and servers. Tokens set that
+# way are not persisted by the processes, so a restart needs acl_setup again (idempotent: it
+# reuses what .lab/acl holds). Exports LAB_TOKEN (the management token) for http().
+LAB_ACL="$LAB_ROOT/.lab/acl"
+acl_fail() { echo "acl_setup: $*" >&2; return 1; }
+acl_secret() { json 'j["SecretID"]' <<<"$BODY"; }
+acl_token_file() { # NAME BODY : the SecretID of a token made once with BODY, kept in $LAB_ACL/NAME.token
+  local f="$LAB_ACL/$1.token"
+  if [[ ! -s "$f" ]]; then
+    http PUT "http://127.0.0.1:8501/v1/acl/token" "$2"
+    [[ "$CODE" == 200 ]] || { acl_fail "token $1: HTTP $CODE $BODY"; return 1; }
+    (umask 077; acl_secret >"$f")
+  fi
+  cat "$f"
+}
+acl_policy() { # NAME RULES : made once (a 400 "already exists" is fine)
+  local body
+  body="$(python3 -c 'import json,sys; print(json.dumps({"Name": sys.argv[1], "Rules": sys.argv[2]}))' "$1" "$2")"
+  http PUT "http://127.0.0.1:8501/v1/acl/policy" "$body"
+  [[ "$CODE" == 200 || ( "$CODE" == 400 && "$BODY" == *"already exists"* ) ]] || acl_fail "policy $1: HTTP $CODE $BODY"
+}
+acl_set() { # URL KIND SECRET : PUT URL/v1/agent/token/KIND, retried while the process starts
+  local body
+  body="$(python3 -c 'import json,sys; print(json.dumps({"Token": sys.argv[1]}))' "$3")"
+  set_it() { http PUT "$1/v1/agent/token/$2" "$body"; [[ "$CODE" == 200 ]]; }
+  wait_for 60 set_it "$1" "$2" || acl_fail "set $2 token on $1: HTTP $CODE $BODY"
+}
+acl_setup() {
+  mkdir -p "$LAB_ACL" && chmod 700 "$LAB_ACL"
+  local mgmt_file="$LAB_ACL/management.token" printed=""
+  LAB_TOKEN=""
+  bootstrap() { http PUT "http://127.0.0.1:8501/v1/acl/bootstrap"; [[ "$CODE" == 200 || "$CODE" == 403 ]]; }
+  wait_for 60 bootstrap || { acl_fail "bootstrap: HTTP $CODE $BODY"; return 1; }
+  if [[ "$CODE" == 200 ]]; then
+    (umask 077; acl_secret >"$mgmt_file")
+    rm -f "$LAB_ACL"/*.token.tmp "$LAB_ACL"/[!m]*.token # a new lab: the old tokens are gone
+    printed=yes
+  fi
+  [[ -s "$mgmt_file" ]] || { acl_fail "dc1 was bootstrapped before and .lab/acl/management.token is gone: make lab-down"; return 1; }
+  export LAB_TOKEN="$(cat "$mgmt_file")"
+  [[ -n "$printed" ]] && echo "  ACL management token (printed once; kept in .lab/acl/management.token): $LAB_TOKEN"
+  acl_policy anonymous-read $'service_prefix "" {\n  policy = "read"\n}\nnode_prefix "" {\n  policy = "read"\n}' || return 1
+  http PUT "http://127.0.0.1:8501/v1/acl/token/00000000-0000-0000-0000-000000000002" '{"Policies":[{"Name":"anonymous-read"}]}'
+  [[ "$CODE" == 200 ]] || { acl_fail "anonymous token: HTTP $CODE $BODY"; return 1; }
+  acl_policy replication 'acl = "write"' || return 1
+  acl_policy demo-service $'service "demo" {\n  policy = "write"\n}' || return 1
+  local repl dc i node secret url
+  repl="$(acl_token_file replication '{"Description":"lab: ACL replication","Policies":[{"Name":"replication"}]}')" || return 1
+  for dc in "$@"; do
+    i=0
+    for url in $(dc_servers "$dc"); do
+      i=$((i + 1)); node="$dc-server$i"
+      [[ "$dc" != dc1 ]] && { acl_set "$url" replication "$repl" || return 1; }
+      secret="$(acl_token_file "$node" "{\"Description\":\"lab: agent of $node\",\"NodeIdentities\":[{\"NodeName\":\"$node\",\"Datacenter\":\"$dc\"}]}")" || return 1
+      acl_set "$url" agent "$secret" || return 1
+    done
+    if [[ "$dc" != dc1 ]]; then
+      # The agent resolves its token through its servers: wait until they replicated it.
+      known() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H @<(printf 'X-Consul-Token: %s\n' "$2") "$1/v1/acl/token/self" | grep -q 200; }
+      wait_for 60 known "$(dc_servers "$dc" | cut -d' ' -f1)" "$repl" || { acl_fail "$dc never replicated dc1's tokens"; return 1; }
+    fi
+    node="app${dc#dc}"
+    secret="$(acl_token_file "$node" "{\"Description\":\"lab: agent of $node\",\"Policies\":[{\"Name\":\"demo-service\"}],\"NodeIdentities\":[{\"NodeName\":\"$node\",\"Datacenter\":\"$dc\"}]}")" || return 1
+    case "$dc" in dc1) url="$DC1_AGENT" ;; dc2) url="$DC2_AGENT" ;; dc3) url="$DC3_AGENT" ;; esac
+    acl_set "$url" agent "$secret" || return 1
+  done
+}
+acl_load() { # LAB_TOKEN from .lab/acl (lab-test on a lab that lab-up started)
+  [[ -s "$LAB_ACL/management.token" ]] && export LAB_TOKEN="$(cat "$LAB_ACL/management.token")"
+  return 0
+}

@@ -28,7 +28,10 @@
 #   9. the third datacenter (compose --profile dc3 up -d, on the running lab): its containers
 #      turn healthy, and from dc1 `?dc=dc3` is answered although dc3's gateway joined only dc2's
 #      (federation is transitive);
-#  10. TODO(ui): the web UI's demo service page in headless Chromium (ui_in_chromium below).
+#  10. the web UI's demo service page in headless Chromium (--dump-dom) against this lab;
+#  11. ACLs (default deny): without a token writes are 403 and KV reads too, while the
+#      anonymous token's read policy serves catalog reads; a token made in dc1 works in dc2 by
+#      replication, and carries ?dc=dc2 requests from dc1.
 #
 # Before 1, the Docker healthchecks (the binaries' `health` subcommands) of every container must
 # say healthy (docker inspect), as `docker compose up` from a clean state left them.
@@ -39,6 +42,8 @@
 # `docker exec` into. Servers advertise their names: a leader is "dc1-server2:8300".
 set -uo pipefail
 source "$(dirname "$0")/lab-lib.sh"
+# The management token lab-up.sh made (ACLs are on with default deny); every http call sends it.
+acl_load
 
 FAILOVER_BOUND="${LAB_FAILOVER_BOUND:-10}" # s from docker kill to a new leader agreed by both survivors
 WAIT="${LAB_WAIT:-30}"                     # s for anything else to converge
@@ -60,7 +65,7 @@ t_start=$SECONDS
 register_service() { # AGENT NAME
   http PUT "$1/v1/agent/service/register" "{
     \"ID\": \"$2\", \"Name\": \"$2\", \"Port\": 8080, \"Tags\": [\"lab-test\"],
-    \"Check\": {\"HTTP\": \"http://127.0.0.1:8500/v1/agent/self\", \"Interval\": \"1s\", \"Timeout\": \"1s\"}
+    \"Check\": {\"HTTP\": \"http://127.0.0.1:8500/v1/status/leader\", \"Interval\": \"1s\", \"Timeout\": \"1s\"}
   }"
   [[ "$CODE" == 200 ]]
 }
@@ -260,6 +265,8 @@ else
 fi
 t_up="$(date +%s.%N)"
 if compose up -d >/dev/null 2>&1; then pass "compose up -d"; else fail "compose up -d"; fi
+# Tokens handed out with PUT /v1/agent/token live in the processes only: hand them out again.
+if acl_setup dc1 dc2 >/dev/null; then pass "ACL tokens handed out again after the restart"; else fail "acl_setup after up"; fi
 check "dc1 has a leader again" 120 dc_has_leader dc1
 check "dc2 has a leader again" 120 dc_has_leader dc2
 check "both agents answer" "$WAIT" agent_answers "$DC1_AGENT"
@@ -452,6 +459,7 @@ joins_only_dc2() {
 }
 if joins_only_dc2; then pass "dc3-gateway's only WAN join target is dc2-gateway:8302"; else fail "dc3-gateway joins: $BODY"; fi
 check "dc3 has a leader" "$WAIT" dc_has_leader dc3
+if acl_setup dc3 >/dev/null; then pass "dc3: replication and agent tokens handed out"; else fail "acl_setup dc3"; fi
 check "dc3: demo passing via the dc3 agent" "$WAIT" passing_in "$DC3_AGENT" demo dc3
 knows_dc3() {
   http GET "$DC1_AGENT/v1/catalog/datacenters"
@@ -462,15 +470,59 @@ check "from dc1: demo passing in dc3 (?dc=dc3)" 60 passing_in "$DC1_AGENT" demo 
 check "from dc3: lab-web passing in dc1 (?dc=dc1)" "$WAIT" passing_in "$DC3_AGENT" lab-web dc1
 
 # ---- 10. the web UI in a browser ---------------------------------------------------------
-title "10. the web UI"
-# TODO(ui): fill in once the web UI (issue 19, --ui, REGISTRY_UI=true in docker-compose.yml)
-# has landed: load http://127.0.0.1:8500/ui/ (the demo service's page) in headless Chromium
-# against this lab, assert on the DOM (demo listed, its check passing, dc1/dc2/dc3 in the
-# datacenter switcher), save a screenshot under target/, and pass/fail through `check`.
-ui_in_chromium() {
-  printf '  TODO  the UI in headless Chromium (not written yet; see ui_in_chromium)\n'
+title "10. the web UI in headless Chromium"
+UI_SHOTS="$LAB_ROOT/target/lab-ui"
+mkdir -p "$UI_SHOTS"
+chromium_bin="$(command -v chromium || command -v chromium-browser || true)"
+ui_page() { # URL -> the DOM after the page's scripts ran (no token: the anonymous token's reads)
+  timeout 60 "$chromium_bin" --headless=new --no-sandbox --disable-gpu --user-data-dir="$(mktemp -d)" \
+    --virtual-time-budget=15000 --dump-dom "$1" 2>/dev/null
 }
-ui_in_chromium
+ui_demo_page() {
+  BODY="$(ui_page "$DC1_AGENT/ui/#/dc/dc1/services/demo")"
+  [[ "$BODY" == *app1* && "$BODY" == *"agent reaches a leader"* && "$BODY" == *passing* ]]
+}
+ui_dc2_from_dc1() {
+  BODY="$(ui_page "$DC1_AGENT/ui/#/dc/dc2/services/demo")"
+  [[ "$BODY" == *app2* && "$BODY" == *passing* ]]
+}
+if [[ -z "$chromium_bin" ]]; then
+  fail "chromium is not installed (scripts/install-deps.sh installs it)"
+else
+  check "UI: dc1's demo service page shows its instance on app1 with its passing check" 60 ui_demo_page
+  check "UI: dc2's demo page through dc1's agent (?dc=dc2)" 60 ui_dc2_from_dc1
+  timeout 60 "$chromium_bin" --headless=new --no-sandbox --disable-gpu --user-data-dir="$(mktemp -d)" \
+    --virtual-time-budget=15000 --window-size=1200,800 --screenshot="$UI_SHOTS/demo.png" \
+    "$DC1_AGENT/ui/#/dc/dc1/services/demo" >/dev/null 2>&1 &&
+    pass "screenshot: target/lab-ui/demo.png" || fail "screenshot"
+fi
+
+# ---- 11. ACLs -------------------------------------------------------------------------------
+title "11. ACLs: default deny, the anonymous token's reads, replication to dc2"
+anon() { LAB_TOKEN="" http "$@"; }
+anon PUT "$DC1_AGENT/v1/kv/lab/acl" "x"
+if [[ "$CODE" == 403 && "$BODY" == "Permission denied"* ]]; then pass "no token: KV write 403 ($BODY)"; else fail "no token: KV write got $CODE $BODY"; fi
+http PUT "$DC1_AGENT/v1/kv/lab/acl" "x"
+if [[ "$CODE" == 200 ]]; then pass "management token: KV write 200"; else fail "management token: KV write got $CODE $BODY"; fi
+anon GET "$DC1_AGENT/v1/kv/lab/acl"
+if [[ "$CODE" == 403 ]]; then pass "no token: KV read 403"; else fail "no token: KV read got $CODE"; fi
+anon GET "$DC1_AGENT/v1/catalog/services"
+if [[ "$CODE" == 200 && "$BODY" == *demo* ]]; then pass "no token: catalog read (anonymous-read policy)"; else fail "no token: catalog read got $CODE $BODY"; fi
+anon PUT "$DC1_AGENT/v1/agent/service/register" '{"Name":"anon-svc"}'
+if [[ "$CODE" == 403 ]]; then pass "no token: agent service register 403"; else fail "no token: agent register got $CODE"; fi
+http PUT "http://127.0.0.1:8501/v1/acl/policy" '{"Name":"lab-test-web","Rules":"service \"lab-test-web\" {\n  policy = \"write\"\n}\nnode_prefix \"\" {\n  policy = \"write\"\n}"}'
+[[ "$CODE" == 200 || "$BODY" == *"already exists"* ]] && pass "policy lab-test-web made in dc1" || fail "policy: $CODE $BODY"
+http PUT "http://127.0.0.1:8501/v1/acl/token" '{"Description":"lab-test","Policies":[{"Name":"lab-test-web"}]}'
+test_token="$(json 'j["SecretID"]' <<<"$BODY")"
+as_test() { LAB_TOKEN="$test_token" http "$@"; }
+dc2_knows() { as_test GET "http://127.0.0.1:9501/v1/acl/token/self"; [[ "$CODE" == 200 ]]; }
+check "a token made in dc1 resolves in dc2 (replication)" 60 dc2_knows
+as_test PUT "http://127.0.0.1:9501/v1/catalog/register" '{"Node":"lab-acl-node","Address":"10.0.0.7","Service":{"Service":"lab-test-web"}}'
+if [[ "$CODE" == 200 ]]; then pass "dc2 accepts the replicated token's write"; else fail "dc2 write: $CODE $BODY"; fi
+as_test PUT "http://127.0.0.1:9501/v1/catalog/register" '{"Node":"lab-acl-node","Address":"10.0.0.7","Service":{"Service":"other"}}'
+if [[ "$CODE" == 403 ]]; then pass "dc2 denies what the token may not write"; else fail "dc2 denied write got $CODE"; fi
+as_test PUT "$DC1_AGENT/v1/catalog/register?dc=dc2" '{"Node":"lab-acl-node","Address":"10.0.0.7","Service":{"Service":"other"}}'
+if [[ "$CODE" == 403 ]]; then pass "?dc=dc2 from dc1 carries the token; dc2 decides (403)"; else fail "?dc=dc2 denied write got $CODE"; fi
 
 printf '\n%d passed, %d failed (lab-test took %d s)\n' "$passed" "$failed" "$((SECONDS - t_start))"
 ((failed == 0))

@@ -7,10 +7,12 @@
 # check. Prints the time from `up` to healthy. Exit 1 if that takes over LAB_UP_TIMEOUT seconds
 # (default 120).
 #
-# The steps, in order (each a function below, so that one can be added, e.g. an ACL bootstrap
-# once the lab runs with ACLs on: between wait_healthy and register_checks):
+# The steps, in order (each a function below):
 #   start          compose up -d: lab-init makes the secrets, the servers start after it
 #   wait_healthy   Docker healthchecks, leaders, agents
+#   acl            ACLs are on with default deny: bootstrap dc1 (the management token is printed
+#                  once and kept in .lab/acl/), the lab's policies, a token per agent and the
+#                  replication token, handed out with PUT /v1/agent/token (acl_setup, lab-lib.sh)
 #   export_tls     the CA and the host's client certificate to .lab/tls (for tls_curl)
 #   demo_ready     the demo services registered from the config dir and passing
 #
@@ -53,6 +55,11 @@ wait_healthy() {
   done
 }
 
+acl() {
+  acl_setup $dcs || exit 1
+  printf '  %-52s after %5s s\n' "ACLs: bootstrapped, tokens handed out" "$(elapsed)"
+}
+
 export_tls() {
   export_lab_tls
   printf '  %-52s after %5s s\n' "CA + host client certificate in .lab/tls" "$(elapsed)"
@@ -68,10 +75,13 @@ demo_ready() {
 
 start
 wait_healthy
+acl
 export_tls
 demo_ready
 echo "lab healthy $(elapsed) s after 'compose up' (healthchecks, leaders in $dcs, agents answering, demo services passing)"
-echo "  UI: http://127.0.0.1:8500/ui/   DNS: dig @127.0.0.1 -p 8600 demo.service.dc2.consul SRV"
+echo "  UI: http://127.0.0.1:8500/ui/ (reads work without a token; writes need one: Settings)"
+echo "  DNS: dig @127.0.0.1 -p 8600 demo.service.dc2.consul SRV"
+echo "  a token: LAB_TOKEN in .lab/acl/management.token (curl -H \"X-Consul-Token: \$(cat .lab/acl/management.token)\" ...)"
 
 # Cross-DC routing is informative here (lab-test.sh checks it properly).
 if wait_for "${LAB_WAN_TIMEOUT:-30}" service_passing "$DC2_AGENT" demo dc=dc1 &&

@@ -250,7 +250,14 @@ impl AclResolver {
                 }
                 Err(e) => Lookup::Down(format!("bad answer from the servers: {e}")),
             },
-            // ACLs off (a server without the endpoint is a build without ACLs).
+            // ACLs off (a server without the endpoint is a build without ACLs) — unless this
+            // agent knows they are on (its flags, or a server said so): then one server that
+            // answers otherwise is a misconfigured one, and the agent fails closed rather
+            // than opening every endpoint.
+            401 | 404 if self.known_enabled.load(Ordering::Acquire) => Lookup::Down(format!(
+                "a server answered {} to a token lookup although ACLs are on",
+                resp.status
+            )),
             401 if text().contains(ACL_DISABLED) => Lookup::Found(self.disabled.clone(), None),
             404 => Lookup::Found(self.disabled.clone(), None),
             403 => {

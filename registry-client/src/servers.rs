@@ -472,7 +472,7 @@ impl ServerPool {
                 Ok(resp) if fail_over.rejects(&resp) => {
                     tracing::debug!(
                         server = %servers[i],
-                        path = %path_and_query,
+                        path = %registry_api::acl::redact_token(path_and_query),
                         status = %resp.status,
                         "server cannot serve this now; trying the next"
                     );
@@ -486,8 +486,10 @@ impl ServerPool {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    tracing::debug!(server = %servers[i], path = %path_and_query, error = %e, "server unreachable");
-                    last_error = format!("{}: {e}", servers[i]);
+                    tracing::debug!(server = %servers[i], path = %registry_api::acl::redact_token(path_and_query), error = %registry_api::acl::redact_token(&e.to_string()), "server unreachable");
+                    // A `?token=` in the URL reqwest's error repeats is a secret.
+                    last_error = registry_api::acl::redact_token(&format!("{}: {e}", servers[i]))
+                        .into_owned();
                     let connect_failed =
                         matches!(&e, forward::BodyError::Http(h) if h.is_connect());
                     if !repeatable && !forward::may_retry_elsewhere(connect_failed, &method) {

@@ -79,6 +79,10 @@ pub struct AclResolver {
     disabled: Arc<Authz>,
     /// By SecretID: the ACL index it was resolved at, the decisions, the expiry (ms).
     cache: Mutex<HashMap<String, Cached>>,
+    /// The replication token: `--acl-replication-token`, or set at runtime with
+    /// `PUT /v1/agent/token/replication` (not persisted, as Consul's without
+    /// `enable_token_persistence`).
+    replication: std::sync::RwLock<Option<String>>,
 }
 
 /// One cached resolution.
@@ -94,11 +98,13 @@ struct Cached {
 impl AclResolver {
     /// A resolver for `datacenter` with `config`.
     pub fn new(config: AclConfig, datacenter: &str) -> Self {
+        let replication = std::sync::RwLock::new(config.replication_token.clone());
         AclResolver {
             config,
             datacenter: datacenter.to_string(),
             disabled: Arc::new(Authz::disabled()),
             cache: Mutex::new(HashMap::new()),
+            replication,
         }
     }
 
@@ -110,6 +116,19 @@ impl AclResolver {
     /// Whether ACLs are on.
     pub fn enabled(&self) -> bool {
         self.config.enabled
+    }
+
+    /// The token the leader replicates the primary's ACLs with.
+    pub fn replication_token(&self) -> Option<String> {
+        self.replication
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the replication token (`PUT /v1/agent/token/replication`).
+    pub fn set_replication_token(&self, token: Option<String>) {
+        *self.replication.write().unwrap_or_else(|e| e.into_inner()) = token;
     }
 
     /// This datacenter is the primary (ACL writes are made here).
@@ -144,7 +163,7 @@ impl AclResolver {
         let authorizer = authority
             .authorizer()
             .map_err(|e| ApiError::Internal(format!("a stored policy does not parse: {e}")))?;
-        let authz = Arc::new(Authz::token(&authority.accessor_id, authorizer));
+        let authz = Arc::new(Authz::token(&authority.accessor_id, authorizer).at_acl_index(index));
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();

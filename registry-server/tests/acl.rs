@@ -629,3 +629,93 @@ async fn a_second_datacenter_replicates_tokens_and_resolves_them_while_the_prima
     dc1.shutdown().await;
     dc2.shutdown().await;
 }
+
+/// Review findings: a write is checked against what it touches as stored, not the names the
+/// client sends: a transaction cannot take over another service's instance by its ID, nor a
+/// register attach a check to it; a tree read leaves out denied keys; a token cannot delete
+/// itself; a huge TTL is refused, not a panic on every server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_checked_against_what_they_touch() {
+    let (c, api) = one_server(acl(DefaultPolicy::Deny, Some(MGMT))).await;
+    management_ready(&api).await;
+    api.policy(
+        "mine",
+        "service \"mine\" {\n  policy = \"write\"\n}\nnode_prefix \"\" {\n  policy = \"read\"\n}\nkey_prefix \"\" {\n  policy = \"read\"\n}\nkey_prefix \"secret/\" {\n  policy = \"deny\"\n}",
+    )
+    .await;
+    let t = api.token(&["mine"]).await;
+    let t = Some(t.as_str());
+    assert_eq!(api.register(Some(MGMT), "n1", "web").await, 200);
+    // A transaction naming "mine" but aimed at web's instance ID.
+    let txn = api
+        .put(
+            "/v1/txn",
+            t,
+            json!([{"Service": {"Verb": "delete", "Node": "n1", "Service": {"ID": "web", "Service": "mine"}}}]),
+        )
+        .await;
+    assert_eq!(txn.status, 409, "{}", txn.body);
+    let web = api.get("/v1/catalog/service/web", Some(MGMT)).await;
+    assert_eq!(
+        web.json().as_array().unwrap().len(),
+        1,
+        "web is still there"
+    );
+    // A check naming "mine" but attached to web's instance.
+    let check = api
+        .put(
+            "/v1/catalog/register",
+            t,
+            json!({"Node": "n1", "SkipNodeUpdate": true, "Check": {"CheckID": "x", "ServiceID": "web", "ServiceName": "mine", "Status": "critical"}}),
+        )
+        .await;
+    assert_eq!(check.status, 403, "{}", check.body);
+    // A tree read in a transaction leaves out the denied keys.
+    assert_eq!(
+        api.put("/v1/kv/secret/a", Some(MGMT), json!(1))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        api.put("/v1/kv/open/a", Some(MGMT), json!(1)).await.status,
+        200
+    );
+    let tree = api
+        .put(
+            "/v1/txn",
+            t,
+            json!([{"KV": {"Verb": "get-tree", "Key": ""}}]),
+        )
+        .await;
+    assert_eq!(tree.status, 200, "{}", tree.body);
+    assert!(
+        tree.body.contains("open/a") && !tree.body.contains("secret/a"),
+        "{}",
+        tree.body
+    );
+    assert!(tree.filtered());
+    // No token deletes itself; a TTL past the year 9999 is refused and the server lives on.
+    let me = api.get("/v1/acl/token/self", Some(MGMT)).await.json()["AccessorID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own = api
+        .call("DELETE", &format!("/v1/acl/token/{me}"), Some(MGMT), None)
+        .await;
+    assert_eq!(own.status, 403, "{}", own.body);
+    let huge = api
+        .put(
+            "/v1/acl/token",
+            Some(MGMT),
+            json!({"ExpirationTTL": "100000000h"}),
+        )
+        .await;
+    assert_eq!(huge.status, 400, "{}", huge.body);
+    assert_eq!(
+        api.register(Some(MGMT), "n1", "after").await,
+        200,
+        "still serving"
+    );
+    c.shutdown().await;
+}

@@ -226,7 +226,7 @@ impl Forwarder {
                     return Ok(answer);
                 }
                 Err(e) => {
-                    tracing::debug!(server = %servers[i], path = %req.path_and_query, error = %e, "server unreachable");
+                    tracing::debug!(server = %servers[i], path = %registry_api::acl::redact_token(&req.path_and_query), error = %e, "server unreachable");
                     if !may_retry(&e, req) {
                         return Err(GatewayError::Unreachable);
                     }
@@ -254,12 +254,12 @@ impl Forwarder {
                 // may answer; with none left it is the DC that cannot be reached (Consul's
                 // 500), not this one gateway's state.
                 Ok(answer) if answer.status == StatusCode::SERVICE_UNAVAILABLE => {
-                    tracing::info!(gateway = %addr, path = %req.path_and_query, "gateway refused (503); trying the next");
+                    tracing::info!(gateway = %addr, path = %registry_api::acl::redact_token(&req.path_and_query), "gateway refused (503); trying the next");
                     on_failure(addr);
                 }
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
-                    tracing::info!(gateway = %addr, path = %req.path_and_query, error = %e, "gateway unreachable");
+                    tracing::info!(gateway = %addr, path = %registry_api::acl::redact_token(&req.path_and_query), error = %e, "gateway unreachable");
                     on_failure(addr);
                     if !may_retry(&e, req) {
                         return Err(GatewayError::Unreachable);

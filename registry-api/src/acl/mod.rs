@@ -268,6 +268,8 @@ pub struct Authz {
     accessor: String,
     /// `None`: ACLs are off.
     authorizer: Option<Authorizer>,
+    /// What names this token's filtered answers in a shared cache ([`Authz::cache_key`]).
+    key: String,
 }
 
 impl Authz {
@@ -276,6 +278,7 @@ impl Authz {
         Authz {
             accessor: String::new(),
             authorizer: None,
+            key: String::new(),
         }
     }
 
@@ -284,7 +287,15 @@ impl Authz {
         Authz {
             accessor: accessor.to_string(),
             authorizer: Some(authorizer),
+            key: accessor.to_string(),
         }
+    }
+
+    /// The same, resolved from ACL tables at `index`: its cached answers are its own at that
+    /// index, so a token whose rights changed never gets an answer filtered with the old ones.
+    pub fn at_acl_index(mut self, index: u64) -> Self {
+        self.key = format!("{}@{index}", self.accessor);
+        self
     }
 
     /// Whether ACLs are on for this request.
@@ -311,7 +322,7 @@ impl Authz {
         if self.allows_all() {
             ""
         } else {
-            &self.accessor
+            &self.key
         }
     }
 
@@ -444,12 +455,46 @@ pub fn check_links(
     Ok(())
 }
 
+/// `path_and_query` with the value of any `token=` query parameter hidden, for log lines and
+/// error texts (a token in the URL is a secret like one in `X-Consul-Token`).
+pub fn redact_token(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.into();
+    };
+    if !query
+        .split('&')
+        .any(|p| p == "token" || p.starts_with("token="))
+    {
+        return path_and_query.into();
+    }
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|p| {
+            if p == "token" || p.starts_with("token=") {
+                "token=<hidden>"
+            } else {
+                p
+            }
+        })
+        .collect();
+    format!("{path}?{}", query.join("&")).into()
+}
+
 /// `ms` (since the epoch) as RFC 3339, as Consul writes times.
 pub fn rfc3339(ms: u64) -> String {
-    let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms as i64);
-    t.format(&time::format_description::well_known::Rfc3339)
+    let ms = i64::try_from(ms.min(MAX_TIME_MS)).unwrap_or(0);
+    time::OffsetDateTime::UNIX_EPOCH
+        .checked_add(time::Duration::milliseconds(ms))
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
+
+/// The latest time written (9999-12-31T23:59:59.999Z): later expiries are refused, so that
+/// every time a server writes can be spelt.
+pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
 /// An RFC 3339 time as ms since the epoch.
 pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
@@ -484,6 +529,16 @@ mod tests {
         );
         assert_eq!(request_token(headers(&[]), Some("token=")), None);
         assert_eq!(request_token(headers(&[]), None), None);
+    }
+
+    #[test]
+    fn a_token_in_a_query_is_hidden() {
+        assert_eq!(
+            redact_token("/v1/kv/a?dc=dc2&token=s3cret&x"),
+            "/v1/kv/a?dc=dc2&token=<hidden>&x"
+        );
+        assert_eq!(redact_token("/v1/kv/a?tokens=1"), "/v1/kv/a?tokens=1");
+        assert_eq!(rfc3339(u64::MAX), rfc3339(MAX_TIME_MS), "never panics");
     }
 
     #[test]

@@ -56,12 +56,11 @@ pub(super) async fn writes_to_primary(State(st): St, req: Request, next: Next) -
             .await;
     }
     let primary = st.acl.config().primary(&st.datacenter).to_string();
-    let query = parts
-        .uri
-        .query()
-        .map(|q| format!("{q}&"))
-        .unwrap_or_default();
-    let path = format!("{}?{query}dc={primary}", parts.uri.path());
+    let path = format!(
+        "{}?{}",
+        parts.uri.path(),
+        with_dc(parts.uri.query().unwrap_or(""), &primary)
+    );
     match st
         .wan
         .forward(parts.method, &path, &parts.headers, body)
@@ -70,6 +69,18 @@ pub(super) async fn writes_to_primary(State(st): St, req: Request, next: Next) -
         Ok(resp) => resp,
         Err(e) => super::HttpError(e).into_response(),
     }
+}
+
+/// `query` with its `dc` (any) replaced by `dc`: the write goes to the primary, once.
+fn with_dc(query: &str, dc: &str) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k != "dc" {
+            out.append_pair(&k, &v);
+        }
+    }
+    out.append_pair("dc", dc);
+    out.finish()
 }
 
 /// A create of a token with `"Local": true`, or a change to a local token this datacenter
@@ -264,6 +275,13 @@ pub(super) async fn token_delete(
 ) -> HttpResult {
     enabled(&st)?;
     auth.require_scalar(Scalar::Acl, Access::Write)?;
+    if accessor == auth.accessor() {
+        // Consul's rule: a request never deletes the token it is made with.
+        return Err(ApiError::Forbidden(
+            "Deletion of the request's authorization token is not permitted".into(),
+        )
+        .into());
+    }
     st.raft
         .propose(Command::AclTokenDelete(AclDeleteRequest { id: accessor }))
         .await?;
@@ -569,4 +587,25 @@ pub(super) async fn replication(State(st): St, auth: Authorized, Query(q): Param
         (replica, s.acl.index())
     })
     .await
+}
+
+/// `PUT /v1/agent/token/replication` on a server (Consul's `acl set-agent-token replication`):
+/// the token its leader replicates the primary's ACLs with, set at runtime. Needs
+/// `acl:write`; body `{"Token": "..."}`; an empty token clears it. Not persisted.
+pub(super) async fn set_replication_token(
+    State(st): St,
+    auth: Authorized,
+    body: Bytes,
+) -> HttpResult {
+    enabled(&st)?;
+    auth.require_scalar(Scalar::Acl, Access::Write)?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct TokenBody {
+        token: String,
+    }
+    let req: TokenBody = decode::from_slice(&body).map_err(ApiError::BadRequest)?;
+    let token = Some(req.token).filter(|t| !t.is_empty());
+    st.acl.set_replication_token(token);
+    json(&st, &true)
 }

@@ -63,17 +63,73 @@ fn vet_register(st: &super::AppState, auth: &Authz, req: &RegisterRequest) -> Re
     let mut services: BTreeMap<&str, &str> = BTreeMap::new();
     if let Some(svc) = &req.service {
         auth.require(Resource::Service, &svc.service, Access::Write)?;
+        // Re-registering an instance under another name needs the old name's write too.
+        if let Some(old) = stored_service_name(st, &req.node, &svc.id) {
+            auth.require(Resource::Service, &old, Access::Write)?;
+        }
         services.insert(&svc.id, &svc.service);
     }
     for check in req.check.iter().chain(&req.checks) {
-        let service = (!check.service_id.is_empty())
-            .then(|| services.get(check.service_id.as_str()).copied())
-            .flatten()
-            .unwrap_or(check.service_name.as_str());
-        if check.service_id.is_empty() && service.is_empty() {
-            auth.require(Resource::Node, &req.node, Access::Write)?;
+        vet_check_write(st, auth, &req.node, check, &services)?;
+    }
+    Ok(())
+}
+
+/// The name of the instance `id` on `node` as stored, if it exists.
+pub(super) fn stored_service_name(st: &super::AppState, node: &str, id: &str) -> Option<String> {
+    st.raft.with_applied(|s, _| {
+        s.catalog
+            .node_services(node)
+            .0
+            .and_then(|n| n.services.get(id).map(|svc| svc.service.clone()))
+    })
+}
+
+/// The check `id` on `node` as stored, if it exists.
+fn stored_check(st: &super::AppState, node: &str, id: &str) -> Option<registry_api::HealthCheck> {
+    st.raft.with_applied(|s, _| {
+        s.catalog
+            .node_checks(node)
+            .0
+            .into_iter()
+            .find(|c| c.check_id == id)
+    })
+}
+
+/// The ACL step of writing `check` on `node` (Consul's `vetRegisterWithACL` for checks): a
+/// check of a service (its `ServiceID`, named by the request's own service or by the stored
+/// one, never by the client's `ServiceName`) needs that service's `service:write`; a node
+/// check (no `ServiceID`) needs `node:write`; and an existing check of that ID needs its
+/// current owner's write as well.
+pub(super) fn vet_check_write(
+    st: &super::AppState,
+    auth: &Authz,
+    node: &str,
+    check: &registry_api::HealthCheck,
+    in_request: &BTreeMap<&str, &str>,
+) -> Result<(), ApiError> {
+    if check.service_id.is_empty() {
+        auth.require(Resource::Node, node, Access::Write)?;
+    } else {
+        let name = in_request
+            .get(check.service_id.as_str())
+            .map(|n| n.to_string())
+            .or_else(|| stored_service_name(st, node, &check.service_id))
+            .ok_or_else(|| {
+                ApiError::Forbidden(format!(
+                    "{}: the check's service {:?} is not registered on {node:?}",
+                    registry_api::acl::PERMISSION_DENIED,
+                    check.service_id
+                ))
+            })?;
+        auth.require(Resource::Service, &name, Access::Write)?;
+    }
+    if let Some(old) = stored_check(st, node, &check.check_id) {
+        if old.service_id.is_empty() {
+            auth.require(Resource::Node, node, Access::Write)?;
         } else {
-            auth.require(Resource::Service, service, Access::Write)?;
+            let owner = stored_service_name(st, node, &old.service_id).unwrap_or(old.service_name);
+            auth.require(Resource::Service, &owner, Access::Write)?;
         }
     }
     Ok(())

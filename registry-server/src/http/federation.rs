@@ -156,12 +156,15 @@ impl WanRoute {
                 // A write that may have reached a gateway is not sent to
                 // another one: it could be applied twice.
                 Err(e) if !may_retry_elsewhere(e.is_connect(), &method) => {
+                    // Without the URL: a `?token=` in it is a secret.
                     return Err(ApiError::Internal(format!(
-                        "{}: {e}",
-                        registry_api::error::REMOTE_DC_UNREACHABLE
+                        "{}: {}",
+                        registry_api::error::REMOTE_DC_UNREACHABLE,
+                        e.without_url()
                     )));
                 }
                 Err(e) => {
+                    let e = e.without_url();
                     debug!(gateway = %gw, error = %e, "gateway did not answer; trying the next")
                 }
             }

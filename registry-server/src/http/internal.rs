@@ -18,9 +18,13 @@ pub(super) async fn heartbeat(State(st): St, auth: Authorized, body: Bytes) -> H
     if hb.node.is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()).into());
     }
-    // The agent's own token (`--acl-agent-token`) speaks for its node, as Consul's agent
-    // token does for its coordinate and member updates.
-    auth.require(Resource::Node, &hb.node, Access::Write)?;
+    // Membership is not subject to ACLs in Consul (Serf is authenticated by the gossip key,
+    // not by tokens); here a heartbeat signed with the shared key is the same, so a server's
+    // own agent keeps its node alive before any token is handed out. Without a key, the
+    // agent's token must speak for its node.
+    if st.encrypt.is_none() {
+        auth.require(Resource::Node, &hb.node, Access::Write)?;
+    }
     if !hb.datacenter.is_empty() && hb.datacenter != st.datacenter {
         return Err(ApiError::BadRequest(format!(
             "agent of datacenter {:?} heartbeating to datacenter {:?}",

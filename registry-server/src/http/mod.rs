@@ -130,6 +130,12 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
         .merge(signed_internal_writes(&state))
         .merge(snapshot_routes())
         .merge(acl_routes(&state))
+        // The embedded agent's `/v1/agent/token/{agent,default}` are its own; this one is
+        // the server's.
+        .route(
+            "/v1/agent/token/replication",
+            put(acl::set_replication_token),
+        )
         .with_state(state.clone())
         .merge(agent.layer(middleware::from_fn(agent_membership_from_loopback)))
         // Timed by route template (bounded), after routing: every route above.

@@ -6,9 +6,10 @@
 //! `Errors` and nothing applied. Must not run an operation itself
 //! (`state/txn.rs` does).
 
+use super::catalog::{stored_service_name, vet_check_write};
 use super::kv::key_of;
 use super::params::read_params;
-use super::{json, json_response, HttpResult, St};
+use super::{json, HttpResult, St};
 use crate::state::kv::{KvOp, KvVerb};
 use crate::state::txn::{CatalogVerb, CheckOp, NodeOp, ServiceOp, TxnOp, TxnRequest};
 use crate::state::{Command, Outcome};
@@ -50,12 +51,22 @@ pub(super) async fn txn(
         Ok(ops) => ops,
         Err(errors) => return answer(&st, Err(errors)),
     };
-    if let Err(errors) = vet(&auth, &ops) {
+    if let Err(errors) = vet(&st, &auth, &ops) {
         return answer(&st, Err(errors));
     }
     if ops.iter().any(TxnOp::is_write) {
         return match st.raft.propose(Command::Txn(TxnRequest { ops })).await? {
-            Outcome::Txn(result) => answer(&st, result),
+            Outcome::Txn(mut result) => {
+                let filtered = visible(&auth, &mut result);
+                let mut resp = answer(&st, result)?;
+                if filtered {
+                    resp.headers_mut().insert(
+                        registry_api::acl::FILTERED_HEADER,
+                        axum::http::HeaderValue::from_static("true"),
+                    );
+                }
+                Ok(resp)
+            }
             other => Err(ApiError::Internal(format!(
                 "unexpected outcome of a transaction: {other:?}"
             ))
@@ -65,6 +76,7 @@ pub(super) async fn txn(
     // Reads only: like any read (but never blocking, as in Consul), and not
     // cached (the empty key): nobody else asks this exact transaction.
     let conflict = Arc::new(AtomicBool::new(false));
+    let acl = auth.0.clone();
     let seen = conflict.clone();
     let read = crate::reads::read(
         &st.raft,
@@ -74,13 +86,14 @@ pub(super) async fn txn(
         None,
         String::new(),
         move |s| (s.read_txn(&ops), 1),
-        move |result| {
+        move |mut result| {
             seen.store(result.is_err(), Ordering::Relaxed);
-            (response_body(result), false)
+            let filtered = visible(&acl, &mut result);
+            (response_body(result), filtered)
         },
     )
     .await?;
-    let mut resp = json_response(&st, read.body, Some(read.index));
+    let mut resp = super::answer_response(&st, read);
     // Consul sets only these two on a read-only transaction.
     resp.headers_mut().remove("X-Consul-Index");
     if conflict.load(Ordering::Relaxed) {
@@ -94,11 +107,12 @@ pub(super) async fn txn(
 /// nothing is applied. Reads need read, writes write on what they touch; a
 /// tree read needs read on its prefix and a tree delete write on everything
 /// under it (`key_write_prefix`).
-fn vet(auth: &Authz, ops: &[TxnOp]) -> Result<(), Vec<TxnError>> {
+fn vet(st: &super::AppState, auth: &Authz, ops: &[TxnOp]) -> Result<(), Vec<TxnError>> {
     if auth.allows_all() {
         return Ok(());
     }
     let access = |write: bool| if write { Access::Write } else { Access::Read };
+    let none = std::collections::BTreeMap::new();
     let errors: Vec<TxnError> = ops
         .iter()
         .enumerate()
@@ -108,26 +122,38 @@ fn vet(auth: &Authz, ops: &[TxnOp]) -> Result<(), Vec<TxnError>> {
                     auth.require_key_write_prefix(&kv.key)
                 }
                 TxnOp::Kv(kv) => auth.require(Resource::Key, &kv.key, access(kv.verb.is_write())),
+                // With ACLs a node is named: one found by its ID alone is not checked.
+                TxnOp::Node(n) if n.node.node.is_empty() => Err(ApiError::Forbidden(format!(
+                    "{}: a node operation needs the node's name when ACLs are on",
+                    registry_api::acl::PERMISSION_DENIED
+                ))),
                 TxnOp::Node(n) => auth.require(
                     Resource::Node,
                     &n.node.node,
                     access(n.verb != CatalogVerb::Get),
                 ),
-                TxnOp::Service(s) => auth.require(
-                    Resource::Service,
-                    &s.service.service,
-                    access(s.verb != CatalogVerb::Get),
-                ),
-                TxnOp::Check(c) if c.check.service_name.is_empty() => auth.require(
-                    Resource::Node,
-                    &c.check.node,
-                    access(c.verb != CatalogVerb::Get),
-                ),
-                TxnOp::Check(c) => auth.require(
-                    Resource::Service,
-                    &c.check.service_name,
-                    access(c.verb != CatalogVerb::Get),
-                ),
+                // The stored instance's name decides, and a set's new name too.
+                TxnOp::Service(s) => {
+                    let write = access(s.verb != CatalogVerb::Get);
+                    let stored = stored_service_name(st, &s.node, &s.service.id);
+                    auth.require(Resource::Service, &s.service.service, write)
+                        .and_then(|()| match &stored {
+                            Some(name) => auth.require(Resource::Service, name, write),
+                            None => Ok(()),
+                        })
+                }
+                TxnOp::Check(c) if c.verb == CatalogVerb::Get => {
+                    if super::catalog::node_and_service(auth, &c.check.node, &c.check.service_name)
+                    {
+                        Ok(())
+                    } else {
+                        auth.require(Resource::Node, &c.check.node, Access::Read)
+                            .and_then(|()| {
+                                auth.require(Resource::Service, &c.check.service_name, Access::Read)
+                            })
+                    }
+                }
+                TxnOp::Check(c) => vet_check_write(st, auth, &c.check.node, &c.check, &none),
             }
             .err()?;
             Some(TxnError {
@@ -141,6 +167,27 @@ fn vet(auth: &Authz, ops: &[TxnOp]) -> Result<(), Vec<TxnError>> {
     } else {
         Err(errors)
     }
+}
+
+/// Consul's `FilterTxnResults`: results the token may not read are left out (a `get-tree`
+/// over a prefix holding denied keys answers without them); true when any was.
+fn visible(auth: &Authz, result: &mut Result<Vec<TxnResult>, Vec<TxnError>>) -> bool {
+    let Ok(results) = result else {
+        return false;
+    };
+    super::acl_retain(auth, results, |r| {
+        r.kv.as_ref()
+            .is_none_or(|kv| auth.allows(Resource::Key, &kv.key, Access::Read))
+            && r.node
+                .as_ref()
+                .is_none_or(|n| auth.allows(Resource::Node, &n.node, Access::Read))
+            && r.service
+                .as_ref()
+                .is_none_or(|s| auth.allows(Resource::Service, &s.service, Access::Read))
+            && r.check
+                .as_ref()
+                .is_none_or(|c| super::catalog::node_and_service(auth, &c.node, &c.service_name))
+    })
 }
 
 /// Consul's answer shape: results and `null` errors, or the reverse.

@@ -106,11 +106,12 @@ async fn replicate_once(
     last_index: u64,
     warned_no_token: &mut bool,
 ) -> Result<Option<u64>, String> {
-    let Some(token) = app.acl.config().replication_token.clone() else {
+    let Some(token) = app.acl.replication_token() else {
         if !*warned_no_token {
             warn!(
-                "ACLs are on in a secondary datacenter without --acl-replication-token: tokens \
-                 and policies of the primary are not replicated here"
+                "ACLs are on in a secondary datacenter without a replication token \
+                 (--acl-replication-token, or PUT /v1/agent/token/replication): tokens and \
+                 policies of the primary are not replicated here until one is set"
             );
             *warned_no_token = true;
         }

@@ -596,7 +596,8 @@ impl AclTable {
                     if ttl.is_zero() {
                         None
                     } else {
-                        Some(at.saturating_add(ttl.as_millis() as u64))
+                        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                        Some(at.saturating_add(ttl))
                     }
                 }
                 (None, None) => None,
@@ -604,6 +605,9 @@ impl AclTable {
             if let Some(t) = expires {
                 if t <= at {
                     return Err("ExpirationTime cannot be in the past".into());
+                }
+                if t > api::MAX_TIME_MS {
+                    return Err("ExpirationTime is after the year 9999".into());
                 }
             }
             token.expiration_time = expires.map(api::rfc3339);
@@ -793,8 +797,10 @@ impl AclTable {
             if t.local {
                 continue;
             }
-            if self.by_secret.contains_key(&t.secret_id) {
-                // A local token of ours with the same secret: ours stays, theirs is skipped.
+            if self.tokens.contains_key(&t.accessor_id) || self.by_secret.contains_key(&t.secret_id)
+            {
+                // A local token of ours with the same AccessorID or secret (the global ones
+                // were removed above): ours stays, theirs is skipped.
                 continue;
             }
             let mut t = t.clone();
