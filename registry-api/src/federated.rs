@@ -10,7 +10,8 @@
 //! The ACL endpoints are the exception Consul makes too: a secondary datacenter sends its ACL
 //! writes to the primary and its leader replicates from `/v1/internal/acl/replication` there;
 //! every one of them needs a token with `acl` rights in the primary (and answers 401 with ACLs
-//! off).
+//! off). A secondary also asks the primary about a token its replica does not hold yet
+//! (`/v1/internal/acl/authority`, which tells only the caller's own token's rights).
 
 /// Reads.
 const READ: &[&str] = &["GET", "HEAD"];
@@ -61,7 +62,7 @@ fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
         // `/v1/health/*`. No other internal path crosses.
         ("internal", Some(_)) if UI_SUMMARIES.contains(&path) => Some(READ),
         ("acl", Some(m)) if !m.is_empty() => Some(KV),
-        ("internal", Some("acl/replication")) => Some(READ),
+        ("internal", Some("acl/replication" | "acl/authority")) => Some(READ),
         _ => None,
     }
 }
@@ -134,7 +135,8 @@ mod tests {
             ("GET", "/v1/acl", Err(Path)),
             ("GET", "/v1/internal/acl/replication", Ok(())),
             ("PUT", "/v1/internal/acl/replication", m(READ)),
-            ("GET", "/v1/internal/acl/authority", Err(Path)),
+            ("GET", "/v1/internal/acl/authority", Ok(())),
+            ("GET", "/v1/internal/acl/other", Err(Path)),
             ("GET", "/v1/snapshot", Err(Path)),
             ("PUT", "/v1/snapshot", Err(Path)),
             ("GET", "/v1/status/other", Err(Path)),

@@ -206,14 +206,64 @@ impl AclResolver {
 
     /// The auth step for one request: resolves its token and leaves the outcome for the
     /// handler ([`registry_api::acl::extract::Authorized`]).
-    pub fn resolve_request(&self, raft: &RaftHandle, req: &mut axum::extract::Request) {
+    ///
+    /// In a secondary datacenter a token its replica does not hold yet (made in the primary
+    /// a moment ago, or before any replication token was set) is asked of the primary through
+    /// the gateways (`ask_primary`), as Consul's secondaries resolve unknown tokens remotely;
+    /// what the primary answers is cached like a local resolution.
+    pub async fn resolve_request<F, Fut>(
+        &self,
+        raft: &RaftHandle,
+        req: &mut axum::extract::Request,
+        ask_primary: F,
+    ) where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Option<TokenAuthority>>,
+    {
         let token = if self.config.enabled {
             token_of(req)
         } else {
             None
         };
-        let resolved = self.resolve(raft, token.as_deref());
+        let mut resolved = self.resolve(raft, token.as_deref());
+        if let (Err(ApiError::Forbidden(text)), Some(secret)) = (&resolved, &token) {
+            if text == ACL_NOT_FOUND && !self.is_primary() {
+                if let Some(authority) = ask_primary(secret.clone()).await {
+                    resolved = self.accept_remote(raft, secret, authority);
+                }
+            }
+        }
         req.extensions_mut().insert(ResolvedToken(resolved));
+    }
+
+    /// A token the primary resolved for this secondary.
+    fn accept_remote(
+        &self,
+        raft: &RaftHandle,
+        secret: &str,
+        authority: TokenAuthority,
+    ) -> Result<Arc<Authz>, ApiError> {
+        if authority.expires_at_ms.is_some_and(|at| now_ms() >= at) {
+            return Err(not_found());
+        }
+        let authorizer = authority
+            .authorizer()
+            .map_err(|e| ApiError::Internal(format!("a primary's policy does not parse: {e}")))?;
+        let index = raft.with_applied(|s, _| s.acl.index());
+        let authz = Arc::new(Authz::token(&authority.accessor_id, authorizer).at_acl_index(index));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(
+            secret.to_string(),
+            Cached {
+                index,
+                authz: authz.clone(),
+                expires_at_ms: authority.expires_at_ms,
+            },
+        );
+        Ok(authz)
     }
 }
 

@@ -235,7 +235,7 @@ async fn agent_operator_and_internal_paths_never_cross() {
         ("PUT", "/v1/internal/heartbeat?dc=dc2"),
         // (ACL endpoints cross since issue [12]: a secondary's writes are made in the primary,
         // and its leader replicates from `/v1/internal/acl/replication`, tokens deciding.)
-        ("GET", "/v1/internal/acl/authority?dc=dc2"),
+        ("GET", "/v1/internal/acl/other?dc=dc2"),
         ("GET", "/v1/snapshot?dc=dc2"),
         ("GET", "/v1/agent/self?dc=dc2"),
     ] {

@@ -609,3 +609,27 @@ pub(super) async fn set_replication_token(
     st.acl.set_replication_token(token);
     json(&st, &true)
 }
+
+/// What the primary datacenter says the token with `secret` may do (its
+/// `/v1/internal/acl/authority`, through the gateways); `None` when it does not know the token
+/// or cannot be reached.
+pub(super) async fn authority_from(
+    wan: &super::federation::WanRoute,
+    primary: &str,
+    secret: &str,
+) -> Option<registry_api::acl::TokenAuthority> {
+    let mut headers = axum::http::HeaderMap::new();
+    let mut value = axum::http::HeaderValue::from_str(secret).ok()?;
+    value.set_sensitive(true);
+    headers.insert(registry_api::acl::TOKEN_HEADER, value);
+    let path = format!("/v1/internal/acl/authority?dc={primary}");
+    let resp = wan
+        .forward(Method::GET, &path, &headers, Default::default())
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.ok()?;
+    serde_json::from_slice(&body).ok()
+}

@@ -607,7 +607,13 @@ fn acl_retain<T>(authz: &Authz, items: &mut Vec<T>, allowed: impl Fn(&T) -> bool
 /// (`registry_api::acl::extract::Authorized`). Inside the `?dc=` routing, so a
 /// request for another datacenter is resolved there, from its replica.
 async fn authenticate(State(st): St, mut req: Request, next: middleware::Next) -> Response {
-    st.acl.resolve_request(&st.raft, &mut req);
+    let primary = st.acl.config().primary(&st.datacenter).to_string();
+    let wan = &st.wan;
+    st.acl
+        .resolve_request(&st.raft, &mut req, |secret| async move {
+            acl::authority_from(wan, &primary, &secret).await
+        })
+        .await;
     next.run(req).await
 }
 

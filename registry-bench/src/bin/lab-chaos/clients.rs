@@ -23,9 +23,25 @@ const NODE: &str = "chaos";
 /// its client for long. A write that hits it has an unknown outcome.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The lab's token (it runs with ACLs on, default deny): `REGISTRY_HTTP_TOKEN`, which
+/// scripts/lab-chaos.sh sets from .lab/acl/management.token, as `X-Consul-Token` on every request.
+pub fn token_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(mut v) = std::env::var("REGISTRY_HTTP_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .and_then(|t| reqwest::header::HeaderValue::from_str(&t).ok())
+    {
+        v.set_sensitive(true);
+        headers.insert("X-Consul-Token", v);
+    }
+    headers
+}
+
 /// The HTTP client of one simulated client.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(registry_api::tls::client_builder(None)
+        .default_headers(token_headers())
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(REQUEST_TIMEOUT)
         .build()?)

@@ -79,6 +79,7 @@ impl Lab {
             dc1_lan,
             dc1_gateway: "dc1-gateway".into(),
             http: registry_api::tls::client_builder(None)
+                .default_headers(crate::clients::token_headers())
                 .timeout(Duration::from_secs(1))
                 .build()?,
         })

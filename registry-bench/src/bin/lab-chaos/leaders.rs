@@ -60,6 +60,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) {
     let http = match registry_api::tls::client_builder(None)
+        .default_headers(crate::clients::token_headers())
         .timeout(Duration::from_secs(1))
         .build()
     {
