@@ -47,7 +47,8 @@ echo "==> starting from a clean lab"
 echo "==> up"
 if "$here/lab-up.sh"; then
   echo "==> lab-chaos $*"
-  "$bin" "$@"
+  # The lab runs with ACLs on (default deny): lab-chaos sends the management token lab-up made.
+  REGISTRY_HTTP_TOKEN="$(cat "$root/.lab/acl/management.token")" "$bin" "$@"
   rc=$?
 else
   echo "the lab did not come up; its logs:" >&2

@@ -82,18 +82,19 @@ container_ip() { # CONTAINER NETWORK -> its IP on that network ("" if not attach
 
 # http METHOD URL [BODY] -> sets CODE and BODY (CODE=000 when nothing answered).
 # http METHOD URL [DATA]: sets CODE and BODY. Sends LAB_TOKEN (the lab's management token, once
-# acl_setup has run) as X-Consul-Token, unless it is empty; the header goes in a file descriptor,
-# never on curl's command line, where `ps` would show it.
+# acl_setup has run) as X-Consul-Token, unless it is empty; the header goes through curl's stdin
+# (`-H @-`), never on its command line, where `ps` would show it.
 http() {
-  local method="$1" url="$2" data="${3-}" tmp
-  local -a auth=()
-  [[ -n "${LAB_TOKEN:-}" ]] && auth=(-H @<(printf 'X-Consul-Token: %s\n' "$LAB_TOKEN"))
+  local method="$1" url="$2" data="${3-}" tmp header=""
+  local -a args=(-s -o "" -w '%{http_code}' --max-time "${HTTP_TIMEOUT:-5}" -X "$method")
   tmp="$(mktemp)"
-  if [[ -n "$data" ]]; then
-    CODE="$(curl -s -o "$tmp" -w '%{http_code}' --max-time "${HTTP_TIMEOUT:-5}" "${auth[@]}" -X "$method" --data-binary "$data" "$url" 2>/dev/null)" || true
-  else
-    CODE="$(curl -s -o "$tmp" -w '%{http_code}' --max-time "${HTTP_TIMEOUT:-5}" "${auth[@]}" -X "$method" "$url" 2>/dev/null)" || true
+  args[2]="$tmp"
+  [[ -n "$data" ]] && args+=(--data-binary "$data")
+  if [[ -n "${LAB_TOKEN:-}" ]]; then
+    args+=(-H @-)
+    header="X-Consul-Token: $LAB_TOKEN"
   fi
+  CODE="$(curl "${args[@]}" "$url" <<<"$header" 2>/dev/null)" || true
   [[ -n "$CODE" ]] || CODE=000
   BODY="$(cat "$tmp")"
   rm -f "$tmp"

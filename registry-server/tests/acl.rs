@@ -719,3 +719,81 @@ async fn writes_are_checked_against_what_they_touch() {
     );
     c.shutdown().await;
 }
+
+/// A secondary without a replication token resolves a token made in the primary by asking
+/// the primary (Consul's remote resolution): it works there at once, and the primary's
+/// management token may set the secondary's replication token at runtime, after which
+/// replication runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_asks_the_primary_about_tokens_it_does_not_hold() {
+    let dc1 = TestCluster::builder(1)
+        .dc("dc1")
+        .agents(false)
+        .acl(acl(DefaultPolicy::Deny, Some(MGMT)))
+        .start()
+        .await;
+    let dc2 = TestCluster::builder(1)
+        .dc("dc2")
+        .agents(false)
+        .acl(AclConfig {
+            primary_datacenter: Some("dc1".into()),
+            ..acl(DefaultPolicy::Deny, None)
+        })
+        .start()
+        .await;
+    dc1.wait_leader().await;
+    dc2.wait_leader().await;
+    let gw1 = wan_gateway::start(gateway_config("dc1", dc1.urls(), vec![]))
+        .await
+        .unwrap();
+    let gw2 = wan_gateway::start(gateway_config(
+        "dc2",
+        dc2.urls(),
+        vec![gw1.addr.to_string()],
+    ))
+    .await
+    .unwrap();
+    dc1.set_gateways(&[gw1.url()]);
+    dc2.set_gateways(&[gw2.url()]);
+    let (api1, api2) = (Api::new(dc1.node(0).url()), Api::new(dc2.node(0).url()));
+    management_ready(&api1).await;
+    api1.policy(
+        "web",
+        "service \"web\" {\n  policy = \"write\"\n}\nnode_prefix \"\" {\n  policy = \"write\"\n}",
+    )
+    .await;
+    let t = api1.token(&["web"]).await;
+    // No replication token in dc2: the token is resolved by the primary.
+    wait_until(
+        Duration::from_secs(15),
+        "dc2 resolving through dc1",
+        || async { (api2.register(Some(&t), "n2", "web").await == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(api2.register(Some(&t), "n2", "db").await, 403);
+    // The primary's management token sets dc2's replication token; replication follows.
+    let set = api2
+        .put(
+            "/v1/agent/token/replication",
+            Some(MGMT),
+            json!({"Token": MGMT}),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    wait_until(
+        Duration::from_secs(15),
+        "dc2's replica holds the token",
+        || async {
+            let listed = api2.get("/v1/acl/tokens", Some(MGMT)).await;
+            (listed.status == 200
+                && listed.body.contains("SecretID")
+                && listed.json().as_array().is_some_and(|a| a.len() >= 3))
+            .then_some(())
+        },
+    )
+    .await;
+    gw2.stop().await;
+    gw1.stop().await;
+    dc1.shutdown().await;
+    dc2.shutdown().await;
+}
