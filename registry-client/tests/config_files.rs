@@ -341,6 +341,6 @@ async fn the_labs_demo_definition_registers_demo() {
     assert_eq!(ports(&api).await, expect(&[("demo", 8500)]));
     let checks: BTreeMap<String, registry_api::HealthCheck> =
         api.get_json("/v1/agent/checks").await;
-    assert_eq!(checks["service:demo"].name, "agent answers");
+    assert_eq!(checks["service:demo"].name, "agent reaches a leader");
     agent.stop().await;
 }
