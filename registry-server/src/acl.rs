@@ -83,7 +83,14 @@ pub struct AclResolver {
     /// `PUT /v1/agent/token/replication` (not persisted, as Consul's without
     /// `enable_token_persistence`).
     replication: std::sync::RwLock<Option<String>>,
+    /// Secrets the primary did not know, and when it was asked (a secondary asks again only
+    /// after [`REMOTE_MISS_TTL`], so a client spraying unknown tokens costs one WAN call per
+    /// secret and period, not one per request); bounded like the cache.
+    remote_misses: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How long a secondary remembers that the primary did not know a token.
+const REMOTE_MISS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One cached resolution.
 struct Cached {
@@ -105,6 +112,7 @@ impl AclResolver {
             disabled: Arc::new(Authz::disabled()),
             cache: Mutex::new(HashMap::new()),
             replication,
+            remote_misses: Mutex::new(HashMap::new()),
         }
     }
 
@@ -227,13 +235,34 @@ impl AclResolver {
         };
         let mut resolved = self.resolve(raft, token.as_deref());
         if let (Err(ApiError::Forbidden(text)), Some(secret)) = (&resolved, &token) {
-            if text == ACL_NOT_FOUND && !self.is_primary() {
-                if let Some(authority) = ask_primary(secret.clone()).await {
-                    resolved = self.accept_remote(raft, secret, authority);
+            if text == ACL_NOT_FOUND && !self.is_primary() && !self.missed_lately(secret) {
+                match ask_primary(secret.clone()).await {
+                    Some(authority) => resolved = self.accept_remote(raft, secret, authority),
+                    None => self.note_miss(secret),
                 }
             }
         }
         req.extensions_mut().insert(ResolvedToken(resolved));
+    }
+
+    /// Whether the primary said lately that it does not know `secret`.
+    fn missed_lately(&self, secret: &str) -> bool {
+        let misses = self.remote_misses.lock().unwrap_or_else(|e| e.into_inner());
+        misses
+            .get(secret)
+            .is_some_and(|at| at.elapsed() < REMOTE_MISS_TTL)
+    }
+
+    /// Remembers that the primary did not know `secret` (or could not be asked).
+    fn note_miss(&self, secret: &str) {
+        let mut misses = self.remote_misses.lock().unwrap_or_else(|e| e.into_inner());
+        if misses.len() >= CACHE_ENTRIES {
+            misses.retain(|_, at| at.elapsed() < REMOTE_MISS_TTL);
+            if misses.len() >= CACHE_ENTRIES {
+                misses.clear();
+            }
+        }
+        misses.insert(secret.to_string(), std::time::Instant::now());
     }
 
     /// A token the primary resolved for this secondary.
