@@ -8,6 +8,7 @@
 pub mod authorizer;
 #[cfg(feature = "serve")]
 pub mod extract;
+mod parse;
 pub mod rules;
 
 pub use authorizer::*;
