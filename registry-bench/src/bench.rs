@@ -3,7 +3,7 @@
 
 use crate::acl_cost;
 use crate::cluster::{self, EtcdCluster, Federation, RegistryCluster};
-use crate::load::{Load, Op, Stop};
+use crate::load::{Load, Op, RunStats, Stop};
 use crate::procs::raise_fd_limit;
 use crate::report::{self, Context, KvCells, Results};
 use crate::scenarios;
@@ -31,6 +31,9 @@ pub struct Plan {
     kv_clients: Vec<usize>,
     /// Watcher counts of the fan-out.
     pub watchers: Vec<usize>,
+    /// The spread fan-out: this many services, each with this many watchers (issue 20:
+    /// 100,000 watchers over 1,000 services); `None`: not run.
+    pub spread: Option<(usize, usize)>,
     /// Measurements to run; empty: all.
     pub only: Vec<String>,
     /// Extra query of the watchers' blocking queries (`&stale` to try another mode).
@@ -69,6 +72,7 @@ impl Plan {
             } else {
                 vec![1_000, 10_000]
             },
+            spread: Some(if quick { (100, 20) } else { (1_000, 100) }),
             memory_points: if quick {
                 vec![10_000]
             } else {
@@ -233,8 +237,16 @@ pub async fn run(plan: Plan) -> Result<()> {
     }
     let bin = plan.bin_dir.canonicalize()?;
     cluster::ensure_etcd()?;
-    let fds = raise_fd_limit();
-    let need = plan.watchers.iter().max().copied().unwrap_or(0) as u64 + 1_000;
+    let spread = plan.spread.map_or(0, |(services, each)| services * each);
+    let need = plan
+        .watchers
+        .iter()
+        .copied()
+        .chain([spread])
+        .max()
+        .unwrap_or(0) as u64
+        + 1_000;
+    let fds = raise_fd_limit(need * 2);
     if fds < need {
         bail!("RLIMIT_NOFILE is {fds}; {need} needed for the watchers (raise the hard limit)");
     }
@@ -286,39 +298,48 @@ pub async fn run(plan: Plan) -> Result<()> {
         for &c in plan.register_clients.iter().filter(|_| register_runs > 0) {
             r.register.push((c, Vec::new(), Vec::new()));
         }
+        let (our_pids, etcd_pids) = (ours.pids(), etcd.pids());
         for run in 0..register_runs {
             for (k, &c) in plan.register_clients.iter().enumerate() {
-                let o = scenarios::register(
-                    Op::Register {
-                        prefix: format!("reg{c}"),
-                        per_node: 1,
-                    },
-                    &urls,
-                    c,
-                    plan.load,
-                    &seq,
+                let o = RunStats::with_cpu(
+                    &our_pids,
+                    scenarios::register(
+                        Op::Register {
+                            prefix: format!("reg{c}"),
+                            per_node: 1,
+                        },
+                        &urls,
+                        c,
+                        plan.load,
+                        &seq,
+                    ),
                 )
                 .await?;
                 ours.check_alive()?;
-                let e = scenarios::register(
-                    Op::EtcdPut {
-                        prefix: format!("reg{c}"),
-                    },
-                    &etcd_urls,
-                    c,
-                    plan.load,
-                    &seq,
+                let e = RunStats::with_cpu(
+                    &etcd_pids,
+                    scenarios::register(
+                        Op::EtcdPut {
+                            prefix: format!("reg{c}"),
+                        },
+                        &etcd_urls,
+                        c,
+                        plan.load,
+                        &seq,
+                    ),
                 )
                 .await?;
                 etcd.check_alive()?;
                 eprintln!(
-                    "  run {} {c:>3} clients: ours {:.0}/s p50 {:?} ({} err) | etcd {:.0}/s p50 {:?} ({} err)",
+                    "  run {} {c:>3} clients: ours {:.0}/s p50 {:?} CPU/op {:?} ({} err) | etcd {:.0}/s p50 {:?} CPU/op {:?} ({} err)",
                     run + 1,
                     o.ops_per_s,
                     o.p50,
+                    o.cpu_per_op.unwrap_or_default(),
                     o.errors,
                     e.ops_per_s,
                     e.p50,
+                    e.cpu_per_op.unwrap_or_default(),
                     e.errors
                 );
                 r.register[k].1.push(o);
@@ -398,6 +419,10 @@ pub async fn run(plan: Plan) -> Result<()> {
             let runs = scenarios::fanout(&urls, &plan.watch_query, n, plan.runs, settle).await?;
             ours.check_alive()?;
             r.fanout.push((n, runs));
+        }
+        if let Some((services, each)) = plan.spread.filter(|_| plan.wants("fanout")) {
+            r.spread = Some(scenarios::fanout_spread(&urls, &ours.pids(), services, each).await?);
+            ours.check_alive()?;
         }
     }
 

@@ -155,6 +155,11 @@ impl RegistryCluster {
         })
     }
 
+    /// The servers' process ids (for their CPU time and memory).
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().filter_map(|s| s.proc.pid()).collect()
+    }
+
     /// Base URLs of the servers.
     pub fn urls(&self) -> Vec<String> {
         self.servers.iter().map(|s| s.http.clone()).collect()
@@ -257,6 +262,11 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
+    /// The members' process ids (for their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().filter_map(|p| p.pid()).collect()
+    }
+
     /// Starts the three members under `root`.
     pub fn start(root: &Path) -> Result<Self> {
         let ports = free_ports(6)?;

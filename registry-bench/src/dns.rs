@@ -313,6 +313,7 @@ async fn load_run(addr: SocketAddr, q: Arc<Vec<u8>>, load: Duration) -> Result<R
         ok: all.len() as u64,
         errors,
         first_error,
+        cpu_per_op: None,
     })
 }
 

@@ -169,6 +169,27 @@ pub struct RunStats {
     pub errors: u64,
     /// The first failure, for the report.
     pub first_error: Option<String>,
+    /// CPU time the measured servers spent per successful request (all members together,
+    /// user and system), where the caller measured it ([`RunStats::with_cpu`]).
+    pub cpu_per_op: Option<Duration>,
+}
+
+impl RunStats {
+    /// Runs `f` and sets [`RunStats::cpu_per_op`] from the CPU time `pids` used meanwhile.
+    /// The figure that says whether a system got faster or only busier: on a machine whose
+    /// two cores the load generator shares, throughput alone cannot tell.
+    pub async fn with_cpu(
+        pids: &[u32],
+        f: impl std::future::Future<Output = Result<RunStats>>,
+    ) -> Result<RunStats> {
+        let before = crate::procs::cpu_time_of(pids);
+        let mut stats = f.await?;
+        let used = crate::procs::cpu_time_of(pids).saturating_sub(before);
+        if stats.ok > 0 {
+            stats.cpu_per_op = Some(used / stats.ok as u32);
+        }
+        Ok(stats)
+    }
 }
 
 /// Runs `load` and returns its statistics. Each client first sends one request that is

@@ -339,6 +339,173 @@ pub async fn fanout(
     Ok(out)
 }
 
+/// Measurement 3's spread run: many watchers over many services.
+#[derive(Clone, Debug, Default)]
+pub struct SpreadRun {
+    /// Services watched.
+    pub services: usize,
+    /// Watchers in all.
+    pub watchers: usize,
+    /// Watchers answered after the writes began, with a higher index.
+    pub answered: usize,
+    /// Watchers that returned before the writes (spurious wake-up, timeout, error).
+    pub early: usize,
+    /// Watchers with no answer 60 s after the last write, or with an error after the writes.
+    pub failed: usize,
+    /// Time from the first write's start to the last write's acknowledgement.
+    pub writes: Duration,
+    /// Time from the first write's start to the last watcher's answer.
+    pub last: Duration,
+    /// The servers' largest RSS with every watcher waiting.
+    pub max_rss: u64,
+    /// The first error seen.
+    pub first_error: Option<String>,
+}
+
+/// Measurement 3's spread run (issue 20): `each` blocking queries on each of `services`
+/// services (`spread-<i>`), spread over `urls` as everywhere else, then one new instance on
+/// every service, written by 64 clients at once; every watcher must be answered. Connections
+/// leave from several loopback source addresses (see [`watch::get_from`]).
+pub async fn fanout_spread(
+    urls: &[String],
+    pids: &[u32],
+    services: usize,
+    each: usize,
+) -> Result<SpreadRun> {
+    let http = http_client()?;
+    let n = services * each;
+    eprintln!("  spread: registering {services} services");
+    let register_all = |offset: usize| {
+        let http = http.clone();
+        async move {
+            let next = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for c in 0..64.min(services) {
+                let (http, next, base) = (http.clone(), next.clone(), urls[c % urls.len()].clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let s = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if s >= services {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                        register_instance(&http, &base, &format!("spread-{s}"), offset).await?;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    register_all(0).await?;
+    // Each service's current index, from the servers' own view (?stale on the server its
+    // watchers use would race with replication; the leader's default read is the reference).
+    let mut index = Vec::with_capacity(services);
+    for s in 0..services {
+        let r = http
+            .get(format!("{}/v1/health/service/spread-{s}", urls[0]))
+            .send()
+            .await?;
+        index.push(
+            r.headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .context("no X-Consul-Index on a spread read")?,
+        );
+    }
+    eprintln!("  spread: opening {n} watchers");
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(n);
+    for w in 0..n {
+        let s = w % services;
+        let base = &urls[w % urls.len()];
+        let addr = base.strip_prefix("http://").unwrap_or(base).to_string();
+        let path = format!("/v1/health/service/spread-{s}?index={}&wait=120s", index[s]);
+        let source =
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, (w / 20_000) as u8 + 1));
+        let (done, min) = (done_tx.clone(), index[s]);
+        tasks.push(tokio::spawn(async move {
+            let slot = watch::Slot::default();
+            let r = watch::get_from(&slot, Some(source), &addr, &path);
+            let result = match tokio::time::timeout(Duration::from_secs(180), r).await {
+                Ok(Ok(a)) if a.status == 200 && a.index > min => Ok(()),
+                Ok(Ok(a)) if a.status != 200 => Err(format!(
+                    "{}: {}",
+                    a.status,
+                    String::from_utf8_lossy(&a.body).trim()
+                )),
+                Ok(Ok(a)) => Err(format!("returned without a change (index {})", a.index)),
+                Ok(Err(e)) => Err(format!("transport: {e}")),
+                Err(_) => Err("no answer within 180 s".to_string()),
+            };
+            let _ = done.send((Instant::now(), result));
+        }));
+        if w % 250 == 249 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Let every watcher's request reach its server: a second per 10,000 beyond the pacing.
+    tokio::time::sleep(Duration::from_millis(1_000 + n as u64 / 10)).await;
+    let mut result = SpreadRun {
+        services,
+        watchers: n,
+        ..Default::default()
+    };
+    result.max_rss = pids.iter().filter_map(|&p| rss_bytes(p)).max().unwrap_or(0);
+    eprintln!("  spread: one write to each of {services} services");
+    let sent = Instant::now();
+    register_all(1).await?;
+    result.writes = sent.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut received = 0;
+    let mut last = sent;
+    while received < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((at, res))) = tokio::time::timeout(left, done_rx.recv()).await else {
+            break;
+        };
+        received += 1;
+        match res {
+            Err(e) if at < sent => {
+                result.early += 1;
+                result.first_error.get_or_insert(e);
+            }
+            Ok(()) if at < sent => result.early += 1,
+            Err(e) => {
+                result.failed += 1;
+                result.first_error.get_or_insert(e);
+            }
+            Ok(()) => {
+                result.answered += 1;
+                last = last.max(at);
+            }
+        }
+    }
+    if received < n {
+        result.failed += n - received;
+        result.first_error.get_or_insert(format!(
+            "{} watchers had no answer 60 s after the writes",
+            n - received
+        ));
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    result.last = last.saturating_duration_since(sent);
+    eprintln!(
+        "  spread {n} over {services}: writes {:?}, last answer {:?}, answered {}, early {}, failed {} {}",
+        result.writes,
+        result.last,
+        result.answered,
+        result.early,
+        result.failed,
+        result.first_error.as_deref().unwrap_or("")
+    );
+    Ok(result)
+}
+
 /// Measurement 5 at one size.
 #[derive(Clone, Debug, Default)]
 pub struct MemPoint {

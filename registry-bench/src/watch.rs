@@ -33,6 +33,18 @@ pub struct Answer {
 /// Like any HTTP client with a pool, it retries once on a new connection when a kept-alive one
 /// turns out to be closed (the server may close idle connections) before any byte of the answer.
 pub async fn get(slot: &Slot, addr: &str, path: &str) -> Result<Answer, String> {
+    get_from(slot, None, addr, path).await
+}
+
+/// [`get`], with a new connection's local end bound to `source` (port chosen by the kernel).
+/// Loopback has a whole /8 of addresses, and each source address has its own ~28,000 ephemeral
+/// ports: 100,000 watchers of 3 servers need more ports than one source address has.
+pub async fn get_from(
+    slot: &Slot,
+    source: Option<std::net::IpAddr>,
+    addr: &str,
+    path: &str,
+) -> Result<Answer, String> {
     let mut guard = slot.lock().await;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     if let Some(mut stream) = guard.take() {
@@ -45,7 +57,7 @@ pub async fn get(slot: &Slot, addr: &str, path: &str) -> Result<Answer, String> 
             Err(Failure::Broken(e)) => return Err(e),
         }
     }
-    let mut stream = TcpStream::connect(addr)
+    let mut stream = connect(source, addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -54,6 +66,22 @@ pub async fn get(slot: &Slot, addr: &str, path: &str) -> Result<Answer, String> 
     })?;
     *guard = Some(stream);
     Ok(answer)
+}
+
+async fn connect(source: Option<std::net::IpAddr>, addr: &str) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let to: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let socket = if to.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket.connect(to).await
 }
 
 /// Why an exchange failed.

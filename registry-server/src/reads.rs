@@ -249,6 +249,11 @@ where
         }
         _ => false,
     };
+    // One timer for the whole wait, not one per wake-up: a watcher of a quiet
+    // service among many is woken by every applied write, and re-arming a timer
+    // each time was a measurable part of what 100,000 such watchers cost.
+    let timer = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into());
+    tokio::pin!(timer);
     loop {
         changes.borrow_and_update();
         let moved = match &probe {
@@ -285,10 +290,9 @@ where
                 return Ok(answer);
             }
         }
-        let deadline = deadline.unwrap_or_else(Instant::now);
         tokio::select! {
             _ = changes.changed() => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = &mut timer => {}
             _ = shutdown.cancelled() => {}
         }
     }

@@ -2,8 +2,8 @@
 //! plan or validate writes beyond calling `CatalogState::validate_*`.
 
 use super::params::read_params;
-use super::{acl_retain, json, json_headers, read_then, HttpResult, Params, St};
-use crate::state::{CatalogState, Command};
+use super::{acl_retain, json, json_headers, read_then, read_then_probed, HttpResult, Params, St};
+use crate::state::{CatalogState, Command, StateStore};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::Method;
@@ -314,11 +314,13 @@ pub(super) async fn catalog_service(
     let meta = p.node_meta.clone();
     let key = format!("service\0{name}\0{tags:?}{}", p.key_suffix());
     let acl = auth.0.clone();
-    read_then(
+    let probe_name = name.clone();
+    read_then_probed(
         &st,
         &auth,
         &p,
         key,
+        Some(move |s: &StateStore| s.catalog.service_index(&probe_name)),
         move |s| {
             let c = &s.catalog;
             let (mut list, index) = c.service_nodes(&name, &tags);

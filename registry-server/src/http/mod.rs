@@ -557,13 +557,38 @@ where
     F: Fn(&StateStore) -> (T, u64),
     S: Fn(T) -> (U, bool),
 {
-    let answer: Answer = crate::reads::read(
+    let no_probe: Option<fn(&StateStore) -> u64> = None;
+    read_then_probed(st, authz, p, key, no_probe, query, then).await
+}
+
+/// [`read_then`] with a `probe` for blocking reads: the index `query` would
+/// answer with, computed without copying anything (see
+/// [`crate::reads::read_probed`]). Blocking reads of one service among many
+/// (the common watch) then cost an index lookup per unrelated write, not an
+/// evaluation or a trip through the shared answers.
+async fn read_then_probed<T, U, P, F, S>(
+    st: &AppState,
+    authz: &Authz,
+    p: &params::ReadParams,
+    key: String,
+    probe: Option<P>,
+    query: F,
+    then: S,
+) -> HttpResult
+where
+    U: Serialize,
+    P: Fn(&StateStore) -> u64,
+    F: Fn(&StateStore) -> (T, u64),
+    S: Fn(T) -> (U, bool),
+{
+    let answer: Answer = crate::reads::read_probed(
         &st.raft,
         &st.answers,
         &st.shutdown,
         p.mode_now(&st.raft),
         p.blocking,
         acl_key(key, authz),
+        probe,
         query,
         then,
     )
