@@ -5,7 +5,7 @@
 # Extra arguments go to registry-bench (see `registry-bench --help`).
 #
 # The binaries are built exactly as scripts/lab-images.sh builds the lab's (same --target and
-# RUSTFLAGS, hence the same target/lab-libs search dir): cargo keys artifacts on RUSTFLAGS, so
+# RUSTFLAGS, hence the same lab-libs search dir): cargo keys artifacts on RUSTFLAGS, so
 # any difference would compile every dependency a second time on this 2-core machine.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

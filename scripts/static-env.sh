@@ -9,9 +9,12 @@
 # (ROCKSDB_LIB_DIR), asks for `dylib=stdc++`, which makes the linker pick libstdc++.so and turns
 # the crt-static build into a broken dynamic one. A search dir holding only libstdc++.a is
 # searched before the system dirs, so the same request resolves to the static archive.
+# That dir lives in the machine's build cache, not in the clone's target dir: its path is part
+# of RUSTFLAGS, so a path per clone would make a target dir copied from another clone (or a
+# worktree) useless and compile every release dependency again.
 TRIPLE=x86_64-unknown-linux-gnu
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
-_static_libs="$target_dir/lab-libs"
+_static_libs="${REGISTRY_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/registry-rs}/lab-libs"
 mkdir -p "$_static_libs"
 _stdcxx="$(${CXX:-g++} -print-file-name=libstdc++.a)"
 if [[ "$_stdcxx" != /* ]]; then
