@@ -3,6 +3,7 @@
 
 use crate::acl_cost;
 use crate::cluster::{self, EtcdCluster, Federation, RegistryCluster};
+use crate::failover;
 use crate::load::{Load, Op, RunStats, Stop};
 use crate::procs::raise_fd_limit;
 use crate::report::{self, Context, KvCells, Results};
@@ -41,6 +42,10 @@ pub struct Plan {
     memory_points: Vec<u64>,
     /// Writes the stopped server misses before its restart.
     missed_writes: u64,
+    /// Leaders killed in measurement 11 (issue 20 asks for 20).
+    failover_runs: usize,
+    /// The steady register load of measurement 11, during which the term must not move.
+    failover_steady: Duration,
 }
 
 impl Plan {
@@ -79,6 +84,12 @@ impl Plan {
                 vec![10_000, 100_000]
             },
             missed_writes: 1_000,
+            failover_runs: if quick { 5 } else { 20 },
+            failover_steady: if quick {
+                Duration::from_secs(3)
+            } else {
+                Duration::from_secs(10)
+            },
             only: Vec::new(),
             watch_query: String::new(),
         }
@@ -451,6 +462,12 @@ pub async fn run(plan: Plan) -> Result<()> {
         .await?;
         r.memory = points;
         r.recovery = recovery;
+    }
+
+    if plan.wants("failover") {
+        step("11. failover: a fresh 3-server cluster, the leader killed under 8 writers");
+        r.failover =
+            Some(failover::measure(&bin, &root, plan.failover_runs, plan.failover_steady).await?);
     }
 
     if plan.wants("dns") {

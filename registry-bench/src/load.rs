@@ -307,7 +307,9 @@ pub fn register_body(prefix: &str, n: u64, per_node: u64) -> Vec<u8> {
     serde_json::to_vec(&req).unwrap_or_default()
 }
 
-async fn request(http: &reqwest::Client, base: &str, op: &Op, n: u64) -> Result<(), String> {
+/// Sends request `n` of `op` to `base` and checks the answer (status, JSON, content);
+/// `Err` says what was wrong. The failover writers (measurement 11) send one at a time.
+pub async fn request(http: &reqwest::Client, base: &str, op: &Op, n: u64) -> Result<(), String> {
     let resp = match op {
         Op::Register { prefix, per_node } => {
             http.put(format!("{base}/v1/catalog/register"))

@@ -7,6 +7,7 @@ mod acl_cost;
 mod bench;
 mod cluster;
 mod dns;
+mod failover;
 mod load;
 mod procs;
 mod report;
@@ -38,7 +39,7 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc, tls,
-    /// acl, memory, dns), e.g. to profile one; the section written is then partial.
+    /// acl, memory, dns, failover), e.g. to profile one; the section written is then partial.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Watcher counts for the fan-out (default 1000,10000; quick: 1000).

@@ -93,6 +93,16 @@ impl Proc {
         Ok(())
     }
 
+    /// SIGKILL, as a crash or a pulled plug: the process gets no chance to hand anything
+    /// over (measurement 11 kills the leader so). Returns once it is reaped.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub async fn stop(&mut self, grace: Duration) -> Result<()> {
         let Some(mut child) = self.child.take() else {

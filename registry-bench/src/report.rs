@@ -50,6 +50,8 @@ pub struct Results {
     pub tls: Option<crate::tls_cost::TlsCost>,
     /// Measurement 10: ACLs on (default deny, a non-management token) against ACLs off.
     pub acl: Option<crate::acl_cost::AclCost>,
+    /// Measurement 11: the leader killed, run by run, and elections under a steady load.
+    pub failover: Option<crate::failover::Failover>,
 }
 
 /// Measurement 7 (KV beside etcd) at one client count: every cell's runs.
@@ -302,6 +304,70 @@ fn acl_table(a: &crate::acl_cost::AclCost) -> String {
         s,
         "\nGoal (issue [12]): ACL resolution costs under 10 % throughput (ops/s ratio on/off at least {goal:.2}x): {}.",
         verdicts.join("; ")
+    );
+    s
+}
+
+/// Measurement 11's table: failover figures over the runs, and elections under load.
+fn failover_table(f: &crate::failover::Failover) -> String {
+    use crate::failover::{leader_known_median, summary, STEADY_CLIENTS, WRITERS};
+    let mut s = String::from(
+        "| # | Failover (fresh 3-server cluster, SIGKILL of the leader) | Ours |\n|---|---|---|\n",
+    );
+    let (median, p90, max) = summary(f);
+    let _ = writeln!(
+        s,
+        "| 11 | kill → first acknowledged write, {WRITERS} writers through all servers, {} runs | median **{}** · p90 {} · max {} |",
+        f.runs.len(),
+        ms(median),
+        ms(p90),
+        ms(max)
+    );
+    let known_max = f
+        .runs
+        .iter()
+        .map(|r| r.leader_known)
+        .max()
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "| 11 | kill → a surviving server names the new leader | median {} · max {} |",
+        ms(leader_known_median(f)),
+        ms(known_max)
+    );
+    let mut by_count = std::collections::BTreeMap::<u64, usize>::new();
+    for r in &f.runs {
+        *by_count.entry(r.elections).or_default() += 1;
+    }
+    let elections: Vec<String> = by_count
+        .iter()
+        .map(|(e, n)| format!("{e} in {n} run{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+    let _ = writeln!(
+        s,
+        "| 11 | terms per failover (1: the first election won) | {} |",
+        elections.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "| 11 | term changes during register at {STEADY_CLIENTS} clients for {:.0} s ({} ops/s{}) | **{}** |",
+        f.steady_for.as_secs_f64(),
+        thousands(f.steady.ops_per_s.round() as u64),
+        if f.steady.errors > 0 {
+            format!(", {} errors", f.steady.errors)
+        } else {
+            String::new()
+        },
+        f.steady_elections
+    );
+    let _ = writeln!(
+        s,
+        "\nRuns (kill → first write / → leader named): {}.",
+        f.runs
+            .iter()
+            .map(|r| format!("{} / {}", ms(r.first_write), ms(r.leader_known)))
+            .collect::<Vec<_>>()
+            .join(" · ")
     );
     s
 }
@@ -627,6 +693,36 @@ pub fn targets(r: &Results) -> String {
             let _ = writeln!(t, "| 100,000 watchers over 1,000 services on 3 servers all answered, no errors | not measured in quick mode ({seen}) | n/a |");
         }
     }
+    if let Some(f) = r.failover.as_ref().filter(|f| !f.runs.is_empty()) {
+        use crate::failover::{summary, GOAL_MAX, GOAL_MEDIAN};
+        let (median, _, max) = summary(f);
+        let gap = |x: Duration, goal: Duration| {
+            if x < goal {
+                "PASS".to_string()
+            } else {
+                format!("**MISS** by {}", ms(x - goal))
+            }
+        };
+        let _ = writeln!(
+            t,
+            "| failover median < 1 s (kill → first acknowledged write) | median {} over {} runs | {} |",
+            ms(median),
+            f.runs.len(),
+            gap(median, GOAL_MEDIAN)
+        );
+        let over = f.runs.iter().filter(|r| r.first_write > GOAL_MAX).count();
+        let _ = writeln!(
+            t,
+            "| no failover run > 2 s | max {} ({over} of {} runs over 2 s) | {} |",
+            ms(max),
+            f.runs.len(),
+            if over == 0 {
+                "PASS".to_string()
+            } else {
+                format!("**MISS** by {}", ms(max - GOAL_MAX))
+            }
+        );
+    }
     match r.memory.iter().find(|m| m.instances == 100_000) {
         Some(m) => {
             let _ = writeln!(
@@ -727,6 +823,10 @@ pub fn section(r: &Results, cx: &Context) -> String {
     }
     if let Some(acl) = &r.acl {
         s.push_str(&acl_table(acl));
+        s.push('\n');
+    }
+    if let Some(f) = &r.failover {
+        s.push_str(&failover_table(f));
         s.push('\n');
     }
     s.push_str(&targets(r));

@@ -58,6 +58,11 @@
 //! server (stop; its RocksDB stays) and restart it from disk, slow a
 //! server's disk (every synced write 20-150 ms late), and heal everything.
 //!
+//! Shorter elections (0.5-1 s, for failover under 1 s) must not flap on a
+//! loaded machine: [`slow_disks_alone_start_no_election`] gives every server
+//! the schedule's slowest disk at once, under writes through all three, with
+//! the production Raft timing, and requires that the term never moves.
+//!
 //! `make test` runs the fixed seeds below; `make chaos` runs fresh seeds for a
 //! while (`CHAOS_SEEDS=random CHAOS_RUNS=n`). A failure prints the seed and the
 //! smallest part of the failing key's history that still has no
@@ -1310,5 +1315,62 @@ async fn fault_schedules_keep_the_history_linearizable() {
         "{} seed(s) failed:\n{}",
         failures.len(),
         failures.join("\n\n")
+    );
+}
+
+/// The schedule's slowest disk (150 ms added to every synced write) on all
+/// three servers at once, under 8 writers through all of them for 3 s, with
+/// the production Raft timing (`RaftTuning::default()`'s tick, election and
+/// heartbeat): the term must not move. A slow fsync blocks the Raft thread
+/// but must not look like a dead leader; writes go on, slowly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_disks_alone_start_no_election() {
+    let production = registry_server::raft::RaftTuning::default();
+    let tuning = registry_server::raft::RaftTuning {
+        tick: production.tick,
+        election_ticks: production.election_ticks,
+        heartbeat_ticks: production.heartbeat_ticks,
+        ..fast_tuning()
+    };
+    let c = TestCluster::builder(3)
+        .agents(false)
+        .tuning(tuning)
+        .start()
+        .await;
+    let leader = c.wait_leader().await;
+    let term = c.status(leader).term;
+    for d in &c.disks {
+        d.set_write_delay(Duration::from_millis(150));
+    }
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..8usize {
+        let (url, acked) = (c.node(w % 3).url(), acked.clone());
+        writers.spawn(async move {
+            let client = RegistryClient::with_http(url, http_client(None));
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let r = reg(&format!("slow-{w}-{n}"), "slow", &format!("slow-{w}-{n}"));
+                if client.catalog_register(&r, None).await.is_ok_and(|ok| ok) {
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while writers.join_next().await.is_some() {}
+    let terms: Vec<u64> = (0..3).map(|i| c.status(i).term).collect();
+    let leaders: Vec<u64> = (0..3).map(|i| c.status(i).leader_id).collect();
+    for d in &c.disks {
+        d.set_write_delay(Duration::ZERO);
+    }
+    let acked = acked.load(std::sync::atomic::Ordering::Relaxed);
+    c.shutdown().await;
+    assert!(acked > 0, "no write was acknowledged: the load did not run");
+    assert_eq!(
+        terms,
+        vec![term; 3],
+        "an election under slow disks alone ({acked} writes acknowledged); leaders seen: {leaders:?}"
     );
 }

@@ -119,6 +119,52 @@ async fn killing_the_leader_elects_a_new_one_and_loses_nothing() {
     c.shutdown().await;
 }
 
+/// A write made through a follower just as its leader vanishes is forwarded
+/// into the void; it is answered (an error: it may or may not apply) once the
+/// follower stops following that leader, within the election, not after the
+/// whole propose timeout: a client then retries while the new leader takes
+/// over instead of waiting out the timeout (issue 20's failover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_lost_leader_is_answered_within_the_election() {
+    let tuning = registry_server::raft::RaftTuning {
+        propose_timeout: Duration::from_secs(30),
+        ..fast_tuning()
+    };
+    let c = TestCluster::builder(3).tuning(tuning).start().await;
+    let old = c.wait_leader().await;
+    let follower = (old + 1) % 3;
+    c.client(follower)
+        .catalog_register(&reg("n0", "db", "db-0"), None)
+        .await
+        .unwrap();
+    c.net.isolate(&c.names[old]);
+    let sent = Instant::now();
+    let answer = c
+        .client(follower)
+        .catalog_register(&reg("n1", "db", "db-1"), None)
+        .await;
+    let waited = sent.elapsed();
+    assert!(
+        answer.is_err(),
+        "a write that never reached a leader was acknowledged: {answer:?}"
+    );
+    // Elections take 0.5-1 s here; the propose timeout is 30 s.
+    assert!(
+        waited < Duration::from_secs(10),
+        "the write was answered only after {waited:?}"
+    );
+    let majority: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new = c
+        .wait_leader_among(&majority, Duration::from_secs(20))
+        .await;
+    c.client(new)
+        .catalog_register(&reg("n2", "db", "db-2"), None)
+        .await
+        .unwrap();
+    c.net.heal_all();
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_cannot_commit_and_the_majority_moves_on() {
     let c = TestCluster::start(3).await;

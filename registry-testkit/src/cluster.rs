@@ -26,6 +26,8 @@ pub fn fast_tuning() -> RaftTuning {
         hello_interval: Duration::from_millis(100),
         propose_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(2),
+        // Five election timeouts, as before this was a setting of its own.
+        snapshot_ack_timeout: Duration::from_millis(2500),
         ..RaftTuning::default()
     }
 }

@@ -38,6 +38,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 /// Timing and sizing of the Raft node. Defaults suit production; tests shorten them.
+///
+/// The default election timeout (10 ticks of 50 ms; raft-rs draws each
+/// follower's between that and twice that, 0.5-1 s) is what bounds failover:
+/// a follower starts an election only once it has heard nothing from the
+/// leader for that long, so a killed leader is replaced within about that
+/// plus one election round. Heartbeats every 100 ms leave five of them per
+/// shortest timeout, room for a loaded machine's late ticks and slow fsyncs
+/// (the chaos test slows disks by up to 150 ms per synced write under these
+/// timings); and a Raft thread that stalls skips ticks rather than counting
+/// them (see `RaftNode::run`), so its own stall does not time it out.
 #[derive(Clone, Debug)]
 pub struct RaftTuning {
     /// Length of one Raft tick.
@@ -60,12 +70,18 @@ pub struct RaftTuning {
     /// How long a follower waits for the leader to acknowledge an agent
     /// heartbeat it passed on, before telling the agent it could not.
     pub heartbeat_ack_timeout: Duration,
+    /// How long a follower has to acknowledge a snapshot before the leader
+    /// counts it as lost (doubling with each loss in a row, see
+    /// `snapshots.rs`). Its own setting rather than a multiple of the
+    /// election timeout: installing a large catalog takes what it takes,
+    /// however fast elections are.
+    pub snapshot_ack_timeout: Duration,
 }
 
 impl Default for RaftTuning {
     fn default() -> Self {
         Self {
-            tick: Duration::from_millis(100),
+            tick: Duration::from_millis(50),
             election_ticks: 10,
             heartbeat_ticks: 2,
             compact_threshold: 8192,
@@ -74,6 +90,7 @@ impl Default for RaftTuning {
             propose_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(3),
             heartbeat_ack_timeout: Duration::from_secs(1),
+            snapshot_ack_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -50,6 +50,10 @@ pub(super) struct RaftNode {
     /// Writes proposed here, by request id: who waits for the outcome, and
     /// until when.
     pub(super) pending_writes: HashMap<u64, (oneshot::Sender<Result<Outcome, RaftError>>, Instant)>,
+    /// The (term, leader) the writes in `pending_writes` were proposed under;
+    /// when it changes they are answered at once (see
+    /// [`RaftNode::abandon_writes_of_a_lost_leader`]).
+    pub(super) writes_leader: (u64, u64),
     /// Agent heartbeats passed to the leader, by request id: who waits for
     /// the leader's ack, and until when.
     pub(super) pending_heartbeats: HashMap<u64, (oneshot::Sender<Result<(), RaftError>>, Instant)>,
@@ -149,6 +153,7 @@ impl RaftNode {
             heartbeats: setup.heartbeats,
             events,
             pending_writes: HashMap::new(),
+            writes_leader: (0, raft::INVALID_ID),
             pending_heartbeats: HashMap::new(),
             votes_refused_until,
             read_queue: Vec::new(),
@@ -213,6 +218,7 @@ impl RaftNode {
             while self.raw.has_ready() {
                 self.on_ready()?;
             }
+            self.abandon_writes_of_a_lost_leader();
             self.publish_status();
         }
         info!(node = %self.me.node, "raft node stopped");
@@ -448,6 +454,31 @@ impl RaftNode {
         self.check_snapshots(now);
         self.greet(now);
         Ok(())
+    }
+
+    /// Answers every waiting write with [`RaftError::CommitTimeout`] ("it may
+    /// still apply") once the leader it was proposed under is gone: this
+    /// server stopped following it (an election began or another server
+    /// leads) or stopped leading itself. A follower's proposal forwarded to a
+    /// leader that then died is lost with it, and its caller would otherwise
+    /// wait the whole `propose_timeout` (10 s) before trying again; told now,
+    /// it retries within the election instead (hashicorp/raft fails its
+    /// futures with `ErrLeadershipLost` for the same reason). The outcome is
+    /// unknown either way: an entry the old leader had replicated may still be
+    /// committed by the new one, which is exactly what `CommitTimeout` says.
+    fn abandon_writes_of_a_lost_leader(&mut self) {
+        let now = (self.raw.raft.term, self.raw.raft.leader_id);
+        let before = std::mem::replace(&mut self.writes_leader, now);
+        // Writes are proposed only while a leader is known (else `NoLeader`),
+        // so no write waits on a change from "no leader" to one.
+        if before == now || before.1 == raft::INVALID_ID || self.pending_writes.is_empty() {
+            return;
+        }
+        debug!(node = %self.me.node, term = now.0, leader = now.1, writes = self.pending_writes.len(),
+               "leader lost: answering the writes that wait on it");
+        for (_, (tx, _)) in self.pending_writes.drain() {
+            let _ = tx.send(Err(RaftError::CommitTimeout));
+        }
     }
 
     fn send_messages(&mut self, msgs: Vec<Message>) {

@@ -113,15 +113,14 @@ impl RaftNode {
     }
 
     /// How long a follower has to acknowledge a snapshot after `failures`
-    /// unacknowledged ones in a row: five election timeouts, doubling with
+    /// unacknowledged ones in a row: `snapshot_ack_timeout`, doubling with
     /// each failure up to 16 times that. Until then raft-rs keeps the
     /// follower in its Snapshot state and sends it nothing, so this is also
     /// the least time between two snapshots for one follower: one that keeps
     /// losing them does not cost a full catalog image on the Raft thread at
     /// every heartbeat reply.
     fn snapshot_timeout(&self, failures: u32) -> Duration {
-        let base = self.tuning.tick * self.tuning.election_ticks as u32 * 5;
-        base * (1u32 << failures.min(4))
+        self.tuning.snapshot_ack_timeout * (1u32 << failures.min(4))
     }
 
     /// Settles the snapshots in flight: acknowledged ones (raft-rs left the
