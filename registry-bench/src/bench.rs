@@ -4,6 +4,7 @@
 use crate::acl_cost;
 use crate::cluster::{self, EtcdCluster, Federation, RegistryCluster};
 use crate::load::{Load, Op, Stop};
+use crate::nacos::{self, Nacos};
 use crate::procs::raise_fd_limit;
 use crate::report::{self, Context, KvCells, Results};
 use crate::scenarios;
@@ -38,6 +39,8 @@ pub struct Plan {
     memory_points: Vec<u64>,
     /// Writes the stopped server misses before its restart.
     missed_writes: u64,
+    /// The r-nacos binary of measurement 11 (`--rnacos-bin`); `None`: not installed.
+    pub rnacos: Option<PathBuf>,
 }
 
 impl Plan {
@@ -77,6 +80,7 @@ impl Plan {
             missed_writes: 1_000,
             only: Vec::new(),
             watch_query: String::new(),
+            rnacos: None,
         }
     }
 
@@ -428,6 +432,36 @@ pub async fn run(plan: Plan) -> Result<()> {
         r.recovery = recovery;
     }
 
+    if plan.wants("nacos") {
+        match plan.rnacos.as_deref().filter(|p| p.is_file()) {
+            Some(rnacos) => {
+                step("11. r-nacos side by side: register (catalog, agent), lookups, memory");
+                let rnacos = rnacos.canonicalize()?;
+                if !bin.join("registry-client").is_file() {
+                    bail!(
+                        "{} not found: build it first (make bench does)",
+                        bin.join("registry-client").display()
+                    );
+                }
+                let settings = nacos::Settings {
+                    bin_dir: &bin,
+                    rnacos: &rnacos,
+                    root: &root,
+                    runs: plan.runs,
+                    load: plan.load,
+                    register_clients: &plan.register_clients,
+                    lookup_clients: plan.lookup_clients,
+                    memory_points: &plan.memory_points,
+                };
+                r.nacos = Some(Nacos::Measured(nacos::measure(&settings).await?));
+            }
+            None => {
+                eprintln!("==> 11. r-nacos not installed (no --rnacos-bin): skipped");
+                r.nacos = Some(Nacos::NotInstalled);
+            }
+        }
+    }
+
     if plan.wants("dns") {
         step("8. DNS: SRV lookups, ours vs NSD serving the same records");
         r.dns = Some(crate::dns::run(&bin, &root, plan.load, plan.runs).await?);
@@ -437,6 +471,10 @@ pub async fn run(plan: Plan) -> Result<()> {
         machine: cx_machine,
         ours_version: command_line("git", &["describe", "--always", "--dirty", "--tags"]),
         etcd_version: cluster::etcd_version(),
+        rnacos_version: match &r.nacos {
+            Some(Nacos::Measured(n)) => Some(n.version.clone()),
+            _ => plan.rnacos.as_deref().map(nacos::version),
+        },
         date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         wall: started.elapsed(),
     };
