@@ -19,4 +19,13 @@ export RUSTFLAGS="$STATIC_RUSTFLAGS"
 scripts/cargo.sh build --release --target "$TRIPLE" -p registry-server -p registry-client -p wan-gateway
 scripts/cargo.sh build --release --target "$TRIPLE" -p registry-bench
 
-exec "$target_dir/$TRIPLE/release/registry-bench" --bin-dir "$target_dir/$TRIPLE/release" "$@"
+# r-nacos for measurement 11, installed once per machine outside the clone (the first time
+# compiles it: 15-30 minutes). If that fails the bench still runs and says it was not installed.
+rnacos=()
+if rnacos_bin="$(scripts/rnacos-bin.sh)"; then
+  rnacos=(--rnacos-bin "$rnacos_bin")
+else
+  echo "r-nacos could not be installed (scripts/rnacos-bin.sh); measurement 11 is skipped" >&2
+fi
+
+exec "$target_dir/$TRIPLE/release/registry-bench" --bin-dir "$target_dir/$TRIPLE/release" "${rnacos[@]}" "$@"

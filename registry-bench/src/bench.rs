@@ -5,6 +5,7 @@ use crate::acl_cost;
 use crate::cluster::{self, EtcdCluster, Federation, RegistryCluster};
 use crate::failover;
 use crate::load::{Load, Op, RunStats, Stop};
+use crate::nacos::{self, Nacos};
 use crate::procs::raise_fd_limit;
 use crate::report::{self, Context, KvCells, Results};
 use crate::scenarios;
@@ -46,6 +47,8 @@ pub struct Plan {
     failover_runs: usize,
     /// The steady register load of measurement 11, during which the term must not move.
     failover_steady: Duration,
+    /// The r-nacos binary of measurement 11 (`--rnacos-bin`); `None`: not installed.
+    pub rnacos: Option<PathBuf>,
 }
 
 impl Plan {
@@ -92,6 +95,7 @@ impl Plan {
             },
             only: Vec::new(),
             watch_query: String::new(),
+            rnacos: None,
         }
     }
 
@@ -470,6 +474,36 @@ pub async fn run(plan: Plan) -> Result<()> {
             Some(failover::measure(&bin, &root, plan.failover_runs, plan.failover_steady).await?);
     }
 
+    if plan.wants("nacos") {
+        match plan.rnacos.as_deref().filter(|p| p.is_file()) {
+            Some(rnacos) => {
+                step("12. r-nacos side by side: register (catalog, agent), lookups, memory");
+                let rnacos = rnacos.canonicalize()?;
+                if !bin.join("registry-client").is_file() {
+                    bail!(
+                        "{} not found: build it first (make bench does)",
+                        bin.join("registry-client").display()
+                    );
+                }
+                let settings = nacos::Settings {
+                    bin_dir: &bin,
+                    rnacos: &rnacos,
+                    root: &root,
+                    runs: plan.runs,
+                    load: plan.load,
+                    register_clients: &plan.register_clients,
+                    lookup_clients: plan.lookup_clients,
+                    memory_points: &plan.memory_points,
+                };
+                r.nacos = Some(Nacos::Measured(nacos::measure(&settings).await?));
+            }
+            None => {
+                eprintln!("==> 12. r-nacos not installed (no --rnacos-bin): skipped");
+                r.nacos = Some(Nacos::NotInstalled);
+            }
+        }
+    }
+
     if plan.wants("dns") {
         step("8. DNS: SRV lookups, ours vs NSD serving the same records");
         r.dns = Some(crate::dns::run(&bin, &root, plan.load, plan.runs).await?);
@@ -479,6 +513,10 @@ pub async fn run(plan: Plan) -> Result<()> {
         machine: cx_machine,
         ours_version: command_line("git", &["describe", "--always", "--dirty", "--tags"]),
         etcd_version: cluster::etcd_version(),
+        rnacos_version: match &r.nacos {
+            Some(Nacos::Measured(n)) => Some(n.version.clone()),
+            _ => plan.rnacos.as_deref().map(nacos::version),
+        },
         date: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         wall: started.elapsed(),
     };

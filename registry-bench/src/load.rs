@@ -1,7 +1,8 @@
 //! Closed-loop load: N simulated clients, each with its own reqwest client (so its
 //! own keep-alive connection), each sending its next request as soon as the last
-//! one is answered. The same code drives our servers and etcd's JSON gateway, so
-//! both pay the same client costs (HTTP/1.1, JSON encoding and decoding).
+//! one is answered. The same code drives our servers, our agents, etcd's JSON gateway
+//! and r-nacos's HTTP API, so all pay the same client costs (HTTP/1.1, encoding and
+//! decoding every body).
 
 use anyhow::Result;
 use registry_api::acl::TOKEN_HEADER;
@@ -114,6 +115,25 @@ pub enum Op {
         /// Query string, starting with `?` (or empty).
         query: &'static str,
         /// Entries the answer must hold.
+        expect: usize,
+    },
+    /// `PUT /v1/agent/service/register` of a new service with one check, sent to an agent.
+    AgentRegister {
+        /// Prefix of the service names (keeps runs distinct).
+        prefix: String,
+    },
+    /// r-nacos `POST /nacos/v1/ns/instance` of a new ephemeral instance of a new service.
+    NacosRegister {
+        /// Prefix of the service names.
+        prefix: String,
+        /// Instances per IP address (as [`Op::Register`]'s instances per node).
+        per_node: u64,
+    },
+    /// r-nacos `GET /nacos/v1/ns/instance/list?serviceName=..&healthyOnly=true`.
+    NacosList {
+        /// Service name (in the default group and namespace).
+        service: String,
+        /// Instances the answer must hold.
         expect: usize,
     },
 }
@@ -307,6 +327,64 @@ pub fn register_body(prefix: &str, n: u64, per_node: u64) -> Vec<u8> {
     serde_json::to_vec(&req).unwrap_or_default()
 }
 
+/// The agent registration body for instance `n`: the same service, tags, port and check as
+/// [`register_body`] (a TTL check, registered passing: the agent runs checks itself, and a
+/// TTL check is the one that stays as registered); no node or address, the agent is the node.
+pub fn agent_register_body(prefix: &str, n: u64) -> Vec<u8> {
+    let svc = format!("{prefix}-svc-{n}");
+    let body = serde_json::json!({
+        "ID": svc, "Name": svc, "Tags": ["bench", "v1"], "Port": 8080,
+        "Check": {"CheckID": format!("{svc}:alive"), "Name": "alive", "TTL": "1h", "Status": "passing"}
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The r-nacos registration form for instance `n`, mirroring [`register_body`]: service
+/// `{prefix}-svc-{n}` on the address of node `n / per_node`, port 8080, ephemeral; what Nacos
+/// has no field for (the node name, the tags, the check's name) goes into its metadata.
+pub fn nacos_register_form(prefix: &str, n: u64, per_node: u64) -> Vec<u8> {
+    let node_no = n / per_node.max(1);
+    let ip = format!(
+        "10.{}.{}.{}",
+        (node_no >> 16) & 255,
+        (node_no >> 8) & 255,
+        node_no & 255
+    );
+    let metadata = serde_json::json!({
+        "node": format!("{prefix}-node-{node_no}"), "tags": "bench,v1", "check": "alive"
+    })
+    .to_string();
+    form_encode(&[
+        ("serviceName", &format!("{prefix}-svc-{n}")),
+        ("ip", &ip),
+        ("port", "8080"),
+        ("ephemeral", "true"),
+        ("metadata", &metadata),
+    ])
+    .into_bytes()
+}
+
+/// `application/x-www-form-urlencoded` of `pairs` (reqwest's `form` feature is not built).
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    };
+    (pairs.iter())
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Sends request `n` of `op` to `base` and checks the answer (status, JSON, content);
 /// `Err` says what was wrong. The failover writers (measurement 11) send one at a time.
 pub async fn request(http: &reqwest::Client, base: &str, op: &Op, n: u64) -> Result<(), String> {
@@ -363,6 +441,26 @@ pub async fn request(http: &reqwest::Client, base: &str, op: &Op, n: u64) -> Res
                 .await
         }
         Op::KvGet { key, query, .. } => http.get(format!("{base}/v1/kv/{key}{query}")).send().await,
+        Op::AgentRegister { prefix } => {
+            http.put(format!("{base}/v1/agent/service/register"))
+                .header("content-type", "application/json")
+                .body(agent_register_body(prefix, n))
+                .send()
+                .await
+        }
+        Op::NacosRegister { prefix, per_node } => {
+            http.post(format!("{base}/nacos/v1/ns/instance"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(nacos_register_form(prefix, n, *per_node))
+                .send()
+                .await
+        }
+        Op::NacosList { service, .. } => {
+            http.get(format!("{base}/nacos/v1/ns/instance/list"))
+                .query(&[("serviceName", service.as_str()), ("healthyOnly", "true")])
+                .send()
+                .await
+        }
     }
     .map_err(|e| format!("transport: {}", crate::scenarios::error_chain(&e)))?;
     let status = resp.status();
@@ -373,8 +471,26 @@ pub async fn request(http: &reqwest::Client, base: &str, op: &Op, n: u64) -> Res
             String::from_utf8_lossy(&bytes).trim()
         ));
     }
+    // The two answers that are not JSON: our agent's empty 200 (as Consul's) and r-nacos's
+    // plain `ok`.
+    match op {
+        Op::AgentRegister { .. } if bytes.is_empty() => return Ok(()),
+        Op::NacosRegister { .. } if &bytes[..] == b"ok" => return Ok(()),
+        Op::AgentRegister { .. } | Op::NacosRegister { .. } => {
+            return Err(format!(
+                "unexpected answer: {}",
+                String::from_utf8_lossy(&bytes)
+            ))
+        }
+        _ => {}
+    }
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("json: {e}"))?;
     let ok = match op {
+        Op::AgentRegister { .. } | Op::NacosRegister { .. } => false,
+        Op::NacosList { expect, .. } => v
+            .get("hosts")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.len() == *expect),
         Op::Register { .. } | Op::KvPut { .. } => v == Value::Bool(true),
         Op::EtcdPut { .. } | Op::EtcdKvPut { .. } => v.get("header").is_some(),
         Op::Lookup { .. } => v.as_array().is_some_and(|a| !a.is_empty()),
@@ -439,6 +555,21 @@ mod tests {
         assert_eq!(kv_value(0).len(), KV_VALUE_LEN);
         assert_eq!(kv_value(u64::MAX).len(), KV_VALUE_LEN);
         assert_ne!(kv_value(1), kv_value(2));
+    }
+
+    #[test]
+    fn forms_are_percent_encoded() {
+        assert_eq!(
+            form_encode(&[("a b", "{\"x\":1,y}"), ("k", "v-1.2_*")]),
+            "a+b=%7B%22x%22%3A1%2Cy%7D&k=v-1.2_*"
+        );
+        let form = String::from_utf8(nacos_register_form("reg", 513, 1)).unwrap_or_default();
+        assert!(
+            form.starts_with(
+                "serviceName=reg-svc-513&ip=10.0.2.1&port=8080&ephemeral=true&metadata=%7B"
+            ),
+            "{form}"
+        );
     }
 
     #[test]

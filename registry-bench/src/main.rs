@@ -1,7 +1,7 @@
 //! `registry-bench`: starts 3 registry servers, 3 etcd members, a second DC with
-//! gateways, drives them all from this process, and prints one table (also written
-//! to BENCHMARKS.md). Every child process is killed when the run ends, fails or is
-//! interrupted.
+//! gateways, 3 r-nacos servers when given one, drives them all from this process, and
+//! prints one table (also written to BENCHMARKS.md). Every child process is killed when
+//! the run ends, fails or is interrupted.
 
 mod acl_cost;
 mod bench;
@@ -9,6 +9,7 @@ mod cluster;
 mod dns;
 mod failover;
 mod load;
+mod nacos;
 mod procs;
 mod report;
 mod scenarios;
@@ -39,12 +40,17 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc, tls,
-    /// acl, memory, dns, failover), e.g. to profile one; the section written is then partial.
+    /// acl, memory, dns, failover, nacos), e.g. to profile one; the section written is then partial.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Watcher counts for the fan-out (default 1000,10000; quick: 1000).
     #[arg(long, value_delimiter = ',')]
     watchers: Vec<usize>,
+    /// The r-nacos binary (`scripts/rnacos-bin.sh` installs one and prints its path): with
+    /// it, measurement 11 runs r-nacos side by side; without it the report says it was not
+    /// installed.
+    #[arg(long)]
+    rnacos_bin: Option<PathBuf>,
     /// Extra query for the watchers (e.g. `&stale`); the default is Consul's default mode.
     #[arg(long, default_value = "")]
     watch_query: String,
@@ -56,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let mut plan = bench::Plan::new(a.quick, a.bin_dir, a.out, a.work_dir, a.keep);
     plan.only = a.only;
     plan.watch_query = a.watch_query;
+    plan.rnacos = a.rnacos_bin;
     if !a.watchers.is_empty() {
         plan.watchers = a.watchers;
     }

@@ -52,6 +52,8 @@ pub struct Results {
     pub acl: Option<crate::acl_cost::AclCost>,
     /// Measurement 11: the leader killed, run by run, and elections under a steady load.
     pub failover: Option<crate::failover::Failover>,
+    /// Measurement 12: r-nacos side by side (or that it was not installed), when asked for.
+    pub nacos: Option<crate::nacos::Nacos>,
 }
 
 /// Measurement 7 (KV beside etcd) at one client count: every cell's runs.
@@ -125,6 +127,8 @@ pub struct Context {
     pub ours_version: String,
     /// `etcd --version`.
     pub etcd_version: String,
+    /// `rnacos --version`, when an r-nacos binary was given.
+    pub rnacos_version: Option<String>,
     /// UTC date and time.
     pub date: String,
     /// Wall time of the whole bench.
@@ -257,6 +261,84 @@ fn tls_table(t: &crate::tls_cost::TlsCost) -> String {
         );
     }
     s.push_str("\nGoal (issue [11]): TLS costs under 15 % throughput (ops/s ratio above 0.85x).\n");
+    s
+}
+
+/// Measurement 12's table: ours beside r-nacos, ratios ours / r-nacos; the memory row takes
+/// ours from measurement 5 (`ours`) at the same size.
+fn nacos_table(n: &crate::nacos::Nacos, ours: &[MemPoint]) -> String {
+    let n = match n {
+        crate::nacos::Nacos::Measured(n) => n,
+        crate::nacos::Nacos::NotInstalled => {
+            return "Measurement 12 (r-nacos side by side): **r-nacos not installed** (no `--rnacos-bin`; `scripts/bench.sh` installs it with `scripts/rnacos-bin.sh`), not run.\n".into();
+        }
+    };
+    let mut s = String::from(
+        "| # | Benchmark (same machine, same run) | Ours | r-nacos | Ours/r-nacos |\n|---|---|---|---|---|\n",
+    );
+    let nacos_reg = "r-nacos `POST /nacos/v1/ns/instance` (ephemeral)";
+    for c in &n.register {
+        let clients = format!(
+            "{} client{}",
+            c.clients,
+            if c.clients == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(
+            s,
+            "| 12 | register `PUT /v1/catalog/register`, {clients} / {nacos_reg} | {} | {} | {} |",
+            cell(&c.catalog),
+            cell(&c.nacos),
+            ratio(&c.catalog, &c.nacos)
+        );
+        let _ = writeln!(
+            s,
+            "| 12 | agent register `PUT /v1/agent/service/register` (3 agents), {clients} / {nacos_reg} | {} | {} | {} |",
+            cell(&c.agent),
+            cell(&c.nacos),
+            ratio(&c.agent, &c.nacos)
+        );
+    }
+    if !n.lookup_stale.is_empty() {
+        let _ = writeln!(
+            s,
+            "| 12 | health lookup `?passing&stale` (3 instances), {} clients / r-nacos `GET /nacos/v1/ns/instance/list?healthyOnly=true` | {} | {} | {} |",
+            n.lookup_clients,
+            cell(&n.lookup_stale),
+            cell(&n.lookup_nacos),
+            ratio(&n.lookup_stale, &n.lookup_nacos)
+        );
+    }
+    for m in &n.memory {
+        let largest = m.rss.iter().copied().max().unwrap_or(0);
+        let mine = ours.iter().find(|p| p.instances == m.instances);
+        let (ours_cell, r) = match mine {
+            Some(p) if largest > 0 => (
+                format!(
+                    "leader RSS **{}** (largest follower {}; measurement 5)",
+                    mb(p.leader_rss),
+                    mb(p.follower_rss)
+                ),
+                format!("{:.2}x", p.leader_rss as f64 / largest as f64),
+            ),
+            _ => ("measurement 5 not run".to_string(), "—".to_string()),
+        };
+        let rss: Vec<String> = m.rss.iter().map(|&b| mb(b)).collect();
+        let held: Vec<String> = m.held.iter().map(|&h| thousands(h)).collect();
+        let mut theirs = format!(
+            "RSS per server **{}** (services held {}) · filled at {} registrations/s",
+            rss.join(" / "),
+            held.join(" / "),
+            thousands(m.fill_rate.round() as u64)
+        );
+        if m.errors > 0 {
+            let _ = write!(theirs, " · **{} failed registrations**", m.errors);
+        }
+        let _ = writeln!(
+            s,
+            "| 12 | memory at {} instances: our leader / r-nacos's largest server | {ours_cell} | {theirs} | {r} |",
+            thousands(m.instances)
+        );
+    }
     s
 }
 
@@ -780,6 +862,31 @@ pub fn raw_runs(r: &Results) -> String {
     }
     line(&mut t, "cross-DC ?dc=dc2", &r.xdc_remote);
     line(&mut t, "local lookup in dc2", &r.xdc_local);
+    if let Some(crate::nacos::Nacos::Measured(n)) = &r.nacos {
+        for c in &n.register {
+            line(
+                &mut t,
+                &format!("r-nacos row: register {} ours (catalog)", c.clients),
+                &c.catalog,
+            );
+            line(
+                &mut t,
+                &format!("r-nacos row: register {} ours (agent)", c.clients),
+                &c.agent,
+            );
+            line(
+                &mut t,
+                &format!("r-nacos row: register {} r-nacos", c.clients),
+                &c.nacos,
+            );
+        }
+        line(&mut t, "r-nacos row: ?stale lookup ours", &n.lookup_stale);
+        line(
+            &mut t,
+            "r-nacos row: instance list r-nacos",
+            &n.lookup_nacos,
+        );
+    }
     if let Some(a) = &r.acl {
         line(&mut t, "register 64 ACLs off", &a.register_off);
         line(&mut t, "register 64 ACLs on", &a.register_on);
@@ -802,8 +909,13 @@ pub fn section(r: &Results, cx: &Context) -> String {
     let _ = writeln!(s, "- Machine: {}", cx.machine);
     let _ = writeln!(
         s,
-        "- Versions: ours `{}`; {}",
-        cx.ours_version, cx.etcd_version
+        "- Versions: ours `{}`; {}{}",
+        cx.ours_version,
+        cx.etcd_version,
+        cx.rnacos_version
+            .as_deref()
+            .map(|v| format!("; {v}"))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         s,
@@ -827,6 +939,10 @@ pub fn section(r: &Results, cx: &Context) -> String {
     }
     if let Some(f) = &r.failover {
         s.push_str(&failover_table(f));
+        s.push('\n');
+    }
+    if let Some(n) = &r.nacos {
+        s.push_str(&nacos_table(n, &r.memory));
         s.push('\n');
     }
     s.push_str(&targets(r));
@@ -863,6 +979,44 @@ mod tests {
                 ..Default::default()
             })
             .collect()
+    }
+
+    #[test]
+    fn the_nacos_table_says_when_rnacos_is_missing_and_compares_memory_at_the_same_size() {
+        use crate::nacos::{Nacos, NacosMem, NacosResults, RegisterCells};
+        let missing = nacos_table(&Nacos::NotInstalled, &[]);
+        assert!(missing.contains("r-nacos not installed"), "{missing}");
+        let n = Nacos::Measured(NacosResults {
+            register: vec![RegisterCells {
+                clients: 64,
+                catalog: runs(&[2000.0]),
+                agent: runs(&[600.0]),
+                nacos: runs(&[4000.0]),
+            }],
+            lookup_clients: 64,
+            lookup_stale: runs(&[9000.0]),
+            lookup_nacos: runs(&[6000.0]),
+            memory: vec![NacosMem {
+                instances: 10_000,
+                rss: vec![40 << 20, 80 << 20, 50 << 20],
+                held: vec![10_001; 3],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let ours = [MemPoint {
+            instances: 10_000,
+            leader_rss: 60 << 20,
+            ..Default::default()
+        }];
+        let t = nacos_table(&n, &ours);
+        assert!(t.contains("| ops/s 0.50x"), "{t}");
+        assert!(t.contains("| ops/s 0.15x"), "{t}");
+        assert!(t.contains("| ops/s 1.50x"), "{t}");
+        assert!(t.contains("**40 MB / 80 MB / 50 MB**"), "{t}");
+        assert!(t.ends_with("| 0.75x |\n"), "{t}");
+        let not_run = nacos_table(&n, &[]);
+        assert!(not_run.contains("measurement 5 not run"), "{not_run}");
     }
 
     #[test]
