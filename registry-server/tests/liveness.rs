@@ -156,7 +156,18 @@ async fn heartbeat_input_is_validated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_heartbeating_nodes_are_tracked_and_failed_together() {
-    let c = TestCluster::builder(3).agents(false).start().await;
+    // One round of 2,000 heartbeats takes 2-3 s through a debug build on a loaded 2-core
+    // machine: with the usual 1 s node timeout the first nodes of a round went critical
+    // before its last ones were heard, and the test measured the machine's speed.
+    let liveness = registry_server::leader::liveness::LivenessTuning {
+        node_timeout: Duration::from_secs(6),
+        ..registry_testkit::cluster::fast_liveness()
+    };
+    let c = TestCluster::builder(3)
+        .agents(false)
+        .liveness(liveness)
+        .start()
+        .await;
     let leader = c.wait_leader().await;
     let follower = c.client((leader + 1) % 3);
     let http = registry_api::tls::plain_client();

@@ -104,9 +104,17 @@ pub struct ClusterBuilder {
     tombstones: registry_server::leader::tombstones::TombstoneTuning,
     /// ACL settings.
     acl: registry_server::acl::AclConfig,
+    /// Node liveness timing.
+    liveness: registry_server::leader::liveness::LivenessTuning,
 }
 
 impl ClusterBuilder {
+    /// Node liveness timing for every server (default [`fast_liveness`]).
+    pub fn liveness(mut self, liveness: registry_server::leader::liveness::LivenessTuning) -> Self {
+        self.liveness = liveness;
+        self
+    }
+
     /// ACL settings for every server (default: ACLs off).
     pub fn acl(mut self, acl: registry_server::acl::AclConfig) -> Self {
         self.acl = acl;
@@ -163,6 +171,7 @@ impl ClusterBuilder {
             sessions: self.sessions,
             tombstones: self.tombstones,
             acl: self.acl,
+            liveness: self.liveness,
         };
         for i in 0..n {
             let h = registry_server::start(c.config(i)).await.unwrap();
@@ -196,6 +205,8 @@ pub struct TestCluster {
     pub disks: Vec<registry_server::storage::DiskFaults>,
     /// ACL settings used for every server.
     pub acl: registry_server::acl::AclConfig,
+    /// Node liveness timing used for every server.
+    pub liveness: registry_server::leader::liveness::LivenessTuning,
 }
 
 impl TestCluster {
@@ -215,6 +226,7 @@ impl TestCluster {
             sessions: Default::default(),
             tombstones: Default::default(),
             acl: Default::default(),
+            liveness: fast_liveness(),
         }
     }
 
@@ -228,7 +240,7 @@ impl TestCluster {
         cfg.bootstrap_expect = self.names.len();
         cfg.retry_join = self.names.clone();
         cfg.tuning = self.tuning.clone();
-        cfg.liveness = fast_liveness();
+        cfg.liveness = self.liveness.clone();
         cfg.sessions = self.sessions.clone();
         cfg.tombstones = self.tombstones.clone();
         cfg.agent = self.agents;
