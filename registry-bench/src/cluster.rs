@@ -345,10 +345,7 @@ impl EtcdCluster {
 
     /// Fails if a member has exited by itself.
     pub fn check_alive(&mut self) -> Result<()> {
-        for p in &mut self.procs {
-            p.check_alive()?;
-        }
-        Ok(())
+        crate::procs::all_alive(&mut self.procs)
     }
 }
 

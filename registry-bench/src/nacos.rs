@@ -229,10 +229,7 @@ impl NacosCluster {
 
     /// Fails if a server has exited by itself.
     pub fn check_alive(&mut self) -> Result<()> {
-        for p in &mut self.procs {
-            p.check_alive()?;
-        }
-        Ok(())
+        crate::procs::all_alive(&mut self.procs)
     }
 }
 
@@ -387,10 +384,7 @@ impl Agents {
 
     /// Fails if an agent has exited by itself.
     pub fn check_alive(&mut self) -> Result<()> {
-        for p in &mut self.procs {
-            p.check_alive()?;
-        }
-        Ok(())
+        crate::procs::all_alive(&mut self.procs)
     }
 
     /// Stops every agent (SIGTERM, then SIGKILL after 10 s).
@@ -420,26 +414,6 @@ pub struct Settings<'a> {
     pub lookup_clients: usize,
     /// Sizes at which r-nacos's RSS is read.
     pub memory_points: &'a [u64],
-}
-
-/// One closed-loop cell on `bases` (clients pinned to `bases[i % 3]`).
-async fn cell(
-    op: Op,
-    bases: &[String],
-    clients: usize,
-    secs: Duration,
-    seq: &Arc<AtomicU64>,
-) -> Result<RunStats> {
-    load::run(Load {
-        op,
-        bases: bases.to_vec(),
-        clients,
-        stop: Stop::For(secs),
-        seq: seq.clone(),
-        rotate: false,
-        token: None,
-    })
-    .await
 }
 
 /// Runs measurement 12: a fresh cluster of ours and a fresh r-nacos cluster for the load rows,
@@ -490,14 +464,14 @@ pub async fn measure(s: &Settings<'_>) -> Result<NacosResults> {
             };
             cells
                 .catalog
-                .push(cell(catalog, &urls, c, s.load, &seq).await?);
+                .push(scenarios::register(catalog, &urls, c, s.load, &seq).await?);
             ours.check_alive()?;
             let agent = Op::AgentRegister {
                 prefix: format!("areg{c}"),
             };
             cells
                 .agent
-                .push(cell(agent, &agents.urls, c, s.load, &seq).await?);
+                .push(scenarios::register(agent, &agents.urls, c, s.load, &seq).await?);
             agents.check_alive()?;
             // Stopped before r-nacos's cell: their syncers would still be pushing the
             // services just registered, on the same two cores.
@@ -506,7 +480,9 @@ pub async fn measure(s: &Settings<'_>) -> Result<NacosResults> {
                 prefix,
                 per_node: 1,
             };
-            cells.nacos.push(cell(reg, &nurls, c, s.load, &seq).await?);
+            cells
+                .nacos
+                .push(scenarios::register(reg, &nurls, c, s.load, &seq).await?);
             nacos.check_alive()?;
             let last = |v: &[RunStats]| v.last().map_or((0.0, 0), |x| (x.ops_per_s, x.errors));
             let (o, a, n) = (last(&cells.catalog), last(&cells.agent), last(&cells.nacos));
@@ -550,11 +526,17 @@ pub async fn measure(s: &Settings<'_>) -> Result<NacosResults> {
         };
         // Alternating which system goes first, so that drift hits both alike.
         let (o, n) = if run % 2 == 0 {
-            let o = cell(stale, &urls, lc, s.load, &none).await?;
-            (o, cell(list, &nurls, lc, s.load, &none).await?)
+            let o = scenarios::register(stale, &urls, lc, s.load, &none).await?;
+            (
+                o,
+                scenarios::register(list, &nurls, lc, s.load, &none).await?,
+            )
         } else {
-            let n = cell(list, &nurls, lc, s.load, &none).await?;
-            (cell(stale, &urls, lc, s.load, &none).await?, n)
+            let n = scenarios::register(list, &nurls, lc, s.load, &none).await?;
+            (
+                scenarios::register(stale, &urls, lc, s.load, &none).await?,
+                n,
+            )
         };
         ours.check_alive()?;
         nacos.check_alive()?;

@@ -209,6 +209,11 @@ pub fn raise_fd_limit(want: u64) -> u64 {
     lim.rlim_cur
 }
 
+/// Fails if any of `procs` has exited by itself.
+pub fn all_alive(procs: &mut [Proc]) -> Result<()> {
+    procs.iter_mut().try_for_each(Proc::check_alive)
+}
+
 /// CPU time `pid` has used so far, user plus system (`utime` + `stime` of
 /// /proc/<pid>/stat), its threads included; `None` once it is gone.
 pub fn cpu_time(pid: u32) -> Option<Duration> {

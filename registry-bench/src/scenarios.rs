@@ -56,7 +56,8 @@ pub async fn register_instance(
     Ok(())
 }
 
-/// Measurement 1 for one system at one concurrency.
+/// One closed-loop write cell on one system at one concurrency (measurements 1 and 12),
+/// clients pinned to `bases[i % len]`.
 pub async fn register(
     op: Op,
     bases: &[String],
