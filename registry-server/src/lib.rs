@@ -117,6 +117,9 @@ pub struct ServerConfig {
     pub transport: TransportKind,
     /// Bounds on HTTP clients: header-read (and idle) timeout, connections.
     pub http_limits: registry_api::serve::ServeLimits,
+    /// Bytes kept free in the data directory (`--min-free-disk`): writes are
+    /// refused below it (`storage/space.rs`); 0 turns the check off.
+    pub min_free_disk: u64,
     /// Disk fault injection (tests): a delay added to every synced write.
     pub disk_faults: storage::DiskFaults,
     /// The shared key (`--encrypt`): authenticates RPC connections, HTTP on the
@@ -164,6 +167,7 @@ impl ServerConfig {
             agent_heartbeat_interval: Duration::from_secs(2),
             transport: TransportKind::Tcp,
             http_limits: registry_api::serve::ServeLimits::default(),
+            min_free_disk: storage::space::DEFAULT_MIN_FREE,
             disk_faults: storage::DiskFaults::default(),
             encrypt: None,
             dns: None,
@@ -354,6 +358,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         // without it a test wants a catalog holding only what it wrote.
         announce_gated: config.agent,
         metrics: metrics.raft.clone(),
+        space: storage::space::DiskSpace::new(&data_dir, config.min_free_disk),
     };
     let (raft, raft_thread) = raft::start(setup, tx, rx, shutdown.clone())?;
     info!(node = %config.node, id = recovered.node_id, "raft node started");

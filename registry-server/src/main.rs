@@ -22,6 +22,12 @@ struct Args {
     /// Directory for RocksDB (Raft log and catalog). Required unless --dev.
     #[arg(long, env = "REGISTRY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Space kept free in the data directory: with less, writes are refused with a 503 (deletes
+    /// still go until half of it is left) and resume once space is freed. Bytes, or with
+    /// KB/MB/GB/KiB/MiB/GiB; 0 turns the check off.
+    #[arg(long, env = "REGISTRY_MIN_FREE_DISK", default_value = "64MiB",
+          value_parser = registry_server::storage::space::parse_size)]
+    min_free_disk: u64,
     /// HTTP API listen address (default 0.0.0.0:8500; 127.0.0.1:8500 with --dev).
     #[arg(long, env = "REGISTRY_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
@@ -165,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
     );
     config.datacenter = args.datacenter;
     config.data_dir = args.data_dir;
+    config.min_free_disk = args.min_free_disk;
     config.dev = args.dev;
     config.ui = args.ui || args.dev;
     config.http_addr = args.http_addr.unwrap_or_else(|| {

@@ -171,6 +171,18 @@ impl ServerMetrics {
         );
         let applied = g("consul.raft.applied_index", "The last applied Raft index");
         let commit = g("consul.raft.commit_index", "The Raft commit index");
+        let free = g(
+            "registry.disk.free_bytes",
+            "Bytes free in the data directory (writes are refused below --min-free-disk)",
+        );
+        let reserve = g(
+            "registry.disk.reserve_bytes",
+            "The data directory's reserve, --min-free-disk (0: not checked)",
+        );
+        let refused = g(
+            "registry.disk.writes_refused",
+            "Writes refused since start for want of disk space",
+        );
         let raft = raft.clone();
         m.on_collect(move || {
             let (n, s, i, c, k, se) = raft.with_applied(|state, _| {
@@ -204,6 +216,10 @@ impl ServerMetrics {
                 commit.set(st.commit as f64);
             });
             applied.set(raft.applied_index() as f64);
+            let space = raft.disk_space();
+            free.set(space.free() as f64);
+            reserve.set(space.reserve() as f64);
+            refused.set(space.refused() as f64);
         });
     }
 }

@@ -78,13 +78,15 @@ type HttpResult<T = Response> = Result<T, HttpError>;
 
 /// The one mapping of the Raft layer's errors to API errors: a refused request
 /// is a 400 with the reason, no leader (or a read that could not catch up,
-/// whose usual cause is a lost leader) is Consul's `No cluster leader`, and
+/// whose usual cause is a lost leader) is Consul's `No cluster leader`, a
+/// write refused for want of disk space a 503 with the reason, and
 /// anything else a 500 with the reason.
 impl From<RaftError> for ApiError {
     fn from(e: RaftError) -> Self {
         match e {
             RaftError::Rejected(reason) => ApiError::BadRequest(reason),
             RaftError::NoLeader | RaftError::ReadTimeout => ApiError::NoLeader,
+            RaftError::NoSpace(reason) => ApiError::Unavailable(reason),
             RaftError::Overloaded
             | RaftError::ShuttingDown
             | RaftError::CommitTimeout

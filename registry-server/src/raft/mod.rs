@@ -9,6 +9,8 @@
 //! - `reads.rs`: ReadIndex batching and the leader's read lease;
 //! - `heartbeats.rs`: agent heartbeats passed to the leader and acknowledged;
 //! - `snapshots.rs`: snapshot images and tracking of snapshots sent;
+//! - `space.rs`: writes refused and entries held back while the data
+//!   directory is short of space (`storage/space.rs` measures it);
 //! - `entry.rs`: what a log entry carries (the envelope, request ids).
 //!
 //! It is a plain thread, not a tokio task, because every Ready blocks on an
@@ -23,6 +25,7 @@ mod membership;
 mod node;
 mod reads;
 mod snapshots;
+mod space;
 
 use crate::rpc::{PeerInfo, RpcMessage, Transport};
 use crate::state::{Command, Outcome, StateStore};
@@ -220,6 +223,9 @@ pub(crate) struct Shared {
     pub clock_skew_ms: AtomicI64,
     /// The Raft thread's metrics (also recorded by the snapshot source).
     pub metrics: Arc<crate::metrics::RaftMetrics>,
+    /// The data directory's free space and reserve: checked before a write
+    /// enters the log, here and on the leader.
+    pub space: Arc<crate::storage::space::DiskSpace>,
 }
 
 impl Shared {
@@ -268,6 +274,10 @@ pub enum RaftError {
     /// This node stopped on a fatal error (or is shutting down) and serves nothing.
     #[error("{0}")]
     Broken(String),
+    /// The write was refused before it entered the log: this server's (or
+    /// the leader's) data directory is short of space (`storage/space.rs`).
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// A write or request handed to the Raft thread.
@@ -328,6 +338,12 @@ impl RaftHandle {
         self.shared.now_ms()
     }
 
+    /// The data directory's free space and reserve (metrics; tests change
+    /// the reserve while the server runs).
+    pub fn disk_space(&self) -> &Arc<crate::storage::space::DiskSpace> {
+        &self.shared.space
+    }
+
     /// Test hook: runs this server's clock `ms` ahead (negative: behind).
     #[doc(hidden)]
     pub fn set_clock_skew(&self, ms: i64) {
@@ -351,7 +367,14 @@ impl RaftHandle {
     /// dropped, e.g. the HTTP client hung up): a write proposed after its
     /// caller gave up could commit after a later write that the caller (an
     /// agent retrying elsewhere) made meanwhile, and undo it.
+    ///
+    /// A write is refused at once (`NoSpace`) while the data directory is
+    /// short of space, unless it frees some (see `storage/space.rs`).
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, RaftError> {
+        self.shared
+            .space
+            .admit(cmd.frees_space())
+            .map_err(RaftError::NoSpace)?;
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + self.tuning.propose_timeout;
         self.send(Event::Propose {
@@ -492,6 +515,8 @@ pub struct RaftNodeSetup {
     pub announce_gated: bool,
     /// Where the Raft thread records its timings and counts.
     pub metrics: Arc<crate::metrics::RaftMetrics>,
+    /// The data directory's free space and reserve (`--min-free-disk`).
+    pub space: Arc<crate::storage::space::DiskSpace>,
 }
 
 /// Capacity of the event channel; a full channel answers "overloaded" at once
@@ -529,6 +554,7 @@ pub fn start(
         announced_term: AtomicU64::new(0),
         clock_skew_ms: AtomicI64::new(0),
         metrics: setup.metrics.clone(),
+        space: setup.space.clone(),
     });
     let peers_for_snap = Arc::new(RwLock::new(setup.peers.clone()));
     setup.store.set_snapshot_source(snapshots::snapshot_source(

@@ -361,6 +361,13 @@ impl RaftNode {
                     for e in m.mut_entries().iter_mut() {
                         restamp(e, at);
                     }
+                    self.refuse_forwarded_writes(&mut m);
+                    if m.get_entries().is_empty() {
+                        return Ok(());
+                    }
+                }
+                if self.too_full_for(&m) {
+                    return Ok(());
                 }
                 let is_leader_msg = matches!(
                     m.get_msg_type(),
@@ -377,6 +384,7 @@ impl RaftNode {
             RpcMessage::Join(peer) => self.handle_join(peer),
             RpcMessage::HeartbeatForward(fwd) => self.on_heartbeat_forward(fwd),
             RpcMessage::HeartbeatAck(id) => self.on_heartbeat_ack(id),
+            RpcMessage::WritesRefused(refused) => self.on_writes_refused(refused),
             RpcMessage::Heartbeat(hb) => self.on_unacked_heartbeat(hb),
         }
         Ok(())

@@ -73,6 +73,19 @@ pub enum RpcMessage {
     HeartbeatForward(HeartbeatForward),
     /// The leader recorded the forwarded heartbeat with this id.
     HeartbeatAck(u64),
+    /// The leader dropped these writes a follower forwarded, unproposed (its
+    /// data directory is short of space, `storage/space.rs`).
+    WritesRefused(WritesRefused),
+}
+
+/// Writes the leader would not put in its log, by the forwarding server's
+/// request ids, and why (shown to the callers as it is).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WritesRefused {
+    /// The forwarding server's request ids (the entries' contexts).
+    pub ids: Vec<u64>,
+    /// Why.
+    pub reason: String,
 }
 
 /// A forwarded agent heartbeat that asks for an acknowledgement.
@@ -92,6 +105,7 @@ const TAG_JOIN: u8 = 3;
 const TAG_HEARTBEAT: u8 = 4;
 const TAG_HEARTBEAT_FORWARD: u8 = 5;
 const TAG_HEARTBEAT_ACK: u8 = 6;
+const TAG_WRITES_REFUSED: u8 = 7;
 
 /// Encodes a message: one tag byte, then protobuf (Raft) or JSON (handshake).
 pub fn encode(msg: &RpcMessage) -> Vec<u8> {
@@ -108,6 +122,10 @@ pub fn encode(msg: &RpcMessage) -> Vec<u8> {
             serde_json::to_vec(h).unwrap_or_default(),
         ),
         RpcMessage::HeartbeatAck(id) => (TAG_HEARTBEAT_ACK, id.to_be_bytes().to_vec()),
+        RpcMessage::WritesRefused(w) => (
+            TAG_WRITES_REFUSED,
+            serde_json::to_vec(w).unwrap_or_default(),
+        ),
     };
     let mut out = Vec::with_capacity(body.len() + 1);
     out.push(tag);
@@ -139,6 +157,9 @@ pub fn decode(bytes: &[u8]) -> Result<RpcMessage, String> {
         TAG_HEARTBEAT_ACK => <[u8; 8]>::try_from(body)
             .map(|b| RpcMessage::HeartbeatAck(u64::from_be_bytes(b)))
             .map_err(|_| "heartbeat ack is not 8 bytes".to_string()),
+        TAG_WRITES_REFUSED => serde_json::from_slice(body)
+            .map(RpcMessage::WritesRefused)
+            .map_err(|e| e.to_string()),
         t => Err(format!("unknown RPC message tag {t}")),
     }
 }
@@ -155,6 +176,12 @@ mod tests {
         m.set_term(7);
         let msg = RpcMessage::Raft(m);
         assert_eq!(decode(&encode(&msg)).unwrap(), msg);
+        let refused = RpcMessage::WritesRefused(WritesRefused {
+            ids: vec![3, 9],
+            reason: "insufficient disk space".into(),
+        });
+        assert_eq!(decode(&encode(&refused)).unwrap(), refused);
+        assert!(decode(&[TAG_WRITES_REFUSED, b'[']).is_err());
         assert!(decode(&[]).is_err());
         assert!(decode(&[9, 1, 2]).is_err());
         assert!(decode(&[TAG_HELLO, b'{']).is_err());

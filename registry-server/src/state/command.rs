@@ -148,6 +148,29 @@ commands! {
     AclReplicate(AclReplicateRequest),
 }
 
+impl Command {
+    /// Whether this command only removes things, so that it may still go
+    /// when the data directory is short of space (`storage/space.rs`):
+    /// deregistrations, deletes, session ends and the reapers' cleanups.
+    pub fn frees_space(&self) -> bool {
+        use super::kv::KvVerb;
+        match self {
+            Command::Deregister(_)
+            | Command::SessionDestroy(_)
+            | Command::SessionExpire(_)
+            | Command::KvReapTombstones(_)
+            | Command::AclTokenDelete(_)
+            | Command::AclPolicyDelete(_)
+            | Command::AclRoleDelete(_) => true,
+            Command::Kv(op) => matches!(
+                op.verb,
+                KvVerb::Delete | KvVerb::DeleteTree | KvVerb::DeleteCas
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(CommandVisitor)

@@ -13,13 +13,15 @@
 //! batch per Ready with one fsync, which is what batches many proposals into one
 //! disk sync.
 //!
-//! `rocks.rs` holds [`RaftStore`] (RocksDB, the three column families) and
-//! `snapshot.rs` the snapshot image format. Owns durability and the on-disk
+//! `rocks.rs` holds [`RaftStore`] (RocksDB, the three column families),
+//! `snapshot.rs` the snapshot image format and `space.rs` the free-space
+//! reserve that refuses writes before the disk fills. Owns durability and the on-disk
 //! format; must not interpret catalog rows (`state/`) or decide anything Raft
 //! decides (`raft/`).
 
 mod rocks;
 mod snapshot;
+pub mod space;
 
 pub use rocks::{RaftStore, Recovered, SnapshotSource, StoreBatch};
 pub use snapshot::SnapshotImage;

@@ -1,0 +1,338 @@
+//! A data directory short of space (`--min-free-disk`, storage/space.rs):
+//! writes are refused with a 503 and the reason, reads go on, nothing
+//! acknowledged is lost, and writes resume once space is freed, without a
+//! restart. On a real filesystem that fills (a tmpfs with a size, mounted by
+//! the test, which needs root), and on a cluster whose leader or follower is
+//! given a reserve larger than its disk (any user).
+
+use registry_server::{ServerConfig, ServerHandle};
+use registry_testkit::cluster::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A raw request: status and body as text.
+async fn call(method: reqwest::Method, url: String, body: Vec<u8>) -> (u16, String) {
+    let resp = registry_api::tls::plain_client()
+        .request(method, url)
+        .body(body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+async fn put(url: &str, key: &str, value: &[u8]) -> (u16, String) {
+    call(
+        reqwest::Method::PUT,
+        format!("{url}/v1/kv/{key}"),
+        value.to_vec(),
+    )
+    .await
+}
+
+async fn delete(url: &str, key: &str) -> (u16, String) {
+    call(
+        reqwest::Method::DELETE,
+        format!("{url}/v1/kv/{key}"),
+        vec![],
+    )
+    .await
+}
+
+/// The raw value of `key` on `url` (`?stale` when `stale`), `None` on a 404.
+async fn get(url: &str, key: &str, stale: bool) -> Option<Vec<u8>> {
+    let q = if stale { "raw&stale" } else { "raw" };
+    let resp = registry_api::tls::plain_client()
+        .get(format!("{url}/v1/kv/{key}?{q}"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    match resp.status().as_u16() {
+        200 => Some(resp.bytes().await.unwrap().to_vec()),
+        404 => None,
+        s => panic!(
+            "GET {key} on {url}: {s} {}",
+            resp.text().await.unwrap_or_default()
+        ),
+    }
+}
+
+fn assert_refused_for_space(what: &str, (status, text): (u16, String)) {
+    assert_eq!(status, 503, "{what}: {text}");
+    assert!(
+        text.contains("insufficient disk space") && text.contains("MiB reserved"),
+        "{what}: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_short_of_space_refuses_writes_through_any_server_and_takes_them_once_freed() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    let (lu, fu) = (c.node(leader).url(), c.node(follower).url());
+    assert_eq!(put(&fu, "before/a", b"1").await.0, 200);
+    assert_eq!(put(&lu, "before/b", b"2").await.0, 200);
+
+    // The leader's disk: between half its reserve and all of it. Writes
+    // refused, through the leader and through a follower (whose own disk is
+    // fine: the leader refuses the forwarded write and says why); deletes go.
+    let space = c.node(leader).raft.disk_space().clone();
+    let free = space.free();
+    space.set_reserve(free + free / 2);
+    assert_refused_for_space("PUT on the leader", put(&lu, "during/a", b"x").await);
+    assert_refused_for_space("PUT via a follower", put(&fu, "during/b", b"x").await);
+    assert_refused_for_space(
+        "register via a follower",
+        c.client(follower)
+            .catalog_register(&reg("n1", "web", "web-1"), None)
+            .await
+            .map(|_| (200, String::new()))
+            .unwrap_or_else(|e| (e.status().unwrap_or(0), e.to_string())),
+    );
+    assert_eq!(delete(&fu, "before/b").await.0, 200, "a delete frees space");
+    // Reads go on, linearizable ones included.
+    assert_eq!(
+        get(&fu, "before/a", false).await.as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(get(&lu, "before/b", false).await, None);
+    assert!(
+        space.refused() >= 3,
+        "refusals counted: {}",
+        space.refused()
+    );
+
+    // Under half the reserve: deletes are refused too.
+    space.set_reserve(free.saturating_mul(4));
+    assert_refused_for_space("DELETE via a follower", delete(&fu, "before/a").await);
+
+    // Space back: writes go at once, through both, and nothing was lost or half-applied.
+    space.set_reserve(0);
+    assert_eq!(put(&fu, "after/a", b"3").await.0, 200);
+    assert_eq!(put(&lu, "after/b", b"4").await.0, 200);
+    for key in ["during/a", "during/b"] {
+        assert_eq!(get(&lu, key, false).await, None, "{key} was refused");
+    }
+    assert_eq!(
+        get(&lu, "before/a", false).await.as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(get(&fu, "after/a", false).await.as_deref(), Some(&b"3"[..]));
+    assert!(c.status(leader).fatal.is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_nearly_full_disk_lags_instead_of_stopping_and_catches_up() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let (full, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let lu = c.node(leader).url();
+    assert_eq!(put(&lu, "k/0", b"0").await.0, 200);
+
+    // Less than a quarter of its reserve left: it takes no new entries.
+    let space = c.node(full).raft.disk_space().clone();
+    space.set_reserve(space.free().saturating_mul(8));
+    let applied_before = c.node(full).raft.applied_index();
+    for i in 1..=20 {
+        assert_eq!(put(&lu, &format!("k/{i}"), b"v").await.0, 200, "k/{i}");
+    }
+    // The other follower has them all; this one, given the same time, none.
+    let ou = c.node(other).url();
+    wait_until(
+        Duration::from_secs(10),
+        "the other follower to apply",
+        || {
+            let ou = ou.clone();
+            async move { get(&ou, "k/20", true).await.map(|_| ()) }
+        },
+    )
+    .await;
+    let fu = c.node(full).url();
+    registry_testkit::never_within(
+        Duration::from_millis(500),
+        "the full follower to apply",
+        || {
+            let fu = fu.clone();
+            async move { get(&fu, "k/20", true).await }
+        },
+    )
+    .await;
+    assert!(c.node(full).raft.applied_index() <= applied_before + 1);
+    // It still runs, serves stale reads, and does not start elections.
+    let st = c.status(full);
+    assert!(st.fatal.is_none(), "{:?}", st.fatal);
+    assert_eq!(get(&fu, "k/0", true).await.as_deref(), Some(&b"0"[..]));
+    assert_eq!(c.wait_leader().await, leader);
+
+    // Space back: it catches up without a restart.
+    space.set_reserve(0);
+    wait_until(
+        Duration::from_secs(10),
+        "the full follower to catch up",
+        || {
+            let fu = fu.clone();
+            async move { get(&fu, "k/20", true).await.map(|_| ()) }
+        },
+    )
+    .await;
+    c.shutdown().await;
+}
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount a tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's avail")
+}
+
+async fn dev_server(data_dir: PathBuf) -> ServerHandle {
+    let mut cfg = ServerConfig::new("disk-test");
+    cfg.dev = true;
+    cfg.data_dir = Some(data_dir);
+    cfg.http_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.rpc_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.tuning = fast_tuning();
+    let h = registry_server::start(cfg).await.unwrap();
+    let url = h.url();
+    wait_until(Duration::from_secs(10), "a leader", || {
+        let url = url.clone();
+        async move { (put(&url, "ready", b"1").await.0 == 200).then_some(()) }
+    })
+    .await;
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_that_fills_refuses_writes_keeps_reads_and_resumes_once_freed() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs needs root; the cluster tests in this file cover the rest"
+        );
+        return;
+    }
+    let fs = Tmpfs::mount(256);
+    let server = dev_server(fs.path().join("data")).await;
+    let url = server.url();
+
+    // Someone else fills the disk: 12 MiB above the default reserve (64 MiB) left.
+    let filler = fs.path().join("filler");
+    let reserve = registry_server::storage::space::DEFAULT_MIN_FREE;
+    let fill = free_bytes(fs.path()).saturating_sub(reserve + (12 << 20));
+    std::fs::write(&filler, vec![7u8; fill as usize]).unwrap();
+
+    // The registry's own writes use the rest, until it refuses them.
+    let value = vec![b'v'; 32 * 1024];
+    let mut acked = Vec::new();
+    let refusal = loop {
+        let key = format!("fill/{:05}", acked.len());
+        let (status, text) = put(&url, &key, &value).await;
+        match status {
+            200 => acked.push(key),
+            503 => break text,
+            s => panic!("PUT {key}: {s} {text}"),
+        }
+        assert!(
+            acked.len() < 5000,
+            "never refused; free {}",
+            free_bytes(fs.path())
+        );
+    };
+    assert!(!acked.is_empty());
+    assert!(refusal.contains("insufficient disk space"), "{refusal}");
+    // Refused again, not half-applied; reads answer with everything acknowledged.
+    assert_refused_for_space("PUT", put(&url, "fill/refused", b"x").await);
+    assert_eq!(get(&url, "fill/refused", false).await, None);
+    for key in &acked {
+        assert_eq!(
+            get(&url, key, false).await.as_deref(),
+            Some(&value[..]),
+            "{key}"
+        );
+    }
+    assert!(server.raft.status().fatal.is_none());
+    // The figures are on the metrics page.
+    let metrics = registry_api::tls::plain_client()
+        .get(format!("{url}/v1/agent/metrics?format=prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("registry_disk_writes_refused") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // The disk is freed: writes resume without a restart (within one reading of the space).
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(5), "writes to resume", || {
+        let url = url.clone();
+        async move { (put(&url, "fill/after", b"ok").await.0 == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        get(&url, "fill/after", false).await.as_deref(),
+        Some(&b"ok"[..])
+    );
+    assert_eq!(
+        get(&url, &acked[0], false).await.as_deref(),
+        Some(&value[..])
+    );
+    server.stop().await;
+}
