@@ -2,6 +2,7 @@
 //! against both systems, 3-4 on ours, a fresh cluster for 5-6, then the report.
 
 use crate::acl_cost;
+use crate::agents;
 use crate::cluster::{self, EtcdCluster, Federation, RegistryCluster};
 use crate::failover;
 use crate::load::{Load, Op, RunStats, Stop};
@@ -49,6 +50,10 @@ pub struct Plan {
     failover_steady: Duration,
     /// The r-nacos binary of measurement 11 (`--rnacos-bin`); `None`: not installed.
     pub rnacos: Option<PathBuf>,
+    /// Measurement 13: simulated agents, flips per second, window per phase, agents silenced.
+    agents: agents::Settings,
+    /// Measurement 14: the catalog filled on to this many instances (full bench only).
+    scale: Option<u64>,
 }
 
 impl Plan {
@@ -96,6 +101,22 @@ impl Plan {
             only: Vec::new(),
             watch_query: String::new(),
             rnacos: None,
+            scale: (!quick).then_some(1_000_000),
+            agents: if quick {
+                agents::Settings {
+                    agents: 1_000,
+                    flips_per_s: 100,
+                    window: Duration::from_secs(5),
+                    silenced: 20,
+                }
+            } else {
+                agents::Settings {
+                    agents: 10_000,
+                    flips_per_s: 1_000,
+                    window: Duration::from_secs(20),
+                    silenced: 100,
+                }
+            },
         }
     }
 
@@ -252,18 +273,28 @@ pub async fn run(plan: Plan) -> Result<()> {
     }
     let bin = plan.bin_dir.canonicalize()?;
     cluster::ensure_etcd()?;
-    let spread = plan.spread.map_or(0, |(services, each)| services * each);
-    let need = plan
-        .watchers
-        .iter()
-        .copied()
-        .chain([spread])
-        .max()
-        .unwrap_or(0) as u64
-        + 1_000;
-    let fds = raise_fd_limit(need * 2);
-    if fds < need {
-        bail!("RLIMIT_NOFILE is {fds}; {need} needed for the watchers (raise the hard limit)");
+    // Every watcher is a socket here and one in a server: the limit on open files bounds
+    // them. The bench raises it as far as it may (root with CAP_SYS_RESOURCE: to what the
+    // spread needs); where it may not (a container without that capability), the spread runs
+    // with as many watchers as fit, and the report says so.
+    let mut plan = plan;
+    if plan.wants("fanout") {
+        let spread = plan.spread.map_or(0, |(services, each)| services * each);
+        let watchers = plan.watchers.iter().copied().max().unwrap_or(0);
+        let need = watchers.max(spread) as u64 + 1_000;
+        let fds = raise_fd_limit(need * 2);
+        if fds < watchers as u64 + 1_000 {
+            bail!("RLIMIT_NOFILE is {fds}; {need} needed for the watchers (raise the hard limit)");
+        }
+        if let Some((services, each)) = plan.spread.filter(|_| fds < need) {
+            let fit = ((fds - 2_000) as usize / services).max(1);
+            eprintln!(
+                "RLIMIT_NOFILE is {fds} and cannot be raised here: the spread fan-out runs with {} watchers ({fit} per service) instead of {}",
+                services * fit,
+                services * each
+            );
+            plan.spread = Some((services, fit));
+        }
     }
     let mut tmp = tempfile::Builder::new();
     tmp.prefix("registry-bench-");
@@ -457,15 +488,23 @@ pub async fn run(plan: Plan) -> Result<()> {
         mem.wait_ready(Duration::from_secs(60))
             .await
             .context("memory cluster")?;
+        let seq = Arc::new(AtomicU64::new(0));
         let (points, recovery) = scenarios::memory_and_recovery(
             &mut mem,
             &plan.memory_points,
             plan.runs,
             plan.missed_writes,
+            &seq,
         )
         .await?;
         r.memory = points;
         r.recovery = recovery;
+        if let Some(target) = plan.scale {
+            step(&format!(
+                "14. the same cluster filled on to {target} instances"
+            ));
+            r.scale = Some(crate::scale::measure(&mut mem, &seq, target).await?);
+        }
     }
 
     if plan.wants("failover") {
@@ -502,6 +541,14 @@ pub async fn run(plan: Plan) -> Result<()> {
                 r.nacos = Some(Nacos::NotInstalled);
             }
         }
+    }
+
+    if plan.wants("agents") {
+        step(&format!(
+            "13. agents at scale: a fresh 3-server cluster, {} simulated agents",
+            plan.agents.agents
+        ));
+        r.agents = Some(agents::measure(&bin, &root, &plan.agents).await?);
     }
 
     if plan.wants("dns") {

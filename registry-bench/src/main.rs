@@ -4,6 +4,7 @@
 //! the run ends, fails or is interrupted.
 
 mod acl_cost;
+mod agents;
 mod bench;
 mod cluster;
 mod dns;
@@ -12,6 +13,7 @@ mod load;
 mod nacos;
 mod procs;
 mod report;
+mod scale;
 mod scenarios;
 mod tls_cost;
 mod watch;
@@ -40,7 +42,7 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc, tls,
-    /// acl, memory, dns, failover, nacos), e.g. to profile one; the section written is then partial.
+    /// acl, memory, dns, failover, nacos, agents), e.g. to profile one; the section written is then partial.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Watcher counts for the fan-out (default 1000,10000; quick: 1000).

@@ -544,10 +544,9 @@ pub async fn memory_and_recovery(
     points: &[u64],
     runs: usize,
     missed_writes: u64,
+    seq: &Arc<AtomicU64>,
 ) -> Result<(Vec<MemPoint>, Vec<RecoveryRun>)> {
-    let http = http_client()?;
     let urls = cluster.urls();
-    let seq = Arc::new(AtomicU64::new(0));
     let op = Op::Register {
         prefix: "mem".into(),
         per_node: 10,
@@ -604,74 +603,92 @@ pub async fn memory_and_recovery(
 
     let mut rec = Vec::new();
     for run in 0..runs {
-        let leader = cluster.leader().await?;
-        let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-        let f = followers[run % followers.len()];
-        let instances = seq.load(Ordering::Relaxed);
-        cluster.servers[f]
-            .proc
-            .stop(Duration::from_secs(20))
-            .await?;
-        let others: Vec<String> = (0..3)
-            .filter(|&i| i != f)
-            .map(|i| urls[i].clone())
-            .collect();
-        let from = seq.load(Ordering::Relaxed);
-        load::run(Load {
-            op: op.clone(),
-            bases: others.clone(),
-            clients: 64,
-            stop: Stop::Count(from + missed_writes),
-            seq: seq.clone(),
-            rotate: false,
-            token: None,
-        })
-        .await?;
-        seq.store(from + missed_writes, Ordering::Relaxed);
         let marker = format!("recovery-marker-{run}");
-        register_instance(&http, &others[0], &marker, 0).await?;
-        let start = Instant::now();
-        cluster.servers[f].proc.restart()?;
-        let deadline = start + Duration::from_secs(300);
-        let mut http_up = None;
-        loop {
-            cluster.servers[f].proc.check_alive()?;
-            if http_up.is_none()
-                && http
-                    .get(format!("{}/v1/status/leader", urls[f]))
-                    .send()
-                    .await
-                    .is_ok()
-            {
-                http_up = Some(start.elapsed());
-            }
-            if stale_instances(&http, &urls[f], &marker).await > 0 {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not catch up within 300 s of its restart",
-                    cluster.servers[f].node
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let r = RecoveryRun {
-            instances,
-            missed_writes,
-            http_up: http_up.unwrap_or_default(),
-            caught_up: start.elapsed(),
-        };
-        eprintln!(
-            "  recovery run {}: {} restarted, HTTP up after {:?}, caught up after {:?}",
-            run + 1,
-            cluster.servers[f].node,
-            r.http_up,
-            r.caught_up
-        );
-        rec.push(r);
+        rec.push(follower_recovery(cluster, &op, seq, missed_writes, run, &marker).await?);
     }
     Ok((mem, rec))
+}
+
+/// Measurement 6's run (and measurement 14's catch-up by snapshot): stops follower number
+/// `run % 2`, makes `missed_writes` registrations of `op` (numbered from `seq`) through the
+/// others, registers `marker`, restarts the follower and times until its `?stale` catalog
+/// shows the marker.
+pub async fn follower_recovery(
+    cluster: &mut RegistryCluster,
+    op: &Op,
+    seq: &Arc<AtomicU64>,
+    missed_writes: u64,
+    run: usize,
+    marker: &str,
+) -> Result<RecoveryRun> {
+    let http = http_client()?;
+    let urls = cluster.urls();
+    let leader = cluster.leader().await?;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let f = followers[run % followers.len()];
+    let instances = seq.load(Ordering::Relaxed);
+    cluster.servers[f]
+        .proc
+        .stop(Duration::from_secs(20))
+        .await?;
+    let others: Vec<String> = (0..3)
+        .filter(|&i| i != f)
+        .map(|i| urls[i].clone())
+        .collect();
+    let from = seq.load(Ordering::Relaxed);
+    load::run(Load {
+        op: op.clone(),
+        bases: others.clone(),
+        clients: 64,
+        stop: Stop::Count(from + missed_writes),
+        seq: seq.clone(),
+        rotate: false,
+        token: None,
+    })
+    .await?;
+    seq.store(from + missed_writes, Ordering::Relaxed);
+    register_instance(&http, &others[0], marker, 0).await?;
+    let start = Instant::now();
+    cluster.servers[f].proc.restart()?;
+    let deadline = start + Duration::from_secs(300);
+    let mut http_up = None;
+    loop {
+        cluster.servers[f].proc.check_alive()?;
+        if http_up.is_none()
+            && http
+                .get(format!("{}/v1/status/leader", urls[f]))
+                .send()
+                .await
+                .is_ok()
+        {
+            http_up = Some(start.elapsed());
+        }
+        if stale_instances(&http, &urls[f], marker).await > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not catch up within 300 s of its restart",
+                cluster.servers[f].node
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = RecoveryRun {
+        instances,
+        missed_writes,
+        http_up: http_up.unwrap_or_default(),
+        caught_up: start.elapsed(),
+    };
+    eprintln!(
+        "  recovery run {}: {} restarted after {} missed writes, HTTP up after {:?}, caught up after {:?}",
+        run + 1,
+        cluster.servers[f].node,
+        missed_writes,
+        r.http_up,
+        r.caught_up
+    );
+    Ok(r)
 }
 
 /// An error with its sources (reqwest's own text hides the cause).

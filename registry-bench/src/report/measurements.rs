@@ -224,3 +224,200 @@ pub(super) fn failover_table(f: &crate::failover::Failover) -> String {
     );
     s
 }
+
+/// Measurement 13's table: simulated agents, heartbeats alone and with check flips, and
+/// silence → critical.
+pub(super) fn agents_table(a: &crate::agents::Agents) -> String {
+    let mut s = format!(
+        "| # | {} simulated agents on a fresh 3-server cluster, heartbeats every 2 s, {:.0} s per phase | heartbeats alone | + {} check flips/s asked |\n|---|---|---|---|\n",
+        thousands(a.agents as u64),
+        a.window.as_secs_f64(),
+        thousands(a.flips_target)
+    );
+    let (h, f) = (&a.heartbeats, &a.flips);
+    type Cell = Box<dyn Fn(&crate::agents::Phase) -> String>;
+    let rows: [(&str, Cell); 7] = [
+        (
+            "heartbeats answered/s (failed)",
+            Box::new(|p| {
+                format!(
+                    "{} ({})",
+                    thousands(p.heartbeats_per_s.round() as u64),
+                    p.heartbeat_errors
+                )
+            }),
+        ),
+        ("heartbeat p99", Box::new(|p| ms(p.heartbeat_p99))),
+        (
+            "sender rounds over 2 s",
+            Box::new(|p| p.late_rounds.to_string()),
+        ),
+        (
+            "check flips acknowledged/s (failed)",
+            Box::new(|p| {
+                format!(
+                    "{} ({})",
+                    thousands(p.flips_per_s.round() as u64),
+                    p.flip_errors
+                )
+            }),
+        ),
+        (
+            "**Raft entries/s** (leader's commit index)",
+            Box::new(|p| format!("**{:.1}**", p.raft_entries_per_s)),
+        ),
+        (
+            "leader CPU (share of one core)",
+            Box::new(|p| format!("{:.0}%", p.leader_cpu * 100.0)),
+        ),
+        (
+            "all 3 servers' CPU",
+            Box::new(|p| format!("{:.0}%", p.servers_cpu * 100.0)),
+        ),
+    ];
+    for (what, f_) in rows.iter() {
+        let _ = writeln!(s, "| 13 | {what} | {} | {} |", f_(h), f_(f));
+    }
+    let n = a.to_critical.len();
+    let _ = writeln!(
+        s,
+        "| 13 | {} agents silenced: last heartbeat → serfHealth critical | median {} · max {}{} | bound {} |",
+        n + a.never_critical,
+        ms(a.to_critical.get(n / 2).copied().unwrap_or_default()),
+        ms(a.to_critical.last().copied().unwrap_or_default()),
+        if a.never_critical > 0 {
+            format!(" · **{} never**", a.never_critical)
+        } else {
+            String::new()
+        },
+        ms(crate::agents::CRITICAL_BOUND)
+    );
+    s
+}
+
+/// Measurement 13's rows in the targets table (issue 20's "agents at scale").
+pub(super) fn agents_targets(t: &mut String, a: &crate::agents::Agents) {
+    let pass = |ok: bool, gap: String| {
+        if ok {
+            "PASS".to_string()
+        } else {
+            format!("**MISS**: {gap}")
+        }
+    };
+    let (h, f) = (&a.heartbeats, &a.flips);
+    // Heartbeats write nothing: what Raft carries then is the servers' own background work,
+    // far below one entry per heartbeat.
+    let quiet = h.raft_entries_per_s <= (h.heartbeats_per_s * 0.01).max(2.0);
+    let _ = writeln!(
+        t,
+        "| {} agents heartbeating: Raft writes only on flips | {:.1} entries/s at {} heartbeats/s | {} |",
+        thousands(a.agents as u64),
+        h.raft_entries_per_s,
+        thousands(h.heartbeats_per_s.round() as u64),
+        pass(quiet, format!("{:.1} entries/s", h.raft_entries_per_s))
+    );
+    let kept = f.flips_per_s >= a.flips_target as f64 * 0.95 && f.flip_errors == 0;
+    let bounded = f.raft_entries_per_s <= f.flips_per_s * 1.1 + h.raft_entries_per_s + 2.0;
+    let _ = writeln!(
+        t,
+        "| {} check flips/s with them: every flip written, writes bounded by the flips | {:.0} flips/s, {:.0} entries/s, leader CPU {:.0}% | {} |",
+        thousands(a.flips_target),
+        f.flips_per_s,
+        f.raft_entries_per_s,
+        f.leader_cpu * 100.0,
+        pass(
+            kept && bounded,
+            format!("{:.0} of {} flips/s, {} failed, {:.0} entries/s", f.flips_per_s, a.flips_target, f.flip_errors, f.raft_entries_per_s)
+        )
+    );
+    let no_errors = h.heartbeat_errors + f.heartbeat_errors == 0;
+    let _ = writeln!(
+        t,
+        "| heartbeats of {} agents answered without errors | {} failed | {} |",
+        thousands(a.agents as u64),
+        h.heartbeat_errors + f.heartbeat_errors,
+        pass(
+            no_errors,
+            format!("{} failed", h.heartbeat_errors + f.heartbeat_errors)
+        )
+    );
+    let max = a.to_critical.last().copied().unwrap_or_default();
+    let within = a.never_critical == 0 && max <= crate::agents::CRITICAL_BOUND;
+    let _ = writeln!(
+        t,
+        "| a silent agent's node critical within its bound ({}) | max {} over {} agents | {} |",
+        ms(crate::agents::CRITICAL_BOUND),
+        ms(max),
+        a.to_critical.len() + a.never_critical,
+        pass(
+            within,
+            if a.never_critical > 0 {
+                format!("{} never critical", a.never_critical)
+            } else {
+                format!(
+                    "over by {}",
+                    ms(max.saturating_sub(crate::agents::CRITICAL_BOUND))
+                )
+            }
+        )
+    );
+}
+
+/// Measurement 14's table: the catalog at 1,000,000 instances.
+pub(super) fn scale_table(sc: &crate::scale::Scale) -> String {
+    let mut s = String::from(
+        "| # | Measurement 5's cluster filled on (256 clients, 10 instances per node) | Ours |\n|---|---|---|\n",
+    );
+    let _ = writeln!(
+        s,
+        "| 14 | memory and disk at {} instances | leader RSS **{}** (largest follower {}) · leader data dir {} · filled at {} registrations/s{} |",
+        thousands(sc.instances),
+        mb(sc.leader_rss),
+        mb(sc.follower_rss),
+        mb(sc.disk),
+        thousands(sc.fill_rate.round() as u64),
+        if sc.errors > 0 {
+            format!(" · {} failed", sc.errors)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| 14 | `GET /v1/snapshot` from the leader | {} in {} |",
+        mb(sc.snapshot_bytes),
+        ms(sc.snapshot_time)
+    );
+    let _ = writeln!(
+        s,
+        "| 14 | `?stale` health lookup, 64 clients, p99: before / while the snapshot is taken | {} / **{}** ({} / {} ops/s) |",
+        ms(sc.lookups_before.p99),
+        ms(sc.lookups_during.p99),
+        thousands(sc.lookups_before.ops_per_s.round() as u64),
+        thousands(sc.lookups_during.ops_per_s.round() as u64)
+    );
+    let _ = writeln!(
+        s,
+        "| 14 | follower stopped, {} writes missed (past the log's compaction), restarted: caught up from the leader's snapshot | **{}** (HTTP up after {}) |",
+        thousands(sc.recovery.missed_writes),
+        ms(sc.recovery.caught_up),
+        ms(sc.recovery.http_up)
+    );
+    s
+}
+
+/// Measurement 14's row in the targets table.
+pub(super) fn scale_targets(t: &mut String, sc: &crate::scale::Scale) {
+    let gb = 1024 * 1024 * 1024;
+    let _ = writeln!(
+        t,
+        "| < 1 GB RSS at {} instances | leader {} | {} |",
+        thousands(sc.instances),
+        mb(sc.leader_rss),
+        if sc.leader_rss < gb {
+            "PASS".to_string()
+        } else {
+            format!("**MISS** by {}", mb(sc.leader_rss - gb))
+        }
+    );
+}

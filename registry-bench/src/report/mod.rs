@@ -60,6 +60,10 @@ pub struct Results {
     pub failover: Option<crate::failover::Failover>,
     /// Measurement 12: r-nacos side by side (or that it was not installed), when asked for.
     pub nacos: Option<crate::nacos::Nacos>,
+    /// Measurement 13: simulated agents heartbeating and flipping checks.
+    pub agents: Option<crate::agents::Agents>,
+    /// Measurement 14: 1,000,000 instances.
+    pub scale: Option<crate::scale::Scale>,
 }
 
 /// Measurement 7 (KV beside etcd) at one client count: every cell's runs.
@@ -402,7 +406,12 @@ pub fn targets(r: &Results) -> String {
                     sp.failed + sp.early
                 )
             });
-            let _ = writeln!(t, "| 100,000 watchers over 1,000 services on 3 servers all answered, no errors | not measured in quick mode ({seen}) | n/a |");
+            if r.quick || other.is_none() {
+                let _ = writeln!(t, "| 100,000 watchers over 1,000 services on 3 servers all answered, no errors | not measured in quick mode ({seen}) | n/a |");
+            } else {
+                // Only when the open-file limit could not be raised (bench.rs says so).
+                let _ = writeln!(t, "| 100,000 watchers over 1,000 services on 3 servers all answered, no errors | not measurable on this machine: RLIMIT_NOFILE's hard limit cannot be raised (no CAP_SYS_RESOURCE); as many as fit: {seen} | **not met here** |");
+            }
         }
     }
     if let Some(f) = r.failover.as_ref().filter(|f| !f.runs.is_empty()) {
@@ -435,13 +444,23 @@ pub fn targets(r: &Results) -> String {
             }
         );
     }
+    if let Some(a) = &r.agents {
+        agents_targets(&mut t, a);
+    }
+    if let Some(sc) = &r.scale {
+        scale_targets(&mut t, sc);
+    }
     match r.memory.iter().find(|m| m.instances == 100_000) {
         Some(m) => {
             let _ = writeln!(
                 t,
-                "| < 200 MB RSS at 100,000 instances | leader {} | {} |",
+                "| < 100 MB RSS at 100,000 instances (issue 20; round one's goal was 200 MB) | leader {} | {} |",
                 mb(m.leader_rss),
-                verdict(m.leader_rss < 200 * 1024 * 1024)
+                if m.leader_rss < 100 * 1024 * 1024 {
+                    "PASS".to_string()
+                } else {
+                    format!("**MISS** by {}", mb(m.leader_rss - 100 * 1024 * 1024))
+                }
             );
         }
         None => {
@@ -458,7 +477,7 @@ pub fn targets(r: &Results) -> String {
                 .unwrap_or_else(|| "not run".into());
             let _ = writeln!(
                 t,
-                "| < 200 MB RSS at 100,000 instances | not measured in quick mode ({seen}) | n/a |"
+                "| < 100 MB RSS at 100,000 instances | not measured in quick mode ({seen}) | n/a |"
             );
         }
     }
@@ -573,6 +592,14 @@ pub fn section(r: &Results, cx: &Context) -> String {
     }
     if let Some(n) = &r.nacos {
         s.push_str(&nacos_table(n, &r.memory));
+        s.push('\n');
+    }
+    if let Some(a) = &r.agents {
+        s.push_str(&agents_table(a));
+        s.push('\n');
+    }
+    if let Some(sc) = &r.scale {
+        s.push_str(&scale_table(sc));
         s.push('\n');
     }
     s.push_str(&targets(r));

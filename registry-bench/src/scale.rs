@@ -1,0 +1,159 @@
+//! Measurement 14: a catalog of 1,000,000 instances (issue 20; full bench only). On
+//! measurement 5's cluster, after its runs: filled on to the target like measurement 5 fills
+//! (256 clients, 10 instances per node, each its own service with one check), then
+//!
+//! - the leader's and the largest follower's RSS, and the leader's data dir;
+//! - a snapshot (`GET /v1/snapshot`): its size and time, and the p99 of `?stale` health
+//!   lookups by 64 clients while it is taken, beside the same lookups just before;
+//! - a follower stopped while more writes than the log keeps go by (the leader compacts past
+//!   it), restarted: the time until it has installed the leader's Raft snapshot and caught up.
+
+use crate::cluster::RegistryCluster;
+use crate::load::{self, http_client, Load, Op, RunStats, Stop};
+use crate::procs::{disk_used, rss_bytes};
+use crate::scenarios::{follower_recovery, read, RecoveryRun};
+use anyhow::{bail, Context, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Writes a follower misses in the snapshot row: more than the log keeps (compaction at 8,192
+/// applied entries, 1,024 kept behind), so that it must catch up from a snapshot.
+pub const SNAPSHOT_MISSED: u64 = 12_000;
+/// Lookup clients of the snapshot row.
+const LOOKUP_CLIENTS: usize = 64;
+/// Lookups are measured for this long, before and while the snapshot is taken.
+const LOOKUP_WINDOW: Duration = Duration::from_secs(5);
+
+/// What measurement 14 measured.
+#[derive(Clone, Debug, Default)]
+pub struct Scale {
+    /// Instances in the catalog.
+    pub instances: u64,
+    /// Failed registrations while filling.
+    pub errors: u64,
+    /// Registrations per second while filling.
+    pub fill_rate: f64,
+    /// Leader RSS in bytes.
+    pub leader_rss: u64,
+    /// Largest follower RSS in bytes.
+    pub follower_rss: u64,
+    /// The leader's data dir in bytes.
+    pub disk: u64,
+    /// Size of `GET /v1/snapshot`'s archive.
+    pub snapshot_bytes: u64,
+    /// Time to receive it.
+    pub snapshot_time: Duration,
+    /// Lookups just before the snapshot.
+    pub lookups_before: RunStats,
+    /// Lookups while it was taken (the window starts with it).
+    pub lookups_during: RunStats,
+    /// A follower's catch-up from a Raft snapshot.
+    pub recovery: RecoveryRun,
+}
+
+/// Measurement 14 on `cluster`, whose catalog holds `seq`'s instances of measurement 5.
+pub async fn measure(
+    cluster: &mut RegistryCluster,
+    seq: &Arc<AtomicU64>,
+    target: u64,
+) -> Result<Scale> {
+    let urls = cluster.urls();
+    let op = Op::Register {
+        prefix: "mem".into(),
+        per_node: 10,
+    };
+    let from = seq.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let st = load::run(Load {
+        op: op.clone(),
+        bases: urls.clone(),
+        clients: 256,
+        stop: Stop::Count(target),
+        seq: seq.clone(),
+        rotate: false,
+        token: None,
+    })
+    .await?;
+    seq.store(target, Ordering::Relaxed);
+    cluster.check_alive()?;
+    let fill_rate = target.saturating_sub(from) as f64 / t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = cluster.leader().await?;
+    let rss = |i: usize| {
+        cluster.servers[i]
+            .proc
+            .pid()
+            .and_then(rss_bytes)
+            .unwrap_or(0)
+    };
+    let (leader_rss, follower_rss) = (
+        rss(leader),
+        (0..3).filter(|&i| i != leader).map(rss).max().unwrap_or(0),
+    );
+    let disk = disk_used(&cluster.servers[leader].data_dir);
+    eprintln!(
+        "  {target} instances: leader RSS {} MB, follower {} MB, disk {} MB, filled at {fill_rate:.0}/s ({} errors)",
+        leader_rss >> 20,
+        follower_rss >> 20,
+        disk >> 20,
+        st.errors
+    );
+
+    // Lookups of one service, before and while a snapshot is taken from the leader.
+    let lookup = || Op::Lookup {
+        service: "mem-svc-1".into(),
+        query: "&stale",
+    };
+    let lookups_before = read(lookup(), &urls, LOOKUP_CLIENTS, LOOKUP_WINDOW, false).await?;
+    let http = http_client()?;
+    let snapshot_url = format!("{}/v1/snapshot", urls[leader]);
+    let snapshot = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut resp = http
+            .get(snapshot_url)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut bytes = 0u64;
+        while let Some(chunk) = resp.chunk().await? {
+            bytes += chunk.len() as u64;
+        }
+        Ok::<_, reqwest::Error>((bytes, started.elapsed()))
+    });
+    let lookups_during = read(lookup(), &urls, LOOKUP_CLIENTS, LOOKUP_WINDOW, false).await?;
+    let (snapshot_bytes, snapshot_time) = snapshot.await?.context("GET /v1/snapshot")?;
+    if snapshot_bytes == 0 {
+        bail!("GET /v1/snapshot answered nothing");
+    }
+    eprintln!(
+        "  snapshot {} MB in {snapshot_time:?}; lookup p99 {:?} before, {:?} while it was taken",
+        snapshot_bytes >> 20,
+        lookups_before.p99,
+        lookups_during.p99
+    );
+
+    let recovery = follower_recovery(
+        cluster,
+        &op,
+        seq,
+        SNAPSHOT_MISSED,
+        0,
+        "scale-recovery-marker",
+    )
+    .await?;
+    Ok(Scale {
+        instances: target,
+        errors: st.errors,
+        fill_rate,
+        leader_rss,
+        follower_rss,
+        disk,
+        snapshot_bytes,
+        snapshot_time,
+        lookups_before,
+        lookups_during,
+        recovery,
+    })
+}
