@@ -32,6 +32,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// The servers' bound on silence → critical with default settings: `node_timeout` (10 s)
 /// plus one `check_interval` (1 s).
 pub const CRITICAL_BOUND: Duration = Duration::from_secs(11);
+/// How often the bench looks for silenced agents marked critical: the resolution of the
+/// silence figure (a node is seen at most this long after it was marked).
+pub const POLL: Duration = Duration::from_millis(100);
 /// Tasks sending heartbeats (each owns every `SENDERS`-th agent).
 const SENDERS: usize = 64;
 /// Tasks sending check flips.
@@ -443,9 +446,10 @@ pub async fn measure(bin: &Path, root: &Path, s: &Settings) -> Result<Agents> {
     let mut seen: Vec<Option<Duration>> = vec![None; s.silenced];
     let give_up = told + CRITICAL_BOUND * 2 + HEARTBEAT_INTERVAL;
     while seen.iter().any(Option::is_none) && Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let critical = critical_nodes(&http, &leader_url).await?;
+        tokio::time::sleep(POLL).await;
+        // The look's own start: what it shows was true by then at the latest.
         let now = Instant::now();
+        let critical = critical_nodes(&http, &leader_url).await?;
         for (i, slot) in seen.iter_mut().enumerate() {
             if slot.is_none() && critical.contains(&node(i)) {
                 let last = last_ack[i].lock().unwrap().unwrap_or(told);

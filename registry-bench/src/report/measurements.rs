@@ -341,12 +341,15 @@ pub(super) fn agents_targets(t: &mut String, a: &crate::agents::Agents) {
             format!("{} failed", h.heartbeat_errors + f.heartbeat_errors)
         )
     );
+    // Seen by a look every POLL: a node marked at the bound is seen up to POLL later.
     let max = a.to_critical.last().copied().unwrap_or_default();
-    let within = a.never_critical == 0 && max <= crate::agents::CRITICAL_BOUND;
+    let bound = crate::agents::CRITICAL_BOUND + crate::agents::POLL;
+    let within = a.never_critical == 0 && max <= bound;
     let _ = writeln!(
         t,
-        "| a silent agent's node critical within its bound ({}) | max {} over {} agents | {} |",
+        "| a silent agent's node critical within its bound ({}, looked at every {}) | max {} over {} agents | {} |",
         ms(crate::agents::CRITICAL_BOUND),
+        ms(crate::agents::POLL),
         ms(max),
         a.to_critical.len() + a.never_critical,
         pass(

@@ -226,6 +226,9 @@ pub(crate) struct Shared {
     /// The data directory's free space and reserve: checked before a write
     /// enters the log, here and on the leader.
     pub space: Arc<crate::storage::space::DiskSpace>,
+    /// The last snapshot image the leader built, kept while followers may
+    /// still ask for it (`snapshots.rs`).
+    pub(super) snapshot_memo: std::sync::Mutex<snapshots::SnapshotMemo>,
 }
 
 impl Shared {
@@ -555,6 +558,7 @@ pub fn start(
         clock_skew_ms: AtomicI64::new(0),
         metrics: setup.metrics.clone(),
         space: setup.space.clone(),
+        snapshot_memo: Default::default(),
     });
     let peers_for_snap = Arc::new(RwLock::new(setup.peers.clone()));
     setup.store.set_snapshot_source(snapshots::snapshot_source(

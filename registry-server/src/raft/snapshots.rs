@@ -18,22 +18,22 @@ pub(super) fn snapshot_source(
     shared: Arc<Shared>,
     peers: Arc<RwLock<BTreeMap<u64, PeerInfo>>>,
 ) -> SnapshotSource {
-    let memo = std::sync::Mutex::new(SnapshotMemo::default());
     Arc::new(move || {
         // raft-rs may ask for a snapshot from inside apply_conf_change,
         // while this thread holds the write lock: then the answer is
         // "temporarily unavailable" (raft-rs asks again), not a deadlock.
         let applied = shared.applied.try_read().ok()?;
         let peers = peers.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let data =
-            memo.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .image(applied.index, peers, || {
-                    let started = std::time::Instant::now();
-                    let rows = applied.state.rows();
-                    shared.metrics.snapshot_create.since(started);
-                    rows
-                });
+        let data = shared
+            .snapshot_memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .image(applied.index, peers, || {
+                let started = std::time::Instant::now();
+                let rows = applied.state.rows();
+                shared.metrics.snapshot_create.since(started);
+                rows
+            });
         Some((applied.index, data))
     })
 }
@@ -41,13 +41,23 @@ pub(super) fn snapshot_source(
 /// The last snapshot image built. Raft asks for a snapshot for each follower
 /// that needs one, and again after a lost one; while nothing new was applied
 /// (and the address book is the same) the same bytes serve, rather than a
-/// second full read and encoding of the catalog on the Raft thread.
+/// second full read and encoding of the catalog on the Raft thread. Dropped
+/// once no snapshot is in flight and none failed ([`RaftNode::check_snapshots`]):
+/// an image is the size of the catalog's rows (hundreds of MB at a million
+/// instances), too much to keep for a follower that may never fall behind again.
 #[derive(Default)]
 pub(super) struct SnapshotMemo {
     /// Applied index, address book and encoded image of the last build.
     last: Option<(u64, BTreeMap<u64, PeerInfo>, bytes::Bytes)>,
     /// Images built (not served from `last`).
     builds: u64,
+}
+
+impl SnapshotMemo {
+    /// Forgets the last image (the next request builds one).
+    fn forget(&mut self) {
+        self.last = None;
+    }
 }
 
 impl SnapshotMemo {
@@ -160,6 +170,17 @@ impl RaftNode {
                 self.snapshot_failures.remove(&id);
             }
         }
+        if self.snapshots_in_flight.is_empty()
+            && expired.is_empty()
+            && self.snapshot_failures.is_empty()
+        {
+            debug!(node = %self.me.node, "every snapshot sent was acknowledged: dropping the image");
+            self.shared
+                .snapshot_memo
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget();
+        }
         for (id, index) in expired {
             self.snapshots_in_flight.remove(&id);
             let failures = self.snapshot_failures.entry(id).or_insert(0);
@@ -199,7 +220,11 @@ mod tests {
         memo.image(8, peers.clone(), rows);
         let mut more = peers;
         more.insert(2, peer(2));
-        memo.image(8, more, rows);
+        memo.image(8, more.clone(), rows);
         assert_eq!(memo.builds, 3);
+        // Forgotten once every follower has its snapshot: the next one is built again.
+        memo.forget();
+        memo.image(8, more, rows);
+        assert_eq!(memo.builds, 4);
     }
 }
