@@ -228,7 +228,7 @@ pub(crate) struct Shared {
     pub space: Arc<crate::storage::space::DiskSpace>,
     /// The last snapshot image the leader built, kept while followers may
     /// still ask for it (`snapshots.rs`).
-    pub(super) snapshot_memo: std::sync::Mutex<snapshots::SnapshotMemo>,
+    snapshot_memo: std::sync::Mutex<snapshots::SnapshotMemo>,
 }
 
 impl Shared {
