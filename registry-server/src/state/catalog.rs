@@ -33,9 +33,13 @@ pub struct CatalogState {
     /// Nodes by name.
     pub(super) nodes: BTreeMap<String, Node>,
     /// Service instances by (node, service id); this order is the reply order.
-    pub(super) services: BTreeMap<NodeKey, StoredService>,
+    /// Boxed, as the checks: a B-tree's leaves are half empty after inserts
+    /// in key order (each split leaves 6 of 11 slots used), and the empty
+    /// slots of a boxed value cost 8 bytes, not the value's 120 (160 for a
+    /// check). At 100,000 instances that is ~18 MB (BENCHMARKS.md, 2026-12-01).
+    pub(super) services: BTreeMap<NodeKey, Box<StoredService>>,
     /// Checks by (node, check id).
-    pub(super) checks: BTreeMap<NodeKey, StoredCheck>,
+    pub(super) checks: BTreeMap<NodeKey, Box<StoredCheck>>,
     /// Instances by service name. Derived, not persisted: it spares per-service
     /// reads a scan over every instance of every service.
     by_name: BTreeMap<Str, KeySet>,
@@ -457,7 +461,7 @@ impl CatalogState {
         let keys = self.by_name.get(name).into_iter().flatten();
         keys.filter_map(|key| {
             let node = self.nodes.get(key.0.as_str())?;
-            Some((node, key.1.as_str(), self.services.get(key)?))
+            Some((node, key.1.as_str(), &**self.services.get(key)?))
         })
         .filter(move |(_, _, svc)| tags.iter().all(|t| has_tag(svc, t)))
     }
@@ -466,7 +470,7 @@ impl CatalogState {
     pub(super) fn check_to_api(&self, node: &str, id: &str, check: &StoredCheck) -> HealthCheck {
         let owner = match check.service_id.as_str() {
             "" => None,
-            sid => self.services.get(&key_of(node, sid)),
+            sid => self.services.get(&key_of(node, sid)).map(|s| &**s),
         };
         check.to_api(node, id, owner)
     }
@@ -498,7 +502,7 @@ impl CatalogState {
                 return Err(bad("service ID differs from key"));
             }
             self.services
-                .insert(key_of(node, id), StoredService::new(svc));
+                .insert(key_of(node, id), Box::new(StoredService::new(svc)));
         } else if let Some(rest) = key.strip_prefix("c/") {
             let (node, id) = pair(rest)?;
             let check: HealthCheck = from_json(value).map_err(|e| bad(&e))?;
@@ -507,7 +511,7 @@ impl CatalogState {
             }
             // The stored service name and tags are dropped: they are derived.
             self.checks
-                .insert(key_of(node, id), StoredCheck::new(check));
+                .insert(key_of(node, id), Box::new(StoredCheck::new(check)));
         } else if let Some(name) = key.strip_prefix("i/") {
             if ![NODES, SERVICES, CHECKS].contains(&name) && !name.starts_with(SERVICE_INDEX_PREFIX)
             {
@@ -600,7 +604,7 @@ impl CatalogState {
                 }
             }
             if let Some(svc) = svc {
-                let svc = StoredService::new(svc);
+                let svc = Box::new(StoredService::new(svc));
                 self.by_name
                     .entry(svc.service.clone())
                     .or_default()
@@ -609,7 +613,7 @@ impl CatalogState {
             }
         }
         for (key, check) in pending.checks {
-            let check = check.map(StoredCheck::new);
+            let check = check.map(|c| Box::new(StoredCheck::new(c)));
             if key.1 == SERF_HEALTH_ID {
                 match check.as_ref().is_some_and(|c| is_serf_passing(&key, c)) {
                     true => self.serf_passing.insert(key.0.clone()),

@@ -1,0 +1,88 @@
+//! What the catalog costs in memory, counted exactly: every allocation of this
+//! test binary goes through a counting allocator, and 100,000 instances are
+//! applied as the bench's measurement 5 registers them (10 per node, each its
+//! own service with two tags and one check). A guard against regressions of
+//! the in-memory forms (`state/stored.rs`, `state/catalog.rs`); the process's
+//! RSS, which adds RocksDB, the binary and the allocator, is the bench's.
+
+use registry_api::{AgentService, HealthCheck, RegisterRequest};
+use registry_server::state::{CatalogState, Command, StateStore};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a
+// counter is kept beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Measurement 5's registration number `n` (registry-bench `load::register_body`).
+fn registration(n: u64) -> RegisterRequest {
+    let node_no = n / 10;
+    let svc = format!("mem-svc-{n}");
+    RegisterRequest {
+        node: format!("mem-node-{node_no}"),
+        address: format!(
+            "10.{}.{}.{}",
+            (node_no >> 16) & 255,
+            (node_no >> 8) & 255,
+            node_no & 255
+        ),
+        service: Some(AgentService {
+            id: svc.clone(),
+            service: svc.clone(),
+            tags: vec!["bench".into(), "v1".into()],
+            port: 8080,
+            ..Default::default()
+        }),
+        check: Some(HealthCheck {
+            check_id: format!("{svc}:alive"),
+            name: "alive".into(),
+            status: "passing".into(),
+            service_id: svc,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Bytes per instance the catalog may hold at most. 2026-12-01: 986 before the
+/// services and checks were boxed in their B-trees, 784 after.
+const MAX_BYTES_PER_INSTANCE: isize = 820;
+
+#[test]
+fn a_hundred_thousand_instances_stay_under_their_memory_budget() {
+    const N: u64 = 100_000;
+    let mut state = StateStore::new("dc1");
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    for n in 0..N {
+        let mut req = registration(n);
+        CatalogState::validate_register(&mut req).unwrap();
+        let (outcome, _rows) = state.apply(n + 1, 0, &Command::Register(req));
+        outcome.unwrap();
+    }
+    let per_instance = (LIVE_BYTES.load(Ordering::Relaxed) - before) / N as isize;
+    assert_eq!(state.catalog.sizes().2, N as usize, "every instance is in");
+    eprintln!("the catalog holds {N} instances in {per_instance} bytes each");
+    assert!(
+        per_instance <= MAX_BYTES_PER_INSTANCE,
+        "{per_instance} bytes per instance, more than {MAX_BYTES_PER_INSTANCE}"
+    );
+}
