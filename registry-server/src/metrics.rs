@@ -217,7 +217,9 @@ impl ServerMetrics {
             });
             applied.set(raft.applied_index() as f64);
             let space = raft.disk_space();
-            free.set(space.free() as f64);
+            if let Some(bytes) = space.free_if_known() {
+                free.set(bytes as f64);
+            }
             reserve.set(space.reserve() as f64);
             refused.set(space.refused() as f64);
         });

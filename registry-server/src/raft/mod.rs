@@ -372,11 +372,12 @@ impl RaftHandle {
     /// agent retrying elsewhere) made meanwhile, and undo it.
     ///
     /// A write is refused at once (`NoSpace`) while the data directory is
-    /// short of space, unless it frees some (see `storage/space.rs`).
+    /// short of space, unless it may go then (a delete, a session renewal:
+    /// `Command::allowed_when_short`, `storage/space.rs`).
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, RaftError> {
         self.shared
             .space
-            .admit(cmd.frees_space())
+            .admit(cmd.allowed_when_short())
             .map_err(RaftError::NoSpace)?;
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + self.tuning.propose_timeout;

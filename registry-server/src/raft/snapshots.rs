@@ -42,9 +42,11 @@ pub(super) fn snapshot_source(
 /// that needs one, and again after a lost one; while nothing new was applied
 /// (and the address book is the same) the same bytes serve, rather than a
 /// second full read and encoding of the catalog on the Raft thread. Dropped
-/// once no snapshot is in flight and none failed ([`RaftNode::check_snapshots`]):
-/// an image is the size of the catalog's rows (hundreds of MB at a million
-/// instances), too much to keep for a follower that may never fall behind again.
+/// once no snapshot is in flight ([`RaftNode::check_snapshots`]) and when
+/// this server stops leading: an image holds every row of the catalog (about
+/// 50 MB at a million instances, bench measurement 14), too much to keep for
+/// a follower that may never fall behind again. The price: a second follower
+/// that needs one later, at the same index, has it built again.
 #[derive(Default)]
 pub(super) struct SnapshotMemo {
     /// Applied index, address book and encoded image of the last build.
@@ -122,6 +124,14 @@ impl RaftNode {
         );
     }
 
+    fn forget_snapshot_image(&self) {
+        self.shared
+            .snapshot_memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget();
+    }
+
     /// How long a follower has to acknowledge a snapshot after `failures`
     /// unacknowledged ones in a row: `snapshot_ack_timeout`, doubling with
     /// each failure up to 16 times that. Until then raft-rs keeps the
@@ -145,6 +155,8 @@ impl RaftNode {
         if !self.is_leader() {
             // A new leader starts from fresh progress for every follower.
             self.snapshots_in_flight.clear();
+            self.snapshot_failures.clear();
+            self.forget_snapshot_image();
             return;
         }
         let mut expired = Vec::new();
@@ -170,16 +182,10 @@ impl RaftNode {
                 self.snapshot_failures.remove(&id);
             }
         }
-        if self.snapshots_in_flight.is_empty()
-            && expired.is_empty()
-            && self.snapshot_failures.is_empty()
-        {
-            debug!(node = %self.me.node, "every snapshot sent was acknowledged: dropping the image");
-            self.shared
-                .snapshot_memo
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .forget();
+        // Expired ones are still in flight here (removed below).
+        if self.snapshots_in_flight.is_empty() {
+            debug!(node = %self.me.node, "no snapshot in flight: dropping the image");
+            self.forget_snapshot_image();
         }
         for (id, index) in expired {
             self.snapshots_in_flight.remove(&id);

@@ -37,7 +37,7 @@ impl RaftNode {
                 // An entry that does not decode is the state machine's to
                 // refuse; here it counts as a write that does not free space.
                 let frees = serde_json::from_slice::<Envelope>(&e.data)
-                    .is_ok_and(|env| env.cmd.frees_space());
+                    .is_ok_and(|env| env.cmd.allowed_when_short());
                 match space.admit(frees) {
                     Ok(()) => true,
                     Err(reason) => {
@@ -74,13 +74,20 @@ impl RaftNode {
     /// Whether this server must not take the entries in `m` now: a follower
     /// whose data directory is nearly full drops the leader's appends and
     /// snapshots that would add to it (the leader retries them), and goes on
-    /// with heartbeats, so no election starts and reads go on.
+    /// with heartbeats, so no election starts and reads go on. The leader is
+    /// not told: it keeps probing, and if a majority of followers is that
+    /// full, writes are not committed and their callers get the 500 of a
+    /// commit timeout, not a 503 (the reserve is meant to be the same on
+    /// every server, whose disks fill alike).
     pub(super) fn too_full_for(&self, m: &Message) -> bool {
-        let adds = match m.get_msg_type() {
-            MessageType::MsgAppend => !m.get_entries().is_empty(),
-            MessageType::MsgSnapshot => true,
+        let space = &self.shared.space;
+        match m.get_msg_type() {
+            MessageType::MsgAppend => !m.get_entries().is_empty() && space.too_full_to_follow(),
+            // A snapshot must fit whole, with a quarter of the reserve left.
+            MessageType::MsgSnapshot => {
+                space.too_full_to_take(m.get_snapshot().get_data().len() as u64)
+            }
             _ => false,
-        };
-        adds && self.shared.space.too_full_to_follow()
+        }
     }
 }

@@ -149,13 +149,19 @@ commands! {
 }
 
 impl Command {
-    /// Whether this command only removes things, so that it may still go
-    /// when the data directory is short of space (`storage/space.rs`):
-    /// deregistrations, deletes, session ends and the reapers' cleanups.
-    pub fn frees_space(&self) -> bool {
+    /// Whether this command may still go when the data directory is short
+    /// of space (`storage/space.rs`), down to half the reserve: those that
+    /// remove things (deregistrations, deletes, session ends, the reapers'
+    /// cleanups), which free space once the log and RocksDB are compacted
+    /// (at first each adds a log entry and a tombstone), and session
+    /// renewals, which are tiny and without which the leader's TTL reaper
+    /// would invalidate healthy sessions, and release their locks, while the
+    /// disk is short.
+    pub fn allowed_when_short(&self) -> bool {
         use super::kv::KvVerb;
         match self {
             Command::Deregister(_)
+            | Command::SessionRenew(_)
             | Command::SessionDestroy(_)
             | Command::SessionExpire(_)
             | Command::KvReapTombstones(_)

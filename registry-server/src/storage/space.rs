@@ -8,8 +8,9 @@
 //! enters the log:
 //!
 //! - with less than the reserve free, writes are refused (`503` with the
-//!   free and reserved space in the text) except those that free space
-//!   (deregistrations, deletes), which still go until half the reserve is left;
+//!   free and reserved space in the text) except deregistrations, deletes
+//!   and session renewals (`Command::allowed_when_short`), which still go
+//!   until half the reserve is left;
 //! - the leader checks writes forwarded by followers the same way, as the
 //!   entry goes into its log, and tells the follower why it dropped them;
 //! - a follower with less than a quarter of the reserve free stops taking new
@@ -51,6 +52,8 @@ pub struct DiskSpace {
     refusing: AtomicBool,
     /// Whether a follower stopped taking entries (likewise).
     paused: AtomicBool,
+    /// Whether the last reading failed (logged once per failure spell).
+    unreadable: AtomicBool,
     /// Writes refused since start.
     refused: AtomicU64,
 }
@@ -75,6 +78,7 @@ impl DiskSpace {
             epoch: Instant::now(),
             refusing: AtomicBool::new(false),
             paused: AtomicBool::new(false),
+            unreadable: AtomicBool::new(false),
             refused: AtomicU64::new(0),
         })
     }
@@ -89,6 +93,12 @@ impl DiskSpace {
     /// The reserve in bytes.
     pub fn reserve(&self) -> u64 {
         self.reserve.load(Ordering::Relaxed)
+    }
+
+    /// Bytes free at the last reading, `None` if it could not be read.
+    pub fn free_if_known(&self) -> Option<u64> {
+        let free = self.free();
+        (free != u64::MAX).then_some(free)
     }
 
     /// Writes refused since start.
@@ -109,13 +119,17 @@ impl DiskSpace {
                 .is_ok()
         {
             match rustix::fs::statvfs(&self.dir) {
-                Ok(s) => self
-                    .free
-                    .store(s.f_bavail.saturating_mul(s.f_frsize), Ordering::Relaxed),
+                Ok(s) => {
+                    self.unreadable.store(false, Ordering::Relaxed);
+                    self.free
+                        .store(s.f_bavail.saturating_mul(s.f_frsize), Ordering::Relaxed)
+                }
                 // A data dir that cannot be examined is not treated as full:
                 // RocksDB's own errors say more than a guess would.
                 Err(e) => {
-                    warn!(dir = %self.dir.display(), error = %e, "cannot read the data directory's free space");
+                    if !self.unreadable.swap(true, Ordering::Relaxed) {
+                        warn!(dir = %self.dir.display(), error = %e, "cannot read the data directory's free space; not checking it until it can be read");
+                    }
                     self.free.store(u64::MAX, Ordering::Relaxed);
                 }
             }
@@ -124,15 +138,19 @@ impl DiskSpace {
     }
 
     /// Checks a write before it enters the log: `Err` with the reason to show
-    /// when it must be refused. `frees_space`: the write removes something
-    /// (allowed down to half the reserve).
-    pub fn admit(&self, frees_space: bool) -> Result<(), String> {
+    /// when it must be refused. `allowed_when_short`: a write that removes
+    /// something or renews a session (allowed down to half the reserve).
+    pub fn admit(&self, allowed_when_short: bool) -> Result<(), String> {
         let reserve = self.reserve();
         if reserve == 0 {
             return Ok(());
         }
         let free = self.free();
-        let floor = if frees_space { reserve / 2 } else { reserve };
+        let floor = if allowed_when_short {
+            reserve / 2
+        } else {
+            reserve
+        };
         let short = free < reserve;
         if short != self.refusing.swap(short, Ordering::Relaxed) {
             if short {
@@ -161,9 +179,18 @@ impl DiskSpace {
     /// whole reserve, so this is reached only when this disk is fuller than
     /// the leader's).
     pub fn too_full_to_follow(&self) -> bool {
+        self.too_full_to_take(0)
+    }
+
+    /// [`DiskSpace::too_full_to_follow`] for taking `bytes` more (a snapshot
+    /// from the leader, which must fit with a quarter of the reserve left).
+    pub fn too_full_to_take(&self, bytes: u64) -> bool {
         let reserve = self.reserve();
+        if reserve == 0 {
+            return false;
+        }
         let free = self.free();
-        let full = reserve != 0 && free < reserve / 4;
+        let full = free < (reserve / 4).saturating_add(bytes);
         if full != self.paused.swap(full, Ordering::Relaxed) {
             if full {
                 warn!(dir = %self.dir.display(), free_mib = free / (1024 * 1024),
@@ -235,7 +262,6 @@ mod tests {
         // Under half of it: nothing goes.
         space.set_reserve(free.saturating_mul(4));
         assert!(space.admit(true).is_err());
-        assert!(!space.too_full_to_follow() || space.free() < free);
         // Under a quarter of it: a follower stops taking entries.
         space.set_reserve(free.saturating_mul(8));
         assert!(space.too_full_to_follow());
