@@ -133,6 +133,14 @@ pub fn encode(msg: &RpcMessage) -> Vec<u8> {
     out
 }
 
+/// Whether `frame` carries a kind of message this version knows. A frame of a
+/// newer kind (from a newer server, during a rolling upgrade) is skipped by
+/// the reader rather than taken for garbage, which would close the
+/// connection that also carries that server's Raft traffic.
+pub fn known_kind(frame: &[u8]) -> bool {
+    matches!(frame.first(), Some(&(TAG_RAFT..=TAG_WRITES_REFUSED)))
+}
+
 /// Decodes what [`encode`] produced. Bad bytes from the network are an error, not a panic.
 pub fn decode(bytes: &[u8]) -> Result<RpcMessage, String> {
     let (tag, body) = bytes.split_first().ok_or("empty RPC frame")?;
@@ -184,6 +192,8 @@ mod tests {
         assert!(decode(&[TAG_WRITES_REFUSED, b'[']).is_err());
         assert!(decode(&[]).is_err());
         assert!(decode(&[9, 1, 2]).is_err());
+        assert!(known_kind(&encode(&refused)) && known_kind(&[TAG_RAFT]));
+        assert!(!known_kind(&[9, 1, 2]) && !known_kind(&[0]) && !known_kind(&[]));
         assert!(decode(&[TAG_HELLO, b'{']).is_err());
     }
 }

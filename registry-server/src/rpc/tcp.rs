@@ -543,6 +543,10 @@ async fn read_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ => frame,
         };
+        if !rpc::known_kind(&whole) {
+            debug!(%from, "skipping a message of a kind this version does not know (a newer server?)");
+            continue;
+        }
         let msg = rpc::decode(&whole)
             .map_err(|e| invalid_data(format!("undecodable frame from {from}: {e}")))?;
         deliver(from.clone(), msg);
