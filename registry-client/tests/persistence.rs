@@ -118,3 +118,52 @@ async fn a_write_a_crash_interrupted_is_ignored_and_cleaned_up() {
     agent.stop().await;
     server.stop().await;
 }
+
+/// Group commit (registrations sent at once share the writes of the state files) loses
+/// nothing: every registration is on disk when it is acknowledged (checked in the file
+/// itself, then by an agent started on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_are_each_on_disk_when_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start().await;
+    let mut config = test_config("n1", &[server.addr]);
+    config.data_dir = Some(dir.path().to_path_buf());
+    let agent = start_agent(config.clone()).await;
+    let api = std::sync::Arc::new(Api::new(agent.http_addr));
+    const N: usize = 64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (api, dir) = (api.clone(), dir.path().to_path_buf());
+        tasks.spawn(async move {
+            let id = format!("svc-{i:02}");
+            let (status, body) = api
+                .put(
+                    "/v1/agent/service/register",
+                    &format!(r#"{{"ID":"{id}","Name":"web","Port":80}}"#),
+                )
+                .await;
+            assert_eq!(status, 200, "{id}: {body}");
+            // Acknowledged: already in the file.
+            assert!(
+                on_disk(&dir).contains(&id),
+                "{id} acknowledged but not on disk"
+            );
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let mut want: Vec<String> = (0..N).map(|i| format!("svc-{i:02}")).collect();
+    want.sort();
+    let mut got = on_disk(dir.path());
+    got.sort();
+    assert_eq!(got, want);
+    agent.stop().await;
+    let agent = start_agent(config).await;
+    let services: Services = Api::new(agent.http_addr)
+        .get_json("/v1/agent/services")
+        .await;
+    assert_eq!(services.keys().cloned().collect::<Vec<_>>(), want);
+    agent.stop().await;
+    server.stop().await;
+}

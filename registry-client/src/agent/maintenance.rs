@@ -78,7 +78,6 @@ impl Agent {
     async fn set_maintenance(&self, enable: bool, def: CheckRegistration) -> Result<(), ApiError> {
         let id = def.check_id.clone();
         let p = self.prepare_check(def).map_err(ApiError::BadRequest)?;
-        let _persist = self.persist_lock.lock().await;
         let changed = {
             let mut st = self.lock();
             if enable {

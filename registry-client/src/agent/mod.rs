@@ -124,9 +124,12 @@ pub struct Agent {
     sync_wake: Notify,
     /// Given to every check runner; read by the agent's check-update task.
     updates_tx: mpsc::Sender<CheckUpdate>,
-    /// Held from a change to the state until its persistence is written, so the files on disk
-    /// follow the changes in order (an async lock: it is held across the file writes).
-    persist_lock: tokio::sync::Mutex<()>,
+    /// Held while the state's files are written (one write at a time, so the files follow
+    /// the changes in order; an async lock, held across the file writes); holds the number
+    /// of the last change the files on disk include (see `persistence.rs`).
+    persist_lock: tokio::sync::Mutex<u64>,
+    /// Changes to the persisted state so far, numbered by [`Agent::persist`].
+    changes: std::sync::atomic::AtomicU64,
     /// Extra sections for `Stats` in `/v1/agent/self` (a server adds `raft`).
     stats: StatsSlot,
     /// A server's RPC port, for the `port` member tag Consul gives servers.
@@ -231,7 +234,8 @@ impl Agent {
             state: Mutex::new(LocalState::default()),
             sync_wake: Notify::new(),
             updates_tx,
-            persist_lock: tokio::sync::Mutex::new(()),
+            persist_lock: tokio::sync::Mutex::new(0),
+            changes: std::sync::atomic::AtomicU64::new(0),
             stats: StatsSlot::default(),
             server_port: std::sync::OnceLock::new(),
             shutdown: shutdown.clone(),

@@ -1,6 +1,6 @@
 //! Persistence of the agent's definitions under `data_dir`: `services.json` and
 //! `checks.json`, written to a temporary file, fsynced and renamed so a crash never leaves half
-//! a file, and read back leniently in case one does anyway. A restarted agent so brings its
+//! a file, one write for all the changes made while the one before it ran (group commit), and read back leniently in case one does anyway. A restarted agent so brings its
 //! services and checks back without the application registering again, as Consul's agent does
 //! with its `services/` and `checks/` directories.
 //!
@@ -203,14 +203,33 @@ async fn read_entries_as<T: serde::de::DeserializeOwned>(path: &Path, keep_copy:
 }
 
 impl Agent {
-    /// Writes `services.json` and `checks.json` from the current state. The caller holds
-    /// `persist_lock`.
+    /// Makes the change the caller just made to the state durable: returns once
+    /// `services.json`, `checks.json` and `tokens.json` hold it. Group commit: the change
+    /// gets a number; one write at a time takes the whole current state and the number of
+    /// the last change in it, and a caller whose change a write that started after it has
+    /// already covered returns without writing. Concurrent registrations on one agent so
+    /// share writes (each is three files, each fsynced with its directory), rather than
+    /// queueing for one each.
     pub(super) async fn persist(&self) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering::SeqCst;
         let Some(dir) = &self.config.data_dir else {
             return Ok(());
         };
-        let (services, checks, tokens): (PersistedServices, PersistedChecks, PersistedTokens) = {
+        // Numbered after the caller's change (made under the state lock, now released): a
+        // copy of the state taken with `changes` at or past this number includes it.
+        let mine = self.changes.fetch_add(1, SeqCst) + 1;
+        let mut written = self.persist_lock.lock().await;
+        if *written >= mine {
+            return Ok(());
+        }
+        let (upto, services, checks, tokens): (
+            u64,
+            PersistedServices,
+            PersistedChecks,
+            PersistedTokens,
+        ) = {
             let st = self.lock();
+            let upto = self.changes.load(SeqCst);
             // Services from configuration files (and their checks) are read from the files
             // at every start, so a definition removed from them does not come back.
             let from_files = |id: &str| st.file_services.contains_key(id);
@@ -234,6 +253,7 @@ impl Agent {
                 })
             });
             (
+                upto,
                 services.map(|s| s.service.clone()).collect(),
                 checks.map(|c| c.definition.clone()).collect(),
                 service_tokens.chain(check_tokens).collect(),
@@ -261,7 +281,9 @@ impl Agent {
         result.map_err(|e: std::io::Error| {
             tracing::error!(dir = %dir.display(), error = %e, "persisting agent state failed");
             ApiError::Internal(format!("failed to persist agent state: {e}"))
-        })
+        })?;
+        *written = upto;
+        Ok(())
     }
 
     /// Loads `services.json` and `checks.json` and starts the checks' runners. A definition

@@ -35,7 +35,6 @@ impl Agent {
         let (id, service, prepared) = self.prepare_service(&reg)?;
         let ids: BTreeSet<String> = prepared.iter().map(|p| p.check.check_id.clone()).collect();
 
-        let _persist = self.persist_lock.lock().await;
         {
             let mut st = self.lock();
             if let Some(other) = prepared
@@ -162,7 +161,6 @@ impl Agent {
 
     /// `PUT /v1/agent/service/deregister/:id`: removes the service and its checks.
     pub async fn deregister_service(&self, id: &str) -> Result<(), ApiError> {
-        let _persist = self.persist_lock.lock().await;
         {
             let mut st = self.lock();
             if !remove_service(&mut st, id) {
@@ -235,7 +233,6 @@ impl Agent {
         }
         let p = self.prepare_check(def).map_err(ApiError::BadRequest)?;
         let check_id = p.check.check_id.clone();
-        let _persist = self.persist_lock.lock().await;
         {
             let mut st = self.lock();
             let sid = &p.check.service_id;
@@ -254,7 +251,6 @@ impl Agent {
 
     /// `PUT /v1/agent/check/deregister/:id`.
     pub async fn deregister_check(&self, id: &str) -> Result<(), ApiError> {
-        let _persist = self.persist_lock.lock().await;
         {
             let mut st = self.lock();
             if !remove_check(&mut st, id) {
