@@ -126,8 +126,9 @@ pub struct Agent {
     updates_tx: mpsc::Sender<CheckUpdate>,
     /// Held while the state's files are written (one write at a time, so the files follow
     /// the changes in order; an async lock, held across the file writes); holds the number
-    /// of the last change the files on disk include (see `persistence.rs`).
-    persist_lock: tokio::sync::Mutex<u64>,
+    /// of the last change the files on disk include and what they hold (see
+    /// `persistence.rs`).
+    persist_lock: tokio::sync::Mutex<persistence::Written>,
     /// Changes to the persisted state so far, numbered by [`Agent::persist`].
     changes: std::sync::atomic::AtomicU64,
     /// Extra sections for `Stats` in `/v1/agent/self` (a server adds `raft`).
@@ -234,7 +235,7 @@ impl Agent {
             state: Mutex::new(LocalState::default()),
             sync_wake: Notify::new(),
             updates_tx,
-            persist_lock: tokio::sync::Mutex::new(0),
+            persist_lock: Default::default(),
             changes: std::sync::atomic::AtomicU64::new(0),
             stats: StatsSlot::default(),
             server_port: std::sync::OnceLock::new(),

@@ -41,29 +41,64 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// One file of the agent's state to replace: where, what, and whether it holds secrets
+/// (then it is readable by its owner only, 0600, from its creation on).
+struct StateFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    private: bool,
+}
+
 /// Writes `bytes` to a temporary file beside `path`, flushes it to disk, renames it over
 /// `path` and flushes the directory, so that after a crash or a power loss `path` holds the
 /// old or the new content, never a part of either. Without the file's fsync a power loss
 /// can leave the rename on disk but not the data (a zero-length file on ext4 and XFS);
 /// without the directory's, the rename itself may be lost.
+#[cfg(test)]
 async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomically_as(path, bytes, false).await
+    write_all_atomically(vec![StateFile {
+        path: path.to_owned(),
+        bytes: bytes.to_vec(),
+        private: false,
+    }])
+    .await
 }
 
-/// [`write_atomically`]; `private`: the file is readable by its owner only (0600), from its
-/// creation on, as it holds secrets.
-async fn write_atomically_as(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
-    let path = path.to_owned();
-    let bytes = bytes.to_vec();
+/// [`write_atomically`] for several files of one directory at once: their temporary files
+/// are written and fsynced side by side (on the blocking pool, so the disk sees them
+/// together and can commit them in one go), then renamed, then the directory is fsynced
+/// once. Each file is replaced atomically; a crash between two renames leaves some files
+/// new and some old, as one write after the other did before.
+async fn write_all_atomically(files: Vec<StateFile>) -> std::io::Result<()> {
+    let Some(dir) = files.first().map(|f| match f.path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }) else {
+        return Ok(());
+    };
     // std::fs on the blocking pool: tokio::fs runs each call there anyway, and fsyncing a
     // directory needs a plain File.
-    tokio::task::spawn_blocking(move || write_atomically_blocking(&path, &bytes, private))
-        .await
-        .map_err(std::io::Error::other)?
+    let mut writes = tokio::task::JoinSet::new();
+    for f in &files {
+        let (path, bytes, private) = (f.path.clone(), f.bytes.clone(), f.private);
+        writes.spawn_blocking(move || write_temp_blocking(&path, &bytes, private));
+    }
+    while let Some(done) = writes.join_next().await {
+        done.map_err(std::io::Error::other)??;
+    }
+    let paths: Vec<PathBuf> = files.into_iter().map(|f| f.path).collect();
+    tokio::task::spawn_blocking(move || {
+        for path in &paths {
+            std::fs::rename(temp_path(path), path)?;
+        }
+        std::fs::File::open(&dir)?.sync_all()
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
-/// The blocking body of [`write_atomically_as`].
-fn write_atomically_blocking(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+/// Writes and fsyncs the temporary file of `path`.
+fn write_temp_blocking(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = temp_path(path);
@@ -79,14 +114,7 @@ fn write_atomically_blocking(path: &Path, bytes: &[u8], private: bool) -> std::i
     }
     let mut file = options.open(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
+    file.sync_all()
 }
 
 /// Removes a temporary file a crash left behind before its rename; the file it was meant
@@ -202,6 +230,26 @@ async fn read_entries_as<T: serde::de::DeserializeOwned>(path: &Path, keep_copy:
     entries
 }
 
+/// What the agent last wrote of its state, kept under `persist_lock`. No `Debug` of the
+/// contents: `tokens.json` holds secrets.
+#[derive(Default)]
+pub(super) struct Written {
+    /// The number of the last change the files on disk include.
+    upto: u64,
+    /// The last content written of `services.json`, `checks.json` and `tokens.json`, in
+    /// that order (`None` before the first write since start): an unchanged file is not
+    /// written again.
+    contents: [Option<Vec<u8>>; 3],
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Written")
+            .field("upto", &self.upto)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Agent {
     /// Makes the change the caller just made to the state durable: returns once
     /// `services.json`, `checks.json` and `tokens.json` hold it. Group commit: the change
@@ -219,7 +267,7 @@ impl Agent {
         // copy of the state taken with `changes` at or past this number includes it.
         let mine = self.changes.fetch_add(1, SeqCst) + 1;
         let mut written = self.persist_lock.lock().await;
-        if *written >= mine {
+        if written.upto >= mine {
             return Ok(());
         }
         let (upto, services, checks, tokens): (
@@ -259,30 +307,48 @@ impl Agent {
                 service_tokens.chain(check_tokens).collect(),
             )
         };
+        // Only the files whose content changed since the last write (a service registered
+        // without a token leaves tokens.json as it was).
         let result = async {
-            write_atomically(
-                &dir.join("services.json"),
-                &serde_json::to_vec_pretty(&services)?,
-            )
-            .await?;
-            write_atomically(
-                &dir.join("checks.json"),
-                &serde_json::to_vec_pretty(&checks)?,
-            )
-            .await?;
-            write_atomically_as(
-                &dir.join("tokens.json"),
-                &serde_json::to_vec_pretty(&tokens)?,
-                true,
-            )
-            .await
+            let files = [
+                (
+                    "services.json",
+                    serde_json::to_vec_pretty(&services)?,
+                    false,
+                ),
+                ("checks.json", serde_json::to_vec_pretty(&checks)?, false),
+                ("tokens.json", serde_json::to_vec_pretty(&tokens)?, true),
+            ];
+            let changed: Vec<(usize, StateFile)> = files
+                .into_iter()
+                .enumerate()
+                .filter(|(i, (_, bytes, _))| written.contents[*i].as_ref() != Some(bytes))
+                .map(|(i, (name, bytes, private))| {
+                    let path = dir.join(name);
+                    (
+                        i,
+                        StateFile {
+                            path,
+                            bytes,
+                            private,
+                        },
+                    )
+                })
+                .collect();
+            let (slots, files): (Vec<usize>, Vec<StateFile>) = changed.into_iter().unzip();
+            let contents: Vec<Vec<u8>> = files.iter().map(|f| f.bytes.clone()).collect();
+            write_all_atomically(files).await?;
+            for (i, bytes) in slots.into_iter().zip(contents) {
+                written.contents[i] = Some(bytes);
+            }
+            Ok(())
         }
         .await;
         result.map_err(|e: std::io::Error| {
             tracing::error!(dir = %dir.display(), error = %e, "persisting agent state failed");
             ApiError::Internal(format!("failed to persist agent state: {e}"))
         })?;
-        *written = upto;
+        written.upto = upto;
         Ok(())
     }
 
