@@ -6,7 +6,6 @@
 
 use anyhow::Result;
 use registry_api::acl::TOKEN_HEADER;
-use registry_api::types::{AgentService, HealthCheck, RegisterRequest};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -295,36 +294,12 @@ pub fn percentile<T: Copy + Default>(v: &[T], q: f64) -> T {
     v[rank - 1]
 }
 
-/// The register body for instance `n`: node `{prefix}-node-{n / per_node}`, service
-/// `{prefix}-svc-{n}` with one passing check.
+/// The register body for instance `n`: [`registry_testkit::workload::registration`] as JSON.
 pub fn register_body(prefix: &str, n: u64, per_node: u64) -> Vec<u8> {
-    let node_no = n / per_node.max(1);
-    let svc = format!("{prefix}-svc-{n}");
-    let req = RegisterRequest {
-        node: format!("{prefix}-node-{node_no}"),
-        address: format!(
-            "10.{}.{}.{}",
-            (node_no >> 16) & 255,
-            (node_no >> 8) & 255,
-            node_no & 255
-        ),
-        service: Some(AgentService {
-            id: svc.clone(),
-            service: svc.clone(),
-            tags: vec!["bench".into(), "v1".into()],
-            port: 8080,
-            ..Default::default()
-        }),
-        check: Some(HealthCheck {
-            check_id: format!("{svc}:alive"),
-            name: "alive".into(),
-            status: "passing".into(),
-            service_id: svc,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    serde_json::to_vec(&req).unwrap_or_default()
+    serde_json::to_vec(&registry_testkit::workload::registration(
+        prefix, n, per_node,
+    ))
+    .unwrap_or_default()
 }
 
 /// The agent registration body for instance `n`: the same service, tags, port and check as

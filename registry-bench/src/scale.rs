@@ -9,11 +9,12 @@
 //!   it), restarted: the time until it has installed the leader's Raft snapshot and caught up.
 
 use crate::cluster::RegistryCluster;
-use crate::load::{self, http_client, Load, Op, RunStats, Stop};
-use crate::procs::{disk_used, rss_bytes};
-use crate::scenarios::{follower_recovery, read, RecoveryRun};
+use crate::load::{http_client, Op, RunStats};
+use crate::scenarios::{
+    fill_and_measure, follower_recovery, memory_op, read, MemPoint, RecoveryRun,
+};
 use anyhow::{bail, Context, Result};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,18 +29,8 @@ const LOOKUP_WINDOW: Duration = Duration::from_secs(5);
 /// What measurement 14 measured.
 #[derive(Clone, Debug, Default)]
 pub struct Scale {
-    /// Instances in the catalog.
-    pub instances: u64,
-    /// Failed registrations while filling.
-    pub errors: u64,
-    /// Registrations per second while filling.
-    pub fill_rate: f64,
-    /// Leader RSS in bytes.
-    pub leader_rss: u64,
-    /// Largest follower RSS in bytes.
-    pub follower_rss: u64,
-    /// The leader's data dir in bytes.
-    pub disk: u64,
+    /// Instances, memory, disk and fill rate (as measurement 5's points).
+    pub point: MemPoint,
     /// Size of `GET /v1/snapshot`'s archive.
     pub snapshot_bytes: u64,
     /// Time to receive it.
@@ -59,46 +50,16 @@ pub async fn measure(
     target: u64,
 ) -> Result<Scale> {
     let urls = cluster.urls();
-    let op = Op::Register {
-        prefix: "mem".into(),
-        per_node: 10,
-    };
-    let from = seq.load(Ordering::Relaxed);
-    let t = Instant::now();
-    let st = load::run(Load {
-        op: op.clone(),
-        bases: urls.clone(),
-        clients: 256,
-        stop: Stop::Count(target),
-        seq: seq.clone(),
-        rotate: false,
-        token: None,
-    })
-    .await?;
-    seq.store(target, Ordering::Relaxed);
-    cluster.check_alive()?;
-    let fill_rate = target.saturating_sub(from) as f64 / t.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let leader = cluster.leader().await?;
-    let rss = |i: usize| {
-        cluster.servers[i]
-            .proc
-            .pid()
-            .and_then(rss_bytes)
-            .unwrap_or(0)
-    };
-    let (leader_rss, follower_rss) = (
-        rss(leader),
-        (0..3).filter(|&i| i != leader).map(rss).max().unwrap_or(0),
-    );
-    let disk = disk_used(&cluster.servers[leader].data_dir);
+    let point = fill_and_measure(cluster, seq, target).await?;
     eprintln!(
-        "  {target} instances: leader RSS {} MB, follower {} MB, disk {} MB, filled at {fill_rate:.0}/s ({} errors)",
-        leader_rss >> 20,
-        follower_rss >> 20,
-        disk >> 20,
-        st.errors
+        "  {target} instances: leader RSS {} MB, follower {} MB, disk {} MB, filled at {:.0}/s ({} errors)",
+        point.leader_rss >> 20,
+        point.follower_rss >> 20,
+        point.disk >> 20,
+        point.fill_rate,
+        point.errors
     );
+    let leader = cluster.leader().await?;
 
     // Lookups of one service, before and while a snapshot is taken from the leader.
     let lookup = || Op::Lookup {
@@ -136,7 +97,7 @@ pub async fn measure(
 
     let recovery = follower_recovery(
         cluster,
-        &op,
+        &memory_op(),
         seq,
         SNAPSHOT_MISSED,
         0,
@@ -144,12 +105,7 @@ pub async fn measure(
     )
     .await?;
     Ok(Scale {
-        instances: target,
-        errors: st.errors,
-        fill_rate,
-        leader_rss,
-        follower_rss,
-        disk,
+        point,
         snapshot_bytes,
         snapshot_time,
         lookups_before,

@@ -537,6 +537,62 @@ pub struct RecoveryRun {
     pub caught_up: Duration,
 }
 
+/// What measurements 5 and 14 register: 10 instances per node, each its own service with one
+/// check (`registry_testkit::workload::registration` with prefix `mem`).
+pub fn memory_op() -> Op {
+    Op::Register {
+        prefix: "mem".into(),
+        per_node: 10,
+    }
+}
+
+/// Fills `cluster` with [`memory_op`]'s registrations (256 clients, numbered on from `seq`)
+/// until `target`, lets the last batch settle, and measures: RSS of the leader and the
+/// largest follower, the leader's data dir, the fill rate, this fill's failed registrations.
+pub async fn fill_and_measure(
+    cluster: &mut RegistryCluster,
+    seq: &Arc<AtomicU64>,
+    target: u64,
+) -> Result<MemPoint> {
+    let from = seq.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let st = load::run(Load {
+        op: memory_op(),
+        bases: cluster.urls(),
+        clients: 256,
+        stop: Stop::Count(target),
+        seq: seq.clone(),
+        rotate: false,
+        token: None,
+    })
+    .await?;
+    // Each client takes one number past the limit before it stops.
+    seq.store(target, Ordering::Relaxed);
+    cluster.check_alive()?;
+    if let Some(e) = &st.first_error {
+        eprintln!("  fill: {} errors, first: {e}", st.errors);
+    }
+    let fill_rate = target.saturating_sub(from) as f64 / t.elapsed().as_secs_f64();
+    // Let the last batch be applied everywhere and memtables settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = cluster.leader().await?;
+    let rss = |i: usize| {
+        cluster.servers[i]
+            .proc
+            .pid()
+            .and_then(rss_bytes)
+            .unwrap_or(0)
+    };
+    Ok(MemPoint {
+        instances: target,
+        errors: st.errors,
+        leader_rss: rss(leader),
+        follower_rss: (0..3).filter(|&i| i != leader).map(rss).max().unwrap_or(0),
+        disk: disk_used(&cluster.servers[leader].data_dir),
+        fill_rate,
+    })
+}
+
 /// Measurements 5 and 6 on `cluster` (a fresh one): fill to each of `points`, then
 /// stop, write past and restart a follower `runs` times.
 pub async fn memory_and_recovery(
@@ -546,57 +602,18 @@ pub async fn memory_and_recovery(
     missed_writes: u64,
     seq: &Arc<AtomicU64>,
 ) -> Result<(Vec<MemPoint>, Vec<RecoveryRun>)> {
-    let urls = cluster.urls();
-    let op = Op::Register {
-        prefix: "mem".into(),
-        per_node: 10,
-    };
+    let op = memory_op();
     let mut mem = Vec::new();
     let mut errors = 0;
     for &target in points {
-        let from = seq.load(Ordering::Relaxed);
-        let t = Instant::now();
-        let st = load::run(Load {
-            op: op.clone(),
-            bases: urls.clone(),
-            clients: 256,
-            stop: Stop::Count(target),
-            seq: seq.clone(),
-            rotate: false,
-            token: None,
-        })
-        .await?;
-        // Each client takes one number past the limit before it stops.
-        seq.store(target, Ordering::Relaxed);
-        cluster.check_alive()?;
-        errors += st.errors;
-        if let Some(e) = &st.first_error {
-            eprintln!("  fill: {} errors, first: {e}", st.errors);
-        }
-        let fill_rate = target.saturating_sub(from) as f64 / t.elapsed().as_secs_f64();
-        // Let the last batch be applied everywhere and memtables settle.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let leader = cluster.leader().await?;
-        let rss = |i: usize| {
-            cluster.servers[i]
-                .proc
-                .pid()
-                .and_then(rss_bytes)
-                .unwrap_or(0)
-        };
-        let point = MemPoint {
-            instances: target,
-            errors,
-            leader_rss: rss(leader),
-            follower_rss: (0..3).filter(|&i| i != leader).map(rss).max().unwrap_or(0),
-            disk: disk_used(&cluster.servers[leader].data_dir),
-            fill_rate,
-        };
+        let mut point = fill_and_measure(cluster, seq, target).await?;
+        errors += point.errors;
+        point.errors = errors;
         eprintln!(
             "  memory at {target}: leader RSS {} MB, disk {} MB, fill {:.0}/s",
             point.leader_rss >> 20,
             point.disk >> 20,
-            fill_rate
+            point.fill_rate
         );
         mem.push(point);
     }

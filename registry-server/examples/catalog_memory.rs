@@ -5,8 +5,6 @@
 //!
 //!     cargo run --release -p registry-server --example catalog_memory [N]
 
-use registry_api::{AgentService, HealthCheck, RegisterRequest};
-
 /// The server's allocator (src/main.rs).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -32,32 +30,7 @@ fn main() {
     let mut s = CatalogState::new("dc1");
     let before = rss();
     for i in 0..n {
-        let node_no = i / 10;
-        let svc = format!("mem-svc-{i}");
-        let req = RegisterRequest {
-            node: format!("mem-node-{node_no}"),
-            address: format!(
-                "10.{}.{}.{}",
-                (node_no >> 16) & 255,
-                (node_no >> 8) & 255,
-                node_no & 255
-            ),
-            service: Some(AgentService {
-                id: svc.clone(),
-                service: svc.clone(),
-                tags: vec!["bench".into(), "v1".into()],
-                port: 8080,
-                ..Default::default()
-            }),
-            check: Some(HealthCheck {
-                check_id: format!("{svc}:alive"),
-                name: "alive".into(),
-                status: "passing".into(),
-                service_id: svc,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let req = registry_testkit::workload::registration("mem", i, 10);
         let mut req = req;
         CatalogState::validate_register(&mut req).unwrap();
         let (r, _rows) = s.apply(i + 2, &Command::Register(req));

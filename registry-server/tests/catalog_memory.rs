@@ -5,7 +5,6 @@
 //! the in-memory forms (`state/stored.rs`, `state/catalog.rs`); the process's
 //! RSS, which adds RocksDB, the binary and the allocator, is the bench's.
 
-use registry_api::{AgentService, HealthCheck, RegisterRequest};
 use registry_server::state::{CatalogState, Command, StateStore};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -33,36 +32,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Measurement 5's registration number `n` (registry-bench `load::register_body`).
-fn registration(n: u64) -> RegisterRequest {
-    let node_no = n / 10;
-    let svc = format!("mem-svc-{n}");
-    RegisterRequest {
-        node: format!("mem-node-{node_no}"),
-        address: format!(
-            "10.{}.{}.{}",
-            (node_no >> 16) & 255,
-            (node_no >> 8) & 255,
-            node_no & 255
-        ),
-        service: Some(AgentService {
-            id: svc.clone(),
-            service: svc.clone(),
-            tags: vec!["bench".into(), "v1".into()],
-            port: 8080,
-            ..Default::default()
-        }),
-        check: Some(HealthCheck {
-            check_id: format!("{svc}:alive"),
-            name: "alive".into(),
-            status: "passing".into(),
-            service_id: svc,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// Bytes per instance the catalog may hold at most. 2026-12-01: 986 before the
 /// services and checks were boxed in their B-trees, 784 after.
 const MAX_BYTES_PER_INSTANCE: isize = 820;
@@ -73,7 +42,7 @@ fn a_hundred_thousand_instances_stay_under_their_memory_budget() {
     let mut state = StateStore::new("dc1");
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for n in 0..N {
-        let mut req = registration(n);
+        let mut req = registry_testkit::workload::registration("mem", n, 10);
         CatalogState::validate_register(&mut req).unwrap();
         let (outcome, _rows) = state.apply(n + 1, 0, &Command::Register(req));
         outcome.unwrap();

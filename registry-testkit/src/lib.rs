@@ -15,6 +15,8 @@
 //!   binaries.
 //! - `pki` (feature `pki`): a private CA and server/client certificates in a temp dir, and
 //!   the TLS settings that use them.
+//! - `workload` (feature `workload`): the bench's registrations, for the bench and for the
+//!   catalog's memory measurements.
 //!
 //! Owns: test helpers used by more than one test binary or crate. Must not touch: product
 //! code; no product crate may depend on this one (it is `publish = false`). A helper that
@@ -34,5 +36,7 @@ pub mod locks;
 pub mod pki;
 pub mod process;
 pub mod wait;
+#[cfg(feature = "workload")]
+pub mod workload;
 
 pub use wait::{never_within, wait_until};

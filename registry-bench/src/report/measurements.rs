@@ -374,13 +374,13 @@ pub(super) fn scale_table(sc: &crate::scale::Scale) -> String {
     let _ = writeln!(
         s,
         "| 14 | memory and disk at {} instances | leader RSS **{}** (largest follower {}) · leader data dir {} · filled at {} registrations/s{} |",
-        thousands(sc.instances),
-        mb(sc.leader_rss),
-        mb(sc.follower_rss),
-        mb(sc.disk),
-        thousands(sc.fill_rate.round() as u64),
-        if sc.errors > 0 {
-            format!(" · {} failed", sc.errors)
+        thousands(sc.point.instances),
+        mb(sc.point.leader_rss),
+        mb(sc.point.follower_rss),
+        mb(sc.point.disk),
+        thousands(sc.point.fill_rate.round() as u64),
+        if sc.point.errors > 0 {
+            format!(" · {} failed", sc.point.errors)
         } else {
             String::new()
         }
@@ -415,12 +415,12 @@ pub(super) fn scale_targets(t: &mut String, sc: &crate::scale::Scale) {
     let _ = writeln!(
         t,
         "| < 1 GB RSS at {} instances | leader {} | {} |",
-        thousands(sc.instances),
-        mb(sc.leader_rss),
-        if sc.leader_rss < gb {
+        thousands(sc.point.instances),
+        mb(sc.point.leader_rss),
+        if sc.point.leader_rss < gb {
             "PASS".to_string()
         } else {
-            format!("**MISS** by {}", mb(sc.leader_rss - gb))
+            format!("**MISS** by {}", mb(sc.point.leader_rss - gb))
         }
     );
 }
