@@ -62,7 +62,7 @@ lab-chaos: images ## Seeded kill/disconnect/pause of dc1 servers in a clean lab,
 
 .PHONY: bench bench-quick
 
-bench: ## Benchmark side by side with etcd and r-nacos (3+3+3 members on loopback); writes BENCHMARKS.md (~10 min)
+bench: ## Benchmark side by side with etcd and r-nacos (3+3+3 members on loopback); writes BENCHMARKS.md (~25 min once built; r-nacos compiles once per machine first, 10-40 min)
 	scripts/bench.sh
 
 bench-quick: ## The everyday benchmark variant (about 2.5 minutes once built)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the release binaries the benchmark drives, then runs it.
-#   scripts/bench.sh          full benchmark (make bench, ~10 minutes)
+#   scripts/bench.sh          full benchmark (make bench, ~20 minutes of measurements: 1,191 s on 2026-12-01)
 #   scripts/bench.sh --quick  everyday variant (make bench-quick, about 2.5 minutes once built)
 # Extra arguments go to registry-bench (see `registry-bench --help`).
 #
@@ -19,7 +19,7 @@ export RUSTFLAGS="$STATIC_RUSTFLAGS"
 scripts/cargo.sh build --release --target "$TRIPLE" -p registry-server -p registry-client -p wan-gateway
 scripts/cargo.sh build --release --target "$TRIPLE" -p registry-bench
 
-# r-nacos for measurement 11, installed once per machine outside the clone (the first time
+# r-nacos for measurement 12, installed once per machine outside the clone (the first time
 # compiles it: 15-30 minutes). If that fails the bench still runs and says it was not installed.
 rnacos=()
 if rnacos_bin="$(scripts/rnacos-bin.sh)"; then
