@@ -25,7 +25,7 @@ rnacos=()
 if rnacos_bin="$(scripts/rnacos-bin.sh)"; then
   rnacos=(--rnacos-bin "$rnacos_bin")
 else
-  echo "r-nacos could not be installed (scripts/rnacos-bin.sh); measurement 11 is skipped" >&2
+  echo "r-nacos could not be installed (scripts/rnacos-bin.sh); measurement 12 is skipped" >&2
 fi
 
 exec "$target_dir/$TRIPLE/release/registry-bench" --bin-dir "$target_dir/$TRIPLE/release" "${rnacos[@]}" "$@"

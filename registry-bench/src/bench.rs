@@ -48,7 +48,7 @@ pub struct Plan {
     failover_runs: usize,
     /// The steady register load of measurement 11, during which the term must not move.
     failover_steady: Duration,
-    /// The r-nacos binary of measurement 11 (`--rnacos-bin`); `None`: not installed.
+    /// The r-nacos binary of measurement 12 (`--rnacos-bin`); `None`: not installed.
     pub rnacos: Option<PathBuf>,
     /// Measurement 13: simulated agents, flips per second, window per phase, agents silenced.
     agents: agents::Settings,

@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     watchers: Vec<usize>,
     /// The r-nacos binary (`scripts/rnacos-bin.sh` installs one and prints its path): with
-    /// it, measurement 11 runs r-nacos side by side; without it the report says it was not
+    /// it, measurement 12 runs r-nacos side by side; without it the report says it was not
     /// installed.
     #[arg(long)]
     rnacos_bin: Option<PathBuf>,
