@@ -97,8 +97,10 @@ impl Agent {
                 remove_check(&mut st, &id)
             }
         };
+        // Even unchanged: the same request an instant earlier may still be being written,
+        // and this one must not be acknowledged before that (it joins that write).
+        self.persist().await?;
         if changed {
-            self.persist().await?;
             tracing::info!(node = %self.config.node, check = %id, enable, "maintenance mode changed");
             self.wake_syncer();
         }

@@ -128,7 +128,7 @@ pub struct Agent {
     /// the changes in order; an async lock, held across the file writes); holds the number
     /// of the last change the files on disk include and what they hold (see
     /// `persistence.rs`).
-    persist_lock: tokio::sync::Mutex<persistence::Written>,
+    persist_lock: Arc<tokio::sync::Mutex<persistence::Written>>,
     /// Changes to the persisted state so far, numbered by [`Agent::persist`].
     changes: std::sync::atomic::AtomicU64,
     /// Extra sections for `Stats` in `/v1/agent/self` (a server adds `raft`).

@@ -83,8 +83,15 @@ async fn write_all_atomically(files: Vec<StateFile>) -> std::io::Result<()> {
         let (path, bytes, private) = (f.path.clone(), f.bytes.clone(), f.private);
         writes.spawn_blocking(move || write_temp_blocking(&path, &bytes, private));
     }
+    // Every write is waited for, failed or not: none may still run once this returns.
+    let mut failed = None;
     while let Some(done) = writes.join_next().await {
-        done.map_err(std::io::Error::other)??;
+        if let Err(e) = done.map_err(std::io::Error::other).and_then(|r| r) {
+            failed.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     let paths: Vec<PathBuf> = files.into_iter().map(|f| f.path).collect();
     tokio::task::spawn_blocking(move || {
@@ -230,6 +237,42 @@ async fn read_entries_as<T: serde::de::DeserializeOwned>(path: &Path, keep_copy:
     entries
 }
 
+/// Writes those of `services.json`, `checks.json` and `tokens.json` (`encoded`, in that
+/// order) whose content differs from what `written` says was last written. What it says
+/// of the files being written is forgotten first: after a failure part of them may be new
+/// on disk, and the next write must not skip them on the strength of an old record.
+async fn write_changed(
+    dir: &Path,
+    written: &mut Written,
+    encoded: [Vec<u8>; 3],
+) -> std::io::Result<()> {
+    const FILES: [(&str, bool); 3] = [
+        ("services.json", false),
+        ("checks.json", false),
+        ("tokens.json", true),
+    ];
+    let mut slots = Vec::new();
+    let mut files = Vec::new();
+    for (i, bytes) in encoded.into_iter().enumerate() {
+        if written.contents[i].as_ref() == Some(&bytes) {
+            continue;
+        }
+        written.contents[i] = None;
+        let (name, private) = FILES[i];
+        slots.push((i, bytes.clone()));
+        files.push(StateFile {
+            path: dir.join(name),
+            bytes,
+            private,
+        });
+    }
+    write_all_atomically(files).await?;
+    for (i, bytes) in slots {
+        written.contents[i] = Some(bytes);
+    }
+    Ok(())
+}
+
 /// What the agent last wrote of its state, kept under `persist_lock`. No `Debug` of the
 /// contents: `tokens.json` holds secrets.
 #[derive(Default)]
@@ -256,8 +299,9 @@ impl Agent {
     /// gets a number; one write at a time takes the whole current state and the number of
     /// the last change in it, and a caller whose change a write that started after it has
     /// already covered returns without writing. Concurrent registrations on one agent so
-    /// share writes (each is three files, each fsynced with its directory), rather than
-    /// queueing for one each.
+    /// share writes (of the files that changed, fsynced side by side, then their directory),
+    /// rather than queueing for one each. A change whose write failed stays in memory (the
+    /// caller is told, with a 500) and goes to disk with the next write, as before.
     pub(super) async fn persist(&self) -> Result<(), ApiError> {
         use std::sync::atomic::Ordering::SeqCst;
         let Some(dir) = &self.config.data_dir else {
@@ -266,7 +310,7 @@ impl Agent {
         // Numbered after the caller's change (made under the state lock, now released): a
         // copy of the state taken with `changes` at or past this number includes it.
         let mine = self.changes.fetch_add(1, SeqCst) + 1;
-        let mut written = self.persist_lock.lock().await;
+        let mut written = self.persist_lock.clone().lock_owned().await;
         if written.upto >= mine {
             return Ok(());
         }
@@ -307,49 +351,37 @@ impl Agent {
                 service_tokens.chain(check_tokens).collect(),
             )
         };
-        // Only the files whose content changed since the last write (a service registered
-        // without a token leaves tokens.json as it was).
-        let result = async {
-            let files = [
-                (
-                    "services.json",
-                    serde_json::to_vec_pretty(&services)?,
-                    false,
-                ),
-                ("checks.json", serde_json::to_vec_pretty(&checks)?, false),
-                ("tokens.json", serde_json::to_vec_pretty(&tokens)?, true),
-            ];
-            let changed: Vec<(usize, StateFile)> = files
-                .into_iter()
-                .enumerate()
-                .filter(|(i, (_, bytes, _))| written.contents[*i].as_ref() != Some(bytes))
-                .map(|(i, (name, bytes, private))| {
-                    let path = dir.join(name);
-                    (
-                        i,
-                        StateFile {
-                            path,
-                            bytes,
-                            private,
-                        },
-                    )
-                })
-                .collect();
-            let (slots, files): (Vec<usize>, Vec<StateFile>) = changed.into_iter().unzip();
-            let contents: Vec<Vec<u8>> = files.iter().map(|f| f.bytes.clone()).collect();
-            write_all_atomically(files).await?;
-            for (i, bytes) in slots.into_iter().zip(contents) {
-                written.contents[i] = Some(bytes);
+        let encoded = (|| {
+            Ok::<_, serde_json::Error>([
+                serde_json::to_vec_pretty(&services)?,
+                serde_json::to_vec_pretty(&checks)?,
+                serde_json::to_vec_pretty(&tokens)?,
+            ])
+        })()
+        .map_err(|e| ApiError::Internal(format!("failed to encode agent state: {e}")))?;
+        // The write runs in a task of its own that holds the lock: a caller that goes away
+        // (a client hanging up) must not leave it half done, with its temporary files still
+        // being written under the next write's.
+        let dir = dir.clone();
+        let write = tokio::spawn(async move {
+            let result = write_changed(&dir, &mut written, encoded).await;
+            match &result {
+                Ok(()) => written.upto = upto,
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "persisting agent state failed")
+                }
             }
-            Ok(())
+            result
+        });
+        match write.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::Internal(format!(
+                "failed to persist agent state: {e}"
+            ))),
+            Err(e) => Err(ApiError::Internal(format!(
+                "failed to persist agent state: {e}"
+            ))),
         }
-        .await;
-        result.map_err(|e: std::io::Error| {
-            tracing::error!(dir = %dir.display(), error = %e, "persisting agent state failed");
-            ApiError::Internal(format!("failed to persist agent state: {e}"))
-        })?;
-        written.upto = upto;
-        Ok(())
     }
 
     /// Loads `services.json` and `checks.json` and starts the checks' runners. A definition
