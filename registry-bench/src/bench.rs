@@ -284,10 +284,16 @@ pub async fn run(plan: Plan) -> Result<()> {
         let need = watchers.max(spread) as u64 + 1_000;
         let fds = raise_fd_limit(need * 2);
         if fds < watchers as u64 + 1_000 {
-            bail!("RLIMIT_NOFILE is {fds}; {need} needed for the watchers (raise the hard limit)");
+            bail!(
+                "RLIMIT_NOFILE is {fds}; {} needed for the watchers (raise the hard limit)",
+                watchers + 1_000
+            );
         }
         if let Some((services, each)) = plan.spread.filter(|_| fds < need) {
-            let fit = ((fds - 2_000) as usize / services).max(1);
+            let fit = fds.saturating_sub(2_000) as usize / services.max(1);
+            if fit == 0 {
+                bail!("RLIMIT_NOFILE is {fds}: too low for the spread fan-out over {services} services");
+            }
             eprintln!(
                 "RLIMIT_NOFILE is {fds} and cannot be raised here: the spread fan-out runs with {} watchers ({fit} per service) instead of {}",
                 services * fit,
