@@ -566,8 +566,9 @@ pub async fn fill_and_measure(
         token: None,
     })
     .await?;
-    // Each client takes one number past the limit before it stops.
-    seq.fetch_max(target, Ordering::Relaxed);
+    // Each client takes one number past the limit before it stops (and sends nothing with
+    // it): the next fill starts at the target (never below where this one started).
+    seq.store(target.max(from), Ordering::Relaxed);
     cluster.check_alive()?;
     if let Some(e) = &st.first_error {
         eprintln!("  fill: {} errors, first: {e}", st.errors);
