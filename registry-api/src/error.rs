@@ -33,8 +33,9 @@ pub enum Error {
     /// A bounded resource is in use to its limit; try again later (429), with the reason.
     #[error("{0}")]
     TooManyRequests(String),
-    /// The server cannot take this request now, for a reason it names (503): writes while
-    /// its data directory is short of space. Reads still work; retry once the reason is gone.
+    /// The server cannot take this request now, for a reason it names (503, with
+    /// `Retry-After: 1`): writes while its data directory is short of space. Reads still
+    /// work; retry once the reason is gone.
     #[error("{0}")]
     Unavailable(String),
     /// No leader is known or reachable (500 `No cluster leader`).

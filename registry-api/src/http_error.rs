@@ -29,10 +29,18 @@ impl IntoResponse for HttpError {
             StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, self.0.to_string()).into_response();
         resp.extensions_mut().insert(OwnReason);
-        if let ApiError::MethodNotAllowed(allow) = &self.0 {
-            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
-                resp.headers_mut().insert(header::ALLOW, v);
+        match &self.0 {
+            ApiError::MethodNotAllowed(allow) => {
+                if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                    resp.headers_mut().insert(header::ALLOW, v);
+                }
             }
+            // A condition that passes (space freed): when to ask again.
+            ApiError::Unavailable(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         resp
     }

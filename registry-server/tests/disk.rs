@@ -93,6 +93,20 @@ async fn a_leader_short_of_space_refuses_writes_through_any_server_and_takes_the
     let free = space.free();
     space.set_reserve(free + free / 2);
     assert_refused_for_space("PUT on the leader", put(&lu, "during/a", b"x").await);
+    let resp = registry_api::tls::plain_client()
+        .put(format!("{fu}/v1/kv/during/c"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1"),
+        "a 503 says when to ask again"
+    );
     assert_refused_for_space("PUT via a follower", put(&fu, "during/b", b"x").await);
     assert_refused_for_space(
         "register via a follower",
@@ -141,7 +155,7 @@ async fn a_leader_short_of_space_refuses_writes_through_any_server_and_takes_the
     space.set_reserve(0);
     assert_eq!(put(&fu, "after/a", b"3").await.0, 200);
     assert_eq!(put(&lu, "after/b", b"4").await.0, 200);
-    for key in ["during/a", "during/b"] {
+    for key in ["during/a", "during/b", "during/c"] {
         assert_eq!(get(&lu, key, false).await, None, "{key} was refused");
     }
     assert_eq!(
