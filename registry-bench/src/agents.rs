@@ -126,19 +126,24 @@ fn address(i: usize) -> String {
     format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)
 }
 
+/// Agent `i`'s service check with `status`, as its anti-entropy writes it.
+fn check(i: usize, status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "CheckID": format!("service:app-{i}"),
+        "Name": "Service 'app' check",
+        "Status": status,
+        "ServiceID": format!("app-{i}"),
+        "Output": format!("HTTP GET http://{}:8080/health: {status}", address(i)),
+    })
+}
+
 /// The catalog register an agent's anti-entropy sends for its node, service and check.
 fn register_body(i: usize, status: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "Node": node(i),
         "Address": address(i),
         "Service": {"ID": format!("app-{i}"), "Service": "app", "Port": 8080, "Tags": ["v1"]},
-        "Check": {
-            "CheckID": format!("service:app-{i}"),
-            "Name": "Service 'app' check",
-            "Status": status,
-            "ServiceID": format!("app-{i}"),
-            "Output": format!("HTTP GET http://{}:8080/health: {status}", address(i)),
-        },
+        "Check": check(i, status),
     }))
     .unwrap_or_default()
 }
@@ -149,13 +154,7 @@ fn flip_body(i: usize, status: &str) -> Vec<u8> {
         "Node": node(i),
         "Address": address(i),
         "SkipNodeUpdate": true,
-        "Check": {
-            "CheckID": format!("service:app-{i}"),
-            "Name": "Service 'app' check",
-            "Status": status,
-            "ServiceID": format!("app-{i}"),
-            "Output": format!("HTTP GET http://{}:8080/health: {status}", address(i)),
-        },
+        "Check": check(i, status),
     }))
     .unwrap_or_default()
 }
