@@ -31,6 +31,9 @@ use tracing::{info, warn};
 /// How long one reading of the free space is used before the next.
 pub const REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// At most one line about a change of state this often.
+pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The default reserve: enough for RocksDB to flush its memtables and finish
 /// a compaction of a catalog of a few hundred thousand instances.
 pub const DEFAULT_MIN_FREE: u64 = 64 * 1024 * 1024;
@@ -54,6 +57,9 @@ pub struct DiskSpace {
     paused: AtomicBool,
     /// Whether the last reading failed (logged once per failure spell).
     unreadable: AtomicBool,
+    /// When a change of state (refusing, paused) was last logged at warn or
+    /// info level, in µs since `epoch`; `u64::MAX`: never.
+    logged_at_us: AtomicU64,
     /// Writes refused since start.
     refused: AtomicU64,
 }
@@ -79,6 +85,7 @@ impl DiskSpace {
             refusing: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             unreadable: AtomicBool::new(false),
+            logged_at_us: AtomicU64::new(u64::MAX),
             refused: AtomicU64::new(0),
         })
     }
@@ -152,7 +159,7 @@ impl DiskSpace {
             reserve
         };
         let short = free < reserve;
-        if short != self.refusing.swap(short, Ordering::Relaxed) {
+        if short != self.refusing.swap(short, Ordering::Relaxed) && self.may_log() {
             if short {
                 warn!(dir = %self.dir.display(), free_mib = free / (1024 * 1024), reserve_mib = reserve / (1024 * 1024),
                       "data directory short of space: refusing writes (deletes still go until half the reserve is left)");
@@ -165,6 +172,20 @@ impl DiskSpace {
             return Err(refusal(free, reserve));
         }
         Ok(())
+    }
+
+    /// Whether a change of state may be logged now: at most one line every
+    /// [`LOG_EVERY`], so that free space hovering at the reserve (RocksDB's
+    /// flushes and compactions move it by megabytes) does not flood the log.
+    /// The state itself follows every reading; the gauges show it.
+    fn may_log(&self) -> bool {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let last = self.logged_at_us.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= LOG_EVERY.as_micros() as u64;
+        due && self
+            .logged_at_us
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Whether less than the reserve is free (no count, no log): the cheap
@@ -191,7 +212,7 @@ impl DiskSpace {
         }
         let free = self.free();
         let full = free < (reserve / 4).saturating_add(bytes);
-        if full != self.paused.swap(full, Ordering::Relaxed) {
+        if full != self.paused.swap(full, Ordering::Relaxed) && self.may_log() {
             if full {
                 warn!(dir = %self.dir.display(), free_mib = free / (1024 * 1024),
                       "data directory nearly full: not taking new entries from the leader until space is freed");
