@@ -208,6 +208,66 @@ pub async fn read(
     .await
 }
 
+/// The watchers' answers of one fan-out, counted.
+struct Tally {
+    answered: usize,
+    early: usize,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+/// Takes the answers of `n` watchers from `done` for at most `wait` (each with the instant
+/// it came): one that came before `sent` (the write) is early, an error after it failed,
+/// a success after it answered (passed to `answered`); a watcher with no answer in time
+/// failed.
+async fn tally_answers(
+    done: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, Result<(), String>)>,
+    n: usize,
+    sent: Instant,
+    wait: Duration,
+    mut answered: impl FnMut(Instant),
+) -> Tally {
+    let deadline = Instant::now() + wait;
+    let mut t = Tally {
+        answered: 0,
+        early: 0,
+        failed: 0,
+        first_error: None,
+    };
+    let mut received = 0;
+    while received < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((at, res))) = tokio::time::timeout(left, done.recv()).await else {
+            break;
+        };
+        received += 1;
+        match res {
+            Err(e) if at < sent => {
+                t.early += 1;
+                t.first_error.get_or_insert(e);
+            }
+            Ok(()) if at < sent => t.early += 1,
+            Err(e) => {
+                t.failed += 1;
+                t.first_error.get_or_insert(e);
+            }
+            Ok(()) => {
+                t.answered += 1;
+                answered(at);
+            }
+        }
+    }
+    if received < n {
+        t.failed += n - received;
+        t.first_error.get_or_insert(format!(
+            "{} watchers had no answer {} s after the write",
+            n - received,
+            wait.as_secs()
+        ));
+    }
+    t
+}
+
 /// One run of measurement 3.
 #[derive(Clone, Debug, Default)]
 pub struct FanoutRun {
@@ -286,39 +346,18 @@ pub async fn fanout(
         // exists unchanged would not move the index, and wake nobody.
         register_instance(&http, &urls[0], "watch-svc", n + run + 1).await?;
         let acked = Instant::now();
-        let deadline = acked + Duration::from_secs(30);
         let mut result = FanoutRun::default();
         let mut delays = Vec::with_capacity(n);
-        let mut received = 0;
-        while received < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(Some((at, res))) = tokio::time::timeout(left, done_rx.recv()).await else {
-                break;
-            };
-            received += 1;
-            match res {
-                Err(e) if at < sent => {
-                    result.early += 1;
-                    result.first_error.get_or_insert(e);
-                }
-                Ok(()) if at < sent => result.early += 1,
-                Err(e) => {
-                    result.failed += 1;
-                    result.first_error.get_or_insert(e);
-                }
-                Ok(()) => {
-                    result.answered += 1;
-                    delays.push(at.saturating_duration_since(acked));
-                }
-            }
-        }
-        if received < n {
-            result.failed += n - received;
-            result.first_error.get_or_insert(format!(
-                "{} watchers had no answer 30 s after the write",
-                n - received
-            ));
-        }
+        let tally = tally_answers(&mut done_rx, n, sent, Duration::from_secs(30), |at| {
+            delays.push(at.saturating_duration_since(acked))
+        })
+        .await;
+        (
+            result.answered,
+            result.early,
+            result.failed,
+            result.first_error,
+        ) = (tally.answered, tally.early, tally.failed, tally.first_error);
         for t in &tasks {
             t.abort();
         }
@@ -459,38 +498,17 @@ pub async fn fanout_spread(
     let sent = Instant::now();
     register_all(1).await?;
     result.writes = sent.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut received = 0;
     let mut last = sent;
-    while received < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some((at, res))) = tokio::time::timeout(left, done_rx.recv()).await else {
-            break;
-        };
-        received += 1;
-        match res {
-            Err(e) if at < sent => {
-                result.early += 1;
-                result.first_error.get_or_insert(e);
-            }
-            Ok(()) if at < sent => result.early += 1,
-            Err(e) => {
-                result.failed += 1;
-                result.first_error.get_or_insert(e);
-            }
-            Ok(()) => {
-                result.answered += 1;
-                last = last.max(at);
-            }
-        }
-    }
-    if received < n {
-        result.failed += n - received;
-        result.first_error.get_or_insert(format!(
-            "{} watchers had no answer 60 s after the writes",
-            n - received
-        ));
-    }
+    let tally = tally_answers(&mut done_rx, n, sent, Duration::from_secs(60), |at| {
+        last = last.max(at)
+    })
+    .await;
+    (
+        result.answered,
+        result.early,
+        result.failed,
+        result.first_error,
+    ) = (tally.answered, tally.early, tally.failed, tally.first_error);
     for t in &tasks {
         t.abort();
     }
