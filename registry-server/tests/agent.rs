@@ -74,11 +74,17 @@ async fn agents_register_check_forward_and_recover() {
         put(format!("{}/v1/agent/check/pass/web-ttl", ca.base()), "").await,
         200
     );
-    // Visible, healthy, through agent B and on every server.
+    // Visible, healthy, through agent B and on every server. The 1 s TTL is refreshed while
+    // waiting: on a loaded machine the HTTP check's first pass and the sync can take longer
+    // than the TTL, which would then lapse before both checks ever pass together.
+    let pass_url = format!("{}/v1/agent/check/pass/web-ttl", ca.base());
     wait_until(
         Duration::from_secs(15),
         "web passing via agent B",
-        || async { (health(&cb, "web", true).await?.len() == 1).then_some(()) },
+        || async {
+            put(pass_url.clone(), "").await;
+            (health(&cb, "web", true).await?.len() == 1).then_some(())
+        },
     )
     .await;
     for i in 0..3 {
