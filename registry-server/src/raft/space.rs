@@ -35,10 +35,10 @@ impl RaftNode {
                     return true;
                 }
                 // An entry that does not decode is the state machine's to
-                // refuse; here it counts as a write that does not free space.
-                let frees = serde_json::from_slice::<Envelope>(&e.data)
+                // refuse; here it counts as a write not allowed when short.
+                let allowed = serde_json::from_slice::<Envelope>(&e.data)
                     .is_ok_and(|env| env.cmd.allowed_when_short());
-                match space.admit(frees) {
+                match space.admit(allowed) {
                     Ok(()) => true,
                     Err(reason) => {
                         refused.ids.extend(context_request_id(e));
