@@ -42,10 +42,16 @@ async fn autopilot_state_has_consuls_shape_and_the_clusters_values() {
     // Every server healthy once the leader has heard from all of them (asked of a follower
     // of the first leader; a loaded machine may elect another meanwhile, so the leader and
     // its term are read from the answer and checked against the servers' own view).
+    // Also until the leader knows every server's log position: a leader elected a moment
+    // ago (a loaded machine's second election) reports 0 for a follower it has not yet heard
+    // an append answer from, and counts it healthy meanwhile, as Consul does.
     let v = wait_until(WAIT, "a healthy cluster", || async {
-        state(&c, (first + 1) % 3)
-            .await
-            .filter(|v| v["Healthy"] == true)
+        state(&c, (first + 1) % 3).await.filter(|v| {
+            v["Healthy"] == true
+                && v["Servers"]
+                    .as_object()
+                    .is_some_and(|s| s.values().all(|s| s["LastIndex"].as_u64() > Some(0)))
+        })
     })
     .await;
     let leader = ids
