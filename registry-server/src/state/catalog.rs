@@ -11,10 +11,11 @@
 use super::command::Command;
 use super::plan::{WritePlan, WritePlanner};
 use super::rows::{
-    from_json, index_key, key_of, node_key, node_range, pair_key, split_pair, to_json, KeySet,
-    NodeKey, RowChange, CHECKS, NODES, SERVICES, SERVICE_INDEX_PREFIX,
+    from_json, index_key, node_key, pair_key, split_pair, to_json, KeySet, RowChange, CHECKS,
+    NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use super::stored::{is_serf_passing, owned, StoredCheck, StoredService};
+use super::table::NodeTable;
 use compact_str::CompactString as Str;
 use registry_api::{
     AgentService, CatalogNode, CatalogService, DeregisterRequest, HealthCheck, Node,
@@ -33,19 +34,19 @@ pub struct CatalogState {
     /// Nodes by name.
     pub(super) nodes: BTreeMap<String, Node>,
     /// Service instances by (node, service id); this order is the reply order.
-    /// Boxed, as the checks: a B-tree's leaves are half empty after inserts
-    /// in key order (each split leaves 6 of 11 slots used), and the empty
-    /// slots of a boxed value cost 8 bytes, not the value's 120 (160 for a
-    /// check). At 100,000 instances that is ~18 MB (BENCHMARKS.md, 2026-12-01).
-    pub(super) services: BTreeMap<NodeKey, Box<StoredService>>,
+    /// Boxed, as the checks: a node with many rows keeps them in a B-tree, whose
+    /// empty slots then cost 8 bytes, not the value's 120 (160 for a check).
+    pub(super) services: NodeTable<Box<StoredService>>,
     /// Checks by (node, check id).
-    pub(super) checks: BTreeMap<NodeKey, Box<StoredCheck>>,
-    /// Instances by service name. Derived, not persisted: it spares per-service
-    /// reads a scan over every instance of every service.
-    by_name: BTreeMap<Str, KeySet>,
-    /// Blocking-query indexes by name: the three tables, and `service/<name>`
-    /// per service name. A service's entry outlives its last instance, so a
-    /// watcher of a deleted service sees the removal.
+    pub(super) checks: NodeTable<Box<StoredCheck>>,
+    /// Per service name: its instances (derived, not persisted: it spares
+    /// per-service reads a scan over every instance of every service) and its
+    /// blocking-query index (persisted as `i/service/<name>`). A name's entry
+    /// outlives its last instance, so a watcher of a deleted service sees the
+    /// removal. One map for both: when every instance has a name of its own, a
+    /// second map of names was ~60 bytes per instance (BENCHMARKS.md, 2026-12-01).
+    by_name: BTreeMap<Str, ServiceName>,
+    /// Blocking-query indexes of the three tables.
     indexes: BTreeMap<Str, u64>,
     /// Nodes whose `serfHealth` check passes. Derived, not persisted: the
     /// leader's liveness reaper reads it every second, and a scan of every
@@ -54,14 +55,23 @@ pub struct CatalogState {
     serf_passing: BTreeSet<Str>,
 }
 
+/// What the catalog keeps per service name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ServiceName {
+    /// Its instances, as (node, service id).
+    instances: KeySet,
+    /// Its blocking-query index; 0 until a write moves it.
+    index: u64,
+}
+
 impl CatalogState {
     /// An empty catalog for `datacenter`.
     pub fn new(datacenter: &str) -> Self {
         CatalogState {
             datacenter: datacenter.to_string(),
             nodes: BTreeMap::new(),
-            services: BTreeMap::new(),
-            checks: BTreeMap::new(),
+            services: NodeTable::default(),
+            checks: NodeTable::default(),
             by_name: BTreeMap::new(),
             indexes: BTreeMap::new(),
             serf_passing: BTreeSet::new(),
@@ -177,7 +187,9 @@ impl CatalogState {
 
     /// Sizes for the metrics: (nodes, service names, service instances, checks).
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
-        let names = self.by_name.len();
+        let names = (self.by_name.values())
+            .filter(|n| !n.instances.is_empty())
+            .count();
         (
             self.nodes.len(),
             names,
@@ -202,6 +214,10 @@ impl CatalogState {
             self.indexes.insert(name.into(), index);
         }
         self.indexes.values_mut().for_each(|i| *i = index);
+        self.by_name
+            .values_mut()
+            .filter(|n| n.index != 0)
+            .for_each(|n| n.index = index);
     }
 
     /// Full image for a Raft snapshot, in key order, in the same format as
@@ -212,17 +228,20 @@ impl CatalogState {
         let services = self
             .services
             .iter()
-            .map(|((n, id), v)| (pair_key(b"s/", n, id), to_json(&v.to_api(id))));
-        let checks = self.checks.iter().map(|((n, id), v)| {
+            .map(|(n, id, v)| (pair_key(b"s/", n, id), to_json(&v.to_api(id))));
+        let checks = self.checks.iter().map(|(n, id, v)| {
             (
                 pair_key(b"c/", n, id),
                 to_json(&self.check_to_api(n, id, v)),
             )
         });
-        let indexes = self
-            .indexes
-            .iter()
-            .map(|(n, i)| (index_key(n), Ok(i.to_string().into_bytes())));
+        let service_indexes = (self.by_name.iter())
+            .filter(|(_, s)| s.index != 0)
+            .map(|(name, s)| (format!("{SERVICE_INDEX_PREFIX}{name}"), s.index));
+        let indexes = (self.indexes.iter())
+            .map(|(n, i)| (n.to_string(), *i))
+            .chain(service_indexes)
+            .map(|(n, i)| (index_key(&n), Ok(i.to_string().into_bytes())));
         // Encoding these types cannot fail (strings, numbers, string-keyed maps);
         // were it to, `apply` would have rejected the write holding the value.
         let mut rows: Vec<_> = nodes
@@ -253,25 +272,28 @@ impl CatalogState {
     /// [`CatalogState::from_rows`] and the derived indexes.
     pub(super) fn finish_load(mut self) -> Result<Self, String> {
         let state = &mut self;
-        for (node, id) in state.services.keys() {
+        for (node, id, _) in state.services.iter() {
             if !state.nodes.contains_key(node.as_str()) {
                 return Err(format!("service {id:?} on unknown node {node:?}"));
             }
         }
-        for ((node, id), check) in &state.checks {
-            let owner = (node.clone(), check.service_id.clone());
+        for (node, id, check) in state.checks.iter() {
             if !state.nodes.contains_key(node.as_str())
-                || (!check.service_id.is_empty() && !state.services.contains_key(&owner))
+                || (!check.service_id.is_empty()
+                    && !state.services.contains(node, &check.service_id))
             {
                 return Err(format!("check {id:?} on node {node:?} has no owner"));
             }
         }
-        for (key, svc) in &state.services {
-            let keys = state.by_name.entry(svc.service.clone()).or_default();
-            keys.insert(key.clone());
+        for (node, id, svc) in state.services.iter() {
+            let name = state.by_name.entry(svc.service.clone()).or_default();
+            name.instances.insert((node.clone(), id.clone()));
         }
-        let serf = state.checks.iter().filter(|(k, c)| is_serf_passing(k, c));
-        state.serf_passing = serf.map(|((node, _), _)| node.clone()).collect();
+        let serf = state
+            .checks
+            .iter()
+            .filter(|(_, id, c)| is_serf_passing(id, c));
+        state.serf_passing = serf.map(|(node, _, _)| node.clone()).collect();
         Ok(self)
     }
 
@@ -284,10 +306,10 @@ impl CatalogState {
     /// Service name → sorted, deduplicated union of its instances' tags; index
     /// of the services table.
     pub fn services(&self) -> (BTreeMap<String, Vec<String>>, u64) {
-        let services = self.by_name.iter().map(|(name, keys)| {
-            let tags: BTreeSet<&Str> = keys
-                .iter()
-                .filter_map(|k| self.services.get(k))
+        let names = self.by_name.iter().filter(|(_, s)| !s.instances.is_empty());
+        let services = names.map(|(name, s)| {
+            let tags: BTreeSet<&Str> = (s.instances.iter())
+                .filter_map(|(node, id)| self.services.get(node, id))
                 .flat_map(|s| s.tags.iter())
                 .collect();
             (owned(name), tags.into_iter().map(owned).collect())
@@ -344,8 +366,8 @@ impl CatalogState {
     pub fn node_service_list(&self, node: &str) -> (Option<NodeServiceList>, u64) {
         let found = self.nodes.get(node).map(|n| NodeServiceList {
             node: self.with_dc(n),
-            services: node_range(&self.services, node)
-                .map(|((_, id), s)| s.to_api(id))
+            services: (self.services.on_node(node))
+                .map(|(id, s)| s.to_api(id))
                 .collect(),
         });
         (
@@ -369,10 +391,10 @@ impl CatalogState {
             .map(|(node, id, svc)| ServiceEntry {
                 node: self.with_dc(node),
                 service: svc.to_api(id),
-                checks: node_range(&self.checks, &node.node)
-                    .filter_map(|((n, cid), c)| match c.service_id.as_str() {
-                        "" => Some(c.to_api(n, cid, None)),
-                        sid if sid == id => Some(c.to_api(n, cid, Some(svc))),
+                checks: (self.checks.on_node(&node.node))
+                    .filter_map(|(cid, c)| match c.service_id.as_str() {
+                        "" => Some(c.to_api(&node.node, cid, None)),
+                        sid if sid == id => Some(c.to_api(&node.node, cid, Some(svc))),
                         _ => None,
                     })
                     .collect(),
@@ -384,16 +406,16 @@ impl CatalogState {
     /// Checks of every instance of service `name`; per-service index.
     pub fn service_checks(&self, name: &str) -> (Vec<HealthCheck>, u64) {
         let checks = self.instances(name, &[]).flat_map(|(node, id, svc)| {
-            node_range(&self.checks, &node.node)
+            (self.checks.on_node(&node.node))
                 .filter(move |(_, c)| c.service_id == id)
-                .map(move |((n, cid), c)| c.to_api(n, cid, Some(svc)))
+                .map(move |(cid, c)| c.to_api(&node.node, cid, Some(svc)))
         });
         (checks.collect(), self.service_index(name))
     }
 
     /// Every check on `node`, node-level and service; index of the checks table.
     pub fn node_checks(&self, node: &str) -> (Vec<HealthCheck>, u64) {
-        let checks = node_range(&self.checks, node).map(|((n, id), c)| self.check_to_api(n, id, c));
+        let checks = (self.checks.on_node(node)).map(|(id, c)| self.check_to_api(node, id, c));
         (checks.collect(), self.index_of(CHECKS).max(1))
     }
 
@@ -406,8 +428,8 @@ impl CatalogState {
         let checks = self
             .checks
             .iter()
-            .filter(|(_, c)| state == "any" || c.status == state)
-            .map(|((n, id), c)| self.check_to_api(n, id, c));
+            .filter(|(_, _, c)| state == "any" || c.status == state)
+            .map(|(n, id, c)| self.check_to_api(n, id, c));
         Ok((checks.collect(), self.index_of(CHECKS).max(1)))
     }
 
@@ -418,7 +440,7 @@ impl CatalogState {
 
     /// Status of check `check_id` on `node`, if it exists.
     pub fn check_status(&self, node: &str, check_id: &str) -> Option<&str> {
-        let check = self.checks.get(&key_of(node, check_id))?;
+        let check = self.checks.get(node, check_id)?;
         Some(check.status.as_str())
     }
 
@@ -429,6 +451,9 @@ impl CatalogState {
 
     /// The highest index of any change so far (0 when empty).
     pub fn last_index(&self) -> u64 {
+        // Every write that moves a service's index moves a table's too
+        // (`WritePlanner::bump`), and a restore sets them all: the tables' are
+        // the highest.
         self.indexes.values().copied().max().unwrap_or(0)
     }
 
@@ -445,10 +470,8 @@ impl CatalogState {
     /// Index of service `name`; a name never seen falls back to the services
     /// table, as Consul's `maxIndexForService` does.
     pub fn service_index(&self, name: &str) -> u64 {
-        let own = self
-            .indexes
-            .get(format!("{SERVICE_INDEX_PREFIX}{name}").as_str());
-        own.copied().unwrap_or(self.index_of(SERVICES)).max(1)
+        let own = self.by_name.get(name).map(|s| s.index).filter(|&i| i != 0);
+        own.unwrap_or(self.index_of(SERVICES)).max(1)
     }
 
     /// Instances of `name` having all `tags`, with their nodes and ids, in
@@ -458,19 +481,20 @@ impl CatalogState {
         name: &str,
         tags: &'a [String],
     ) -> impl Iterator<Item = (&'a Node, &'a str, &'a StoredService)> + 'a {
-        let keys = self.by_name.get(name).into_iter().flatten();
-        keys.filter_map(|key| {
-            let node = self.nodes.get(key.0.as_str())?;
-            Some((node, key.1.as_str(), &**self.services.get(key)?))
-        })
-        .filter(move |(_, _, svc)| tags.iter().all(|t| has_tag(svc, t)))
+        let keys = self.by_name.get(name).into_iter();
+        keys.flat_map(|s| &s.instances)
+            .filter_map(|(node, id)| {
+                let svc = self.services.get(node, id)?;
+                Some((self.nodes.get(node.as_str())?, id.as_str(), &**svc))
+            })
+            .filter(move |(_, _, svc)| tags.iter().all(|t| has_tag(svc, t)))
     }
 
     /// The API form of check `id` on `node`, with its owner's name and tags.
     pub(super) fn check_to_api(&self, node: &str, id: &str, check: &StoredCheck) -> HealthCheck {
         let owner = match check.service_id.as_str() {
             "" => None,
-            sid => self.services.get(&key_of(node, sid)).map(|s| &**s),
+            sid => self.services.get(node, sid).map(|s| &**s),
         };
         check.to_api(node, id, owner)
     }
@@ -501,8 +525,7 @@ impl CatalogState {
             if svc.id != id {
                 return Err(bad("service ID differs from key"));
             }
-            self.services
-                .insert(key_of(node, id), Box::new(StoredService::new(svc)));
+            (self.services).insert(node, id, Box::new(StoredService::new(svc)));
         } else if let Some(rest) = key.strip_prefix("c/") {
             let (node, id) = pair(rest)?;
             let check: HealthCheck = from_json(value).map_err(|e| bad(&e))?;
@@ -510,8 +533,7 @@ impl CatalogState {
                 return Err(bad("check differs from key"));
             }
             // The stored service name and tags are dropped: they are derived.
-            self.checks
-                .insert(key_of(node, id), Box::new(StoredCheck::new(check)));
+            (self.checks).insert(node, id, Box::new(StoredCheck::new(check)));
         } else if let Some(name) = key.strip_prefix("i/") {
             if ![NODES, SERVICES, CHECKS].contains(&name) && !name.starts_with(SERVICE_INDEX_PREFIX)
             {
@@ -519,7 +541,10 @@ impl CatalogState {
             }
             let index = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
             let index = index.ok_or_else(|| bad("index is not a number"))?;
-            self.indexes.insert(name.into(), index);
+            match name.strip_prefix(SERVICE_INDEX_PREFIX) {
+                Some(service) => self.by_name.entry(service.into()).or_default().index = index,
+                None => _ = self.indexes.insert(name.into(), index),
+            }
         } else {
             return Err(bad("unknown key prefix"));
         }
@@ -597,36 +622,43 @@ impl CatalogState {
             };
         }
         for (key, svc) in pending.services {
-            if let Some(old) = self.services.remove(&key) {
-                let keys = self.by_name.get_mut(&old.service);
-                if keys.map(|keys| keys.remove(&key) && keys.is_empty()) == Some(true) {
-                    self.by_name.remove(&old.service);
+            if let Some(old) = self.services.remove(&key.0, &key.1) {
+                if let Some(name) = self.by_name.get_mut(&old.service) {
+                    name.instances.remove(&key);
+                    // A name whose index never moved has nothing to keep (the
+                    // write removing its last instance moves it below).
+                    if name.instances.is_empty() && name.index == 0 {
+                        self.by_name.remove(&old.service);
+                    }
                 }
             }
             if let Some(svc) = svc {
                 let svc = Box::new(StoredService::new(svc));
-                self.by_name
-                    .entry(svc.service.clone())
-                    .or_default()
-                    .insert(key.clone());
-                self.services.insert(key, svc);
+                let name = self.by_name.entry(svc.service.clone()).or_default();
+                name.instances.insert(key.clone());
+                self.services.insert(&key.0, &key.1, svc);
             }
         }
         for (key, check) in pending.checks {
             let check = check.map(|c| Box::new(StoredCheck::new(c)));
             if key.1 == SERF_HEALTH_ID {
-                match check.as_ref().is_some_and(|c| is_serf_passing(&key, c)) {
+                match check.as_ref().is_some_and(|c| is_serf_passing(&key.1, c)) {
                     true => self.serf_passing.insert(key.0.clone()),
                     false => self.serf_passing.remove(&key.0),
                 };
             }
             match check {
-                Some(check) => self.checks.insert(key, check),
-                None => self.checks.remove(&key),
+                Some(check) => self.checks.insert(&key.0, &key.1, check),
+                None => self.checks.remove(&key.0, &key.1),
             };
         }
         for name in pending.bumped {
-            self.indexes.insert(name.into(), pending.index);
+            match name.strip_prefix(SERVICE_INDEX_PREFIX) {
+                Some(service) => {
+                    self.by_name.entry(service.into()).or_default().index = pending.index
+                }
+                None => _ = self.indexes.insert(name.into(), pending.index),
+            }
         }
     }
 }

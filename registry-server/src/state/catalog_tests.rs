@@ -554,7 +554,7 @@ fn service_extras_are_stored_and_old_rows_load_with_defaults() {
         ("", &None)
     );
     // Nothing set: no per-instance allocation for the extras.
-    assert!(old.services.values().all(|s| s.extra.is_none()));
+    assert!(old.services.iter().all(|(_, _, s)| s.extra.is_none()));
 }
 
 #[test]

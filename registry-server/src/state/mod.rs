@@ -29,6 +29,7 @@ pub mod restore;
 mod rows;
 pub mod session;
 mod stored;
+mod table;
 pub mod txn;
 
 pub use acl::AclTable;

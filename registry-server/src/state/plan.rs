@@ -93,7 +93,7 @@ impl<'a> WritePlanner<'a> {
         let key = key_of(node, id);
         match self.pending.services.get(&key) {
             Some(planned) => planned.clone(),
-            None => self.base.services.get(&key).map(|s| s.to_api(id)),
+            None => self.base.services.get(node, id).map(|s| s.to_api(id)),
         }
     }
 
@@ -103,7 +103,7 @@ impl<'a> WritePlanner<'a> {
         let key = key_of(node, id);
         match self.pending.checks.get(&key) {
             Some(planned) => planned.clone(),
-            None => (self.base.checks.get(&key)).map(|c| self.base.check_to_api(node, id, c)),
+            None => (self.base.checks.get(node, id)).map(|c| self.base.check_to_api(node, id, c)),
         }
     }
 
@@ -135,14 +135,14 @@ impl<'a> WritePlanner<'a> {
 
     /// Current instances on `node`, in id order.
     fn services_on(&self, node: &str) -> Vec<AgentService> {
-        let base = node_range(&self.base.services, node).map(|((_, id), s)| (id, s.to_api(id)));
+        let base = (self.base.services.on_node(node)).map(|(id, s)| (id, s.to_api(id)));
         current_on(base, &self.pending.services, node)
     }
 
     /// Current checks on `node`, in id order.
     fn checks_on(&self, node: &str) -> Vec<HealthCheck> {
-        let base = node_range(&self.base.checks, node)
-            .map(|((n, id), c)| (id, self.base.check_to_api(n, id, c)));
+        let base = (self.base.checks.on_node(node))
+            .map(|(id, c)| (id, self.base.check_to_api(node, id, c)));
         current_on(base, &self.pending.checks, node)
     }
 

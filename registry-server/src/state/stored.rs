@@ -4,7 +4,6 @@
 //! the API's shapes. Owns nothing else: tables, rules and queries are in
 //! `catalog.rs`.
 
-use super::rows::NodeKey;
 use compact_str::CompactString as Str;
 use registry_api::types::Meta;
 use registry_api::{
@@ -158,9 +157,9 @@ impl StoredCheck {
     }
 }
 
-/// Whether the check at `key` is a passing `serfHealth`.
-pub(super) fn is_serf_passing(key: &NodeKey, check: &StoredCheck) -> bool {
-    key.1 == SERF_HEALTH_ID && check.status == PASSING
+/// Whether check `id` (`check`) is a passing `serfHealth`.
+pub(super) fn is_serf_passing(id: &str, check: &StoredCheck) -> bool {
+    id == SERF_HEALTH_ID && check.status == PASSING
 }
 
 /// A `String` copy of `s`. (`Str::to_string` would go through `Display` and

@@ -1,0 +1,240 @@
+//! [`NodeTable`]: the catalog's rows keyed by (node, id), service instances and
+//! checks, grouped by node. Owns only the container; what the rows mean is
+//! `catalog.rs`'s.
+//!
+//! Why not one `BTreeMap<(node, id), V>`: a B-tree filled in key order (as
+//! registrations mostly arrive, and as a restart loads its sorted rows) keeps 6 of
+//! each leaf's 11 slots used, and every slot holds the whole 48-byte key. Grouped
+//! by node, the node name is kept once per node, and a node's ids sit in a `Vec`
+//! sized to fit: at 100,000 instances (10 per node, one check each) that is about
+//! 120 bytes less per instance (BENCHMARKS.md, 2026-12-01).
+
+use compact_str::CompactString as Str;
+use std::collections::BTreeMap;
+
+/// Rows keyed by (node, id), iterated in (node, id) order.
+#[derive(Clone, Debug)]
+pub(super) struct NodeTable<V> {
+    by_node: BTreeMap<Str, Group<V>>,
+    len: usize,
+}
+
+/// One node's rows by id. Most nodes have a few (an agent's services and
+/// checks): a sorted `Vec` without spare room. A node with many (a sync tool
+/// registering thousands of services on one node, as consul-k8s does) gets a
+/// `BTreeMap`, so an insert does not move every later row.
+#[derive(Clone, Debug)]
+enum Group<V> {
+    Small(Vec<(Str, V)>),
+    Large(BTreeMap<Str, V>),
+}
+
+/// Past this many rows a node's group becomes a `BTreeMap`.
+const SMALL_MAX: usize = 64;
+
+impl<V> Default for NodeTable<V> {
+    fn default() -> Self {
+        NodeTable {
+            by_node: BTreeMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> NodeTable<V> {
+    /// Number of rows.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Row `id` of `node`.
+    pub(super) fn get(&self, node: &str, id: &str) -> Option<&V> {
+        match self.by_node.get(node)? {
+            Group::Small(rows) => {
+                let at = rows.binary_search_by(|(k, _)| k.as_str().cmp(id)).ok()?;
+                Some(&rows[at].1)
+            }
+            Group::Large(rows) => rows.get(id),
+        }
+    }
+
+    /// Whether row `id` of `node` exists.
+    pub(super) fn contains(&self, node: &str, id: &str) -> bool {
+        self.get(node, id).is_some()
+    }
+
+    /// Sets row `id` of `node`; returns the row it replaced.
+    pub(super) fn insert(&mut self, node: &str, id: &str, value: V) -> Option<V> {
+        let group = (self.by_node)
+            .entry(Str::from(node))
+            .or_insert_with(|| Group::Small(Vec::new()));
+        let old = match group {
+            Group::Small(rows) => match rows.binary_search_by(|(k, _)| k.as_str().cmp(id)) {
+                Ok(at) => Some(std::mem::replace(&mut rows[at].1, value)),
+                Err(at) if rows.len() < SMALL_MAX => {
+                    // Exactly one more slot: most nodes never grow past a few rows.
+                    rows.reserve_exact(1);
+                    rows.insert(at, (Str::from(id), value));
+                    None
+                }
+                Err(_) => {
+                    let mut large: BTreeMap<Str, V> = std::mem::take(rows).into_iter().collect();
+                    large.insert(Str::from(id), value);
+                    *group = Group::Large(large);
+                    None
+                }
+            },
+            Group::Large(rows) => rows.insert(Str::from(id), value),
+        };
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Removes row `id` of `node`; returns it.
+    pub(super) fn remove(&mut self, node: &str, id: &str) -> Option<V> {
+        let group = self.by_node.get_mut(node)?;
+        let (old, now_empty) = match group {
+            Group::Small(rows) => {
+                let at = rows.binary_search_by(|(k, _)| k.as_str().cmp(id)).ok()?;
+                let (_, old) = rows.remove(at);
+                rows.shrink_to_fit();
+                (old, rows.is_empty())
+            }
+            Group::Large(rows) => (rows.remove(id)?, rows.is_empty()),
+        };
+        if now_empty {
+            self.by_node.remove(node);
+        }
+        self.len -= 1;
+        Some(old)
+    }
+
+    /// Rows of `node` as (id, row), in id order.
+    pub(super) fn on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = (&'a Str, &'a V)> {
+        self.by_node.get(node).into_iter().flat_map(Group::iter)
+    }
+
+    /// Every row as (node, id, row), in (node, id) order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Str, &Str, &V)> {
+        self.by_node
+            .iter()
+            .flat_map(|(node, group)| group.iter().map(move |(id, v)| (node, id, v)))
+    }
+
+    /// Every row, mutable, in (node, id) order.
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.by_node.values_mut().flat_map(|group| {
+            let (small, large) = match group {
+                Group::Small(rows) => (Some(rows.iter_mut().map(|(_, v)| v)), None),
+                Group::Large(rows) => (None, Some(rows.values_mut())),
+            };
+            small
+                .into_iter()
+                .flatten()
+                .chain(large.into_iter().flatten())
+        })
+    }
+}
+
+impl<V> Group<V> {
+    /// (id, row) in id order.
+    fn iter(&self) -> Box<dyn Iterator<Item = (&Str, &V)> + '_> {
+        match self {
+            Group::Small(rows) => Box::new(rows.iter().map(|(k, v)| (k, v))),
+            Group::Large(rows) => Box::new(rows.iter()),
+        }
+    }
+}
+
+/// Equal when the rows are: whether a node's rows are in a `Vec` or a
+/// `BTreeMap` is not part of the value.
+impl<V: PartialEq> PartialEq for NodeTable<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl<V: Eq> Eq for NodeTable<V> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_keep_node_then_id_order_through_growth_and_removal() {
+        let mut t = NodeTable::default();
+        let mut reference = BTreeMap::new();
+        // One node past the Vec's limit, others small, inserted out of order.
+        for i in (0..200u32).rev() {
+            let (node, id) = (format!("n{}", i % 3), format!("id{:03}", i));
+            assert_eq!(t.insert(&node, &id, i), None);
+            reference.insert((node, id), i);
+        }
+        for i in 0..150u32 {
+            let (node, id) = ("big".to_string(), format!("x{i:03}"));
+            t.insert(&node, &id, i);
+            reference.insert((node, id), i);
+        }
+        assert_eq!(
+            t.insert("n0", "id000", 7),
+            Some(0),
+            "replace returns the old row"
+        );
+        reference.insert(("n0".into(), "id000".into()), 7);
+        for i in (0..150u32).step_by(2) {
+            let id = format!("x{i:03}");
+            assert_eq!(t.remove("big", &id), Some(i));
+            reference.remove(&("big".to_string(), id));
+        }
+        assert_eq!(t.remove("big", "nope"), None);
+        assert_eq!(t.remove("nobody", "x"), None);
+        assert_eq!(t.len(), reference.len());
+        let got: Vec<_> = t
+            .iter()
+            .map(|(n, i, v)| (n.to_string(), i.to_string(), *v))
+            .collect();
+        let want: Vec<_> = reference
+            .iter()
+            .map(|((n, i), v)| (n.clone(), i.clone(), *v))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(t.get("big", "x001"), Some(&1));
+        assert!(!t.contains("big", "x000"));
+        let n1: Vec<_> = t.on_node("n1").map(|(id, _)| id.to_string()).collect();
+        let want_n1: Vec<_> = reference
+            .keys()
+            .filter(|(n, _)| n == "n1")
+            .map(|(_, i)| i.clone())
+            .collect();
+        assert_eq!(n1, want_n1);
+        t.values_mut().for_each(|v| *v += 1);
+        assert_eq!(t.get("n0", "id000"), Some(&8));
+        for (node, id) in reference.keys() {
+            t.remove(node, id);
+        }
+        assert_eq!(
+            (t.len(), t.iter().count(), t.by_node.len()),
+            (0, 0, 0),
+            "empty nodes are dropped"
+        );
+    }
+
+    #[test]
+    fn equality_ignores_how_a_node_is_stored() {
+        let (mut grown, mut small) = (NodeTable::default(), NodeTable::default());
+        for i in 0..100 {
+            grown.insert("n", &format!("{i:03}"), i);
+        }
+        for i in 10..100 {
+            grown.remove("n", &format!("{i:03}"));
+        }
+        for i in 0..10 {
+            small.insert("n", &format!("{i:03}"), i);
+        }
+        assert_eq!(grown, small);
+        small.insert("n", "x", 1);
+        assert_ne!(grown, small);
+    }
+}
