@@ -41,7 +41,8 @@ pub struct Plan {
     pub only: Vec<String>,
     /// Extra query of the watchers' blocking queries (`&stale` to try another mode).
     pub watch_query: String,
-    memory_points: Vec<u64>,
+    /// Instance counts at which measurements 5 and 6 take the memory figures.
+    pub memory_points: Vec<u64>,
     /// Writes the stopped server misses before its restart.
     missed_writes: u64,
     /// Leaders killed in measurement 11 (issue 20 asks for 20).
@@ -53,7 +54,7 @@ pub struct Plan {
     /// Measurement 13: simulated agents, flips per second, window per phase, agents silenced.
     agents: agents::Settings,
     /// Measurement 14: the catalog filled on to this many instances (full bench only).
-    scale: Option<u64>,
+    pub scale: Option<u64>,
 }
 
 impl Plan {

@@ -48,6 +48,13 @@ struct Args {
     /// Watcher counts for the fan-out (default 1000,10000; quick: 1000).
     #[arg(long, value_delimiter = ',')]
     watchers: Vec<usize>,
+    /// Instance counts at which memory is measured (default 10000,100000; quick: 10000).
+    #[arg(long, value_delimiter = ',')]
+    memory_points: Vec<u64>,
+    /// Instances for measurement 14, the cluster filled on (default 1000000, none in quick);
+    /// 0 skips it.
+    #[arg(long)]
+    scale: Option<u64>,
     /// The r-nacos binary (`scripts/rnacos-bin.sh` installs one and prints its path): with
     /// it, measurement 12 runs r-nacos side by side; without it the report says it was not
     /// installed.
@@ -67,6 +74,12 @@ async fn main() -> anyhow::Result<()> {
     plan.rnacos = a.rnacos_bin;
     if !a.watchers.is_empty() {
         plan.watchers = a.watchers;
+    }
+    if !a.memory_points.is_empty() {
+        plan.memory_points = a.memory_points;
+    }
+    if let Some(scale) = a.scale {
+        plan.scale = (scale > 0).then_some(scale);
     }
     // Dropping the run future on Ctrl-C or SIGTERM drops every process guard in it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

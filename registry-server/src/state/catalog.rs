@@ -279,8 +279,8 @@ impl CatalogState {
         }
         for (node, id, check) in state.checks.iter() {
             if !state.nodes.contains_key(node.as_str())
-                || (!check.service_id.is_empty()
-                    && !state.services.contains(node, &check.service_id))
+                || (!check.service_id().is_empty()
+                    && !state.services.contains(node, check.service_id()))
             {
                 return Err(format!("check {id:?} on node {node:?} has no owner"));
             }
@@ -392,7 +392,7 @@ impl CatalogState {
                 node: self.with_dc(node),
                 service: svc.to_api(id),
                 checks: (self.checks.on_node(&node.node))
-                    .filter_map(|(cid, c)| match c.service_id.as_str() {
+                    .filter_map(|(cid, c)| match c.service_id() {
                         "" => Some(c.to_api(&node.node, cid, None)),
                         sid if sid == id => Some(c.to_api(&node.node, cid, Some(svc))),
                         _ => None,
@@ -407,7 +407,7 @@ impl CatalogState {
     pub fn service_checks(&self, name: &str) -> (Vec<HealthCheck>, u64) {
         let checks = self.instances(name, &[]).flat_map(|(node, id, svc)| {
             (self.checks.on_node(&node.node))
-                .filter(move |(_, c)| c.service_id == id)
+                .filter(move |(_, c)| c.service_id() == id)
                 .map(move |(cid, c)| c.to_api(&node.node, cid, Some(svc)))
         });
         (checks.collect(), self.service_index(name))
@@ -428,7 +428,7 @@ impl CatalogState {
         let checks = self
             .checks
             .iter()
-            .filter(|(_, _, c)| state == "any" || c.status == state)
+            .filter(|(_, _, c)| state == "any" || c.status() == state)
             .map(|(n, id, c)| self.check_to_api(n, id, c));
         Ok((checks.collect(), self.index_of(CHECKS).max(1)))
     }
@@ -441,7 +441,7 @@ impl CatalogState {
     /// Status of check `check_id` on `node`, if it exists.
     pub fn check_status(&self, node: &str, check_id: &str) -> Option<&str> {
         let check = self.checks.get(node, check_id)?;
-        Some(check.status.as_str())
+        Some(check.status())
     }
 
     /// Whether `node` is registered.
@@ -492,7 +492,7 @@ impl CatalogState {
 
     /// The API form of check `id` on `node`, with its owner's name and tags.
     pub(super) fn check_to_api(&self, node: &str, id: &str, check: &StoredCheck) -> HealthCheck {
-        let owner = match check.service_id.as_str() {
+        let owner = match check.service_id() {
             "" => None,
             sid => self.services.get(node, sid).map(|s| &**s),
         };
