@@ -286,7 +286,7 @@ impl CatalogState {
             }
         }
         for (node, id, svc) in state.services.iter() {
-            let name = state.by_name.entry(svc.service.clone()).or_default();
+            let name = state.by_name.entry(svc.service().into()).or_default();
             name.instances.insert((node.clone(), id.clone()));
         }
         let serf = state
@@ -308,11 +308,11 @@ impl CatalogState {
     pub fn services(&self) -> (BTreeMap<String, Vec<String>>, u64) {
         let names = self.by_name.iter().filter(|(_, s)| !s.instances.is_empty());
         let services = names.map(|(name, s)| {
-            let tags: BTreeSet<&Str> = (s.instances.iter())
+            let tags: BTreeSet<&str> = (s.instances.iter())
                 .filter_map(|(node, id)| self.services.get(node, id))
-                .flat_map(|s| s.tags.iter())
+                .flat_map(|s| s.tags())
                 .collect();
-            (owned(name), tags.into_iter().map(owned).collect())
+            (owned(name), tags.into_iter().map(str::to_owned).collect())
         });
         (services.collect(), self.index_of(SERVICES).max(1))
     }
@@ -623,18 +623,18 @@ impl CatalogState {
         }
         for (key, svc) in pending.services {
             if let Some(old) = self.services.remove(&key.0, &key.1) {
-                if let Some(name) = self.by_name.get_mut(&old.service) {
+                if let Some(name) = self.by_name.get_mut(old.service()) {
                     name.instances.remove(&key);
                     // A name whose index never moved has nothing to keep (the
                     // write removing its last instance moves it below).
                     if name.instances.is_empty() && name.index == 0 {
-                        self.by_name.remove(&old.service);
+                        self.by_name.remove(old.service());
                     }
                 }
             }
             if let Some(svc) = svc {
                 let svc = Box::new(StoredService::new(svc));
-                let name = self.by_name.entry(svc.service.clone()).or_default();
+                let name = self.by_name.entry(svc.service().into()).or_default();
                 name.instances.insert(key.clone());
                 self.services.insert(&key.0, &key.1, svc);
             }
@@ -677,7 +677,7 @@ fn check_key_part(what: &str, value: &str) -> Result<(), String> {
 /// Tag match, case-insensitive like Consul's `serviceTagFilter`.
 fn has_tag(svc: &StoredService, tag: &str) -> bool {
     let tag = tag.to_lowercase();
-    svc.tags.iter().any(|t| t.to_lowercase() == tag)
+    svc.tags().any(|t| t.to_lowercase() == tag)
 }
 
 #[cfg(test)]

@@ -12,14 +12,14 @@ use registry_api::{
 
 /// A service instance as the catalog keeps it. The API's [`AgentService`]
 /// minus its id, which is the second half of its key.
+///
+/// Name, address and tags are [`PackedList`]ed: 88 bytes inline and two small
+/// blocks, where inline strings and a block of tags took 120 and 48 for an
+/// instance with two tags (BENCHMARKS.md, 2026-12-01).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct StoredService {
-    /// Service name.
-    pub(super) service: Str,
-    /// Tags.
-    pub(super) tags: Box<[Str]>,
-    /// Instance address.
-    pub(super) address: Str,
+    /// Service name, address, then each tag.
+    text: PackedList,
     /// Instance metadata.
     pub(super) meta: Meta,
     /// Port.
@@ -62,10 +62,10 @@ impl StoredService {
             proxy: svc.proxy,
             connect: svc.connect,
         };
+        let fixed = [svc.service.as_str(), svc.address.as_str()];
+        let text = PackedList::new(fixed.into_iter().chain(svc.tags.iter().map(String::as_str)));
         StoredService {
-            service: svc.service.into(),
-            tags: svc.tags.into_iter().map(Str::from).collect(),
-            address: svc.address.into(),
+            text,
             meta: svc.meta,
             port: svc.port,
             enable_tag_override: svc.enable_tag_override,
@@ -75,15 +75,30 @@ impl StoredService {
         }
     }
 
+    /// Service name.
+    pub(super) fn service(&self) -> &str {
+        self.text.get(0)
+    }
+
+    /// Instance address (empty: the node's).
+    pub(super) fn address(&self) -> &str {
+        self.text.get(1)
+    }
+
+    /// Tags, in the order given.
+    pub(super) fn tags(&self) -> impl Iterator<Item = &str> {
+        (2..self.text.len()).map(|i| self.text.get(i))
+    }
+
     /// The API form of instance `id`.
     pub(super) fn to_api(&self, id: &str) -> AgentService {
         let extra = self.extra.as_deref();
         AgentService {
             kind: extra.map(|e| owned(&e.kind)).unwrap_or_default(),
             id: id.to_string(),
-            service: owned(&self.service),
-            tags: self.tags.iter().map(owned).collect(),
-            address: owned(&self.address),
+            service: self.service().to_owned(),
+            tags: self.tags().map(str::to_owned).collect(),
+            address: self.address().to_owned(),
             meta: self.meta.clone(),
             port: self.port,
             tagged_addresses: extra
@@ -161,14 +176,48 @@ impl StoredCheck {
             notes: text(2),
             output: text(3),
             service_id: text(4),
-            service_name: owner.map(|s| owned(&s.service)).unwrap_or_default(),
+            service_name: owner.map(|s| s.service().to_owned()).unwrap_or_default(),
             service_tags: owner
-                .map(|s| s.tags.iter().map(owned).collect())
+                .map(|s| s.tags().map(str::to_owned).collect())
                 .unwrap_or_default(),
             check_type: text(5),
             create_index: self.create_index,
             modify_index: self.modify_index,
         }
+    }
+}
+
+/// Strings back to back in one heap block, as [`Packed`], for a count known only
+/// when it is made (their ends in a second block).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct PackedList {
+    text: Box<str>,
+    ends: Box<[u32]>,
+}
+
+impl PackedList {
+    /// `parts`, packed.
+    pub(super) fn new<'a>(parts: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut text = String::new();
+        let mut ends = Vec::new();
+        for part in parts {
+            text.push_str(part);
+            ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+        }
+        PackedList {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+
+    /// How many strings.
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The `i`-th string ("" past the end).
+    pub(super) fn get(&self, i: usize) -> &str {
+        slice(&self.text, &self.ends, i)
     }
 }
 
@@ -199,13 +248,18 @@ impl<const N: usize> Packed<N> {
 
     /// The `i`-th string ("" past the end).
     pub(super) fn get(&self, i: usize) -> &str {
-        let start = match i {
-            0 => 0,
-            _ => self.ends.get(i - 1).copied().unwrap_or(u32::MAX),
-        };
-        let end = self.ends.get(i).copied().unwrap_or(0);
-        self.text.get(start as usize..end as usize).unwrap_or("")
+        slice(&self.text, &self.ends, i)
     }
+}
+
+/// The `i`-th of the strings packed in `text` that end at `ends` ("" past the end).
+fn slice<'a>(text: &'a str, ends: &[u32], i: usize) -> &'a str {
+    let start = match i {
+        0 => 0,
+        _ => ends.get(i - 1).copied().unwrap_or(u32::MAX),
+    };
+    let end = ends.get(i).copied().unwrap_or(0);
+    text.get(start as usize..end as usize).unwrap_or("")
 }
 
 /// Whether check `id` (`check`) is a passing `serfHealth`.
@@ -221,7 +275,7 @@ pub(super) fn owned(s: &Str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Packed;
+    use super::{Packed, PackedList};
 
     #[test]
     fn packed_strings_read_back_each_as_given() {
@@ -231,6 +285,10 @@ mod tests {
             assert_eq!(p.get(i), *part, "part {i}");
         }
         assert_eq!(p.get(6), "", "past the end reads empty");
+        let list = PackedList::new(parts);
+        assert_eq!(list.len(), parts.len());
+        assert!((0..parts.len()).all(|i| list.get(i) == parts[i]));
+        assert_eq!(PackedList::new([]).get(0), "");
         let empty = Packed::new(["", ""]);
         assert_eq!((empty.get(0), empty.get(1), empty.text.len()), ("", "", 0));
     }

@@ -96,8 +96,8 @@ impl RaftStore {
         // log and the rows, 12 MiB in all (was 8 and 24, 2026-12-01): 9 MB less
         // RSS at 100,000 instances, and filling the catalog went no slower
         // (BENCHMARKS.md, issue 20's section).
-        opts.set_db_write_buffer_size(12 << 20);
-        let cache = rocksdb::Cache::new_lru_cache(8 << 20);
+        opts.set_db_write_buffer_size(8 << 20);
+        let cache = rocksdb::Cache::new_lru_cache(4 << 20);
         let cf_options = |write_buffer: usize| {
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -107,7 +107,7 @@ impl RaftStore {
             o.set_block_based_table_factory(&table);
             o
         };
-        let cfs = [(CF_LOGS, 4 << 20), (CF_META, 1 << 20), (CF_STORE, 4 << 20)]
+        let cfs = [(CF_LOGS, 2 << 20), (CF_META, 1 << 20), (CF_STORE, 4 << 20)]
             .into_iter()
             .map(|(name, write_buffer)| {
                 ColumnFamilyDescriptor::new(name, cf_options(write_buffer))
