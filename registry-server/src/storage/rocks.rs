@@ -92,10 +92,12 @@ impl RaftStore {
         // hold ~500 MiB. Everything we read often is in memory already (the
         // catalog, the log tail in raft-rs), so the store is written far more
         // than read: small memtables, one small cache, and a cap on all
-        // memtables together (reaching it flushes the largest). 4 MiB for the
-        // log and the rows, 12 MiB in all (was 8 and 24, 2026-12-01): 9 MB less
-        // RSS at 100,000 instances, and filling the catalog went no slower
-        // (BENCHMARKS.md, issue 20's section).
+        // memtables together (reaching it flushes the largest). 2 MiB for the
+        // log (its entries are read back from the memtable by replication and
+        // deleted soon after), 4 MiB for the rows, 8 MiB in all, and a 4 MiB
+        // cache (2026-12-01: was 8, 24 and 8 MiB, then 4, 12 and 8; each step
+        // took RSS at 100,000 instances down and filling the catalog went no
+        // slower: BENCHMARKS.md, issue 20's section).
         opts.set_db_write_buffer_size(8 << 20);
         let cache = rocksdb::Cache::new_lru_cache(4 << 20);
         let cf_options = |write_buffer: usize| {
