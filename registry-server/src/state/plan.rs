@@ -8,7 +8,6 @@
 //! allowed (that is `catalog.rs`, before planning).
 
 use super::catalog::CatalogState;
-use super::current;
 use super::rows::{
     index_key, key_of, node_key, node_range, pair_key, put_rows, NodeKey, RowChange, CHECKS, NODES,
     SERVICES, SERVICE_INDEX_PREFIX,
@@ -85,7 +84,10 @@ impl<'a> WritePlanner<'a> {
 
     /// Current node `name`.
     pub(super) fn node(&self, name: &str) -> Option<&Node> {
-        current(&self.pending.nodes, &self.base.nodes, name)
+        match self.pending.nodes.get(name) {
+            Some(planned) => planned.as_ref(),
+            None => self.base.nodes.get(name).map(|n| &**n),
+        }
     }
 
     /// Current instance `id` on `node`.
@@ -111,8 +113,8 @@ impl<'a> WritePlanner<'a> {
     /// transactions that name a node by ID alone ask).
     pub(super) fn node_name_by_id(&self, id: &str) -> Option<String> {
         let planned = self.pending.nodes.values().flatten();
-        let committed =
-            (self.base.nodes.values()).filter(|n| !self.pending.nodes.contains_key(&n.node));
+        let committed = (self.base.nodes.values().map(|n| &**n))
+            .filter(|n| !self.pending.nodes.contains_key(&n.node));
         planned
             .chain(committed)
             .find(|n| n.id == id)
