@@ -53,7 +53,8 @@ pub struct Plan {
     pub rnacos: Option<PathBuf>,
     /// Measurement 13: simulated agents, flips per second, window per phase, agents silenced.
     agents: agents::Settings,
-    /// Measurement 14: the catalog filled on to this many instances (full bench only).
+    /// Measurement 14: the catalog filled on to this many instances (full bench only,
+    /// unless `--scale` says).
     pub scale: Option<u64>,
 }
 

@@ -36,7 +36,7 @@ pub struct CatalogState {
     pub(super) nodes: BTreeMap<String, Box<Node>>,
     /// Service instances by (node, service id); this order is the reply order.
     /// Boxed, as the checks: a node with many rows keeps them in a B-tree, whose
-    /// empty slots then cost 8 bytes, not the value's 120 (160 for a check).
+    /// empty slots then cost 8 bytes, not the value's 88 (56 for a check).
     pub(super) services: NodeTable<Box<StoredService>>,
     /// Checks by (node, check id).
     pub(super) checks: NodeTable<Box<StoredCheck>>,
@@ -47,6 +47,8 @@ pub struct CatalogState {
     /// removal. One map for both: when every instance has a name of its own, a
     /// second map of names was ~60 bytes per instance (BENCHMARKS.md, 2026-12-01).
     by_name: BTreeMap<Str, ServiceName>,
+    /// How many of `by_name`'s names have instances (the metrics read it).
+    listed_names: usize,
     /// Blocking-query indexes of the three tables.
     indexes: BTreeMap<Str, u64>,
     /// Nodes whose `serfHealth` check passes. Derived, not persisted: the
@@ -74,6 +76,7 @@ impl CatalogState {
             services: NodeTable::default(),
             checks: NodeTable::default(),
             by_name: BTreeMap::new(),
+            listed_names: 0,
             indexes: BTreeMap::new(),
             serf_passing: BTreeSet::new(),
         }
@@ -188,12 +191,9 @@ impl CatalogState {
 
     /// Sizes for the metrics: (nodes, service names, service instances, checks).
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
-        let names = (self.by_name.values())
-            .filter(|n| !n.instances.is_empty())
-            .count();
         (
             self.nodes.len(),
-            names,
+            self.listed_names,
             self.services.len(),
             self.checks.len(),
         )
@@ -290,6 +290,9 @@ impl CatalogState {
             let name = state.by_name.entry(svc.service().into()).or_default();
             name.instances.insert((node.clone(), id.clone()));
         }
+        state.listed_names = (state.by_name.values())
+            .filter(|n| !n.instances.is_empty())
+            .count();
         let serf = state
             .checks
             .iter()
@@ -625,17 +628,22 @@ impl CatalogState {
         for (key, svc) in pending.services {
             if let Some(old) = self.services.remove(&key.0, &key.1) {
                 if let Some(name) = self.by_name.get_mut(old.service()) {
-                    name.instances.remove(&key);
-                    // A name whose index never moved has nothing to keep (the
-                    // write removing its last instance moves it below).
-                    if name.instances.is_empty() && name.index == 0 {
-                        self.by_name.remove(old.service());
+                    if name.instances.remove(&key) && name.instances.is_empty() {
+                        self.listed_names -= 1;
+                        // A name whose index never moved has nothing to keep (the
+                        // write removing its last instance moves it below).
+                        if name.index == 0 {
+                            self.by_name.remove(old.service());
+                        }
                     }
                 }
             }
             if let Some(svc) = svc {
                 let svc = Box::new(StoredService::new(svc));
                 let name = self.by_name.entry(svc.service().into()).or_default();
+                if name.instances.is_empty() {
+                    self.listed_names += 1;
+                }
                 name.instances.insert(key.clone());
                 self.services.insert(&key.0, &key.1, svc);
             }

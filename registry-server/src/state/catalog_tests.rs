@@ -370,6 +370,8 @@ fn rows_round_trip_and_match_the_row_changes() {
     let web = back.health_service("web", &[], true);
     assert_eq!(web, s.health_service("web", &[], true));
     assert_eq!(back.services(), s.services());
+    // The metrics' count of names: a name whose last instance went (db) is not one.
+    assert_eq!((s.sizes().1, back.sizes().1), (s.services().0.len(), 2));
 }
 
 #[test]

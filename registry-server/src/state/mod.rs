@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod command;
 pub mod events;
 pub mod kv;
+mod packed;
 mod plan;
 pub mod restore;
 mod rows;
@@ -432,7 +433,8 @@ impl<'a> Scratch<'a> {
 
 /// The value at `key` as a Raft entry sees it while it is planned: the
 /// entry's planned write (`None`: a delete) if any, else the committed one.
-/// Every table's view reads through this.
+/// The tables' views read through this, but for the catalog's nodes, which are
+/// boxed in the committed table (`WritePlanner::node`).
 fn current<'a, K, Q, V>(
     planned: &'a BTreeMap<K, Option<V>>,
     base: &'a BTreeMap<K, V>,

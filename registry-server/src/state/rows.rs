@@ -45,9 +45,10 @@ pub struct RowChange {
 
 /// `(node, id)`: the key of a service instance or a check, unique per node.
 ///
-/// Names and ids are [`Str`]s, as are the stored strings below: they hold up to
-/// 24 bytes inline, which covers nearly every name, id, tag and status, so a
-/// catalog of 100,000 instances is not also 2 million small heap blocks.
+/// Names and ids are [`Str`]s: they hold up to 24 bytes inline, which covers
+/// nearly every name and id, so a catalog of 100,000 instances is not also
+/// 200,000 small heap blocks. (The stored rows' other strings are packed,
+/// `stored.rs`.)
 pub(super) type NodeKey = (Str, Str);
 
 /// `(node, id)` as a key.

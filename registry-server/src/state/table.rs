@@ -139,11 +139,29 @@ impl<V> NodeTable<V> {
 }
 
 impl<V> Group<V> {
-    /// (id, row) in id order.
-    fn iter(&self) -> Box<dyn Iterator<Item = (&Str, &V)> + '_> {
+    /// (id, row) in id order. (An iterator of either form, not a boxed one: reads
+    /// walk a node's rows once per instance they answer with.)
+    fn iter(&self) -> GroupIter<'_, V> {
         match self {
-            Group::Small(rows) => Box::new(rows.iter().map(|(k, v)| (k, v))),
-            Group::Large(rows) => Box::new(rows.iter()),
+            Group::Small(rows) => GroupIter::Small(rows.iter()),
+            Group::Large(rows) => GroupIter::Large(rows.iter()),
+        }
+    }
+}
+
+/// [`Group::iter`].
+enum GroupIter<'a, V> {
+    Small(std::slice::Iter<'a, (Str, V)>),
+    Large(std::collections::btree_map::Iter<'a, Str, V>),
+}
+
+impl<'a, V> Iterator for GroupIter<'a, V> {
+    type Item = (&'a Str, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            GroupIter::Small(rows) => rows.next().map(|(k, v)| (k, v)),
+            GroupIter::Large(rows) => rows.next(),
         }
     }
 }

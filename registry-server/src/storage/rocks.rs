@@ -80,29 +80,9 @@ fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64, StorageFailure> {
     Ok(u64::from_be_bytes(arr))
 }
 
-/// RocksDB allocates with the C library's malloc (the Rust side uses mimalloc,
-/// `main.rs`). glibc gives each thread that meets contention an arena of its
-/// own and keeps what is freed in it: RocksDB's flush and compaction threads held
-/// two more, ~5 MB between them at 100,000 instances, for memory in use a moment
-/// at a time. One arena for the process (glibc's `M_ARENA_MAX`): leader RSS at
-/// 100,000 instances 101-103 -> 98 MB, filling as fast (BENCHMARKS.md,
-/// 2026-12-01). Its lock is shared by RocksDB's few threads only.
-fn one_c_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: mallopt only sets a tunable of glibc's allocator; it is
-        // thread-safe and takes no pointers.
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        });
-    }
-}
-
 impl RaftStore {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &Path, faults: DiskFaults) -> Result<(Self, Recovered), StorageFailure> {
-        one_c_heap();
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
