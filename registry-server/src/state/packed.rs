@@ -78,12 +78,6 @@ fn slice<'a>(text: &'a str, ends: &[u32], i: usize) -> &'a str {
     text.get(start as usize..end as usize).unwrap_or("")
 }
 
-/// A `String` copy of `s`. (`Str::to_string` would go through `Display` and
-/// the formatting machinery, which showed in profiles of the read paths.)
-pub(super) fn owned(s: &Str) -> String {
-    s.as_str().to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::{Packed, PackedList};

@@ -193,3 +193,9 @@ impl StoredCheck {
 pub(super) fn is_serf_passing(id: &str, check: &StoredCheck) -> bool {
     id == SERF_HEALTH_ID && check.status() == PASSING
 }
+
+/// A `String` copy of `s`. (`Str::to_string` would go through `Display` and
+/// the formatting machinery, which showed in profiles of the read paths.)
+pub(super) fn owned(s: &Str) -> String {
+    s.as_str().to_owned()
+}
