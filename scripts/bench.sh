@@ -15,9 +15,10 @@ source "$root/scripts/static-env.sh"
 export RUSTFLAGS="$STATIC_RUSTFLAGS"
 
 # The same package set as the lab images first (so that both builds share one feature
-# resolution and one set of artifacts), then the bench itself.
+# resolution and one set of artifacts), then the bench itself, in its own profile (release
+# without the whole-program LTO: Cargo.toml says why).
 scripts/cargo.sh build --release --target "$TRIPLE" -p registry-server -p registry-client -p wan-gateway
-scripts/cargo.sh build --release --target "$TRIPLE" -p registry-bench
+scripts/cargo.sh build --profile bench-client --target "$TRIPLE" -p registry-bench
 
 # r-nacos for measurement 12, installed once per machine outside the clone (the first time
 # compiles it: 15-30 minutes). If that fails the bench still runs and says it was not installed.
@@ -28,4 +29,4 @@ else
   echo "r-nacos could not be installed (scripts/rnacos-bin.sh); measurement 12 is skipped" >&2
 fi
 
-exec "$target_dir/$TRIPLE/release/registry-bench" --bin-dir "$target_dir/$TRIPLE/release" "${rnacos[@]}" "$@"
+exec "$target_dir/$TRIPLE/bench-client/registry-bench" --bin-dir "$target_dir/$TRIPLE/release" "${rnacos[@]}" "$@"

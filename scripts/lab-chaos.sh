@@ -20,8 +20,8 @@ cd "$root"
 source "$root/scripts/static-env.sh"
 echo "==> building lab-chaos"
 RUSTFLAGS="$STATIC_RUSTFLAGS" \
-  "$here/cargo.sh" build --release --target "$TRIPLE" -p registry-bench --bin lab-chaos || exit 1
-bin="$target_dir/$TRIPLE/release/lab-chaos"
+  "$here/cargo.sh" build --profile bench-client --target "$TRIPLE" -p registry-bench --bin lab-chaos || exit 1
+bin="$target_dir/$TRIPLE/bench-client/lab-chaos"
 
 # Empty variables would reach clap as empty values: drop them.
 for v in LAB_CHAOS_SECONDS LAB_CHAOS_SEED LAB_CHAOS_CLIENTS LAB_CHAOS_KEYS LAB_CHAOS_NO_XDC; do
