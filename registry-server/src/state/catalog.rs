@@ -11,11 +11,11 @@
 use super::command::Command;
 use super::plan::{WritePlan, WritePlanner};
 use super::rows::{
-    from_json, index_key, node_key, pair_key, split_pair, to_json, KeySet, RowChange, CHECKS,
+    from_json, index_key, node_key, pair_key, split_pair, to_json, NodeKey, RowChange, CHECKS,
     NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use super::stored::{is_serf_passing, owned, StoredCheck, StoredService};
-use super::table::NodeTable;
+use super::table::{NodeTable, SmallMap};
 use compact_str::CompactString as Str;
 use registry_api::{
     AgentService, CatalogNode, CatalogService, DeregisterRequest, HealthCheck, Node,
@@ -57,6 +57,11 @@ pub struct CatalogState {
     /// as the catalog grew (BENCHMARKS.md, 2026-11-30).
     serf_passing: BTreeSet<Str>,
 }
+
+/// The instances of one service name, in key order. When every instance has a
+/// name of its own, a `BTreeSet` per name (a whole node, room for eleven keys,
+/// for one) made this index the largest part of the catalog's memory.
+type KeySet = SmallMap<NodeKey, (), 32>;
 
 /// What the catalog keeps per service name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -288,7 +293,7 @@ impl CatalogState {
         }
         for (node, id, svc) in state.services.iter() {
             let name = state.by_name.entry(svc.service().into()).or_default();
-            name.instances.insert((node.clone(), id.clone()));
+            name.instances.insert((node.clone(), id.clone()), ());
         }
         state.listed_names = (state.by_name.values())
             .filter(|n| !n.instances.is_empty())
@@ -312,7 +317,7 @@ impl CatalogState {
     pub fn services(&self) -> (BTreeMap<String, Vec<String>>, u64) {
         let names = self.by_name.iter().filter(|(_, s)| !s.instances.is_empty());
         let services = names.map(|(name, s)| {
-            let tags: BTreeSet<&str> = (s.instances.iter())
+            let tags: BTreeSet<&str> = (s.instances.keys())
                 .filter_map(|(node, id)| self.services.get(node, id))
                 .flat_map(|s| s.tags())
                 .collect();
@@ -486,7 +491,7 @@ impl CatalogState {
         tags: &'a [String],
     ) -> impl Iterator<Item = (&'a Node, &'a str, &'a StoredService)> + 'a {
         let keys = self.by_name.get(name).into_iter();
-        keys.flat_map(|s| &s.instances)
+        keys.flat_map(|s| s.instances.keys())
             .filter_map(|(node, id)| {
                 let svc = self.services.get(node, id)?;
                 Some((&**self.nodes.get(node.as_str())?, id.as_str(), &**svc))
@@ -628,7 +633,7 @@ impl CatalogState {
         for (key, svc) in pending.services {
             if let Some(old) = self.services.remove(&key.0, &key.1) {
                 if let Some(name) = self.by_name.get_mut(old.service()) {
-                    if name.instances.remove(&key) && name.instances.is_empty() {
+                    if name.instances.remove(&key).is_some() && name.instances.is_empty() {
                         self.listed_names -= 1;
                         // A name whose index never moved has nothing to keep (the
                         // write removing its last instance moves it below).
@@ -644,7 +649,7 @@ impl CatalogState {
                 if name.instances.is_empty() {
                     self.listed_names += 1;
                 }
-                name.instances.insert(key.clone());
+                name.instances.insert(key.clone(), ());
                 self.services.insert(&key.0, &key.1, svc);
             }
         }

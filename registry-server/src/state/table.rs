@@ -1,6 +1,7 @@
-//! [`NodeTable`]: the catalog's rows keyed by (node, id), service instances and
-//! checks, grouped by node. Owns only the container; what the rows mean is
-//! `catalog.rs`'s.
+//! The catalog's containers: [`NodeTable`], its rows keyed by (node, id)
+//! (service instances and checks) grouped by node, and [`SmallMap`], a map that
+//! is a sorted `Vec` while small. Owns only the containers; what the rows mean
+//! is `catalog.rs`'s.
 //!
 //! Why not one `BTreeMap<(node, id), V>`: a B-tree filled in key order (as
 //! registrations mostly arrive, and as a restart loads its sorted rows) keeps 6 of
@@ -10,27 +11,18 @@
 //! 120 bytes less per instance (BENCHMARKS.md, 2026-12-01).
 
 use compact_str::CompactString as Str;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// Rows keyed by (node, id), iterated in (node, id) order.
 #[derive(Clone, Debug)]
 pub(super) struct NodeTable<V> {
-    by_node: BTreeMap<Str, Group<V>>,
+    /// One node's rows by id. Most nodes have a few (an agent's services and
+    /// checks); a node with many (a sync tool registering thousands of services
+    /// on one node, as consul-k8s does) gets a B-tree.
+    by_node: BTreeMap<Str, SmallMap<Str, V, 64>>,
     len: usize,
 }
-
-/// One node's rows by id. Most nodes have a few (an agent's services and
-/// checks): a sorted `Vec` without spare room. A node with many (a sync tool
-/// registering thousands of services on one node, as consul-k8s does) gets a
-/// `BTreeMap`, so an insert does not move every later row.
-#[derive(Clone, Debug)]
-enum Group<V> {
-    Small(Vec<(Str, V)>),
-    Large(BTreeMap<Str, V>),
-}
-
-/// Past this many rows a node's group becomes a `BTreeMap`.
-const SMALL_MAX: usize = 64;
 
 impl<V> Default for NodeTable<V> {
     fn default() -> Self {
@@ -49,13 +41,7 @@ impl<V> NodeTable<V> {
 
     /// Row `id` of `node`.
     pub(super) fn get(&self, node: &str, id: &str) -> Option<&V> {
-        match self.by_node.get(node)? {
-            Group::Small(rows) => {
-                let at = rows.binary_search_by(|(k, _)| k.as_str().cmp(id)).ok()?;
-                Some(&rows[at].1)
-            }
-            Group::Large(rows) => rows.get(id),
-        }
+        self.by_node.get(node)?.get(id)
     }
 
     /// Whether row `id` of `node` exists.
@@ -65,27 +51,8 @@ impl<V> NodeTable<V> {
 
     /// Sets row `id` of `node`; returns the row it replaced.
     pub(super) fn insert(&mut self, node: &str, id: &str, value: V) -> Option<V> {
-        let group = (self.by_node)
-            .entry(Str::from(node))
-            .or_insert_with(|| Group::Small(Vec::new()));
-        let old = match group {
-            Group::Small(rows) => match rows.binary_search_by(|(k, _)| k.as_str().cmp(id)) {
-                Ok(at) => Some(std::mem::replace(&mut rows[at].1, value)),
-                Err(at) if rows.len() < SMALL_MAX => {
-                    // Exactly one more slot: most nodes never grow past a few rows.
-                    rows.reserve_exact(1);
-                    rows.insert(at, (Str::from(id), value));
-                    None
-                }
-                Err(_) => {
-                    let mut large: BTreeMap<Str, V> = std::mem::take(rows).into_iter().collect();
-                    large.insert(Str::from(id), value);
-                    *group = Group::Large(large);
-                    None
-                }
-            },
-            Group::Large(rows) => rows.insert(Str::from(id), value),
-        };
+        let group = self.by_node.entry(Str::from(node)).or_default();
+        let old = group.insert(Str::from(id), value);
         if old.is_none() {
             self.len += 1;
         }
@@ -95,16 +62,8 @@ impl<V> NodeTable<V> {
     /// Removes row `id` of `node`; returns it.
     pub(super) fn remove(&mut self, node: &str, id: &str) -> Option<V> {
         let group = self.by_node.get_mut(node)?;
-        let (old, now_empty) = match group {
-            Group::Small(rows) => {
-                let at = rows.binary_search_by(|(k, _)| k.as_str().cmp(id)).ok()?;
-                let (_, old) = rows.remove(at);
-                rows.shrink_to_fit();
-                (old, rows.is_empty())
-            }
-            Group::Large(rows) => (rows.remove(id)?, rows.is_empty()),
-        };
-        if now_empty {
+        let old = group.remove(id)?;
+        if group.is_empty() {
             self.by_node.remove(node);
         }
         self.len -= 1;
@@ -113,7 +72,7 @@ impl<V> NodeTable<V> {
 
     /// Rows of `node` as (id, row), in id order.
     pub(super) fn on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = (&'a Str, &'a V)> {
-        self.by_node.get(node).into_iter().flat_map(Group::iter)
+        self.by_node.get(node).into_iter().flat_map(SmallMap::iter)
     }
 
     /// Every row as (node, id, row), in (node, id) order.
@@ -125,44 +84,7 @@ impl<V> NodeTable<V> {
 
     /// Every row, mutable, in (node, id) order.
     pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.by_node.values_mut().flat_map(|group| {
-            let (small, large) = match group {
-                Group::Small(rows) => (Some(rows.iter_mut().map(|(_, v)| v)), None),
-                Group::Large(rows) => (None, Some(rows.values_mut())),
-            };
-            small
-                .into_iter()
-                .flatten()
-                .chain(large.into_iter().flatten())
-        })
-    }
-}
-
-impl<V> Group<V> {
-    /// (id, row) in id order. (An iterator of either form, not a boxed one: reads
-    /// walk a node's rows once per instance they answer with.)
-    fn iter(&self) -> GroupIter<'_, V> {
-        match self {
-            Group::Small(rows) => GroupIter::Small(rows.iter()),
-            Group::Large(rows) => GroupIter::Large(rows.iter()),
-        }
-    }
-}
-
-/// [`Group::iter`].
-enum GroupIter<'a, V> {
-    Small(std::slice::Iter<'a, (Str, V)>),
-    Large(std::collections::btree_map::Iter<'a, Str, V>),
-}
-
-impl<'a, V> Iterator for GroupIter<'a, V> {
-    type Item = (&'a Str, &'a V);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            GroupIter::Small(rows) => rows.next().map(|(k, v)| (k, v)),
-            GroupIter::Large(rows) => rows.next(),
-        }
+        self.by_node.values_mut().flat_map(SmallMap::values_mut)
     }
 }
 
@@ -175,6 +97,134 @@ impl<V: PartialEq> PartialEq for NodeTable<V> {
 }
 
 impl<V: Eq> Eq for NodeTable<V> {}
+
+/// A map kept as a sorted `Vec` sized to fit while it holds at most `MAX`
+/// entries, as a `BTreeMap` past that. Most of the catalog's small maps hold a
+/// few entries, and a `BTreeMap` allocates a whole node (room for eleven) even
+/// for one; past a few dozen, a `Vec` insert would move every later entry. The
+/// catalog uses it for a node's rows (above) and a service name's instances
+/// (`catalog.rs`'s `KeySet`).
+#[derive(Clone, Debug)]
+pub(super) enum SmallMap<K, V, const MAX: usize> {
+    Small(Vec<(K, V)>),
+    Large(BTreeMap<K, V>),
+}
+
+impl<K, V, const MAX: usize> Default for SmallMap<K, V, MAX> {
+    fn default() -> Self {
+        SmallMap::Small(Vec::new())
+    }
+}
+
+impl<K: Ord, V, const MAX: usize> SmallMap<K, V, MAX> {
+    /// The value at `key`.
+    pub(super) fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        match self {
+            SmallMap::Small(rows) => {
+                let at = rows.binary_search_by(|(k, _)| k.borrow().cmp(key)).ok()?;
+                Some(&rows[at].1)
+            }
+            SmallMap::Large(rows) => rows.get(key),
+        }
+    }
+
+    /// Sets `key` to `value`; returns the value it replaced.
+    pub(super) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self {
+            SmallMap::Small(rows) => match rows.binary_search_by(|(k, _)| k.cmp(&key)) {
+                Ok(at) => Some(std::mem::replace(&mut rows[at].1, value)),
+                Err(at) if rows.len() < MAX => {
+                    // Exactly one more slot: `insert` alone would reserve four,
+                    // and most of these maps never grow past a few entries.
+                    rows.reserve_exact(1);
+                    rows.insert(at, (key, value));
+                    None
+                }
+                Err(_) => {
+                    let mut large: BTreeMap<K, V> = std::mem::take(rows).into_iter().collect();
+                    large.insert(key, value);
+                    *self = SmallMap::Large(large);
+                    None
+                }
+            },
+            SmallMap::Large(rows) => rows.insert(key, value),
+        }
+    }
+
+    /// Removes `key`; returns its value.
+    pub(super) fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        match self {
+            SmallMap::Small(rows) => {
+                let at = rows.binary_search_by(|(k, _)| k.borrow().cmp(key)).ok()?;
+                let (_, old) = rows.remove(at);
+                rows.shrink_to_fit();
+                Some(old)
+            }
+            SmallMap::Large(rows) => rows.remove(key),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            SmallMap::Small(rows) => rows.is_empty(),
+            SmallMap::Large(rows) => rows.is_empty(),
+        }
+    }
+
+    /// (key, value) in key order. (An iterator of either form, not a boxed one:
+    /// reads walk these once per instance they answer with.)
+    pub(super) fn iter(&self) -> SmallMapIter<'_, K, V> {
+        match self {
+            SmallMap::Small(rows) => SmallMapIter::Small(rows.iter()),
+            SmallMap::Large(rows) => SmallMapIter::Large(rows.iter()),
+        }
+    }
+
+    /// Keys in order.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Values in key order, mutable.
+    fn values_mut(&mut self) -> Box<dyn Iterator<Item = &mut V> + '_> {
+        match self {
+            SmallMap::Small(rows) => Box::new(rows.iter_mut().map(|(_, v)| v)),
+            SmallMap::Large(rows) => Box::new(rows.values_mut()),
+        }
+    }
+}
+
+/// Equal when they hold the same entries, whatever their form.
+impl<K: Ord, V: PartialEq, const MAX: usize> PartialEq for SmallMap<K, V, MAX> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl<K: Ord, V: Eq, const MAX: usize> Eq for SmallMap<K, V, MAX> {}
+
+/// [`SmallMap::iter`].
+pub(super) enum SmallMapIter<'a, K, V> {
+    Small(std::slice::Iter<'a, (K, V)>),
+    Large(std::collections::btree_map::Iter<'a, K, V>),
+}
+
+impl<'a, K, V> Iterator for SmallMapIter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            SmallMapIter::Small(rows) => rows.next().map(|(k, v)| (k, v)),
+            SmallMapIter::Large(rows) => rows.next(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
