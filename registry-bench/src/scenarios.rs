@@ -457,6 +457,7 @@ pub async fn fanout_spread(
     }
     eprintln!("  spread: opening {n} watchers");
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(n);
     for w in 0..n {
         let s = w % services;
@@ -465,10 +466,10 @@ pub async fn fanout_spread(
         let path = format!("/v1/health/service/spread-{s}?index={}&wait=120s", index[s]);
         let source =
             std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, (w / 20_000) as u8 + 1));
-        let (done, min) = (done_tx.clone(), index[s]);
+        let (done, min, asked) = (done_tx.clone(), index[s], asked.clone());
         tasks.push(tokio::spawn(async move {
             let slot = watch::Slot::default();
-            let r = watch::get_from(&slot, Some(source), &addr, &path);
+            let r = watch::get_from(&slot, Some(source), &addr, &path, Some(&asked));
             let result = match tokio::time::timeout(Duration::from_secs(180), r).await {
                 Ok(Ok(a)) if a.status == 200 && a.index > min => Ok(()),
                 Ok(Ok(a)) if a.status != 200 => Err(format!(
@@ -486,8 +487,20 @@ pub async fn fanout_spread(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    // Let every watcher's request reach its server: a second per 10,000 beyond the pacing.
-    tokio::time::sleep(Duration::from_millis(1_000 + n as u64 / 10)).await;
+    // Every watcher has sent its request (or failed: counted below) before the writes, so
+    // the writes are measured alone; then a second for the last requests to be read.
+    let asking = Instant::now();
+    while asked.load(Ordering::Relaxed) + tasks.iter().filter(|t| t.is_finished()).count() < n
+        && asking.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "  spread: {} of {n} watchers asked within {:?}",
+        asked.load(Ordering::Relaxed),
+        asking.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut result = SpreadRun {
         services,
         watchers: n,

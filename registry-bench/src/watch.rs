@@ -33,22 +33,24 @@ pub struct Answer {
 /// Like any HTTP client with a pool, it retries once on a new connection when a kept-alive one
 /// turns out to be closed (the server may close idle connections) before any byte of the answer.
 pub async fn get(slot: &Slot, addr: &str, path: &str) -> Result<Answer, String> {
-    get_from(slot, None, addr, path).await
+    get_from(slot, None, addr, path, None).await
 }
 
 /// [`get`], with a new connection's local end bound to `source` (port chosen by the kernel).
 /// Loopback has a whole /8 of addresses, and each source address has its own ~28,000 ephemeral
 /// ports: 100,000 watchers of 3 servers need more ports than one source address has.
+/// `sent` counts requests written, so a caller can wait until every watcher has asked.
 pub async fn get_from(
     slot: &Slot,
     source: Option<std::net::IpAddr>,
     addr: &str,
     path: &str,
+    sent: Option<&std::sync::atomic::AtomicUsize>,
 ) -> Result<Answer, String> {
     let mut guard = slot.lock().await;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     if let Some(mut stream) = guard.take() {
-        match exchange(&mut stream, &request).await {
+        match exchange(&mut stream, &request, sent).await {
             Ok(answer) => {
                 *guard = Some(stream);
                 return Ok(answer);
@@ -61,9 +63,11 @@ pub async fn get_from(
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let answer = exchange(&mut stream, &request).await.map_err(|f| match f {
-        Failure::Stale(e) | Failure::Broken(e) => e,
-    })?;
+    let answer = exchange(&mut stream, &request, sent)
+        .await
+        .map_err(|f| match f {
+            Failure::Stale(e) | Failure::Broken(e) => e,
+        })?;
     *guard = Some(stream);
     Ok(answer)
 }
@@ -80,8 +84,33 @@ async fn connect(source: Option<std::net::IpAddr>, addr: &str) -> std::io::Resul
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    bind_address_no_port(&socket)?;
     socket.bind(std::net::SocketAddr::new(source, 0))?;
     socket.connect(to).await
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: the port of a socket bound to `(address, 0)` is chosen at
+/// `connect`, from the whole 4-tuple, instead of at `bind`, where the kernel looks for a port
+/// no other socket of that address holds. With tens of thousands of sockets on one address
+/// that search made each `bind` scan them all: opening 18,000 watchers kept the bench's two
+/// threads in the kernel for tens of seconds, and the spread's writes waited behind it.
+fn bind_address_no_port(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a c_int option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Why an exchange failed.
@@ -92,9 +121,16 @@ enum Failure {
     Broken(String),
 }
 
-async fn exchange(stream: &mut TcpStream, request: &str) -> Result<Answer, Failure> {
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &str,
+    sent: Option<&std::sync::atomic::AtomicUsize>,
+) -> Result<Answer, Failure> {
     if let Err(e) = stream.write_all(request.as_bytes()).await {
         return Err(Failure::Stale(format!("write: {e}")));
+    }
+    if let Some(sent) = sent {
+        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let mut buf = Vec::with_capacity(2048);
     if let Err(e) = read_more(stream, &mut buf).await {
