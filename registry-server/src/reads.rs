@@ -167,6 +167,40 @@ pub async fn read_value<T>(
     Ok(raft.with_applied(query))
 }
 
+/// A probe's index function, as a plain function (for reads without a probe).
+pub type IndexFn = fn(&StateStore) -> u64;
+
+/// What a blocking read probes between evaluations (see [`read_probed`]).
+pub struct Probe<P> {
+    /// The index the query would answer with, computed without copying the data.
+    pub index: P,
+    /// The service whose index `index` is, when it is one: the read then
+    /// waits for that service's writes alone
+    /// ([`RaftHandle::service_changes`]), not for every applied write.
+    pub service: Option<String>,
+}
+
+impl<P: Fn(&StateStore) -> u64> Probe<P> {
+    /// A probe of `index` alone: the read wakes at every applied write.
+    pub fn index(index: P) -> Self {
+        Probe {
+            index,
+            service: None,
+        }
+    }
+}
+
+/// The probe of a read of service `name`'s instances (the health and catalog
+/// service endpoints): the service's index ([`crate::state::CatalogState::service_index`])
+/// and the service's wake-ups.
+pub fn service_probe(name: &str) -> Probe<impl Fn(&StateStore) -> u64> {
+    let of = name.to_string();
+    Probe {
+        index: move |s: &StateStore| s.catalog.service_index(&of),
+        service: Some(name.to_string()),
+    }
+}
+
 /// Answers a read: waits for the consistency `mode` asks for, then evaluates
 /// `query` against the applied state, re-evaluating it after each applied
 /// change while it is a `blocking` query whose index has not moved past
@@ -194,7 +228,7 @@ where
     F: Fn(&StateStore) -> (T, u64),
     S: Fn(T) -> (U, bool),
 {
-    let no_probe: Option<fn(&StateStore) -> u64> = None;
+    let no_probe: Option<Probe<IndexFn>> = None;
     read_probed(
         raft, cache, shutdown, mode, blocking, key, no_probe, query, then,
     )
@@ -206,7 +240,8 @@ where
 /// (which copies every value it answers with, under the applied-state read
 /// lock) and serialises it only once the index moved past `min_index` or
 /// the wait ended, not after every applied entry: a watcher of a large,
-/// quiet KV prefix costs one index lookup per write elsewhere.
+/// quiet KV prefix costs one index lookup per write elsewhere, and a watcher
+/// of one service is not even woken by writes to others.
 #[allow(clippy::too_many_arguments)]
 pub async fn read_probed<T, U, P, F, S>(
     raft: &RaftHandle,
@@ -215,7 +250,7 @@ pub async fn read_probed<T, U, P, F, S>(
     mode: Consistency,
     blocking: Option<Blocking>,
     key: String,
-    probe: Option<P>,
+    probe: Option<Probe<P>>,
     query: F,
     then: S,
 ) -> Result<Answer, RaftError>
@@ -231,7 +266,11 @@ where
         Consistency::Default => raft.default_barrier().await?,
         Consistency::Consistent => raft.linearizable_barrier().await?,
     }
-    let mut changes = raft.applied_changes();
+    let service = probe.as_ref().and_then(|p| p.service.as_deref());
+    let mut changes = match (blocking, service) {
+        (Some(_), Some(name)) => raft.service_changes(name),
+        _ => raft.applied_changes(),
+    };
     let deadline = blocking.map(|b| {
         // Consul adds up to wait/16 of jitter so that many watchers of one
         // change do not all come back at the same instant.
@@ -257,7 +296,7 @@ where
     loop {
         changes.borrow_and_update();
         let moved = match &probe {
-            Some(probe) => !keep_waiting(raft.with_applied(|state, _| probe(state))),
+            Some(probe) => !keep_waiting(raft.with_applied(|state, _| (probe.index)(state))),
             None => true,
         };
         if moved {

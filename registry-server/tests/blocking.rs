@@ -131,7 +131,7 @@ async fn a_blocking_query_returns_at_the_end_of_its_wait() {
 /// after every write elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
-    use registry_server::reads::{read_probed, AnswerCache, Blocking, Consistency};
+    use registry_server::reads::{read_probed, AnswerCache, Blocking, Consistency, Probe};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let c = TestCluster::start(1).await;
@@ -156,7 +156,9 @@ async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
                 Consistency::Stale,
                 Some(blocking),
                 "quiet".to_string(),
-                Some(|s: &registry_server::state::StateStore| s.kv.prefix_index("quiet/")),
+                Some(Probe::index(|s: &registry_server::state::StateStore| {
+                    s.kv.prefix_index("quiet/")
+                })),
                 |s| {
                     built.fetch_add(1, Ordering::SeqCst);
                     s.kv.list("quiet/")
@@ -184,5 +186,91 @@ async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
     assert_eq!(built.load(Ordering::SeqCst), 1);
     let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
     assert_eq!(body.as_array().map(Vec::len), Some(2));
+    c.shutdown().await;
+}
+
+/// Issue 20: a blocking read of one service is not even woken by writes to other services (it
+/// waits on its service's own wake-ups, `raft/wakeups.rs`): with watchers on many services,
+/// a write wakes the watchers of what it changed, not every watcher to probe its index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_read_of_one_service_is_not_woken_by_writes_to_others() {
+    use registry_server::reads::{read_probed, AnswerCache, Blocking, Consistency, Probe};
+    use registry_server::state::StateStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let c = TestCluster::start(1).await;
+    let leader = c.wait_leader().await;
+    let client = c.client(leader);
+    client
+        .catalog_register(&reg("n1", "web", "web-1"), None)
+        .await
+        .unwrap();
+    // A registration is acknowledged just before its watchers are woken: one more write,
+    // acknowledged, means web's wake-up has gone out before the read below subscribes.
+    client
+        .catalog_register(&reg("m", "db", "db"), None)
+        .await
+        .unwrap();
+    let raft = c.node(leader).raft.clone();
+    let min_index = raft.with_applied(|s, _| s.catalog.service_index("web"));
+    let probed = Arc::new(AtomicUsize::new(0));
+    let watch = {
+        let (raft, probed) = (raft.clone(), probed.clone());
+        tokio::spawn(async move {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let probe = Probe {
+                index: |s: &StateStore| {
+                    probed.fetch_add(1, Ordering::SeqCst);
+                    s.catalog.service_index("web")
+                },
+                service: Some("web".to_string()),
+            };
+            read_probed(
+                &raft,
+                &AnswerCache::default(),
+                &shutdown,
+                Consistency::Stale,
+                Some(Blocking {
+                    min_index,
+                    wait: Duration::from_secs(20),
+                }),
+                "web".to_string(),
+                Some(probe),
+                |s| s.catalog.health_service("web", &[], false),
+                |v| (v, false),
+            )
+            .await
+        })
+    };
+    wait_until(Duration::from_secs(5), "the first probe", || async {
+        (probed.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        client
+            .catalog_register(&reg(&format!("m{i}"), "db", &format!("db-{i}")), None)
+            .await
+            .unwrap();
+    }
+    // Every write above was applied before its registration was acknowledged, and the
+    // watchers of every applied write are woken as it is published: had the read waited on
+    // all writes, it would have probed about 20 times by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !watch.is_finished(),
+        "writes to db do not answer a watch of web"
+    );
+    assert_eq!(probed.load(Ordering::SeqCst), 1, "nor wake it to probe");
+    client
+        .catalog_register(&reg("n2", "web", "web-2"), None)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(answer.index > min_index);
+    assert_eq!(probed.load(Ordering::SeqCst), 2);
     c.shutdown().await;
 }

@@ -143,6 +143,23 @@ async fn a_snapshot_restores_onto_every_server_and_moves_indexes_forward() {
         })
     };
 
+    // A watcher of a service the archive does not hold: it waits on that service's own
+    // wake-ups (`raft/wakeups.rs`), and the restore must wake it though the service is
+    // gone (its index falls back to the services table's, restamped past it).
+    let (_, db_meta) = lc
+        .health_service("db", &QueryOptions::default())
+        .await
+        .unwrap();
+    let db_watcher = {
+        let watcher = c.client(follower);
+        let opts = QueryOptions {
+            index: Some(db_meta.index),
+            wait: Some(Duration::from_secs(30)),
+            ..Default::default()
+        };
+        tokio::spawn(async move { watcher.health_service("db", &opts).await })
+    };
+
     // Restored through a follower: the entry goes to the leader inside Raft.
     let (status, text) = restore(&c.node(follower).url(), archive.clone()).await;
     assert_eq!((status, text.as_str()), (200, ""));
@@ -191,6 +208,18 @@ async fn a_snapshot_restores_onto_every_server_and_moves_indexes_forward() {
         .unwrap();
     assert!(index > watched_at, "{index} > {watched_at}");
     assert_eq!(body[0]["Value"], "MQ==", "{body}");
+    let (db, meta) = tokio::time::timeout(Duration::from_secs(10), db_watcher)
+        .await
+        .expect("the watcher of a service the restore removed woke")
+        .unwrap()
+        .unwrap();
+    assert!(db.is_empty(), "{db:?}");
+    assert!(
+        meta.index > db_meta.index,
+        "{} > {}",
+        meta.index,
+        db_meta.index
+    );
 
     // A write after the restore is above everything the restore wrote.
     assert!(lc.kv_put("app/c", "3", &[]).await.unwrap());

@@ -108,3 +108,59 @@ async fn a_follower_that_keeps_losing_snapshots_does_not_get_one_per_heartbeat()
     wait_caught_up(&c, lagger, applied, Duration::from_secs(40)).await;
     c.shutdown().await;
 }
+
+/// A follower that catches up by a snapshot rebuilds its state whole, and no applied entry
+/// names what changed: the watchers of one service, which wait on that service's own
+/// wake-ups (`raft/wakeups.rs`), must still be answered by the install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_answers_the_watchers_of_a_service() {
+    let c = compacting_cluster().await;
+    let leader = c.wait_leader().await;
+    let lagger = (leader + 1) % 3;
+    c.client(leader)
+        .catalog_register(&reg("n-first", "queue", "q-first"), None)
+        .await
+        .unwrap();
+    let on_lagger = c.client(lagger);
+    let watched_at = wait_until(
+        Duration::from_secs(10),
+        "the follower has queue",
+        || async {
+            let (list, meta) = on_lagger.health_service("queue", &stale()).await.ok()?;
+            (list.len() == 1).then_some(meta.index)
+        },
+    )
+    .await;
+    c.net.isolate(&c.names[lagger]);
+    let watch = {
+        let opts = registry_api::QueryOptions {
+            stale: true,
+            index: Some(watched_at),
+            wait: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        tokio::spawn(async move { on_lagger.health_service("queue", &opts).await })
+    };
+    for i in 0..60 {
+        c.client(leader)
+            .catalog_register(&reg(&format!("n{i}"), "queue", &format!("q-{i:02}")), None)
+            .await
+            .unwrap();
+    }
+    let compacted_to = c.status(leader).compacted_to;
+    assert!(
+        compacted_to > watched_at,
+        "leader compacted only to {compacted_to}"
+    );
+    assert!(!watch.is_finished(), "answered while cut off");
+    c.net.heal(&c.names[lagger]);
+    let (list, meta) = tokio::time::timeout(Duration::from_secs(20), watch)
+        .await
+        .expect("the watcher was answered once the snapshot was installed")
+        .unwrap()
+        .unwrap();
+    assert!(meta.index > watched_at);
+    assert!(c.status(lagger).snapshots_installed >= 1);
+    assert!(list.len() > 1, "{} instances", list.len());
+    c.shutdown().await;
+}

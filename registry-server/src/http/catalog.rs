@@ -3,7 +3,7 @@
 
 use super::params::read_params;
 use super::{acl_retain, json, json_headers, read_then, read_then_probed, HttpResult, Params, St};
-use crate::state::{CatalogState, Command, StateStore};
+use crate::state::{CatalogState, Command};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::Method;
@@ -314,13 +314,12 @@ pub(super) async fn catalog_service(
     let meta = p.node_meta.clone();
     let key = format!("service\0{name}\0{tags:?}{}", p.key_suffix());
     let acl = auth.0.clone();
-    let probe_name = name.clone();
     read_then_probed(
         &st,
         &auth,
         &p,
         key,
-        Some(move |s: &StateStore| s.catalog.service_index(&probe_name)),
+        Some(crate::reads::service_probe(&name)),
         move |s| {
             let c = &s.catalog;
             let (mut list, index) = c.service_nodes(&name, &tags);

@@ -3,7 +3,7 @@
 use super::catalog::{filtered, meta_ok, node_and_service};
 use super::params::read_params;
 use super::{read_then, read_then_probed, HttpResult, Params, St};
-use crate::state::{CatalogState, StateStore};
+use crate::state::CatalogState;
 use axum::extract::{Path, Query, State};
 use registry_api::acl::extract::Authorized;
 use registry_api::filter::{schemas, NodeMeta};
@@ -26,13 +26,12 @@ pub(super) async fn health_service(
         p.key_suffix()
     );
     let acl = auth.0.clone();
-    let probe_name = name.clone();
     read_then_probed(
         &st,
         &auth,
         &p,
         key,
-        Some(move |s: &StateStore| s.catalog.service_index(&probe_name)),
+        Some(crate::reads::service_probe(&name)),
         move |s| {
             let c = &s.catalog;
             let (mut list, index) = c.health_service(&name, &tags, passing);

@@ -198,7 +198,7 @@ where
         p.mode_now(&st.raft),
         p.blocking,
         super::acl_key(cache_key, authz),
-        Some(probe),
+        Some(crate::reads::Probe::index(probe)),
         query,
         then,
     )

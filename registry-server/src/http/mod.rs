@@ -559,7 +559,7 @@ where
     F: Fn(&StateStore) -> (T, u64),
     S: Fn(T) -> (U, bool),
 {
-    let no_probe: Option<fn(&StateStore) -> u64> = None;
+    let no_probe: Option<crate::reads::Probe<crate::reads::IndexFn>> = None;
     read_then_probed(st, authz, p, key, no_probe, query, then).await
 }
 
@@ -573,7 +573,7 @@ async fn read_then_probed<T, U, P, F, S>(
     authz: &Authz,
     p: &params::ReadParams,
     key: String,
-    probe: Option<P>,
+    probe: Option<crate::reads::Probe<P>>,
     query: F,
     then: S,
 ) -> HttpResult

@@ -162,7 +162,7 @@ async fn read_catalog<T: Serialize>(
         p.mode_now(&st.raft),
         p.blocking,
         acl_key(key, authz),
-        Some(catalog_index),
+        Some(crate::reads::Probe::index(catalog_index)),
         query,
         then,
     )

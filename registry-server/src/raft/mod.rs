@@ -26,6 +26,7 @@ mod node;
 mod reads;
 mod snapshots;
 mod space;
+mod wakeups;
 
 use crate::rpc::{PeerInfo, RpcMessage, Transport};
 use crate::state::{Command, Outcome, StateStore};
@@ -203,8 +204,11 @@ pub(crate) struct Shared {
     pub applied: RwLock<Applied>,
     /// The latest Raft status.
     pub status: RwLock<RaftStatus>,
-    /// Bumped after every applied batch; blocking queries wait on it.
+    /// Bumped after every applied batch; blocking queries wait on it (but
+    /// those of one service, which wait on `service_wakeups`).
     pub applied_tx: watch::Sender<u64>,
+    /// Per-service channels for blocking reads of one service (`wakeups.rs`).
+    pub service_wakeups: wakeups::ServiceWakeups,
     /// The commit index, stored before any message announcing it leaves, so a
     /// leader answering a default read can wait until it has applied at least
     /// what any follower may already have acknowledged.
@@ -472,6 +476,18 @@ impl RaftHandle {
         self.shared.applied_tx.subscribe()
     }
 
+    /// What a blocking read of service `name` waits on, subscribed under the
+    /// applied-state lock (so no batch falls between what `state` shows and
+    /// the subscription): the service's own changes once it has its own
+    /// index, else every applied batch (an unknown name's index is the
+    /// services table's, which any service's write moves).
+    pub fn service_changes(&self, name: &str) -> watch::Receiver<u64> {
+        self.with_applied(|state, _| match state.catalog.own_service_index(name) {
+            Some(_) => self.shared.service_wakeups.subscribe(name),
+            None => self.applied_changes(),
+        })
+    }
+
     /// `Err(Broken)` once the Raft thread has stopped: reads must not be
     /// answered from a state that no longer follows the log.
     pub fn check_running(&self) -> Result<(), RaftError> {
@@ -552,6 +568,7 @@ pub fn start(
             ..Default::default()
         }),
         applied_tx,
+        service_wakeups: Default::default(),
         commit: AtomicU64::new(0),
         lease: std::sync::Mutex::new(None),
         announce_gated: setup.announce_gated,

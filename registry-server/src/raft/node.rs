@@ -15,11 +15,11 @@ use super::reads::{ignores_vote, ReadWaiter};
 use super::snapshots::SnapshotInFlight;
 use super::{Event, Fatal, RaftError, RaftNodeSetup, RaftTuning, Reply, Role, Shared, EVENT_QUEUE};
 use crate::rpc::{PeerInfo, RpcMessage, Transport};
-use crate::state::{Outcome, StateStore};
+use crate::state::{Command, Outcome, StateStore};
 use crate::storage::{RaftStore, StorageFailure, StoreBatch};
 use raft::eraftpb::{ConfChangeType, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, ReadOnlyOption, StateRole};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
@@ -92,6 +92,11 @@ pub(super) struct RaftNode {
     pub(super) snapshot_failures: HashMap<u64, u32>,
     pub(super) entries_synced: u64,
     pub(super) syncs: u64,
+    /// Services whose index moved in batches applied since the last
+    /// [`RaftNode::finish_apply`], which wakes their watchers (`wakeups.rs`).
+    pub(super) moved_services: BTreeSet<String>,
+    /// The state was rebuilt whole since then: every watcher wakes.
+    pub(super) state_replaced: bool,
     pub(super) logger: slog::Logger,
 }
 
@@ -170,6 +175,8 @@ impl RaftNode {
             snapshot_failures: HashMap::new(),
             entries_synced: 0,
             syncs: 0,
+            moved_services: BTreeSet::new(),
+            state_replaced: false,
             logger,
         })
     }
@@ -598,6 +605,7 @@ impl RaftNode {
             .unwrap_or_else(|e| e.into_inner());
         applied.state = state;
         applied.index = index;
+        self.state_replaced = true;
         self.snapshots_installed += 1;
         self.shared.metrics.fsm_restore.since(started);
         Ok(())
@@ -633,6 +641,11 @@ impl RaftNode {
                             self.shared.metrics.apply.inc();
                         }
                         let (result, rows) = applied.state.apply(e.index, env.at, &env.cmd);
+                        if matches!(env.cmd, Command::Restore(_)) {
+                            self.state_replaced = true;
+                        }
+                        let moved = rows.iter().filter_map(|r| r.moved_service_index());
+                        self.moved_services.extend(moved.map(str::to_string));
                         self.store.apply_rows(
                             batch,
                             e.index,
@@ -684,6 +697,14 @@ impl RaftNode {
                 false
             }
         });
+        let wakeups = &self.shared.service_wakeups;
+        if std::mem::take(&mut self.state_replaced) {
+            wakeups.notify_all();
+            self.moved_services.clear();
+        } else if !self.moved_services.is_empty() {
+            wakeups.notify(self.moved_services.iter().map(String::as_str));
+            self.moved_services.clear();
+        }
     }
 
     fn maybe_compact(&mut self) -> Result<(), Fatal> {

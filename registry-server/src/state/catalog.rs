@@ -479,8 +479,18 @@ impl CatalogState {
     /// Index of service `name`; a name never seen falls back to the services
     /// table, as Consul's `maxIndexForService` does.
     pub fn service_index(&self, name: &str) -> u64 {
-        let own = self.by_name.get(name).map(|s| s.index).filter(|&i| i != 0);
-        own.unwrap_or(self.index_of(SERVICES)).max(1)
+        self.own_service_index(name)
+            .unwrap_or(self.index_of(SERVICES))
+            .max(1)
+    }
+
+    /// Index of service `name` if it has its own ([`Self::service_index`]
+    /// falls back otherwise). Once it has, only a write that moves it (its
+    /// `i/service/<name>` row, [`super::RowChange::moved_service_index`])
+    /// or a state rebuilt whole (a restore, a snapshot installed) changes
+    /// what `service_index` answers: an own index is never cleared.
+    pub fn own_service_index(&self, name: &str) -> Option<u64> {
+        self.by_name.get(name).map(|s| s.index).filter(|&i| i != 0)
     }
 
     /// Instances of `name` having all `tags`, with their nodes and ids, in

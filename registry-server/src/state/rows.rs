@@ -43,6 +43,18 @@ pub struct RowChange {
     pub value: Option<Vec<u8>>,
 }
 
+impl RowChange {
+    /// The service name whose blocking-query index this row moves (its
+    /// `i/service/<name>` row). Every write a reader of one service can see
+    /// moves that index (`catalog.rs` bumps it with the write), so the Raft
+    /// thread wakes that service's watchers, and no others, for such a row.
+    pub fn moved_service_index(&self) -> Option<&str> {
+        let name = self.key.strip_prefix(b"i/")?;
+        let name = name.strip_prefix(SERVICE_INDEX_PREFIX.as_bytes())?;
+        std::str::from_utf8(name).ok()
+    }
+}
+
 /// `(node, id)`: the key of a service instance or a check, unique per node.
 ///
 /// Names and ids are [`Str`]s: they hold up to 24 bytes inline, which covers
