@@ -487,10 +487,12 @@ pub async fn fanout_spread(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    // Every watcher has sent its request (or failed: counted below) before the writes, so
-    // the writes are measured alone; then a second for the last requests to be read.
+    // Every watcher has sent its request before the writes, so the writes are measured
+    // alone (one that failed first is counted below, once every task has ended or after
+    // two minutes); then a second for the last requests to be read.
     let asking = Instant::now();
-    while asked.load(Ordering::Relaxed) + tasks.iter().filter(|t| t.is_finished()).count() < n
+    while asked.load(Ordering::Relaxed) < n
+        && !tasks.iter().all(|t| t.is_finished())
         && asking.elapsed() < Duration::from_secs(120)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -266,10 +266,15 @@ where
         Consistency::Default => raft.default_barrier().await?,
         Consistency::Consistent => raft.linearizable_barrier().await?,
     }
-    let service = probe.as_ref().and_then(|p| p.service.as_deref());
-    let mut changes = match (blocking, service) {
-        (Some(_), Some(name)) => raft.service_changes(name),
-        _ => raft.applied_changes(),
+    // The service whose own channel the read waits on, while it does.
+    let mut on_service = probe.as_ref().and_then(|p| p.service.as_deref());
+    let own = on_service.filter(|_| blocking.is_some());
+    let mut changes = match own.and_then(|name| raft.service_changes(name)) {
+        Some(changes) => changes,
+        None => {
+            on_service = None;
+            raft.applied_changes()
+        }
     };
     let deadline = blocking.map(|b| {
         // Consul adds up to wait/16 of jitter so that many watchers of one
@@ -296,7 +301,18 @@ where
     loop {
         changes.borrow_and_update();
         let moved = match &probe {
-            Some(probe) => !keep_waiting(raft.with_applied(|state, _| (probe.index)(state))),
+            Some(probe) => !keep_waiting(raft.with_applied(|state, _| {
+                // A state rebuilt whole (a restore, a snapshot installed)
+                // may lack the service: its index is then the services
+                // table's, which writes to any service move, so from here
+                // the read waits on every write (switched under the lock
+                // its probe reads under: no batch falls in between).
+                if on_service.is_some_and(|name| state.catalog.own_service_index(name).is_none()) {
+                    changes = raft.applied_changes();
+                    on_service = None;
+                }
+                (probe.index)(state)
+            })),
             None => true,
         };
         if moved {

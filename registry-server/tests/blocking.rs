@@ -205,8 +205,9 @@ async fn a_blocking_read_of_one_service_is_not_woken_by_writes_to_others() {
         .catalog_register(&reg("n1", "web", "web-1"), None)
         .await
         .unwrap();
-    // A registration is acknowledged just before its watchers are woken: one more write,
-    // acknowledged, means web's wake-up has gone out before the read below subscribes.
+    // A registration is acknowledged just before its service's watchers are woken, so the
+    // read below could subscribe in between and be woken once for web-1. One more write,
+    // acknowledged, means web-1's wake-up has gone out before it subscribes.
     client
         .catalog_register(&reg("m", "db", "db"), None)
         .await
@@ -252,10 +253,8 @@ async fn a_blocking_read_of_one_service_is_not_woken_by_writes_to_others() {
             .await
             .unwrap();
     }
-    // Every write above was applied before its registration was acknowledged, and the
-    // watchers of every applied write are woken as it is published: had the read waited on
-    // all writes, it would have probed about 20 times by now.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Had the read waited on every write, each of these 20 (a round trip each) would have
+    // woken it to probe; the count at the end below does not depend on when it ran.
     assert!(
         !watch.is_finished(),
         "writes to db do not answer a watch of web"

@@ -145,7 +145,8 @@ async fn a_snapshot_restores_onto_every_server_and_moves_indexes_forward() {
 
     // A watcher of a service the archive does not hold: it waits on that service's own
     // wake-ups (`raft/wakeups.rs`), and the restore must wake it though the service is
-    // gone (its index falls back to the services table's, restamped past it).
+    // gone (its index falls back to the services table's, restamped past it; the restore
+    // deletes the service's index row, which wakes it).
     let (_, db_meta) = lc
         .health_service("db", &QueryOptions::default())
         .await
@@ -159,6 +160,11 @@ async fn a_snapshot_restores_onto_every_server_and_moves_indexes_forward() {
         };
         tokio::spawn(async move { watcher.health_service("db", &opts).await })
     };
+    let raft = c.node(follower).raft.clone();
+    wait_until(WAIT, "the db watcher waits", || async {
+        (raft.service_watchers("db") >= 1).then_some(())
+    })
+    .await;
 
     // Restored through a follower: the entry goes to the leader inside Raft.
     let (status, text) = restore(&c.node(follower).url(), archive.clone()).await;
@@ -394,4 +400,80 @@ async fn a_client_agent_forwards_a_save_and_a_restore_larger_than_the_kv_limit()
 async fn kv_value_len(c: &TestCluster, i: usize, key: &str) -> Option<usize> {
     let (list, _) = c.client(i).kv_get(key, &stale(), &[]).await.ok()?;
     Some(list?.into_iter().next()?.value?.len())
+}
+
+/// A watcher of a service on a follower that has not applied a restore yet, at an index
+/// the restore reached elsewhere: the restore removes the service, so its index becomes the
+/// services table's, still not past the watcher's; the next write to any other service
+/// moves it, and must answer the watcher, though that write never names the service whose
+/// own wake-ups the watcher subscribed to (`reads.rs` switches it to every write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_of_a_service_a_restore_removed_wakes_at_the_next_write_to_any_service() {
+    let c = TestCluster::builder(3).agents(false).start().await;
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    let lc = c.client(leader);
+    lc.catalog_register(&reg("n1", "web", "web-1"), None)
+        .await
+        .unwrap();
+    let (archive, _) = save(&c.node(leader).url()).await;
+    lc.catalog_register(&reg("n2", "db", "db-1"), None)
+        .await
+        .unwrap();
+    let on_follower = c.client(follower);
+    wait_until(WAIT, "the follower has db", || async {
+        let (list, _) = on_follower.health_service("db", &stale()).await.ok()?;
+        (list.len() == 1).then_some(())
+    })
+    .await;
+
+    c.net.isolate(&c.names[follower]);
+    let (status, text) = restore(&c.node(leader).url(), archive).await;
+    assert_eq!((status, text.as_str()), (200, ""));
+    let (gone, meta) = lc
+        .health_service("db", &QueryOptions::default())
+        .await
+        .unwrap();
+    assert!(gone.is_empty(), "{gone:?}");
+    let restored_at = meta.index;
+
+    // The cut-off follower still has db, at an index below the restore's: its watcher
+    // waits on db's own wake-ups.
+    let watch = {
+        let opts = QueryOptions {
+            stale: true,
+            index: Some(restored_at),
+            wait: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        tokio::spawn(async move { on_follower.health_service("db", &opts).await })
+    };
+    let raft = c.node(follower).raft.clone();
+    wait_until(WAIT, "the db watcher waits", || async {
+        (raft.service_watchers("db") >= 1).then_some(())
+    })
+    .await;
+    c.net.heal(&c.names[follower]);
+    let applied = c.node(leader).raft.applied_index();
+    wait_until(WAIT, "the follower applied the restore", || async {
+        (raft.applied_index() >= applied).then_some(())
+    })
+    .await;
+    // The restore woke it; db's index is now the services table's, the restore's index.
+    assert!(
+        !watch.is_finished(),
+        "answered without a change past its index"
+    );
+
+    lc.catalog_register(&reg("n3", "other", "other-1"), None)
+        .await
+        .unwrap();
+    let (list, meta) = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("the next write to another service answered the watcher")
+        .unwrap()
+        .unwrap();
+    assert!(list.is_empty(), "{list:?}");
+    assert!(meta.index > restored_at, "{} > {restored_at}", meta.index);
+    c.shutdown().await;
 }

@@ -476,16 +476,22 @@ impl RaftHandle {
         self.shared.applied_tx.subscribe()
     }
 
-    /// What a blocking read of service `name` waits on, subscribed under the
-    /// applied-state lock (so no batch falls between what `state` shows and
-    /// the subscription): the service's own changes once it has its own
-    /// index, else every applied batch (an unknown name's index is the
-    /// services table's, which any service's write moves).
-    pub fn service_changes(&self, name: &str) -> watch::Receiver<u64> {
-        self.with_applied(|state, _| match state.catalog.own_service_index(name) {
-            Some(_) => self.shared.service_wakeups.subscribe(name),
-            None => self.applied_changes(),
+    /// The changes of service `name` alone, subscribed under the
+    /// applied-state lock (so no batch falls between the state the caller
+    /// reads next and the subscription), if it has its own index; `None`
+    /// for a name without one, whose index is the services table's, which
+    /// any service's write moves: its readers wait on
+    /// [`Self::applied_changes`].
+    pub fn service_changes(&self, name: &str) -> Option<watch::Receiver<u64>> {
+        self.with_applied(|state, _| {
+            state.catalog.own_service_index(name)?;
+            Some(self.shared.service_wakeups.subscribe(name))
         })
+    }
+
+    /// Readers waiting on service `name`'s own changes (tests, diagnostics).
+    pub fn service_watchers(&self, name: &str) -> usize {
+        self.shared.service_wakeups.receivers(name)
     }
 
     /// `Err(Broken)` once the Raft thread has stopped: reads must not be

@@ -16,9 +16,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// The channels, by service name. An entry lives while a reader holds a
-/// receiver of it; the ones nobody holds are dropped when notified and swept
-/// whenever the map has doubled, so the map stays within twice the number of
-/// watched names (a reader subscribes only to a name the catalog has).
+/// receiver of it; the ones nobody holds are dropped when notified, and all of
+/// them whenever the Raft thread notifies with the map doubled since its last
+/// sweep. A reader subscribes only to a name the catalog has, so the map holds
+/// at most the catalog's service names. Readers subscribe under the
+/// applied-state read lock: they only look up or insert here, and the sweeps
+/// run on the Raft thread, which holds no applied-state lock while notifying.
 #[derive(Default)]
 pub(crate) struct ServiceWakeups {
     inner: Mutex<Channels>,
@@ -45,10 +48,6 @@ impl ServiceWakeups {
         if let Some(tx) = ch.by_name.get(name) {
             return tx.subscribe();
         }
-        if ch.by_name.len() >= (2 * ch.swept_to).max(SWEEP_FLOOR) {
-            ch.by_name.retain(|_, tx| tx.receiver_count() > 0);
-            ch.swept_to = ch.by_name.len();
-        }
         let (tx, rx) = watch::channel(0);
         ch.by_name.insert(name.to_string(), Arc::new(tx));
         rx
@@ -60,6 +59,10 @@ impl ServiceWakeups {
     pub(crate) fn notify<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let woken: Vec<_> = {
             let mut ch = self.lock();
+            if ch.by_name.len() >= (2 * ch.swept_to).max(SWEEP_FLOOR) {
+                ch.by_name.retain(|_, tx| tx.receiver_count() > 0);
+                ch.swept_to = ch.by_name.len();
+            }
             names
                 .into_iter()
                 .filter_map(|name| {
@@ -88,6 +91,11 @@ impl ServiceWakeups {
         for tx in woken {
             tx.send_modify(|v| *v = v.wrapping_add(1));
         }
+    }
+
+    /// Readers holding `name`'s channel.
+    pub(crate) fn receivers(&self, name: &str) -> usize {
+        (self.lock().by_name.get(name)).map_or(0, |tx| tx.receiver_count())
     }
 
     /// Names with a channel (tests).
@@ -128,9 +136,12 @@ mod tests {
         let kept = w.subscribe("kept");
         for i in 0..1_000 {
             drop(w.subscribe(&format!("gone-{i}")));
+            // The Raft thread notifies after every batch that moved a service.
+            w.notify(["elsewhere"]);
         }
         // Swept whenever the map doubles: never more than twice what is held.
         assert!(w.len() <= 2 * SWEEP_FLOOR, "{} channels", w.len());
+        assert_eq!(w.receivers("kept"), 1);
         w.notify_all();
         assert_eq!(w.len(), 1);
         let again = w.subscribe("kept");

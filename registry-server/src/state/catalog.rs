@@ -487,8 +487,9 @@ impl CatalogState {
     /// Index of service `name` if it has its own ([`Self::service_index`]
     /// falls back otherwise). Once it has, only a write that moves it (its
     /// `i/service/<name>` row, [`super::RowChange::moved_service_index`])
-    /// or a state rebuilt whole (a restore, a snapshot installed) changes
-    /// what `service_index` answers: an own index is never cleared.
+    /// or a state rebuilt whole (a restore, a snapshot installed, which may
+    /// lack the service) changes what `service_index` answers: no write
+    /// clears an own index.
     pub fn own_service_index(&self, name: &str) -> Option<u64> {
         self.by_name.get(name).map(|s| s.index).filter(|&i| i != 0)
     }
