@@ -112,7 +112,20 @@ impl RaftStore {
         let cfs = [(CF_LOGS, 2 << 20), (CF_META, 1 << 20), (CF_STORE, 4 << 20)]
             .into_iter()
             .map(|(name, write_buffer)| {
-                ColumnFamilyDescriptor::new(name, cf_options(write_buffer))
+                let mut o = cf_options(write_buffer);
+                if name == CF_STORE {
+                    // The rows fit in one level while the catalog is small, so each
+                    // level-0 compaction rewrites all of them: at RocksDB's trigger of
+                    // 4 files (16 MiB of 4 MiB memtables), compaction went from 4 % to
+                    // 17 % of the servers' CPU over one register measurement as the
+                    // catalog grew. 16 files rewrite them a quarter as often. Nothing
+                    // reads these rows but the load at start-up (the catalog lives in
+                    // memory), so more level-0 files cost no lookups.
+                    o.set_level_zero_file_num_compaction_trigger(16);
+                    o.set_level_zero_slowdown_writes_trigger(32);
+                    o.set_level_zero_stop_writes_trigger(48);
+                }
+                ColumnFamilyDescriptor::new(name, o)
             });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let store = RaftStore {
