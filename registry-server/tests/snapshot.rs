@@ -160,11 +160,7 @@ async fn a_snapshot_restores_onto_every_server_and_moves_indexes_forward() {
         };
         tokio::spawn(async move { watcher.health_service("db", &opts).await })
     };
-    let raft = c.node(follower).raft.clone();
-    wait_until(WAIT, "the db watcher waits", || async {
-        (raft.service_watchers("db") >= 1).then_some(())
-    })
-    .await;
+    c.wait_watching(follower, "db").await;
 
     // Restored through a follower: the entry goes to the leader inside Raft.
     let (status, text) = restore(&c.node(follower).url(), archive.clone()).await;
@@ -448,13 +444,10 @@ async fn a_watcher_of_a_service_a_restore_removed_wakes_at_the_next_write_to_any
         };
         tokio::spawn(async move { on_follower.health_service("db", &opts).await })
     };
-    let raft = c.node(follower).raft.clone();
-    wait_until(WAIT, "the db watcher waits", || async {
-        (raft.service_watchers("db") >= 1).then_some(())
-    })
-    .await;
+    c.wait_watching(follower, "db").await;
     c.net.heal(&c.names[follower]);
     let applied = c.node(leader).raft.applied_index();
+    let raft = &c.node(follower).raft;
     wait_until(WAIT, "the follower applied the restore", || async {
         (raft.applied_index() >= applied).then_some(())
     })

@@ -24,16 +24,22 @@ async fn leave_a_follower_behind(c: &mut TestCluster) -> (usize, usize, u64) {
     let leader = c.wait_leader().await;
     let lagger = (leader + 1) % 3;
     c.stop(lagger).await;
+    register_queue(c, leader).await;
+    let compacted_to = c.status(leader).compacted_to;
+    assert!(compacted_to > 20, "leader compacted only to {compacted_to}");
+    let applied = c.node(leader).raft.applied_index();
+    (leader, lagger, applied)
+}
+
+/// Registers 60 instances of `queue` (nodes `n0`..`n59`) through server `leader`: three
+/// times the log the compacting cluster keeps.
+async fn register_queue(c: &TestCluster, leader: usize) {
     for i in 0..60 {
         c.client(leader)
             .catalog_register(&reg(&format!("n{i}"), "queue", &format!("q-{i:02}")), None)
             .await
             .unwrap();
     }
-    let compacted_to = c.status(leader).compacted_to;
-    assert!(compacted_to > 20, "leader compacted only to {compacted_to}");
-    let applied = c.node(leader).raft.applied_index();
-    (leader, lagger, applied)
 }
 
 /// Waits until server `i` has applied `index` and holds the last write.
@@ -141,23 +147,14 @@ async fn a_snapshot_install_answers_the_watchers_of_a_service() {
         };
         tokio::spawn(async move { on_lagger.health_service("queue", &opts).await })
     };
-    for i in 0..60 {
-        c.client(leader)
-            .catalog_register(&reg(&format!("n{i}"), "queue", &format!("q-{i:02}")), None)
-            .await
-            .unwrap();
-    }
+    register_queue(&c, leader).await;
     let compacted_to = c.status(leader).compacted_to;
     assert!(
         compacted_to > watched_at,
         "leader compacted only to {compacted_to}"
     );
     assert!(!watch.is_finished(), "answered while cut off");
-    let raft = c.node(lagger).raft.clone();
-    wait_until(Duration::from_secs(10), "the watcher waits", || async {
-        (raft.service_watchers("queue") >= 1).then_some(())
-    })
-    .await;
+    c.wait_watching(lagger, "queue").await;
     let last_write = c.node(leader).raft.applied_index();
     c.net.heal(&c.names[lagger]);
     let (list, meta) = tokio::time::timeout(Duration::from_secs(20), watch)

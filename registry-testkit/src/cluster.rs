@@ -314,6 +314,18 @@ impl TestCluster {
             .await
     }
 
+    /// Waits until a blocking read on server `i` waits on service `name`'s own wake-ups, so
+    /// that a test's next step (a write, a restore, a healed link) happens after it subscribed.
+    pub async fn wait_watching(&self, i: usize, name: &str) {
+        let raft = &self.node(i).raft;
+        crate::wait::wait_until(
+            Duration::from_secs(20),
+            &format!("a watcher of {name} on server {i}"),
+            || async { (raft.service_watchers(name) >= 1).then_some(()) },
+        )
+        .await;
+    }
+
     /// HTTP base URLs of the running servers.
     pub fn urls(&self) -> Vec<String> {
         self.running()

@@ -697,13 +697,12 @@ impl RaftNode {
                 false
             }
         });
+        let moved = std::mem::take(&mut self.moved_services);
         let wakeups = &self.shared.service_wakeups;
         if std::mem::take(&mut self.state_replaced) {
             wakeups.notify_all();
-            self.moved_services.clear();
-        } else if !self.moved_services.is_empty() {
-            wakeups.notify(self.moved_services.iter().map(String::as_str));
-            self.moved_services.clear();
+        } else if !moved.is_empty() {
+            wakeups.notify(moved.iter().map(String::as_str));
         }
     }
 

@@ -75,9 +75,7 @@ impl ServiceWakeups {
                 })
                 .collect()
         };
-        for tx in woken {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
-        }
+        wake(woken);
     }
 
     /// Wakes every reader (the state was rebuilt whole).
@@ -88,9 +86,7 @@ impl ServiceWakeups {
             ch.swept_to = ch.by_name.len();
             ch.by_name.values().cloned().collect()
         };
-        for tx in woken {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
-        }
+        wake(woken);
     }
 
     /// Readers holding `name`'s channel.
@@ -102,6 +98,13 @@ impl ServiceWakeups {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().by_name.len()
+    }
+}
+
+/// Moves each channel on, which wakes its readers (outside the map's lock).
+fn wake(channels: Vec<Arc<watch::Sender<u64>>>) {
+    for tx in channels {
+        tx.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 

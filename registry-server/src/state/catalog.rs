@@ -12,7 +12,7 @@ use super::command::Command;
 use super::plan::{WritePlan, WritePlanner};
 use super::rows::{
     from_json, index_key, node_key, pair_key, split_pair, to_json, NodeKey, RowChange, CHECKS,
-    NODES, SERVICES, SERVICE_INDEX_PREFIX,
+    INDEX_PREFIX, NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use super::stored::{is_serf_passing, owned, StoredCheck, StoredService};
 use super::table::{NodeTable, SmallMap};
@@ -554,7 +554,7 @@ impl CatalogState {
             }
             // The stored service name and tags are dropped: they are derived.
             (self.checks).insert(node, id, Box::new(StoredCheck::new(check)));
-        } else if let Some(name) = key.strip_prefix("i/") {
+        } else if let Some(name) = key.strip_prefix(INDEX_PREFIX) {
             if ![NODES, SERVICES, CHECKS].contains(&name) && !name.starts_with(SERVICE_INDEX_PREFIX)
             {
                 return Err(bad("unknown index"));

@@ -76,7 +76,8 @@ fn restamped(
 /// by the prefixes of `rows.rs`; a prefix this build does not name counts under itself.
 pub fn table_counts(rows: &Rows) -> BTreeMap<String, u64> {
     use super::rows::{
-        EXTRA_INDEX_PREFIX, KV_PREFIX, LOCK_DELAY_PREFIX, SESSION_PREFIX, TOMBSTONE_PREFIX,
+        EXTRA_INDEX_PREFIX, INDEX_PREFIX, KV_PREFIX, LOCK_DELAY_PREFIX, SESSION_PREFIX,
+        TOMBSTONE_PREFIX,
     };
     let mut counts = BTreeMap::new();
     for (key, _) in rows {
@@ -89,7 +90,7 @@ pub fn table_counts(rows: &Rows) -> BTreeMap<String, u64> {
             "n/" => "nodes",
             "s/" => "services",
             "c/" => "checks",
-            "i/" => "indexes",
+            p if p == INDEX_PREFIX => "indexes",
             p if p == EXTRA_INDEX_PREFIX => "indexes",
             p if p == KV_PREFIX => "kv",
             p if p == TOMBSTONE_PREFIX => "kv-tombstones",

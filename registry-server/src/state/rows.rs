@@ -30,6 +30,8 @@ pub(super) const NODES: &str = "nodes";
 pub(super) const SERVICES: &str = "services";
 /// Index name of the checks table.
 pub(super) const CHECKS: &str = "checks";
+/// Prefix of the catalog's index rows (`i/<index name>`).
+pub(super) const INDEX_PREFIX: &str = "i/";
 /// Prefix of a per-service-name index name; no table name starts with it.
 pub(super) const SERVICE_INDEX_PREFIX: &str = "service/";
 
@@ -49,7 +51,7 @@ impl RowChange {
     /// moves that index (`catalog.rs` bumps it with the write), so the Raft
     /// thread wakes that service's watchers, and no others, for such a row.
     pub fn moved_service_index(&self) -> Option<&str> {
-        let name = self.key.strip_prefix(b"i/")?;
+        let name = self.key.strip_prefix(INDEX_PREFIX.as_bytes())?;
         let name = name.strip_prefix(SERVICE_INDEX_PREFIX.as_bytes())?;
         std::str::from_utf8(name).ok()
     }
@@ -104,7 +106,7 @@ pub(super) fn pair_key(prefix: &[u8], node: &str, id: &str) -> Vec<u8> {
 
 /// Key of index `name`.
 pub(super) fn index_key(name: &str) -> Vec<u8> {
-    [b"i/", name.as_bytes()].concat()
+    [INDEX_PREFIX.as_bytes(), name.as_bytes()].concat()
 }
 
 /// Prefix of KV entry rows.
