@@ -270,3 +270,107 @@ async fn the_agent_refuses_what_the_catalog_would_refuse() {
     .await;
     c.shutdown().await;
 }
+
+/// The count of counter `name` in an agent's `/v1/agent/metrics` JSON (0 when absent).
+async fn agent_counter(base: &str, name: &str) -> u64 {
+    let json: serde_json::Value = registry_api::tls::plain_client()
+        .get(format!("{base}/v1/agent/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    json["Counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["Name"] == name)
+        .map_or(0, |c| c["Count"].as_u64().unwrap())
+}
+
+/// Forty applications on one host watch the same service through their agent: the server
+/// holds one blocking query for them, not forty, and every one of them gets the change.
+/// A watcher with another question (another index) gets a request of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_blocking_queries_through_an_agent_share_one_server_query() {
+    const WATCHERS: u64 = 40;
+    let c = TestCluster::start(1).await;
+    c.wait_leader().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = registry_client::start(c.agent_config("host-a", Some(dir.path())))
+        .await
+        .unwrap();
+    let base = format!("http://{}", a.http_addr);
+    let reg = |id: &str| {
+        format!(
+            r#"{{"Node":"n-{id}","Address":"10.0.0.1","Service":{{"ID":"{id}","Service":"web","Port":80}}}}"#
+        )
+    };
+    let server = c.node(0).url();
+    assert_eq!(
+        put(format!("{server}/v1/catalog/register"), &reg("web-1")).await,
+        200
+    );
+    let client = client_of(&a);
+    let (_, meta) = client
+        .health_service("web", &QueryOptions::default())
+        .await
+        .unwrap();
+    let index = meta.index;
+    let http = registry_api::tls::plain_client();
+    let watch = |index: u64| {
+        let url = format!("{base}/v1/health/service/web?index={index}&wait=30s");
+        let http = http.clone();
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let at: u64 = r.headers()["X-Consul-Index"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (status, at, body.as_array().unwrap().len())
+        })
+    };
+    let watchers: Vec<_> = (0..WATCHERS).map(|_| watch(index)).collect();
+    wait_until(
+        Duration::from_secs(20),
+        "every watcher at the agent",
+        || async {
+            (agent_counter(&base, "registry.agent.blocking.shared").await == WATCHERS - 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        agent_counter(&base, "registry.agent.blocking.upstream").await,
+        1
+    );
+    c.wait_watching(0, "web").await;
+    assert_eq!(c.node(0).raft.service_watchers("web"), 1);
+    // Another question (an older index answers at once) is not folded into the first.
+    let (status, at, n) = watch(index - 1).await.unwrap();
+    assert_eq!((status, n), (200, 1));
+    assert!(at >= index);
+    assert_eq!(
+        agent_counter(&base, "registry.agent.blocking.upstream").await,
+        2
+    );
+
+    assert_eq!(
+        put(format!("{server}/v1/catalog/register"), &reg("web-2")).await,
+        200
+    );
+    for w in watchers {
+        let (status, at, n) = tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .expect("every watcher answered")
+            .unwrap();
+        assert_eq!((status, n), (200, 2));
+        assert!(at > index);
+    }
+    a.stop().await;
+    c.shutdown().await;
+}

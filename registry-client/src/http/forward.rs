@@ -3,13 +3,15 @@
 //! and signs what it sends), and the answer comes back.
 //!
 //! A read whose answer carries Consul's index headers carries them even when no server
-//! answers ([`registry_api::query::carries_index`]).
+//! answers ([`registry_api::query::carries_index`]). Identical blocking queries share one
+//! request to a server (`coalesce.rs`).
 //!
 //! Owns: which paths are forwarded. Must not touch: which headers cross
 //! ([`registry_api::forward`] has the one copy of that rule), failover or signing (the pool's).
 
+use super::coalesce::{self, Coalescer};
 use super::HttpResult;
-use crate::servers::ServerPool;
+use crate::servers::{PoolResponse, ServerPool};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
@@ -19,6 +21,14 @@ use registry_api::http_error::HttpError;
 use registry_api::limits::MAX_BODY;
 use registry_api::query::carries_index;
 use registry_api::Error as ApiError;
+use std::sync::Arc;
+
+/// What the forwarding fallback needs: the servers, and the blocking queries in flight.
+#[derive(Clone)]
+pub(super) struct Forwarder {
+    pub(super) servers: ServerPool,
+    pub(super) blocking: Arc<Coalescer>,
+}
 
 /// Whether a path is the servers' public API that this agent passes on: `/v1/...`, except the
 /// agent endpoints (they would describe a server's agent, not this one) and `/v1/internal/...`
@@ -55,7 +65,7 @@ fn forwarded_request_headers(headers: &HeaderMap) -> HeaderMap {
 /// Proxies a request to a server and passes back its status, the headers
 /// [`forwarded_response_header`] lets through and the body; a path that is not forwarded is
 /// `404 Unsupported path`.
-pub(super) async fn forward(State(servers): State<ServerPool>, req: Request) -> HttpResult {
+pub(super) async fn forward(State(fwd): State<Forwarder>, req: Request) -> HttpResult {
     if !is_forwarded(req.uri().path()) || !is_forwarded(&sent_path(req.uri().path())) {
         return Err(ApiError::NotFound(format!(
             "Unsupported path: {} {}",
@@ -70,7 +80,21 @@ pub(super) async fn forward(State(servers): State<ServerPool>, req: Request) -> 
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_string();
-    relay(&servers, req, &path_and_query).await
+    if !coalesce::shareable(req.method(), req.uri().query()) {
+        return relay(&fwd.servers, req, &path_and_query).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts, body).await?;
+    let sent = if body.is_empty() {
+        let headers = forwarded_request_headers(&parts.headers);
+        (fwd.blocking
+            .get(&fwd.servers, &path_and_query, headers)
+            .await)
+            .map_err(|e| HttpError(ApiError::Internal(e)))
+    } else {
+        send(&fwd.servers, &parts, &path_and_query, body).await
+    };
+    Ok(answer(&parts, sent))
 }
 
 /// Sends `req` to a server as `path_and_query` (the agent's own endpoints that a server
@@ -78,27 +102,43 @@ pub(super) async fn forward(State(servers): State<ServerPool>, req: Request) -> 
 /// the answer back as [`forward`] does.
 pub(super) async fn relay(servers: &ServerPool, req: Request, path_and_query: &str) -> HttpResult {
     let (parts, body) = req.into_parts();
-    // A snapshot restore carries an archive, not a KV value.
+    let body = read_body(&parts, body).await?;
+    let sent = send(servers, &parts, path_and_query, body).await;
+    Ok(answer(&parts, sent))
+}
+
+/// The request's body, bounded (a snapshot restore carries an archive, not a KV value).
+async fn read_body(parts: &http::request::Parts, body: Body) -> Result<bytes::Bytes, HttpError> {
     let limit = if parts.uri.path() == "/v1/snapshot" {
         registry_api::snapshot::MAX_ARCHIVE
     } else {
         MAX_BODY
     };
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::TooLarge(format!("Request body too large, max size: {limit} bytes"))
-    })?;
-    let sent = servers
-        .send(
-            parts.method.clone(),
-            path_and_query,
-            forwarded_request_headers(&parts.headers),
-            body,
-        )
-        .await;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::TooLarge(format!("Request body too large, max size: {limit} bytes")).into()
+    })
+}
+
+async fn send(
+    servers: &ServerPool,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    body: bytes::Bytes,
+) -> Result<PoolResponse, HttpError> {
+    let headers = forwarded_request_headers(&parts.headers);
+    (servers
+        .send(parts.method.clone(), path_and_query, headers, body)
+        .await)
+        .map_err(HttpError::from)
+}
+
+/// The caller's answer: the server's status, the headers [`forwarded_response_header`] lets
+/// through and the body; or the error, with Consul's index headers on a read that has them.
+fn answer(parts: &http::request::Parts, sent: Result<PoolResponse, HttpError>) -> Response {
     let resp = match sent {
         Ok(resp) => resp,
         Err(e) => {
-            let mut out = HttpError::from(e).into_response();
+            let mut out = e.into_response();
             // A read Consul answers with index headers carries them on this error too, as
             // Consul's agent sends them when no server answers: index 1, no known leader.
             if parts.method == Method::GET && carries_index(parts.uri.path()) {
@@ -107,7 +147,7 @@ pub(super) async fn relay(servers: &ServerPool, req: Request, path_and_query: &s
                 h.insert("X-Consul-KnownLeader", HeaderValue::from_static("false"));
                 h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
             }
-            return Ok(out);
+            return out;
         }
     };
     let mut out = Response::new(Body::from(resp.body));
@@ -117,7 +157,7 @@ pub(super) async fn relay(servers: &ServerPool, req: Request, path_and_query: &s
             out.headers_mut().append(name.clone(), v.clone());
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

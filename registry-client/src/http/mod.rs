@@ -13,7 +13,8 @@
 //! - `session`: session create, which gets this agent's node before it is forwarded;
 //! - `event`: the event list, which a server answers for this agent's node;
 //! - `status`: the leader, named once this node is in the catalog;
-//! - `forward`: the fallback that proxies everything else to a server.
+//! - `forward`: the fallback that proxies everything else to a server;
+//! - `coalesce`: one request to a server for identical blocking queries in flight.
 //!
 //! Errors become responses in one place for every process, [`registry_api::http_error`]: a
 //! status from [`registry_api::Error::status`] and a plain-text body.
@@ -23,6 +24,7 @@
 //! [`crate::servers`]).
 
 mod acl;
+mod coalesce;
 mod event;
 mod forward;
 mod info;
@@ -108,11 +110,15 @@ pub fn agent_router(agent: Arc<Agent>) -> Router {
 /// own endpoints here; forwarded requests get it from the server that answers them. (A server
 /// applies it to its whole router, the agent endpoints it embeds included.)
 pub fn client_router(agent: Arc<Agent>, servers: ServerPool) -> Router {
+    let forwarder = forward::Forwarder {
+        blocking: Arc::new(coalesce::Coalescer::new(agent.metrics())),
+        servers,
+    };
     let forward = Router::new()
         .fallback(forward::forward)
         .layer(middleware::from_fn(plain_text_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(servers);
+        .with_state(forwarder);
     // The requests an agent adds to before a server answers them.
     let completed = Router::new()
         .route("/v1/session/create", put(session::create))
