@@ -277,9 +277,9 @@ pub async fn run(plan: Plan) -> Result<()> {
     cluster::ensure_etcd()?;
     // Every watcher is a socket here and one in a server: the limit on open files bounds
     // them. The bench raises it as far as it may (root with CAP_SYS_RESOURCE: to what the
-    // spread needs); where it may not (a container without that capability), the spread runs
-    // with as many watchers as fit, and the report says so.
-    let mut plan = plan;
+    // spread needs); where it may not (a container without that capability), the spread's
+    // watchers ask through client agents from child processes (spread.rs says why).
+    let mut spread_via_agents = false;
     if plan.wants("fanout") {
         let spread = plan.spread.map_or(0, |(services, each)| services * each);
         let watchers = plan.watchers.iter().copied().max().unwrap_or(0);
@@ -291,17 +291,12 @@ pub async fn run(plan: Plan) -> Result<()> {
                 watchers + 1_000
             );
         }
-        if let Some((services, each)) = plan.spread.filter(|_| fds < need) {
-            let fit = fds.saturating_sub(2_000) as usize / services.max(1);
-            if fit == 0 {
-                bail!("RLIMIT_NOFILE is {fds}: too low for the spread fan-out over {services} services");
-            }
+        if fds < spread as u64 * 2 + 1_000 && plan.spread.is_some() {
             eprintln!(
-                "RLIMIT_NOFILE is {fds} and cannot be raised here: the spread fan-out runs with {} watchers ({fit} per service) instead of {}",
-                services * fit,
-                services * each
+                "RLIMIT_NOFILE is {fds} and cannot be raised here: the spread fan-out's {spread} watchers ask through client agents, from {} processes",
+                spread.div_ceil(crate::spread::PER_CHILD)
             );
-            plan.spread = Some((services, fit));
+            spread_via_agents = true;
         }
     }
     let mut tmp = tempfile::Builder::new();
@@ -475,7 +470,21 @@ pub async fn run(plan: Plan) -> Result<()> {
             r.fanout.push((n, runs));
         }
         if let Some((services, each)) = plan.spread.filter(|_| plan.wants("fanout")) {
-            r.spread = Some(scenarios::fanout_spread(&urls, &ours.pids(), services, each).await?);
+            let mut agents = None;
+            if spread_via_agents {
+                let n = (services * each).div_ceil(crate::spread::PER_AGENT);
+                step(&format!("   starting {n} client agents for the spread"));
+                let mut a = crate::spread::Agents::start(&bin, &root, n, &ours.servers)?;
+                a.wait_ready(Duration::from_secs(60))
+                    .await
+                    .context("agents")?;
+                agents = Some(a);
+            }
+            let pids = ours.pids();
+            r.spread = Some(
+                scenarios::fanout_spread(&urls, &pids, services, each, agents.as_ref()).await?,
+            );
+            drop(agents);
             ours.check_alive()?;
         }
     }

@@ -15,6 +15,7 @@ mod procs;
 mod report;
 mod scale;
 mod scenarios;
+mod spread;
 mod tls_cost;
 mod watch;
 
@@ -63,11 +64,31 @@ struct Args {
     /// Extra query for the watchers (e.g. `&stale`); the default is Consul's default mode.
     #[arg(long, default_value = "")]
     watch_query: String,
+    /// Internal: run as one of the spread fan-out's watcher processes (spread.rs).
+    #[arg(long, hide = true)]
+    spread_child: bool,
+    /// The spread fan-out's size: services and watchers of each (default 1000x100; quick:
+    /// 100x20).
+    #[arg(long, value_parser = parse_spread)]
+    spread: Option<(usize, usize)>,
+}
+
+fn parse_spread(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once('x')
+        .ok_or("expected SERVICESxEACH, e.g. 1000x100")?;
+    Ok((
+        a.parse().map_err(|e| format!("{a}: {e}"))?,
+        b.parse().map_err(|e| format!("{b}: {e}"))?,
+    ))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if a.spread_child {
+        return spread::child_main().await;
+    }
     let mut plan = bench::Plan::new(a.quick, a.bin_dir, a.out, a.work_dir, a.keep);
     plan.only = a.only;
     plan.watch_query = a.watch_query;
@@ -77,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if !a.memory_points.is_empty() {
         plan.memory_points = a.memory_points;
+    }
+    if a.spread.is_some() {
+        plan.spread = a.spread;
     }
     if let Some(scale) = a.scale {
         plan.scale = (scale > 0).then_some(scale);

@@ -4,6 +4,7 @@
 use crate::cluster::RegistryCluster;
 use crate::load::{self, http_client, Load, Op, RunStats, Stop};
 use crate::procs::{disk_used, rss_bytes};
+use crate::spread;
 use crate::watch;
 use anyhow::{bail, Context, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -400,17 +401,27 @@ pub struct SpreadRun {
     pub max_rss: u64,
     /// The first error seen.
     pub first_error: Option<String>,
+    /// Client agents the watchers asked (0: they asked the servers).
+    pub agents: usize,
+    /// The agents' largest RSS after the answers.
+    pub agent_rss: u64,
+    /// Blocking queries the agents sent to the servers, over the whole run.
+    pub upstream: u64,
+    /// Blocking queries the agents answered from another's request.
+    pub shared: u64,
 }
 
 /// Measurement 3's spread run (issue 20): `each` blocking queries on each of `services`
-/// services (`spread-<i>`), spread over `urls` as everywhere else, then one new instance on
-/// every service, written by 64 clients at once; every watcher must be answered. Connections
-/// leave from several loopback source addresses (see [`watch::get_from`]).
+/// services (`spread-<i>`), spread over `urls` as everywhere else (or, with `agents`, over the
+/// agents, in child processes: `spread.rs` says why), then one new instance on every service,
+/// written by 64 clients at once; every watcher must be answered. Connections leave from
+/// several loopback source addresses (see [`watch::get_from`]).
 pub async fn fanout_spread(
     urls: &[String],
     pids: &[u32],
     services: usize,
     each: usize,
+    agents: Option<&spread::Agents>,
 ) -> Result<SpreadRun> {
     let http = http_client()?;
     let n = services * each;
@@ -455,51 +466,73 @@ pub async fn fanout_spread(
                 .context("no X-Consul-Index on a spread read")?,
         );
     }
-    eprintln!("  spread: opening {n} watchers");
+    let via = agents.map_or("the servers".to_string(), |a| {
+        format!("{} agents", a.addrs.len())
+    });
+    eprintln!("  spread: opening {n} watchers through {via}");
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let targets: Vec<spread::Target> = (0..n)
+        .map(|w| {
+            let s = w % services;
+            let addr = match agents {
+                // Each agent gets every service, `each / agents` watchers of each.
+                Some(a) => a.addrs[(w / services) % a.addrs.len()].clone(),
+                None => {
+                    let base = &urls[w % urls.len()];
+                    base.strip_prefix("http://").unwrap_or(base).to_string()
+                }
+            };
+            spread::Target {
+                addr,
+                path: format!("/v1/health/service/spread-{s}?index={}&wait=240s", index[s]),
+                min: index[s],
+            }
+        })
+        .collect();
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(n);
-    for w in 0..n {
-        let s = w % services;
-        let base = &urls[w % urls.len()];
-        let addr = base.strip_prefix("http://").unwrap_or(base).to_string();
-        let path = format!("/v1/health/service/spread-{s}?index={}&wait=120s", index[s]);
-        let source =
-            std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, (w / 20_000) as u8 + 1));
-        let (done, min, asked) = (done_tx.clone(), index[s], asked.clone());
-        tasks.push(tokio::spawn(async move {
-            let slot = watch::Slot::default();
-            let r = watch::get_from(&slot, Some(source), &addr, &path, Some(&asked));
-            let result = match tokio::time::timeout(Duration::from_secs(180), r).await {
-                Ok(Ok(a)) if a.status == 200 && a.index > min => Ok(()),
-                Ok(Ok(a)) if a.status != 200 => Err(format!(
-                    "{}: {}",
-                    a.status,
-                    String::from_utf8_lossy(&a.body).trim()
-                )),
-                Ok(Ok(a)) => Err(format!("returned without a change (index {})", a.index)),
-                Ok(Err(e)) => Err(format!("transport: {e}")),
-                Err(_) => Err("no answer within 180 s".to_string()),
-            };
-            let _ = done.send((Instant::now(), result));
-        }));
-        if w % 250 == 249 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let children = match agents {
+        Some(_) => Some(spread::Children::start(targets, done_tx.clone()).await?),
+        None => {
+            for (w, t) in targets.into_iter().enumerate() {
+                let source = std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    127,
+                    0,
+                    1,
+                    (w / 20_000) as u8 + 1,
+                ));
+                let (done, asked) = (done_tx.clone(), asked.clone());
+                tasks.push(tokio::spawn(async move {
+                    let slot = watch::Slot::default();
+                    let r = watch::get_from(&slot, Some(source), &t.addr, &t.path, Some(&asked));
+                    let result =
+                        spread::judge(tokio::time::timeout(spread::WATCHER_LIMIT, r).await, t.min);
+                    let _ = done.send((Instant::now(), result));
+                }));
+                if w % 250 == 249 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            None
         }
-    }
+    };
+    let asked_now = || match &children {
+        Some(c) => c.asked(),
+        None => asked.load(Ordering::Relaxed),
+    };
     // Every watcher has sent its request before the writes, so the writes are measured
     // alone (one that failed first is counted below, once every task has ended or after
-    // two minutes); then a second for the last requests to be read.
+    // four minutes); then a second for the last requests to be read.
     let asking = Instant::now();
-    while asked.load(Ordering::Relaxed) < n
-        && !tasks.iter().all(|t| t.is_finished())
-        && asking.elapsed() < Duration::from_secs(120)
+    while asked_now() < n
+        && (children.is_some() || !tasks.iter().all(|t| t.is_finished()))
+        && asking.elapsed() < Duration::from_secs(240)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(
         "  spread: {} of {n} watchers asked within {:?}",
-        asked.load(Ordering::Relaxed),
+        asked_now(),
         asking.elapsed()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -527,7 +560,22 @@ pub async fn fanout_spread(
     for t in &tasks {
         t.abort();
     }
+    drop(children);
     result.last = last.saturating_duration_since(sent);
+    if let Some(a) = agents {
+        result.agents = a.addrs.len();
+        result.agent_rss = a
+            .pids()
+            .iter()
+            .filter_map(|&p| rss_bytes(p))
+            .max()
+            .unwrap_or(0);
+        (result.upstream, result.shared) = a.blocking_counts().await?;
+        eprintln!(
+            "  spread: the agents sent {} blocking queries to servers and answered {} from another's",
+            result.upstream, result.shared
+        );
+    }
     eprintln!(
         "  spread {n} over {services}: writes {:?}, last answer {:?}, answered {}, early {}, failed {} {}",
         result.writes,

@@ -150,6 +150,16 @@ pub(super) fn spread_cell(sp: &SpreadRun) -> String {
         ms(sp.writes),
         mb(sp.max_rss)
     );
+    if sp.agents > 0 {
+        let _ = write!(
+            s,
+            " · through {} client agents (largest RSS {}), which sent {} blocking queries to the servers and answered {} from another's",
+            sp.agents,
+            mb(sp.agent_rss),
+            thousands(sp.upstream),
+            thousands(sp.shared)
+        );
+    }
     if sp.early + sp.failed > 0 {
         let _ = write!(
             s,
