@@ -66,6 +66,12 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Raises the count to `total` (never lowers it): for a count kept elsewhere and read
+    /// when the metrics are rendered.
+    pub fn raise_to(&self, total: u64) {
+        self.0.fetch_max(total, Ordering::Relaxed);
+    }
 }
 
 /// A value that goes up and down (an f64 in an atomic).

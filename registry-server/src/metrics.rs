@@ -179,7 +179,8 @@ impl ServerMetrics {
             "registry.disk.reserve_bytes",
             "The data directory's reserve, --min-free-disk (0: not checked)",
         );
-        let refused = g(
+        // A counter (it only goes up), kept by the disk-space check and read here.
+        let refused = m.counter(
             "registry.disk.writes_refused",
             "Writes refused since start for want of disk space",
         );
@@ -221,7 +222,7 @@ impl ServerMetrics {
                 free.set(bytes as f64);
             }
             reserve.set(space.reserve() as f64);
-            refused.set(space.refused() as f64);
+            refused.raise_to(space.refused());
         });
     }
 }

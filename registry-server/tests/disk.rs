@@ -366,7 +366,11 @@ async fn a_data_dir_that_fills_refuses_writes_keeps_reads_and_resumes_once_freed
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("registry_disk_writes_refused") && !l.ends_with(" 0")),
+            .any(|l| l.starts_with("registry_disk_writes_refused_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE registry_disk_writes_refused counter"),
         "{metrics}"
     );
 

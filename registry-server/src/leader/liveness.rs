@@ -217,7 +217,6 @@ impl Liveness {
         if silent <= timeout {
             return;
         }
-        info!(%node, silent_for = ?silent, "node stopped heartbeating: marking it critical");
         let req = RegisterRequest {
             node: node.clone(),
             skip_node_update: true,
@@ -228,11 +227,13 @@ impl Liveness {
         // state, and a deregister already in the log ahead of this entry must
         // not be undone by it (the node would come back without an address,
         // and nothing would ever remove it).
-        if let Err(e) = self
-            .propose_once(raft, Command::RegisterIfNodeExists, req)
-            .await
-        {
-            debug!(%node, error = %e, "could not mark node critical");
+        // Logged once it is done: a write that fails (no leader, a disk short of space) is
+        // tried again at the next pass, every second, and says so only at debug level.
+        match (self.propose_once(raft, Command::RegisterIfNodeExists, req)).await {
+            Ok(()) => {
+                info!(%node, silent_for = ?silent, "node stopped heartbeating: marked it critical")
+            }
+            Err(e) => debug!(%node, error = %e, "could not mark node critical"),
         }
         // A heartbeat that arrived while the write was in flight read the
         // node as still passing and proposed nothing; without a second look
@@ -248,18 +249,17 @@ impl Liveness {
         if !raft.with_applied(|s, _| needs_revive(&s.catalog, node)) {
             return;
         }
-        info!(%node, "node heartbeated while being marked critical: marking it passing");
         let req = RegisterRequest {
             node: node.to_string(),
             skip_node_update: true,
             checks: vec![serf_check(node, PASSING, "Agent alive and reachable")],
             ..Default::default()
         };
-        if let Err(e) = self
-            .propose_once(raft, Command::RegisterIfNodeExists, req)
-            .await
-        {
-            debug!(%node, error = %e, "could not mark node passing");
+        match (self.propose_once(raft, Command::RegisterIfNodeExists, req)).await {
+            Ok(()) => {
+                info!(%node, "node heartbeated while being marked critical: marked it passing")
+            }
+            Err(e) => debug!(%node, error = %e, "could not mark node passing"),
         }
     }
 
