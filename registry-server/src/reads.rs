@@ -178,6 +178,9 @@ pub struct Probe<P> {
     /// waits for that service's writes alone
     /// ([`RaftHandle::service_changes`]), not for every applied write.
     pub service: Option<String>,
+    /// The KV key or prefix whose index `index` is, when it is one: the read
+    /// then waits for writes under it alone ([`RaftHandle::kv_changes`]).
+    pub kv: Option<String>,
 }
 
 impl<P: Fn(&StateStore) -> u64> Probe<P> {
@@ -186,6 +189,17 @@ impl<P: Fn(&StateStore) -> u64> Probe<P> {
         Probe {
             index,
             service: None,
+            kv: None,
+        }
+    }
+
+    /// A probe of the index of KV reads of `prefix` (or of one key): the read
+    /// wakes at writes and deletes under it, and when tombstones are reaped.
+    pub fn kv(prefix: String, index: P) -> Self {
+        Probe {
+            index,
+            service: None,
+            kv: Some(prefix),
         }
     }
 }
@@ -198,6 +212,7 @@ pub fn service_probe(name: &str) -> Probe<impl Fn(&StateStore) -> u64> {
     Probe {
         index: move |s: &StateStore| s.catalog.service_index(&of),
         service: Some(name.to_string()),
+        kv: None,
     }
 }
 
@@ -269,11 +284,15 @@ where
     // The service whose own channel the read waits on, while it does.
     let mut on_service = probe.as_ref().and_then(|p| p.service.as_deref());
     let own = on_service.filter(|_| blocking.is_some());
+    let kv = probe.as_ref().and_then(|p| p.kv.as_deref());
     let mut changes = match own.and_then(|name| raft.service_changes(name)) {
         Some(changes) => changes,
         None => {
             on_service = None;
-            raft.applied_changes()
+            match kv.filter(|_| blocking.is_some()) {
+                Some(prefix) => raft.kv_changes(prefix),
+                None => raft.applied_changes(),
+            }
         }
     };
     let deadline = blocking.map(|b| {

@@ -225,6 +225,7 @@ async fn a_blocking_read_of_one_service_is_not_woken_by_writes_to_others() {
                     s.catalog.service_index("web")
                 },
                 service: Some("web".to_string()),
+                kv: None,
             };
             read_probed(
                 &raft,

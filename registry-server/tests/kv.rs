@@ -495,3 +495,132 @@ async fn reaped_tombstones_never_make_a_late_watcher_miss_a_delete() {
     assert_eq!(keys, ["w/keep"]);
     c.shutdown().await;
 }
+
+/// A blocking KV read waits on its prefix's own wake-ups (`raft/wakeups.rs`): writes and
+/// deletes elsewhere in the store do not wake it to probe its index (a prefix scan), and a
+/// delete under it does answer it; a read of one key is answered by a write to that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_kv_read_is_woken_by_changes_under_its_prefix_only() {
+    use registry_server::reads::{read_probed, AnswerCache, Blocking, Consistency, Probe};
+    use registry_server::state::StateStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let c = TestCluster::builder(1).agents(false).start().await;
+    let leader = c.wait_leader().await;
+    let lc = c.client(leader);
+    assert!(lc.kv_put("app/db", "1", &[]).await.unwrap());
+    assert!(lc.kv_put("app/web", "1", &[]).await.unwrap());
+    // As in the service test (blocking.rs): one more acknowledged write, so that the
+    // wake-up of the last write under app/ has gone out before the read subscribes.
+    assert!(lc.kv_put("other/0", "1", &[]).await.unwrap());
+    let raft = c.node(leader).raft.clone();
+    let min_index = raft.with_applied(|s, _| s.kv.prefix_index("app/"));
+    let watch = |prefix: &'static str, probed: Arc<AtomicUsize>| {
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let probe = Probe::kv(prefix.to_string(), move |s: &StateStore| {
+                probed.fetch_add(1, Ordering::SeqCst);
+                s.kv.prefix_index(prefix)
+            });
+            read_probed(
+                &raft,
+                &AnswerCache::default(),
+                &shutdown,
+                Consistency::Stale,
+                Some(Blocking {
+                    min_index,
+                    wait: Duration::from_secs(20),
+                }),
+                prefix.to_string(),
+                Some(probe),
+                move |s| s.kv.list(prefix),
+                |v| (v, false),
+            )
+            .await
+        })
+    };
+    let (on_app, on_key) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let app = watch("app/", on_app.clone());
+    let key = watch("app/db", on_key.clone());
+    wait_until(Duration::from_secs(5), "both subscribed", || async {
+        (raft.kv_watchers("app/") == 1 && raft.kv_watchers("app/db") == 1).then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        assert!(lc.kv_put(&format!("other/{i}"), "2", &[]).await.unwrap());
+    }
+    assert!(lc.kv_delete("other/0", &[]).await.unwrap());
+    // Had the reads waited on every write, each of these 21 would have woken them to probe.
+    assert!(!app.is_finished() && !key.is_finished());
+    assert_eq!(on_app.load(Ordering::SeqCst), 1);
+    assert_eq!(on_key.load(Ordering::SeqCst), 1);
+    // A delete under app/ (a tombstone) answers the prefix's watcher; app/web is not
+    // under app/db, so the key's watcher sleeps on until its own key changes.
+    assert!(lc.kv_delete("app/web", &[]).await.unwrap());
+    let (list, index) = tokio::time::timeout(Duration::from_secs(10), app)
+        .await
+        .unwrap()
+        .unwrap()
+        .map(|a| (a.body, a.index))
+        .unwrap();
+    assert!(index > min_index);
+    assert!(!String::from_utf8_lossy(&list).contains("app/web"));
+    assert!(!key.is_finished());
+    assert_eq!(on_key.load(Ordering::SeqCst), 1);
+    assert!(lc.kv_put("app/db", "3", &[]).await.unwrap());
+    let answer = tokio::time::timeout(Duration::from_secs(10), key)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(answer.index > min_index);
+    c.shutdown().await;
+}
+
+/// A watcher of a prefix with nothing under it waits at the reap floor's index; when the
+/// leader reaps tombstones elsewhere the floor moves, so does every KV read's index, and
+/// the watcher is answered (it waits on its prefix's channel, which a reap wakes too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_of_an_empty_prefix_is_answered_when_tombstones_are_reaped() {
+    let tombstones = registry_server::leader::tombstones::TombstoneTuning {
+        ttl: Duration::from_millis(500),
+        check_interval: Duration::from_millis(100),
+    };
+    let c = TestCluster::builder(1)
+        .agents(false)
+        .tombstones(tombstones)
+        .start()
+        .await;
+    let leader = c.wait_leader().await;
+    let lc = c.client(leader);
+    assert!(lc.kv_put("w/gone", "1", &[]).await.unwrap());
+    let (none, seen) = kv(&lc, "empty/", &[("recurse", "")]).await;
+    assert!(none.is_none());
+    let watcher = {
+        let lc = c.client(leader);
+        tokio::spawn(async move {
+            let opts = QueryOptions {
+                index: Some(seen),
+                wait: Some(Duration::from_secs(60)),
+                ..Default::default()
+            };
+            lc.kv_get("empty/", &opts, &[("recurse", "")]).await
+        })
+    };
+    let raft = c.node(leader).raft.clone();
+    wait_until(Duration::from_secs(5), "the watcher subscribed", || async {
+        (raft.kv_watchers("empty/") == 1).then_some(())
+    })
+    .await;
+    assert!(lc.kv_delete("w/gone", &[]).await.unwrap());
+    let (_, deleted) = kv(&lc, "w/gone", &[]).await;
+    let (_, meta) = tokio::time::timeout(Duration::from_secs(20), watcher)
+        .await
+        .expect("answered once the tombstone was reaped, well within its 60 s wait")
+        .unwrap()
+        .unwrap();
+    assert!(meta.index >= deleted, "{} < {deleted}", meta.index);
+    assert!(raft.with_applied(|s, _| s.kv.reaped()) >= deleted);
+    c.shutdown().await;
+}

@@ -7,7 +7,7 @@
 
 use super::params::{has, read_params, value};
 use super::{json, json_response, HttpResult, Params, St};
-use crate::reads::Answer;
+use crate::reads::{Answer, Probe};
 use crate::state::kv::{KvOp, KvVerb};
 use crate::state::{Command, Outcome, StateStore};
 use axum::body::{Body, Bytes};
@@ -91,7 +91,9 @@ pub(super) async fn kv_get(
             .to_string();
         let cache_key = format!("kv-keys\0{key}\0{sep}");
         let prefix = key.clone();
-        let probe = move |s: &StateStore| s.kv.prefix_index(&prefix);
+        let probe = Probe::kv(key.clone(), move |s: &StateStore| {
+            s.kv.prefix_index(&prefix)
+        });
         let acl = auth.0.clone();
         let root = key.is_empty();
         let answer = kv_read(
@@ -120,7 +122,9 @@ pub(super) async fn kv_get(
     if has(&q, "recurse") {
         let cache_key = format!("kv-tree\0{key}");
         let prefix = key.clone();
-        let probe = move |s: &StateStore| s.kv.prefix_index(&prefix);
+        let probe = Probe::kv(key.clone(), move |s: &StateStore| {
+            s.kv.prefix_index(&prefix)
+        });
         let acl = auth.0.clone();
         let answer = kv_read(
             &st,
@@ -150,7 +154,7 @@ pub(super) async fn kv_get(
     // `?raw` shares the cached answer of the plain read.
     let cache_key = format!("kv\0{key}");
     let one = key.clone();
-    let probe = move |s: &StateStore| s.kv.get_index(&one);
+    let probe = Probe::kv(key.clone(), move |s: &StateStore| s.kv.get_index(&one));
     let answer = kv_read(
         &st,
         &Authz::disabled(),
@@ -173,7 +177,8 @@ pub(super) async fn kv_get(
 /// A KV read through [`crate::reads::read_probed`]: `then` answers `None`
 /// for Consul's 404 (the body is then `null`) after the ACL step (keys the
 /// token may not read are left out); `probe` is the index `query` answers
-/// with, so a blocking read copies values only once it moved. `authz` keys the
+/// with, so a blocking read copies values only once it moved, and the key or
+/// prefix whose writes alone wake a blocking read. `authz` keys the
 /// shared answers (disabled: an answer that is the same for every token).
 #[allow(clippy::too_many_arguments)]
 async fn kv_read<T, U, P, F, S>(
@@ -181,7 +186,7 @@ async fn kv_read<T, U, P, F, S>(
     authz: &Authz,
     p: &super::params::ReadParams,
     cache_key: String,
-    probe: P,
+    probe: crate::reads::Probe<P>,
     query: F,
     then: S,
 ) -> Result<Answer, crate::raft::RaftError>
@@ -198,7 +203,7 @@ where
         p.mode_now(&st.raft),
         p.blocking,
         super::acl_key(cache_key, authz),
-        Some(crate::reads::Probe::index(probe)),
+        Some(probe),
         query,
         then,
     )

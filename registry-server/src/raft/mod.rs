@@ -209,6 +209,8 @@ pub(crate) struct Shared {
     pub applied_tx: watch::Sender<u64>,
     /// Per-service channels for blocking reads of one service (`wakeups.rs`).
     pub service_wakeups: wakeups::ServiceWakeups,
+    /// Per-prefix channels for blocking KV reads (`wakeups.rs`).
+    pub kv_wakeups: wakeups::ServiceWakeups,
     /// The commit index, stored before any message announcing it leaves, so a
     /// leader answering a default read can wait until it has applied at least
     /// what any follower may already have acknowledged.
@@ -489,6 +491,18 @@ impl RaftHandle {
         })
     }
 
+    /// A receiver that changes after every applied batch that wrote or deleted a
+    /// KV key under `prefix` (a key's own read passes the key), and whenever every KV
+    /// read's index may have moved; subscribed under the applied-state lock.
+    pub fn kv_changes(&self, prefix: &str) -> watch::Receiver<u64> {
+        self.with_applied(|_, _| self.shared.kv_wakeups.subscribe(prefix))
+    }
+
+    /// Readers waiting on KV prefix `prefix`'s changes (tests, diagnostics).
+    pub fn kv_watchers(&self, prefix: &str) -> usize {
+        self.shared.kv_wakeups.receivers(prefix)
+    }
+
     /// Readers waiting on service `name`'s own changes (tests, diagnostics).
     pub fn service_watchers(&self, name: &str) -> usize {
         self.shared.service_wakeups.receivers(name)
@@ -575,6 +589,7 @@ pub fn start(
         }),
         applied_tx,
         service_wakeups: Default::default(),
+        kv_wakeups: Default::default(),
         commit: AtomicU64::new(0),
         lease: std::sync::Mutex::new(None),
         announce_gated: setup.announce_gated,

@@ -95,6 +95,10 @@ pub(super) struct RaftNode {
     /// Services whose index moved in batches applied since the last
     /// [`RaftNode::finish_apply`], which wakes their watchers (`wakeups.rs`).
     pub(super) moved_services: BTreeSet<String>,
+    /// KV keys written or deleted since then: the watchers of their prefixes wake.
+    pub(super) moved_kv_keys: BTreeSet<String>,
+    /// Tombstones were reaped since then: every KV watcher wakes.
+    pub(super) kv_floor_moved: bool,
     /// The state was rebuilt whole since then: every watcher wakes.
     pub(super) state_replaced: bool,
     pub(super) logger: slog::Logger,
@@ -176,6 +180,8 @@ impl RaftNode {
             entries_synced: 0,
             syncs: 0,
             moved_services: BTreeSet::new(),
+            moved_kv_keys: BTreeSet::new(),
+            kv_floor_moved: false,
             state_replaced: false,
             logger,
         })
@@ -644,8 +650,15 @@ impl RaftNode {
                         if matches!(env.cmd, Command::Restore(_)) {
                             self.state_replaced = true;
                         }
-                        let moved = rows.iter().filter_map(|r| r.moved_service_index());
-                        self.moved_services.extend(moved.map(str::to_string));
+                        for r in &rows {
+                            if let Some(name) = r.moved_service_index() {
+                                self.moved_services.insert(name.to_string());
+                            } else if let Some(key) = r.moved_kv_key() {
+                                self.moved_kv_keys.insert(key.to_string());
+                            } else if r.moves_every_kv_index() {
+                                self.kv_floor_moved = true;
+                            }
+                        }
                         self.store.apply_rows(
                             batch,
                             e.index,
@@ -698,11 +711,21 @@ impl RaftNode {
             }
         });
         let moved = std::mem::take(&mut self.moved_services);
-        let wakeups = &self.shared.service_wakeups;
+        let kv_keys = std::mem::take(&mut self.moved_kv_keys);
+        let kv_floor_moved = std::mem::take(&mut self.kv_floor_moved);
+        let (wakeups, kv) = (&self.shared.service_wakeups, &self.shared.kv_wakeups);
         if std::mem::take(&mut self.state_replaced) {
             wakeups.notify_all();
-        } else if !moved.is_empty() {
+            kv.notify_all();
+            return;
+        }
+        if !moved.is_empty() {
             wakeups.notify(moved.iter().map(String::as_str));
+        }
+        if kv_floor_moved {
+            kv.notify_all();
+        } else if !kv_keys.is_empty() {
+            kv.notify_prefixes_of(kv_keys.iter().map(String::as_str));
         }
     }
 

@@ -1,15 +1,20 @@
-//! Per-service wake-ups for blocking reads. A blocking read of one service
-//! (`/v1/health/service/<name>`, `/v1/catalog/service/<name>`: what
-//! consul-template, Envoy's control planes and every service-discovery client
-//! watch) waits on that service's channel here instead of on every applied
-//! write: with W watchers over many services, a write wakes the watchers of
-//! the services it changed, not all W of them to find their index unmoved.
+//! Per-service and per-KV-prefix wake-ups for blocking reads. A blocking read
+//! of one service (`/v1/health/service/<name>`, `/v1/catalog/service/<name>`:
+//! what consul-template, Envoy's control planes and every service-discovery
+//! client watch) waits on that service's channel here instead of on every
+//! applied write: with W watchers over many services, a write wakes the
+//! watchers of the services it changed, not all W of them to find their index
+//! unmoved. A blocking KV read (one key, or a prefix with `?recurse` or
+//! `?keys`) waits likewise on its key or prefix, in a second map of the same
+//! kind, woken by writes and deletes of the keys under it.
 //!
 //! The Raft thread notifies the services whose `i/service/<name>` row an
-//! applied batch wrote, after the batch is visible to readers, and every
-//! service when the state was rebuilt whole (a restore, a snapshot
-//! installed). A reader subscribes under the applied-state read lock, so a
-//! batch is either in what it reads or notified after it subscribed.
+//! applied batch wrote, and the KV prefixes of the keys it wrote, after the
+//! batch is visible to readers; every channel when the state was rebuilt whole
+//! (a restore, a snapshot installed), and every KV channel when tombstones were
+//! reaped (that moves the index of every KV read). A reader subscribes under
+//! the applied-state read lock, so a batch is either in what it reads or
+//! notified after it subscribed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -78,6 +83,35 @@ impl ServiceWakeups {
         wake(woken);
     }
 
+    /// Wakes the readers of every name that is a prefix of one of `keys`: the
+    /// KV store's channels are by watched prefix (a read of one key watches
+    /// that key as a prefix of itself, and is woken by a write to a longer key
+    /// too, which its probe then finds unmoved). Costs a pass over the names'
+    /// lengths, then one look-up per key and distinct length.
+    pub(crate) fn notify_prefixes_of<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let woken: Vec<_> = {
+            let mut ch = self.lock();
+            ch.by_name.retain(|_, tx| tx.receiver_count() > 0);
+            ch.swept_to = ch.by_name.len();
+            let mut lengths: Vec<usize> = ch.by_name.keys().map(String::len).collect();
+            lengths.sort_unstable();
+            lengths.dedup();
+            let mut woken: Vec<Arc<watch::Sender<u64>>> = Vec::new();
+            for key in keys {
+                for &n in lengths.iter().take_while(|&&n| n <= key.len()) {
+                    let prefix = key.get(..n);
+                    if let Some(tx) = prefix.and_then(|p| ch.by_name.get(p)) {
+                        woken.push(tx.clone());
+                    }
+                }
+            }
+            woken.sort_unstable_by_key(Arc::as_ptr);
+            woken.dedup_by_key(|tx| Arc::as_ptr(tx));
+            woken
+        };
+        wake(woken);
+    }
+
     /// Wakes every reader (the state was rebuilt whole).
     pub(crate) fn notify_all(&self) {
         let woken: Vec<_> = {
@@ -131,6 +165,33 @@ mod tests {
         w.notify_all();
         assert!(web.has_changed().unwrap() && web2.has_changed().unwrap());
         assert!(db.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_kv_write_wakes_the_watchers_of_its_prefixes_only() {
+        let w = ServiceWakeups::default();
+        let mut all = w.subscribe("");
+        let mut app = w.subscribe("app/");
+        let mut key = w.subscribe("app/db/url");
+        let other = w.subscribe("other/");
+        w.notify_prefixes_of(["app/db/url"]);
+        assert!(all.has_changed().unwrap() && app.has_changed().unwrap());
+        assert!(key.has_changed().unwrap());
+        assert!(!other.has_changed().unwrap());
+        for rx in [&mut all, &mut app, &mut key] {
+            rx.borrow_and_update();
+        }
+        // A sibling key: the prefixes above it, not the key beside it.
+        w.notify_prefixes_of(["app/web", "ap"]);
+        assert!(all.has_changed().unwrap() && app.has_changed().unwrap());
+        assert!(!key.has_changed().unwrap() && !other.has_changed().unwrap());
+        // Not a prefix at a character boundary: no panic, no wake-up.
+        let mut multi = w.subscribe("é");
+        w.notify_prefixes_of(["xé"]);
+        assert!(!multi.has_changed().unwrap());
+        w.notify_prefixes_of(["éa"]);
+        assert!(multi.has_changed().unwrap());
+        multi.borrow_and_update();
     }
 
     #[test]

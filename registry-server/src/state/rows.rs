@@ -55,6 +55,22 @@ impl RowChange {
         let name = name.strip_prefix(SERVICE_INDEX_PREFIX.as_bytes())?;
         std::str::from_utf8(name).ok()
     }
+
+    /// The KV key this row writes or deletes (its entry or its tombstone): a
+    /// change the blocking reads of that key and of every prefix of it see.
+    pub fn moved_kv_key(&self) -> Option<&str> {
+        let key = (self.key.strip_prefix(KV_PREFIX.as_bytes()))
+            .or_else(|| self.key.strip_prefix(TOMBSTONE_PREFIX.as_bytes()))?;
+        std::str::from_utf8(key).ok()
+    }
+
+    /// Whether this row moves the index of every KV read: the floor up to
+    /// which tombstones were reaped ([`KV_REAPED_INDEX`]).
+    pub fn moves_every_kv_index(&self) -> bool {
+        self.key
+            .strip_prefix(EXTRA_INDEX_PREFIX.as_bytes())
+            .is_some_and(|name| name == KV_REAPED_INDEX.as_bytes())
+    }
 }
 
 /// `(node, id)`: the key of a service instance or a check, unique per node.
