@@ -624,3 +624,48 @@ async fn a_watcher_of_an_empty_prefix_is_answered_when_tombstones_are_reaped() {
     assert!(raft.with_applied(|s, _| s.kv.reaped()) >= deleted);
     c.shutdown().await;
 }
+
+/// With many writers putting and deleting the same few keys, the entries of one applied batch
+/// change one key several times (`node.rs`, `apply_entries`, writes their rows in one RocksDB
+/// batch): the rows a restarted server loads from disk must be exactly the state it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_rewritten_within_a_batch_are_stored_as_the_last_write_left_them() {
+    let mut c = TestCluster::builder(1).agents(false).start().await;
+    let leader = c.wait_leader().await;
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let lc = c.client(leader);
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let key = format!("batch/k{}", (w + i) % 4);
+                    assert!(lc.kv_put(&key, format!("{w}-{i}"), &[]).await.unwrap());
+                    let gone = format!("batch/k{}", (w + i + 1) % 4);
+                    assert!(lc.kv_delete(&gone, &[]).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let st = c.status(leader);
+    assert!(
+        st.entries_synced > st.syncs,
+        "the writes were batched ({} entries in {} syncs)",
+        st.entries_synced,
+        st.syncs
+    );
+    let kv_rows = |c: &TestCluster| {
+        let rows = c.node(leader).raft.with_applied(|s, _| s.rows());
+        rows.into_iter()
+            .filter(|(k, _)| k.starts_with(b"kv/batch/") || k.starts_with(b"kt/batch/"))
+            .collect::<Vec<_>>()
+    };
+    let before = kv_rows(&c);
+    assert!(!before.is_empty());
+    c.stop(leader).await;
+    c.restart(leader).await;
+    c.wait_leader().await;
+    assert_eq!(kv_rows(&c), before);
+    c.shutdown().await;
+}

@@ -8,12 +8,21 @@
 //! that cross, so the same token) waits for that one's answer instead, and every caller gets
 //! it. The servers then hold at most one query per distinct question per agent.
 //!
-//! Why that answer is right for a caller that joined late: a blocking query answers when the
-//! index moves past the one asked for (or when its wait ends), with the state it reads at that
-//! moment, which is after the joiner asked. A `?consistent` query is never shared (its leader
-//! check must happen after the caller asked), nor is `index=0` or a non-blocking read: those
-//! answer at once and sharing them would only serve older data. An answer already given is
-//! never handed to a caller that comes after it.
+//! What a caller that joined late gets: a blocking query answers when the index moves past
+//! the one asked for (or when its wait ends), with the state the server reads at that moment,
+//! which is after the joiner asked. But the server made the read's consistency check (the
+//! default mode's wait for its applied index to reach the leader's commit) when the first
+//! caller asked: a joiner that had just written through another server may be answered by a
+//! follower that moved past its index without having applied that write yet. Such an answer
+//! is stale by at most the replication lag, like `?stale`, and the joiner's next query (at
+//! the new index) sees its write. A `?consistent` query is never shared (its leader check
+//! must come after the caller asked), nor is `index=0` or a non-blocking read: those answer
+//! at once, and sharing them would only serve older data. An answer already seen by a caller
+//! is not handed to one that comes after (one still on its way from the server can be).
+//! A caller that joined late gets the flight's answer when its wait ends, possibly before
+//! its own would have: an unchanged index, which every blocking-query client takes as "ask
+//! again" (Consul's documentation tells clients that a blocking query may return with
+//! nothing changed, and to compare the index).
 //!
 //! Owns: which forwarded requests share one upstream request, and the sharing. Must not touch:
 //! what is forwarded (`forward.rs`), failover and signing (the pool's).
@@ -44,7 +53,7 @@ pub(super) struct Coalescer {
 #[derive(Default)]
 struct Flights {
     next: u64,
-    by_key: HashMap<String, (u64, WeakShared<Upstream>)>,
+    by_key: HashMap<Vec<u8>, (u64, WeakShared<Upstream>)>,
 }
 
 impl Coalescer {
@@ -145,18 +154,19 @@ pub(super) fn shareable(method: &Method, query: Option<&str>) -> bool {
 
 /// The question a request asks: its path and query and the headers that cross to the server
 /// (the token among them), so that callers with different tokens never share an answer.
-fn key(path_and_query: &str, headers: &HeaderMap) -> String {
+fn key(path_and_query: &str, headers: &HeaderMap) -> Vec<u8> {
     let mut pairs: Vec<(&str, &[u8])> = headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect();
-    pairs.sort();
-    let mut key = path_and_query.to_string();
+    // By name only, and stable: a header sent twice keeps its order, which is part of it.
+    pairs.sort_by_key(|(name, _)| *name);
+    let mut key = path_and_query.as_bytes().to_vec();
     for (name, value) in pairs {
-        key.push('\n');
-        key.push_str(name);
-        key.push(':');
-        key.push_str(&String::from_utf8_lossy(value));
+        key.push(b'\n');
+        key.extend_from_slice(name.as_bytes());
+        key.push(b':');
+        key.extend_from_slice(value);
     }
     key
 }
@@ -166,7 +176,7 @@ fn key(path_and_query: &str, headers: &HeaderMap) -> String {
 /// it any more, so that the map never holds more than the questions being asked.
 struct Waiter<'a> {
     coalescer: &'a Coalescer,
-    key: String,
+    key: Vec<u8>,
     id: u64,
     flight: Option<Shared<Upstream>>,
 }

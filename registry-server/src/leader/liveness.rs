@@ -161,18 +161,19 @@ impl Liveness {
         self.record(&hb.node, Instant::now());
         let write = raft.with_applied(|s, _| heartbeat_write(&s.catalog, &hb.node, &hb.address));
         match write {
-            Some(req) => self.propose_once(raft, Command::Register, req).await,
+            Some(req) => (self.propose_once(raft, Command::Register, req).await).map(|_| ()),
             None => Ok(()),
         }
     }
 
-    /// Proposes `make(req)` unless the same change for its node is in flight.
+    /// Proposes `make(req)` unless the same change for its node is in flight
+    /// (`Ok(false)`: it was, and that one stands for this one).
     async fn propose_once(
         &self,
         raft: &RaftHandle,
         make: fn(RegisterRequest) -> Command,
         mut req: RegisterRequest,
-    ) -> Result<(), RaftError> {
+    ) -> Result<bool, RaftError> {
         // Keyed by node and target status: a heartbeat's "passing" is not
         // swallowed while the reaper's "critical" for the same node is in flight.
         let key = format!(
@@ -181,7 +182,7 @@ impl Liveness {
             req.checks.first().map(|c| c.status.as_str()).unwrap_or("")
         );
         self.writes
-            .propose(raft, key, move || {
+            .propose_new(raft, key, move || {
                 CatalogState::validate_register(&mut req).map_err(RaftError::Rejected)?;
                 Ok(make(req))
             })
@@ -227,12 +228,15 @@ impl Liveness {
         // state, and a deregister already in the log ahead of this entry must
         // not be undone by it (the node would come back without an address,
         // and nothing would ever remove it).
-        // Logged once it is done: a write that fails (no leader, a disk short of space) is
-        // tried again at the next pass, every second, and says so only at debug level.
+        // Logged once it is done, by the call that made it: a write that fails (no leader,
+        // a disk short of space) is tried again at the next pass, every second, and says so
+        // only at debug level.
         match (self.propose_once(raft, Command::RegisterIfNodeExists, req)).await {
-            Ok(()) => {
+            Ok(true) => {
                 info!(%node, silent_for = ?silent, "node stopped heartbeating: marked it critical")
             }
+            // The same mark was already in flight, and that one logs.
+            Ok(false) => {}
             Err(e) => debug!(%node, error = %e, "could not mark node critical"),
         }
         // A heartbeat that arrived while the write was in flight read the
@@ -256,9 +260,10 @@ impl Liveness {
             ..Default::default()
         };
         match (self.propose_once(raft, Command::RegisterIfNodeExists, req)).await {
-            Ok(()) => {
+            Ok(true) => {
                 info!(%node, "node heartbeated while being marked critical: marked it passing")
             }
+            Ok(false) => {}
             Err(e) => debug!(%node, error = %e, "could not mark node passing"),
         }
     }

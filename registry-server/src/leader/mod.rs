@@ -35,11 +35,22 @@ impl ProposeOnce {
         key: String,
         cmd: impl FnOnce() -> Result<Command, RaftError>,
     ) -> Result<(), RaftError> {
+        self.propose_new(raft, key, cmd).await.map(|_| ())
+    }
+
+    /// [`ProposeOnce::propose`], telling whether this call made the change
+    /// (`Ok(false)`: one under `key` was in flight, and that one is the caller's).
+    pub async fn propose_new(
+        &self,
+        raft: &RaftHandle,
+        key: String,
+        cmd: impl FnOnce() -> Result<Command, RaftError>,
+    ) -> Result<bool, RaftError> {
         if !self.lock().insert(key.clone()) {
-            return Ok(());
+            return Ok(false);
         }
         let result = match cmd() {
-            Ok(cmd) => raft.propose(cmd).await.map(|_| ()),
+            Ok(cmd) => raft.propose(cmd).await.map(|_| true),
             Err(e) => Err(e),
         };
         self.lock().remove(&key);

@@ -16,17 +16,17 @@
 //! the applied-state read lock, so a batch is either in what it reads or
 //! notified after it subscribed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// The channels, by service name. An entry lives while a reader holds a
-/// receiver of it; the ones nobody holds are dropped when notified, and all of
-/// them whenever the Raft thread notifies with the map doubled since its last
-/// sweep. A reader subscribes only to a name the catalog has, so the map holds
-/// at most the catalog's service names. Readers subscribe under the
-/// applied-state read lock: they only look up or insert here, and the sweeps
-/// run on the Raft thread, which holds no applied-state lock while notifying.
+/// The channels, by service name (or KV prefix). An entry lives while a
+/// reader holds a receiver of it; the ones nobody holds are dropped when
+/// notified, and all of them whenever the map has doubled since its last
+/// sweep (checked at every subscription and notification), so the map holds
+/// at most about twice the channels readers hold, and never fewer than
+/// [`SWEEP_FLOOR`]. Readers subscribe under the applied-state read lock; the
+/// Raft thread notifies holding no applied-state lock.
 #[derive(Default)]
 pub(crate) struct ServiceWakeups {
     inner: Mutex<Channels>,
@@ -35,12 +35,67 @@ pub(crate) struct ServiceWakeups {
 #[derive(Default)]
 struct Channels {
     by_name: HashMap<String, Arc<watch::Sender<u64>>>,
+    /// Names by byte length (length -> how many): the lengths a written KV
+    /// key's prefixes are looked up at.
+    lengths: BTreeMap<usize, usize>,
     /// Entries after the last sweep.
     swept_to: usize,
 }
 
+impl Channels {
+    fn insert(&mut self, name: &str, tx: Arc<watch::Sender<u64>>) {
+        if self.by_name.insert(name.to_string(), tx).is_none() {
+            *self.lengths.entry(name.len()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if self.by_name.remove(name).is_some() {
+            if let Some(n) = self.lengths.get_mut(&name.len()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.lengths.remove(&name.len());
+                }
+            }
+        }
+    }
+
+    /// Drops the channels nobody holds.
+    fn sweep(&mut self) {
+        self.by_name.retain(|_, tx| tx.receiver_count() > 0);
+        self.lengths.clear();
+        for name in self.by_name.keys() {
+            *self.lengths.entry(name.len()).or_default() += 1;
+        }
+        self.swept_to = self.by_name.len();
+    }
+
+    /// [`Channels::sweep`] once the map has doubled since the last one.
+    fn sweep_if_doubled(&mut self) {
+        if self.by_name.len() >= (2 * self.swept_to).max(SWEEP_FLOOR) {
+            self.sweep();
+        }
+    }
+
+    /// `name`'s channel, dropped instead if nobody holds it.
+    fn held(&mut self, name: &str) -> Option<Arc<watch::Sender<u64>>> {
+        let tx = self.by_name.get(name)?;
+        if tx.receiver_count() == 0 {
+            self.remove(name);
+            return None;
+        }
+        Some(tx.clone())
+    }
+}
+
 /// Entries below which the map is never swept.
 const SWEEP_FLOOR: usize = 64;
+
+/// Distinct prefix lengths up to which a KV write wakes only the watchers of
+/// its prefixes. Past it (readers watching prefixes of many lengths) every KV
+/// watcher wakes, as all did before per-prefix wake-ups: the Raft thread's
+/// work per written key stays at most this many look-ups.
+const MAX_PREFIX_LENGTHS: usize = 16;
 
 impl ServiceWakeups {
     fn lock(&self) -> std::sync::MutexGuard<'_, Channels> {
@@ -53,8 +108,9 @@ impl ServiceWakeups {
         if let Some(tx) = ch.by_name.get(name) {
             return tx.subscribe();
         }
+        ch.sweep_if_doubled();
         let (tx, rx) = watch::channel(0);
-        ch.by_name.insert(name.to_string(), Arc::new(tx));
+        ch.insert(name, Arc::new(tx));
         rx
     }
 
@@ -64,21 +120,8 @@ impl ServiceWakeups {
     pub(crate) fn notify<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let woken: Vec<_> = {
             let mut ch = self.lock();
-            if ch.by_name.len() >= (2 * ch.swept_to).max(SWEEP_FLOOR) {
-                ch.by_name.retain(|_, tx| tx.receiver_count() > 0);
-                ch.swept_to = ch.by_name.len();
-            }
-            names
-                .into_iter()
-                .filter_map(|name| {
-                    let tx = ch.by_name.get(name)?;
-                    if tx.receiver_count() == 0 {
-                        ch.by_name.remove(name);
-                        return None;
-                    }
-                    Some(tx.clone())
-                })
-                .collect()
+            ch.sweep_if_doubled();
+            names.into_iter().filter_map(|name| ch.held(name)).collect()
         };
         wake(woken);
     }
@@ -86,22 +129,23 @@ impl ServiceWakeups {
     /// Wakes the readers of every name that is a prefix of one of `keys`: the
     /// KV store's channels are by watched prefix (a read of one key watches
     /// that key as a prefix of itself, and is woken by a write to a longer key
-    /// too, which its probe then finds unmoved). Costs a pass over the names'
-    /// lengths, then one look-up per key and distinct length.
+    /// too, which its probe then finds unmoved). One look-up per key and
+    /// distinct watched length; past [`MAX_PREFIX_LENGTHS`] lengths, every
+    /// reader wakes.
     pub(crate) fn notify_prefixes_of<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
         let woken: Vec<_> = {
             let mut ch = self.lock();
-            ch.by_name.retain(|_, tx| tx.receiver_count() > 0);
-            ch.swept_to = ch.by_name.len();
-            let mut lengths: Vec<usize> = ch.by_name.keys().map(String::len).collect();
-            lengths.sort_unstable();
-            lengths.dedup();
+            ch.sweep_if_doubled();
+            if ch.lengths.len() > MAX_PREFIX_LENGTHS {
+                drop(ch);
+                return self.notify_all();
+            }
+            let lengths: Vec<usize> = ch.lengths.keys().copied().collect();
             let mut woken: Vec<Arc<watch::Sender<u64>>> = Vec::new();
             for key in keys {
                 for &n in lengths.iter().take_while(|&&n| n <= key.len()) {
-                    let prefix = key.get(..n);
-                    if let Some(tx) = prefix.and_then(|p| ch.by_name.get(p)) {
-                        woken.push(tx.clone());
+                    if let Some(tx) = key.get(..n).and_then(|p| ch.held(p)) {
+                        woken.push(tx);
                     }
                 }
             }
@@ -116,8 +160,7 @@ impl ServiceWakeups {
     pub(crate) fn notify_all(&self) {
         let woken: Vec<_> = {
             let mut ch = self.lock();
-            ch.by_name.retain(|_, tx| tx.receiver_count() > 0);
-            ch.swept_to = ch.by_name.len();
+            ch.sweep();
             ch.by_name.values().cloned().collect()
         };
         wake(woken);
@@ -192,6 +235,39 @@ mod tests {
         w.notify_prefixes_of(["éa"]);
         assert!(multi.has_changed().unwrap());
         multi.borrow_and_update();
+    }
+
+    #[test]
+    fn readers_that_come_and_go_without_writes_leave_no_channels_behind() {
+        // KV reads subscribe to any key a client names, before their index is looked at:
+        // with no write to sweep the map, subscribing must.
+        let w = ServiceWakeups::default();
+        let kept = w.subscribe("kept/");
+        for i in 0..10_000 {
+            drop(w.subscribe(&format!("random-{i}/")));
+        }
+        assert!(w.len() <= 2 * SWEEP_FLOOR, "{} channels", w.len());
+        assert_eq!(w.receivers("kept/"), 1);
+        drop(kept);
+    }
+
+    #[test]
+    fn prefixes_of_too_many_lengths_wake_every_kv_reader() {
+        let w = ServiceWakeups::default();
+        let mut far = w.subscribe("elsewhere/");
+        let held: Vec<_> = (1..=MAX_PREFIX_LENGTHS)
+            .map(|n| w.subscribe(&"p".repeat(n)))
+            .collect();
+        w.notify_prefixes_of(["q"]);
+        assert!(
+            !far.has_changed().unwrap(),
+            "{} lengths: by prefix",
+            held.len() + 1
+        );
+        let _more = w.subscribe(&"p".repeat(MAX_PREFIX_LENGTHS + 1));
+        w.notify_prefixes_of(["q"]);
+        assert!(far.has_changed().unwrap(), "past the bound: everyone");
+        far.borrow_and_update();
     }
 
     #[test]
