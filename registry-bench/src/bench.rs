@@ -279,7 +279,8 @@ pub async fn run(plan: Plan) -> Result<()> {
     // them. The bench raises it as far as it may (root with CAP_SYS_RESOURCE: to what the
     // spread needs); where it may not (a container without that capability), the spread's
     // watchers ask through client agents from child processes (spread.rs says why).
-    let mut spread_via_agents = false;
+    // The open-file limit, when the spread's watchers must go through agents.
+    let mut spread_via_agents: Option<usize> = None;
     if plan.wants("fanout") {
         let spread = plan.spread.map_or(0, |(services, each)| services * each);
         let watchers = plan.watchers.iter().copied().max().unwrap_or(0);
@@ -293,10 +294,9 @@ pub async fn run(plan: Plan) -> Result<()> {
         }
         if fds < spread as u64 * 2 + 1_000 && plan.spread.is_some() {
             eprintln!(
-                "RLIMIT_NOFILE is {fds} and cannot be raised here: the spread fan-out's {spread} watchers ask through client agents, from {} processes",
-                spread.div_ceil(crate::spread::PER_CHILD)
+                "RLIMIT_NOFILE is {fds} and cannot be raised here: the spread fan-out's {spread} watchers ask through client agents, from child processes"
             );
-            spread_via_agents = true;
+            spread_via_agents = Some(fds as usize);
         }
     }
     let mut tmp = tempfile::Builder::new();
@@ -471,10 +471,10 @@ pub async fn run(plan: Plan) -> Result<()> {
         }
         if let Some((services, each)) = plan.spread.filter(|_| plan.wants("fanout")) {
             let mut agents = None;
-            if spread_via_agents {
-                let n = (services * each).div_ceil(crate::spread::PER_AGENT);
-                step(&format!("   starting {n} client agents for the spread"));
-                let mut a = crate::spread::Agents::start(&bin, &root, n, &ours.servers)?;
+            if let Some(fds) = spread_via_agents {
+                step("   starting client agents for the spread");
+                let size = (services * each, services, fds);
+                let mut a = crate::spread::Agents::start(&bin, &root, size, &ours.servers)?;
                 a.wait_ready(Duration::from_secs(60))
                     .await
                     .context("agents")?;

@@ -492,7 +492,7 @@ pub async fn fanout_spread(
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(n);
     let children = match agents {
-        Some(_) => Some(spread::Children::start(targets, done_tx.clone()).await?),
+        Some(a) => Some(spread::Children::start(targets, a.per_child, done_tx.clone()).await?),
         None => {
             for (w, t) in targets.into_iter().enumerate() {
                 let source = std::net::IpAddr::V4(std::net::Ipv4Addr::new(
@@ -520,14 +520,15 @@ pub async fn fanout_spread(
         Some(c) => c.asked(),
         None => asked.load(Ordering::Relaxed),
     };
+    let settled = || match &children {
+        Some(c) => c.settled() >= n,
+        None => tasks.iter().all(|t| t.is_finished()),
+    };
     // Every watcher has sent its request before the writes, so the writes are measured
     // alone (one that failed first is counted below, once every task has ended or after
     // four minutes); then a second for the last requests to be read.
     let asking = Instant::now();
-    while asked_now() < n
-        && (children.is_some() || !tasks.iter().all(|t| t.is_finished()))
-        && asking.elapsed() < Duration::from_secs(240)
-    {
+    while asked_now() < n && !settled() && asking.elapsed() < Duration::from_secs(240) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(

@@ -57,16 +57,32 @@ pub struct Agents {
     procs: Vec<Proc>,
     /// Their HTTP addresses (`127.0.0.1:port`).
     pub addrs: Vec<String>,
+    /// Watchers each child process of the bench holds.
+    pub per_child: usize,
 }
 
 impl Agents {
-    /// Starts `n` agents under `root`, each joined to every one of `servers`, agent `i`
-    /// preferring server `i % 3` (so the three share the agents' queries).
-    pub fn start(bin: &Path, root: &Path, n: usize, servers: &[Server]) -> Result<Agents> {
+    /// Starts enough agents under `root` for `watchers` watchers of `services` services
+    /// within the open-file limit `fds` (at most [`PER_AGENT`] each), each joined to every
+    /// one of `servers`, agent `i` preferring server `i % 3` (so the three share the
+    /// agents' queries).
+    pub fn start(
+        bin: &Path,
+        root: &Path,
+        (watchers, services, fds): (usize, usize, usize),
+        servers: &[Server],
+    ) -> Result<Agents> {
         let program = bin.join("registry-client");
         if !program.is_file() {
             bail!("{} not found: build it first", program.display());
         }
+        // An agent holds its watchers' sockets and one query per service to a server.
+        let per_agent = PER_AGENT.min(fds.saturating_sub(services + 1_000));
+        let per_child = PER_CHILD.min(fds.saturating_sub(1_000));
+        if per_agent < 100 || per_child < 100 {
+            bail!("RLIMIT_NOFILE is {fds}: too low for the spread fan-out through agents");
+        }
+        let n = watchers.div_ceil(per_agent);
         let ports = free_ports(n)?;
         let joins: Vec<String> = servers
             .iter()
@@ -75,6 +91,7 @@ impl Agents {
         let mut agents = Agents {
             procs: Vec::new(),
             addrs: Vec::new(),
+            per_child,
         };
         for (i, port) in ports.into_iter().enumerate() {
             let name = format!("bench-agent-{i}");
@@ -171,21 +188,25 @@ pub struct Target {
 pub struct Children {
     _children: Vec<tokio::process::Child>,
     asked: Vec<Arc<AtomicUsize>>,
+    /// Watchers whose outcome is known (an answer, an error, or their process gone).
+    finished: Arc<AtomicUsize>,
 }
 
 impl Children {
-    /// Starts one child per [`PER_CHILD`] of `targets` (child `c` binds its sockets to
+    /// Starts one child per `per_child` of `targets` (child `c` binds its sockets to
     /// 127.0.1.`c+1`), and forwards each answer to `done` with the instant it came.
     pub async fn start(
         targets: Vec<Target>,
+        per_child: usize,
         done: UnboundedSender<(Instant, Result<(), String>)>,
     ) -> Result<Children> {
         let exe = std::env::current_exe().context("the bench's own executable")?;
         let mut out = Children {
             _children: Vec::new(),
             asked: Vec::new(),
+            finished: Arc::new(AtomicUsize::new(0)),
         };
-        for (c, chunk) in targets.chunks(PER_CHILD).enumerate() {
+        for (c, chunk) in targets.chunks(per_child.max(1)).enumerate() {
             let mut child = tokio::process::Command::new(&exe)
                 .arg("--spread-child")
                 .stdin(std::process::Stdio::piped())
@@ -202,7 +223,13 @@ impl Children {
             drop(stdin);
             let stdout = child.stdout.take().context("child stdout")?;
             let asked = Arc::new(AtomicUsize::new(0));
-            tokio::spawn(read_child(stdout, asked.clone(), done.clone()));
+            let reader = Reader {
+                watchers: chunk.len(),
+                asked: asked.clone(),
+                finished: out.finished.clone(),
+                done: done.clone(),
+            };
+            tokio::spawn(reader.run(stdout));
             out.asked.push(asked);
             out._children.push(child);
         }
@@ -213,26 +240,48 @@ impl Children {
     pub fn asked(&self) -> usize {
         self.asked.iter().map(|a| a.load(Ordering::Relaxed)).sum()
     }
+
+    /// Watchers that asked or whose outcome is known (a failure before asking, or their
+    /// process gone): once that is every watcher, nobody is left to wait for.
+    pub fn settled(&self) -> usize {
+        self.asked() + self.finished.load(Ordering::Relaxed)
+    }
 }
 
-async fn read_child(
-    stdout: tokio::process::ChildStdout,
+/// Reads one child's stdout.
+struct Reader {
+    /// Watchers the child holds.
+    watchers: usize,
     asked: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
     done: UnboundedSender<(Instant, Result<(), String>)>,
-) {
-    let mut lines = BufReader::new(stdout).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let mut parts = line.splitn(3, ' ');
-        match (parts.next(), parts.next()) {
-            (Some("asked"), Some(n)) => asked.store(n.parse().unwrap_or(0), Ordering::Relaxed),
-            (Some("ok"), Some(t)) => {
-                let _ = done.send((instant_of(t), Ok(())));
-            }
-            (Some("err"), Some(t)) => {
-                let why = parts.next().unwrap_or("").to_string();
-                let _ = done.send((instant_of(t), Err(why)));
-            }
-            _ => {}
+}
+
+impl Reader {
+    async fn run(self, stdout: tokio::process::ChildStdout) {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut reported = 0;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut parts = line.splitn(3, ' ');
+            let outcome = match (parts.next(), parts.next()) {
+                (Some("asked"), Some(n)) => {
+                    self.asked.store(n.parse().unwrap_or(0), Ordering::Relaxed);
+                    continue;
+                }
+                (Some("ok"), Some(t)) => (instant_of(t), Ok(())),
+                (Some("err"), Some(t)) => (instant_of(t), Err(parts.next().unwrap_or("").into())),
+                _ => continue,
+            };
+            reported += 1;
+            self.finished.fetch_add(1, Ordering::Relaxed);
+            let _ = self.done.send(outcome);
+        }
+        // The child is gone (or closed its output): its watchers that never reported failed
+        // there, not in the servers, and say so.
+        for _ in reported..self.watchers {
+            self.finished.fetch_add(1, Ordering::Relaxed);
+            let why = "the watcher process exited before this watcher was answered";
+            let _ = self.done.send((Instant::now(), Err(why.into())));
         }
     }
 }
