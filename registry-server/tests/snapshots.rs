@@ -174,3 +174,65 @@ async fn a_snapshot_install_answers_the_watchers_of_a_service() {
     assert!(list.len() > 1, "{} instances", list.len());
     c.shutdown().await;
 }
+
+/// The KV side of the test above: a watcher of a KV prefix on a follower that catches up by
+/// a snapshot waits on its prefix's own wake-ups, and the install must answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_answers_the_watchers_of_a_kv_prefix() {
+    let c = compacting_cluster().await;
+    let leader = c.wait_leader().await;
+    let lagger = (leader + 1) % 3;
+    let lc = c.client(leader);
+    assert!(lc.kv_put("cfg/first", "1", &[]).await.unwrap());
+    let on_lagger = c.client(lagger);
+    let watched_at = wait_until(Duration::from_secs(10), "the follower has cfg/", || async {
+        let (list, meta) = (on_lagger.kv_get("cfg/", &stale(), &[("recurse", "")]))
+            .await
+            .ok()?;
+        (list?.len() == 1).then_some(meta.index)
+    })
+    .await;
+    c.net.isolate(&c.names[lagger]);
+    let watch = {
+        let opts = registry_api::QueryOptions {
+            stale: true,
+            index: Some(watched_at),
+            wait: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        tokio::spawn(async move { on_lagger.kv_get("cfg/", &opts, &[("recurse", "")]).await })
+    };
+    for i in 0..60 {
+        assert!(lc.kv_put(&format!("cfg/k{i:02}"), "v", &[]).await.unwrap());
+    }
+    let compacted_to = c.status(leader).compacted_to;
+    assert!(
+        compacted_to > watched_at,
+        "leader compacted only to {compacted_to}"
+    );
+    assert!(!watch.is_finished(), "answered while cut off");
+    let raft = c.node(lagger).raft.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the watcher subscribed",
+        || async { (raft.kv_watchers("cfg/") >= 1).then_some(()) },
+    )
+    .await;
+    let last_write = c.node(leader).raft.applied_index();
+    c.net.heal(&c.names[lagger]);
+    let (list, meta) = tokio::time::timeout(Duration::from_secs(20), watch)
+        .await
+        .expect("the watcher was answered once the snapshot was installed")
+        .unwrap()
+        .unwrap();
+    assert!(meta.index > watched_at);
+    let installed = wait_until(Duration::from_secs(5), "the install counted", || async {
+        let s = c.status(lagger);
+        (s.snapshots_installed >= 1).then_some(s.compacted_to)
+    })
+    .await;
+    // The snapshot held every write (no later entry's rows woke the watcher instead).
+    assert!(installed >= last_write, "{installed} < {last_write}");
+    assert!(list.unwrap().len() > 1);
+    c.shutdown().await;
+}
