@@ -391,3 +391,59 @@ async fn a_data_dir_that_fills_refuses_writes_keeps_reads_and_resumes_once_freed
     );
     server.stop().await;
 }
+
+/// When too few servers have room to take entries, nothing can commit: the leader, told by
+/// the full followers, refuses new writes at once with a 503 that says why (instead of each
+/// waiting out the commit timeout for a 500), reads go on, and writes resume once the
+/// followers have room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_of_full_servers_makes_the_leader_refuse_writes_with_a_503() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let lu = c.node(leader).url();
+    assert_eq!(put(&lu, "k/0", b"0").await.0, 200);
+    let followers = [(leader + 1) % 3, (leader + 2) % 3];
+    for &f in &followers {
+        let fu = c.node(f).url();
+        wait_until(Duration::from_secs(10), "the follower to apply k/0", || {
+            let fu = fu.clone();
+            async move { get(&fu, "k/0", true).await.map(|_| ()) }
+        })
+        .await;
+    }
+    let spaces: Vec<_> = followers
+        .iter()
+        .map(|&f| c.node(f).raft.disk_space().clone())
+        .collect();
+    for space in &spaces {
+        space.set_reserve(space.free().saturating_mul(8));
+    }
+    // The first write reaches the followers, which drop it and tell the leader; it may
+    // still commit later, so it is left to time out (or apply) on its own.
+    let first = tokio::spawn({
+        let lu = lu.clone();
+        async move { put(&lu, "k/first", b"v").await }
+    });
+    let (status, reason) = wait_until(Duration::from_secs(20), "a 503 from the leader", || {
+        let lu = lu.clone();
+        async move {
+            let (status, body) = put(&lu, "k/refused", b"v").await;
+            (status == 503).then_some((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(reason.contains("short of space"), "{reason}");
+    // Reads go on.
+    assert_eq!(get(&lu, "k/0", false).await.as_deref(), Some(&b"0"[..]));
+    for space in &spaces {
+        space.set_reserve(0);
+    }
+    wait_until(Duration::from_secs(15), "writes to resume", || {
+        let lu = lu.clone();
+        async move { (put(&lu, "k/after", b"v").await.0 == 200).then_some(()) }
+    })
+    .await;
+    let _ = first.await;
+    c.shutdown().await;
+}

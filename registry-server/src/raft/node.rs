@@ -101,6 +101,13 @@ pub(super) struct RaftNode {
     pub(super) kv_floor_moved: bool,
     /// The state was rebuilt whole since then: every watcher wakes.
     pub(super) state_replaced: bool,
+    /// On the leader: followers that said they are too full to take entries,
+    /// when and why (`space.rs`).
+    pub(super) full_voters: HashMap<u64, (Instant, String)>,
+    /// Whether the leader is refusing writes for want of voters with space.
+    pub(super) refusing_for_full_voters: bool,
+    /// On a follower: when it last told the leader it is too full.
+    pub(super) told_full_at: Option<Instant>,
     pub(super) logger: slog::Logger,
 }
 
@@ -183,6 +190,9 @@ impl RaftNode {
             moved_kv_keys: BTreeSet::new(),
             kv_floor_moved: false,
             state_replaced: false,
+            full_voters: HashMap::new(),
+            refusing_for_full_voters: false,
+            told_full_at: None,
             logger,
         })
     }
@@ -261,6 +271,12 @@ impl RaftNode {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(RaftError::NoLeader));
                     return Ok(());
+                }
+                if self.is_leader() {
+                    if let Some(reason) = self.quorum_too_full() {
+                        let _ = reply.send(Err(RaftError::NoSpace(reason)));
+                        return Ok(());
+                    }
                 }
                 let id = self.request_id();
                 // The leader's clock: on a follower, the leader restamps it
@@ -380,6 +396,9 @@ impl RaftNode {
                     }
                 }
                 if self.too_full_for(&m) {
+                    if m.get_msg_type() == MessageType::MsgAppend {
+                        self.tell_leader_too_full(from_id);
+                    }
                     return Ok(());
                 }
                 let is_leader_msg = matches!(
@@ -398,6 +417,7 @@ impl RaftNode {
             RpcMessage::HeartbeatForward(fwd) => self.on_heartbeat_forward(fwd),
             RpcMessage::HeartbeatAck(id) => self.on_heartbeat_ack(id),
             RpcMessage::WritesRefused(refused) => self.on_writes_refused(refused),
+            RpcMessage::TooFull(t) => self.on_too_full(&from, t),
             RpcMessage::Heartbeat(hb) => self.on_unacked_heartbeat(hb),
         }
         Ok(())

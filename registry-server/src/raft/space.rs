@@ -3,15 +3,24 @@
 //! directory is short, and tells the follower why; a follower answers its
 //! callers with that reason; and a follower whose disk is nearly full stops
 //! taking new entries until it has room again (it lags, and the leader sends
-//! them again later), instead of failing a write to RocksDB and stopping.
+//! them again later), instead of failing a write to RocksDB and stopping; it
+//! tells the leader so, and a leader that has too few voters left to commit
+//! refuses new writes with that reason (503) rather than letting them time out.
 //! Must not measure space (that is `storage/space.rs`).
 
 use super::entry::{context_request_id, Envelope};
 use super::node::RaftNode;
 use super::RaftError;
-use crate::rpc::{RpcMessage, WritesRefused};
+use crate::rpc::{RpcMessage, TooFull, WritesRefused};
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
-use tracing::debug;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// How often a full follower tells the leader (it drops an append at every
+/// heartbeat round); and how long the leader believes it, so that a
+/// follower with room again is counted again within [`FULL_FRESH`].
+const TELL_FULL_EVERY: Duration = Duration::from_millis(250);
+const FULL_FRESH: Duration = Duration::from_secs(1);
 
 impl RaftNode {
     /// On the leader, takes out of a follower's forwarded proposals those the
@@ -20,7 +29,8 @@ impl RaftNode {
     /// makes room).
     pub(super) fn refuse_forwarded_writes(&mut self, m: &mut Message) {
         let space = self.shared.space.clone();
-        if !space.short() {
+        let quorum_full = self.quorum_too_full();
+        if !space.short() && quorum_full.is_none() {
             return;
         }
         let entries: Vec<Entry> = m.take_entries().into();
@@ -36,6 +46,11 @@ impl RaftNode {
                 }
                 // An entry that does not decode is the state machine's to
                 // refuse; here it counts as a write not allowed when short.
+                if let Some(reason) = &quorum_full {
+                    refused.ids.extend(context_request_id(e));
+                    refused.reason = reason.clone();
+                    return false;
+                }
                 let allowed = serde_json::from_slice::<Envelope>(&e.data)
                     .is_ok_and(|env| env.cmd.allowed_when_short());
                 match space.admit(allowed) {
@@ -53,12 +68,79 @@ impl RaftNode {
             return;
         }
         debug!(node = %self.me.node, writes = refused.ids.len(), from = m.from,
-               "refusing forwarded writes: the data directory is short of space");
+               "refusing forwarded writes: short of space here or on too many servers");
         // Unanswered, they time out on the follower as "may still apply".
         if let Some(peer) = self.peers.get(&m.from) {
             let addr = peer.rpc_addr.clone();
             self.transport
                 .send(&addr, RpcMessage::WritesRefused(refused));
+        }
+    }
+
+    /// On the leader: the reason to refuse a new write when so many voters
+    /// said they are too full to take entries (within [`FULL_FRESH`]) that
+    /// the rest cannot commit it. Logged when that starts and ends.
+    pub(super) fn quorum_too_full(&mut self) -> Option<String> {
+        if self.full_voters.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        self.full_voters
+            .retain(|_, (at, _)| now.duration_since(*at) < FULL_FRESH);
+        let voters = self.store.conf_state().voters;
+        let full: Vec<u64> = (self.full_voters.keys().copied())
+            .filter(|id| voters.contains(id) && *id != self.me.id)
+            .collect();
+        let n = voters.len();
+        let short = n - full.len() < n / 2 + 1;
+        if short != self.refusing_for_full_voters {
+            self.refusing_for_full_voters = short;
+            if short {
+                warn!(node = %self.me.node, full = ?full, voters = n,
+                      "too few servers have disk space to commit: refusing writes");
+            } else {
+                info!(node = %self.me.node, "enough servers have disk space again: taking writes");
+            }
+        }
+        short.then(|| {
+            let (_, reason) = &self.full_voters[&full[0]];
+            format!(
+                "{reason}; with {} of {n} servers short of space, no write can be committed",
+                full.len()
+            )
+        })
+    }
+
+    /// On the leader, notes a follower that said it is too full for entries
+    /// (from the address it is known by: no server speaks for another).
+    pub(super) fn on_too_full(&mut self, from: &str, t: TooFull) {
+        let known = self.peers.get(&t.from).is_some_and(|p| p.rpc_addr == from);
+        if self.is_leader() && known {
+            self.full_voters.insert(t.from, (Instant::now(), t.reason));
+        }
+    }
+
+    /// On a follower dropping the leader's append for want of space: tells
+    /// the leader, at most every [`TELL_FULL_EVERY`].
+    pub(super) fn tell_leader_too_full(&mut self, leader: u64) {
+        let now = Instant::now();
+        if self
+            .told_full_at
+            .is_some_and(|at| now.duration_since(at) < TELL_FULL_EVERY)
+        {
+            return;
+        }
+        self.told_full_at = Some(now);
+        if let Some(peer) = self.peers.get(&leader) {
+            let reason = format!(
+                "server {} cannot take new entries: its data directory is short of space",
+                self.me.node
+            );
+            let msg = RpcMessage::TooFull(TooFull {
+                from: self.me.id,
+                reason,
+            });
+            self.transport.send(&peer.rpc_addr.clone(), msg);
         }
     }
 
@@ -75,10 +157,10 @@ impl RaftNode {
     /// whose data directory is nearly full drops the leader's appends and
     /// snapshots that would add to it (the leader retries them), and goes on
     /// with heartbeats, so no election starts and reads go on. The leader is
-    /// not told: it keeps probing, and if a majority of followers is that
-    /// full, writes are not committed and their callers get the 500 of a
-    /// commit timeout, not a 503 (the reserve is meant to be the same on
-    /// every server, whose disks fill alike).
+    /// told ([`RaftNode::tell_leader_too_full`]): it keeps probing, and while
+    /// too few voters can take entries it refuses new writes with a 503
+    /// ([`RaftNode::quorum_too_full`]); writes already in its log wait, and
+    /// their callers get the 500 of a commit timeout (they may still apply).
     pub(super) fn too_full_for(&self, m: &Message) -> bool {
         let space = &self.shared.space;
         match m.get_msg_type() {

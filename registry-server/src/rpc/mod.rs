@@ -76,6 +76,18 @@ pub enum RpcMessage {
     /// The leader dropped these writes a follower forwarded, unproposed (its
     /// data directory is short of space, `storage/space.rs`).
     WritesRefused(WritesRefused),
+    /// A follower too short of space to take new entries tells the leader,
+    /// which refuses writes while too few voters can take them.
+    TooFull(TooFull),
+}
+
+/// A follower that drops the leader's appends for want of disk space.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TooFull {
+    /// Its Raft id.
+    pub from: u64,
+    /// Why, as the leader's refused callers are told.
+    pub reason: String,
 }
 
 /// Writes the leader would not put in its log, by the forwarding server's
@@ -106,6 +118,7 @@ const TAG_HEARTBEAT: u8 = 4;
 const TAG_HEARTBEAT_FORWARD: u8 = 5;
 const TAG_HEARTBEAT_ACK: u8 = 6;
 const TAG_WRITES_REFUSED: u8 = 7;
+const TAG_TOO_FULL: u8 = 8;
 
 /// Encodes a message: one tag byte, then protobuf (Raft) or JSON (handshake).
 pub fn encode(msg: &RpcMessage) -> Vec<u8> {
@@ -126,6 +139,7 @@ pub fn encode(msg: &RpcMessage) -> Vec<u8> {
             TAG_WRITES_REFUSED,
             serde_json::to_vec(w).unwrap_or_default(),
         ),
+        RpcMessage::TooFull(t) => (TAG_TOO_FULL, serde_json::to_vec(t).unwrap_or_default()),
     };
     let mut out = Vec::with_capacity(body.len() + 1);
     out.push(tag);
@@ -138,7 +152,7 @@ pub fn encode(msg: &RpcMessage) -> Vec<u8> {
 /// the reader rather than taken for garbage, which would close the
 /// connection that also carries that server's Raft traffic.
 pub fn known_kind(frame: &[u8]) -> bool {
-    matches!(frame.first(), Some(&(TAG_RAFT..=TAG_WRITES_REFUSED)))
+    matches!(frame.first(), Some(&(TAG_RAFT..=TAG_TOO_FULL)))
 }
 
 /// Decodes what [`encode`] produced. Bad bytes from the network are an error, not a panic.
@@ -168,6 +182,9 @@ pub fn decode(bytes: &[u8]) -> Result<RpcMessage, String> {
         TAG_WRITES_REFUSED => serde_json::from_slice(body)
             .map(RpcMessage::WritesRefused)
             .map_err(|e| e.to_string()),
+        TAG_TOO_FULL => serde_json::from_slice(body)
+            .map(RpcMessage::TooFull)
+            .map_err(|e| e.to_string()),
         t => Err(format!("unknown RPC message tag {t}")),
     }
 }
@@ -189,6 +206,12 @@ mod tests {
             reason: "insufficient disk space".into(),
         });
         assert_eq!(decode(&encode(&refused)).unwrap(), refused);
+        let full = RpcMessage::TooFull(TooFull {
+            from: 2,
+            reason: "short of space".into(),
+        });
+        assert_eq!(decode(&encode(&full)).unwrap(), full);
+        assert!(known_kind(&encode(&full)));
         assert!(decode(&[TAG_WRITES_REFUSED, b'[']).is_err());
         assert!(decode(&[]).is_err());
         assert!(decode(&[9, 1, 2]).is_err());
