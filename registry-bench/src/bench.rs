@@ -301,15 +301,21 @@ pub async fn run(plan: Plan) -> Result<()> {
     }
     let mut tmp = tempfile::Builder::new();
     tmp.prefix("registry-bench-");
-    let dir = match &plan.work_dir {
+    let mut dir = match &plan.work_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
             tmp.tempdir_in(d)?
         }
         None => tmp.tempdir()?,
     };
+    // Removed at the end of a run that succeeds (unless --keep); a run that fails or is
+    // interrupted leaves its servers' logs for a look at what went wrong.
+    dir.disable_cleanup(true);
     let root = dir.path().to_path_buf();
-    eprintln!("data dirs and logs under {}", root.display());
+    eprintln!(
+        "data dirs and logs under {} (left there if the run fails)",
+        root.display()
+    );
     let cx_machine = machine();
     let mut r = Results {
         quick: plan.quick,
@@ -598,6 +604,8 @@ pub async fn run(plan: Plan) -> Result<()> {
     if plan.keep {
         let kept = dir.keep();
         eprintln!("kept {}", kept.display());
+    } else {
+        dir.disable_cleanup(false);
     }
     Ok(())
 }

@@ -39,7 +39,8 @@ struct Args {
     /// Parent of the temporary data dirs (must be a real disk, not tmpfs).
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Keep the data dirs and logs after the run (their path is printed).
+    /// Keep the data dirs and logs after a run that succeeds too (their path is printed; a
+    /// run that fails always leaves them).
     #[arg(long)]
     keep: bool,
     /// Run only these measurements (comma-separated: register, lookup, kv, fanout, xdc, tls,
