@@ -386,15 +386,17 @@ pub async fn run(plan: Plan) -> Result<()> {
                 .await?;
                 etcd.check_alive()?;
                 eprintln!(
-                    "  run {} {c:>3} clients: ours {:.0}/s p50 {:?} CPU/op {:?} ({} err) | etcd {:.0}/s p50 {:?} CPU/op {:?} ({} err)",
+                    "  run {} {c:>3} clients: ours {:.0}/s p50 {:?} CPU/op {:?} (client {:?}, {} err) | etcd {:.0}/s p50 {:?} CPU/op {:?} (client {:?}, {} err)",
                     run + 1,
                     o.ops_per_s,
                     o.p50,
                     o.cpu_per_op.unwrap_or_default(),
+                    o.client_cpu_per_op.unwrap_or_default(),
                     o.errors,
                     e.ops_per_s,
                     e.p50,
                     e.cpu_per_op.unwrap_or_default(),
+                    e.client_cpu_per_op.unwrap_or_default(),
                     e.errors
                 );
                 r.register[k].1.push(o);

@@ -314,6 +314,7 @@ async fn load_run(addr: SocketAddr, q: Arc<Vec<u8>>, load: Duration) -> Result<R
         errors,
         first_error,
         cpu_per_op: None,
+        client_cpu_per_op: None,
     })
 }
 

@@ -191,6 +191,10 @@ pub struct RunStats {
     /// CPU time the measured servers spent per successful request (all members together,
     /// user and system), where the caller measured it ([`RunStats::with_cpu`]).
     pub cpu_per_op: Option<Duration>,
+    /// CPU time this process (the load generator) spent per successful request meanwhile,
+    /// where [`RunStats::with_cpu`] measured the servers: on two shared cores, what the
+    /// client costs bounds the ratio two systems can show.
+    pub client_cpu_per_op: Option<Duration>,
 }
 
 impl RunStats {
@@ -201,11 +205,17 @@ impl RunStats {
         pids: &[u32],
         f: impl std::future::Future<Output = Result<RunStats>>,
     ) -> Result<RunStats> {
-        let before = crate::procs::cpu_time_of(pids);
+        let me = [std::process::id()];
+        let (before, mine) = (
+            crate::procs::cpu_time_of(pids),
+            crate::procs::cpu_time_of(&me),
+        );
         let mut stats = f.await?;
         let used = crate::procs::cpu_time_of(pids).saturating_sub(before);
+        let client = crate::procs::cpu_time_of(&me).saturating_sub(mine);
         if stats.ok > 0 {
             stats.cpu_per_op = Some(used / stats.ok as u32);
+            stats.client_cpu_per_op = Some(client / stats.ok as u32);
         }
         Ok(stats)
     }

@@ -66,14 +66,16 @@ pub(super) fn thousands(n: u64) -> String {
 
 /// The median over runs of the servers' CPU time per successful request, in µs.
 pub(super) fn cpu_per_op(runs: &[RunStats]) -> String {
+    cpu_us(runs, |r| r.cpu_per_op).map_or("not measured".into(), |v| format!("{v:.0} µs"))
+}
+
+/// The median over runs of `of` (a CPU time per request), in µs.
+pub(super) fn cpu_us(runs: &[RunStats], of: impl Fn(&RunStats) -> Option<Duration>) -> Option<f64> {
     let v: Vec<f64> = (runs.iter())
-        .filter_map(|r| r.cpu_per_op)
+        .filter_map(of)
         .map(|d| d.as_secs_f64() * 1e6)
         .collect();
-    if v.is_empty() {
-        return "not measured".into();
-    }
-    format!("{:.0} µs", median_f(v))
+    (!v.is_empty()).then(|| median_f(v))
 }
 
 pub(super) fn cell(runs: &[RunStats]) -> String {

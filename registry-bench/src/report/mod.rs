@@ -296,9 +296,28 @@ pub fn targets(r: &Results) -> String {
     for c in [64, 256] {
         if let Some((_, o, e)) = find(c) {
             let ratio = agg(o).ops / agg(e).ops.max(1e-9);
+            // Where both load the two cores fully, throughput is cores / (server + client
+            // CPU per request): the ratio those costs allow.
+            let whole = |r: &[RunStats]| {
+                Some(cpu_us(r, |x| x.cpu_per_op)? + cpu_us(r, |x| x.client_cpu_per_op)?)
+            };
+            let client = |r: &[RunStats]| {
+                cpu_us(r, |x| x.client_cpu_per_op).map_or("?".into(), |v| format!("{v:.0} µs"))
+            };
+            let ceiling = match (whole(o), whole(e)) {
+                (Some(ours), Some(theirs)) if ours > 0.0 => {
+                    format!(
+                        "; load generator {} vs {}: CPU-bound ceiling {:.2}×",
+                        client(o),
+                        client(e),
+                        theirs / ours
+                    )
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 t,
-                "| register throughput at {c} clients ≥ 2× etcd put | {:.2}× ({} vs {} ops/s; server CPU per registration {} vs {}) | {} |",
+                "| register throughput at {c} clients ≥ 2× etcd put | {:.2}× ({} vs {} ops/s; server CPU per registration {} vs {}{ceiling}) | {} |",
                 ratio,
                 thousands(agg(o).ops.round() as u64),
                 thousands(agg(e).ops.round() as u64),
