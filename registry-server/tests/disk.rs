@@ -447,3 +447,60 @@ async fn a_majority_of_full_servers_makes_the_leader_refuse_writes_with_a_503() 
     let _ = first.await;
     c.shutdown().await;
 }
+
+/// The same through a follower with room: its forwarded writes reach the leader, which
+/// refuses them with the same reason while three of five servers are full (and one full
+/// server of three would not: the next test's neighbour shows writes go on then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_forwarded_while_a_majority_is_full_are_refused_with_a_503() {
+    let c = TestCluster::start(5).await;
+    let leader = c.wait_leader().await;
+    let others: Vec<usize> = (1..5).map(|k| (leader + k) % 5).collect();
+    let (full, via) = (&others[..3], others[3]);
+    let vu = c.node(via).url();
+    assert_eq!(put(&vu, "k/0", b"0").await.0, 200);
+    for &f in full {
+        let fu = c.node(f).url();
+        wait_until(Duration::from_secs(10), "the follower to apply k/0", || {
+            let fu = fu.clone();
+            async move { get(&fu, "k/0", true).await.map(|_| ()) }
+        })
+        .await;
+    }
+    let spaces: Vec<_> = (full.iter())
+        .map(|&f| c.node(f).raft.disk_space().clone())
+        .collect();
+    for space in &spaces {
+        space.set_reserve(space.free().saturating_mul(8));
+    }
+    let first = tokio::spawn({
+        let vu = vu.clone();
+        async move { put(&vu, "k/first", b"v").await }
+    });
+    let reason = wait_until(
+        Duration::from_secs(20),
+        "a 503 through the follower",
+        || {
+            let vu = vu.clone();
+            async move {
+                let (status, body) = put(&vu, "k/refused", b"v").await;
+                (status == 503).then_some(body)
+            }
+        },
+    )
+    .await;
+    assert!(
+        reason.contains("short of space") && reason.contains("3 of 5"),
+        "{reason}"
+    );
+    for space in &spaces {
+        space.set_reserve(0);
+    }
+    wait_until(Duration::from_secs(15), "writes to resume", || {
+        let vu = vu.clone();
+        async move { (put(&vu, "k/after", b"v").await.0 == 200).then_some(()) }
+    })
+    .await;
+    let _ = first.await;
+    c.shutdown().await;
+}

@@ -396,11 +396,10 @@ impl RaftNode {
                     }
                 }
                 if self.too_full_for(&m) {
-                    if m.get_msg_type() == MessageType::MsgAppend {
-                        self.tell_leader_too_full(from_id);
-                    }
+                    self.tell_leader_too_full(from_id);
                     return Ok(());
                 }
+                self.note_space_on_leader_traffic(&m, from_id);
                 let is_leader_msg = matches!(
                     m.get_msg_type(),
                     MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
@@ -767,6 +766,9 @@ impl RaftNode {
     }
 
     fn publish_status(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.forget_full_voters();
+        }
         let r = &self.raw.raft;
         let role = match r.state {
             StateRole::Leader => Role::Leader,

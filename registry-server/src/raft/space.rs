@@ -81,7 +81,7 @@ impl RaftNode {
     /// said they are too full to take entries (within [`FULL_FRESH`]) that
     /// the rest cannot commit it. Logged when that starts and ends.
     pub(super) fn quorum_too_full(&mut self) -> Option<String> {
-        if self.full_voters.is_empty() {
+        if self.full_voters.is_empty() && !self.refusing_for_full_voters {
             return None;
         }
         let now = Instant::now();
@@ -92,7 +92,7 @@ impl RaftNode {
             .filter(|id| voters.contains(id) && *id != self.me.id)
             .collect();
         let n = voters.len();
-        let short = n - full.len() < n / 2 + 1;
+        let short = !full.is_empty() && n - full.len() < n / 2 + 1;
         if short != self.refusing_for_full_voters {
             self.refusing_for_full_voters = short;
             if short {
@@ -102,13 +102,42 @@ impl RaftNode {
                 info!(node = %self.me.node, "enough servers have disk space again: taking writes");
             }
         }
-        short.then(|| {
-            let (_, reason) = &self.full_voters[&full[0]];
-            format!(
-                "{reason}; with {} of {n} servers short of space, no write can be committed",
-                full.len()
-            )
-        })
+        if !short {
+            return None;
+        }
+        let (_, reason) = full.first().and_then(|id| self.full_voters.get(id))?;
+        Some(format!(
+            "{reason}; with {} of {n} servers short of space, no write can be committed",
+            full.len()
+        ))
+    }
+
+    /// Once no longer leading: the reports were for that term's leadership.
+    pub(super) fn forget_full_voters(&mut self) {
+        self.full_voters.clear();
+        if std::mem::take(&mut self.refusing_for_full_voters) {
+            info!(node = %self.me.node, "no longer leading: no longer refusing writes for servers short of space");
+        }
+    }
+
+    /// Keeps the reports current from the Raft traffic itself. On a follower:
+    /// a heartbeat while it is too full to take entries is told to the leader
+    /// too (a follower the leader sends only snapshots, or nothing new, would
+    /// otherwise go quiet). On the leader: an append response that moves a
+    /// follower's match index forward shows it took entries, so it has room.
+    pub(super) fn note_space_on_leader_traffic(&mut self, m: &Message, from: u64) {
+        match m.get_msg_type() {
+            MessageType::MsgHeartbeat if self.shared.space.too_full_to_follow() => {
+                self.tell_leader_too_full(from);
+            }
+            MessageType::MsgAppendResponse if !m.reject && self.full_voters.contains_key(&from) => {
+                let matched = self.raw.raft.prs().get(from).map_or(0, |p| p.matched);
+                if m.index > matched {
+                    self.full_voters.remove(&from);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// On the leader, notes a follower that said it is too full for entries
@@ -120,8 +149,8 @@ impl RaftNode {
         }
     }
 
-    /// On a follower dropping the leader's append for want of space: tells
-    /// the leader, at most every [`TELL_FULL_EVERY`].
+    /// On a follower dropping the leader's append or snapshot for want of
+    /// space: tells the leader, at most every [`TELL_FULL_EVERY`].
     pub(super) fn tell_leader_too_full(&mut self, leader: u64) {
         let now = Instant::now();
         if self
