@@ -449,8 +449,8 @@ async fn a_majority_of_full_servers_makes_the_leader_refuse_writes_with_a_503() 
 }
 
 /// The same through a follower with room: its forwarded writes reach the leader, which
-/// refuses them with the same reason while three of five servers are full (and one full
-/// server of three would not: the next test's neighbour shows writes go on then).
+/// refuses them with the same reason while three of five servers are full. (With one full
+/// server of three, writes go on: `a_follower_with_a_nearly_full_disk_lags_...` above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_forwarded_while_a_majority_is_full_are_refused_with_a_503() {
     let c = TestCluster::start(5).await;

@@ -86,7 +86,7 @@ impl RaftNode {
         }
         let now = Instant::now();
         self.full_voters
-            .retain(|_, (at, _)| now.duration_since(*at) < FULL_FRESH);
+            .retain(|_, (at, ..)| now.duration_since(*at) < FULL_FRESH);
         let voters = self.store.conf_state().voters;
         let full: Vec<u64> = (self.full_voters.keys().copied())
             .filter(|id| voters.contains(id) && *id != self.me.id)
@@ -105,7 +105,7 @@ impl RaftNode {
         if !short {
             return None;
         }
-        let (_, reason) = full.first().and_then(|id| self.full_voters.get(id))?;
+        let (_, reason, _) = full.first().and_then(|id| self.full_voters.get(id))?;
         Some(format!(
             "{reason}; with {} of {n} servers short of space, no write can be committed",
             full.len()
@@ -123,16 +123,19 @@ impl RaftNode {
     /// Keeps the reports current from the Raft traffic itself. On a follower:
     /// a heartbeat while it is too full to take entries is told to the leader
     /// too (a follower the leader sends only snapshots, or nothing new, would
-    /// otherwise go quiet). On the leader: an append response that moves a
-    /// follower's match index forward shows it took entries, so it has room.
+    /// otherwise go quiet). On the leader: an append response past the last
+    /// index a follower held when it reported shows it took entries since,
+    /// so it has room.
     pub(super) fn note_space_on_leader_traffic(&mut self, m: &Message, from: u64) {
         match m.get_msg_type() {
-            MessageType::MsgHeartbeat if self.shared.space.too_full_to_follow() => {
+            MessageType::MsgHeartbeat if self.shared.space.below_follow_floor() => {
                 self.tell_leader_too_full(from);
             }
-            MessageType::MsgAppendResponse if !m.reject && self.full_voters.contains_key(&from) => {
+            MessageType::MsgAppendResponse if !m.reject && m.term == self.raw.raft.term => {
+                // Past what it held when it reported: it took new entries since.
+                let took = self.full_voters.get(&from).map(|(_, _, last)| *last);
                 let matched = self.raw.raft.prs().get(from).map_or(0, |p| p.matched);
-                if m.index > matched {
+                if took.is_some_and(|last| m.index > last.max(matched)) {
                     self.full_voters.remove(&from);
                 }
             }
@@ -145,7 +148,8 @@ impl RaftNode {
     pub(super) fn on_too_full(&mut self, from: &str, t: TooFull) {
         let known = self.peers.get(&t.from).is_some_and(|p| p.rpc_addr == from);
         if self.is_leader() && known {
-            self.full_voters.insert(t.from, (Instant::now(), t.reason));
+            self.full_voters
+                .insert(t.from, (Instant::now(), t.reason, t.last_index));
         }
     }
 
@@ -168,6 +172,7 @@ impl RaftNode {
             let msg = RpcMessage::TooFull(TooFull {
                 from: self.me.id,
                 reason,
+                last_index: self.raw.raft.raft_log.last_index(),
             });
             self.transport.send(&peer.rpc_addr.clone(), msg);
         }

@@ -88,6 +88,11 @@ pub struct TooFull {
     pub from: u64,
     /// Why, as the leader's refused callers are told.
     pub reason: String,
+    /// Its last log index when it said so: an acknowledgement up to there
+    /// (sent after the entries reached its disk, so possibly after this)
+    /// shows nothing about its room now. 0 from servers that did not send it.
+    #[serde(default)]
+    pub last_index: u64,
 }
 
 /// Writes the leader would not put in its log, by the forwarding server's
@@ -209,6 +214,7 @@ mod tests {
         let full = RpcMessage::TooFull(TooFull {
             from: 2,
             reason: "short of space".into(),
+            last_index: 41,
         });
         assert_eq!(decode(&encode(&full)).unwrap(), full);
         assert!(known_kind(&encode(&full)));

@@ -203,6 +203,13 @@ impl DiskSpace {
         self.too_full_to_take(0)
     }
 
+    /// [`DiskSpace::too_full_to_follow`] without recording or logging the
+    /// change (a look that drops nothing: the follower's heartbeat path).
+    pub fn below_follow_floor(&self) -> bool {
+        let reserve = self.reserve();
+        reserve != 0 && self.free() < reserve / 4
+    }
+
     /// [`DiskSpace::too_full_to_follow`] for taking `bytes` more (a snapshot
     /// from the leader, which must fit with a quarter of the reserve left).
     pub fn too_full_to_take(&self, bytes: u64) -> bool {
