@@ -29,6 +29,7 @@ pub mod limits;
 pub mod logs;
 #[cfg(feature = "serve")]
 pub mod metrics;
+pub mod metrics_summary;
 pub mod names;
 #[cfg(feature = "serve")]
 pub mod process;

@@ -28,6 +28,7 @@
 //! Owns: metric types, the registry, both renderings, request timing. Must not touch: what a
 //! process measures (each process's own metrics module registers and records its metrics).
 
+pub use crate::metrics_summary::{GaugeValue, MetricsSummary, PointValue, SampledValue};
 use crate::Error as ApiError;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
@@ -35,7 +36,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -608,68 +608,6 @@ impl EncodeMetric for Encoded {
     }
 }
 
-/// `GET /v1/agent/metrics` (Consul's `MetricsSummary`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct MetricsSummary {
-    /// When it was taken.
-    pub timestamp: String,
-    /// Gauges.
-    pub gauges: Vec<GaugeValue>,
-    /// Points (none are kept; always `[]`, as Consul's usually is).
-    pub points: Vec<PointValue>,
-    /// Counters.
-    pub counters: Vec<SampledValue>,
-    /// Timers.
-    pub samples: Vec<SampledValue>,
-}
-
-/// One gauge.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct GaugeValue {
-    /// Name.
-    pub name: String,
-    /// Value.
-    pub value: f64,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// One set of points.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct PointValue {
-    /// Name.
-    pub name: String,
-    /// The points.
-    pub points: Vec<f64>,
-}
-
-/// A counter's or a timer's aggregate.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct SampledValue {
-    /// Name.
-    pub name: String,
-    /// How many.
-    pub count: u64,
-    /// Sum per second since start.
-    pub rate: f64,
-    /// Sum (ms for timers).
-    pub sum: f64,
-    /// Smallest.
-    pub min: f64,
-    /// Largest.
-    pub max: f64,
-    /// Mean.
-    pub mean: f64,
-    /// Standard deviation.
-    pub stddev: f64,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-}
-
 /// The HTTP layer's request metrics: a timer per (method, route) and, optionally, a counter
 /// per (method, route) and the gauge of blocking queries now waiting.
 #[derive(Clone, Debug)]
@@ -823,6 +761,10 @@ mod tests {
             assert!(json.get(field).is_some(), "{field}");
         }
         assert_eq!(json["Counters"][0]["Name"], "consul.raft.apply");
+        let read: MetricsSummary = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(read.counter("consul.raft.apply", &[]), 1);
+        assert_eq!(read.counter("consul.raft.apply", &[("dc", "dc1")]), 0);
+        assert_eq!(read.counter("no.such.counter", &[]), 0);
         assert_eq!(json["Samples"][0]["Count"], 1);
         assert_eq!(json["Gauges"][0]["Labels"]["dc"], "dc1");
         // Included registries render with the including one, each once.

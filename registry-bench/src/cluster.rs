@@ -35,6 +35,30 @@ pub struct TlsFiles {
     pub client_key: std::path::PathBuf,
 }
 
+/// Polls `url` (a `/v1/status/leader`) every 100 ms until it names a leader (`true`) or
+/// `deadline` passes (`false`); fails as soon as `alive` does (a process it waits on died).
+pub async fn names_a_leader(
+    http: &reqwest::Client,
+    url: &str,
+    deadline: Instant,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<bool> {
+    loop {
+        alive()?;
+        let leader = match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+            _ => String::new(),
+        };
+        if leader.trim().trim_matches('"').len() > 1 {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Three registry servers forming one datacenter with `--bootstrap-expect 3`.
 pub struct RegistryCluster {
     /// The servers, in start order.
@@ -173,19 +197,8 @@ impl RegistryCluster {
         let http = http_client_with_token(self.management_token.as_deref())?;
         for i in 0..self.servers.len() {
             let url = format!("{}/v1/status/leader", self.servers[i].http);
-            loop {
-                self.check_alive()?;
-                let leader = match http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
-                    _ => String::new(),
-                };
-                if leader.trim().trim_matches('"').len() > 1 {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("our cluster formed no leader within {timeout:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if !names_a_leader(&http, &url, deadline, || self.check_alive()).await? {
+                bail!("our cluster formed no leader within {timeout:?}");
             }
         }
         for s in &self.servers {

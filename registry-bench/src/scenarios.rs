@@ -321,19 +321,8 @@ pub async fn fanout(
             let path = format!("/v1/health/service/watch-svc?index={index}&wait=60s{extra_query}");
             let done = done_tx.clone();
             tasks.push(tokio::spawn(async move {
-                let r =
-                    tokio::time::timeout(Duration::from_secs(90), watch::get(&slot, &addr, &path));
-                let result = match r.await {
-                    Ok(Ok(a)) if a.status == 200 && a.index > index => Ok(()),
-                    Ok(Ok(a)) if a.status != 200 => Err(format!(
-                        "{}: {}",
-                        a.status,
-                        String::from_utf8_lossy(&a.body).trim()
-                    )),
-                    Ok(Ok(a)) => Err(format!("returned without a change (index {})", a.index)),
-                    Ok(Err(e)) => Err(format!("transport: {e}")),
-                    Err(_) => Err("no answer within 90 s".to_string()),
-                };
+                let r = watch::get(&slot, &addr, &path);
+                let result = watch::changed(r, Duration::from_secs(90), index).await;
                 let _ = done.send((Instant::now(), result));
             }));
             // Open connections in waves so the listen backlog never overflows.
@@ -505,8 +494,7 @@ pub async fn fanout_spread(
                 tasks.push(tokio::spawn(async move {
                     let slot = watch::Slot::default();
                     let r = watch::get_from(&slot, Some(source), &t.addr, &t.path, Some(&asked));
-                    let result =
-                        spread::judge(tokio::time::timeout(spread::WATCHER_LIMIT, r).await, t.min);
+                    let result = watch::changed(r, spread::WATCHER_LIMIT, t.min).await;
                     let _ = done.send((Instant::now(), result));
                 }));
                 if w % 250 == 249 {

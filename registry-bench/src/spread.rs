@@ -15,7 +15,7 @@
 //! watcher) and writes to stdout `asked <n>` (requests written so far) and one line per answer:
 //! `ok <unix µs>` or `err <unix µs> <reason>`, stamped when the answer arrived.
 
-use crate::cluster::Server;
+use crate::cluster::{names_a_leader, Server};
 use crate::procs::{free_ports, Proc, ProcSpec};
 use crate::watch;
 use anyhow::{bail, Context, Result};
@@ -33,24 +33,6 @@ pub const PER_CHILD: usize = 16_000;
 pub const PER_AGENT: usize = 10_000;
 /// How long a watcher waits for its answer in all (the query's own `wait` is shorter).
 pub const WATCHER_LIMIT: Duration = Duration::from_secs(300);
-
-/// What one watcher's exchange came to: `Ok` for a 200 with an index past `min`.
-pub fn judge(
-    r: Result<Result<watch::Answer, String>, tokio::time::error::Elapsed>,
-    min: u64,
-) -> Result<(), String> {
-    match r {
-        Ok(Ok(a)) if a.status == 200 && a.index > min => Ok(()),
-        Ok(Ok(a)) if a.status != 200 => Err(format!(
-            "{}: {}",
-            a.status,
-            String::from_utf8_lossy(&a.body).trim()
-        )),
-        Ok(Ok(a)) => Err(format!("returned without a change (index {})", a.index)),
-        Ok(Err(e)) => Err(format!("transport: {e}")),
-        Err(_) => Err(format!("no answer within {} s", WATCHER_LIMIT.as_secs())),
-    }
-}
 
 /// Client agents of the bench's datacenter.
 pub struct Agents {
@@ -126,21 +108,10 @@ impl Agents {
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let http = crate::load::http_client()?;
-        for i in 0..self.addrs.len() {
-            let url = format!("http://{}/v1/status/leader", self.addrs[i]);
-            loop {
-                self.procs[i].check_alive()?;
-                let leader = match http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
-                    _ => String::new(),
-                };
-                if leader.trim().trim_matches('"').len() > 1 {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("agent {} not ready within {timeout:?}", self.addrs[i]);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        for (addr, proc) in self.addrs.iter().zip(&mut self.procs) {
+            let url = format!("http://{addr}/v1/status/leader");
+            if !names_a_leader(&http, &url, deadline, || proc.check_alive()).await? {
+                bail!("agent {addr} not ready within {timeout:?}");
             }
         }
         Ok(())
@@ -157,21 +128,14 @@ impl Agents {
         let http = crate::load::http_client()?;
         let (mut upstream, mut shared) = (0, 0);
         for a in &self.addrs {
-            let json: serde_json::Value = http
+            let summary: registry_api::metrics_summary::MetricsSummary = http
                 .get(format!("http://{a}/v1/agent/metrics"))
                 .send()
                 .await?
                 .json()
                 .await?;
-            let count = |name: &str| {
-                json["Counters"]
-                    .as_array()
-                    .and_then(|cs| cs.iter().find(|c| c["Name"] == name))
-                    .and_then(|c| c["Count"].as_u64())
-                    .unwrap_or(0)
-            };
-            upstream += count("registry.agent.blocking.upstream");
-            shared += count("registry.agent.blocking.shared");
+            upstream += summary.counter("registry.agent.blocking.upstream", &[]);
+            shared += summary.counter("registry.agent.blocking.shared", &[]);
         }
         Ok((upstream, shared))
     }
@@ -327,7 +291,7 @@ pub async fn child_main() -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let slot = watch::Slot::default();
             let r = watch::get_from(&slot, source, &t.addr, &t.path, Some(&asked));
-            let line = match judge(tokio::time::timeout(WATCHER_LIMIT, r).await, t.min) {
+            let line = match watch::changed(r, WATCHER_LIMIT, t.min).await {
                 Ok(()) => format!("ok {}\n", unix_micros()),
                 Err(e) => format!("err {} {}\n", unix_micros(), e.replace('\n', " ")),
             };

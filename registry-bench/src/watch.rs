@@ -113,6 +113,26 @@ fn bind_address_no_port(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Awaits one watcher's exchange `answer` for at most `limit`: `Ok` for a 200 with an
+/// index past `min` (the change it waited for), else what it came to instead.
+pub async fn changed(
+    answer: impl std::future::Future<Output = Result<Answer, String>>,
+    limit: std::time::Duration,
+    min: u64,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, answer).await {
+        Ok(Ok(a)) if a.status == 200 && a.index > min => Ok(()),
+        Ok(Ok(a)) if a.status != 200 => Err(format!(
+            "{}: {}",
+            a.status,
+            String::from_utf8_lossy(&a.body).trim()
+        )),
+        Ok(Ok(a)) => Err(format!("returned without a change (index {})", a.index)),
+        Ok(Err(e)) => Err(format!("transport: {e}")),
+        Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
+    }
+}
+
 /// Why an exchange failed.
 enum Failure {
     /// Before any byte of the answer arrived: a closed kept-alive connection looks like this.

@@ -10,13 +10,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The count of counter `name` with `labels` in the JSON answer (0 when absent).
 fn counter(json: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> u64 {
-    json["Counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["Name"] == name)
-        .find(|c| labels.iter().all(|(k, v)| c["Labels"][*k] == *v))
-        .map_or(0, |c| c["Count"].as_u64().unwrap())
+    let summary: registry_api::metrics::MetricsSummary =
+        serde_json::from_value(json.clone()).unwrap();
+    summary.counter(name, labels)
 }
 
 #[tokio::test]

@@ -273,7 +273,7 @@ async fn the_agent_refuses_what_the_catalog_would_refuse() {
 
 /// The count of counter `name` in an agent's `/v1/agent/metrics` JSON (0 when absent).
 async fn agent_counter(base: &str, name: &str) -> u64 {
-    let json: serde_json::Value = registry_api::tls::plain_client()
+    let summary: registry_api::metrics::MetricsSummary = registry_api::tls::plain_client()
         .get(format!("{base}/v1/agent/metrics"))
         .send()
         .await
@@ -281,12 +281,7 @@ async fn agent_counter(base: &str, name: &str) -> u64 {
         .json()
         .await
         .unwrap();
-    json["Counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["Name"] == name)
-        .map_or(0, |c| c["Count"].as_u64().unwrap())
+    summary.counter(name, &[])
 }
 
 /// Forty applications on one host watch the same service through their agent: the server

@@ -392,73 +392,19 @@ async fn a_data_dir_that_fills_refuses_writes_keeps_reads_and_resumes_once_freed
     server.stop().await;
 }
 
-/// When too few servers have room to take entries, nothing can commit: the leader, told by
-/// the full followers, refuses new writes at once with a 503 that says why (instead of each
-/// waiting out the commit timeout for a 500), reads go on, and writes resume once the
-/// followers have room again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_majority_of_full_servers_makes_the_leader_refuse_writes_with_a_503() {
-    let c = TestCluster::start(3).await;
-    let leader = c.wait_leader().await;
-    let lu = c.node(leader).url();
-    assert_eq!(put(&lu, "k/0", b"0").await.0, 200);
-    let followers = [(leader + 1) % 3, (leader + 2) % 3];
-    for &f in &followers {
-        let fu = c.node(f).url();
-        wait_until(Duration::from_secs(10), "the follower to apply k/0", || {
-            let fu = fu.clone();
-            async move { get(&fu, "k/0", true).await.map(|_| ()) }
-        })
-        .await;
-    }
-    let spaces: Vec<_> = followers
-        .iter()
-        .map(|&f| c.node(f).raft.disk_space().clone())
-        .collect();
-    for space in &spaces {
-        space.set_reserve(space.free().saturating_mul(8));
-    }
-    // The first write reaches the followers, which drop it and tell the leader; it may
-    // still commit later, so it is left to time out (or apply) on its own.
-    let first = tokio::spawn({
-        let lu = lu.clone();
-        async move { put(&lu, "k/first", b"v").await }
-    });
-    let (status, reason) = wait_until(Duration::from_secs(20), "a 503 from the leader", || {
-        let lu = lu.clone();
-        async move {
-            let (status, body) = put(&lu, "k/refused", b"v").await;
-            (status == 503).then_some((status, body))
-        }
-    })
-    .await;
-    assert_eq!(status, 503);
-    assert!(reason.contains("short of space"), "{reason}");
-    // Reads go on.
-    assert_eq!(get(&lu, "k/0", false).await.as_deref(), Some(&b"0"[..]));
-    for space in &spaces {
-        space.set_reserve(0);
-    }
-    wait_until(Duration::from_secs(15), "writes to resume", || {
-        let lu = lu.clone();
-        async move { (put(&lu, "k/after", b"v").await.0 == 200).then_some(()) }
-    })
-    .await;
-    let _ = first.await;
-    c.shutdown().await;
-}
-
-/// The same through a follower with room: its forwarded writes reach the leader, which
-/// refuses them with the same reason while three of five servers are full. (With one full
-/// server of three, writes go on: `a_follower_with_a_nearly_full_disk_lags_...` above.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_forwarded_while_a_majority_is_full_are_refused_with_a_503() {
-    let c = TestCluster::start(5).await;
-    let leader = c.wait_leader().await;
-    let others: Vec<usize> = (1..5).map(|k| (leader + k) % 5).collect();
-    let (full, via) = (&others[..3], others[3]);
-    let vu = c.node(via).url();
-    assert_eq!(put(&vu, "k/0", b"0").await.0, 200);
+/// Once `full` hold `k/0` (written through `url`), leaves each less than a quarter of its
+/// reserve free, so that it drops the leader's appends; returns their space checks and the
+/// first write after that, which reaches them and may still apply later (left to time out
+/// or apply on its own).
+async fn fill_followers(
+    c: &TestCluster,
+    full: &[usize],
+    url: &str,
+) -> (
+    Vec<std::sync::Arc<registry_server::storage::space::DiskSpace>>,
+    tokio::task::JoinHandle<(u16, String)>,
+) {
+    assert_eq!(put(url, "k/0", b"0").await.0, 200);
     for &f in full {
         let fu = c.node(f).url();
         wait_until(Duration::from_secs(10), "the follower to apply k/0", || {
@@ -473,34 +419,75 @@ async fn writes_forwarded_while_a_majority_is_full_are_refused_with_a_503() {
     for space in &spaces {
         space.set_reserve(space.free().saturating_mul(8));
     }
-    let first = tokio::spawn({
-        let vu = vu.clone();
-        async move { put(&vu, "k/first", b"v").await }
-    });
-    let reason = wait_until(
+    let url = url.to_string();
+    let first = tokio::spawn(async move { put(&url, "k/first", b"v").await });
+    (spaces, first)
+}
+
+/// Writes through `url` until one is refused with a 503 (the leader has heard from the full
+/// followers), and returns its reason.
+async fn refusal(url: &str) -> String {
+    wait_until(
         Duration::from_secs(20),
-        "a 503 through the follower",
-        || {
-            let vu = vu.clone();
-            async move {
-                let (status, body) = put(&vu, "k/refused", b"v").await;
-                (status == 503).then_some(body)
-            }
+        "a 503 for a write",
+        || async move {
+            let (status, body) = put(url, "k/refused", b"v").await;
+            (status == 503).then_some(body)
         },
     )
+    .await
+}
+
+/// Gives the full followers their room back and waits until a write through `url` goes.
+async fn free_and_resume(
+    spaces: &[std::sync::Arc<registry_server::storage::space::DiskSpace>],
+    url: &str,
+    first: tokio::task::JoinHandle<(u16, String)>,
+) {
+    for space in spaces {
+        space.set_reserve(0);
+    }
+    wait_until(Duration::from_secs(15), "writes to resume", || async move {
+        (put(url, "k/after", b"v").await.0 == 200).then_some(())
+    })
     .await;
+    let _ = first.await;
+}
+
+/// When too few servers have room to take entries, nothing can commit: the leader, told by
+/// the full followers, refuses new writes at once with a 503 that says why (instead of each
+/// waiting out the commit timeout for a 500), reads go on, and writes resume once the
+/// followers have room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_of_full_servers_makes_the_leader_refuse_writes_with_a_503() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let lu = c.node(leader).url();
+    let (spaces, first) = fill_followers(&c, &[(leader + 1) % 3, (leader + 2) % 3], &lu).await;
+    let reason = refusal(&lu).await;
+    assert!(reason.contains("short of space"), "{reason}");
+    // Reads go on.
+    assert_eq!(get(&lu, "k/0", false).await.as_deref(), Some(&b"0"[..]));
+    free_and_resume(&spaces, &lu, first).await;
+    c.shutdown().await;
+}
+
+/// The same through a follower with room: its forwarded writes reach the leader, which
+/// refuses them with the same reason while three of five servers are full. (With one full
+/// server of three, writes go on: `a_follower_with_a_nearly_full_disk_lags_...` above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_forwarded_while_a_majority_is_full_are_refused_with_a_503() {
+    let c = TestCluster::start(5).await;
+    let leader = c.wait_leader().await;
+    let others: Vec<usize> = (1..5).map(|k| (leader + k) % 5).collect();
+    let (full, via) = (&others[..3], others[3]);
+    let vu = c.node(via).url();
+    let (spaces, first) = fill_followers(&c, full, &vu).await;
+    let reason = refusal(&vu).await;
     assert!(
         reason.contains("short of space") && reason.contains("3 of 5"),
         "{reason}"
     );
-    for space in &spaces {
-        space.set_reserve(0);
-    }
-    wait_until(Duration::from_secs(15), "writes to resume", || {
-        let vu = vu.clone();
-        async move { (put(&vu, "k/after", b"v").await.0 == 200).then_some(()) }
-    })
-    .await;
-    let _ = first.await;
+    free_and_resume(&spaces, &vu, first).await;
     c.shutdown().await;
 }

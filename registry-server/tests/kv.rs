@@ -448,17 +448,22 @@ async fn kv_and_sessions_survive_a_full_restart_and_a_snapshot_install() {
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reaped_tombstones_never_make_a_late_watcher_miss_a_delete() {
+/// One server, no agents, whose leader reaps a KV tombstone half a second after the delete.
+async fn reaping_cluster() -> TestCluster {
     let tombstones = registry_server::leader::tombstones::TombstoneTuning {
         ttl: Duration::from_millis(500),
         check_interval: Duration::from_millis(100),
     };
-    let c = TestCluster::builder(1)
+    TestCluster::builder(1)
         .agents(false)
         .tombstones(tombstones)
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaped_tombstones_never_make_a_late_watcher_miss_a_delete() {
+    let c = reaping_cluster().await;
     let leader = c.wait_leader().await;
     let lc = c.client(leader);
     assert!(lc.kv_put("w/keep", "1", &[]).await.unwrap());
@@ -583,15 +588,7 @@ async fn a_blocking_kv_read_is_woken_by_changes_under_its_prefix_only() {
 /// the watcher is answered (it waits on its prefix's channel, which a reap wakes too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_of_an_empty_prefix_is_answered_when_tombstones_are_reaped() {
-    let tombstones = registry_server::leader::tombstones::TombstoneTuning {
-        ttl: Duration::from_millis(500),
-        check_interval: Duration::from_millis(100),
-    };
-    let c = TestCluster::builder(1)
-        .agents(false)
-        .tombstones(tombstones)
-        .start()
-        .await;
+    let c = reaping_cluster().await;
     let leader = c.wait_leader().await;
     let lc = c.client(leader);
     assert!(lc.kv_put("w/gone", "1", &[]).await.unwrap());

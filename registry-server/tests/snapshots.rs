@@ -115,6 +115,47 @@ async fn a_follower_that_keeps_losing_snapshots_does_not_get_one_per_heartbeat()
     c.shutdown().await;
 }
 
+/// A blocking `?stale` read from `index`, waiting up to a minute.
+fn blocking_from(index: u64) -> registry_api::QueryOptions {
+    registry_api::QueryOptions {
+        stale: true,
+        index: Some(index),
+        wait: Some(Duration::from_secs(60)),
+        ..Default::default()
+    }
+}
+
+/// With `lagger` cut off since its watcher read at `watched_at` and the leader's log
+/// compacted past that, heals it and returns the watcher's answer, which must come from the
+/// snapshot it installs: the install held every write, so no later entry's rows woke it.
+async fn answered_by_install<T>(
+    c: &TestCluster,
+    (leader, lagger): (usize, usize),
+    watched_at: u64,
+    watch: tokio::task::JoinHandle<T>,
+) -> T {
+    let compacted_to = c.status(leader).compacted_to;
+    assert!(
+        compacted_to > watched_at,
+        "leader compacted only to {compacted_to}"
+    );
+    assert!(!watch.is_finished(), "answered while cut off");
+    let last_write = c.node(leader).raft.applied_index();
+    c.net.heal(&c.names[lagger]);
+    let answer = tokio::time::timeout(Duration::from_secs(20), watch)
+        .await
+        .expect("the watcher was answered once the snapshot was installed")
+        .unwrap();
+    // (The status is published just after the catalog.)
+    let installed = wait_until(Duration::from_secs(5), "the install counted", || async {
+        let s = c.status(lagger);
+        (s.snapshots_installed >= 1).then_some(s.compacted_to)
+    })
+    .await;
+    assert!(installed >= last_write, "{installed} < {last_write}");
+    answer
+}
+
 /// A follower that catches up by a snapshot rebuilds its state whole, and no applied entry
 /// names what changed: the watchers of one service, which wait on that service's own
 /// wake-ups (`raft/wakeups.rs`), must still be answered by the install.
@@ -138,39 +179,14 @@ async fn a_snapshot_install_answers_the_watchers_of_a_service() {
     )
     .await;
     c.net.isolate(&c.names[lagger]);
-    let watch = {
-        let opts = registry_api::QueryOptions {
-            stale: true,
-            index: Some(watched_at),
-            wait: Some(Duration::from_secs(60)),
-            ..Default::default()
-        };
-        tokio::spawn(async move { on_lagger.health_service("queue", &opts).await })
-    };
+    let opts = blocking_from(watched_at);
+    let watch = tokio::spawn(async move { on_lagger.health_service("queue", &opts).await });
     register_queue(&c, leader).await;
-    let compacted_to = c.status(leader).compacted_to;
-    assert!(
-        compacted_to > watched_at,
-        "leader compacted only to {compacted_to}"
-    );
-    assert!(!watch.is_finished(), "answered while cut off");
     c.wait_watching(lagger, "queue").await;
-    let last_write = c.node(leader).raft.applied_index();
-    c.net.heal(&c.names[lagger]);
-    let (list, meta) = tokio::time::timeout(Duration::from_secs(20), watch)
+    let (list, meta) = answered_by_install(&c, (leader, lagger), watched_at, watch)
         .await
-        .expect("the watcher was answered once the snapshot was installed")
-        .unwrap()
         .unwrap();
     assert!(meta.index > watched_at);
-    // (The status is published just after the catalog.)
-    let installed = wait_until(Duration::from_secs(5), "the install counted", || async {
-        let s = c.status(lagger);
-        (s.snapshots_installed >= 1).then_some(s.compacted_to)
-    })
-    .await;
-    // The snapshot held every write (no later entry's rows woke the watcher instead).
-    assert!(installed >= last_write, "{installed} < {last_write}");
     assert!(list.len() > 1, "{} instances", list.len());
     c.shutdown().await;
 }
@@ -193,24 +209,12 @@ async fn a_snapshot_install_answers_the_watchers_of_a_kv_prefix() {
     })
     .await;
     c.net.isolate(&c.names[lagger]);
-    let watch = {
-        let opts = registry_api::QueryOptions {
-            stale: true,
-            index: Some(watched_at),
-            wait: Some(Duration::from_secs(60)),
-            ..Default::default()
-        };
-        tokio::spawn(async move { on_lagger.kv_get("cfg/", &opts, &[("recurse", "")]).await })
-    };
+    let opts = blocking_from(watched_at);
+    let watch =
+        tokio::spawn(async move { on_lagger.kv_get("cfg/", &opts, &[("recurse", "")]).await });
     for i in 0..60 {
         assert!(lc.kv_put(&format!("cfg/k{i:02}"), "v", &[]).await.unwrap());
     }
-    let compacted_to = c.status(leader).compacted_to;
-    assert!(
-        compacted_to > watched_at,
-        "leader compacted only to {compacted_to}"
-    );
-    assert!(!watch.is_finished(), "answered while cut off");
     let raft = c.node(lagger).raft.clone();
     wait_until(
         Duration::from_secs(10),
@@ -218,21 +222,10 @@ async fn a_snapshot_install_answers_the_watchers_of_a_kv_prefix() {
         || async { (raft.kv_watchers("cfg/") >= 1).then_some(()) },
     )
     .await;
-    let last_write = c.node(leader).raft.applied_index();
-    c.net.heal(&c.names[lagger]);
-    let (list, meta) = tokio::time::timeout(Duration::from_secs(20), watch)
+    let (list, meta) = answered_by_install(&c, (leader, lagger), watched_at, watch)
         .await
-        .expect("the watcher was answered once the snapshot was installed")
-        .unwrap()
         .unwrap();
     assert!(meta.index > watched_at);
-    let installed = wait_until(Duration::from_secs(5), "the install counted", || async {
-        let s = c.status(lagger);
-        (s.snapshots_installed >= 1).then_some(s.compacted_to)
-    })
-    .await;
-    // The snapshot held every write (no later entry's rows woke the watcher instead).
-    assert!(installed >= last_write, "{installed} < {last_write}");
     assert!(list.unwrap().len() > 1);
     c.shutdown().await;
 }

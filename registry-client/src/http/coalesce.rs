@@ -138,18 +138,10 @@ impl Coalescer {
 /// Whether a forwarded request may share an identical one's answer: a `GET` blocking query
 /// (`index` other than 0) that is not `?consistent`.
 pub(super) fn shareable(method: &Method, query: Option<&str>) -> bool {
-    if method != Method::GET {
-        return false;
-    }
-    let mut blocking = false;
-    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match &*k {
-            "consistent" => return false,
-            "index" => blocking = v.parse::<u64>().is_ok_and(|i| i > 0),
-            _ => {}
-        }
-    }
-    blocking
+    let consistent = || {
+        url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(k, _)| k == "consistent")
+    };
+    method == Method::GET && registry_api::limits::blocking_wait(query).is_some() && !consistent()
 }
 
 /// The question a request asks: its path and query and the headers that cross to the server

@@ -74,18 +74,10 @@ pub(super) async fn forward(State(fwd): State<Forwarder>, req: Request) -> HttpR
         ))
         .into());
     }
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    if !coalesce::shareable(req.method(), req.uri().query()) {
-        return relay(&fwd.servers, req, &path_and_query).await;
-    }
+    let path_and_query = path_and_query(req.uri());
     let (parts, body) = req.into_parts();
     let body = read_body(&parts, body).await?;
-    let sent = if body.is_empty() {
+    let sent = if body.is_empty() && coalesce::shareable(&parts.method, parts.uri.query()) {
         let headers = forwarded_request_headers(&parts.headers);
         (fwd.blocking
             .get(&fwd.servers, &path_and_query, headers)
@@ -95,6 +87,11 @@ pub(super) async fn forward(State(fwd): State<Forwarder>, req: Request) -> HttpR
         send(&fwd.servers, &parts, &path_and_query, body).await
     };
     Ok(answer(&parts, sent))
+}
+
+/// What the caller asked for, as a server is asked it: the path and query of `uri`.
+pub(super) fn path_and_query(uri: &axum::http::Uri) -> String {
+    uri.path_and_query().map_or("/", |p| p.as_str()).to_string()
 }
 
 /// Sends `req` to a server as `path_and_query` (the agent's own endpoints that a server

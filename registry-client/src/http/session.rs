@@ -8,7 +8,7 @@
 //! Owns: that one default. Must not touch: the session's other rules (the server's) or how
 //! requests are forwarded ([`super::forward`]).
 
-use super::forward::relay;
+use super::forward::{path_and_query, relay};
 use super::HttpResult;
 use crate::agent::Agent;
 use axum::body::Body;
@@ -29,11 +29,7 @@ pub(super) async fn create(State(agent): State<Arc<Agent>>, req: Request) -> Htt
     let body = registry_api::kv::with_default_node(&body, &agent.config().node)
         .map_err(ApiError::BadRequest)?;
     parts.headers.remove(header::CONTENT_LENGTH);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/v1/session/create", |p| p.as_str())
-        .to_string();
+    let path_and_query = path_and_query(&parts.uri);
     let req = Request::from_parts(parts, Body::from(body));
     relay(agent.servers(), req, &path_and_query).await
 }

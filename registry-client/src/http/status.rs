@@ -7,7 +7,7 @@
 //!
 //! Owns: that one rule. Must not touch: how the request travels ([`super::forward`]).
 
-use super::forward::relay;
+use super::forward::{path_and_query, relay};
 use super::HttpResult;
 use crate::agent::Agent;
 use axum::body::Body;
@@ -22,11 +22,7 @@ const MAX_LEADER_ANSWER: usize = 4 << 10;
 /// Relays the question, and answers `""` instead of a leader while this node is not yet in
 /// the catalog. A question about another datacenter (`?dc=`) is passed on as it is.
 pub(super) async fn leader(State(agent): State<Arc<Agent>>, req: Request) -> HttpResult {
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/v1/status/leader".into());
+    let path_and_query = path_and_query(req.uri());
     let other_dc = registry_api::names::requested_dc(req.uri().query())
         .is_some_and(|dc| dc != agent.config().datacenter);
     let answer = relay(agent.servers(), req, &path_and_query).await?;

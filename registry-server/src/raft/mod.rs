@@ -208,9 +208,9 @@ pub(crate) struct Shared {
     /// those of one service, which wait on `service_wakeups`).
     pub applied_tx: watch::Sender<u64>,
     /// Per-service channels for blocking reads of one service (`wakeups.rs`).
-    pub service_wakeups: wakeups::ServiceWakeups,
+    pub service_wakeups: wakeups::Wakeups,
     /// Per-prefix channels for blocking KV reads (`wakeups.rs`).
-    pub kv_wakeups: wakeups::ServiceWakeups,
+    pub kv_wakeups: wakeups::Wakeups,
     /// The commit index, stored before any message announcing it leaves, so a
     /// leader answering a default read can wait until it has applied at least
     /// what any follower may already have acknowledged.

@@ -101,9 +101,9 @@ pub(super) struct RaftNode {
     pub(super) kv_floor_moved: bool,
     /// The state was rebuilt whole since then: every watcher wakes.
     pub(super) state_replaced: bool,
-    /// On the leader: followers that said they are too full to take entries,
-    /// when, why, and their last log index then (`space.rs`).
-    pub(super) full_voters: HashMap<u64, (Instant, String, u64)>,
+    /// On the leader: the followers that said they are too full to take
+    /// entries (`space.rs`).
+    pub(super) full_voters: HashMap<u64, super::space::FullReport>,
     /// Whether the leader is refusing writes for want of voters with space.
     pub(super) refusing_for_full_voters: bool,
     /// On a follower: when it last told the leader it is too full.

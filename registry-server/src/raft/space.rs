@@ -22,9 +22,20 @@ use tracing::{debug, info, warn};
 const TELL_FULL_EVERY: Duration = Duration::from_millis(250);
 const FULL_FRESH: Duration = Duration::from_secs(1);
 
+/// What the leader keeps of a follower's [`TooFull`].
+pub(super) struct FullReport {
+    /// When it came.
+    at: Instant,
+    /// Why, for the refused callers.
+    reason: String,
+    /// The follower's last log index then: acknowledgements past it show room.
+    last_index: u64,
+}
+
 impl RaftNode {
     /// On the leader, takes out of a follower's forwarded proposals those the
-    /// reserve does not admit, and tells the follower which and
+    /// reserve does not admit (all of them while too few servers have room to
+    /// commit, [`RaftNode::quorum_too_full`]), and tells the follower which and
     /// why. Configuration changes always go (they are small and may be what
     /// makes room).
     pub(super) fn refuse_forwarded_writes(&mut self, m: &mut Message) {
@@ -44,16 +55,17 @@ impl RaftNode {
                 if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                     return true;
                 }
-                // An entry that does not decode is the state machine's to
-                // refuse; here it counts as a write not allowed when short.
-                if let Some(reason) = &quorum_full {
-                    refused.ids.extend(context_request_id(e));
-                    refused.reason = reason.clone();
-                    return false;
-                }
-                let allowed = serde_json::from_slice::<Envelope>(&e.data)
-                    .is_ok_and(|env| env.cmd.allowed_when_short());
-                match space.admit(allowed) {
+                // With too few servers to commit, no write goes; otherwise the
+                // reserve decides. An entry that does not decode is the state
+                // machine's to refuse; here it counts as a write not allowed when short.
+                let admitted = match &quorum_full {
+                    Some(reason) => Err(reason.clone()),
+                    None => space.admit(
+                        serde_json::from_slice::<Envelope>(&e.data)
+                            .is_ok_and(|env| env.cmd.allowed_when_short()),
+                    ),
+                };
+                match admitted {
                     Ok(()) => true,
                     Err(reason) => {
                         refused.ids.extend(context_request_id(e));
@@ -86,7 +98,7 @@ impl RaftNode {
         }
         let now = Instant::now();
         self.full_voters
-            .retain(|_, (at, ..)| now.duration_since(*at) < FULL_FRESH);
+            .retain(|_, r| now.duration_since(r.at) < FULL_FRESH);
         let voters = self.store.conf_state().voters;
         let full: Vec<u64> = (self.full_voters.keys().copied())
             .filter(|id| voters.contains(id) && *id != self.me.id)
@@ -105,9 +117,10 @@ impl RaftNode {
         if !short {
             return None;
         }
-        let (_, reason, _) = full.first().and_then(|id| self.full_voters.get(id))?;
+        let report = full.first().and_then(|id| self.full_voters.get(id))?;
         Some(format!(
-            "{reason}; with {} of {n} servers short of space, no write can be committed",
+            "{}; with {} of {n} servers short of space, no write can be committed",
+            report.reason,
             full.len()
         ))
     }
@@ -132,10 +145,12 @@ impl RaftNode {
                 self.tell_leader_too_full(from);
             }
             MessageType::MsgAppendResponse if !m.reject && m.term == self.raw.raft.term => {
+                let Some(report) = self.full_voters.get(&from) else {
+                    return;
+                };
                 // Past what it held when it reported: it took new entries since.
-                let took = self.full_voters.get(&from).map(|(_, _, last)| *last);
                 let matched = self.raw.raft.prs().get(from).map_or(0, |p| p.matched);
-                if took.is_some_and(|last| m.index > last.max(matched)) {
+                if m.index > report.last_index.max(matched) {
                     self.full_voters.remove(&from);
                 }
             }
@@ -148,8 +163,12 @@ impl RaftNode {
     pub(super) fn on_too_full(&mut self, from: &str, t: TooFull) {
         let known = self.peers.get(&t.from).is_some_and(|p| p.rpc_addr == from);
         if self.is_leader() && known {
-            self.full_voters
-                .insert(t.from, (Instant::now(), t.reason, t.last_index));
+            let report = FullReport {
+                at: Instant::now(),
+                reason: t.reason,
+                last_index: t.last_index,
+            };
+            self.full_voters.insert(t.from, report);
         }
     }
 

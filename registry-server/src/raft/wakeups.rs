@@ -28,7 +28,7 @@ use tokio::sync::watch;
 /// [`SWEEP_FLOOR`]. Readers subscribe under the applied-state read lock; the
 /// Raft thread notifies holding no applied-state lock.
 #[derive(Default)]
-pub(crate) struct ServiceWakeups {
+pub(crate) struct Wakeups {
     inner: Mutex<Channels>,
 }
 
@@ -97,7 +97,7 @@ const SWEEP_FLOOR: usize = 64;
 /// work per written key stays at most this many look-ups.
 const MAX_PREFIX_LENGTHS: usize = 16;
 
-impl ServiceWakeups {
+impl Wakeups {
     fn lock(&self) -> std::sync::MutexGuard<'_, Channels> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_notification_wakes_the_readers_of_that_service_only() {
-        let w = ServiceWakeups::default();
+        let w = Wakeups::default();
         let mut web = w.subscribe("web");
         let mut web2 = w.subscribe("web");
         let mut db = w.subscribe("db");
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_kv_write_wakes_the_watchers_of_its_prefixes_only() {
-        let w = ServiceWakeups::default();
+        let w = Wakeups::default();
         let mut all = w.subscribe("");
         let mut app = w.subscribe("app/");
         let mut key = w.subscribe("app/db/url");
@@ -241,7 +241,7 @@ mod tests {
     fn readers_that_come_and_go_without_writes_leave_no_channels_behind() {
         // KV reads subscribe to any key a client names, before their index is looked at:
         // with no write to sweep the map, subscribing must.
-        let w = ServiceWakeups::default();
+        let w = Wakeups::default();
         let kept = w.subscribe("kept/");
         for i in 0..10_000 {
             drop(w.subscribe(&format!("random-{i}/")));
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn prefixes_of_too_many_lengths_wake_every_kv_reader() {
-        let w = ServiceWakeups::default();
+        let w = Wakeups::default();
         let mut far = w.subscribe("elsewhere/");
         let held: Vec<_> = (1..=MAX_PREFIX_LENGTHS)
             .map(|n| w.subscribe(&"p".repeat(n)))
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn channels_nobody_holds_are_dropped() {
-        let w = ServiceWakeups::default();
+        let w = Wakeups::default();
         let kept = w.subscribe("kept");
         for i in 0..1_000 {
             drop(w.subscribe(&format!("gone-{i}")));

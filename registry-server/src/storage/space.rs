@@ -206,19 +206,27 @@ impl DiskSpace {
     /// [`DiskSpace::too_full_to_follow`] without recording or logging the
     /// change (a look that drops nothing: the follower's heartbeat path).
     pub fn below_follow_floor(&self) -> bool {
+        self.room_for(0).0
+    }
+
+    /// Whether taking `bytes` more would leave less than a quarter of the
+    /// reserve free (never, with no reserve), and the free bytes read.
+    fn room_for(&self, bytes: u64) -> (bool, u64) {
         let reserve = self.reserve();
-        reserve != 0 && self.free() < reserve / 4
+        if reserve == 0 {
+            return (false, 0);
+        }
+        let free = self.free();
+        (free < (reserve / 4).saturating_add(bytes), free)
     }
 
     /// [`DiskSpace::too_full_to_follow`] for taking `bytes` more (a snapshot
     /// from the leader, which must fit with a quarter of the reserve left).
     pub fn too_full_to_take(&self, bytes: u64) -> bool {
-        let reserve = self.reserve();
-        if reserve == 0 {
+        if self.reserve() == 0 {
             return false;
         }
-        let free = self.free();
-        let full = free < (reserve / 4).saturating_add(bytes);
+        let (full, free) = self.room_for(bytes);
         if full != self.paused.swap(full, Ordering::Relaxed) && self.may_log() {
             if full {
                 warn!(dir = %self.dir.display(), free_mib = free / (1024 * 1024),
