@@ -10,9 +10,10 @@
 
 use super::command::Command;
 use super::plan::{WritePlan, WritePlanner};
+use super::row_forms::{check_row, node_row, service_row};
 use super::rows::{
-    from_json, index_key, node_key, pair_key, split_pair, to_json, NodeKey, RowChange, CHECKS,
-    INDEX_PREFIX, NODES, SERVICES, SERVICE_INDEX_PREFIX,
+    from_json, index_key, node_key, pair_key, split_pair, NodeKey, RowChange, CHECKS, INDEX_PREFIX,
+    NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use super::stored::{is_serf_passing, owned, StoredCheck, StoredService};
 use super::table::{NodeTable, SmallMap};
@@ -228,19 +229,16 @@ impl CatalogState {
 
     /// Full image for a Raft snapshot, in key order, in the same format as
     /// [`RowChange`]: `n/<node>` → Node, `s/<node>\0<service id>` → AgentService,
-    /// `c/<node>\0<check id>` → HealthCheck (JSON), `i/<index name>` → decimal.
+    /// `c/<node>\0<check id>` → HealthCheck (JSON, `row_forms.rs`), `i/<index name>` → decimal.
     pub fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let nodes = self.nodes.iter().map(|(n, v)| (node_key(n), to_json(v)));
+        let nodes = self.nodes.iter().map(|(n, v)| (node_key(n), node_row(v)));
         let services = self
             .services
             .iter()
-            .map(|(n, id, v)| (pair_key(b"s/", n, id), to_json(&v.to_api(id))));
-        let checks = self.checks.iter().map(|(n, id, v)| {
-            (
-                pair_key(b"c/", n, id),
-                to_json(&self.check_to_api(n, id, v)),
-            )
-        });
+            .map(|(n, id, v)| (pair_key(b"s/", n, id), service_row(&v.to_api(id))));
+        // The check's owner is not looked up: its name and tags are not written.
+        let checks = (self.checks.iter())
+            .map(|(n, id, v)| (pair_key(b"c/", n, id), check_row(&v.to_api(n, id, None))));
         let service_indexes = (self.by_name.iter())
             .filter(|(_, s)| s.index != 0)
             .map(|(name, s)| (format!("{SERVICE_INDEX_PREFIX}{name}"), s.index));

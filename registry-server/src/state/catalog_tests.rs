@@ -375,6 +375,48 @@ fn rows_round_trip_and_match_the_row_changes() {
 }
 
 #[test]
+fn rows_in_the_earlier_full_form_load_as_the_shorter_rows_do() {
+    // The rows a server wrote before `row_forms.rs`: every field, and a check's
+    // service name and tags (taken from a snapshot of that build).
+    let full: [(&[u8], &[u8]); 7] = [
+        (
+            b"c/b-node-7\0b-svc-7:alive",
+            br#"{"Node":"b-node-7","CheckID":"b-svc-7:alive","Name":"alive","Status":"passing","Notes":"","Output":"","ServiceID":"b-svc-7","ServiceName":"b-svc-7","ServiceTags":["bench","v1"],"Type":"","CreateIndex":4,"ModifyIndex":4}"#,
+        ),
+        (b"i/checks", b"4"),
+        (b"i/nodes", b"4"),
+        (b"i/service/b-svc-7", b"4"),
+        (b"i/services", b"4"),
+        (
+            b"n/b-node-7",
+            br#"{"ID":"","Node":"b-node-7","Address":"10.0.0.7","Datacenter":"dc1","TaggedAddresses":{},"Meta":{},"CreateIndex":4,"ModifyIndex":4}"#,
+        ),
+        (
+            b"s/b-node-7\0b-svc-7",
+            br#"{"Kind":"","ID":"b-svc-7","Service":"b-svc-7","Tags":["bench","v1"],"Address":"","Meta":{},"Port":8080,"TaggedAddresses":{},"Weights":{"Passing":1,"Warning":1},"EnableTagOverride":false,"CreateIndex":4,"ModifyIndex":4}"#,
+        ),
+    ];
+    let full: Vec<_> = full.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    let old = CatalogState::from_rows("dc1", full.clone()).unwrap();
+    let mut fresh = CatalogState::new("dc1");
+    let r = req("b-node-7").svc("b-svc-7", "b-svc-7", &["bench", "v1"]);
+    let mut r = r.chk("b-svc-7:alive", "b-svc-7", PASSING);
+    (r.address, r.checks[0].name) = ("10.0.0.7".into(), "alive".into());
+    reg(&mut fresh, 4, r);
+    assert_eq!(old, fresh, "the same state from either form");
+    let health = |s: &CatalogState| s.health_service("b-svc-7", &[], false);
+    assert_eq!(health(&old), health(&fresh));
+    assert_eq!(health(&old).0[0].checks[0].service_tags, ["bench", "v1"]);
+    // The shorter form is what is written now, and it is shorter.
+    let size = |rows: &[(Vec<u8>, Vec<u8>)]| rows.iter().map(|(_, v)| v.len()).sum::<usize>();
+    assert!(
+        size(&old.rows()) < size(&full) * 6 / 10,
+        "{}",
+        size(&old.rows())
+    );
+}
+
+#[test]
 fn serf_passing_nodes_follow_every_kind_of_write() {
     let mut s = sample();
     let serf = |s: &CatalogState| s.serf_passing_nodes();

@@ -6,9 +6,9 @@
 //!
 //! | prefix | row | value |
 //! |---|---|---|
-//! | `n/<node>` | a node | Node (JSON) |
-//! | `s/<node>\0<service id>` | a service instance | AgentService (JSON) |
-//! | `c/<node>\0<check id>` | a check | HealthCheck (JSON) |
+//! | `n/<node>` | a node | Node (JSON, less its defaults: `row_forms.rs`) |
+//! | `s/<node>\0<service id>` | a service instance | AgentService (JSON, as a node) |
+//! | `c/<node>\0<check id>` | a check | HealthCheck (JSON, as a node; no service name or tags) |
 //! | `i/<index name>` | a catalog blocking-query index | decimal |
 //! | `kv/<key>` | a KV entry | `StoredKv` (JSON, value in base64) |
 //! | `kt/<key>` | a KV tombstone: the key was deleted at that index | decimal |
@@ -190,8 +190,20 @@ pub(super) fn put_rows<K, V: Serialize>(
     writes: &BTreeMap<K, Option<V>>,
     key: impl Fn(&K) -> Vec<u8>,
 ) -> Result<(), String> {
+    put_rows_as(rows, table, writes, key, to_json)
+}
+
+/// [`put_rows`] with the values encoded by `encode` (the catalog's row forms,
+/// `row_forms.rs`).
+pub(super) fn put_rows_as<K, V>(
+    rows: &mut Vec<RowChange>,
+    table: &str,
+    writes: &BTreeMap<K, Option<V>>,
+    key: impl Fn(&K) -> Vec<u8>,
+    encode: impl Fn(&V) -> Result<Vec<u8>, serde_json::Error>,
+) -> Result<(), String> {
     for (k, v) in writes {
-        let value = v.as_ref().map(to_json).transpose();
+        let value = v.as_ref().map(&encode).transpose();
         let value = value.map_err(|e| format!("cannot encode {table} row: {e}"))?;
         rows.push(RowChange { key: key(k), value });
     }
