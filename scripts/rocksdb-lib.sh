@@ -23,6 +23,9 @@ if [[ -f "$dir/librocksdb.a" ]]; then
   echo "$dir"
   exit 0
 fi
+# The build needs libclang (bindgen) and a C++ compiler: `make rocksdb` comes
+# here without scripts/cargo.sh, which installs them. Its output goes to stderr.
+"$here/scripts/install-deps.sh"
 
 # Two builds started at once on a fresh machine (make test runs several cargo
 # commands, helpers run their own) would each compile RocksDB for 16 minutes:
