@@ -228,8 +228,9 @@ impl CatalogState {
     }
 
     /// Full image for a Raft snapshot, in key order, in the same format as
-    /// [`RowChange`]: `n/<node>` → Node, `s/<node>\0<service id>` → AgentService,
-    /// `c/<node>\0<check id>` → HealthCheck (JSON, `row_forms.rs`), `i/<index name>` → decimal.
+    /// [`RowChange`]: `n/<node>` → Node, `s/<node>\0<service id>` →
+    /// AgentService, `c/<node>\0<check id>` → HealthCheck (JSON in the forms
+    /// of `row_forms.rs`), `i/<index name>` → decimal.
     pub fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let nodes = self.nodes.iter().map(|(n, v)| (node_key(n), node_row(v)));
         let services = self

@@ -9,8 +9,9 @@
 //! lock-delays), `session.rs` (sessions), `txn.rs` (transactions over
 //! all of them), and `restore.rs` (a snapshot archive replacing them
 //! all); their commands in `command.rs`, their row keys in
-//! `rows.rs` and the catalog's row values in `row_forms.rs`. A command is planned on a [`Scratch`] view (the tables with
-//! the entry's writes so far laid over them), encoded, and only then
+//! `rows.rs` and the catalog's row values in `row_forms.rs`. A command
+//! is planned on a [`Scratch`] view (the tables with the entry's writes
+//! so far laid over them), encoded, and only then
 //! committed to every table at once: a rejected command or a failed
 //! transaction leaves nothing behind. What crosses tables happens here, in
 //! the same entry as its cause: a catalog write that deregisters a node or a

@@ -4,18 +4,19 @@
 //! read back by `catalog.rs` with the API types' own `Deserialize`.
 //!
 //! Left out:
-//! - every field at its default: the three types are `#[serde(default)]`, so
-//!   an absent field reads back as the value it had (`Weights` included: its
-//!   default is Consul's 1/1, the value left out);
+//! - every field equal to the same field of its type's `Default`: the three
+//!   types are `#[serde(default)]`, so an absent field reads back as that
+//!   value (`Weights` included: Consul's 1/1);
 //! - a check's `ServiceName` and `ServiceTags`: the catalog derives them from
 //!   the check's instance on every read and drops them when it loads a row.
 //!
 //! A registration's three rows shrink from ~575 to ~300 bytes, and every
 //! byte is written to RocksDB's log, flushed, and rewritten by compaction for
 //! as long as the row lives (BENCHMARKS.md, session 13). Rows written before
-//! this (every field present) read the same, and so does this form for a
-//! server built before it: the keys kept are the API's own and the fields'
-//! defaults have not changed.
+//! this (every field present) read the same. This form reads the same in a
+//! server built before it, from `851b090` on (the first to derive a check's
+//! service name and tags rather than keep them): the keys kept are the
+//! API's own, and the fields' defaults have not changed.
 
 use registry_api::{AgentService, HealthCheck, Node};
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -35,35 +36,45 @@ pub(super) fn check_row(check: &HealthCheck) -> Result<Vec<u8>, serde_json::Erro
     serde_json::to_vec(&CheckRow(check))
 }
 
-/// Writes `key: value` into map `m` unless `value` is its type's default.
+/// Writes `key: value` into map `m` unless `value` equals `default`: the same
+/// field of the container's `Default`, which is what serde's container-level
+/// `#[serde(default)]` gives a missing field.
 macro_rules! unless_default {
-    ($m:ident, $key:literal, $value:expr) => {
-        if !is_default($value) {
+    ($m:ident, $key:literal, $value:expr, $default:expr) => {
+        if *$value != $default {
             $m.serialize_entry($key, $value)?;
         }
     };
 }
 
-/// Whether `v` is what a missing field reads back as. (The containers' derived
-/// `Default` gives each field its type's default.)
-fn is_default<T: Default + PartialEq>(v: &T) -> bool {
-    *v == T::default()
-}
+// Each `serialize` below takes its value apart field by field, with no `..`:
+// a field added to the API type does not compile until it is written here
+// too (or left out on purpose, as a check's derived fields are).
 
 struct NodeRow<'a>(&'a Node);
 
 impl Serialize for NodeRow<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let n = self.0;
+        let Node {
+            id,
+            node,
+            address,
+            datacenter,
+            tagged_addresses,
+            meta,
+            create_index,
+            modify_index,
+        } = self.0;
+        let d = Node::default();
         let mut m = s.serialize_map(None)?;
-        unless_default!(m, "ID", &n.id);
-        m.serialize_entry("Node", &n.node)?;
-        unless_default!(m, "Address", &n.address);
-        unless_default!(m, "Datacenter", &n.datacenter);
-        unless_default!(m, "TaggedAddresses", &n.tagged_addresses);
-        unless_default!(m, "Meta", &n.meta);
-        unless_default!(m, "CreateIndex", &n.create_index);
-        unless_default!(m, "ModifyIndex", &n.modify_index);
+        unless_default!(m, "ID", id, d.id);
+        m.serialize_entry("Node", node)?;
+        unless_default!(m, "Address", address, d.address);
+        unless_default!(m, "Datacenter", datacenter, d.datacenter);
+        unless_default!(m, "TaggedAddresses", tagged_addresses, d.tagged_addresses);
+        unless_default!(m, "Meta", meta, d.meta);
+        unless_default!(m, "CreateIndex", create_index, d.create_index);
+        unless_default!(m, "ModifyIndex", modify_index, d.modify_index);
         m.end()
     }
 }
@@ -72,22 +83,43 @@ struct ServiceRow<'a>(&'a AgentService);
 
 impl Serialize for ServiceRow<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let v = self.0;
+        let AgentService {
+            kind,
+            id,
+            service,
+            tags,
+            address,
+            meta,
+            port,
+            tagged_addresses,
+            weights,
+            enable_tag_override,
+            proxy,
+            connect,
+            create_index,
+            modify_index,
+        } = self.0;
+        let d = AgentService::default();
         let mut m = s.serialize_map(None)?;
-        unless_default!(m, "Kind", &v.kind);
-        m.serialize_entry("ID", &v.id)?;
-        unless_default!(m, "Service", &v.service);
-        unless_default!(m, "Tags", &v.tags);
-        unless_default!(m, "Address", &v.address);
-        unless_default!(m, "Meta", &v.meta);
-        unless_default!(m, "Port", &v.port);
-        unless_default!(m, "TaggedAddresses", &v.tagged_addresses);
-        unless_default!(m, "Weights", &v.weights);
-        unless_default!(m, "EnableTagOverride", &v.enable_tag_override);
-        unless_default!(m, "Proxy", &v.proxy);
-        unless_default!(m, "Connect", &v.connect);
-        unless_default!(m, "CreateIndex", &v.create_index);
-        unless_default!(m, "ModifyIndex", &v.modify_index);
+        unless_default!(m, "Kind", kind, d.kind);
+        m.serialize_entry("ID", id)?;
+        unless_default!(m, "Service", service, d.service);
+        unless_default!(m, "Tags", tags, d.tags);
+        unless_default!(m, "Address", address, d.address);
+        unless_default!(m, "Meta", meta, d.meta);
+        unless_default!(m, "Port", port, d.port);
+        unless_default!(m, "TaggedAddresses", tagged_addresses, d.tagged_addresses);
+        unless_default!(m, "Weights", weights, d.weights);
+        unless_default!(
+            m,
+            "EnableTagOverride",
+            enable_tag_override,
+            d.enable_tag_override
+        );
+        unless_default!(m, "Proxy", proxy, d.proxy);
+        unless_default!(m, "Connect", connect, d.connect);
+        unless_default!(m, "CreateIndex", create_index, d.create_index);
+        unless_default!(m, "ModifyIndex", modify_index, d.modify_index);
         m.end()
     }
 }
@@ -96,18 +128,33 @@ struct CheckRow<'a>(&'a HealthCheck);
 
 impl Serialize for CheckRow<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let c = self.0;
+        let HealthCheck {
+            node,
+            check_id,
+            name,
+            status,
+            notes,
+            output,
+            service_id,
+            // Derived from the instance on every read, dropped on load.
+            service_name: _,
+            service_tags: _,
+            check_type,
+            create_index,
+            modify_index,
+        } = self.0;
+        let d = HealthCheck::default();
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry("Node", &c.node)?;
-        m.serialize_entry("CheckID", &c.check_id)?;
-        unless_default!(m, "Name", &c.name);
-        unless_default!(m, "Status", &c.status);
-        unless_default!(m, "Notes", &c.notes);
-        unless_default!(m, "Output", &c.output);
-        unless_default!(m, "ServiceID", &c.service_id);
-        unless_default!(m, "Type", &c.check_type);
-        unless_default!(m, "CreateIndex", &c.create_index);
-        unless_default!(m, "ModifyIndex", &c.modify_index);
+        m.serialize_entry("Node", node)?;
+        m.serialize_entry("CheckID", check_id)?;
+        unless_default!(m, "Name", name, d.name);
+        unless_default!(m, "Status", status, d.status);
+        unless_default!(m, "Notes", notes, d.notes);
+        unless_default!(m, "Output", output, d.output);
+        unless_default!(m, "ServiceID", service_id, d.service_id);
+        unless_default!(m, "Type", check_type, d.check_type);
+        unless_default!(m, "CreateIndex", create_index, d.create_index);
+        unless_default!(m, "ModifyIndex", modify_index, d.modify_index);
         m.end()
     }
 }

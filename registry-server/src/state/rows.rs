@@ -7,8 +7,8 @@
 //! | prefix | row | value |
 //! |---|---|---|
 //! | `n/<node>` | a node | Node (JSON, less its defaults: `row_forms.rs`) |
-//! | `s/<node>\0<service id>` | a service instance | AgentService (JSON, as a node) |
-//! | `c/<node>\0<check id>` | a check | HealthCheck (JSON, as a node; no service name or tags) |
+//! | `s/<node>\0<service id>` | a service instance | AgentService (JSON, less its defaults) |
+//! | `c/<node>\0<check id>` | a check | HealthCheck (JSON, less its defaults and its service name and tags) |
 //! | `i/<index name>` | a catalog blocking-query index | decimal |
 //! | `kv/<key>` | a KV entry | `StoredKv` (JSON, value in base64) |
 //! | `kt/<key>` | a KV tombstone: the key was deleted at that index | decimal |
