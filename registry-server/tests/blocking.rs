@@ -131,7 +131,7 @@ async fn a_blocking_query_returns_at_the_end_of_its_wait() {
 /// after every write elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
-    use registry_server::reads::{read_probed, AnswerCache, Blocking, Consistency, Probe};
+    use registry_server::reads::Probe;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let c = TestCluster::start(1).await;
@@ -141,33 +141,12 @@ async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
     let raft = c.node(leader).raft.clone();
     let min_index = raft.with_applied(|s, _| s.kv.prefix_index("quiet/"));
     let built = Arc::new(AtomicUsize::new(0));
-    let watch = {
-        let (raft, built) = (raft.clone(), built.clone());
-        tokio::spawn(async move {
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let blocking = Blocking {
-                min_index,
-                wait: Duration::from_secs(20),
-            };
-            read_probed(
-                &raft,
-                &AnswerCache::default(),
-                &shutdown,
-                Consistency::Stale,
-                Some(blocking),
-                "quiet".to_string(),
-                Some(Probe::index(|s: &registry_server::state::StateStore| {
-                    s.kv.prefix_index("quiet/")
-                })),
-                |s| {
-                    built.fetch_add(1, Ordering::SeqCst);
-                    s.kv.list("quiet/")
-                },
-                |v| (v, false),
-            )
-            .await
-        })
-    };
+    let probe = Probe::index(|s: &registry_server::state::StateStore| s.kv.prefix_index("quiet/"));
+    let counted = built.clone();
+    let watch = spawn_stale_watch(&raft, min_index, "quiet", probe, move |s| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        s.kv.list("quiet/")
+    });
     for i in 0..20 {
         assert!(client.kv_put(&format!("busy/{i}"), "x", &[]).await.unwrap());
     }
@@ -177,11 +156,7 @@ async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
     );
     assert_eq!(built.load(Ordering::SeqCst), 0, "nor build its answer");
     assert!(client.kv_put("quiet/b", "2", &[]).await.unwrap());
-    let answer = tokio::time::timeout(Duration::from_secs(10), watch)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let answer = watch_answer(watch).await;
     assert!(answer.index > min_index);
     assert_eq!(built.load(Ordering::SeqCst), 1);
     let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
@@ -194,7 +169,7 @@ async fn a_probed_blocking_read_builds_its_answer_only_once_the_index_moved() {
 /// a write wakes the watchers of what it changed, not every watcher to probe its index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_read_of_one_service_is_not_woken_by_writes_to_others() {
-    use registry_server::reads::{read_probed, AnswerCache, Blocking, Consistency, Probe};
+    use registry_server::reads::Probe;
     use registry_server::state::StateStore;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -215,35 +190,18 @@ async fn a_blocking_read_of_one_service_is_not_woken_by_writes_to_others() {
     let raft = c.node(leader).raft.clone();
     let min_index = raft.with_applied(|s, _| s.catalog.service_index("web"));
     let probed = Arc::new(AtomicUsize::new(0));
-    let watch = {
-        let (raft, probed) = (raft.clone(), probed.clone());
-        tokio::spawn(async move {
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let probe = Probe {
-                index: |s: &StateStore| {
-                    probed.fetch_add(1, Ordering::SeqCst);
-                    s.catalog.service_index("web")
-                },
-                service: Some("web".to_string()),
-                kv: None,
-            };
-            read_probed(
-                &raft,
-                &AnswerCache::default(),
-                &shutdown,
-                Consistency::Stale,
-                Some(Blocking {
-                    min_index,
-                    wait: Duration::from_secs(20),
-                }),
-                "web".to_string(),
-                Some(probe),
-                |s| s.catalog.health_service("web", &[], false),
-                |v| (v, false),
-            )
-            .await
-        })
+    let counted = probed.clone();
+    let probe = Probe {
+        index: move |s: &StateStore| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            s.catalog.service_index("web")
+        },
+        service: Some("web".to_string()),
+        kv: None,
     };
+    let watch = spawn_stale_watch(&raft, min_index, "web", probe, |s| {
+        s.catalog.health_service("web", &[], false)
+    });
     wait_until(Duration::from_secs(5), "the first probe", || async {
         (probed.load(Ordering::SeqCst) >= 1).then_some(())
     })
@@ -265,11 +223,7 @@ async fn a_blocking_read_of_one_service_is_not_woken_by_writes_to_others() {
         .catalog_register(&reg("n2", "web", "web-2"), None)
         .await
         .unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(10), watch)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let answer = watch_answer(watch).await;
     assert!(answer.index > min_index);
     assert_eq!(probed.load(Ordering::SeqCst), 2);
     c.shutdown().await;

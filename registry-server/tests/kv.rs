@@ -506,7 +506,7 @@ async fn reaped_tombstones_never_make_a_late_watcher_miss_a_delete() {
 /// delete under it does answer it; a read of one key is answered by a write to that key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_kv_read_is_woken_by_changes_under_its_prefix_only() {
-    use registry_server::reads::{read_probed, AnswerCache, Blocking, Consistency, Probe};
+    use registry_server::reads::Probe;
     use registry_server::state::StateStore;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -521,29 +521,11 @@ async fn a_blocking_kv_read_is_woken_by_changes_under_its_prefix_only() {
     let raft = c.node(leader).raft.clone();
     let min_index = raft.with_applied(|s, _| s.kv.prefix_index("app/"));
     let watch = |prefix: &'static str, probed: Arc<AtomicUsize>| {
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let probe = Probe::kv(prefix.to_string(), move |s: &StateStore| {
-                probed.fetch_add(1, Ordering::SeqCst);
-                s.kv.prefix_index(prefix)
-            });
-            read_probed(
-                &raft,
-                &AnswerCache::default(),
-                &shutdown,
-                Consistency::Stale,
-                Some(Blocking {
-                    min_index,
-                    wait: Duration::from_secs(20),
-                }),
-                prefix.to_string(),
-                Some(probe),
-                move |s| s.kv.list(prefix),
-                |v| (v, false),
-            )
-            .await
-        })
+        let probe = Probe::kv(prefix.to_string(), move |s: &StateStore| {
+            probed.fetch_add(1, Ordering::SeqCst);
+            s.kv.prefix_index(prefix)
+        });
+        spawn_stale_watch(&raft, min_index, prefix, probe, move |s| s.kv.list(prefix))
     };
     let (on_app, on_key) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let app = watch("app/", on_app.clone());
@@ -563,22 +545,13 @@ async fn a_blocking_kv_read_is_woken_by_changes_under_its_prefix_only() {
     // A delete under app/ (a tombstone) answers the prefix's watcher; app/web is not
     // under app/db, so the key's watcher sleeps on until its own key changes.
     assert!(lc.kv_delete("app/web", &[]).await.unwrap());
-    let (list, index) = tokio::time::timeout(Duration::from_secs(10), app)
-        .await
-        .unwrap()
-        .unwrap()
-        .map(|a| (a.body, a.index))
-        .unwrap();
-    assert!(index > min_index);
-    assert!(!String::from_utf8_lossy(&list).contains("app/web"));
+    let answer = watch_answer(app).await;
+    assert!(answer.index > min_index);
+    assert!(!String::from_utf8_lossy(&answer.body).contains("app/web"));
     assert!(!key.is_finished());
     assert_eq!(on_key.load(Ordering::SeqCst), 1);
     assert!(lc.kv_put("app/db", "3", &[]).await.unwrap());
-    let answer = tokio::time::timeout(Duration::from_secs(10), key)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let answer = watch_answer(key).await;
     assert!(answer.index > min_index);
     c.shutdown().await;
 }

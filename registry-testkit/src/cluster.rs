@@ -11,11 +11,16 @@
 pub use crate::wait::wait_until;
 use registry_api::{AgentService, HealthCheck, QueryOptions, RegisterRequest, RegistryClient};
 use registry_client::ClientConfig;
-use registry_server::raft::RaftTuning;
+use registry_server::raft::{RaftError, RaftHandle, RaftTuning};
+use registry_server::reads::{read_probed, Answer, AnswerCache, Blocking, Consistency, Probe};
 use registry_server::rpc::MemNetwork;
+use registry_server::state::StateStore;
 use registry_server::{RaftStatus, Role, ServerConfig, ServerHandle, TransportKind};
+use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Raft timing for tests: fast, but with room for a loaded 2-core machine.
 pub fn fast_tuning() -> RaftTuning {
@@ -85,6 +90,54 @@ pub fn stale() -> QueryOptions {
         stale: true,
         ..Default::default()
     }
+}
+
+/// A blocking `?stale` read of `key` past `min_index` (waiting 20 s at most), run as the
+/// HTTP handlers run one ([`read_probed`]), on a task of its own: the watcher of the
+/// wake-up tests, which count how often its `probe` or `query` ran and see when it ends.
+pub fn spawn_stale_watch<T, P, F>(
+    raft: &RaftHandle,
+    min_index: u64,
+    key: &str,
+    probe: Probe<P>,
+    query: F,
+) -> JoinHandle<Result<Answer, RaftError>>
+where
+    T: Serialize + Send + 'static,
+    P: Fn(&StateStore) -> u64 + Send + Sync + 'static,
+    F: Fn(&StateStore) -> (T, u64) + Send + Sync + 'static,
+{
+    let (raft, key) = (raft.clone(), key.to_string());
+    tokio::spawn(async move {
+        let shutdown = CancellationToken::new();
+        let blocking = Blocking {
+            min_index,
+            wait: Duration::from_secs(20),
+        };
+        let (cache, mode) = (AnswerCache::default(), Consistency::Stale);
+        let then = |v| (v, false);
+        read_probed(
+            &raft,
+            &cache,
+            &shutdown,
+            mode,
+            Some(blocking),
+            key,
+            Some(probe),
+            query,
+            then,
+        )
+        .await
+    })
+}
+
+/// The answer of a [`spawn_stale_watch`] watcher, which must come within 10 s.
+pub async fn watch_answer(watch: JoinHandle<Result<Answer, RaftError>>) -> Answer {
+    tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("the watcher answered within 10 s")
+        .expect("the watcher's task")
+        .expect("the watcher's read")
 }
 
 /// How to start a [`TestCluster`]; from [`TestCluster::builder`].
