@@ -59,6 +59,40 @@ pub async fn names_a_leader(
     }
 }
 
+/// Starts a `registry-client` agent named `name` (`program`) in dc1, its data dir
+/// `root/name` and its log `root/name.log`, serving HTTP on `addr` (`127.0.0.1:port`),
+/// joined to `servers` (RPC addresses, in the order it tries them).
+pub fn start_agent(
+    program: &Path,
+    root: &Path,
+    name: &str,
+    addr: &str,
+    servers: &[String],
+) -> Result<Proc> {
+    let data_dir = root.join(name);
+    std::fs::create_dir_all(&data_dir)?;
+    let mut args = vec![
+        "--node".into(),
+        name.to_string(),
+        "--datacenter".into(),
+        "dc1".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--http-addr".into(),
+        addr.to_string(),
+    ];
+    for s in servers {
+        args.push("--retry-join".into());
+        args.push(s.clone());
+    }
+    Proc::start(ProcSpec {
+        name: name.to_string(),
+        program: program.to_path_buf(),
+        args,
+        log: root.join(format!("{name}.log")),
+    })
+}
+
 /// Three registry servers forming one datacenter with `--bootstrap-expect 3`.
 pub struct RegistryCluster {
     /// The servers, in start order.

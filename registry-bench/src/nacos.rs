@@ -13,7 +13,7 @@
 //! The bench does not build r-nacos: `scripts/rnacos-bin.sh` installs it once per machine and
 //! `scripts/bench.sh` passes its path (`--rnacos-bin`); without it the report says so.
 
-use crate::cluster::RegistryCluster;
+use crate::cluster::{start_agent, RegistryCluster};
 use crate::load::{self, http_client, Load, Op, RunStats, Stop};
 use crate::procs::{free_ports, rss_bytes, Proc, ProcSpec};
 use crate::scenarios;
@@ -316,31 +316,12 @@ impl Agents {
             urls: Vec::new(),
             procs: Vec::new(),
         };
+        let program = bin_dir.join("registry-client");
         for (i, port) in ports.iter().enumerate() {
             let node = format!("{tag}-a{}", i + 1);
-            let data_dir = root.join(&node);
-            std::fs::create_dir_all(&data_dir)?;
-            let mut args = vec![
-                "--node".into(),
-                node.clone(),
-                "--datacenter".into(),
-                "dc1".into(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--http-addr".into(),
-                format!("127.0.0.1:{port}"),
-            ];
-            for s in servers {
-                args.push("--retry-join".into());
-                args.push(s.clone());
-            }
-            agents.procs.push(Proc::start(ProcSpec {
-                name: node.clone(),
-                program: bin_dir.join("registry-client"),
-                args,
-                log: root.join(format!("{node}.log")),
-            })?);
-            agents.urls.push(format!("http://127.0.0.1:{port}"));
+            let addr = format!("127.0.0.1:{port}");
+            (agents.procs).push(start_agent(&program, root, &node, &addr, servers)?);
+            agents.urls.push(format!("http://{addr}"));
         }
         Ok(agents)
     }

@@ -15,8 +15,8 @@
 //! watcher) and writes to stdout `asked <n>` (requests written so far) and one line per answer:
 //! `ok <unix µs>` or `err <unix µs> <reason>`, stamped when the answer arrived.
 
-use crate::cluster::{names_a_leader, Server};
-use crate::procs::{free_ports, Proc, ProcSpec};
+use crate::cluster::{names_a_leader, start_agent, Server};
+use crate::procs::{free_ports, Proc};
 use crate::watch;
 use anyhow::{bail, Context, Result};
 use std::net::IpAddr;
@@ -77,27 +77,10 @@ impl Agents {
         };
         for (i, port) in ports.into_iter().enumerate() {
             let name = format!("bench-agent-{i}");
-            let dir = root.join(&name);
-            std::fs::create_dir_all(&dir)?;
             let mut order = joins.clone();
             order.rotate_left(i % joins.len().max(1));
             let addr = format!("127.0.0.1:{port}");
-            let args = vec![
-                "--node".into(),
-                name.clone(),
-                "--data-dir".into(),
-                dir.display().to_string(),
-                "--http-addr".into(),
-                addr.clone(),
-                "--retry-join".into(),
-                order.join(","),
-            ];
-            agents.procs.push(Proc::start(ProcSpec {
-                name: name.clone(),
-                program: program.clone(),
-                args,
-                log: root.join(format!("{name}.log")),
-            })?);
+            (agents.procs).push(start_agent(&program, root, &name, &addr, &order)?);
             agents.addrs.push(addr);
         }
         Ok(agents)
