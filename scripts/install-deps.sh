@@ -4,7 +4,9 @@
 # when everything is already there.
 set -euo pipefail
 missing=()
-if ! ldconfig -p | grep -q 'libclang\(-[0-9.]*\)\?\.so'; then missing+=(libclang-dev); fi
+# Not `grep -q`: it exits at the first match, ldconfig dies of SIGPIPE, and under pipefail
+# the pipeline then fails, which read as "missing" and ran apt-get again on a machine that had it.
+if ! ldconfig -p | grep 'libclang\(-[0-9.]*\)\?\.so' >/dev/null; then missing+=(libclang-dev); fi
 if ! command -v g++ >/dev/null; then missing+=(g++); fi
 # dig, for the DNS test that runs the built server (registry-server/tests/dns.rs).
 if ! command -v dig >/dev/null; then missing+=(dnsutils); fi
