@@ -48,7 +48,9 @@ for b in "${BINS[@]}"; do
   bin="$out/$b"
   kind="$(file -b "$bin" 2>/dev/null || true)"
   lddout="$(ldd "$bin" 2>&1 || true)"
-  if readelf -lW "$bin" | grep -q 'INTERP' || readelf -dW "$bin" | grep -q '(NEEDED)'; then
+  # Not `grep -q`: under pipefail its early exit kills readelf with SIGPIPE, and the failed
+  # pipeline would pass a dynamic binary as static.
+  if readelf -lW "$bin" | grep 'INTERP' >/dev/null || readelf -dW "$bin" | grep '(NEEDED)' >/dev/null; then
     echo "FAIL: $bin is dynamically linked:" >&2
     echo "$lddout" >&2
     exit 1
