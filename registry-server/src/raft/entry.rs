@@ -6,14 +6,16 @@
 
 use super::Fatal;
 use crate::rpc::PeerInfo;
+use crate::state::command::LogForm;
 use crate::state::Command;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 use serde::{Deserialize, Serialize};
 
 /// What travels in a normal Raft entry: a versioned envelope around a command,
-/// so that a newer binary still reads an older log.
-#[derive(Serialize, Deserialize)]
+/// so that a newer binary still reads an older log. Written by
+/// [`encode_envelope`], in this order.
+#[derive(Deserialize)]
 pub(super) struct Envelope {
     /// Format version; only 1 exists.
     pub(super) v: u32,
@@ -29,6 +31,24 @@ pub(super) struct Envelope {
     pub(super) at: u64,
     /// The command.
     pub(super) cmd: Command,
+}
+
+/// A normal entry's data: the [`Envelope`] of `cmd`, the command in the
+/// log's form ([`Command::log_form`]).
+pub(super) fn encode_envelope(id: u64, at: u64, cmd: &Command) -> serde_json::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        v: u32,
+        id: u64,
+        at: u64,
+        cmd: LogForm<'a>,
+    }
+    serde_json::to_vec(&Out {
+        v: 1,
+        id,
+        at,
+        cmd: cmd.log_form(),
+    })
 }
 
 /// The wall clock in ms since the epoch: the one clock of this server (log
@@ -149,7 +169,7 @@ mod tests {
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryNormal);
         e.index = 7;
-        e.data = serde_json::to_vec(env).unwrap().into();
+        e.data = encode_envelope(env.id, env.at, &env.cmd).unwrap().into();
         e.context = env.id.to_be_bytes().to_vec().into();
         e
     }

@@ -10,7 +10,7 @@
 //! files as further `impl RaftNode` blocks; this file must stay the loop and
 //! the apply, and must not grow their decisions.
 
-use super::entry::{context_request_id, decode_command, restamp, ConfContext, Envelope};
+use super::entry::{context_request_id, decode_command, encode_envelope, restamp, ConfContext};
 use super::reads::{ignores_vote, ReadWaiter};
 use super::snapshots::SnapshotInFlight;
 use super::{Event, Fatal, RaftError, RaftNodeSetup, RaftTuning, Reply, Role, Shared, EVENT_QUEUE};
@@ -281,12 +281,7 @@ impl RaftNode {
                 let id = self.request_id();
                 // The leader's clock: on a follower, the leader restamps it
                 // when the forwarded proposal arrives (`handle_rpc`).
-                let data = match serde_json::to_vec(&Envelope {
-                    v: 1,
-                    id,
-                    at: self.shared.now_ms(),
-                    cmd: *cmd,
-                }) {
+                let data = match encode_envelope(id, self.shared.now_ms(), &cmd) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = reply.send(Err(RaftError::Encode(e.to_string())));

@@ -23,6 +23,7 @@ use super::acl::{
 };
 use super::kv::{KvOp, TombstoneReap};
 use super::restore::RestoreRequest;
+use super::row_forms::RegisterForm;
 use super::session::{SessionExpiry, SessionId};
 use super::txn::TxnRequest;
 use registry_api::event::UserEvent;
@@ -173,6 +174,40 @@ impl Command {
                 KvVerb::Delete | KvVerb::DeleteTree | KvVerb::DeleteCas
             ),
             _ => false,
+        }
+    }
+}
+
+impl Command {
+    /// This command as a Raft log entry carries it ([`LogForm`]).
+    pub fn log_form(&self) -> LogForm<'_> {
+        LogForm(self)
+    }
+}
+
+/// A command in a Raft log entry: the wire form above, with a register's
+/// request in its compact form (`row_forms.rs`, [`RegisterForm`]: no field
+/// at its default). Both read back with [`Command`]'s own decoder, the fast
+/// path included (`Op` is still written first).
+pub struct LogForm<'a>(&'a Command);
+
+impl Serialize for LogForm<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// serde's internally tagged form around a request's own.
+        #[derive(Serialize)]
+        struct Tagged<T> {
+            #[serde(rename = "Op")]
+            op: &'static str,
+            #[serde(flatten)]
+            req: T,
+        }
+        match self.0 {
+            Command::Register(req) | Command::RegisterIfNodeExists(req) => Tagged {
+                op: self.0.name(),
+                req: RegisterForm(req),
+            }
+            .serialize(s),
+            other => other.serialize(s),
         }
     }
 }
@@ -361,6 +396,11 @@ mod tests {
                 "the tag is written first"
             );
             assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), cmd);
+            // The log's form too, no longer than the wire form.
+            let logged = serde_json::to_vec(&cmd.log_form()).unwrap();
+            assert!(logged.starts_with(tag.as_bytes()), "{cmd:?}");
+            assert!(logged.len() <= bytes.len(), "{cmd:?}");
+            assert_eq!(serde_json::from_slice::<Command>(&logged).unwrap(), cmd);
             // The tag last: the slow path, same result.
             let serde_json::Value::Object(mut o) = serde_json::to_value(&cmd).unwrap() else {
                 unreachable!()
