@@ -67,7 +67,7 @@ pub(super) fn now_ms(skew_ms: i64) -> u64 {
 /// the server a client happened to reach.
 ///
 /// Only the envelope's head (`{"v":..,"id":..,"at":..` before `,"cmd":`,
-/// the order serde writes [`Envelope`] in) is rewritten: the command is not
+/// the order [`encode_envelope`] writes) is rewritten: the command is not
 /// decoded and encoded again, so a field this binary does not know (a newer
 /// follower's) is not dropped, and the command keeps its `Op`-first form for
 /// the fast decoder. An entry of any other form is left alone: applying it

@@ -491,6 +491,55 @@ fn replicas_fed_the_same_log_agree() {
     assert_eq!(r.service_nodes("web", &[]).0.len(), 1);
 }
 
+/// The Raft log carries a register without its defaults and without its
+/// checks' service name and tags (`Command::log_form`): applied from there, it
+/// writes what the request itself would have, on a replica of any build.
+#[test]
+fn a_register_read_from_the_log_applies_as_the_request_did() {
+    // Checks that name their instance's service and tags wrongly: applying
+    // derives both from the instance, with or without them.
+    let misnamed = |mut r: RegisterRequest| {
+        for c in &mut r.checks {
+            c.service_name = "old".into();
+            c.service_tags = strings(&["old"]);
+        }
+        CatalogState::validate_register(&mut r).unwrap();
+        r
+    };
+    let new = misnamed(
+        req("n3")
+            .svc("web", "web3", &["v3"])
+            .chk("web3-alive", "web3", PASSING),
+    );
+    let more = misnamed(req("n3").skip().chk("web3-ttl", "web3", WARNING));
+    let (mut direct, mut logged) = (sample(), sample());
+    for (i, cmd) in [Command::Register(new), Command::RegisterIfNodeExists(more)]
+        .iter()
+        .enumerate()
+    {
+        let json = serde_json::to_vec(&cmd.log_form()).unwrap();
+        let back: Command = serde_json::from_slice(&json).unwrap();
+        assert_ne!(&back, cmd, "the check's derived fields are left out");
+        let at = 10 + i as u64;
+        let (a, b) = (direct.apply(at, cmd), logged.apply(at, &back));
+        assert_eq!(a.0, Ok(()));
+        assert_eq!(a, b, "the same outcome and rows");
+    }
+    assert_eq!(direct.rows(), logged.rows());
+    for name in ["web", "old"] {
+        assert_eq!(index(&direct, name), index(&logged, name));
+    }
+    let checks = logged.service_checks("web").0;
+    let on_n3: Vec<_> = checks.iter().filter(|c| c.node == "n3").collect();
+    assert_eq!(on_n3.len(), 2);
+    for c in on_n3 {
+        assert_eq!(
+            (c.service_name.as_str(), &c.service_tags),
+            ("web", &strings(&["v3"]))
+        );
+    }
+}
+
 #[test]
 fn command_json_is_tagged_by_op() {
     let cmd = Command::Deregister(dereq("n", "", ""));

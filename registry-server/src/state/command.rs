@@ -14,8 +14,15 @@
 //! then the request straight from the rest of the object; an object whose
 //! first key is not `Op` still decodes, the slow way (serde's derived decoder).
 //!
+//! In the Raft log a register's request is written shorter ([`LogForm`]):
+//! every field at its type's `Default` left out, as in the catalog's rows
+//! (`row_forms.rs`), and a check's `ServiceName` and `ServiceTags`, which
+//! applying fills in from the instance. It reads back with the same decoder.
+//!
 //! Commands are in the Raft log forever: variants are only ever added, never
-//! renamed or removed, and a variant's request type only gains optional fields.
+//! renamed or removed, a variant's request type only gains optional fields,
+//! and the API types' defaults never change (a field left out of an entry
+//! reads back as today's default; `row_forms.rs` pins them in a test).
 
 use super::acl::{
     AclBootstrapRequest, AclDeleteRequest, AclPolicySetRequest, AclReplicateRequest,
@@ -179,7 +186,7 @@ impl Command {
 }
 
 impl Command {
-    /// This command as a Raft log entry carries it ([`LogForm`]).
+    /// The form in which a Raft log entry carries this command ([`LogForm`]).
     pub fn log_form(&self) -> LogForm<'_> {
         LogForm(self)
     }
@@ -187,8 +194,9 @@ impl Command {
 
 /// A command in a Raft log entry: the wire form above, with a register's
 /// request in its compact form (`row_forms.rs`, [`RegisterForm`]: no field
-/// at its default). Both read back with [`Command`]'s own decoder, the fast
-/// path included (`Op` is still written first).
+/// at its default, no check's `ServiceName` or `ServiceTags`). Both read
+/// back with [`Command`]'s own decoder, the fast path included (`Op` is
+/// still written first).
 pub struct LogForm<'a>(&'a Command);
 
 impl Serialize for LogForm<'_> {

@@ -6,7 +6,7 @@
 //! with the API types' own `Deserialize`.
 //!
 //! Left out:
-//! - every field equal to the same field of its type's `Default`: the three
+//! - every field equal to the same field of its type's `Default`: these
 //!   types are `#[serde(default)]`, so an absent field reads back as that
 //!   value (`Weights` included: Consul's 1/1);
 //! - a check's `ServiceName` and `ServiceTags`: the catalog derives them from
@@ -163,7 +163,9 @@ impl Serialize for CheckRow<'_> {
 
 /// A [`RegisterRequest`] as a `Register` or `RegisterIfNodeExists` command
 /// carries it in the Raft log: its defaults left out and its instance and
-/// checks in their row forms. Leaving out a check's `ServiceName` and
+/// checks in their row forms.
+///
+/// Leaving out a check's `ServiceName` and
 /// `ServiceTags` loses nothing there either: applying the command fills them
 /// in from the check's instance (`plan.rs`, `put_check`). The benchmark's
 /// registration (an instance with one check) shrinks from 615 to 273 bytes,
@@ -379,6 +381,36 @@ mod tests {
         // So does an empty one (validation refuses it before it is proposed).
         let empty = RegisterRequest::default();
         assert_eq!(round_trip(&empty, form(&empty)), r#"{"Node":""}"#);
+    }
+
+    /// A field left out reads back as its type's `Default`, in rows and log
+    /// entries written by any build: so those defaults may never change.
+    #[test]
+    fn the_defaults_that_left_out_fields_read_back_as_stay_the_same() {
+        assert_eq!(
+            serde_json::to_value(Node::default()).unwrap(),
+            serde_json::json!({"ID": "", "Node": "", "Address": "", "Datacenter": "",
+                "TaggedAddresses": {}, "Meta": {}, "CreateIndex": 0, "ModifyIndex": 0})
+        );
+        assert_eq!(
+            serde_json::to_value(AgentService::default()).unwrap(),
+            serde_json::json!({"Kind": "", "ID": "", "Service": "", "Tags": [], "Address": "",
+                "Meta": {}, "Port": 0, "TaggedAddresses": {},
+                "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": false,
+                "CreateIndex": 0, "ModifyIndex": 0})
+        );
+        assert_eq!(
+            serde_json::to_value(HealthCheck::default()).unwrap(),
+            serde_json::json!({"Node": "", "CheckID": "", "Name": "", "Status": "", "Notes": "",
+                "Output": "", "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "",
+                "CreateIndex": 0, "ModifyIndex": 0})
+        );
+        assert_eq!(
+            serde_json::to_value(RegisterRequest::default()).unwrap(),
+            serde_json::json!({"ID": "", "Node": "", "Address": "", "Datacenter": "",
+                "TaggedAddresses": {}, "NodeMeta": {}, "Service": null, "Check": null,
+                "Checks": [], "SkipNodeUpdate": false})
+        );
     }
 
     #[test]
