@@ -69,6 +69,18 @@ pub fn start_agent(
     addr: &str,
     servers: &[String],
 ) -> Result<Proc> {
+    Proc::start(ProcSpec {
+        name: name.to_string(),
+        program: program.to_path_buf(),
+        args: member_args(root, name, addr, servers)?,
+        log: root.join(format!("{name}.log")),
+    })
+}
+
+/// The flags every dc1 member (server or agent) named `name` starts with: its node
+/// name, its data dir `root/name` (made here), its HTTP address `addr` and a
+/// `--retry-join` for each of `joins`.
+fn member_args(root: &Path, name: &str, addr: &str, joins: &[String]) -> Result<Vec<String>> {
     let data_dir = root.join(name);
     std::fs::create_dir_all(&data_dir)?;
     let mut args = vec![
@@ -81,16 +93,11 @@ pub fn start_agent(
         "--http-addr".into(),
         addr.to_string(),
     ];
-    for s in servers {
+    for j in joins {
         args.push("--retry-join".into());
-        args.push(s.clone());
+        args.push(j.clone());
     }
-    Proc::start(ProcSpec {
-        name: name.to_string(),
-        program: program.to_path_buf(),
-        args,
-        log: root.join(format!("{name}.log")),
-    })
+    Ok(args)
 }
 
 /// Three registry servers forming one datacenter with `--bootstrap-expect 3`.
@@ -136,26 +143,14 @@ impl RegistryCluster {
         let mut servers = Vec::new();
         for i in 0..3 {
             let node = format!("{tag}-s{}", i + 1);
-            let data_dir = root.join(&node);
-            std::fs::create_dir_all(&data_dir)?;
-            let mut args = vec![
-                "--node".into(),
-                node.clone(),
-                "--datacenter".into(),
-                "dc1".into(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--http-addr".into(),
-                format!("127.0.0.1:{}", ports[i]),
+            let http = format!("127.0.0.1:{}", ports[i]);
+            let mut args = member_args(root, &node, &http, &rpcs)?;
+            args.extend([
                 "--rpc-addr".into(),
                 rpcs[i].clone(),
                 "--bootstrap-expect".into(),
                 "3".into(),
-            ];
-            for r in &rpcs {
-                args.push("--retry-join".into());
-                args.push(r.clone());
-            }
+            ]);
             if let Some(g) = gateway {
                 args.push("--wan-gateway".into());
                 args.push(g.to_string());
@@ -197,13 +192,13 @@ impl RegistryCluster {
                 log: root.join(format!("{node}.log")),
             })?;
             servers.push(Server {
+                data_dir: root.join(&node),
                 node,
                 http: match tls {
                     None => format!("http://127.0.0.1:{}", ports[i]),
                     Some(_) => format!("https://127.0.0.1:{}", ports[6 + i]),
                 },
                 rpc: rpcs[i].clone(),
-                data_dir,
                 proc,
             });
         }

@@ -157,6 +157,11 @@ commands! {
 }
 
 impl Command {
+    /// The form in which a Raft log entry carries this command ([`LogForm`]).
+    pub fn log_form(&self) -> LogForm<'_> {
+        LogForm(self)
+    }
+
     /// Whether this command may still go when the data directory is short
     /// of space (`storage/space.rs`), down to half the reserve: those that
     /// remove things (deregistrations, deletes, session ends, the reapers'
@@ -182,13 +187,6 @@ impl Command {
             ),
             _ => false,
         }
-    }
-}
-
-impl Command {
-    /// The form in which a Raft log entry carries this command ([`LogForm`]).
-    pub fn log_form(&self) -> LogForm<'_> {
-        LogForm(self)
     }
 }
 

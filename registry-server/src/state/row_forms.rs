@@ -38,176 +38,133 @@ pub(super) fn check_row(check: &HealthCheck) -> Result<Vec<u8>, serde_json::Erro
     serde_json::to_vec(&CheckRow(check))
 }
 
-/// Writes `key: value` into map `m` unless `value` equals `default`: the same
-/// field of the container's `Default`, which is what serde's container-level
-/// `#[serde(default)]` gives a missing field.
-macro_rules! unless_default {
-    ($m:ident, $key:literal, $value:expr, $default:expr) => {
-        if *$value != $default {
-            $m.serialize_entry($key, $value)?;
+/// Writes one field of a form into map `$m`, by its mode: `always`;
+/// `default`, unless it equals `$d`, the same field of the container's
+/// `Default` (what serde's container-level `#[serde(default)]` gives a
+/// missing field); `some(Form)`, an `Option` written as `Form` when set;
+/// `nonempty(Form)`, a slice written as `Form` unless empty.
+macro_rules! field {
+    (always, $m:ident, $key:literal, $v:ident, $d:expr) => {
+        $m.serialize_entry($key, $v)?
+    };
+    (default, $m:ident, $key:literal, $v:ident, $d:expr) => {
+        if *$v != $d {
+            $m.serialize_entry($key, $v)?
+        }
+    };
+    (some($form:ident), $m:ident, $key:literal, $v:ident, $d:expr) => {
+        if let Some(v) = $v {
+            $m.serialize_entry($key, &$form(v))?
+        }
+    };
+    (nonempty($form:ident), $m:ident, $key:literal, $v:ident, $d:expr) => {
+        if !$v.is_empty() {
+            $m.serialize_entry($key, &$form($v))?
         }
     };
 }
 
-// Each `serialize` below takes its value apart field by field, with no `..`:
-// a field added to the API type does not compile until it is written here
-// too (or left out on purpose, as a check's derived fields are).
+/// A form of API type `$ty`: its fields as JSON keys, in this order, each
+/// written by its mode ([`field!`]), and the `skip` fields never. The value
+/// is taken apart with no `..`: a field added to the API type does not
+/// compile until it is listed here too (or skipped on purpose, as a check's
+/// derived fields are).
+macro_rules! form {
+    (
+        $(#[$doc:meta])*
+        $form:ident($ty:ident) {
+            $($key:literal $f:ident: $mode:ident $(($inner:ident))?,)*
+        }
+        $(skip { $($skipped:ident),* })?
+    ) => {
+        $(#[$doc])*
+        pub(super) struct $form<'a>(pub(super) &'a $ty);
 
-struct NodeRow<'a>(&'a Node);
+        impl Serialize for $form<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let $ty { $($f,)* $($($skipped: _,)*)? } = self.0;
+                let d = $ty::default();
+                let mut m = s.serialize_map(None)?;
+                $(field!($mode $(($inner))?, m, $key, $f, d.$f);)*
+                m.end()
+            }
+        }
+    };
+}
 
-impl Serialize for NodeRow<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let Node {
-            id,
-            node,
-            address,
-            datacenter,
-            tagged_addresses,
-            meta,
-            create_index,
-            modify_index,
-        } = self.0;
-        let d = Node::default();
-        let mut m = s.serialize_map(None)?;
-        unless_default!(m, "ID", id, d.id);
-        m.serialize_entry("Node", node)?;
-        unless_default!(m, "Address", address, d.address);
-        unless_default!(m, "Datacenter", datacenter, d.datacenter);
-        unless_default!(m, "TaggedAddresses", tagged_addresses, d.tagged_addresses);
-        unless_default!(m, "Meta", meta, d.meta);
-        unless_default!(m, "CreateIndex", create_index, d.create_index);
-        unless_default!(m, "ModifyIndex", modify_index, d.modify_index);
-        m.end()
+form! {
+    NodeRow(Node) {
+        "ID" id: default,
+        "Node" node: always,
+        "Address" address: default,
+        "Datacenter" datacenter: default,
+        "TaggedAddresses" tagged_addresses: default,
+        "Meta" meta: default,
+        "CreateIndex" create_index: default,
+        "ModifyIndex" modify_index: default,
     }
 }
 
-struct ServiceRow<'a>(&'a AgentService);
-
-impl Serialize for ServiceRow<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let AgentService {
-            kind,
-            id,
-            service,
-            tags,
-            address,
-            meta,
-            port,
-            tagged_addresses,
-            weights,
-            enable_tag_override,
-            proxy,
-            connect,
-            create_index,
-            modify_index,
-        } = self.0;
-        let d = AgentService::default();
-        let mut m = s.serialize_map(None)?;
-        unless_default!(m, "Kind", kind, d.kind);
-        m.serialize_entry("ID", id)?;
-        unless_default!(m, "Service", service, d.service);
-        unless_default!(m, "Tags", tags, d.tags);
-        unless_default!(m, "Address", address, d.address);
-        unless_default!(m, "Meta", meta, d.meta);
-        unless_default!(m, "Port", port, d.port);
-        unless_default!(m, "TaggedAddresses", tagged_addresses, d.tagged_addresses);
-        unless_default!(m, "Weights", weights, d.weights);
-        unless_default!(
-            m,
-            "EnableTagOverride",
-            enable_tag_override,
-            d.enable_tag_override
-        );
-        unless_default!(m, "Proxy", proxy, d.proxy);
-        unless_default!(m, "Connect", connect, d.connect);
-        unless_default!(m, "CreateIndex", create_index, d.create_index);
-        unless_default!(m, "ModifyIndex", modify_index, d.modify_index);
-        m.end()
+form! {
+    ServiceRow(AgentService) {
+        "Kind" kind: default,
+        "ID" id: always,
+        "Service" service: default,
+        "Tags" tags: default,
+        "Address" address: default,
+        "Meta" meta: default,
+        "Port" port: default,
+        "TaggedAddresses" tagged_addresses: default,
+        "Weights" weights: default,
+        "EnableTagOverride" enable_tag_override: default,
+        "Proxy" proxy: default,
+        "Connect" connect: default,
+        "CreateIndex" create_index: default,
+        "ModifyIndex" modify_index: default,
     }
 }
 
-struct CheckRow<'a>(&'a HealthCheck);
-
-impl Serialize for CheckRow<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let HealthCheck {
-            node,
-            check_id,
-            name,
-            status,
-            notes,
-            output,
-            service_id,
-            // Derived from the instance on every read, dropped on load.
-            service_name: _,
-            service_tags: _,
-            check_type,
-            create_index,
-            modify_index,
-        } = self.0;
-        let d = HealthCheck::default();
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("Node", node)?;
-        m.serialize_entry("CheckID", check_id)?;
-        unless_default!(m, "Name", name, d.name);
-        unless_default!(m, "Status", status, d.status);
-        unless_default!(m, "Notes", notes, d.notes);
-        unless_default!(m, "Output", output, d.output);
-        unless_default!(m, "ServiceID", service_id, d.service_id);
-        unless_default!(m, "Type", check_type, d.check_type);
-        unless_default!(m, "CreateIndex", create_index, d.create_index);
-        unless_default!(m, "ModifyIndex", modify_index, d.modify_index);
-        m.end()
+form! {
+    CheckRow(HealthCheck) {
+        "Node" node: always,
+        "CheckID" check_id: always,
+        "Name" name: default,
+        "Status" status: default,
+        "Notes" notes: default,
+        "Output" output: default,
+        "ServiceID" service_id: default,
+        "Type" check_type: default,
+        "CreateIndex" create_index: default,
+        "ModifyIndex" modify_index: default,
     }
+    // Derived from the instance on every read, dropped on load.
+    skip { service_name, service_tags }
 }
 
-/// A [`RegisterRequest`] as a `Register` or `RegisterIfNodeExists` command
-/// carries it in the Raft log: its defaults left out and its instance and
-/// checks in their row forms.
-///
-/// Leaving out a check's `ServiceName` and
-/// `ServiceTags` loses nothing there either: applying the command fills them
-/// in from the check's instance (`plan.rs`, `put_check`). The benchmark's
-/// registration (an instance with one check) shrinks from 615 to 273 bytes,
-/// and every server writes each entry to its log, and the leader sends it to
-/// every follower.
-/// Entries written before this (every field present) read the same, and a
-/// server built before it reads this form (see the module's first lines).
-pub(super) struct RegisterForm<'a>(pub(super) &'a RegisterRequest);
-
-impl Serialize for RegisterForm<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let RegisterRequest {
-            id,
-            node,
-            address,
-            datacenter,
-            tagged_addresses,
-            node_meta,
-            service,
-            check,
-            checks,
-            skip_node_update,
-        } = self.0;
-        let d = RegisterRequest::default();
-        let mut m = s.serialize_map(None)?;
-        unless_default!(m, "ID", id, d.id);
-        m.serialize_entry("Node", node)?;
-        unless_default!(m, "Address", address, d.address);
-        unless_default!(m, "Datacenter", datacenter, d.datacenter);
-        unless_default!(m, "TaggedAddresses", tagged_addresses, d.tagged_addresses);
-        unless_default!(m, "NodeMeta", node_meta, d.node_meta);
-        if let Some(svc) = service {
-            m.serialize_entry("Service", &ServiceRow(svc))?;
-        }
-        if let Some(check) = check {
-            m.serialize_entry("Check", &CheckRow(check))?;
-        }
-        if !checks.is_empty() {
-            m.serialize_entry("Checks", &CheckRows(checks))?;
-        }
-        unless_default!(m, "SkipNodeUpdate", skip_node_update, d.skip_node_update);
-        m.end()
+form! {
+    /// A [`RegisterRequest`] as a `Register` or `RegisterIfNodeExists` command
+    /// carries it in the Raft log: its defaults left out and its instance and
+    /// checks in their row forms.
+    ///
+    /// Leaving out a check's `ServiceName` and `ServiceTags` loses nothing
+    /// there either: applying the command fills them in from the check's
+    /// instance (`plan.rs`, `put_check`). The benchmark's registration (an
+    /// instance with one check) shrinks from 615 to 273 bytes, and every
+    /// server writes each entry to its log, and the leader sends it to every
+    /// follower. Entries written before this (every field present) read the
+    /// same, and a server built before it reads this form (see the module's
+    /// first lines).
+    RegisterForm(RegisterRequest) {
+        "ID" id: default,
+        "Node" node: always,
+        "Address" address: default,
+        "Datacenter" datacenter: default,
+        "TaggedAddresses" tagged_addresses: default,
+        "NodeMeta" node_meta: default,
+        "Service" service: some(ServiceRow),
+        "Check" check: some(CheckRow),
+        "Checks" checks: nonempty(CheckRows),
+        "SkipNodeUpdate" skip_node_update: default,
     }
 }
 
