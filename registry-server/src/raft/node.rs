@@ -554,6 +554,13 @@ impl RaftNode {
         }
         let mut batch = self.store.batch();
         self.apply_entries(rd.take_committed_entries(), &mut batch, &mut replies)?;
+        // Answered before this Ready's fsync, not after it: committed entries
+        // are already durable on a quorum and in this server's own log
+        // (raft-rs hands out only entries both committed and persisted here),
+        // and their rows need not be durable (they are rebuilt from the log
+        // after a crash). Their callers' answers would otherwise wait for the
+        // fsync of the entries proposed after them.
+        self.finish_apply(replies);
         self.store.append(&mut batch, rd.entries())?;
         if let Some(hs) = rd.hs() {
             self.store.set_hard_state(&mut batch, hs);
@@ -569,7 +576,6 @@ impl RaftNode {
             self.syncs += 1;
             self.entries_synced += rd.entries().len() as u64;
         }
-        self.finish_apply(replies);
         let persisted = self.drop_late_proposals(rd.take_persisted_messages());
         self.send_messages(persisted);
         for rs in rd.take_read_states() {
@@ -585,8 +591,9 @@ impl RaftNode {
         self.publish_commit();
         self.send_messages(light.take_messages());
         self.apply_entries(light.take_committed_entries(), &mut batch, &mut replies)?;
-        self.store.commit(batch, false)?;
+        // As above: answered before their rows are written.
         self.finish_apply(replies);
+        self.store.commit(batch, false)?;
         self.raw.advance_apply();
         self.maybe_compact()?;
         Ok(())
