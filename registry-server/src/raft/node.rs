@@ -101,6 +101,10 @@ pub(super) struct RaftNode {
     pub(super) kv_floor_moved: bool,
     /// The state was rebuilt whole since then: every watcher wakes.
     pub(super) state_replaced: bool,
+    /// A configuration change was applied since the last write of applied
+    /// rows: its callers are answered only once it is stored and published
+    /// (see [`RaftNode::write_and_answer`]).
+    pub(super) conf_applied: bool,
     /// On the leader: the followers that said they are too full to take
     /// entries (`space.rs`).
     pub(super) full_voters: HashMap<u64, super::space::FullReport>,
@@ -190,6 +194,7 @@ impl RaftNode {
             moved_kv_keys: BTreeSet::new(),
             kv_floor_moved: false,
             state_replaced: false,
+            conf_applied: false,
             full_voters: HashMap::new(),
             refusing_for_full_voters: false,
             told_full_at: None,
@@ -554,13 +559,6 @@ impl RaftNode {
         }
         let mut batch = self.store.batch();
         self.apply_entries(rd.take_committed_entries(), &mut batch, &mut replies)?;
-        // Answered before this Ready's fsync, not after it: committed entries
-        // are already durable on a quorum and in this server's own log
-        // (raft-rs hands out only entries both committed and persisted here),
-        // and their rows need not be durable (they are rebuilt from the log
-        // after a crash). Their callers' answers would otherwise wait for the
-        // fsync of the entries proposed after them.
-        self.finish_apply(replies);
         self.store.append(&mut batch, rd.entries())?;
         if let Some(hs) = rd.hs() {
             self.store.set_hard_state(&mut batch, hs);
@@ -569,13 +567,7 @@ impl RaftNode {
         // messages that acknowledge them leave; applied rows need not be, as
         // they are rebuilt from the log after a crash.
         let sync = rd.must_sync() || !rd.entries().is_empty();
-        let stored = Instant::now();
-        self.store.commit(batch, sync)?;
-        if sync {
-            self.shared.metrics.store_logs.since(stored);
-            self.syncs += 1;
-            self.entries_synced += rd.entries().len() as u64;
-        }
+        self.write_and_answer(batch, sync, rd.entries().len(), replies)?;
         let persisted = self.drop_late_proposals(rd.take_persisted_messages());
         self.send_messages(persisted);
         for rs in rd.take_read_states() {
@@ -591,11 +583,48 @@ impl RaftNode {
         self.publish_commit();
         self.send_messages(light.take_messages());
         self.apply_entries(light.take_committed_entries(), &mut batch, &mut replies)?;
-        // As above: answered before their rows are written.
-        self.finish_apply(replies);
-        self.store.commit(batch, false)?;
+        self.write_and_answer(batch, false, 0, replies)?;
         self.raw.advance_apply();
         self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// Writes `batch` (fsync when `sync`, holding `entries` new log entries)
+    /// and answers `replies`, the callers of the entries whose rows it holds.
+    ///
+    /// They are answered before the write, not after it: their entries are
+    /// already durable on a quorum and in this server's own log (raft-rs
+    /// hands out only entries both committed and persisted here), and their
+    /// rows need not be durable (they are rebuilt from the log after a
+    /// crash). Otherwise they would wait for the fsync of the entries
+    /// proposed after them. A configuration change is the exception: its
+    /// caller may read the configuration back at once, and the stored
+    /// configuration and the published status change only with the write.
+    fn write_and_answer(
+        &mut self,
+        batch: StoreBatch,
+        sync: bool,
+        entries: usize,
+        replies: Vec<Reply>,
+    ) -> Result<(), Fatal> {
+        let conf_applied = std::mem::take(&mut self.conf_applied);
+        let later = if conf_applied {
+            replies
+        } else {
+            self.finish_apply(replies);
+            Vec::new()
+        };
+        let stored = Instant::now();
+        self.store.commit(batch, sync)?;
+        if sync {
+            self.shared.metrics.store_logs.since(stored);
+            self.syncs += 1;
+            self.entries_synced += entries as u64;
+        }
+        if conf_applied {
+            self.publish_status();
+            self.finish_apply(later);
+        }
         Ok(())
     }
 
@@ -689,6 +718,7 @@ impl RaftNode {
                     }
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                         let (reply, changed) = self.apply_conf_entry(e, batch)?;
+                        self.conf_applied = true;
                         replies.extend(reply);
                         peers_changed |= changed;
                     }
