@@ -605,15 +605,12 @@ impl RaftNode {
         batch: StoreBatch,
         sync: bool,
         entries: usize,
-        replies: Vec<Reply>,
+        mut replies: Vec<Reply>,
     ) -> Result<(), Fatal> {
         let conf_applied = std::mem::take(&mut self.conf_applied);
-        let later = if conf_applied {
-            replies
-        } else {
-            self.finish_apply(replies);
-            Vec::new()
-        };
+        if !conf_applied {
+            self.finish_apply(std::mem::take(&mut replies));
+        }
         let stored = Instant::now();
         self.store.commit(batch, sync)?;
         if sync {
@@ -623,7 +620,7 @@ impl RaftNode {
         }
         if conf_applied {
             self.publish_status();
-            self.finish_apply(later);
+            self.finish_apply(replies);
         }
         Ok(())
     }
