@@ -101,10 +101,6 @@ pub(super) struct RaftNode {
     pub(super) kv_floor_moved: bool,
     /// The state was rebuilt whole since then: every watcher wakes.
     pub(super) state_replaced: bool,
-    /// A configuration change was applied since the last write of applied
-    /// rows: its callers are answered only once it is stored and published
-    /// (see [`RaftNode::write_and_answer`]).
-    pub(super) conf_applied: bool,
     /// On the leader: the followers that said they are too full to take
     /// entries (`space.rs`).
     pub(super) full_voters: HashMap<u64, super::space::FullReport>,
@@ -194,7 +190,6 @@ impl RaftNode {
             moved_kv_keys: BTreeSet::new(),
             kv_floor_moved: false,
             state_replaced: false,
-            conf_applied: false,
             full_voters: HashMap::new(),
             refusing_for_full_voters: false,
             told_full_at: None,
@@ -558,7 +553,7 @@ impl RaftNode {
             self.install_snapshot(rd.snapshot().clone())?;
         }
         let mut batch = self.store.batch();
-        self.apply_entries(rd.take_committed_entries(), &mut batch, &mut replies)?;
+        let conf = self.apply_entries(rd.take_committed_entries(), &mut batch, &mut replies)?;
         self.store.append(&mut batch, rd.entries())?;
         if let Some(hs) = rd.hs() {
             self.store.set_hard_state(&mut batch, hs);
@@ -567,7 +562,7 @@ impl RaftNode {
         // messages that acknowledge them leave; applied rows need not be, as
         // they are rebuilt from the log after a crash.
         let sync = rd.must_sync() || !rd.entries().is_empty();
-        self.write_and_answer(batch, sync, rd.entries().len(), replies)?;
+        self.write_and_answer(batch, sync, rd.entries().len(), replies, conf)?;
         let persisted = self.drop_late_proposals(rd.take_persisted_messages());
         self.send_messages(persisted);
         for rs in rd.take_read_states() {
@@ -582,8 +577,8 @@ impl RaftNode {
         }
         self.publish_commit();
         self.send_messages(light.take_messages());
-        self.apply_entries(light.take_committed_entries(), &mut batch, &mut replies)?;
-        self.write_and_answer(batch, false, 0, replies)?;
+        let conf = self.apply_entries(light.take_committed_entries(), &mut batch, &mut replies)?;
+        self.write_and_answer(batch, false, 0, replies, conf)?;
         self.raw.advance_apply();
         self.maybe_compact()?;
         Ok(())
@@ -597,17 +592,23 @@ impl RaftNode {
     /// hands out only entries both committed and persisted here), and their
     /// rows need not be durable (they are rebuilt from the log after a
     /// crash). Otherwise they would wait for the fsync of the entries
-    /// proposed after them. A configuration change is the exception: its
-    /// caller may read the configuration back at once, and the stored
-    /// configuration and the published status change only with the write.
+    /// proposed after them. "Persisted here" holds because raft-rs learns
+    /// of a persisted entry only from `advance`, which `on_ready` calls after
+    /// the fsync: an asynchronous append (`advance_append_async`) would have
+    /// to keep calling `on_persist_ready` only once its fsync is done.
+    ///
+    /// `conf_applied` (a configuration change among the rows) is the
+    /// exception: its caller may read the configuration back at once, and
+    /// the stored configuration and the published status change only with
+    /// the write, so the batch's callers are answered after it.
     fn write_and_answer(
         &mut self,
         batch: StoreBatch,
         sync: bool,
         entries: usize,
         mut replies: Vec<Reply>,
+        conf_applied: bool,
     ) -> Result<(), Fatal> {
-        let conf_applied = std::mem::take(&mut self.conf_applied);
         if !conf_applied {
             self.finish_apply(std::mem::take(&mut replies));
         }
@@ -664,16 +665,20 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Applies `entries` to the catalog and `batch`, collecting their
+    /// callers' `replies`; true when a configuration change was among them
+    /// (see [`Self::write_and_answer`]).
     fn apply_entries(
         &mut self,
         entries: Vec<Entry>,
         batch: &mut StoreBatch,
         replies: &mut Vec<Reply>,
-    ) -> Result<(), Fatal> {
+    ) -> Result<bool, Fatal> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut peers_changed = false;
+        let mut conf_applied = false;
         let started = Instant::now();
         let leading = self.is_leader();
         {
@@ -715,7 +720,7 @@ impl RaftNode {
                     }
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                         let (reply, changed) = self.apply_conf_entry(e, batch)?;
-                        self.conf_applied = true;
+                        conf_applied = true;
                         replies.extend(reply);
                         peers_changed |= changed;
                     }
@@ -728,7 +733,7 @@ impl RaftNode {
             self.store_peers(batch);
         }
         self.shared.metrics.fsm_apply.since(started);
-        Ok(())
+        Ok(conf_applied)
     }
 
     fn finish_apply(&mut self, replies: Vec<Reply>) {
