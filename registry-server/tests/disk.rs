@@ -3,7 +3,8 @@
 //! acknowledged is lost, and writes resume once space is freed, without a
 //! restart. On a real filesystem that fills (a tmpfs with a size, mounted by
 //! the test, which needs root), and on a cluster whose leader or follower is
-//! given a reserve larger than its disk (any user).
+//! given a reserve larger than its disk (any user). And a leader whose disk
+//! fails outright while it stores a write.
 
 use registry_server::{ServerConfig, ServerHandle};
 use registry_testkit::cluster::*;
@@ -230,6 +231,57 @@ async fn a_follower_with_a_nearly_full_disk_lags_instead_of_stopping_and_catches
         },
     )
     .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_leader_cannot_store_it_is_answered_as_maybe_applied_and_applies() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let lu = c.node(leader).url();
+    assert_eq!(put(&lu, "before", b"1").await.0, 200);
+    // The leader's own writes (the servers in the catalog) done first, so
+    // that its next synced write is this test's.
+    wait_until(
+        Duration::from_secs(10),
+        "the three servers in the catalog",
+        || {
+            let lu = lu.clone();
+            async move {
+                let (status, text) = call(
+                    reqwest::Method::GET,
+                    format!("{lu}/v1/catalog/service/consul"),
+                    vec![],
+                )
+                .await;
+                let list: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+                (status == 200 && list.len() == 3).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The leader sends the entry to its followers, then fails to store it
+    // and stops: the caller cannot be told the write failed, as it may not
+    // have (and here it did not).
+    c.disks[leader].set_fail_synced_writes(true);
+    let (status, text) = put(&lu, "during", b"2").await;
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("may have applied"), "{text}");
+    assert!(c.status(leader).fatal.is_some());
+    for i in (0..3).filter(|&i| i != leader) {
+        let url = c.node(i).url();
+        wait_until(
+            Duration::from_secs(20),
+            "the next leader to commit the write",
+            || {
+                let url = url.clone();
+                async move { get(&url, "during", true).await }
+            },
+        )
+        .await;
+    }
+    c.disks[leader].set_fail_synced_writes(false);
     c.shutdown().await;
 }
 

@@ -90,6 +90,7 @@ impl From<RaftError> for ApiError {
             RaftError::Overloaded
             | RaftError::ShuttingDown
             | RaftError::CommitTimeout
+            | RaftError::OutcomeUnknown
             | RaftError::TooLate
             | RaftError::ConfChangeInProgress
             | RaftError::Encode(_)

@@ -267,6 +267,13 @@ pub enum RaftError {
     /// The write was not committed and applied here in time; it may still apply.
     #[error("timed out waiting for the write to be committed; it may still apply")]
     CommitTimeout,
+    /// The Raft thread stopped (shutdown or a fatal error) after taking the
+    /// write and before answering it. The write may have reached the other
+    /// servers before this one stopped (a leader sends its new entries
+    /// before it stores them) and be committed by them, so the caller must
+    /// not be told it failed.
+    #[error("the server stopped before the write's outcome was known; it may have applied")]
+    OutcomeUnknown,
     /// The write was dropped unproposed because its caller had given up.
     #[error("request timed out before it was proposed")]
     TooLate,
@@ -395,7 +402,7 @@ impl RaftHandle {
         // The Raft thread expires waiters itself, but not while it is stuck
         // (a slow fsync); the caller's wait is bounded here either way.
         match tokio::time::timeout(self.tuning.propose_timeout, rx).await {
-            Ok(answer) => answer.unwrap_or(Err(RaftError::ShuttingDown)),
+            Ok(answer) => answer.unwrap_or(Err(RaftError::OutcomeUnknown)),
             Err(_) => Err(RaftError::CommitTimeout),
         }
     }
@@ -404,7 +411,9 @@ impl RaftHandle {
     pub async fn remove_peer(&self, id: u64) -> Result<(), RaftError> {
         let (tx, rx) = oneshot::channel();
         self.send(Event::RemovePeer(id, tx))?;
-        rx.await.unwrap_or(Err(RaftError::ShuttingDown)).map(|_| ())
+        rx.await
+            .unwrap_or(Err(RaftError::OutcomeUnknown))
+            .map(|_| ())
     }
 
     /// Starts handing leadership to `target` (or to the most up-to-date other

@@ -42,6 +42,9 @@ pub enum StorageFailure {
         /// Decoder message.
         detail: String,
     },
+    /// A synced write failed on purpose ([`DiskFaults::set_fail_synced_writes`]).
+    #[error("synced write failed (injected fault)")]
+    Injected,
 }
 
 pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> StorageFailure {
@@ -52,11 +55,13 @@ pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> StorageFailu
 }
 
 /// Disk fault injection for tests: a delay added before every synced write,
-/// as a slow or overloaded disk adds to each fsync. Cloned handles share the
-/// setting, so a test keeps one and changes it while the server runs.
+/// as a slow or overloaded disk adds to each fsync, or the failure of every
+/// synced write, as a dying disk's. Cloned handles share the settings, so a
+/// test keeps one and changes it while the server runs.
 #[derive(Clone, Default, Debug)]
 pub struct DiskFaults {
     write_delay_us: Arc<std::sync::atomic::AtomicU64>,
+    fail_synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DiskFaults {
@@ -68,12 +73,23 @@ impl DiskFaults {
         );
     }
 
-    pub(crate) fn pause(&self) {
+    /// Makes every synced write fail (before it reaches RocksDB) while set.
+    pub fn set_fail_synced_writes(&self, fail: bool) {
+        self.fail_synced
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Called before each synced write: waits out the delay, then fails if told to.
+    pub(crate) fn before_sync(&self) -> Result<(), StorageFailure> {
         let us = self
             .write_delay_us
             .load(std::sync::atomic::Ordering::Relaxed);
         if us > 0 {
             std::thread::sleep(std::time::Duration::from_micros(us));
         }
+        if self.fail_synced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageFailure::Injected);
+        }
+        Ok(())
     }
 }

@@ -263,7 +263,7 @@ impl RaftStore {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         if sync {
-            self.faults.pause();
+            self.faults.before_sync()?;
         }
         self.db.write_opt(b.batch, &wo)?;
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = b.mirror;
