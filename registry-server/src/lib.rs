@@ -120,7 +120,8 @@ pub struct ServerConfig {
     /// Bytes kept free in the data directory (`--min-free-disk`): writes are
     /// refused below it (`storage/space.rs`); 0 turns the check off.
     pub min_free_disk: u64,
-    /// Disk fault injection (tests): a delay added to every synced write.
+    /// Disk fault injection (tests): a delay added to every synced write, or
+    /// the failure of every synced write.
     pub disk_faults: storage::DiskFaults,
     /// The shared key (`--encrypt`): authenticates RPC connections, HTTP on the
     /// RPC port, agent heartbeats and requests to the gateways. `None` leaves

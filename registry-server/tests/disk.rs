@@ -260,6 +260,18 @@ async fn a_write_whose_leader_cannot_store_it_is_answered_as_maybe_applied_and_a
         },
     )
     .await;
+    // And nothing else in flight (an agent's first anti-entropy, a revive):
+    // commit and applied index equal and unmoved for 300 ms.
+    wait_until(Duration::from_secs(10), "the leader to be idle", || {
+        let raft = c.node(leader).raft.clone();
+        let at = move || (raft.status().commit, raft.applied_index());
+        async move {
+            let before = at();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (before == at() && before.0 == before.1).then_some(())
+        }
+    })
+    .await;
 
     // The leader sends the entry to its followers, then fails to store it
     // and stops: the caller cannot be told the write failed, as it may not

@@ -267,11 +267,12 @@ pub enum RaftError {
     /// The write was not committed and applied here in time; it may still apply.
     #[error("timed out waiting for the write to be committed; it may still apply")]
     CommitTimeout,
-    /// The Raft thread stopped (shutdown or a fatal error) after taking the
-    /// write and before answering it. The write may have reached the other
-    /// servers before this one stopped (a leader sends its new entries
+    /// The Raft thread stopped (shutdown or a fatal error) after proposing
+    /// the write and before answering it. The write may have reached the
+    /// other servers before this one stopped (a leader sends its new entries
     /// before it stores them) and be committed by them, so the caller must
-    /// not be told it failed.
+    /// not be told it failed. (Writes still queued, never proposed, are
+    /// answered [`RaftError::ShuttingDown`] as the thread ends.)
     #[error("the server stopped before the write's outcome was known; it may have applied")]
     OutcomeUnknown,
     /// The write was dropped unproposed because its caller had given up.
@@ -626,6 +627,7 @@ pub fn start(
             let name = node.me.node.clone();
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run(&shutdown)));
+            node.refuse_queued();
             // Whatever ended the loop, this server no longer leads or follows:
             // it must not keep answering reads as if it did.
             let mut st = shared.status.write().unwrap_or_else(|e| e.into_inner());

@@ -248,6 +248,24 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Answers the writes still in the inbox when the loop has ended: they
+    /// were never proposed, so they certainly did not apply. (Those proposed
+    /// and unanswered are dropped with the node: `OutcomeUnknown`.)
+    pub(super) fn refuse_queued(&mut self) {
+        for _ in 0..EVENT_QUEUE {
+            match self.events.try_recv() {
+                Ok(Event::Propose { reply, .. }) => {
+                    let _ = reply.send(Err(RaftError::ShuttingDown));
+                }
+                Ok(Event::RemovePeer(_, reply)) => {
+                    let _ = reply.send(Err(RaftError::ShuttingDown));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
     pub(super) fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
