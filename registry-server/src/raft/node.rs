@@ -254,10 +254,7 @@ impl RaftNode {
     pub(super) fn refuse_queued(&mut self) {
         for _ in 0..EVENT_QUEUE {
             match self.events.try_recv() {
-                Ok(Event::Propose { reply, .. }) => {
-                    let _ = reply.send(Err(RaftError::ShuttingDown));
-                }
-                Ok(Event::RemovePeer(_, reply)) => {
+                Ok(Event::Propose { reply, .. } | Event::RemovePeer(_, reply)) => {
                     let _ = reply.send(Err(RaftError::ShuttingDown));
                 }
                 Ok(_) => {}
@@ -624,12 +621,15 @@ impl RaftNode {
         batch: StoreBatch,
         sync: bool,
         entries: usize,
-        mut replies: Vec<Reply>,
+        replies: Vec<Reply>,
         conf_applied: bool,
     ) -> Result<(), Fatal> {
-        if !conf_applied {
-            self.finish_apply(std::mem::take(&mut replies));
-        }
+        let deferred = if conf_applied {
+            Some(replies)
+        } else {
+            self.finish_apply(replies);
+            None
+        };
         let stored = Instant::now();
         self.store.commit(batch, sync)?;
         if sync {
@@ -637,7 +637,7 @@ impl RaftNode {
             self.syncs += 1;
             self.entries_synced += entries as u64;
         }
-        if conf_applied {
+        if let Some(replies) = deferred {
             self.publish_status();
             self.finish_apply(replies);
         }
