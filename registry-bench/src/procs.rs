@@ -139,15 +139,51 @@ impl Drop for Proc {
     }
 }
 
-/// `n` distinct free loopback ports (all bound at once, then released).
+/// `n` distinct free loopback ports for servers to listen on (all bound at once, then
+/// released), below the kernel's range of ephemeral ports. A port from that range (what
+/// binding port 0 gives) can become the source port of any connection the bench opens,
+/// thousands of them, between its choice here and the server's bind: a dc2 server once
+/// failed to start so ("Address already in use", BENCHMARKS.md, session 16). Successive
+/// calls hand out different ports, as the servers of one call may not have bound theirs
+/// when the next call comes.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()?;
+    let (low, high) = listen_port_range();
+    let span = u32::from(high - low);
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..span {
+        if listeners.len() == n {
+            break;
+        }
+        let at = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = low + u16::try_from(at % span).expect("below the span");
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
+    if listeners.len() < n {
+        bail!("fewer than {n} free loopback ports in {low}-{high}");
+    }
     listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
+}
+
+/// Where [`free_ports`] looks next: a random place in its range at first, so that two
+/// benches started at once do not try the same ports in the same order.
+static NEXT_PORT: std::sync::LazyLock<std::sync::atomic::AtomicU32> =
+    std::sync::LazyLock::new(|| std::sync::atomic::AtomicU32::new(rand::random::<u32>() >> 1));
+
+/// The ports [`free_ports`] chooses from: 10,000 up to the start of the ephemeral range
+/// (`net.ipv4.ip_local_port_range`; Linux's default starts at 32,768), or 10,000-32,767
+/// when that range cannot be read or starts too low.
+fn listen_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > 12_000)
+        .unwrap_or(32_768);
+    (10_000, ephemeral_low)
 }
 
 /// Disk used under `dir`, as `du` counts it (allocated blocks).
@@ -233,4 +269,22 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
 /// CPU time of all `pids` together (those that are gone count nothing).
 pub fn cpu_time_of(pids: &[u32]) -> Duration {
     pids.iter().filter_map(|&p| cpu_time(p)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn free_ports_are_distinct_across_calls_and_outside_the_ephemeral_range() {
+        let (low, high) = super::listen_port_range();
+        assert!(low < high);
+        let a = super::free_ports(5).unwrap();
+        let b = super::free_ports(5).unwrap();
+        let all: BTreeSet<u16> = a.iter().chain(&b).copied().collect();
+        assert_eq!(all.len(), 10, "{a:?} {b:?}");
+        for p in all {
+            assert!((low..high).contains(&p), "{p} outside {low}-{high}");
+        }
+    }
 }
