@@ -174,18 +174,27 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 static NEXT_PORT: std::sync::LazyLock<std::sync::atomic::AtomicU32> =
     std::sync::LazyLock::new(|| std::sync::atomic::AtomicU32::new(rand::random::<u32>() >> 1));
 
-/// The ports [`free_ports`] chooses from, `low..high`: from 10,000 up to the start of the
-/// ephemeral range when that leaves 2,000 or more, else above its end when that does,
-/// else (a range that covers nearly every port) 10,000-32,767, with a warning.
+/// The ports [`free_ports`] chooses from, `low..high`: those outside the ephemeral range,
+/// or (a range that covers nearly every port) 10,000-32,767, with a warning.
 fn listen_port_range() -> (u16, u16) {
     let (low, high) = ephemeral_ports();
-    if low >= 12_000 {
-        (10_000, low)
-    } else if high <= 63_535 {
-        (high + 1, u16::MAX)
-    } else {
+    outside_ephemeral((low, high)).unwrap_or_else(|| {
         eprintln!("the ephemeral port range {low}-{high} leaves no room for the servers' ports: a server may find its port taken");
         (10_000, 32_768)
+    })
+}
+
+/// Ports below the ephemeral range `(low, high)` (from 10,000) when that leaves 2,000 or
+/// more, else above it when that does, as `low..high`; `None` when neither does.
+fn outside_ephemeral((low, high): (u16, u16)) -> Option<(u16, u16)> {
+    const FLOOR: u16 = 10_000;
+    const ROOM: u16 = 2_000;
+    if low >= FLOOR + ROOM {
+        Some((FLOOR, low))
+    } else if high <= u16::MAX - ROOM {
+        Some((high + 1, u16::MAX))
+    } else {
+        None
     }
 }
 
@@ -304,7 +313,7 @@ mod tests {
         let all: BTreeSet<u16> = a.iter().chain(&b).copied().collect();
         assert_eq!(all.len(), 10, "{a:?} {b:?}");
         // A kernel whose range covers nearly every port leaves no choice (free_ports warns).
-        let room = bounds[0] >= 12_000 || bounds[1] <= 63_535;
+        let room = super::outside_ephemeral((bounds[0], bounds[1])).is_some();
         for p in all.iter().filter(|_| room) {
             assert!(
                 !(bounds[0]..=bounds[1]).contains(p),
