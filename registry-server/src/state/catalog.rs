@@ -9,11 +9,12 @@
 //! not do I/O or know Raft (`raft/`) or HTTP (`http/`).
 
 use super::command::Command;
+use super::image::{map_part, Part};
 use super::plan::{WritePlan, WritePlanner};
 use super::row_forms::{check_row, node_row, service_row};
 use super::rows::{
-    from_json, index_key, node_key, pair_key, split_pair, NodeKey, RowChange, CHECKS, INDEX_PREFIX,
-    NODES, SERVICES, SERVICE_INDEX_PREFIX,
+    decimal, from_json, index_key, node_key, pair_key, split_pair, NodeKey, RowChange, CHECKS,
+    INDEX_PREFIX, NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use super::stored::{is_serf_passing, owned, StoredCheck, StoredService};
 use super::table::{NodeTable, SmallMap};
@@ -23,6 +24,9 @@ use registry_api::{
     NodeServiceList, RegisterRequest, ServiceEntry, CRITICAL, PASSING, SERF_HEALTH_ID, WARNING,
 };
 use std::collections::{BTreeMap, BTreeSet};
+
+/// How many parts the catalog's image has ([`CatalogState::image_part`]).
+pub(super) const IMAGE_PARTS: usize = 5;
 
 /// Longest node name, service id or check id accepted, in bytes (they are key parts).
 const MAX_ID_LEN: usize = 512;
@@ -232,31 +236,49 @@ impl CatalogState {
     /// AgentService, `c/<node>\0<check id>` → HealthCheck (JSON in the forms
     /// of `row_forms.rs`), `i/<index name>` → decimal.
     pub fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let nodes = self.nodes.iter().map(|(n, v)| (node_key(n), node_row(v)));
-        let services = self
-            .services
-            .iter()
-            .map(|(n, id, v)| (pair_key(b"s/", n, id), service_row(&v.to_api(id))));
-        // The check's owner is not looked up: its name and tags are not written.
-        let checks = (self.checks.iter())
-            .map(|(n, id, v)| (pair_key(b"c/", n, id), check_row(&v.to_api(n, id, None))));
-        let service_indexes = (self.by_name.iter())
-            .filter(|(_, s)| s.index != 0)
-            .map(|(name, s)| (format!("{SERVICE_INDEX_PREFIX}{name}"), s.index));
-        let indexes = (self.indexes.iter())
-            .map(|(n, i)| (n.to_string(), *i))
-            .chain(service_indexes)
-            .map(|(n, i)| (index_key(&n), Ok(i.to_string().into_bytes())));
-        // Encoding these types cannot fail (strings, numbers, string-keyed maps);
-        // were it to, `apply` would have rejected the write holding the value.
-        let mut rows: Vec<_> = nodes
-            .chain(services)
-            .chain(checks)
-            .chain(indexes)
-            .filter_map(|(k, v)| Some((k, v.ok()?)))
-            .collect();
+        let parts = (0..IMAGE_PARTS).flat_map(|i| self.image_part(i, None));
+        let mut rows: Vec<_> = parts.filter_map(|(_, row)| row).collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
+    }
+
+    /// Part `i` of the image after `after` (`image.rs`): nodes, instances,
+    /// checks, service indexes, table indexes.
+    pub(super) fn image_part<'a>(
+        &'a self,
+        i: usize,
+        after: Option<(&'a str, &'a str)>,
+    ) -> Part<'a> {
+        // Encoding these types cannot fail (strings, numbers, string-keyed maps);
+        // were it to, `apply` would have rejected the write holding the value.
+        match i {
+            0 => map_part(&self.nodes, after, |n, v| {
+                Some((node_key(n), node_row(v).ok()?))
+            }),
+            1 => Box::new(self.services.iter_after(after).map(|(n, id, v)| {
+                let row = service_row(&v.to_api(id)).ok();
+                (
+                    Some((n.as_str(), id.as_str())),
+                    row.map(|r| (pair_key(b"s/", n, id), r)),
+                )
+            })),
+            // The check's owner is not looked up: its name and tags are not written.
+            2 => Box::new(self.checks.iter_after(after).map(|(n, id, v)| {
+                let row = check_row(&v.to_api(n, id, None)).ok();
+                (
+                    Some((n.as_str(), id.as_str())),
+                    row.map(|r| (pair_key(b"c/", n, id), r)),
+                )
+            })),
+            3 => map_part(&self.by_name, after, |name, s| {
+                let key = index_key(&format!("{SERVICE_INDEX_PREFIX}{name}"));
+                (s.index != 0).then(|| (key, decimal(s.index)))
+            }),
+            4 => map_part(&self.indexes, after, |n, i| {
+                Some((index_key(n), decimal(*i)))
+            }),
+            _ => Box::new(std::iter::empty()),
+        }
     }
 
     /// Rebuild from rows (restart from RocksDB, or installing a snapshot). Err on

@@ -32,9 +32,10 @@
 //! TTL (15 minutes), each time every delete older than that
 //! (`leader/tombstones.rs`).
 
+use super::image::{map_part, whole_part, Part};
 use super::rows::{
     decimal, extra_index_change, extra_index_row, from_decimal, from_json, group_insert,
-    group_remove, json_rows, prefixed, put_rows, Groups, RowChange, EXTRA_INDEX_PREFIX, KV_PREFIX,
+    group_remove, json_part, prefixed, put_rows, Groups, RowChange, EXTRA_INDEX_PREFIX, KV_PREFIX,
     KV_REAPED_INDEX, LOCK_DELAY_PREFIX, TOMBSTONE_PREFIX,
 };
 use super::session::SessionView;
@@ -177,6 +178,9 @@ impl StoredKv {
             == (other.lock_index, other.flags, &other.value, &other.session)
     }
 }
+
+/// How many parts the KV table's image has ([`KvTable::image_part`]).
+pub(super) const IMAGE_PARTS: usize = 4;
 
 /// The KV table of one datacenter, as replicated by Raft.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -366,18 +370,30 @@ impl KvTable {
     }
 
     /// This table's rows, in no particular order (the caller sorts).
+    #[cfg(test)]
     pub(super) fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let entries = json_rows(KV_PREFIX, &self.entries);
-        let tombstones =
-            (self.tombstones.iter()).map(|(k, i)| (prefixed(TOMBSTONE_PREFIX, k), decimal(*i)));
-        let delays = (self.lock_delays.iter())
-            .map(|(k, until)| (prefixed(LOCK_DELAY_PREFIX, k), decimal(*until)));
-        let reaped = extra_index_row(KV_REAPED_INDEX, self.reaped);
-        entries
-            .chain(tombstones)
-            .chain(delays)
-            .chain(reaped)
-            .collect()
+        let parts = (0..IMAGE_PARTS).flat_map(|i| self.image_part(i, None));
+        parts.filter_map(|(_, row)| row).collect()
+    }
+
+    /// Part `i` of the image after `after` (`image.rs`): entries,
+    /// tombstones, lock-delays, the reaped index.
+    pub(super) fn image_part<'a>(
+        &'a self,
+        i: usize,
+        after: Option<(&'a str, &'a str)>,
+    ) -> Part<'a> {
+        match i {
+            0 => json_part(KV_PREFIX, &self.entries, after),
+            1 => map_part(&self.tombstones, after, |k, i| {
+                Some((prefixed(TOMBSTONE_PREFIX, k), decimal(*i)))
+            }),
+            2 => map_part(&self.lock_delays, after, |k, until| {
+                Some((prefixed(LOCK_DELAY_PREFIX, k), decimal(*until)))
+            }),
+            3 => whole_part(after, extra_index_row(KV_REAPED_INDEX, self.reaped)),
+            _ => Box::new(std::iter::empty()),
+        }
     }
 
     /// Install planned writes. Cannot fail.

@@ -24,6 +24,7 @@ pub mod acl;
 pub mod catalog;
 pub mod command;
 pub mod events;
+mod image;
 pub mod kv;
 mod packed;
 mod plan;
@@ -39,6 +40,7 @@ pub use acl::AclTable;
 pub use catalog::CatalogState;
 pub use command::Command;
 pub use events::EventTable;
+pub use image::ImageCursor;
 pub use kv::KvTable;
 pub use rows::RowChange;
 pub use session::SessionTable;
@@ -138,11 +140,10 @@ impl StateStore {
     /// Full image for a Raft snapshot, every table, in key order, in the same
     /// format as [`RowChange`] (the layout is in `rows.rs`).
     pub fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut rows = self.catalog.rows();
-        rows.extend(self.kv.rows());
-        rows.extend(self.sessions.rows());
-        rows.extend(self.events.rows());
-        rows.extend(self.acl.rows());
+        let mut rows = Vec::new();
+        self.image_step(&mut ImageCursor::default(), usize::MAX, &mut |k, v| {
+            rows.push((k, v))
+        });
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
     }

@@ -156,15 +156,18 @@ pub(super) fn from_decimal(value: &[u8]) -> Result<u64, String> {
     n.ok_or_else(|| "not a number".to_string())
 }
 
-/// The rows of a full image of `map`'s values as JSON, keyed `<prefix><map key>`.
-/// Encoding a stored value (strings, numbers, lists of them) cannot fail; were it
-/// to, apply would have rejected the write holding it, so it is left out.
-pub(super) fn json_rows<'a, V: Serialize>(
+/// The part of an image (`image.rs`) holding `map`'s values as JSON after the
+/// key `after`, keyed `<prefix><map key>`. Encoding a stored value (strings,
+/// numbers, lists of them) cannot fail; were it to, apply would have rejected
+/// the write holding it, so it is left out.
+pub(super) fn json_part<'a, V: Serialize>(
     prefix: &'a str,
     map: &'a BTreeMap<String, V>,
-) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + 'a {
-    map.iter()
-        .filter_map(move |(k, v)| Some((prefixed(prefix, k), to_json(v).ok()?)))
+    after: Option<(&'a str, &'a str)>,
+) -> super::image::Part<'a> {
+    super::image::map_part(map, after, move |k, v| {
+        Some((prefixed(prefix, k), to_json(v).ok()?))
+    })
 }
 
 /// The `x/<name>` row of a table's index in a full image; none while the index

@@ -11,9 +11,10 @@
 //! rows, their validation and reads; must not touch the catalog or the KV
 //! table itself.
 
+use super::image::{whole_part, Part};
 use super::rows::{
     extra_index_change, extra_index_row, from_decimal, from_json, group_insert, group_remove,
-    json_rows, prefixed, put_rows, Groups, RowChange, EXTRA_INDEX_PREFIX, SESSIONS_INDEX,
+    json_part, prefixed, put_rows, Groups, RowChange, EXTRA_INDEX_PREFIX, SESSIONS_INDEX,
     SESSION_PREFIX,
 };
 use super::{current, current_group};
@@ -147,6 +148,9 @@ pub fn validate_create(s: &mut NewSession) -> Result<(), String> {
     Ok(())
 }
 
+/// How many parts the sessions' image has ([`SessionTable::image_part`]).
+pub(super) const IMAGE_PARTS: usize = 2;
+
 /// The sessions of one datacenter, as replicated by Raft.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionTable {
@@ -269,10 +273,24 @@ impl SessionTable {
     }
 
     /// This table's rows, in no particular order.
+    #[cfg(test)]
     pub(super) fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let sessions = json_rows(SESSION_PREFIX, &self.sessions);
-        let index = extra_index_row(SESSIONS_INDEX, self.index);
-        sessions.chain(index).collect()
+        let parts = (0..IMAGE_PARTS).flat_map(|i| self.image_part(i, None));
+        parts.filter_map(|(_, row)| row).collect()
+    }
+
+    /// Part `i` of the image after `after` (`image.rs`): the sessions, the
+    /// table's index.
+    pub(super) fn image_part<'a>(
+        &'a self,
+        i: usize,
+        after: Option<(&'a str, &'a str)>,
+    ) -> Part<'a> {
+        match i {
+            0 => json_part(SESSION_PREFIX, &self.sessions, after),
+            1 => whole_part(after, extra_index_row(SESSIONS_INDEX, self.index)),
+            _ => Box::new(std::iter::empty()),
+        }
     }
 
     /// Install planned writes. Cannot fail.

@@ -531,3 +531,104 @@ fn rows_rebuild_the_same_state_and_reaping_keeps_indexes_from_going_back() {
     rows.push((b"kz/x".to_vec(), b"1".to_vec()));
     assert!(StateStore::from_rows("dc1", rows).is_err());
 }
+
+/// The `i`-th write of a churn over every kind of row: instances with checks
+/// registered on a few nodes and removed again, whole nodes removed, KV keys
+/// set and deleted (tombstones).
+fn churn(i: u64) -> Command {
+    let node = format!("n{}", i % 11);
+    match i % 5 {
+        0 | 1 => {
+            let mut req = RegisterRequest {
+                node,
+                address: format!("10.0.0.{}", i % 200),
+                service: Some(registry_api::AgentService {
+                    id: format!("s{}", i % 37),
+                    service: format!("web{}", i % 3),
+                    port: (i % 1000) as u16,
+                    ..Default::default()
+                }),
+                checks: vec![HealthCheck {
+                    check_id: format!("c{}", i % 37),
+                    name: "alive".into(),
+                    status: PASSING.into(),
+                    service_id: format!("s{}", i % 37),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            CatalogState::validate_register(&mut req).unwrap();
+            Command::Register(req)
+        }
+        2 => Command::Deregister(DeregisterRequest {
+            node,
+            service_id: format!("s{}", (i * 7) % 37),
+            ..Default::default()
+        }),
+        3 if i.is_multiple_of(4) => Command::Deregister(DeregisterRequest {
+            node,
+            ..Default::default()
+        }),
+        _ => Command::Kv(KvOp {
+            verb: if i.is_multiple_of(3) {
+                KvVerb::Delete
+            } else {
+                KvVerb::Set
+            },
+            key: format!("k/{}", i % 23),
+            value: Some(i.to_string().into_bytes()),
+            flags: 0,
+            index: 0,
+            session: String::new(),
+        }),
+    }
+}
+
+#[test]
+fn an_image_in_steps_with_the_rows_written_between_them_is_the_state_at_its_last_step() {
+    for budget in [1, 5, 64, usize::MAX] {
+        let mut state = StateStore::new("dc1");
+        let mut index = 1;
+        let mut apply = |state: &mut StateStore, file: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>| {
+            index += 1;
+            let (result, rows) = state.apply(index, index * 1_000, &churn(index));
+            // Some writes are refused (a deregistration of what is gone).
+            let _ = result;
+            for r in rows {
+                file.insert(r.key, r.value);
+            }
+        };
+        // Records as the checkpoint file has them, last one wins; a `None`
+        // is a deleted row. Writes before the image began are not in it.
+        let mut file = BTreeMap::new();
+        for _ in 0..300 {
+            apply(&mut state, &mut file);
+        }
+        file.clear();
+        let mut cursor = ImageCursor::default();
+        let mut steps = 0;
+        loop {
+            let done = state.image_step(&mut cursor, budget, &mut |k, v| {
+                file.insert(k, Some(v));
+            });
+            steps += 1;
+            if done {
+                break;
+            }
+            // Writes between the steps, recorded in order with them.
+            for _ in 0..3 {
+                apply(&mut state, &mut file);
+            }
+        }
+        assert!(cursor.is_done());
+        if budget == 1 {
+            assert!(steps > 50, "the image was taken in many steps ({steps})");
+        }
+        let image: Vec<_> = (file.into_iter())
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        assert_eq!(image, state.rows(), "budget {budget}");
+        let rebuilt = StateStore::from_rows("dc1", image).unwrap();
+        assert_eq!(rebuilt, state, "budget {budget}");
+    }
+}

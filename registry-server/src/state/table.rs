@@ -13,6 +13,7 @@
 use compact_str::CompactString as Str;
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Included, Unbounded};
 
 /// Rows keyed by (node, id), iterated in (node, id) order.
 #[derive(Clone, Debug)]
@@ -80,6 +81,21 @@ impl<V> NodeTable<V> {
         self.by_node
             .iter()
             .flat_map(|(node, group)| group.iter().map(move |(id, v)| (node, id, v)))
+    }
+
+    /// The rows after (node, id) `after` (all when `None`) as (node, id, row),
+    /// in (node, id) order.
+    pub(super) fn iter_after<'a>(
+        &'a self,
+        after: Option<(&'a str, &'a str)>,
+    ) -> impl Iterator<Item = (&'a Str, &'a Str, &'a V)> + 'a {
+        let lower = after.map_or(Unbounded, |(node, _)| Included(node));
+        self.by_node
+            .range::<str, _>((lower, Unbounded))
+            .flat_map(move |(node, group)| {
+                let id = after.and_then(|(n, id)| (n == node.as_str()).then_some(id));
+                group.iter_after(id).map(move |(id, v)| (node, id, v))
+            })
     }
 
     /// Every row, mutable, in (node, id) order.
@@ -186,6 +202,28 @@ impl<K: Ord, V, const MAX: usize> SmallMap<K, V, MAX> {
         }
     }
 
+    /// (key, value) after `after` (all when `None`), in key order.
+    pub(super) fn iter_after<'a, Q: Ord + ?Sized>(
+        &'a self,
+        after: Option<&Q>,
+    ) -> SmallMapIter<'a, K, V>
+    where
+        K: Borrow<Q>,
+    {
+        let Some(after) = after else {
+            return self.iter();
+        };
+        match self {
+            SmallMap::Small(rows) => {
+                let from = rows.partition_point(|(k, _)| k.borrow() <= after);
+                SmallMapIter::Small(rows[from..].iter())
+            }
+            SmallMap::Large(rows) => {
+                SmallMapIter::LargeAfter(rows.range((Excluded(after), Unbounded)))
+            }
+        }
+    }
+
     /// Keys in order.
     pub(super) fn keys(&self) -> impl Iterator<Item = &K> {
         self.iter().map(|(k, _)| k)
@@ -213,6 +251,7 @@ impl<K: Ord, V: Eq, const MAX: usize> Eq for SmallMap<K, V, MAX> {}
 pub(super) enum SmallMapIter<'a, K, V> {
     Small(std::slice::Iter<'a, (K, V)>),
     Large(std::collections::btree_map::Iter<'a, K, V>),
+    LargeAfter(std::collections::btree_map::Range<'a, K, V>),
 }
 
 impl<'a, K, V> Iterator for SmallMapIter<'a, K, V> {
@@ -222,6 +261,7 @@ impl<'a, K, V> Iterator for SmallMapIter<'a, K, V> {
         match self {
             SmallMapIter::Small(rows) => rows.next().map(|(k, v)| (k, v)),
             SmallMapIter::Large(rows) => rows.next(),
+            SmallMapIter::LargeAfter(rows) => rows.next(),
         }
     }
 }
