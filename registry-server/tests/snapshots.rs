@@ -1,7 +1,9 @@
 //! Snapshots to followers behind the compacted log: a snapshot counts as
 //! delivered only once the follower acknowledges it, a lost one is sent again,
 //! and a follower that keeps losing them does not make the leader build a new
-//! one at every heartbeat reply.
+//! one at every heartbeat reply. And the checkpoints the log is compacted
+//! behind: servers restarted together rebuild everything acknowledged from
+//! their last checkpoint and the log after it.
 
 use registry_testkit::cluster::*;
 use std::time::{Duration, Instant};
@@ -23,12 +25,21 @@ async fn compacting_cluster() -> TestCluster {
 async fn leave_a_follower_behind(c: &mut TestCluster) -> (usize, usize, u64) {
     let leader = c.wait_leader().await;
     let lagger = (leader + 1) % 3;
+    let lagger_applied = c.node(lagger).raft.applied_index();
     c.stop(lagger).await;
     register_queue(c, leader).await;
-    let compacted_to = c.status(leader).compacted_to;
-    assert!(compacted_to > 20, "leader compacted only to {compacted_to}");
+    wait_compacted_past(c, leader, lagger_applied).await;
     let applied = c.node(leader).raft.applied_index();
     (leader, lagger, applied)
+}
+
+/// Waits until server `i` has compacted its log past `index` (behind its
+/// newest checkpoint, written in the background).
+async fn wait_compacted_past(c: &TestCluster, i: usize, index: u64) {
+    wait_until(Duration::from_secs(10), "the log compacted", || async {
+        (c.status(i).compacted_to > index).then_some(())
+    })
+    .await;
 }
 
 /// Registers 60 instances of `queue` (nodes `n0`..`n59`) through server `leader`: three
@@ -134,11 +145,7 @@ async fn answered_by_install<T>(
     watched_at: u64,
     watch: tokio::task::JoinHandle<T>,
 ) -> T {
-    let compacted_to = c.status(leader).compacted_to;
-    assert!(
-        compacted_to > watched_at,
-        "leader compacted only to {compacted_to}"
-    );
+    wait_compacted_past(c, leader, watched_at).await;
     assert!(!watch.is_finished(), "answered while cut off");
     let last_write = c.node(leader).raft.applied_index();
     // A follower may have installed one already, when the cluster formed.
@@ -229,5 +236,80 @@ async fn a_snapshot_install_answers_the_watchers_of_a_kv_prefix() {
         .unwrap();
     assert!(meta.index > watched_at);
     assert!(list.unwrap().len() > 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_restarted_together_rebuild_every_write_from_checkpoint_and_log() {
+    let mut c = compacting_cluster().await;
+    let leader = c.wait_leader().await;
+    register_queue(&c, leader).await;
+    // A checkpoint on every server, each log compacted behind its own.
+    wait_until(
+        Duration::from_secs(20),
+        "a checkpoint everywhere",
+        || async {
+            let st: Vec<_> = (0..3).map(|i| c.status(i)).collect();
+            st.iter()
+                .all(|s| {
+                    s.checkpointed_to > 20
+                        && s.compacted_to > 0
+                        && s.compacted_to <= s.checkpointed_to
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // Writes after the checkpoints, which only the log holds: a KV key and
+    // the removal of an instance (a delete the checkpoints do not know of).
+    let client = c.client(leader);
+    assert!(client.kv_put("after/checkpoint", "1", &[]).await.unwrap());
+    let gone = registry_api::DeregisterRequest {
+        node: "n7".into(),
+        ..Default::default()
+    };
+    client.catalog_deregister(&gone, None).await.unwrap();
+    let last = c.node(leader).raft.applied_index();
+    let checkpointed: Vec<u64> = (0..3).map(|i| c.status(i).checkpointed_to).collect();
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+    for i in 0..3 {
+        c.restart(i).await;
+    }
+    let leader = c.wait_leader().await;
+    for (i, had) in checkpointed.into_iter().enumerate() {
+        let started_from = c.status(i).checkpointed_to;
+        // (Usually before `last`: then the log's entries after it rebuilt the
+        // rest; a checkpoint may also have been completed past it meanwhile.)
+        assert!(
+            started_from >= had,
+            "s{i} started from checkpoint {started_from}, had {}",
+            had
+        );
+        wait_until(
+            Duration::from_secs(20),
+            "the restarted server holds every write",
+            || async {
+                let done = c.node(i).raft.with_applied(|s, applied| {
+                    applied >= last
+                        && s.catalog.has_node("n59")
+                        && !s.catalog.has_node("n7")
+                        && s.kv.get("after/checkpoint").0.is_some()
+                });
+                done.then_some(())
+            },
+        )
+        .await;
+    }
+    let (services, _) = c
+        .node(leader)
+        .raft
+        .with_applied(|s, _| s.catalog.service_nodes("queue", &[]));
+    assert_eq!(
+        services.len(),
+        59,
+        "every instance but the deregistered node's"
+    );
     c.shutdown().await;
 }

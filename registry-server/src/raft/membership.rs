@@ -396,16 +396,20 @@ impl RaftNode {
         let mut peers_changed = false;
         let (cc, ctx) = super::entry::decode_conf_change(e)?;
         let ctx: ConfContext = serde_json::from_slice(&ctx).unwrap_or_default();
+        // Replayed after a restart (the entries after the last checkpoint):
+        // the stored configuration already holds this change and those
+        // after it, and raft-rs started from it.
+        let replayed = e.index <= self.store.conf_index();
         let (applied_cc, removed) = match &cc {
             AnyConfChange::V1(cc) => (
-                self.raw.apply_conf_change(cc),
+                (!replayed).then(|| self.raw.apply_conf_change(cc)),
                 (cc.get_change_type() == ConfChangeType::RemoveNode)
                     .then_some(cc.node_id)
                     .into_iter()
                     .collect::<Vec<_>>(),
             ),
             AnyConfChange::V2(cc) => (
-                self.raw.apply_conf_change(cc),
+                (!replayed).then(|| self.raw.apply_conf_change(cc)),
                 cc.get_changes()
                     .iter()
                     .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
@@ -413,6 +417,7 @@ impl RaftNode {
                     .collect(),
             ),
         };
+        let applied_cc = applied_cc.unwrap_or_else(|| Ok(self.store.conf_state()));
         if applied_cc.is_ok() {
             for id in removed {
                 if id != self.me.id && self.peers.remove(&id).is_some() {
@@ -430,7 +435,9 @@ impl RaftNode {
             Ok(cs) => {
                 info!(node = %self.me.node, index = e.index, voters = ?cs.voters,
                       learners = ?cs.learners, "configuration changed");
-                self.store.set_conf_state(batch, &cs);
+                if !replayed {
+                    self.store.set_conf_state(batch, &cs, e.index);
+                }
                 Ok(crate::state::Outcome::Done)
             }
             Err(err) => {

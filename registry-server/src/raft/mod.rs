@@ -19,6 +19,7 @@
 //! for the thread itself, [`Fatal`] ("this node is broken"); this layer knows
 //! nothing of HTTP (`http/` maps `RaftError` to responses in one place).
 
+mod checkpoints;
 mod entry;
 mod heartbeats;
 mod membership;
@@ -148,6 +149,9 @@ pub struct RaftStatus {
     pub fatal: Option<String>,
     /// The log holds entries after this index only (compaction or snapshot).
     pub compacted_to: u64,
+    /// Index of the newest durable checkpoint of the applied state (or of
+    /// the rows a data dir from before checkpoints holds).
+    pub checkpointed_to: u64,
     /// Snapshots installed from a leader since start.
     pub snapshots_installed: u64,
     /// Snapshots sent to followers since start (each one a full image of the

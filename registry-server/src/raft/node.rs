@@ -16,6 +16,7 @@ use super::snapshots::SnapshotInFlight;
 use super::{Event, Fatal, RaftError, RaftNodeSetup, RaftTuning, Reply, Role, Shared, EVENT_QUEUE};
 use crate::rpc::{PeerInfo, RpcMessage, Transport};
 use crate::state::{Command, Outcome, StateStore};
+use crate::storage::checkpoint::CheckpointEnd;
 use crate::storage::{RaftStore, StorageFailure, StoreBatch};
 use raft::eraftpb::{ConfChangeType, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, ReadOnlyOption, StateRole};
@@ -108,6 +109,8 @@ pub(super) struct RaftNode {
     pub(super) refusing_for_full_voters: bool,
     /// On a follower: when it last told the leader it is too full.
     pub(super) told_full_at: Option<Instant>,
+    /// The checkpoints of the applied state (`checkpoints.rs`).
+    pub(super) checkpoints: super::checkpoints::Checkpoints,
     pub(super) logger: slog::Logger,
 }
 
@@ -125,6 +128,10 @@ pub(super) fn raft_config(id: u64, applied: u64, t: &RaftTuning) -> Config {
         read_only_option: ReadOnlyOption::Safe,
         max_size_per_msg: 1 << 20,
         max_inflight_msgs: 256,
+        // A restart replays the entries after the last checkpoint (up to as
+        // many as the state has rows): a Ready at a time, 16 MiB of them,
+        // not all at once.
+        max_committed_size_per_ready: 16 << 20,
         ..Default::default()
     }
 }
@@ -153,6 +160,9 @@ impl RaftNode {
             .store
             .initialized()
             .then(|| Instant::now() + setup.tuning.election_timeout());
+        // The number of rows is learnt at the first checkpoint: until then
+        // one is taken after `compact_threshold` entries.
+        let checkpoints = super::checkpoints::Checkpoints::new(&setup.store, setup.applied, 0)?;
         Ok(Self {
             me: setup.me,
             raw,
@@ -193,6 +203,7 @@ impl RaftNode {
             full_voters: HashMap::new(),
             refusing_for_full_voters: false,
             told_full_at: None,
+            checkpoints,
             logger,
         })
     }
@@ -241,6 +252,7 @@ impl RaftNode {
             while self.raw.has_ready() {
                 self.on_ready()?;
             }
+            self.checkpoint_step()?;
             self.abandon_writes_of_a_lost_leader();
             self.publish_status();
         }
@@ -574,8 +586,8 @@ impl RaftNode {
             self.store.set_hard_state(&mut batch, hs);
         }
         // Entries and the hard state (term, vote) must be durable before the
-        // messages that acknowledge them leave; applied rows need not be, as
-        // they are rebuilt from the log after a crash.
+        // messages that acknowledge them leave; the applied state need not be,
+        // as it is rebuilt from the last checkpoint and the log after a crash.
         let sync = rd.must_sync() || !rd.entries().is_empty();
         self.write_and_answer(batch, sync, rd.entries().len(), replies, conf)?;
         let persisted = self.drop_late_proposals(rd.take_persisted_messages());
@@ -605,7 +617,7 @@ impl RaftNode {
     /// They are answered before the write, not after it: their entries are
     /// already durable on a quorum and in this server's own log (raft-rs
     /// hands out only entries both committed and persisted here), and their
-    /// rows need not be durable (they are rebuilt from the log after a
+    /// effects need not be durable (they are rebuilt from the log after a
     /// crash). Otherwise they would wait for the fsync of the entries
     /// proposed after them. "Persisted here" holds because raft-rs learns
     /// of a persisted entry only from `advance`, which `on_ready` calls after
@@ -662,8 +674,16 @@ impl RaftNode {
                 self.peers.insert(id, p);
             }
         }
+        // The rows first, as a checkpoint: the log then starts after them.
+        let meta = snap.get_metadata();
+        let end = CheckpointEnd {
+            index,
+            term: meta.term,
+            conf_state: meta.get_conf_state().clone(),
+        };
+        self.checkpoints.write_whole(&image.rows, end)?;
         let mut b = self.store.batch();
-        self.store.install_snapshot(&mut b, &snap, &image.rows)?;
+        self.store.install_snapshot(&mut b, &snap)?;
         self.store.set_peers(&mut b, &self.peers);
         self.store.commit(b, true)?;
         *self
@@ -729,11 +749,7 @@ impl RaftNode {
                                 self.kv_floor_moved = true;
                             }
                         }
-                        self.store.apply_rows(
-                            batch,
-                            e.index,
-                            rows.into_iter().map(|r| (r.key, r.value)),
-                        );
+                        self.checkpoints.record(&rows);
                         replies.push((env.id, result.map_err(RaftError::Rejected)));
                     }
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -745,7 +761,6 @@ impl RaftNode {
                 }
                 applied.index = e.index;
             }
-            self.store.apply_rows(batch, applied.index, []);
         }
         if peers_changed {
             self.store_peers(batch);
@@ -806,7 +821,10 @@ impl RaftNode {
         if applied.saturating_sub(first) < self.tuning.compact_threshold.max(1) {
             return Ok(());
         }
-        let to = applied.saturating_sub(self.tuning.compact_keep);
+        // Never past the newest checkpoint: a restart replays the log after it.
+        let to = applied
+            .saturating_sub(self.tuning.compact_keep)
+            .min(self.checkpoints.durable());
         if to <= first {
             return Ok(());
         }
@@ -853,6 +871,7 @@ impl RaftNode {
         st.commit = r.raft_log.committed;
         st.in_cluster = self.store.initialized();
         st.compacted_to = self.store.snapshot_index();
+        st.checkpointed_to = self.checkpoints.durable();
         st.snapshots_installed = self.snapshots_installed;
         st.snapshots_sent = self.snapshots_sent;
         st.entries_synced = self.entries_synced;

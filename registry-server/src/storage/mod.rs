@@ -19,6 +19,7 @@
 //! format; must not interpret catalog rows (`state/`) or decide anything Raft
 //! decides (`raft/`).
 
+pub mod checkpoint;
 mod rocks;
 mod snapshot;
 pub mod space;

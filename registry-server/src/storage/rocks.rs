@@ -1,7 +1,9 @@
-//! [`RaftStore`]: the Raft log, Raft metadata and applied rows in one RocksDB
-//! database, a column family for each (`logs`, `meta`, `store`), and
-//! [`raft::Storage`] over them. All writes come from the Raft thread.
+//! [`RaftStore`]: the Raft log and Raft metadata in one RocksDB database, a
+//! column family for each (`logs`, `meta`; `store` held the applied rows
+//! before checkpoints, `checkpoint.rs`), and [`raft::Storage`] over them. All
+//! writes come from the Raft thread.
 
+use super::checkpoint::{self, CheckpointEnd};
 use super::{corrupt, DiskFaults, SnapshotImage, StorageFailure};
 use crate::rpc::PeerInfo;
 use protobuf::Message as _;
@@ -11,7 +13,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 const CF_LOGS: &str = "logs";
@@ -20,7 +22,16 @@ const CF_STORE: &str = "store";
 
 const K_HARD_STATE: &[u8] = b"hard_state";
 const K_CONF_STATE: &[u8] = b"conf_state";
+/// Index of the entry whose configuration change `conf_state` holds (absent
+/// in data dirs from before checkpoints: there nothing applied is replayed).
+const K_CONF_INDEX: &[u8] = b"conf_index";
+/// The applied index of the rows in `store`, 8 bytes; since checkpoints,
+/// [`IN_CHECKPOINT`] instead.
 const K_APPLIED: &[u8] = b"applied";
+/// What `applied` holds once the rows are in the checkpoint file: not 8 bytes,
+/// so a binary from before checkpoints refuses the data dir ("corrupt applied
+/// index") rather than start from the stale rows left in `store`.
+const IN_CHECKPOINT: &[u8] = b"rows in catalog.ckpt";
 const K_SNAP_INDEX: &[u8] = b"snapshot_index";
 const K_SNAP_TERM: &[u8] = b"snapshot_term";
 const K_NODE_ID: &[u8] = b"node_id";
@@ -32,6 +43,10 @@ const K_PEERS: &[u8] = b"peers";
 struct Mirror {
     hard_state: HardState,
     conf_state: ConfState,
+    /// The index `conf_state` is of: a restart replays the entries after the
+    /// last checkpoint, and the configuration changes among them up to this
+    /// index are already in `conf_state`.
+    conf_index: u64,
     /// Index and term of the last entry removed by compaction or a snapshot.
     snapshot_index: u64,
     snapshot_term: u64,
@@ -39,13 +54,17 @@ struct Mirror {
     last_index: u64,
     /// Term of the entry at `last_index`.
     last_term: u64,
+    /// Whether `store` still holds rows and their index from before
+    /// checkpoints (or a data dir with none yet), to retire once one is durable.
+    legacy_rows: bool,
 }
 
 /// What was found on disk at start-up.
 pub struct Recovered {
     /// This server's Raft id (created on first start).
     pub node_id: u64,
-    /// The applied index of the stored catalog.
+    /// The applied index of the stored catalog (its checkpoint's, or of the
+    /// rows in `store` in a data dir from before checkpoints).
     pub applied: u64,
     /// The stored catalog rows.
     pub rows: Vec<(Vec<u8>, Vec<u8>)>,
@@ -58,6 +77,7 @@ pub struct Recovered {
 #[derive(Clone)]
 pub struct RaftStore {
     db: Arc<DB>,
+    dir: PathBuf,
     faults: DiskFaults,
     mirror: Arc<RwLock<Mirror>>,
     /// Provides the state-machine image for [`raft::Storage::snapshot`]; set by
@@ -130,6 +150,7 @@ impl RaftStore {
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let store = RaftStore {
             db: Arc::new(db),
+            dir: dir.to_path_buf(),
             faults,
             mirror: Arc::new(RwLock::new(Mirror::default())),
             snapshot_source: Arc::new(RwLock::new(None)),
@@ -156,6 +177,9 @@ impl RaftStore {
         }
         if let Some(b) = self.get_meta(K_CONF_STATE)? {
             m.conf_state = ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?;
+        }
+        if let Some(b) = self.get_meta(K_CONF_INDEX)? {
+            m.conf_index = read_u64(&b, "configuration index")?;
         }
         if let Some(b) = self.get_meta(K_SNAP_INDEX)? {
             m.snapshot_index = read_u64(&b, "snapshot index")?;
@@ -191,19 +215,44 @@ impl RaftStore {
                 id
             }
         };
-        let applied = match self.get_meta(K_APPLIED)? {
-            Some(b) => read_u64(&b, "applied index")?,
-            None => 0,
-        };
         let peers = match self.get_meta(K_PEERS)? {
             Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("peers", e))?,
             None => BTreeMap::new(),
         };
-        let mut rows = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_STORE), IteratorMode::Start) {
-            let (k, v) = item?;
-            rows.push((k.to_vec(), v.to_vec()));
-        }
+        // The rows in `store` and their index, in a data dir from before
+        // checkpoints (or one that has none yet: no rows, index 0 or 1).
+        let legacy_applied = match self.get_meta(K_APPLIED)? {
+            Some(b) if b == IN_CHECKPOINT => None,
+            Some(b) => Some(read_u64(&b, "applied index")?),
+            None => Some(0),
+        };
+        m.legacy_rows = legacy_applied.is_some();
+        let loaded = checkpoint::load(&self.dir)?;
+        let (applied, rows) = match (loaded, legacy_applied) {
+            // Both: the newer wins (the rows in `store` are newer only after
+            // a binary from before checkpoints ran on this data dir).
+            (Some(ck), legacy) if legacy.is_none_or(|a| ck.end.index >= a) => {
+                self.recover_checkpoint_end(&mut m, &ck.end)?;
+                (ck.end.index, ck.rows)
+            }
+            (_, Some(applied)) => {
+                let mut rows = Vec::new();
+                for item in self.db.iterator_cf(self.cf(CF_STORE), IteratorMode::Start) {
+                    let (k, v) = item?;
+                    rows.push((k.to_vec(), v.to_vec()));
+                }
+                (applied, rows)
+            }
+            (_, None) => {
+                return Err(corrupt(
+                    "data dir",
+                    format!(
+                        "the catalog is kept in {}, which is missing",
+                        checkpoint::FILE
+                    ),
+                ))
+            }
+        };
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = m;
         Ok(Recovered {
             node_id,
@@ -211,6 +260,77 @@ impl RaftStore {
             rows,
             peers,
         })
+    }
+
+    /// Makes the log agree with a checkpoint at `end` found at start-up.
+    ///
+    /// A checkpoint holds only applied entries, so its index is committed; the
+    /// stored commit index, written without an fsync, may be behind it after a
+    /// crash, and raft-rs refuses to start with more applied than committed.
+    /// A snapshot from the leader is written as a checkpoint before the log
+    /// records it: a crash in between leaves a checkpoint past (or off) the
+    /// log, and what the log would have recorded is recorded now.
+    fn recover_checkpoint_end(
+        &self,
+        m: &mut Mirror,
+        end: &CheckpointEnd,
+    ) -> Result<(), StorageFailure> {
+        if end.index < m.snapshot_index {
+            return Err(corrupt(
+                "checkpoint",
+                format!(
+                    "at index {}, before the log's start ({})",
+                    end.index, m.snapshot_index
+                ),
+            ));
+        }
+        let mut b = WriteBatch::default();
+        let in_log = end.index <= m.last_index && self.term_of(m, end.index)? == end.term;
+        if !in_log {
+            let logs = self.cf(CF_LOGS);
+            b.delete_range_cf(logs, u64_key(0), u64_key(u64::MAX));
+            let meta_cf = self.cf(CF_META);
+            b.put_cf(meta_cf, K_SNAP_INDEX, u64_key(end.index));
+            b.put_cf(meta_cf, K_SNAP_TERM, u64_key(end.term));
+            b.put_cf(
+                meta_cf,
+                K_CONF_STATE,
+                end.conf_state.write_to_bytes().unwrap_or_default(),
+            );
+            b.put_cf(meta_cf, K_CONF_INDEX, u64_key(end.index));
+            m.conf_index = end.index;
+            m.snapshot_index = end.index;
+            m.snapshot_term = end.term;
+            m.last_index = end.index;
+            m.last_term = end.term;
+            m.conf_state = end.conf_state.clone();
+            m.hard_state.term = m.hard_state.term.max(end.term);
+        }
+        if !in_log || m.hard_state.commit < end.index {
+            m.hard_state.commit = m.hard_state.commit.max(end.index);
+            let hs = m.hard_state.write_to_bytes().unwrap_or_default();
+            b.put_cf(self.cf(CF_META), K_HARD_STATE, hs);
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(b, &wo)?;
+        }
+        Ok(())
+    }
+
+    /// The data dir (where the checkpoints are written too).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The disk faults in force (tests).
+    pub fn faults(&self) -> &DiskFaults {
+        &self.faults
+    }
+
+    /// Whether `store` still holds rows from before checkpoints (to retire
+    /// once one is durable).
+    pub fn legacy_rows(&self) -> bool {
+        self.with_mirror(|m| m.legacy_rows)
     }
 
     /// Sets the function that images the state machine for snapshots.
@@ -325,30 +445,33 @@ impl RaftStore {
         self.set_hard_state(b, &hs);
     }
 
-    /// Records a new conf state (after a conf change or at bootstrap).
-    pub fn set_conf_state(&self, b: &mut StoreBatch, cs: &ConfState) {
+    /// Records a new conf state, that of the entry at `index` (after a conf
+    /// change or at bootstrap).
+    pub fn set_conf_state(&self, b: &mut StoreBatch, cs: &ConfState, index: u64) {
         let bytes = cs.write_to_bytes().unwrap_or_default();
         b.batch.put_cf(self.cf(CF_META), K_CONF_STATE, bytes);
+        b.batch
+            .put_cf(self.cf(CF_META), K_CONF_INDEX, u64_key(index));
         b.mirror.conf_state = cs.clone();
+        b.mirror.conf_index = index;
         b.dirty = true;
     }
 
-    /// Records applied rows and the new applied index together.
-    pub fn apply_rows(
-        &self,
-        b: &mut StoreBatch,
-        applied: u64,
-        rows: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
-    ) {
-        let store = self.cf(CF_STORE);
-        for (k, v) in rows {
-            match v {
-                Some(v) => b.batch.put_cf(store, k, v),
-                None => b.batch.delete_cf(store, k),
-            }
+    /// The index of the entry whose configuration the stored one is.
+    pub fn conf_index(&self) -> u64 {
+        self.with_mirror(|m| m.conf_index)
+    }
+
+    /// Once a checkpoint is durable: drops the rows in `store` and marks the
+    /// data dir as one whose rows are in the checkpoint file (no-op after).
+    pub fn retire_legacy_rows(&self, b: &mut StoreBatch) {
+        if !b.mirror.legacy_rows {
+            return;
         }
-        b.batch
-            .put_cf(self.cf(CF_META), K_APPLIED, u64_key(applied));
+        let store = self.cf(CF_STORE);
+        b.batch.delete_range_cf(store, &[][..], &[0xffu8; 16][..]);
+        b.batch.put_cf(self.cf(CF_META), K_APPLIED, IN_CHECKPOINT);
+        b.mirror.legacy_rows = false;
         b.dirty = true;
     }
 
@@ -359,14 +482,14 @@ impl RaftStore {
         b.dirty = true;
     }
 
-    /// Replaces everything with a snapshot received from the leader: the log is
-    /// emptied, the catalog rows replaced, and the snapshot's (index, term) and
-    /// conf state recorded so that `term(first_index - 1)` still answers.
+    /// Replaces everything with a snapshot received from the leader, whose
+    /// rows are already in a checkpoint: the log is emptied and the
+    /// snapshot's (index, term) and conf state recorded so that
+    /// `term(first_index - 1)` still answers.
     pub fn install_snapshot(
         &self,
         b: &mut StoreBatch,
         snap: &Snapshot,
-        rows: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), StorageFailure> {
         let meta = snap.get_metadata();
         let m = &mut b.mirror;
@@ -378,13 +501,9 @@ impl RaftStore {
         }
         let logs = self.cf(CF_LOGS);
         b.batch.delete_range_cf(logs, u64_key(0), u64_key(u64::MAX));
-        let store = self.cf(CF_STORE);
-        b.batch.delete_range_cf(store, &[][..], &[0xffu8; 16][..]);
-        for (k, v) in rows {
-            b.batch.put_cf(store, k, v);
-        }
+        self.retire_legacy_rows(b);
+        let m = &mut b.mirror;
         let meta_cf = self.cf(CF_META);
-        b.batch.put_cf(meta_cf, K_APPLIED, u64_key(meta.index));
         b.batch.put_cf(meta_cf, K_SNAP_INDEX, u64_key(meta.index));
         b.batch.put_cf(meta_cf, K_SNAP_TERM, u64_key(meta.term));
         m.snapshot_index = meta.index;
@@ -400,14 +519,7 @@ impl RaftStore {
             hs.write_to_bytes().unwrap_or_default(),
         );
         m.hard_state = hs;
-        let cs = meta.get_conf_state().clone();
-        b.batch.put_cf(
-            meta_cf,
-            K_CONF_STATE,
-            cs.write_to_bytes().unwrap_or_default(),
-        );
-        m.conf_state = cs;
-        b.dirty = true;
+        self.set_conf_state(b, meta.get_conf_state(), meta.index);
         Ok(())
     }
 
@@ -420,7 +532,9 @@ impl RaftStore {
         let meta_cf = self.cf(CF_META);
         b.batch.put_cf(meta_cf, K_SNAP_INDEX, u64_key(1));
         b.batch.put_cf(meta_cf, K_SNAP_TERM, u64_key(1));
-        b.batch.put_cf(meta_cf, K_APPLIED, u64_key(1));
+        if b.mirror.legacy_rows {
+            b.batch.put_cf(meta_cf, K_APPLIED, u64_key(1));
+        }
         b.mirror.snapshot_index = 1;
         b.mirror.snapshot_term = 1;
         b.mirror.last_index = b.mirror.last_index.max(1);
@@ -429,7 +543,7 @@ impl RaftStore {
         hs.term = hs.term.max(1);
         hs.commit = hs.commit.max(1);
         self.set_hard_state(b, &hs);
-        self.set_conf_state(b, cs);
+        self.set_conf_state(b, cs, 1);
     }
 
     /// Drops log entries up to and including `index` (which must be applied).
@@ -471,6 +585,18 @@ impl RaftStore {
             Some(e) => Ok(e.term),
             None => Err(corrupt("log", format!("entry {idx} missing"))),
         }
+    }
+
+    /// Writes rows and their applied index as a binary from before
+    /// checkpoints did (tests of the upgrade).
+    #[cfg(test)]
+    fn put_legacy_rows(&self, applied: u64, rows: &[(Vec<u8>, Vec<u8>)]) {
+        let mut b = WriteBatch::default();
+        for (k, v) in rows {
+            b.put_cf(self.cf(CF_STORE), k, v);
+        }
+        b.put_cf(self.cf(CF_META), K_APPLIED, u64_key(applied));
+        self.db.write(b).unwrap();
     }
 
     /// Decodes snapshot data into (peers, rows).
@@ -692,32 +818,148 @@ mod tests {
         assert_eq!(s.term(6).unwrap(), 2);
     }
 
+    fn snapshot(index: u64, term: u64) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        snap
+    }
+
+    fn checkpoint_of(snap: &Snapshot, rows: &[(Vec<u8>, Vec<u8>)], dir: &Path) {
+        let w = checkpoint::CheckpointWriter::start(dir, DiskFaults::default()).unwrap();
+        let meta = snap.get_metadata();
+        let end = CheckpointEnd {
+            index: meta.index,
+            term: meta.term,
+            conf_state: meta.get_conf_state().clone(),
+        };
+        checkpoint::write_whole(&w, rows, end).unwrap();
+    }
+
     #[test]
-    fn snapshot_install_replaces_log_and_rows() {
+    fn snapshot_install_replaces_the_log_and_its_checkpoint_the_rows() {
         let dir = tempfile::tempdir().unwrap();
         let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        s.put_legacy_rows(2, &[(b"old".to_vec(), b"x".to_vec())]);
         let mut b = s.batch();
         s.append(&mut b, &[entry(1, 1), entry(2, 1)]).unwrap();
-        s.apply_rows(&mut b, 2, vec![(b"old".to_vec(), Some(b"x".to_vec()))]);
         s.commit(b, true).unwrap();
-        let mut snap = Snapshot::default();
-        snap.mut_metadata().index = 50;
-        snap.mut_metadata().term = 4;
-        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        let snap = snapshot(50, 4);
+        let rows = [(b"new".to_vec(), b"y".to_vec())];
+        checkpoint_of(&snap, &rows, dir.path());
         let mut b = s.batch();
-        s.install_snapshot(&mut b, &snap, &[(b"new".to_vec(), b"y".to_vec())])
-            .unwrap();
+        s.install_snapshot(&mut b, &snap).unwrap();
         s.commit(b, true).unwrap();
         drop(s);
         let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
         assert_eq!(rec.applied, 50);
-        assert_eq!(rec.rows, vec![(b"new".to_vec(), b"y".to_vec())]);
+        assert_eq!(rec.rows, rows);
+        assert!(!s.legacy_rows());
         assert_eq!(
             (s.first_index().unwrap(), s.last_index().unwrap()),
             (51, 50)
         );
         assert_eq!(s.term(50).unwrap(), 4);
         assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+        drop(s);
+        // Its rows are in the checkpoint only: without it the data dir is refused.
+        std::fs::remove_file(dir.path().join(checkpoint::FILE)).unwrap();
+        let err = RaftStore::open(dir.path(), DiskFaults::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_whose_checkpoint_was_written_but_not_its_log_is_recorded_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        let mut b = s.batch();
+        // An old, uncommitted tail that conflicts with the snapshot's history.
+        s.append(&mut b, &[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .unwrap();
+        s.set_commit(&mut b, 1);
+        s.commit(b, true).unwrap();
+        drop(s);
+        // The crash came between the checkpoint and the log's batch.
+        checkpoint_of(
+            &snapshot(3, 2),
+            &[(b"k".to_vec(), b"v".to_vec())],
+            dir.path(),
+        );
+        let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        assert_eq!((rec.applied, rec.rows.len()), (3, 1));
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (4, 3));
+        assert_eq!(s.term(3).unwrap(), 2);
+        let st = s.initial_state().unwrap();
+        assert_eq!(
+            st.hard_state.commit, 3,
+            "what the checkpoint holds is committed"
+        );
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_checkpoint_ahead_of_the_stored_commit_index_raises_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        let mut b = s.batch();
+        s.append(&mut b, &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            .unwrap();
+        s.set_commit(&mut b, 4);
+        s.commit(b, true).unwrap();
+        drop(s);
+        checkpoint_of(&snapshot(8, 1), &[], dir.path());
+        let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        assert_eq!(rec.applied, 8);
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (1, 10),
+            "the log is kept"
+        );
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 8);
+    }
+
+    #[test]
+    fn rows_from_before_checkpoints_load_until_a_checkpoint_retires_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        let mut b = s.batch();
+        s.append(&mut b, &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            .unwrap();
+        s.set_commit(&mut b, 10);
+        s.commit(b, true).unwrap();
+        s.put_legacy_rows(6, &[(b"a".to_vec(), b"1".to_vec())]);
+        drop(s);
+        let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        assert_eq!((rec.applied, rec.rows.len()), (6, 1));
+        assert!(s.legacy_rows());
+        drop(s);
+        // A checkpoint older than the rows (left by a downgrade) loses to them.
+        checkpoint_of(&snapshot(5, 1), &[], dir.path());
+        let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        assert_eq!((rec.applied, rec.rows.len()), (6, 1));
+        drop(s);
+        // A newer one wins; once retired, the rows are gone and a binary from
+        // before checkpoints would read an applied index it cannot parse.
+        checkpoint_of(
+            &snapshot(9, 1),
+            &[(b"b".to_vec(), b"2".to_vec())],
+            dir.path(),
+        );
+        let (s, rec) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+        assert_eq!(
+            (rec.applied, rec.rows),
+            (9, vec![(b"b".to_vec(), b"2".to_vec())])
+        );
+        let mut b = s.batch();
+        s.retire_legacy_rows(&mut b);
+        s.commit(b, true).unwrap();
+        assert!(!s.legacy_rows());
+        assert_eq!(s.get_meta(K_APPLIED).unwrap().unwrap(), IN_CHECKPOINT);
+        let cf = s.cf(CF_STORE);
+        assert!(s.db.iterator_cf(cf, IteratorMode::Start).next().is_none());
     }
 
     #[test]

@@ -1,0 +1,197 @@
+//! When the Raft thread takes a checkpoint of the applied state
+//! (`storage/checkpoint.rs` has the file): once as many entries applied since
+//! the last as the state has rows (at least [`super::RaftTuning::compact_threshold`]),
+//! so writing them costs about one row per entry whatever the catalog's size,
+//! and a restart replays at most that many. The image is taken a slice
+//! at a time between Readies, interleaved with the rows of the entries applied
+//! meanwhile, so no apply waits for the whole catalog; the log is compacted
+//! only up to the newest durable checkpoint (`node.rs`, `maybe_compact`).
+//! Must not touch the log or decide anything else Raft decides.
+
+use super::node::RaftNode;
+use crate::state::{ImageCursor, RowChange};
+use crate::storage::checkpoint::{self, CheckpointEnd, CheckpointWriter, Finished, Records};
+use crate::storage::{RaftStore, StorageFailure};
+use std::sync::mpsc::TryRecvError;
+use tracing::{debug, info, warn};
+
+/// Rows of the image written per step: about a millisecond of encoding.
+const STEP_ROWS: usize = 1024;
+/// Records handed to the writer once this many bytes are assembled.
+const HAND_OVER: usize = 256 << 10;
+
+/// The Raft thread's side of the checkpoints.
+pub(super) struct Checkpoints {
+    writer: CheckpointWriter,
+    /// The image being written, and its rows so far.
+    run: Option<(ImageCursor, usize)>,
+    /// Records not yet handed to the writer.
+    records: Records,
+    /// A finished checkpoint not yet durable: its index, rows and answer.
+    finishing: Option<(u64, usize, Finished)>,
+    /// Index of the newest durable checkpoint (or of the rows in RocksDB in a
+    /// data dir from before checkpoints): the log is kept after it.
+    durable: u64,
+    /// Rows in it (an estimate before the first).
+    durable_rows: usize,
+    /// Applied index when the last checkpoint (durable or not) began.
+    began_at: u64,
+    /// Checkpoints made durable since start.
+    pub(super) written: u64,
+}
+
+impl Checkpoints {
+    /// For a store whose recovered state is at `applied`, with `rows` rows.
+    pub(super) fn new(
+        store: &RaftStore,
+        applied: u64,
+        rows: usize,
+    ) -> Result<Self, StorageFailure> {
+        let writer = CheckpointWriter::start(store.dir(), store.faults().clone())
+            .map_err(|e| crate::storage::corrupt("checkpoint writer", e))?;
+        Ok(Checkpoints {
+            writer,
+            run: None,
+            records: Records::default(),
+            finishing: None,
+            durable: applied,
+            durable_rows: rows,
+            began_at: applied,
+            written: 0,
+        })
+    }
+
+    /// Index of the newest durable checkpoint.
+    pub(super) fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Records the rows an applied entry changed, when an image is being
+    /// written (its rows written before them may hold older values).
+    pub(super) fn record(&mut self, rows: &[RowChange]) {
+        if self.run.is_none() {
+            return;
+        }
+        for r in rows {
+            match &r.value {
+                Some(v) => self.records.put(&r.key, v),
+                None => self.records.delete(&r.key),
+            }
+        }
+    }
+
+    /// After a snapshot from the leader replaced the state: writes it whole
+    /// as a checkpoint and waits until it is durable (the log will start after
+    /// it). Any checkpoint under way is abandoned.
+    pub(super) fn write_whole(
+        &mut self,
+        rows: &[(Vec<u8>, Vec<u8>)],
+        end: CheckpointEnd,
+    ) -> Result<(), StorageFailure> {
+        self.run = None;
+        self.records = Records::default();
+        self.finishing = None;
+        let index = end.index;
+        checkpoint::write_whole(&self.writer, rows, end)
+            .map_err(|e| crate::storage::corrupt("checkpoint", e))?;
+        self.durable = index;
+        self.durable_rows = rows.len();
+        self.began_at = index;
+        self.written += 1;
+        Ok(())
+    }
+}
+
+impl RaftNode {
+    /// Moves the checkpoints on: notes a finished one that became durable,
+    /// writes the next slice of the image being written (completing it when
+    /// it was the last), or begins one when enough entries have applied.
+    pub(super) fn checkpoint_step(&mut self) -> Result<(), StorageFailure> {
+        self.poll_finished_checkpoint()?;
+        let shared = self.shared.clone();
+        let applied = shared.applied.read().unwrap_or_else(|e| e.into_inner());
+        let c = &mut self.checkpoints;
+        if c.run.is_none() {
+            let every = c
+                .durable_rows
+                .max(self.tuning.compact_threshold.max(1) as usize) as u64;
+            if c.finishing.is_none() && applied.index.saturating_sub(c.began_at) >= every {
+                debug!(node = %self.me.node, index = applied.index, "checkpoint begun");
+                c.writer.begin();
+                c.run = Some((ImageCursor::default(), 0));
+                c.began_at = applied.index;
+            }
+            return Ok(());
+        }
+        let Some((cursor, rows)) = &mut c.run else {
+            return Ok(());
+        };
+        let records = &mut c.records;
+        let done = applied.state.image_step(cursor, STEP_ROWS, &mut |k, v| {
+            records.put(&k, &v);
+            *rows += 1;
+        });
+        if !done {
+            if c.records.len() >= HAND_OVER {
+                c.writer.write(&mut c.records);
+            }
+            return Ok(());
+        }
+        let index = applied.index;
+        drop(applied);
+        let c = &mut self.checkpoints;
+        let Ok(term) = self.raw.raft.raft_log.term(index) else {
+            // Cannot happen (the log is kept after the last checkpoint); were
+            // it to, a checkpoint without its term must not be written.
+            warn!(node = %self.me.node, index, "checkpoint abandoned: no term for its index");
+            c.run = None;
+            c.records = Records::default();
+            return Ok(());
+        };
+        let end = CheckpointEnd {
+            index,
+            term,
+            conf_state: self.store.conf_state(),
+        };
+        let rows = c.run.take().map_or(0, |(_, rows)| rows);
+        let answer = c.writer.finish(&mut c.records, end);
+        c.finishing = Some((index, rows, answer));
+        Ok(())
+    }
+
+    fn poll_finished_checkpoint(&mut self) -> Result<(), StorageFailure> {
+        let c = &mut self.checkpoints;
+        let Some((index, rows, answer)) = &c.finishing else {
+            return Ok(());
+        };
+        let result = match answer.try_recv() {
+            Err(TryRecvError::Empty) => return Ok(()),
+            Ok(result) => result,
+            Err(TryRecvError::Disconnected) => Err("the checkpoint writer has stopped".into()),
+        };
+        let (index, rows) = (*index, *rows);
+        c.finishing = None;
+        match result {
+            Ok(()) => {
+                if c.written == 0 {
+                    info!(node = %self.me.node, index, rows, "first checkpoint written");
+                }
+                debug!(node = %self.me.node, index, rows, "checkpoint durable");
+                c.durable = index;
+                c.durable_rows = rows;
+                c.written += 1;
+                if self.store.legacy_rows() {
+                    let mut b = self.store.batch();
+                    self.store.retire_legacy_rows(&mut b);
+                    self.store.commit(b, true)?;
+                }
+            }
+            // Not fatal: the state is in memory and the log is kept; the next
+            // one is tried after as many entries again.
+            Err(e) => {
+                warn!(node = %self.me.node, index, error = %e, "checkpoint failed; the log is kept until one succeeds")
+            }
+        }
+        Ok(())
+    }
+}
