@@ -317,6 +317,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let (data_dir, temp_dir) = data_dir(&config)?;
     info!(node = %config.node, dc = %config.datacenter, dir = %data_dir.display(), "opening storage");
     let (store, recovered) = RaftStore::open(&data_dir, config.disk_faults.clone())?;
+    let rows = recovered.rows.len();
     let state =
         StateStore::from_rows(&config.datacenter, recovered.rows).map_err(anyhow::Error::msg)?;
     info!(node = %config.node, applied = recovered.applied, keys = state.kv.len(),
@@ -344,6 +345,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         },
         store,
         applied: recovered.applied,
+        rows,
         peers: recovered.peers,
         state,
         bootstrap_expect: if config.dev {
@@ -688,7 +690,9 @@ fn raft_stats(
         ("term", s.term.to_string()),
         ("commit_index", s.commit.to_string()),
         ("applied_index", applied.to_string()),
-        ("last_snapshot_index", s.compacted_to.to_string()),
+        // Consul's (hashicorp/raft's) snapshot is the state written to disk
+        // with the log kept after it: here, the newest checkpoint.
+        ("last_snapshot_index", s.checkpointed_to.to_string()),
         ("num_peers", s.voters.len().saturating_sub(1).to_string()),
         ("last_contact", last_contact),
     ]

@@ -32,8 +32,10 @@ pub(super) struct Checkpoints {
     /// Index of the newest durable checkpoint (or of the rows in RocksDB in a
     /// data dir from before checkpoints): the log is kept after it.
     durable: u64,
-    /// Rows in it (an estimate before the first).
+    /// Rows in it.
     durable_rows: usize,
+    /// Its size in bytes (0 until one was written since start).
+    durable_bytes: u64,
     /// Applied index when the last checkpoint (durable or not) began.
     began_at: u64,
     /// Checkpoints made durable since start.
@@ -56,6 +58,7 @@ impl Checkpoints {
             finishing: None,
             durable: applied,
             durable_rows: rows,
+            durable_bytes: 0,
             began_at: applied,
             written: 0,
         })
@@ -80,6 +83,12 @@ impl Checkpoints {
         }
     }
 
+    /// Drops the image under way (the next begin starts the file afresh).
+    fn abandon(&mut self) {
+        self.run = None;
+        self.records = Records::default();
+    }
+
     /// After a snapshot from the leader replaced the state: writes it whole
     /// as a checkpoint and waits until it is durable (the log will start after
     /// it). Any checkpoint under way is abandoned.
@@ -88,14 +97,14 @@ impl Checkpoints {
         rows: &[(Vec<u8>, Vec<u8>)],
         end: CheckpointEnd,
     ) -> Result<(), StorageFailure> {
-        self.run = None;
-        self.records = Records::default();
+        self.abandon();
         self.finishing = None;
         let index = end.index;
-        checkpoint::write_whole(&self.writer, rows, end)
+        let size = checkpoint::write_whole(&self.writer, rows, end)
             .map_err(|e| crate::storage::corrupt("checkpoint", e))?;
         self.durable = index;
         self.durable_rows = rows.len();
+        self.durable_bytes = size;
         self.began_at = index;
         self.written += 1;
         Ok(())
@@ -110,19 +119,17 @@ impl RaftNode {
         self.poll_finished_checkpoint()?;
         let shared = self.shared.clone();
         let applied = shared.applied.read().unwrap_or_else(|e| e.into_inner());
-        let c = &mut self.checkpoints;
-        if c.run.is_none() {
-            let every = c
-                .durable_rows
-                .max(self.tuning.compact_threshold.max(1) as usize) as u64;
-            if c.finishing.is_none() && applied.index.saturating_sub(c.began_at) >= every {
+        if self.checkpoints.run.is_none() {
+            if self.checkpoint_due(applied.index) {
                 debug!(node = %self.me.node, index = applied.index, "checkpoint begun");
+                let c = &mut self.checkpoints;
                 c.writer.begin();
                 c.run = Some((ImageCursor::default(), 0));
                 c.began_at = applied.index;
             }
             return Ok(());
         }
+        let c = &mut self.checkpoints;
         let Some((cursor, rows)) = &mut c.run else {
             return Ok(());
         };
@@ -139,13 +146,19 @@ impl RaftNode {
         }
         let index = applied.index;
         drop(applied);
+        // (raft-rs answers 0 for an index outside its log.)
+        let term = self.raw.raft.raft_log.term(index).ok().filter(|t| *t != 0);
+        // The configuration, peers and commit index this checkpoint goes
+        // with are written without an fsync: they must be durable before it
+        // is, or a power cut could leave it with an older configuration.
+        let synced = self.store.sync_wal();
         let c = &mut self.checkpoints;
-        let Ok(term) = self.raw.raft.raft_log.term(index) else {
-            // Cannot happen (the log is kept after the last checkpoint); were
-            // it to, a checkpoint without its term must not be written.
-            warn!(node = %self.me.node, index, "checkpoint abandoned: no term for its index");
-            c.run = None;
-            c.records = Records::default();
+        let (Some(term), Ok(())) = (term, &synced) else {
+            // No term cannot happen (the log is kept after the last
+            // checkpoint); were it to, a checkpoint without it must not be
+            // written. A failed sync: the next synced write will fail too.
+            warn!(node = %self.me.node, index, error = ?synced.err(), "checkpoint abandoned");
+            c.abandon();
             return Ok(());
         };
         let end = CheckpointEnd {
@@ -157,6 +170,25 @@ impl RaftNode {
         let answer = c.writer.finish(&mut c.records, end);
         c.finishing = Some((index, rows, answer));
         Ok(())
+    }
+
+    /// Whether to begin a checkpoint now, at applied index `applied`.
+    fn checkpoint_due(&self, applied: u64) -> bool {
+        let c = &self.checkpoints;
+        let every = c
+            .durable_rows
+            .max(self.tuning.compact_threshold.max(1) as usize) as u64;
+        // Not while a restart replays configuration changes the stored
+        // configuration already holds: they would not be the state's.
+        let replaying = applied < self.store.conf_index();
+        // Room for a second copy beside the last one, on top of the reserve
+        // kept for RocksDB's writes (`storage/space.rs`).
+        let space = &self.shared.space;
+        let room = space.reserve() == 0
+            || space
+                .free_if_known()
+                .is_none_or(|free| free >= space.reserve() + 2 * c.durable_bytes);
+        c.finishing.is_none() && !replaying && room && applied.saturating_sub(c.began_at) >= every
     }
 
     fn poll_finished_checkpoint(&mut self) -> Result<(), StorageFailure> {
@@ -172,13 +204,14 @@ impl RaftNode {
         let (index, rows) = (*index, *rows);
         c.finishing = None;
         match result {
-            Ok(()) => {
+            Ok(bytes) => {
                 if c.written == 0 {
-                    info!(node = %self.me.node, index, rows, "first checkpoint written");
+                    info!(node = %self.me.node, index, rows, bytes, "first checkpoint written");
                 }
-                debug!(node = %self.me.node, index, rows, "checkpoint durable");
+                debug!(node = %self.me.node, index, rows, bytes, "checkpoint durable");
                 c.durable = index;
                 c.durable_rows = rows;
+                c.durable_bytes = bytes;
                 c.written += 1;
                 if self.store.legacy_rows() {
                     let mut b = self.store.batch();
@@ -188,9 +221,8 @@ impl RaftNode {
             }
             // Not fatal: the state is in memory and the log is kept; the next
             // one is tried after as many entries again.
-            Err(e) => {
-                warn!(node = %self.me.node, index, error = %e, "checkpoint failed; the log is kept until one succeeds")
-            }
+            Err(e) => warn!(node = %self.me.node, index, error = %e,
+                            "checkpoint failed; the log is kept until one succeeds"),
         }
         Ok(())
     }

@@ -399,17 +399,21 @@ impl RaftNode {
         // Replayed after a restart (the entries after the last checkpoint):
         // the stored configuration already holds this change and those
         // after it, and raft-rs started from it.
-        let replayed = e.index <= self.store.conf_index();
+        if e.index <= self.store.conf_index() {
+            // Peers too are stored as of that index.
+            let done = Ok(crate::state::Outcome::Done);
+            return Ok(((ctx.id != 0).then_some((ctx.id, done)), false));
+        }
         let (applied_cc, removed) = match &cc {
             AnyConfChange::V1(cc) => (
-                (!replayed).then(|| self.raw.apply_conf_change(cc)),
+                self.raw.apply_conf_change(cc),
                 (cc.get_change_type() == ConfChangeType::RemoveNode)
                     .then_some(cc.node_id)
                     .into_iter()
                     .collect::<Vec<_>>(),
             ),
             AnyConfChange::V2(cc) => (
-                (!replayed).then(|| self.raw.apply_conf_change(cc)),
+                self.raw.apply_conf_change(cc),
                 cc.get_changes()
                     .iter()
                     .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
@@ -417,7 +421,6 @@ impl RaftNode {
                     .collect(),
             ),
         };
-        let applied_cc = applied_cc.unwrap_or_else(|| Ok(self.store.conf_state()));
         if applied_cc.is_ok() {
             for id in removed {
                 if id != self.me.id && self.peers.remove(&id).is_some() {
@@ -435,9 +438,7 @@ impl RaftNode {
             Ok(cs) => {
                 info!(node = %self.me.node, index = e.index, voters = ?cs.voters,
                       learners = ?cs.learners, "configuration changed");
-                if !replayed {
-                    self.store.set_conf_state(batch, &cs, e.index);
-                }
+                self.store.set_conf_state(batch, &cs, e.index);
                 Ok(crate::state::Outcome::Done)
             }
             Err(err) => {

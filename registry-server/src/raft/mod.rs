@@ -549,6 +549,8 @@ pub struct RaftNodeSetup {
     pub store: RaftStore,
     /// Applied index found on disk.
     pub applied: u64,
+    /// How many rows that state has (the checkpoints' spacing, `checkpoints.rs`).
+    pub rows: usize,
     /// Peer address book found on disk.
     pub peers: BTreeMap<u64, PeerInfo>,
     /// State rebuilt from disk.

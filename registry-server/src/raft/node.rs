@@ -160,9 +160,8 @@ impl RaftNode {
             .store
             .initialized()
             .then(|| Instant::now() + setup.tuning.election_timeout());
-        // The number of rows is learnt at the first checkpoint: until then
-        // one is taken after `compact_threshold` entries.
-        let checkpoints = super::checkpoints::Checkpoints::new(&setup.store, setup.applied, 0)?;
+        let checkpoints =
+            super::checkpoints::Checkpoints::new(&setup.store, setup.applied, setup.rows)?;
         Ok(Self {
             me: setup.me,
             raw,

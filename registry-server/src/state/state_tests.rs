@@ -533,26 +533,27 @@ fn rows_rebuild_the_same_state_and_reaping_keeps_indexes_from_going_back() {
 }
 
 /// The `i`-th write of a churn over every kind of row: instances with checks
-/// registered on a few nodes and removed again, whole nodes removed, KV keys
-/// set and deleted (tombstones).
+/// registered on a few nodes (past 64 on some, where a node's rows move from a
+/// `Vec` to a B-tree) and removed again, whole nodes removed, KV keys set and
+/// deleted (tombstones).
 fn churn(i: u64) -> Command {
-    let node = format!("n{}", i % 11);
+    let node = format!("n{}", i % 3);
     match i % 5 {
         0 | 1 => {
             let mut req = RegisterRequest {
                 node,
                 address: format!("10.0.0.{}", i % 200),
                 service: Some(registry_api::AgentService {
-                    id: format!("s{}", i % 37),
+                    id: format!("s{}", i % 301),
                     service: format!("web{}", i % 3),
                     port: (i % 1000) as u16,
                     ..Default::default()
                 }),
                 checks: vec![HealthCheck {
-                    check_id: format!("c{}", i % 37),
+                    check_id: format!("c{}", i % 301),
                     name: "alive".into(),
                     status: PASSING.into(),
-                    service_id: format!("s{}", i % 37),
+                    service_id: format!("s{}", i % 301),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -562,10 +563,10 @@ fn churn(i: u64) -> Command {
         }
         2 => Command::Deregister(DeregisterRequest {
             node,
-            service_id: format!("s{}", (i * 7) % 37),
+            service_id: format!("s{}", (i * 7) % 301),
             ..Default::default()
         }),
-        3 if i.is_multiple_of(4) => Command::Deregister(DeregisterRequest {
+        3 if i % 97 == 3 => Command::Deregister(DeregisterRequest {
             node,
             ..Default::default()
         }),
@@ -601,9 +602,13 @@ fn an_image_in_steps_with_the_rows_written_between_them_is_the_state_at_its_last
         // Records as the checkpoint file has them, last one wins; a `None`
         // is a deleted row. Writes before the image began are not in it.
         let mut file = BTreeMap::new();
-        for _ in 0..300 {
+        for _ in 0..1_000 {
             apply(&mut state, &mut file);
         }
+        let most = (0..3)
+            .map(|n| state.catalog.services.on_node(&format!("n{n}")).count())
+            .max();
+        assert!(most > Some(64), "a node with many rows: {most:?}");
         file.clear();
         let mut cursor = ImageCursor::default();
         let mut steps = 0;

@@ -103,8 +103,8 @@ enum Msg {
     Begin,
     /// Records of the one begun.
     Data(Vec<u8>),
-    /// Complete it: write `end`, fsync, rename; then answer.
-    Finish(CheckpointEnd, SyncSender<Result<(), String>>),
+    /// Complete it: write `end`, fsync, rename; then answer (its size).
+    Finish(CheckpointEnd, SyncSender<Result<u64, String>>),
 }
 
 /// The thread that writes checkpoints: the Raft thread hands it records in
@@ -112,11 +112,23 @@ enum Msg {
 /// (a checkpoint not finished by then is left as the temporary file, which
 /// the next start removes).
 pub struct CheckpointWriter {
-    tx: SyncSender<Msg>,
+    tx: Option<SyncSender<Msg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The answer to a finished checkpoint: `Ok` once it is durable.
-pub type Finished = Receiver<Result<(), String>>;
+impl Drop for CheckpointWriter {
+    /// Waits for the thread to end, so that no rename of a server stopped in
+    /// this process lands after another started on the same data dir.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The answer to a finished checkpoint: its size in bytes once it is durable.
+pub type Finished = Receiver<Result<u64, String>>;
 
 impl CheckpointWriter {
     /// Starts the writer for checkpoints in `dir`.
@@ -125,21 +137,31 @@ impl CheckpointWriter {
         // the Raft thread waits for it rather than buffering without end.
         let (tx, rx) = mpsc::sync_channel(64);
         let dir = dir.to_path_buf();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || write_loop(&dir, &faults, rx))?;
-        Ok(CheckpointWriter { tx })
+        Ok(CheckpointWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), mpsc::SendError<Msg>> {
+        match &self.tx {
+            Some(tx) => tx.send(msg),
+            None => Err(mpsc::SendError(msg)),
+        }
     }
 
     /// Starts a new checkpoint.
     pub fn begin(&self) {
-        let _ = self.tx.send(Msg::Begin);
+        let _ = self.send(Msg::Begin);
     }
 
     /// Hands over the records assembled so far (none: nothing is sent).
     pub fn write(&self, records: &mut Records) {
         if !records.is_empty() {
-            let _ = self.tx.send(Msg::Data(records.take()));
+            let _ = self.send(Msg::Data(records.take()));
         }
     }
 
@@ -148,7 +170,7 @@ impl CheckpointWriter {
     pub fn finish(&self, records: &mut Records, end: CheckpointEnd) -> Finished {
         self.write(records);
         let (tx, rx) = mpsc::sync_channel(1);
-        if let Err(mpsc::SendError(Msg::Finish(_, tx))) = self.tx.send(Msg::Finish(end, tx)) {
+        if let Err(mpsc::SendError(Msg::Finish(_, tx))) = self.send(Msg::Finish(end, tx)) {
             let _ = tx.send(Err("the checkpoint writer has stopped".into()));
         }
         rx
@@ -168,6 +190,12 @@ fn write_loop(dir: &Path, faults: &DiskFaults, rx: Receiver<Msg>) {
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Begin => {
+                // An abandoned one is dropped unflushed: its buffered bytes
+                // written after the truncation below would land, at their old
+                // offset, in the new file.
+                if let Ok(Some(o)) = std::mem::replace(&mut open, Ok(None)) {
+                    drop(o.file.into_parts());
+                }
                 open = File::create(&tmp)
                     .map(|f| {
                         let mut o = Open {
@@ -214,7 +242,7 @@ fn complete(
     mut o: Open,
     end: &CheckpointEnd,
     faults: &DiskFaults,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let tmp = dir.join(TMP_FILE);
     let io = |what: &str, e: std::io::Error| format!("{what} {}: {e}", tmp.display());
     let end = end_record(end);
@@ -230,20 +258,22 @@ fn complete(
         .map_err(|e| io("write", e.into_error()))?;
     faults.before_sync().map_err(|e| e.to_string())?;
     file.sync_all().map_err(|e| io("fsync", e))?;
+    let size = file.metadata().map_err(|e| io("stat", e))?.len();
     std::fs::rename(&tmp, dir.join(FILE)).map_err(|e| io("rename", e))?;
     // The rename is durable once the directory is.
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("fsync {}: {e}", dir.display()))
+        .map_err(|e| format!("fsync {}: {e}", dir.display()))?;
+    Ok(size)
 }
 
 /// Writes a whole checkpoint of `rows` at `end` from the calling thread
-/// (a snapshot from the leader, which replaces the state at once).
+/// (a snapshot from the leader, which replaces the state at once); its size.
 pub fn write_whole<'a>(
     writer: &CheckpointWriter,
     rows: impl IntoIterator<Item = &'a (Vec<u8>, Vec<u8>)>,
     end: CheckpointEnd,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     writer.begin();
     let mut records = Records::default();
     for (k, v) in rows {
@@ -432,6 +462,23 @@ mod tests {
         write_whole(&w, &[row("x", "1")], end(9)).unwrap();
         let ck = load(dir.path()).unwrap().unwrap();
         assert_eq!((ck.end.index, ck.rows), (9, vec![row("x", "1")]));
+    }
+
+    #[test]
+    fn a_checkpoint_begun_over_an_abandoned_one_holds_only_its_own_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = CheckpointWriter::start(dir.path(), DiskFaults::default()).unwrap();
+        // More than the writer buffers (1 MiB), then abandoned without a finish,
+        // as a snapshot install abandons a checkpoint under way.
+        w.begin();
+        let mut r = Records::default();
+        for i in 0..3_000 {
+            r.put(format!("big{i:05}").as_bytes(), &[7; 1000]);
+        }
+        w.write(&mut r);
+        write_whole(&w, &[row("small", "1")], end(9)).unwrap();
+        let ck = load(dir.path()).unwrap().unwrap();
+        assert_eq!((ck.end.index, ck.rows), (9, vec![row("small", "1")]));
     }
 
     #[test]

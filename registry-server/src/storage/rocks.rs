@@ -305,6 +305,13 @@ impl RaftStore {
             m.last_term = end.term;
             m.conf_state = end.conf_state.clone();
             m.hard_state.term = m.hard_state.term.max(end.term);
+            if m.legacy_rows {
+                // As the install would have: an older binary must not start
+                // from the rows in `store` with the log they need gone.
+                b.delete_range_cf(self.cf(CF_STORE), &[][..], &[0xffu8; 16][..]);
+                b.put_cf(meta_cf, K_APPLIED, IN_CHECKPOINT);
+                m.legacy_rows = false;
+            }
         }
         if !in_log || m.hard_state.commit < end.index {
             m.hard_state.commit = m.hard_state.commit.max(end.index);
@@ -314,6 +321,15 @@ impl RaftStore {
             wo.set_sync(true);
             self.db.write_opt(b, &wo)?;
         }
+        Ok(())
+    }
+
+    /// Makes every write so far durable (RocksDB's WAL fsynced): before a
+    /// checkpoint counts, the configuration, peers and commit index it
+    /// assumes must be on disk too, as they are written without an fsync.
+    pub fn sync_wal(&self) -> Result<(), StorageFailure> {
+        self.faults.before_sync()?;
+        self.db.flush_wal(true)?;
         Ok(())
     }
 
@@ -714,12 +730,15 @@ impl raft::Storage for RaftStore {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         };
-        if applied < request_index {
+        let m = self.mirror();
+        // While a restart replays the entries after its checkpoint, the
+        // stored configuration is ahead of the applied state: not a pair to
+        // send.
+        if applied < request_index || applied < m.conf_index {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let m = self.mirror();
         let term = self.term_of(&m, applied).map_err(storage_err)?;
         let mut snap = Snapshot::default();
         snap.data = data;
