@@ -146,10 +146,11 @@ impl CheckpointWriter {
         })
     }
 
-    fn send(&self, msg: Msg) -> Result<(), mpsc::SendError<Msg>> {
+    /// Sends `msg`; gives it back if the thread has stopped.
+    fn send(&self, msg: Msg) -> Option<Msg> {
         match &self.tx {
-            Some(tx) => tx.send(msg),
-            None => Err(mpsc::SendError(msg)),
+            Some(tx) => tx.send(msg).err().map(|e| e.0),
+            None => Some(msg),
         }
     }
 
@@ -170,7 +171,7 @@ impl CheckpointWriter {
     pub fn finish(&self, records: &mut Records, end: CheckpointEnd) -> Finished {
         self.write(records);
         let (tx, rx) = mpsc::sync_channel(1);
-        if let Err(mpsc::SendError(Msg::Finish(_, tx))) = self.send(Msg::Finish(end, tx)) {
+        if let Some(Msg::Finish(_, tx)) = self.send(Msg::Finish(end, tx)) {
             let _ = tx.send(Err("the checkpoint writer has stopped".into()));
         }
         rx
