@@ -1,8 +1,8 @@
 //! When the Raft thread takes a checkpoint of the applied state
 //! (`storage/checkpoint.rs` has the file): once as many entries applied since
-//! the last as the state has rows (at least [`super::RaftTuning::compact_threshold`]),
-//! so writing them costs about one row per entry whatever the catalog's size,
-//! and a restart replays at most that many. The image is taken a slice
+//! the last as the state has rows (at least [`super::RaftTuning::compact_threshold`],
+//! at most [`MAX_SPACING`]), so writing them costs about one row per entry up
+//! to a million rows, and a restart replays at most that many. The image is taken a slice
 //! at a time between Readies, interleaved with the rows of the entries applied
 //! meanwhile, so no apply waits for the whole catalog; the log is compacted
 //! only up to the newest durable checkpoint (`node.rs`, `maybe_compact`).
@@ -17,6 +17,11 @@ use tracing::{debug, info, warn};
 
 /// Rows of the image written per step: about a millisecond of encoding.
 const STEP_ROWS: usize = 1024;
+/// The most entries between two checkpoints, however large the state: a
+/// restart replays up to this many, and the log keeps up to about twice as
+/// many (a few hundred MB of registrations). Past a million rows a checkpoint
+/// then costs more than a row per entry.
+const MAX_SPACING: u64 = 1 << 20;
 /// Records handed to the writer once this many bytes are assembled.
 const HAND_OVER: usize = 256 << 10;
 
@@ -175,9 +180,9 @@ impl RaftNode {
     /// Whether to begin a checkpoint now, at applied index `applied`.
     fn checkpoint_due(&self, applied: u64) -> bool {
         let c = &self.checkpoints;
-        let every = c
-            .durable_rows
-            .max(self.tuning.compact_threshold.max(1) as usize) as u64;
+        let every = (c.durable_rows as u64)
+            .min(MAX_SPACING)
+            .max(self.tuning.compact_threshold.max(1));
         // Not while a restart replays configuration changes the stored
         // configuration already holds: they would not be the state's.
         let replaying = applied < self.store.conf_index();
