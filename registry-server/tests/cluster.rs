@@ -279,7 +279,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let mut c = TestCluster::builder(3).tuning(tuning).start().await;
     let leader = c.wait_leader().await;
     let lagger = (leader + 1) % 3;
-    let lagger_applied = c.node(lagger).raft.applied_index();
+    let lagger_id = c.status(lagger).id;
     c.stop(lagger).await;
     let mut want = Vec::new();
     for i in 0..60 {
@@ -290,12 +290,8 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
             .unwrap();
         want.push(id);
     }
-    // The leader's log no longer holds what the stopped follower lacks
-    // (compacted behind its newest checkpoint, written in the background).
-    wait_until(Duration::from_secs(10), "the log compacted", || async {
-        (c.status(leader).compacted_to > lagger_applied).then_some(())
-    })
-    .await;
+    // The leader's log no longer holds what the stopped follower lacks.
+    c.wait_compacted_past(leader, lagger_id).await;
     c.restart(lagger).await;
     wait_stale_ids(&c, lagger, "queue", &want).await;
     assert!(

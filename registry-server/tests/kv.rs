@@ -381,16 +381,12 @@ async fn kv_and_sessions_survive_a_full_restart_and_a_snapshot_install() {
     // A follower is stopped, then the leader writes past the compaction
     // threshold: the follower can only catch up by snapshot.
     let lagger = (leader + 1) % 3;
-    let lagger_applied = c.node(lagger).raft.applied_index();
+    let lagger_id = c.status(lagger).id;
     c.stop(lagger).await;
     for i in 0..40 {
         assert!(lc.kv_put(&format!("kept/n{i:02}"), "v", &[]).await.unwrap());
     }
-    // Compacted behind the newest checkpoint, written in the background.
-    wait_until(Duration::from_secs(10), "the log compacted", || async {
-        (c.status(leader).compacted_to > lagger_applied).then_some(())
-    })
-    .await;
+    c.wait_compacted_past(leader, lagger_id).await;
     let (want, want_index) = kv(&lc, "kept/", &[("recurse", "")]).await;
     let (want_sessions, _) = lc
         .session_info(&session, &QueryOptions::default())

@@ -25,21 +25,12 @@ async fn compacting_cluster() -> TestCluster {
 async fn leave_a_follower_behind(c: &mut TestCluster) -> (usize, usize, u64) {
     let leader = c.wait_leader().await;
     let lagger = (leader + 1) % 3;
-    let lagger_applied = c.node(lagger).raft.applied_index();
+    let lagger_id = c.status(lagger).id;
     c.stop(lagger).await;
     register_queue(c, leader).await;
-    wait_compacted_past(c, leader, lagger_applied).await;
+    c.wait_compacted_past(leader, lagger_id).await;
     let applied = c.node(leader).raft.applied_index();
     (leader, lagger, applied)
-}
-
-/// Waits until server `i` has compacted its log past `index` (behind its
-/// newest checkpoint, written in the background).
-async fn wait_compacted_past(c: &TestCluster, i: usize, index: u64) {
-    wait_until(Duration::from_secs(10), "the log compacted", || async {
-        (c.status(i).compacted_to > index).then_some(())
-    })
-    .await;
 }
 
 /// Registers 60 instances of `queue` (nodes `n0`..`n59`) through server `leader`: three
@@ -145,7 +136,12 @@ async fn answered_by_install<T>(
     watched_at: u64,
     watch: tokio::task::JoinHandle<T>,
 ) -> T {
-    wait_compacted_past(c, leader, watched_at).await;
+    c.wait_compacted_past(leader, c.status(lagger).id).await;
+    let compacted_to = c.status(leader).compacted_to;
+    assert!(
+        compacted_to > watched_at,
+        "leader compacted only to {compacted_to}"
+    );
     assert!(!watch.is_finished(), "answered while cut off");
     let last_write = c.node(leader).raft.applied_index();
     // A follower may have installed one already, when the cluster formed.

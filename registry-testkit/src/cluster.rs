@@ -367,6 +367,22 @@ impl TestCluster {
             .await
     }
 
+    /// Waits until leader `leader` has compacted its log past all it knows server `follower`
+    /// (by Raft id) to hold, so that the follower can only catch up by snapshot. Compaction
+    /// follows the leader's checkpoints, written in the background.
+    pub async fn wait_compacted_past(&self, leader: usize, follower: u64) {
+        crate::wait::wait_until(
+            Duration::from_secs(20),
+            &format!("server {leader}'s log compacted past server id {follower}'s"),
+            || async {
+                let st = self.status(leader);
+                let matched = st.progress.get(&follower).map(|p| p.matched);
+                matched.is_some_and(|m| st.compacted_to > m).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Waits until a blocking read on server `i` waits on service `name`'s own wake-ups, so
     /// that a test's next step (a write, a restore, a healed link) happens after it subscribed.
     pub async fn wait_watching(&self, i: usize, name: &str) {
