@@ -537,9 +537,18 @@ mod upstream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_outside_the_domain_go_to_the_recursors() {
-    let udp_sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let up = udp_sock.local_addr().unwrap();
-    let tcp_sock = tokio::net::TcpListener::bind(up).await.unwrap();
+    // One port for UDP and TCP: the kernel's free UDP port may be taken for
+    // TCP by another test's connection, so a few are tried.
+    let mut pair = None;
+    for _ in 0..50 {
+        let udp_sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let up = udp_sock.local_addr().unwrap();
+        if let Ok(tcp_sock) = tokio::net::TcpListener::bind(up).await {
+            pair = Some((udp_sock, up, tcp_sock));
+            break;
+        }
+    }
+    let (udp_sock, up, tcp_sock) = pair.expect("a port free for both UDP and TCP");
     let mut authority = hickory_server::Server::new(upstream::Authority);
     authority.register_socket(udp_sock);
     authority.register_listener(tcp_sock, Duration::from_secs(5), 64);
