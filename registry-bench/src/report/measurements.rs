@@ -410,7 +410,7 @@ pub(super) fn scale_table(sc: &crate::scale::Scale) -> String {
     );
     let _ = writeln!(
         s,
-        "| 14 | follower stopped, {} writes missed (past the log's compaction), restarted: caught up from the leader's snapshot | **{}** (HTTP up after {}) |",
+        "| 14 | follower stopped, {} writes missed, restarted: caught up (from the log, which is kept back to the last checkpoint: up to 2^20 entries at this size) | **{}** (HTTP up after {}) |",
         thousands(sc.recovery.missed_writes),
         ms(sc.recovery.caught_up),
         ms(sc.recovery.http_up)
