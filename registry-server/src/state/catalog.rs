@@ -9,7 +9,7 @@
 //! not do I/O or know Raft (`raft/`) or HTTP (`http/`).
 
 use super::command::Command;
-use super::image::{map_part, Part};
+use super::image::{map_part, table_rows, Part};
 use super::plan::{WritePlan, WritePlanner};
 use super::row_forms::{check_row, node_row, service_row};
 use super::rows::{
@@ -236,8 +236,7 @@ impl CatalogState {
     /// AgentService, `c/<node>\0<check id>` → HealthCheck (JSON in the forms
     /// of `row_forms.rs`), `i/<index name>` → decimal.
     pub fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let parts = (0..IMAGE_PARTS).flat_map(|i| self.image_part(i, None));
-        let mut rows: Vec<_> = parts.filter_map(|(_, row)| row).collect();
+        let mut rows = table_rows(IMAGE_PARTS, |i| self.image_part(i, None));
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
     }

@@ -42,6 +42,18 @@ where
     )
 }
 
+/// Every row of a table's parts `0..parts` (`part(i)` from its start), in
+/// their order: a table's own image.
+pub(super) fn table_rows<'a>(
+    parts: usize,
+    part: impl Fn(usize) -> Part<'a> + 'a,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    (0..parts)
+        .flat_map(part)
+        .filter_map(|(_, row)| row)
+        .collect()
+}
+
 /// A part written whole: `rows` without positions, none after any position.
 pub(super) fn whole_part<'a>(
     after: Option<(&'a str, &'a str)>,

@@ -372,8 +372,7 @@ impl KvTable {
     /// This table's rows, in no particular order (the caller sorts).
     #[cfg(test)]
     pub(super) fn rows(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let parts = (0..IMAGE_PARTS).flat_map(|i| self.image_part(i, None));
-        parts.filter_map(|(_, row)| row).collect()
+        super::image::table_rows(IMAGE_PARTS, |i| self.image_part(i, None))
     }
 
     /// Part `i` of the image after `after` (`image.rs`): entries,
