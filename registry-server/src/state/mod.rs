@@ -17,8 +17,8 @@
 //! the same entry as its cause: a catalog write that deregisters a node or a
 //! check, or turns one critical, invalidates the sessions that depend on it,
 //! and invalidating a session releases or deletes its keys and sets their
-//! lock-delays. Storage (`storage/`) persists the rows; Raft (`raft/`)
-//! decides the order.
+//! lock-delays. Storage (`storage/`) persists the rows (checkpoints); Raft
+//! (`raft/`) decides the order.
 
 pub mod acl;
 pub mod catalog;

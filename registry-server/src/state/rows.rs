@@ -1,4 +1,5 @@
-//! The row-key layout of every table in RocksDB's `store` column family, the
+//! The row-key layout of every table (the rows of checkpoints, snapshots and
+//! snapshot archives; RocksDB's `store` column family before checkpoints), the
 //! small key types the tables share, and the row encoding every table does the
 //! same way (JSON and decimal values, index rows, planned writes as row
 //! writes). Owns how a key is spelled; must not know what a row means (that is
@@ -35,8 +36,8 @@ pub(super) const INDEX_PREFIX: &str = "i/";
 /// Prefix of a per-service-name index name; no table name starts with it.
 pub(super) const SERVICE_INDEX_PREFIX: &str = "service/";
 
-/// One row write produced by apply, persisted by the storage layer in the same
-/// atomic batch as the applied index.
+/// One row write produced by apply: recorded in a checkpoint being written
+/// (`raft/checkpoints.rs`), and read by the Raft thread to wake watchers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RowChange {
     /// Row key (see [`super::CatalogState::rows`] for the layout).

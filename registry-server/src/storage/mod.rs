@@ -1,23 +1,25 @@
-//! RocksDB storage of one server: the Raft log, the Raft metadata and the
-//! applied catalog, in one database with a column family for each.
+//! Storage of one server: the Raft log and its metadata in RocksDB, a column
+//! family for each, and checkpoints of the applied catalog in a file beside them.
 //!
 //! - `logs`:  Raft entries, key = index as 8 big-endian bytes (so they sort).
-//! - `meta`:  hard state, conf state, applied index, the (index, term) of the
-//!   last compaction/snapshot, this server's Raft id and the peer address book.
-//! - `store`: the state machine's rows (every table, `state/rows.rs`)
-//!   produced by [`crate::state::StateStore::apply`].
+//! - `meta`:  hard state, conf state (and the index of the change it is),
+//!   the (index, term) of the last compaction/snapshot, this server's Raft id
+//!   and the peer address book; `applied`, the index of the rows in `store` in
+//!   a data dir from before checkpoints, then a marker that they were retired.
+//! - `store`: the state machine's rows (`state/rows.rs`) in a data dir from
+//!   before checkpoints, loaded until its first checkpoint retires them.
+//! - `catalog.ckpt`: the whole applied state at one index (`checkpoint.rs`).
 //!
-//! Applying entries writes their rows and the new applied index in the same
-//! RocksDB write batch as the entries and hard state of that Ready, so a crash never
-//! leaves rows without their index (or the reverse). The Raft thread writes one
-//! batch per Ready with one fsync, which is what batches many proposals into one
-//! disk sync.
+//! The Raft thread writes one RocksDB batch per Ready with one fsync, which is
+//! what batches many proposals into one disk sync. Applied entries write
+//! nothing: their effects are rebuilt from the last checkpoint and the log
+//! after it, which is kept until a newer checkpoint is durable.
 //!
-//! `rocks.rs` holds [`RaftStore`] (RocksDB, the three column families),
-//! `snapshot.rs` the snapshot image format and `space.rs` the free-space
-//! reserve that refuses writes before the disk fills. Owns durability and the on-disk
-//! format; must not interpret catalog rows (`state/`) or decide anything Raft
-//! decides (`raft/`).
+//! `rocks.rs` holds [`RaftStore`] (RocksDB), `checkpoint.rs` the checkpoint
+//! file and its writer thread, `snapshot.rs` the snapshot image format and
+//! `space.rs` the free-space reserve that refuses writes before the disk
+//! fills. Owns durability and the on-disk format; must not interpret catalog
+//! rows (`state/`) or decide anything Raft decides (`raft/`).
 
 pub mod checkpoint;
 mod rocks;
