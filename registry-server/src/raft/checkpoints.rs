@@ -44,7 +44,7 @@ pub(super) struct Checkpoints {
     /// Applied index when the last checkpoint (durable or not) began.
     began_at: u64,
     /// Checkpoints made durable since start.
-    pub(super) written: u64,
+    written: u64,
 }
 
 impl Checkpoints {
@@ -122,18 +122,21 @@ impl RaftNode {
     /// it was the last), or begins one when enough entries have applied.
     pub(super) fn checkpoint_step(&mut self) -> Result<(), StorageFailure> {
         self.poll_finished_checkpoint()?;
-        let shared = self.shared.clone();
-        let applied = shared.applied.read().unwrap_or_else(|e| e.into_inner());
         if self.checkpoints.run.is_none() {
-            if self.checkpoint_due(applied.index) {
-                debug!(node = %self.me.node, index = applied.index, "checkpoint begun");
+            // Called after every batch of events: raft-rs's applied index (the
+            // state's, once the Readies are handled) spares the state's lock.
+            let index = self.raw.raft.raft_log.applied;
+            if self.checkpoint_due(index) {
+                debug!(node = %self.me.node, index, "checkpoint begun");
                 let c = &mut self.checkpoints;
                 c.writer.begin();
                 c.run = Some((ImageCursor::default(), 0));
-                c.began_at = applied.index;
+                c.began_at = index;
             }
             return Ok(());
         }
+        let shared = self.shared.clone();
+        let applied = shared.applied.read().unwrap_or_else(|e| e.into_inner());
         let c = &mut self.checkpoints;
         let Some((cursor, rows)) = &mut c.run else {
             return Ok(());

@@ -184,6 +184,19 @@ struct Open {
     crc: crc32fast::Hasher,
 }
 
+impl Open {
+    /// Creates (truncates) `path` and writes the header.
+    fn create(path: &Path) -> std::io::Result<Self> {
+        let mut o = Open {
+            file: BufWriter::with_capacity(1 << 20, File::create(path)?),
+            crc: crc32fast::Hasher::new(),
+        };
+        o.crc.update(MAGIC);
+        o.file.write_all(MAGIC)?;
+        Ok(o)
+    }
+}
+
 fn write_loop(dir: &Path, faults: &DiskFaults, rx: Receiver<Msg>) {
     let tmp = dir.join(TMP_FILE);
     // `Err`: the current checkpoint failed (why); its later records are dropped.
@@ -197,21 +210,8 @@ fn write_loop(dir: &Path, faults: &DiskFaults, rx: Receiver<Msg>) {
                 if let Ok(Some(o)) = std::mem::replace(&mut open, Ok(None)) {
                     drop(o.file.into_parts());
                 }
-                open = File::create(&tmp)
-                    .map(|f| {
-                        let mut o = Open {
-                            file: BufWriter::with_capacity(1 << 20, f),
-                            crc: crc32fast::Hasher::new(),
-                        };
-                        o.crc.update(MAGIC);
-                        Some(o)
-                    })
-                    .and_then(|mut o| {
-                        if let Some(o) = &mut o {
-                            o.file.write_all(MAGIC)?;
-                        }
-                        Ok(o)
-                    })
+                open = Open::create(&tmp)
+                    .map(Some)
                     .map_err(|e| format!("create {}: {e}", tmp.display()));
             }
             Msg::Data(bytes) => {
