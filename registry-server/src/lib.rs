@@ -693,6 +693,7 @@ fn raft_stats(
         // Consul's (hashicorp/raft's) snapshot is the state written to disk
         // with the log kept after it: here, the newest checkpoint.
         ("last_snapshot_index", s.checkpointed_to.to_string()),
+        ("checkpoint_failures", s.checkpoint_failures.to_string()),
         ("num_peers", s.voters.len().saturating_sub(1).to_string()),
         ("last_contact", last_contact),
     ]

@@ -36,6 +36,11 @@ pub struct RaftMetrics {
     pub snapshot_create: Arc<Timer>,
     /// `consul.raft.fsm.restore`: installing a snapshot from the leader.
     pub fsm_restore: Arc<Timer>,
+    /// `consul.raft.snapshot.persist`: a checkpoint of the applied state, from
+    /// its beginning to its being durable.
+    pub snapshot_persist: Arc<Timer>,
+    /// Checkpoints that failed (the log is kept until one succeeds).
+    pub checkpoint_failures: Arc<Counter>,
 }
 
 impl RaftMetrics {
@@ -76,6 +81,14 @@ impl RaftMetrics {
             fsm_restore: m.timer(
                 "consul.raft.fsm.restore",
                 "Time to install a snapshot received from the leader (ms)",
+            ),
+            snapshot_persist: m.timer(
+                "consul.raft.snapshot.persist",
+                "Time to write a checkpoint of the applied state until it is durable (ms)",
+            ),
+            checkpoint_failures: m.counter(
+                "registry.raft.checkpoint_failures",
+                "Checkpoints of the applied state that failed; the log is kept until one succeeds",
             ),
         }
     }

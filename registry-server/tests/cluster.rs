@@ -375,14 +375,11 @@ async fn servers_over_tcp_form_a_cluster_whatever_the_start_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_server_joins_as_learner_is_promoted_and_can_be_removed() {
-    let c = TestCluster::start(3).await;
-    let leader = c.wait_leader().await;
-    c.client(leader)
-        .catalog_register(&reg("n1", "web", "web-1"), None)
-        .await
-        .unwrap();
+/// Starts a fourth server, `s4`, that joins `c` and waits until `leader` has made it a voter.
+async fn join_fourth(
+    c: &TestCluster,
+    leader: usize,
+) -> (registry_server::ServerHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = c.config(0);
     cfg.node = "s4".into();
@@ -396,6 +393,19 @@ async fn a_new_server_joins_as_learner_is_promoted_and_can_be_removed() {
         (s.voters.contains(&s4_id) && !s.learners.contains(&s4_id)).then_some(())
     })
     .await;
+    (s4, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_joins_as_learner_is_promoted_and_can_be_removed() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    c.client(leader)
+        .catalog_register(&reg("n1", "web", "web-1"), None)
+        .await
+        .unwrap();
+    let (s4, _dir) = join_fourth(&c, leader).await;
+    let s4_id = s4.id;
     let s4_client = RegistryClient::new(s4.url());
     let got = service_ids(&s4_client, "web", &stale()).await;
     assert_eq!(
@@ -478,5 +488,75 @@ async fn concurrent_writes_share_fsyncs() {
         .await
         .unwrap();
     assert_eq!(list.len(), 200);
+    c.shutdown().await;
+}
+
+/// The log after the last checkpoint is replayed at a start, and with it the
+/// configuration changes the stored configuration already holds: they must
+/// not be applied again (a server added and then removed would come back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_restarted_right_after_membership_changes_keep_the_last_configuration() {
+    let mut c = TestCluster::builder(3).agents(false).start().await;
+    let leader = c.wait_leader().await;
+    let ids: Vec<u64> = (0..3).map(|i| c.status(i).id).collect();
+    let before_changes = c.node(leader).raft.applied_index();
+    let (s4, _dir) = join_fourth(&c, leader).await;
+    let s4_id = s4.id;
+    c.client(leader)
+        .catalog_register(&reg("n1", "web", "web-1"), None)
+        .await
+        .unwrap();
+    s4.stop().await;
+    let resp = registry_api::tls::plain_client()
+        .delete(format!(
+            "{}/v1/operator/raft/peer?id={s4_id:x}",
+            c.node(leader).url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    c.client(leader)
+        .catalog_register(&reg("n2", "web", "web-2"), None)
+        .await
+        .unwrap();
+    let last = c.node(leader).raft.applied_index();
+    // No checkpoint since the start (the default spacing is 8,192 entries):
+    // each restart replays the additions and the removal.
+    for i in 0..3 {
+        assert!(c.status(i).checkpointed_to <= before_changes);
+    }
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+    for i in 0..3 {
+        c.restart(i).await;
+    }
+    let leader = c.wait_leader().await;
+    for i in 0..3 {
+        wait_until(Duration::from_secs(20), "the log replayed", || async {
+            (c.node(i).raft.applied_index() >= last).then_some(())
+        })
+        .await;
+        let st = c.status(i);
+        let mut voters = st.voters.clone();
+        voters.sort_unstable();
+        let mut want = ids.clone();
+        want.sort_unstable();
+        assert_eq!(voters, want, "s{i}'s voters");
+        assert!(st.learners.is_empty(), "s{i}'s learners: {:?}", st.learners);
+        assert!(!st.peers.contains_key(&s4_id), "s{i} still greets s4");
+    }
+    assert_eq!(c.client(leader).status_peers().await.unwrap().len(), 3);
+    // The three are a quorum of three (not of four): a write commits.
+    c.client(leader)
+        .catalog_register(&reg("n3", "web", "web-3"), None)
+        .await
+        .unwrap();
+    let got = service_ids(&c.client(leader), "web", &stale()).await;
+    assert_eq!(
+        got,
+        Some(vec!["web-1".into(), "web-2".into(), "web-3".into()])
+    );
     c.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! `GET /v1/agent/metrics` on servers: the Prometheus text parses with a real parser and
 //! names Consul's metrics, its counters move when requests are made, the blocking-query
 //! gauge follows a waiting query, each server of a cluster in one process counts its own,
-//! and the JSON has Consul's shape.
+//! the JSON has Consul's shape, and a checkpoint that fails is counted (metric and
+//! `/v1/agent/self`) while the log is kept until one succeeds.
 
 use prometheus_parse::{Scrape, Value};
 use registry_testkit::cluster::*;
@@ -212,5 +213,57 @@ async fn the_json_has_consuls_shape() {
         .find(|s| s["Name"] == "consul.api.http" && s["Labels"]["path"] == "v1_kv_")
         .expect("consul.api.http for the KV write");
     assert_eq!(http_sample["Labels"]["method"], "PUT");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_checkpoint_is_counted_and_the_log_kept_until_one_succeeds() {
+    let mut tuning = fast_tuning();
+    tuning.compact_threshold = 20;
+    tuning.compact_keep = 0;
+    let c = TestCluster::builder(1).tuning(tuning).start().await;
+    let leader = c.wait_leader().await;
+    let base = c.node(leader).url();
+    let client = c.client(leader);
+    // A directory where the checkpoint's temporary file goes: creating it fails.
+    let blocker = c.config(leader).data_dir.unwrap().join("catalog.ckpt.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let st = c.status(leader);
+    let (before, compacted) = (st.checkpointed_to, st.compacted_to);
+    let failures = |s: &Scrape| value(s, "registry_raft_checkpoint_failures_total", &[]);
+    assert_eq!(failures(&scrape(&base).await), Some(0.0));
+    for i in 0..50 {
+        assert!(client.kv_put(&format!("k{i}"), "v", &[]).await.unwrap());
+    }
+    wait_until(WAIT, "a checkpoint failed", || async {
+        (c.status(leader).checkpoint_failures > 0).then_some(())
+    })
+    .await;
+    let st = c.status(leader);
+    assert_eq!(st.checkpointed_to, before, "no checkpoint became durable");
+    assert_eq!(st.compacted_to, compacted, "the log is kept");
+    assert!(failures(&scrape(&base).await).unwrap() >= 1.0);
+    let me: serde_json::Value = http()
+        .get(format!("{base}/v1/agent/self"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown = me["Stats"]["raft"]["checkpoint_failures"].as_str().unwrap();
+    assert_ne!(shown, "0", "{}", me["Stats"]);
+    // Freed: the next checkpoint succeeds, and the log is compacted behind it.
+    std::fs::remove_dir(&blocker).unwrap();
+    for i in 50..100 {
+        assert!(client.kv_put(&format!("k{i}"), "v", &[]).await.unwrap());
+    }
+    wait_until(WAIT, "a checkpoint after the failures", || async {
+        let st = c.status(leader);
+        (st.checkpointed_to > before && st.compacted_to > compacted).then_some(())
+    })
+    .await;
+    let s = scrape(&base).await;
+    assert!(value(&s, "consul_raft_snapshot_persist_count", &[]).unwrap() >= 1.0);
     c.shutdown().await;
 }

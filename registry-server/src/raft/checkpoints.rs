@@ -13,6 +13,7 @@ use crate::state::{ImageCursor, RowChange};
 use crate::storage::checkpoint::{self, CheckpointEnd, CheckpointWriter, Finished, Records};
 use crate::storage::{RaftStore, StorageFailure};
 use std::sync::mpsc::TryRecvError;
+use std::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Rows of the image written per step: about a millisecond of encoding.
@@ -43,8 +44,13 @@ pub(super) struct Checkpoints {
     durable_bytes: u64,
     /// Applied index when the last checkpoint (durable or not) began.
     began_at: u64,
+    /// And when.
+    began: Instant,
     /// Checkpoints made durable since start.
     written: u64,
+    /// Checkpoints that failed since start (abandoned for a failed WAL sync,
+    /// or the writer's I/O failed): while the last one failed, the log grows.
+    pub(super) failed: u64,
 }
 
 impl Checkpoints {
@@ -65,7 +71,9 @@ impl Checkpoints {
             durable_rows: rows,
             durable_bytes: 0,
             began_at: applied,
+            began: Instant::now(),
             written: 0,
+            failed: 0,
         })
     }
 
@@ -132,6 +140,7 @@ impl RaftNode {
                 c.writer.begin();
                 c.run = Some((ImageCursor::default(), 0));
                 c.began_at = index;
+                c.began = Instant::now();
             }
             return Ok(());
         }
@@ -167,6 +176,8 @@ impl RaftNode {
             // written. A failed sync: the next synced write will fail too.
             warn!(node = %self.me.node, index, error = ?synced.err(), "checkpoint abandoned");
             c.abandon();
+            c.failed += 1;
+            self.shared.metrics.checkpoint_failures.inc();
             return Ok(());
         };
         let end = CheckpointEnd {
@@ -221,6 +232,7 @@ impl RaftNode {
                 c.durable_rows = rows;
                 c.durable_bytes = bytes;
                 c.written += 1;
+                self.shared.metrics.snapshot_persist.since(c.began);
                 if self.store.legacy_rows() {
                     let mut b = self.store.batch();
                     self.store.retire_legacy_rows(&mut b);
@@ -229,8 +241,12 @@ impl RaftNode {
             }
             // Not fatal: the state is in memory and the log is kept; the next
             // one is tried after as many entries again.
-            Err(e) => warn!(node = %self.me.node, index, error = %e,
-                            "checkpoint failed; the log is kept until one succeeds"),
+            Err(e) => {
+                warn!(node = %self.me.node, index, error = %e,
+                      "checkpoint failed; the log is kept until one succeeds");
+                c.failed += 1;
+                self.shared.metrics.checkpoint_failures.inc();
+            }
         }
         Ok(())
     }

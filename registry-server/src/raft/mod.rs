@@ -152,6 +152,9 @@ pub struct RaftStatus {
     /// Index of the newest durable checkpoint of the applied state (or of
     /// the rows a data dir from before checkpoints holds).
     pub checkpointed_to: u64,
+    /// Checkpoints that failed since start (see the log for why): while they
+    /// fail, the log is not compacted.
+    pub checkpoint_failures: u64,
     /// Snapshots installed from a leader since start.
     pub snapshots_installed: u64,
     /// Snapshots sent to followers since start (each one a full image of the

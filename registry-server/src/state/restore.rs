@@ -220,6 +220,60 @@ mod tests {
         assert_eq!(rebuilt, s);
     }
 
+    /// A state with `n` nodes, each with a service, and `n` keys, the keys' values `v`.
+    fn populated(n: usize, v: &str) -> StateStore {
+        let mut s = StateStore::new("dc1");
+        for i in 0..n {
+            let index = 2 * i as u64 + 1;
+            s.apply(
+                index,
+                1_000,
+                &register(&format!("n{i}"), &format!("s{}", i % 7)),
+            )
+            .0
+            .unwrap();
+            s.apply(index + 1, 1_000, &kv_set(&format!("k{i}"), v))
+                .0
+                .unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_checkpoint_taken_across_a_restore_holds_the_restored_state() {
+        // An archive with fewer rows than the state, and one with more: the
+        // image's rows from before the restore must be deleted or replaced.
+        for archived in [populated(20, "old"), populated(300, "new")] {
+            let mut s = populated(100, "now");
+            let archive = archive_of(&archived);
+            // The checkpoint file's records, last one wins (`None`: deleted).
+            let mut file = std::collections::BTreeMap::new();
+            let mut cursor = crate::state::ImageCursor::default();
+            let mut steps = 0;
+            while !s.image_step(&mut cursor, 7, &mut |k, v| {
+                file.insert(k, Some(v));
+            }) {
+                steps += 1;
+                if steps == 10 {
+                    // Mid-image, as the Raft thread records an applied entry's rows.
+                    let (result, rows) = s.apply(10_000, 9_000, &restore(archive.clone()));
+                    result.unwrap();
+                    for r in rows {
+                        file.insert(r.key, r.value);
+                    }
+                }
+            }
+            assert!(steps > 10, "the restore came before the image's end");
+            let image: Vec<_> = (file.into_iter())
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            assert_eq!(image, s.rows());
+            let rebuilt = StateStore::from_rows("dc1", image).unwrap();
+            assert_eq!(rebuilt, s);
+            assert_eq!(s.kv.len(), archived.kv.len(), "the archive's keys, no more");
+        }
+    }
+
     #[test]
     fn an_archive_from_further_ahead_is_brought_down_to_the_restore_index() {
         let mut ahead = StateStore::new("dc1");
