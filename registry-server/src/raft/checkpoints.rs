@@ -9,7 +9,7 @@
 //! Must not touch the log or decide anything else Raft decides.
 
 use super::node::RaftNode;
-use crate::state::{ImageCursor, RowChange};
+use crate::state::{ImageCursor, RowChange, Rows};
 use crate::storage::checkpoint::{self, CheckpointEnd, CheckpointWriter, Finished, Records};
 use crate::storage::{RaftStore, StorageFailure};
 use std::sync::mpsc::TryRecvError;
@@ -93,6 +93,17 @@ impl Checkpoints {
                 Some(v) => self.records.put(&r.key, v),
                 None => self.records.delete(&r.key),
             }
+        }
+    }
+
+    /// The rows the next applied entries must return: all of them while an
+    /// image is being written ([`Self::record`]), else only those that wake
+    /// watchers.
+    pub(super) fn rows_wanted(&self) -> Rows {
+        if self.run.is_some() {
+            Rows::All
+        } else {
+            Rows::Wakeups
         }
     }
 

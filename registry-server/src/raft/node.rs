@@ -735,7 +735,9 @@ impl RaftNode {
                         if leading {
                             self.shared.metrics.apply.inc();
                         }
-                        let (result, rows) = applied.state.apply(e.index, env.at, &env.cmd);
+                        let wanted = self.checkpoints.rows_wanted();
+                        let (result, rows) =
+                            applied.state.apply_for(e.index, env.at, &env.cmd, wanted);
                         if matches!(env.cmd, Command::Restore(_)) {
                             self.state_replaced = true;
                         }

@@ -13,8 +13,8 @@ use super::image::{map_part, table_rows, Part};
 use super::plan::{WritePlan, WritePlanner};
 use super::row_forms::{check_row, node_row, service_row};
 use super::rows::{
-    decimal, from_json, index_key, node_key, pair_key, split_pair, NodeKey, RowChange, CHECKS,
-    INDEX_PREFIX, NODES, SERVICES, SERVICE_INDEX_PREFIX,
+    decimal, from_json, index_key, node_key, pair_key, split_pair, NodeKey, RowChange, Rows,
+    CHECKS, INDEX_PREFIX, NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use super::stored::{is_serf_passing, owned, StoredCheck, StoredService};
 use super::table::{NodeTable, SmallMap};
@@ -165,7 +165,7 @@ impl CatalogState {
         let mut plan = WritePlanner::new(self, index);
         let planned = self.plan_command(&mut plan, cmd).map(|()| plan.pending);
         // Everything fallible (checks, encoding) happens before `commit`.
-        match planned.and_then(WritePlan::encode) {
+        match planned.and_then(|p| p.encode(Rows::All)) {
             Ok((pending, rows)) => {
                 self.commit(pending);
                 (Ok(()), rows)

@@ -42,7 +42,7 @@ pub use command::Command;
 pub use events::EventTable;
 pub use image::ImageCursor;
 pub use kv::KvTable;
-pub use rows::RowChange;
+pub use rows::{RowChange, Rows};
 pub use session::SessionTable;
 
 use plan::WritePlanner;
@@ -104,6 +104,21 @@ impl StateStore {
         at: u64,
         cmd: &Command,
     ) -> (Result<Outcome, String>, Vec<RowChange>) {
+        self.apply_for(index, at, cmd, Rows::All)
+    }
+
+    /// [`Self::apply`], with the rows `wanted`: with [`Rows::Wakeups`], the
+    /// catalog's node, instance and check rows are left out (the Raft thread
+    /// needs them only while a checkpoint is being written). The outcome is
+    /// the same either way: the catalog's row forms cannot fail to encode
+    /// (strings, numbers and string-keyed maps only).
+    pub fn apply_for(
+        &mut self,
+        index: u64,
+        at: u64,
+        cmd: &Command,
+        wanted: Rows,
+    ) -> (Result<Outcome, String>, Vec<RowChange>) {
         if let Command::Restore(req) = cmd {
             // Replaces every table at once (`restore.rs`), never planned with other writes.
             return match self.apply_restore(index, at, req) {
@@ -121,7 +136,7 @@ impl StateStore {
             return (Ok(outcome), Vec::new());
         }
         // Everything fallible (checks, encoding) happens before the commit.
-        match scratch.encode() {
+        match scratch.encode(wanted) {
             Ok((plans, rows)) => {
                 self.commit(plans);
                 (Ok(outcome), rows)
@@ -411,9 +426,9 @@ impl<'a> Scratch<'a> {
         }
     }
 
-    /// Encodes every table's planned writes as rows.
-    fn encode(self) -> Result<(Plans, Vec<RowChange>), String> {
-        let (catalog, mut rows) = self.catalog.pending.encode()?;
+    /// Encodes every table's planned writes as rows (the catalog's as `wanted`).
+    fn encode(self, wanted: Rows) -> Result<(Plans, Vec<RowChange>), String> {
+        let (catalog, mut rows) = self.catalog.pending.encode(wanted)?;
         self.kv.plan.encode(&mut rows)?;
         self.sessions.plan.encode(&mut rows)?;
         self.acl_plan.encode(self.acl, &mut rows)?;

@@ -10,8 +10,8 @@
 use super::catalog::CatalogState;
 use super::row_forms::{check_row, node_row, service_row};
 use super::rows::{
-    index_key, key_of, node_key, node_range, pair_key, put_rows_as, NodeKey, RowChange, CHECKS,
-    NODES, SERVICES, SERVICE_INDEX_PREFIX,
+    index_key, key_of, node_key, node_range, pair_key, put_rows_as, NodeKey, RowChange, Rows,
+    CHECKS, NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use compact_str::CompactString as Str;
 use registry_api::{AgentService, HealthCheck, Node};
@@ -33,15 +33,18 @@ pub(super) struct WritePlan {
 }
 
 impl WritePlan {
-    /// The rows for these writes, one per key.
-    pub(super) fn encode(self) -> Result<(WritePlan, Vec<RowChange>), String> {
+    /// The rows for these writes, one per key; with [`Rows::Wakeups`], only
+    /// the moved indexes' rows.
+    pub(super) fn encode(self, wanted: Rows) -> Result<(WritePlan, Vec<RowChange>), String> {
         let mut rows = Vec::new();
         let (nodes, services, checks) = (&self.nodes, &self.services, &self.checks);
-        put_rows_as(&mut rows, "catalog", nodes, |n| node_key(n), node_row)?;
-        let service_key = |(n, id): &NodeKey| pair_key(b"s/", n, id);
-        put_rows_as(&mut rows, "catalog", services, service_key, service_row)?;
-        let check_key = |(n, id): &NodeKey| pair_key(b"c/", n, id);
-        put_rows_as(&mut rows, "catalog", checks, check_key, check_row)?;
+        if wanted == Rows::All {
+            put_rows_as(&mut rows, "catalog", nodes, |n| node_key(n), node_row)?;
+            let service_key = |(n, id): &NodeKey| pair_key(b"s/", n, id);
+            put_rows_as(&mut rows, "catalog", services, service_key, service_row)?;
+            let check_key = |(n, id): &NodeKey| pair_key(b"c/", n, id);
+            put_rows_as(&mut rows, "catalog", checks, check_key, check_row)?;
+        }
         for name in &self.bumped {
             let value = Some(self.index.to_string().into_bytes());
             rows.push(RowChange {

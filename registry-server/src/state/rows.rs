@@ -46,6 +46,18 @@ pub struct RowChange {
     pub value: Option<Vec<u8>>,
 }
 
+/// Which rows an apply returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// Every row it changes: what a checkpoint being written records.
+    All,
+    /// All but the catalog's node, instance and check rows: the rows that
+    /// wake watchers (indexes, KV keys), which is all the Raft thread reads
+    /// while no checkpoint is being written. Encoding the catalog's rows
+    /// would be a tenth of its work per registration.
+    Wakeups,
+}
+
 impl RowChange {
     /// The service name whose blocking-query index this row moves (its
     /// `i/service/<name>` row). Every write a reader of one service can see
