@@ -15,13 +15,15 @@
 //! nothing: their effects are rebuilt from the last checkpoint and the log
 //! after it, which is kept until a newer checkpoint is durable.
 //!
-//! `rocks.rs` holds [`RaftStore`] (RocksDB), `checkpoint.rs` the checkpoint
+//! `rocks.rs` holds [`RaftStore`] (RocksDB), `entry_cache.rs` the newest log
+//! entries in memory (what raft-rs reads back), `checkpoint.rs` the checkpoint
 //! file and its writer thread, `snapshot.rs` the snapshot image format and
 //! `space.rs` the free-space reserve that refuses writes before the disk
 //! fills. Owns durability and the on-disk format; must not interpret catalog
 //! rows (`state/`) or decide anything Raft decides (`raft/`).
 
 pub mod checkpoint;
+mod entry_cache;
 mod rocks;
 mod snapshot;
 pub mod space;

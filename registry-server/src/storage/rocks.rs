@@ -4,6 +4,7 @@
 //! writes come from the Raft thread.
 
 use super::checkpoint::{self, CheckpointEnd};
+use super::entry_cache::{CacheOp, EntryCache};
 use super::{corrupt, DiskFaults, SnapshotImage, StorageFailure};
 use crate::rpc::PeerInfo;
 use protobuf::Message as _;
@@ -14,7 +15,7 @@ use rocksdb::{
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
@@ -80,6 +81,8 @@ pub struct RaftStore {
     dir: PathBuf,
     faults: DiskFaults,
     mirror: Arc<RwLock<Mirror>>,
+    /// The newest log entries, as written (`entry_cache.rs`).
+    cache: Arc<Mutex<EntryCache>>,
     /// Provides the state-machine image for [`raft::Storage::snapshot`]; set by
     /// the Raft node, which owns the catalog.
     snapshot_source: Arc<RwLock<Option<SnapshotSource>>>,
@@ -160,6 +163,7 @@ impl RaftStore {
             dir: dir.to_path_buf(),
             faults,
             mirror: Arc::new(RwLock::new(Mirror::default())),
+            cache: Arc::default(),
             snapshot_source: Arc::new(RwLock::new(None)),
         };
         let recovered = store.load()?;
@@ -394,6 +398,7 @@ impl RaftStore {
         StoreBatch {
             batch: WriteBatch::default(),
             mirror: self.mirror(),
+            cache_ops: Vec::new(),
             dirty: false,
         }
     }
@@ -410,6 +415,12 @@ impl RaftStore {
         }
         self.db.write_opt(b.batch, &wo)?;
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = b.mirror;
+        if !b.cache_ops.is_empty() {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for op in b.cache_ops {
+                cache.apply(op);
+            }
+        }
         Ok(())
     }
 
@@ -447,6 +458,7 @@ impl RaftStore {
             let bytes = e.write_to_bytes().map_err(|e| corrupt("entry encode", e))?;
             b.batch.put_cf(logs, u64_key(e.index), bytes);
         }
+        b.cache_ops.push(CacheOp::Append(entries.to_vec()));
         m.last_index = last.index;
         m.last_term = last.term;
         b.dirty = true;
@@ -524,6 +536,7 @@ impl RaftStore {
         }
         let logs = self.cf(CF_LOGS);
         b.batch.delete_range_cf(logs, u64_key(0), u64_key(u64::MAX));
+        b.cache_ops.push(CacheOp::Clear);
         self.retire_legacy_rows(b);
         let m = &mut b.mirror;
         let meta_cf = self.cf(CF_META);
@@ -579,6 +592,7 @@ impl RaftStore {
         let logs = self.cf(CF_LOGS);
         b.batch
             .delete_range_cf(logs, u64_key(0), u64_key(index + 1));
+        b.cache_ops.push(CacheOp::CompactTo(index));
         let meta_cf = self.cf(CF_META);
         b.batch.put_cf(meta_cf, K_SNAP_INDEX, u64_key(index));
         b.batch.put_cf(meta_cf, K_SNAP_TERM, u64_key(term));
@@ -586,6 +600,39 @@ impl RaftStore {
         b.mirror.snapshot_term = term;
         b.dirty = true;
         Ok(())
+    }
+
+    /// The entries in `[low, high)` from RocksDB (what the entry cache does
+    /// not hold), cut by `max_size` as [`raft::Storage::entries`] is.
+    fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let iter = self.db.iterator_cf(
+            self.cf(CF_LOGS),
+            IteratorMode::From(&u64_key(low), Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| storage_err(e.into()))?;
+            let idx = read_u64(&k, "log key").map_err(storage_err)?;
+            if idx >= high {
+                break;
+            }
+            let e =
+                Entry::parse_from_bytes(&v).map_err(|e| storage_err(corrupt("log entry", e)))?;
+            if e.index != low + out.len() as u64 {
+                return Err(storage_err(corrupt("log", format!("hole before {idx}"))));
+            }
+            size += u64::from(protobuf::Message::compute_size(&e));
+            // Always return at least one entry, as raft-rs requires.
+            if !out.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() && low < high {
+            return Err(storage_err(corrupt("log", format!("entry {low} missing"))));
+        }
+        Ok(out)
     }
 
     fn read_entry(&self, index: u64) -> Result<Option<Entry>, StorageFailure> {
@@ -633,6 +680,8 @@ pub struct StoreBatch {
     batch: WriteBatch,
     /// The in-memory mirror as it will be once the batch is written.
     mirror: Mirror,
+    /// The changes to the log, for the entry cache once the batch is written.
+    cache_ops: Vec<CacheOp>,
     dirty: bool,
 }
 
@@ -661,34 +710,12 @@ impl raft::Storage for RaftStore {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into();
-        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
-        let mut size = 0u64;
-        let iter = self.db.iterator_cf(
-            self.cf(CF_LOGS),
-            IteratorMode::From(&u64_key(low), Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item.map_err(|e| storage_err(e.into()))?;
-            let idx = read_u64(&k, "log key").map_err(storage_err)?;
-            if idx >= high {
-                break;
-            }
-            let e =
-                Entry::parse_from_bytes(&v).map_err(|e| storage_err(corrupt("log entry", e)))?;
-            if e.index != low + out.len() as u64 {
-                return Err(storage_err(corrupt("log", format!("hole before {idx}"))));
-            }
-            size += u64::from(protobuf::Message::compute_size(&e));
-            // Always return at least one entry, as raft-rs requires.
-            if !out.is_empty() && max_size.is_some_and(|max| size > max) {
-                break;
-            }
-            out.push(e);
+        let cached =
+            (self.cache.lock().unwrap_or_else(|e| e.into_inner())).get(low, high, max_size);
+        match cached {
+            Some(entries) => Ok(entries),
+            None => self.read_entries(low, high, max_size),
         }
-        if out.is_empty() && low < high {
-            return Err(storage_err(corrupt("log", format!("entry {low} missing"))));
-        }
-        Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -705,6 +732,9 @@ impl raft::Storage for RaftStore {
         }
         if idx == last_index {
             return Ok(last_term);
+        }
+        if let Some(term) = (self.cache.lock().unwrap_or_else(|e| e.into_inner())).term(idx) {
+            return Ok(term);
         }
         match self.read_entry(idx) {
             Ok(Some(e)) => Ok(e.term),

@@ -56,6 +56,70 @@ fn log_survives_reopen_and_conflicts_are_truncated() {
 }
 
 #[test]
+fn the_entry_cache_answers_as_rocksdb_after_appends_overwrites_compactions_and_installs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
+    let mut seed = 7u64;
+    let mut rand = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let (mut term, mut served) = (1, 0);
+    for round in 0..400 {
+        let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
+        let mut b = s.batch();
+        match rand(10) {
+            // A new leader overwrites part of the tail.
+            0 if last >= first => {
+                term += 1;
+                let from = first + rand(last - first + 1);
+                let es: Vec<_> = (from..from + 1 + rand(20))
+                    .map(|i| entry(i, term))
+                    .collect();
+                s.append(&mut b, &es).unwrap();
+            }
+            1 if last > first => s.compact(&mut b, first + rand(last - first)).unwrap(),
+            2 if round % 50 == 2 => s
+                .install_snapshot(&mut b, &snapshot(last + 5, term))
+                .unwrap(),
+            _ => {
+                // Now and then an entry big enough to shed the oldest.
+                let mut es: Vec<_> = (last + 1..last + 1 + rand(40))
+                    .map(|i| entry(i, term))
+                    .collect();
+                if let Some(e) = es.last_mut().filter(|_| rand(8) == 0) {
+                    e.data = vec![1u8; 700 << 10].into();
+                }
+                s.append(&mut b, &es).unwrap();
+            }
+        }
+        s.commit(b, false).unwrap();
+        let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
+        let ctx = || GetEntriesContext::empty(false);
+        for _ in 0..20 {
+            if last < first {
+                break;
+            }
+            let low = first + rand(last - first + 1);
+            let high = low + 1 + rand(last - low + 1);
+            let max = [None, Some(1), Some(rand(4_000))][rand(3) as usize];
+            let want = s.read_entries(low, high, max).unwrap();
+            assert_eq!(
+                s.entries(low, high, max, ctx()).unwrap(),
+                want,
+                "[{low}, {high}) {max:?}"
+            );
+            served += usize::from(s.cache.lock().unwrap().get(low, high, max).is_some());
+            let i = low + rand(high - low);
+            assert_eq!(s.term(i).unwrap(), s.read_entry(i).unwrap().unwrap().term);
+        }
+    }
+    assert!(served > 1_000, "the cache answered {served} reads");
+}
+
+#[test]
 fn compaction_keeps_the_boundary_term() {
     let dir = tempfile::tempdir().unwrap();
     let (s, _) = RaftStore::open(dir.path(), DiskFaults::default()).unwrap();
