@@ -548,7 +548,13 @@ async fn servers_restarted_right_after_membership_changes_keep_the_last_configur
         assert!(!st.peers.contains_key(&s4_id), "s{i} still greets s4");
     }
     assert_eq!(c.client(leader).status_peers().await.unwrap().len(), 3);
-    // The three are a quorum of three (not of four): a write commits.
+    // The three are a cluster of three (not of four, where two could not
+    // commit): with one of them stopped, a write still commits.
+    let gone = (leader + 1) % 3;
+    c.stop(gone).await;
+    let leader = c
+        .wait_leader_among(&[leader, (leader + 2) % 3], Duration::from_secs(20))
+        .await;
     c.client(leader)
         .catalog_register(&reg("n3", "web", "web-3"), None)
         .await

@@ -225,11 +225,12 @@ async fn a_failed_checkpoint_is_counted_and_the_log_kept_until_one_succeeds() {
     let leader = c.wait_leader().await;
     let base = c.node(leader).url();
     let client = c.client(leader);
+    // (A fresh server: the first checkpoint is 20 entries away.)
+    let st = c.status(leader);
+    let (before, compacted) = (st.checkpointed_to, st.compacted_to);
     // A directory where the checkpoint's temporary file goes: creating it fails.
     let blocker = c.config(leader).data_dir.unwrap().join("catalog.ckpt.tmp");
     std::fs::create_dir(&blocker).unwrap();
-    let st = c.status(leader);
-    let (before, compacted) = (st.checkpointed_to, st.compacted_to);
     let failures = |s: &Scrape| value(s, "registry_raft_checkpoint_failures_total", &[]);
     assert_eq!(failures(&scrape(&base).await), Some(0.0));
     for i in 0..50 {

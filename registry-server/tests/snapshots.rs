@@ -3,7 +3,8 @@
 //! and a follower that keeps losing them does not make the leader build a new
 //! one at every heartbeat reply. And the checkpoints the log is compacted
 //! behind: servers restarted together rebuild everything acknowledged from
-//! their last checkpoint and the log after it.
+//! their last checkpoint and the log after it, also from a checkpoint taken
+//! in several steps while writes changed the rows it had already written.
 
 use registry_testkit::cluster::*;
 use std::time::{Duration, Instant};
@@ -307,5 +308,83 @@ async fn servers_restarted_together_rebuild_every_write_from_checkpoint_and_log(
         59,
         "every instance but the deregistered node's"
     );
+    c.shutdown().await;
+}
+
+/// Registers `n{from}`..`n{to}` (service `queue`) from 8 tasks at once,
+/// each with address `addr`.
+async fn register_range(c: &TestCluster, leader: usize, from: usize, to: usize, addr: &str) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let (client, addr) = (c.client(leader), addr.to_string());
+        tasks.spawn(async move {
+            for i in (from + t..to).step_by(8) {
+                let mut r = reg(&format!("n{i:04}"), "queue", &format!("q-{i:04}"));
+                r.address = addr.clone();
+                client.catalog_register(&r, None).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// The rows of server `i`'s nodes named `n…` and their instances (a new
+/// leader writes itself into the catalog after a restart).
+fn rows_of(c: &TestCluster, i: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    c.node(i).raft.with_applied(|s, _| {
+        let ours = |k: &[u8]| k.starts_with(b"n/n") || k.starts_with(b"s/n");
+        s.rows().into_iter().filter(|(k, _)| ours(k)).collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_taken_in_steps_while_writes_change_its_rows_restores_the_same_state() {
+    let mut c = compacting_cluster().await;
+    let leader = c.wait_leader().await;
+    // 800 nodes with an instance each: more rows than one step of the image
+    // (1,024), so each checkpoint takes several turns of the Raft loop.
+    register_range(&c, leader, 0, 800, "10.0.0.1").await;
+    let churn_from = c.node(leader).raft.applied_index();
+    // Every node again with a new address, until each server has a
+    // checkpoint begun during these writes: the rows it had already written
+    // (the nodes come first) change under it, and only the rows recorded
+    // between its steps carry the change.
+    let mut round = 0;
+    loop {
+        round += 1;
+        register_range(&c, leader, 0, 800, &format!("10.1.0.{round}")).await;
+        if (0..3).all(|i| c.status(i).checkpointed_to > churn_from) {
+            break;
+        }
+        assert!(round < 10, "no checkpoint during the writes");
+    }
+    let last = c.node(leader).raft.applied_index();
+    let mut before = Vec::new();
+    for i in 0..3 {
+        wait_until(Duration::from_secs(20), "every write applied", || async {
+            (c.node(i).raft.applied_index() >= last).then_some(())
+        })
+        .await;
+        before.push(rows_of(&c, i));
+        assert_eq!(before[i].len(), 1_600);
+    }
+    let checkpointed: Vec<u64> = (0..3).map(|i| c.status(i).checkpointed_to).collect();
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+    for i in 0..3 {
+        c.restart(i).await;
+    }
+    c.wait_leader().await;
+    for (i, rows) in before.into_iter().enumerate() {
+        assert!(c.status(i).checkpointed_to >= checkpointed[i]);
+        wait_until(Duration::from_secs(20), "the log replayed", || async {
+            (c.node(i).raft.applied_index() >= last).then_some(())
+        })
+        .await;
+        assert!(rows_of(&c, i) == rows, "s{i} restarted to another state");
+    }
     c.shutdown().await;
 }

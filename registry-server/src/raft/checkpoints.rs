@@ -9,7 +9,7 @@
 //! Must not touch the log or decide anything else Raft decides.
 
 use super::node::RaftNode;
-use crate::state::{ImageCursor, RowChange, Rows};
+use crate::state::{ImageCursor, RowChange, RowsWanted};
 use crate::storage::checkpoint::{self, CheckpointEnd, CheckpointWriter, Finished, Records};
 use crate::storage::{RaftStore, StorageFailure};
 use std::sync::mpsc::TryRecvError;
@@ -50,7 +50,7 @@ pub(super) struct Checkpoints {
     written: u64,
     /// Checkpoints that failed since start (abandoned for a failed WAL sync,
     /// or the writer's I/O failed): while the last one failed, the log grows.
-    pub(super) failed: u64,
+    failed: u64,
 }
 
 impl Checkpoints {
@@ -82,6 +82,11 @@ impl Checkpoints {
         self.durable
     }
 
+    /// Checkpoints that failed since start.
+    pub(super) fn failed(&self) -> u64 {
+        self.failed
+    }
+
     /// Records the rows an applied entry changed, when an image is being
     /// written (its rows written before them may hold older values).
     pub(super) fn record(&mut self, rows: &[RowChange]) {
@@ -99,11 +104,11 @@ impl Checkpoints {
     /// The rows the next applied entries must return: all of them while an
     /// image is being written ([`Self::record`]), else only those that wake
     /// watchers.
-    pub(super) fn rows_wanted(&self) -> Rows {
+    pub(super) fn rows_wanted(&self) -> RowsWanted {
         if self.run.is_some() {
-            Rows::All
+            RowsWanted::All
         } else {
-            Rows::Wakeups
+            RowsWanted::NoCatalogEntities
         }
     }
 
@@ -243,6 +248,7 @@ impl RaftNode {
                 c.durable_rows = rows;
                 c.durable_bytes = bytes;
                 c.written += 1;
+                // (Noticed here, up to one turn of the loop after the fsync.)
                 self.shared.metrics.snapshot_persist.since(c.began);
                 if self.store.legacy_rows() {
                     let mut b = self.store.batch();

@@ -873,7 +873,7 @@ impl RaftNode {
         st.in_cluster = self.store.initialized();
         st.compacted_to = self.store.snapshot_index();
         st.checkpointed_to = self.checkpoints.durable();
-        st.checkpoint_failures = self.checkpoints.failed;
+        st.checkpoint_failures = self.checkpoints.failed();
         st.snapshots_installed = self.snapshots_installed;
         st.snapshots_sent = self.snapshots_sent;
         st.entries_synced = self.entries_synced;

@@ -13,7 +13,7 @@ use super::image::{map_part, table_rows, Part};
 use super::plan::{WritePlan, WritePlanner};
 use super::row_forms::{check_row, node_row, service_row};
 use super::rows::{
-    decimal, from_json, index_key, node_key, pair_key, split_pair, NodeKey, RowChange, Rows,
+    decimal, from_json, index_key, node_key, pair_key, split_pair, NodeKey, RowChange, RowsWanted,
     CHECKS, INDEX_PREFIX, NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use super::stored::{is_serf_passing, owned, StoredCheck, StoredService};
@@ -165,7 +165,7 @@ impl CatalogState {
         let mut plan = WritePlanner::new(self, index);
         let planned = self.plan_command(&mut plan, cmd).map(|()| plan.pending);
         // Everything fallible (checks, encoding) happens before `commit`.
-        match planned.and_then(|p| p.encode(Rows::All)) {
+        match planned.and_then(|p| p.encode(RowsWanted::All)) {
             Ok((pending, rows)) => {
                 self.commit(pending);
                 (Ok(()), rows)

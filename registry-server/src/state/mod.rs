@@ -42,7 +42,7 @@ pub use command::Command;
 pub use events::EventTable;
 pub use image::ImageCursor;
 pub use kv::KvTable;
-pub use rows::{RowChange, Rows};
+pub use rows::{RowChange, RowsWanted};
 pub use session::SessionTable;
 
 use plan::WritePlanner;
@@ -104,20 +104,21 @@ impl StateStore {
         at: u64,
         cmd: &Command,
     ) -> (Result<Outcome, String>, Vec<RowChange>) {
-        self.apply_for(index, at, cmd, Rows::All)
+        self.apply_for(index, at, cmd, RowsWanted::All)
     }
 
-    /// [`Self::apply`], with the rows `wanted`: with [`Rows::Wakeups`], the
+    /// [`Self::apply`], with the rows `wanted`: with [`RowsWanted::NoCatalogEntities`], the
     /// catalog's node, instance and check rows are left out (the Raft thread
     /// needs them only while a checkpoint is being written). The outcome is
     /// the same either way: the catalog's row forms cannot fail to encode
-    /// (strings, numbers and string-keyed maps only).
+    /// (strings, numbers, string-keyed maps and JSON values only; see
+    /// `row_forms.rs`).
     pub fn apply_for(
         &mut self,
         index: u64,
         at: u64,
         cmd: &Command,
-        wanted: Rows,
+        wanted: RowsWanted,
     ) -> (Result<Outcome, String>, Vec<RowChange>) {
         if let Command::Restore(req) = cmd {
             // Replaces every table at once (`restore.rs`), never planned with other writes.
@@ -427,7 +428,7 @@ impl<'a> Scratch<'a> {
     }
 
     /// Encodes every table's planned writes as rows (the catalog's as `wanted`).
-    fn encode(self, wanted: Rows) -> Result<(Plans, Vec<RowChange>), String> {
+    fn encode(self, wanted: RowsWanted) -> Result<(Plans, Vec<RowChange>), String> {
         let (catalog, mut rows) = self.catalog.pending.encode(wanted)?;
         self.kv.plan.encode(&mut rows)?;
         self.sessions.plan.encode(&mut rows)?;

@@ -10,7 +10,7 @@
 use super::catalog::CatalogState;
 use super::row_forms::{check_row, node_row, service_row};
 use super::rows::{
-    index_key, key_of, node_key, node_range, pair_key, put_rows_as, NodeKey, RowChange, Rows,
+    index_key, key_of, node_key, node_range, pair_key, put_rows_as, NodeKey, RowChange, RowsWanted,
     CHECKS, NODES, SERVICES, SERVICE_INDEX_PREFIX,
 };
 use compact_str::CompactString as Str;
@@ -33,12 +33,12 @@ pub(super) struct WritePlan {
 }
 
 impl WritePlan {
-    /// The rows for these writes, one per key; with [`Rows::Wakeups`], only
+    /// The rows for these writes, one per key; with [`RowsWanted::NoCatalogEntities`], only
     /// the moved indexes' rows.
-    pub(super) fn encode(self, wanted: Rows) -> Result<(WritePlan, Vec<RowChange>), String> {
+    pub(super) fn encode(self, wanted: RowsWanted) -> Result<(WritePlan, Vec<RowChange>), String> {
         let mut rows = Vec::new();
         let (nodes, services, checks) = (&self.nodes, &self.services, &self.checks);
-        if wanted == Rows::All {
+        if wanted == RowsWanted::All {
             put_rows_as(&mut rows, "catalog", nodes, |n| node_key(n), node_row)?;
             let service_key = |(n, id): &NodeKey| pair_key(b"s/", n, id);
             put_rows_as(&mut rows, "catalog", services, service_key, service_row)?;

@@ -19,6 +19,11 @@
 //! server built before it, from `851b090` on (the first to derive a check's
 //! service name and tags rather than keep them): the keys kept are the
 //! API's own, and the fields' defaults have not changed.
+//!
+//! These encodings must never fail (strings, numbers, string-keyed maps and
+//! JSON values only): a server not writing a checkpoint skips them
+//! ([`super::RowsWanted::NoCatalogEntities`]), so an entry whose rows failed to
+//! encode would be rejected by some replicas and applied by others.
 
 use registry_api::{AgentService, HealthCheck, Node, RegisterRequest};
 use serde::ser::{Serialize, SerializeMap, Serializer};

@@ -48,14 +48,16 @@ pub struct RowChange {
 
 /// Which rows an apply returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rows {
+pub enum RowsWanted {
     /// Every row it changes: what a checkpoint being written records.
     All,
-    /// All but the catalog's node, instance and check rows: the rows that
-    /// wake watchers (indexes, KV keys), which is all the Raft thread reads
-    /// while no checkpoint is being written. Encoding the catalog's rows
-    /// would be a tenth of its work per registration.
-    Wakeups,
+    /// Every row but the catalog's node, instance and check rows (`n/`,
+    /// `s/`, `c/`): what the Raft thread reads while no checkpoint is being
+    /// written (the index and KV rows wake watchers). Encoding the catalog's
+    /// rows was a tenth of its work per registration. Their encoding must
+    /// never fail (`row_forms.rs`): a server that skips it would otherwise
+    /// apply an entry that one writing a checkpoint rejects.
+    NoCatalogEntities,
 }
 
 impl RowChange {

@@ -639,8 +639,8 @@ fn an_image_in_steps_with_the_rows_written_between_them_is_the_state_at_its_last
 }
 
 #[test]
-fn an_apply_for_wakeups_changes_the_state_alike_and_leaves_out_only_catalog_entity_rows() {
-    let (mut all, mut wakeups) = (StateStore::new("dc1"), StateStore::new("dc1"));
+fn an_apply_without_catalog_entity_rows_changes_the_state_alike_and_leaves_out_only_those() {
+    let (mut all, mut fewer) = (StateStore::new("dc1"), StateStore::new("dc1"));
     let entity = |key: &[u8]| {
         [&b"n/"[..], b"s/", b"c/"]
             .iter()
@@ -649,13 +649,14 @@ fn an_apply_for_wakeups_changes_the_state_alike_and_leaves_out_only_catalog_enti
     let mut left_out = 0;
     for index in 2..2_000 {
         let cmd = churn(index);
-        let (a, a_rows) = all.apply_for(index, index * 1_000, &cmd, Rows::All);
-        let (w, w_rows) = wakeups.apply_for(index, index * 1_000, &cmd, Rows::Wakeups);
+        let (a, a_rows) = all.apply_for(index, index * 1_000, &cmd, RowsWanted::All);
+        let (w, w_rows) =
+            fewer.apply_for(index, index * 1_000, &cmd, RowsWanted::NoCatalogEntities);
         assert_eq!(a, w, "entry {index}");
         let kept: Vec<_> = a_rows.iter().filter(|r| !entity(&r.key)).cloned().collect();
         left_out += a_rows.len() - kept.len();
         assert_eq!(kept, w_rows, "entry {index}");
     }
     assert!(left_out > 1_000, "catalog rows were left out ({left_out})");
-    assert_eq!(all, wakeups);
+    assert_eq!(all, fewer);
 }

@@ -33,11 +33,13 @@ pub(super) enum CacheOp {
 /// See the module doc.
 #[derive(Default)]
 pub(super) struct EntryCache {
+    /// Consecutive entries, oldest first, the last one the log's last.
     entries: VecDeque<Entry>,
     /// Data bytes held.
     bytes: usize,
 }
 
+/// What an entry counts for against [`MAX_BYTES`].
 fn weight(e: &Entry) -> usize {
     e.data.len() + e.context.len()
 }

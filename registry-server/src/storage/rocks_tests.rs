@@ -67,10 +67,13 @@ fn the_entry_cache_answers_as_rocksdb_after_appends_overwrites_compactions_and_i
         (seed >> 33) % n
     };
     let (mut term, mut served) = (1, 0);
+    // Rounds that overwrote, compacted, installed, failed to write.
+    let mut done = [0; 4];
     for round in 0..400 {
         let (first, last) = (s.first_index().unwrap(), s.last_index().unwrap());
         let mut b = s.batch();
-        match rand(10) {
+        let what = if round % 50 == 49 { 2 } else { rand(10) };
+        match what {
             // A new leader overwrites part of the tail.
             0 if last >= first => {
                 term += 1;
@@ -79,11 +82,27 @@ fn the_entry_cache_answers_as_rocksdb_after_appends_overwrites_compactions_and_i
                     .map(|i| entry(i, term))
                     .collect();
                 s.append(&mut b, &es).unwrap();
+                done[0] += 1;
             }
-            1 if last > first => s.compact(&mut b, first + rand(last - first)).unwrap(),
-            2 if round % 50 == 2 => s
-                .install_snapshot(&mut b, &snapshot(last + 5, term))
-                .unwrap(),
+            1 if last > first => {
+                s.compact(&mut b, first + rand(last - first)).unwrap();
+                done[1] += 1;
+            }
+            2 => {
+                s.install_snapshot(&mut b, &snapshot(last + 5, term))
+                    .unwrap();
+                done[2] += 1;
+            }
+            // A write that fails (a full disk) changes nothing.
+            3 if last >= first => {
+                s.append(&mut b, &[entry(last, term + 1), entry(last + 1, term + 1)])
+                    .unwrap();
+                s.faults().set_fail_synced_writes(true);
+                assert!(s.commit(b, true).is_err());
+                s.faults().set_fail_synced_writes(false);
+                b = s.batch();
+                done[3] += 1;
+            }
             _ => {
                 // Now and then an entry big enough to shed the oldest.
                 let mut es: Vec<_> = (last + 1..last + 1 + rand(40))
@@ -117,6 +136,10 @@ fn the_entry_cache_answers_as_rocksdb_after_appends_overwrites_compactions_and_i
         }
     }
     assert!(served > 1_000, "the cache answered {served} reads");
+    assert!(
+        done.iter().all(|n| *n >= 5),
+        "rounds of each kind: {done:?}"
+    );
 }
 
 #[test]
