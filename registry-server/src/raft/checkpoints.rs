@@ -102,8 +102,9 @@ impl Checkpoints {
     }
 
     /// The rows the next applied entries must return: all of them while an
-    /// image is being written ([`Self::record`]), else only those that wake
-    /// watchers.
+    /// image is being written ([`Self::record`]), else all but the catalog's
+    /// node, instance and check rows (the Raft thread reads the rest to wake
+    /// watchers).
     pub(super) fn rows_wanted(&self) -> RowsWanted {
         if self.run.is_some() {
             RowsWanted::All
