@@ -507,15 +507,10 @@ async fn servers_restarted_right_after_membership_changes_keep_the_last_configur
         .await
         .unwrap();
     s4.stop().await;
-    let resp = registry_api::tls::plain_client()
-        .delete(format!(
-            "{}/v1/operator/raft/peer?id={s4_id:x}",
-            c.node(leader).url()
-        ))
-        .send()
+    c.client(leader)
+        .raft_remove_peer(&[("id", &format!("{s4_id:x}"))])
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
     c.client(leader)
         .catalog_register(&reg("n2", "web", "web-2"), None)
         .await

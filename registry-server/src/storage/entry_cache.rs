@@ -44,6 +44,14 @@ fn weight(e: &Entry) -> usize {
     e.data.len() + e.context.len()
 }
 
+/// [`raft::Storage::entries`]'s cut by `max_size`: adds `e`'s encoded size to
+/// `size`, the total of the `taken` entries before it, and says whether `e`
+/// is returned too (the first one always is, as raft-rs requires).
+pub(super) fn within_max_size(e: &Entry, taken: usize, size: &mut u64, max: Option<u64>) -> bool {
+    *size += u64::from(protobuf::Message::compute_size(e));
+    taken == 0 || max.is_none_or(|max| *size <= max)
+}
+
 impl EntryCache {
     /// Applies `op`, then sheds the oldest entries beyond the bounds.
     pub(super) fn apply(&mut self, op: CacheOp) {
@@ -54,8 +62,7 @@ impl EntryCache {
                 };
                 // Entries from `first` on are replaced.
                 while self.entries.back().is_some_and(|e| e.index >= first) {
-                    let e = self.entries.pop_back();
-                    self.bytes -= e.as_ref().map_or(0, weight);
+                    self.drop_back();
                 }
                 // Not contiguous with what is held: start afresh.
                 if self.entries.back().is_some_and(|e| e.index + 1 != first) {
@@ -66,17 +73,27 @@ impl EntryCache {
                     self.entries.push_back(e);
                 }
                 while self.entries.len() > MAX_ENTRIES || self.bytes > MAX_BYTES {
-                    let e = self.entries.pop_front();
-                    self.bytes -= e.as_ref().map_or(0, weight);
+                    self.drop_front();
                 }
             }
             CacheOp::CompactTo(index) => {
                 while self.entries.front().is_some_and(|e| e.index <= index) {
-                    let e = self.entries.pop_front();
-                    self.bytes -= e.as_ref().map_or(0, weight);
+                    self.drop_front();
                 }
             }
             CacheOp::Clear => self.clear(),
+        }
+    }
+
+    fn drop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= weight(&e);
+        }
+    }
+
+    fn drop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
+            self.bytes -= weight(&e);
         }
     }
 
@@ -98,8 +115,7 @@ impl EntryCache {
         let mut out = Vec::with_capacity(count.min(1024));
         let mut size = 0u64;
         for e in self.entries.range(from..from + count) {
-            size += u64::from(protobuf::Message::compute_size(e));
-            if !out.is_empty() && max_size.is_some_and(|max| size > max) {
+            if !within_max_size(e, out.len(), &mut size, max_size) {
                 break;
             }
             out.push(e.clone());

@@ -4,7 +4,7 @@
 //! writes come from the Raft thread.
 
 use super::checkpoint::{self, CheckpointEnd};
-use super::entry_cache::{CacheOp, EntryCache};
+use super::entry_cache::{within_max_size, CacheOp, EntryCache};
 use super::{corrupt, DiskFaults, SnapshotImage, StorageFailure};
 use crate::rpc::PeerInfo;
 use protobuf::Message as _;
@@ -622,9 +622,7 @@ impl RaftStore {
             if e.index != low + out.len() as u64 {
                 return Err(storage_err(corrupt("log", format!("hole before {idx}"))));
             }
-            size += u64::from(protobuf::Message::compute_size(&e));
-            // Always return at least one entry, as raft-rs requires.
-            if !out.is_empty() && max_size.is_some_and(|max| size > max) {
+            if !within_max_size(&e, out.len(), &mut size, max_size) {
                 break;
             }
             out.push(e);
