@@ -384,6 +384,9 @@ pub async fn apply(
         Ok(v) => v,
         Err(e) => return crate::http_error::HttpError(e).into_response(),
     };
+    // A HEAD answer's body is already gone (the router empties it): nothing to indent, and
+    // its Content-Length stays the one the router set.
+    let head = req.method() == axum::http::Method::HEAD;
     let mut resp = next.run(req).await;
     if verdict.cache_miss && resp.status().is_success() {
         resp.headers_mut()
@@ -394,7 +397,7 @@ pub async fn apply(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json"));
-    if verdict.pretty && is_json {
+    if verdict.pretty && is_json && !head {
         let (mut parts, body) = resp.into_parts();
         // Every JSON answer is already whole in memory (bounded as it was built).
         return match axum::body::to_bytes(body, usize::MAX).await {

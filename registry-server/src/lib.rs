@@ -448,7 +448,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         None => None,
     };
     let router = http::router(app.clone(), agent_routes);
-    // The web UI beside the API (`GET /` and `/ui/...`), on HTTP and HTTPS alike.
+    // The web UI beside the API (`GET /` and `/ui/...`), on HTTP and HTTPS alike. Its routes
+    // skip the API's layers, and `http::router` answers every other path from behind them
+    // (its routes are one fallback): a UI route must never take an API path.
     let router = if config.ui {
         router.merge(registry_ui::router())
     } else {

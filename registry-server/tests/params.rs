@@ -167,6 +167,24 @@ async fn every_consul_parameter_is_honoured_or_refused_by_name() {
         let a: serde_json::Value = serde_json::from_str(&compact.body).unwrap();
         let b: serde_json::Value = serde_json::from_str(&pretty.body).unwrap();
         assert_eq!(a, b, "{path}");
+        // A HEAD with ?pretty: no body to indent, and the length of the answer it stands for.
+        let head = registry_api::tls::plain_client()
+            .head(format!("{base}{path}?pretty"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200, "{path}");
+        let length = head
+            .headers()
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            length,
+            Some(compact.body.len().to_string()),
+            "{path}: {:?}",
+            head.headers()
+        );
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
     }
     c.shutdown().await;
 }

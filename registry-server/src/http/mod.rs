@@ -108,7 +108,6 @@ impl From<RaftError> for HttpError {
 /// The router with every endpoint of the server; `agent` holds the agent
 /// endpoints the server serves for itself (DESIGN §4, item 1).
 pub fn router(state: Arc<AppState>, agent: Router) -> Router {
-    let remote_dc = middleware::from_fn_with_state(state.clone(), federation::route_remote_dc);
     let state_key = state.encrypt.clone();
     let router = data_routes()
         .route(
@@ -146,16 +145,8 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
             state.metrics.http.clone(),
             registry_api::metrics::track_requests,
         ))
-        .fallback(not_found)
-        .layer(middleware::from_fn(plain_text_errors))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(remote_dc)
-        .layer(middleware::from_fn(registry_api::query::apply))
-        .layer(middleware::from_fn_with_state(
-            state,
-            index_headers_on_errors,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY));
+        .fallback(not_found);
+    let router = every_request(&state, router);
     match &state_key {
         Some(key) => router.layer(middleware::from_fn_with_state(
             key.clone(),
@@ -163,6 +154,27 @@ pub fn router(state: Arc<AppState>, agent: Router) -> Router {
         )),
         None => router,
     }
+}
+
+/// What every request to either router goes through before routing, outermost first:
+/// the body limit, Consul's index headers on errors, the query-parameter policy, `?dc=`
+/// forwarding, the auth step, plain-text errors. One stack before routing
+/// ([`registry_api::serve::before_routing`]), not six wrappers of every route.
+fn every_request(state: &Arc<AppState>, routes: Router) -> Router {
+    let layers = tower::ServiceBuilder::new()
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            index_headers_on_errors,
+        ))
+        .layer(middleware::from_fn(registry_api::query::apply))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            federation::route_remote_dc,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(plain_text_errors));
+    registry_api::serve::before_routing(routes, layers)
 }
 
 /// Every known read path answers with Consul's `X-Consul-Index`,
@@ -195,7 +207,6 @@ async fn index_headers_on_errors(State(st): St, req: Request, next: middleware::
 /// 8500 must not be undone by 8300). With a key (`--encrypt`) every request
 /// must be signed with it.
 pub fn rpc_router(state: Arc<AppState>) -> Router {
-    let remote_dc = middleware::from_fn_with_state(state.clone(), federation::route_remote_dc);
     let key = state.encrypt.clone();
     let router = data_routes()
         // Signed by the check on this whole router when there is a key.
@@ -208,16 +219,8 @@ pub fn rpc_router(state: Arc<AppState>) -> Router {
             state.metrics.rpc.clone(),
             registry_api::metrics::track_requests,
         ))
-        .fallback(not_served_on_rpc_port)
-        .layer(middleware::from_fn(plain_text_errors))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(remote_dc)
-        .layer(middleware::from_fn(registry_api::query::apply))
-        .layer(middleware::from_fn_with_state(
-            state,
-            index_headers_on_errors,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY));
+        .fallback(not_served_on_rpc_port);
+    let router = every_request(&state, router);
     match key {
         // Outermost, so nothing (not even `?dc=` forwarding, which this
         // server would sign) happens for a request that is not signed.
