@@ -33,14 +33,15 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// `router` behind `layers`, which run once per request, before routing.
+/// `router` behind `layers`, as one stack that runs before routing.
 ///
 /// `Router::layer` wraps every route (and the fallback) in the layer on its own: each
 /// layer is then a route of its own, with a boxed service clone, a route future and a
 /// response fix-up per request, on top of the layer's own work. With six layers that was
 /// most of axum's 27 % of the server's CPU per answer when one write wakes 10,000
-/// blocking queries (BENCHMARKS.md, session 20). Only for layers that need nothing routing adds (its `MatchedPath` or
-/// path parameters); those go on with `Router::route_layer`.
+/// blocking queries (BENCHMARKS.md, session 20). Only for layers that need nothing
+/// routing adds (its `MatchedPath` or path parameters); those go on with
+/// `Router::route_layer`.
 pub fn before_routing<L>(router: Router, layers: L) -> Router
 where
     L: tower::Layer<Router>,
